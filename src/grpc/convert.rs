@@ -1,0 +1,107 @@
+//! Proto ⇄ domain conversions at the edge. Request validation that needs no queue state
+//! happens here; what depends on a queue's attributes is checked by its actor.
+
+use prost_types::Timestamp;
+
+use crate::attributes::{AttributesPatch, QueueAttributes};
+use crate::clock::Millis;
+use crate::error::QueueError;
+use crate::pb;
+use crate::queue::{Claimed, QueueInfo};
+
+pub fn timestamp(ms: Millis) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1_000),
+        nanos: (ms.rem_euclid(1_000) * 1_000_000) as i32,
+    }
+}
+
+/// A timestamp as milliseconds since the epoch; `field` names it in the error.
+pub fn millis(timestamp: &Timestamp, field: &str) -> Result<Millis, QueueError> {
+    if !(0..1_000_000_000).contains(&timestamp.nanos) {
+        return Err(QueueError::InvalidArgument(format!(
+            "{field}.nanos is {}; it must be 0..=999999999",
+            timestamp.nanos
+        )));
+    }
+    timestamp
+        .seconds
+        .checked_mul(1_000)
+        .and_then(|ms| ms.checked_add(i64::from(timestamp.nanos / 1_000_000)))
+        .ok_or_else(|| {
+            QueueError::InvalidArgument(format!("{field} is out of the representable range"))
+        })
+}
+
+pub fn patch(attributes: Option<pb::QueueAttributes>) -> AttributesPatch {
+    let a = attributes.unwrap_or_default();
+    AttributesPatch {
+        visibility_timeout_seconds: a.visibility_timeout_seconds,
+        polling_wait_seconds: a.polling_wait_seconds,
+        max_message_size: a.max_message_size,
+        message_retention_seconds: a.message_retention_seconds,
+        rewind_seconds: a.rewind_seconds,
+        max_backlog: a.max_backlog,
+    }
+}
+
+pub fn attributes(a: &QueueAttributes) -> pb::QueueAttributes {
+    pb::QueueAttributes {
+        visibility_timeout_seconds: Some(a.visibility_timeout_seconds),
+        polling_wait_seconds: Some(a.polling_wait_seconds),
+        max_message_size: Some(a.max_message_size),
+        message_retention_seconds: Some(a.message_retention_seconds),
+        rewind_seconds: Some(a.rewind_seconds),
+        max_backlog: Some(a.max_backlog),
+    }
+}
+
+pub fn queue(info: QueueInfo) -> pb::Queue {
+    pb::Queue {
+        name: info.name,
+        attributes: Some(attributes(&info.attributes)),
+        stats: Some(pb::QueueStats {
+            active_messages: info.counts.visible,
+            inactive_messages: info.counts.in_flight,
+            delayed_messages: info.counts.delayed,
+            rewindable_messages: info.counts.rewindable,
+            oldest_message_time: info.oldest_message_ms.map(timestamp),
+        }),
+        create_time: Some(timestamp(info.create_time_ms)),
+        update_time: Some(timestamp(info.update_time_ms)),
+    }
+}
+
+pub fn received(message: &Claimed, body: bytes::Bytes) -> pb::ReceivedMessage {
+    pb::ReceivedMessage {
+        message_id: message.id.to_string(),
+        receipt_handle: message.handle.to_string(),
+        body,
+        enqueue_time: Some(timestamp(message.enqueue_ms)),
+        first_dequeue_time: Some(timestamp(message.first_dequeue_ms)),
+        next_visible_time: Some(timestamp(message.visible_at_ms)),
+        dequeue_count: message.dequeue_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for ms in [0, 1, 999, 1_000, 1_700_000_000_123] {
+            assert_eq!(millis(&timestamp(ms), "t"), Ok(ms));
+        }
+        let bad = Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert!(millis(&bad, "start_time").is_err());
+        let huge = Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert!(millis(&huge, "start_time").is_err());
+    }
+}

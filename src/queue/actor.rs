@@ -1,0 +1,522 @@
+//! The task that owns one queue: its attributes, its messages' scheduling state, its parked long
+//! polls and its one timer.
+//!
+//! Sends and message deletes wait for their storage commit without stalling the actor: the
+//! commit's completion is a future the actor polls beside its mailbox, and the reply goes out
+//! when it resolves. Rare administrative commands (update, rewind, drop) await their commit in
+//! line, which keeps their ordering simple.
+
+use std::sync::atomic::Ordering;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+
+use super::messages::{Claimed, Deletion, MessageTable};
+use super::waiters::{ReceiveReply, Waiter, Waiters};
+use super::{Command, DeleteResult, Outgoing, QueueContext, QueueInfo, ReceiveRequest};
+use crate::attributes::AttributesPatch;
+use crate::clock::{Millis, secs_to_ms};
+use crate::error::QueueError;
+use crate::receipt::{ReceiptHandle, fresh_nonce};
+use crate::storage::{NewMessage, QueueRecord, StorageError, StoredMessage, WriteOp};
+
+/// A commit the actor is waiting for, and what to do when it is done.
+enum Pending {
+    Sent {
+        /// (id, enqueue time, visible at) of each message.
+        messages: Vec<(u64, Millis, Millis)>,
+        respond_to: oneshot::Sender<Result<Vec<u64>, QueueError>>,
+    },
+    Deleted {
+        deletions: Vec<Deletion>,
+        results: Vec<DeleteResult>,
+        respond_to: oneshot::Sender<Result<Vec<DeleteResult>, QueueError>>,
+    },
+}
+
+type Completion = (Pending, Result<(), StorageError>);
+
+pub struct QueueActor {
+    record: QueueRecord,
+    table: MessageTable,
+    waiters: Waiters,
+    /// Messages whose send is being committed: they count against the backlog already.
+    sending: u64,
+    context: QueueContext,
+    commits: FuturesUnordered<BoxFuture<'static, Completion>>,
+    inbox: mpsc::Receiver<Command>,
+}
+
+/// Whether the actor goes on after a command.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl QueueActor {
+    pub fn new(
+        record: QueueRecord,
+        recovered: &[StoredMessage],
+        context: QueueContext,
+        inbox: mpsc::Receiver<Command>,
+    ) -> Self {
+        let now = context.clock.now_ms();
+        let mut table = MessageTable::default();
+        for message in recovered {
+            table.recover(message, now);
+        }
+        let mut actor = Self {
+            record,
+            table,
+            waiters: Waiters::default(),
+            sending: 0,
+            context,
+            commits: FuturesUnordered::new(),
+            inbox,
+        };
+        if !actor.record.attributes.rewind_enabled() {
+            // Rewind was turned off but the removal of the kept rows did not reach the disk.
+            actor.forget_kept();
+        }
+        actor
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            self.advance_time();
+            let wake_at = self
+                .next_change()
+                .map(|at| self.context.clock.instant_at(at));
+            tokio::select! {
+                Some((pending, result)) = self.commits.next(), if !self.commits.is_empty() => {
+                    self.complete(pending, result);
+                }
+                command = self.inbox.recv() => {
+                    let Some(command) = command else { break };
+                    if let Flow::Stop = self.handle(command).await {
+                        break;
+                    }
+                }
+                () = sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {}
+            }
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.context.clock.now_ms()
+    }
+
+    fn retention_ms(&self) -> Millis {
+        secs_to_ms(self.record.attributes.message_retention_seconds)
+    }
+
+    fn next_change(&self) -> Option<Millis> {
+        let messages = self.table.next_change_ms(self.retention_ms());
+        let waiters = self.waiters.next_deadline_ms();
+        messages.into_iter().chain(waiters).min()
+    }
+
+    /// Applies what time changed: delays and visibility timeouts that ended (serving waiting
+    /// polls), retention, and polls whose wait is over.
+    fn advance_time(&mut self) {
+        let now = self.now();
+        let advanced = self.table.advance(now, self.retention_ms());
+        if !advanced.expired.is_empty() {
+            self.context.storage.record(WriteOp::RemoveMessages {
+                ids: advanced.expired,
+            });
+        }
+        if advanced.became_visible > 0 {
+            self.serve_waiters(now);
+        }
+        for waiter in self.waiters.expire(now) {
+            let _ = waiter.respond_to.send(Ok(Vec::new()));
+        }
+    }
+
+    async fn handle(&mut self, command: Command) -> Flow {
+        match command {
+            Command::Info { respond_to } => {
+                let _ = respond_to.send(self.info());
+            }
+            Command::Update { patch, respond_to } => {
+                let result = self.update(patch).await;
+                let _ = respond_to.send(result);
+            }
+            Command::Drop { respond_to } => {
+                let result = self.drop_queue().await;
+                let dropped = result.is_ok();
+                let _ = respond_to.send(result);
+                if dropped {
+                    return Flow::Stop;
+                }
+            }
+            Command::Send {
+                messages,
+                respond_to,
+            } => self.send(messages, respond_to),
+            Command::Receive {
+                request,
+                respond_to,
+            } => self.receive(request, respond_to),
+            Command::Release { handles } => {
+                let mut released = false;
+                for handle in handles {
+                    released |= self.table.release(handle);
+                }
+                if released {
+                    self.serve_waiters(self.now());
+                }
+            }
+            Command::DeleteMessages {
+                handles,
+                respond_to,
+            } => self.delete_messages(handles, respond_to),
+            Command::Rewind {
+                start_ms,
+                respond_to,
+            } => {
+                let result = self.rewind(start_ms).await;
+                let _ = respond_to.send(result);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn info(&self) -> QueueInfo {
+        QueueInfo {
+            name: self.record.name.clone(),
+            attributes: self.record.attributes,
+            counts: self.table.counts(),
+            oldest_message_ms: self.table.oldest_live_enqueue_ms(),
+            create_time_ms: self.record.create_time_ms,
+            update_time_ms: self.record.update_time_ms,
+        }
+    }
+
+    async fn update(&mut self, patch: AttributesPatch) -> Result<QueueInfo, QueueError> {
+        let attributes = self.record.attributes.patched(&patch)?;
+        if attributes == self.record.attributes {
+            return Ok(self.info());
+        }
+        let updated = QueueRecord {
+            attributes,
+            update_time_ms: self.now().max(self.record.update_time_ms),
+            ..self.record.clone()
+        };
+        self.submit(WriteOp::UpdateQueue(updated.clone())).await?;
+        self.record = updated;
+        if !attributes.rewind_enabled() {
+            self.forget_kept();
+        }
+        Ok(self.info())
+    }
+
+    /// Drops the rewindable messages, removing their rows lazily (recovery repeats this if the
+    /// removal is lost in a crash).
+    fn forget_kept(&mut self) {
+        let ids = self.table.drop_kept();
+        if !ids.is_empty() {
+            self.context.storage.record(WriteOp::RemoveMessages { ids });
+        }
+    }
+
+    async fn drop_queue(&mut self) -> Result<(), QueueError> {
+        self.submit(WriteOp::DeleteQueue {
+            queue_id: self.record.id,
+        })
+        .await?;
+        let gone = QueueError::QueueNotFound(self.record.name.clone());
+        for waiter in self.waiters.drain() {
+            let _ = waiter.respond_to.send(Err(gone.clone()));
+        }
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        messages: Vec<Outgoing>,
+        respond_to: oneshot::Sender<Result<Vec<u64>, QueueError>>,
+    ) {
+        if let Err(error) = self.check_send(&messages) {
+            let _ = respond_to.send(Err(error));
+            return;
+        }
+        let count = messages.len() as u64;
+        let first_id = self.context.message_ids.fetch_add(count, Ordering::Relaxed);
+        let now = self.now();
+        let rows: Vec<NewMessage> = messages
+            .into_iter()
+            .zip(first_id..)
+            .map(|(message, id)| NewMessage {
+                id,
+                body: message.body,
+                enqueue_ms: now,
+                visible_at_ms: now + secs_to_ms(message.delay_seconds),
+            })
+            .collect();
+        let scheduled = rows
+            .iter()
+            .map(|m| (m.id, m.enqueue_ms, m.visible_at_ms))
+            .collect();
+        self.sending += count;
+        let committed = self.submit(WriteOp::InsertMessages {
+            queue_id: self.record.id,
+            messages: rows,
+        });
+        self.commits.push(Box::pin(async move {
+            (
+                Pending::Sent {
+                    messages: scheduled,
+                    respond_to,
+                },
+                committed.await,
+            )
+        }));
+    }
+
+    fn check_send(&self, messages: &[Outgoing]) -> Result<(), QueueError> {
+        let attributes = &self.record.attributes;
+        let single = messages.len() == 1;
+        let field = |index: usize, name: &str| {
+            if single {
+                name.to_string()
+            } else {
+                format!("entries[{index}].{name}")
+            }
+        };
+        for (index, message) in messages.iter().enumerate() {
+            if message.body.len() > attributes.max_message_size as usize {
+                return Err(QueueError::TooLarge(format!(
+                    "{} is {} bytes; the queue's max_message_size is {}",
+                    field(index, "body"),
+                    message.body.len(),
+                    attributes.max_message_size
+                )));
+            }
+            if message.delay_seconds > attributes.message_retention_seconds {
+                return Err(QueueError::InvalidArgument(format!(
+                    "{} is {}; it must be 0..={} (the queue's message_retention_seconds)",
+                    field(index, "delay_seconds"),
+                    message.delay_seconds,
+                    attributes.message_retention_seconds
+                )));
+            }
+        }
+        let backlog = self.table.counts().backlog() + self.sending;
+        if backlog + messages.len() as u64 > attributes.max_backlog {
+            return Err(QueueError::BacklogFull {
+                name: self.record.name.clone(),
+                backlog,
+                max: attributes.max_backlog,
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands `op` to storage; the future resolves when it is durable (or failed). It borrows
+    /// nothing, so the actor can await it in line (administrative commands) or park it in
+    /// `commits` (sends and deletes).
+    fn submit(&self, op: WriteOp) -> impl Future<Output = Result<(), StorageError>> + use<> {
+        let (done, committed) = oneshot::channel();
+        self.context.storage.commit(op, done);
+        async move { committed.await.unwrap_or(Err(StorageError::Closed)) }
+    }
+
+    fn complete(&mut self, pending: Pending, result: Result<(), StorageError>) {
+        match pending {
+            Pending::Sent {
+                messages,
+                respond_to,
+            } => {
+                self.sending -= messages.len() as u64;
+                let reply = match result {
+                    Ok(()) => {
+                        let now = self.now();
+                        for &(id, enqueue_ms, visible_at_ms) in &messages {
+                            self.table.insert(id, enqueue_ms, visible_at_ms, now);
+                        }
+                        self.serve_waiters(now);
+                        Ok(messages.iter().map(|&(id, _, _)| id).collect())
+                    }
+                    Err(error) => Err(error.into()),
+                };
+                let _ = respond_to.send(reply);
+            }
+            Pending::Deleted {
+                deletions,
+                results,
+                respond_to,
+            } => {
+                let reply = match result {
+                    Ok(()) => Ok(results),
+                    Err(error) => {
+                        for deletion in deletions {
+                            self.table.undo_delete(deletion);
+                        }
+                        self.serve_waiters(self.now());
+                        Err(error.into())
+                    }
+                };
+                let _ = respond_to.send(reply);
+            }
+        }
+    }
+
+    fn receive(&mut self, request: ReceiveRequest, respond_to: ReceiveReply) {
+        let attributes = &self.record.attributes;
+        let visibility_ms = secs_to_ms(
+            request
+                .visibility_timeout_seconds
+                .unwrap_or(attributes.visibility_timeout_seconds),
+        );
+        let now = self.now();
+        // Waiters are served as soon as anything becomes visible, so visible messages here
+        // mean nobody is waiting ahead of this request.
+        if self.table.has_visible() {
+            let claimed = self
+                .table
+                .claim(request.max_messages, now, visibility_ms, fresh_nonce);
+            self.hand_over(claimed, respond_to, now);
+            return;
+        }
+        let wait_seconds = request
+            .wait_seconds
+            .unwrap_or(attributes.polling_wait_seconds);
+        if wait_seconds == 0 {
+            let _ = respond_to.send(Ok(Vec::new()));
+            return;
+        }
+        self.waiters.park(
+            Waiter {
+                max_messages: request.max_messages,
+                visibility_ms,
+                respond_to,
+            },
+            now + secs_to_ms(wait_seconds),
+        );
+    }
+
+    /// Serves parked polls, oldest first, while messages are visible.
+    fn serve_waiters(&mut self, now: Millis) {
+        while self.table.has_visible() {
+            let Some(waiter) = self.waiters.pop_first() else {
+                break;
+            };
+            let claimed =
+                self.table
+                    .claim(waiter.max_messages, now, waiter.visibility_ms, fresh_nonce);
+            self.hand_over(claimed, waiter.respond_to, now);
+        }
+    }
+
+    /// Gives claimed messages to a receiver; if it has gone, they are visible again at once.
+    fn hand_over(&mut self, claimed: Vec<Claimed>, respond_to: ReceiveReply, now: Millis) {
+        let records = claimed.iter().map(Claimed::receive_record).collect();
+        match respond_to.send(Ok(claimed)) {
+            Ok(()) => self
+                .context
+                .storage
+                .record(WriteOp::RecordReceives(records)),
+            Err(Ok(returned)) => {
+                for message in returned {
+                    self.table.release(message.handle);
+                }
+                self.serve_waiters(now);
+            }
+            Err(Err(_)) => {}
+        }
+    }
+
+    fn delete_messages(
+        &mut self,
+        handles: Vec<ReceiptHandle>,
+        respond_to: oneshot::Sender<Result<Vec<DeleteResult>, QueueError>>,
+    ) {
+        let now = self.now();
+        let keep = self.record.attributes.rewind_enabled();
+        let single = handles.len() == 1;
+        let mut deletions = Vec::new();
+        let mut results = Vec::with_capacity(handles.len());
+        for (index, handle) in handles.into_iter().enumerate() {
+            let field = if single {
+                "receipt_handle".to_string()
+            } else {
+                format!("receipt_handles[{index}]")
+            };
+            match self.table.delete(handle, now, keep, &field) {
+                Ok(deletion @ Deletion::Deleted { .. }) => {
+                    deletions.push(deletion);
+                    results.push(Ok(()));
+                }
+                Ok(Deletion::AlreadyDeleted) => results.push(Ok(())),
+                Err(error) => results.push(Err(error)),
+            }
+        }
+        if deletions.is_empty() {
+            let _ = respond_to.send(Ok(results));
+            return;
+        }
+        let ids = deletions
+            .iter()
+            .filter_map(|d| match d {
+                Deletion::Deleted { id, .. } => Some(*id),
+                Deletion::AlreadyDeleted => None,
+            })
+            .collect();
+        let op = if keep {
+            WriteOp::MarkDeleted { ids }
+        } else {
+            WriteOp::RemoveMessages { ids }
+        };
+        let committed = self.submit(op);
+        self.commits.push(Box::pin(async move {
+            (
+                Pending::Deleted {
+                    deletions,
+                    results,
+                    respond_to,
+                },
+                committed.await,
+            )
+        }));
+    }
+
+    async fn rewind(&mut self, start_ms: Millis) -> Result<u64, QueueError> {
+        let attributes = self.record.attributes;
+        if !attributes.rewind_enabled() {
+            return Err(QueueError::RewindDisabled(self.record.name.clone()));
+        }
+        let now = self.now();
+        let earliest = now - secs_to_ms(attributes.rewind_seconds);
+        if start_ms < earliest || start_ms > now + REWIND_CLOCK_SKEW_MS {
+            return Err(QueueError::InvalidArgument(format!(
+                "start_time must lie within the queue's rewind window: \
+                 [now - rewind_seconds ({}), now]",
+                attributes.rewind_seconds
+            )));
+        }
+        let ids = self.table.kept_since(start_ms);
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.submit(WriteOp::Restore {
+            ids: ids.clone(),
+            visible_at_ms: now,
+        })
+        .await?;
+        let restored = self.table.restore(&ids);
+        self.serve_waiters(self.now());
+        Ok(restored)
+    }
+}
+
+/// A rewind to "now" computed on a client whose clock runs slightly ahead is still accepted.
+const REWIND_CLOCK_SKEW_MS: Millis = 1_000;
+
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400)
+}

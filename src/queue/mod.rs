@@ -1,0 +1,209 @@
+//! One queue: an actor task that owns its state, and the cheap handle that talks to it.
+//!
+//! Handlers never touch a queue's state; they send a command through the handle's bounded
+//! mailbox and await the reply on a oneshot. The actor is the only owner, so there are no locks
+//! on the hot path and a busy queue pushes back on its callers.
+
+mod actor;
+pub mod messages;
+mod waiters;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::attributes::{AttributesPatch, QueueAttributes};
+use crate::clock::{Clock, Millis};
+use crate::error::QueueError;
+use crate::receipt::ReceiptHandle;
+use crate::storage::{QueueRecord, Storage, StoredMessage};
+pub use messages::{Claimed, Counts};
+
+/// Commands waiting for a queue's actor; beyond this, callers wait (back-pressure).
+const MAILBOX_CAPACITY: usize = 1_024;
+
+/// A queue's attributes and counters at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: String,
+    pub attributes: QueueAttributes,
+    pub counts: Counts,
+    pub oldest_message_ms: Option<Millis>,
+    pub create_time_ms: Millis,
+    pub update_time_ms: Millis,
+}
+
+/// A message to send.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub body: Bytes,
+    pub delay_seconds: u32,
+}
+
+/// What a receive asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct ReceiveRequest {
+    /// 1..=16.
+    pub max_messages: usize,
+    /// None: the queue's polling wait.
+    pub wait_seconds: Option<u32>,
+    /// None: the queue's visibility timeout.
+    pub visibility_timeout_seconds: Option<u32>,
+}
+
+/// The result of deleting one receipt handle of a batch.
+pub type DeleteResult = Result<(), QueueError>;
+
+pub(crate) enum Command {
+    Info {
+        respond_to: oneshot::Sender<QueueInfo>,
+    },
+    Update {
+        patch: AttributesPatch,
+        respond_to: oneshot::Sender<Result<QueueInfo, QueueError>>,
+    },
+    /// Deletes the queue and its messages, then the actor ends.
+    Drop {
+        respond_to: oneshot::Sender<Result<(), QueueError>>,
+    },
+    Send {
+        messages: Vec<Outgoing>,
+        respond_to: oneshot::Sender<Result<Vec<u64>, QueueError>>,
+    },
+    Receive {
+        request: ReceiveRequest,
+        respond_to: waiters::ReceiveReply,
+    },
+    /// Gives back messages claimed for a receiver that has gone.
+    Release { handles: Vec<ReceiptHandle> },
+    DeleteMessages {
+        handles: Vec<ReceiptHandle>,
+        respond_to: oneshot::Sender<Result<Vec<DeleteResult>, QueueError>>,
+    },
+    Rewind {
+        start_ms: Millis,
+        respond_to: oneshot::Sender<Result<u64, QueueError>>,
+    },
+}
+
+/// The shared things every queue actor needs.
+#[derive(Clone)]
+pub struct QueueContext {
+    pub storage: Arc<dyn Storage>,
+    pub clock: Clock,
+    /// Message ids are unique across the server: one counter for all queues.
+    pub message_ids: Arc<AtomicU64>,
+}
+
+/// A cheap, cloneable way to talk to one queue's actor.
+#[derive(Clone)]
+pub struct QueueHandle {
+    name: Arc<str>,
+    mailbox: mpsc::Sender<Command>,
+}
+
+impl QueueHandle {
+    /// Starts the actor of a queue, with the messages recovered from storage (none when new).
+    pub fn spawn(
+        record: QueueRecord,
+        recovered: &[StoredMessage],
+        context: QueueContext,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Self {
+        let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
+        let name: Arc<str> = record.name.as_str().into();
+        let actor = actor::QueueActor::new(record, recovered, context, inbox);
+        tracker.spawn(actor.run());
+        Self { name, mailbox }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends a command and waits for its reply. A closed mailbox or a dropped reply means the
+    /// actor has ended, which it does only when its queue is deleted.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, QueueError> {
+        let (respond_to, reply) = oneshot::channel();
+        self.mailbox
+            .send(command(respond_to))
+            .await
+            .map_err(|_| self.gone())?;
+        reply.await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> QueueError {
+        QueueError::QueueNotFound(self.name.to_string())
+    }
+
+    pub async fn info(&self) -> Result<QueueInfo, QueueError> {
+        self.ask(|respond_to| Command::Info { respond_to }).await
+    }
+
+    pub async fn update(&self, patch: AttributesPatch) -> Result<QueueInfo, QueueError> {
+        self.ask(|respond_to| Command::Update { patch, respond_to })
+            .await?
+    }
+
+    pub async fn drop_queue(&self) -> Result<(), QueueError> {
+        self.ask(|respond_to| Command::Drop { respond_to }).await?
+    }
+
+    /// Sends messages, all or nothing; returns their ids once they are durable.
+    pub async fn send(&self, messages: Vec<Outgoing>) -> Result<Vec<u64>, QueueError> {
+        self.ask(|respond_to| Command::Send {
+            messages,
+            respond_to,
+        })
+        .await?
+    }
+
+    /// Asks for messages. The reply comes at once when messages are visible or the wait is 0;
+    /// otherwise when one becomes visible or the wait ends. Dropping (or closing) the receiver
+    /// withdraws the request; anything claimed for it then goes back to visible.
+    pub async fn receive(
+        &self,
+        request: ReceiveRequest,
+    ) -> Result<oneshot::Receiver<Result<Vec<Claimed>, QueueError>>, QueueError> {
+        let (respond_to, reply) = oneshot::channel();
+        self.mailbox
+            .send(Command::Receive {
+                request,
+                respond_to,
+            })
+            .await
+            .map_err(|_| self.gone())?;
+        Ok(reply)
+    }
+
+    /// Makes messages claimed for a receiver that has gone visible again at once.
+    pub async fn release(&self, handles: Vec<ReceiptHandle>) {
+        // If the actor has ended, the queue is gone and so are the messages.
+        let _ = self.mailbox.send(Command::Release { handles }).await;
+    }
+
+    /// Deletes by receipt handles; one result per handle, in order.
+    pub async fn delete_messages(
+        &self,
+        handles: Vec<ReceiptHandle>,
+    ) -> Result<Vec<DeleteResult>, QueueError> {
+        self.ask(|respond_to| Command::DeleteMessages {
+            handles,
+            respond_to,
+        })
+        .await?
+    }
+
+    pub async fn rewind(&self, start_ms: Millis) -> Result<u64, QueueError> {
+        self.ask(|respond_to| Command::Rewind {
+            start_ms,
+            respond_to,
+        })
+        .await?
+    }
+}

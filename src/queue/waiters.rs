@@ -1,0 +1,86 @@
+//! Long polls parked on a queue: served first come, first served, each until its deadline.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use tokio::sync::oneshot;
+
+use crate::clock::Millis;
+use crate::error::QueueError;
+use crate::queue::messages::Claimed;
+
+pub type ReceiveReply = oneshot::Sender<Result<Vec<Claimed>, QueueError>>;
+
+pub struct Waiter {
+    pub max_messages: usize,
+    pub visibility_ms: Millis,
+    pub respond_to: ReceiveReply,
+}
+
+#[derive(Default)]
+pub struct Waiters {
+    /// By arrival: the smallest sequence number is served first.
+    parked: BTreeMap<u64, Waiter>,
+    /// (deadline, sequence number). Entries of waiters served already are skipped when they
+    /// come up.
+    deadlines: BinaryHeap<Reverse<(Millis, u64)>>,
+    next_seq: u64,
+    /// When `parked` reaches this size, waiters whose receiver has gone are swept out, so a
+    /// crowd of abandoned polls does not pile up until its deadlines.
+    sweep_at: usize,
+}
+
+const MIN_SWEEP: usize = 64;
+
+impl Waiters {
+    pub fn park(&mut self, waiter: Waiter, deadline_ms: Millis) {
+        if self.parked.len() >= self.sweep_at.max(MIN_SWEEP) {
+            self.parked.retain(|_, w| !w.respond_to.is_closed());
+            self.sweep_at = self.parked.len() * 2;
+            if self.deadlines.len() > 2 * self.parked.len() + MIN_SWEEP {
+                let parked = &self.parked;
+                self.deadlines
+                    .retain(|Reverse((_, seq))| parked.contains_key(seq));
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.parked.insert(seq, waiter);
+        self.deadlines.push(Reverse((deadline_ms, seq)));
+    }
+
+    /// The oldest waiter whose receiver is still there.
+    pub fn pop_first(&mut self) -> Option<Waiter> {
+        while let Some((_, waiter)) = self.parked.pop_first() {
+            if !waiter.respond_to.is_closed() {
+                return Some(waiter);
+            }
+        }
+        None
+    }
+
+    /// Waiters whose deadline is at or before `now`: their polls end empty.
+    pub fn expire(&mut self, now: Millis) -> Vec<Waiter> {
+        let mut expired = Vec::new();
+        while let Some(&Reverse((deadline, seq))) = self.deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(waiter) = self.parked.remove(&seq) {
+                expired.push(waiter);
+            }
+        }
+        expired
+    }
+
+    pub fn next_deadline_ms(&self) -> Option<Millis> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Every waiter still parked (for ending them when the queue goes away).
+    pub fn drain(&mut self) -> impl Iterator<Item = Waiter> + '_ {
+        self.deadlines.clear();
+        std::mem::take(&mut self.parked).into_values()
+    }
+}

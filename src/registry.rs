@@ -1,0 +1,183 @@
+//! The set of queues: names to handles, and the lifecycle of their actors (create, recover,
+//! delete). Lookups take a read lock for a moment; creating and deleting queues are serialised
+//! by an async mutex held across their storage commit.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+use crate::attributes::QueueAttributes;
+use crate::clock::Clock;
+use crate::error::QueueError;
+use crate::queue::{QueueContext, QueueHandle, QueueInfo};
+use crate::storage::{QueueRecord, Storage, StorageError, WriteOp};
+
+pub struct Registry {
+    queues: RwLock<BTreeMap<String, QueueHandle>>,
+    /// Held while a queue is created or deleted, so two of them cannot interleave.
+    lifecycle: tokio::sync::Mutex<()>,
+    context: QueueContext,
+    next_queue_id: AtomicU64,
+    max_queues: usize,
+    /// The actor tasks.
+    tracker: TaskTracker,
+}
+
+/// One page of ListQueues.
+pub struct QueuePage {
+    pub queues: Vec<QueueInfo>,
+    /// The last name of this page when more follow.
+    pub next_after: Option<String>,
+    pub total_count: u64,
+}
+
+impl Registry {
+    /// Recovers every stored queue and starts its actor. Blocking reads run off the async
+    /// workers.
+    pub async fn recover(
+        storage: Arc<dyn Storage>,
+        clock: Clock,
+        max_queues: usize,
+    ) -> Result<Self, StorageError> {
+        let reader = storage.clone();
+        let recovered = tokio::task::spawn_blocking(move || reader.recover())
+            .await
+            .map_err(|e| StorageError::Io(format!("recovery task failed: {e}")))??;
+        let context = QueueContext {
+            storage,
+            clock,
+            message_ids: Arc::new(AtomicU64::new(recovered.next_message_id)),
+        };
+        let tracker = TaskTracker::new();
+        let mut queues = BTreeMap::new();
+        for (record, messages) in &recovered.queues {
+            let handle = QueueHandle::spawn(record.clone(), messages, context.clone(), &tracker);
+            queues.insert(record.name.clone(), handle);
+        }
+        Ok(Self {
+            queues: RwLock::new(queues),
+            lifecycle: tokio::sync::Mutex::new(()),
+            context,
+            next_queue_id: AtomicU64::new(recovered.next_queue_id),
+            max_queues,
+            tracker,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<QueueHandle, QueueError> {
+        self.read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| QueueError::QueueNotFound(name.to_string()))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, QueueHandle>> {
+        // A poisoned lock means a panic while holding it; the map itself is still consistent
+        // (inserts and removes are single calls), so keep serving.
+        self.queues.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, QueueHandle>> {
+        self.queues.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a queue, or returns it if it exists with the same attributes.
+    pub async fn create(
+        &self,
+        name: &str,
+        attributes: QueueAttributes,
+    ) -> Result<QueueInfo, QueueError> {
+        let _guard = self.lifecycle.lock().await;
+        let existing = self.read().get(name).cloned();
+        if let Some(handle) = existing {
+            let info = handle.info().await?;
+            return if info.attributes == attributes {
+                Ok(info)
+            } else {
+                Err(QueueError::QueueExists(name.to_string()))
+            };
+        }
+        if self.read().len() >= self.max_queues {
+            return Err(QueueError::TooManyQueues {
+                max: self.max_queues,
+            });
+        }
+        let now = self.context.clock.now_ms();
+        let record = QueueRecord {
+            id: self.next_queue_id.fetch_add(1, Ordering::Relaxed),
+            name: name.to_string(),
+            attributes,
+            create_time_ms: now,
+            update_time_ms: now,
+        };
+        let (done, committed) = oneshot::channel();
+        self.context
+            .storage
+            .commit(WriteOp::CreateQueue(record.clone()), done);
+        committed.await.unwrap_or(Err(StorageError::Closed))?;
+        let handle = QueueHandle::spawn(record, &[], self.context.clone(), &self.tracker);
+        self.write().insert(name.to_string(), handle.clone());
+        handle.info().await
+    }
+
+    /// Deletes a queue and its messages.
+    pub async fn delete(&self, name: &str) -> Result<(), QueueError> {
+        let _guard = self.lifecycle.lock().await;
+        let handle = self.get(name)?;
+        handle.drop_queue().await?;
+        self.write().remove(name);
+        Ok(())
+    }
+
+    /// Queues whose name starts with `prefix`, in name order, after the name `after`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        page_size: usize,
+    ) -> Result<QueuePage, QueueError> {
+        let (handles, total_count, more) = {
+            let queues = self.read();
+            let matching = queues
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .take_while(|(name, _)| name.starts_with(prefix));
+            let total_count = matching.clone().count() as u64;
+            let mut page = matching
+                .filter(|(name, _)| after.is_none_or(|after| name.as_str() > after))
+                .map(|(_, handle)| handle.clone());
+            let handles: Vec<QueueHandle> = page.by_ref().take(page_size).collect();
+            let more = page.next().is_some();
+            (handles, total_count, more)
+        };
+        let mut queues = Vec::with_capacity(handles.len());
+        for handle in &handles {
+            match handle.info().await {
+                Ok(info) => queues.push(info),
+                Err(QueueError::QueueNotFound(_)) => {} // deleted meanwhile
+                Err(error) => return Err(error),
+            }
+        }
+        let next_after = if more {
+            handles.last().map(|h| h.name().to_string())
+        } else {
+            None
+        };
+        Ok(QueuePage {
+            queues,
+            next_after,
+            total_count,
+        })
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.context.storage
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.context.clock
+    }
+}

@@ -1,0 +1,145 @@
+//! The server as a function: the caller binds the listener (tests bind 127.0.0.1:0) and picks
+//! the shutdown trigger.
+//!
+//! Startup: open storage, recover every queue, then serve with health SERVING. Shutdown is
+//! decide → tell → wait: the trigger fires, health turns NOT_SERVING, the server stops
+//! accepting, open long polls end (empty, OK), in-flight calls finish, storage commits what is
+//! left, and `run` returns.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::clock::Clock;
+use crate::grpc::QueueServiceImpl;
+use crate::limits::{DEFAULT_MAX_QUEUES, MAX_REQUEST_BYTES};
+use crate::pb::queue_service_server::QueueServiceServer;
+use crate::registry::Registry;
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{Storage, StorageError};
+
+/// Encoded descriptors of Spool's API, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/spool_descriptor.bin"));
+
+/// How long shutdown waits for open calls before giving up on them.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What `run` needs besides the listener.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the embedded database lives.
+    pub data_dir: PathBuf,
+    /// Most queues the server holds.
+    pub max_queues: usize,
+    /// Longest wait for open calls at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            max_queues: DEFAULT_MAX_QUEUES,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs Spool on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    config: ServerConfig,
+) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&data_dir))
+        .await
+        .map_err(|e| StorageError::Io(format!("storage open task failed: {e}")))??;
+    let storage: Arc<dyn Storage> = Arc::new(storage);
+    let registry =
+        Arc::new(Registry::recover(storage.clone(), Clock::new(), config.max_queues).await?);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<QueueServiceServer<QueueServiceImpl>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let stopping = CancellationToken::new();
+    let queue_service =
+        QueueServiceServer::new(QueueServiceImpl::new(registry.clone(), stopping.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES);
+
+    // Decide → tell: readiness drops first, so load balancers stop sending new calls.
+    let trigger = stopping.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        health
+            .set_not_serving::<QueueServiceServer<QueueServiceImpl>>()
+            .await;
+        trigger.cancel();
+    });
+
+    let local_addr = listener.local_addr().ok();
+    tracing::info!(
+        addr = %local_addr.map(|a| a.to_string()).unwrap_or_default(),
+        data_dir = %config.data_dir.display(),
+        "listening"
+    );
+    let serve = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(queue_service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stopping.clone().cancelled_owned(),
+        );
+    tokio::pin!(serve);
+    let grace_over = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+    tokio::select! {
+        served = &mut serve => served?,
+        () = grace_over => tracing::warn!(
+            grace = ?config.shutdown_grace,
+            "calls still open after the shutdown grace; closing them"
+        ),
+    }
+
+    // Wait: everything acknowledged is committed already; this flushes lazy bookkeeping.
+    let (closed, flushed) = oneshot::channel();
+    storage.close(closed);
+    let _ = flushed.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Where queues and messages live. The queue actors own scheduling; storage owns bytes on disk.
+//!
+//! The [`Storage`] trait is what an actor needs from a backend: durable commits it can wait for,
+//! lazy writes it does not wait for, body reads, and recovery at startup. Replies travel through
+//! oneshot channels so the trait stays object-safe and no backend call blocks an async task.
+
+pub mod sqlite;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::attributes::QueueAttributes;
+use crate::clock::Millis;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// The data directory cannot be used; startup stops before touching it.
+    #[error("{0}")]
+    BadDataDir(String),
+    /// A read or a commit failed (I/O error, disk full, ...).
+    #[error("{0}")]
+    Io(String),
+    /// The storage has been closed for shutdown.
+    #[error("storage is closed")]
+    Closed,
+}
+
+/// A queue as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecord {
+    /// Never reused, so a queue created again under an old name starts empty.
+    pub id: u64,
+    pub name: String,
+    pub attributes: QueueAttributes,
+    pub create_time_ms: Millis,
+    pub update_time_ms: Millis,
+}
+
+/// What recovery needs of a stored message: everything but its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: u64,
+    pub enqueue_ms: Millis,
+    /// When a delayed or received message becomes visible.
+    pub visible_at_ms: Millis,
+    pub dequeue_count: u32,
+    /// 0 when never received.
+    pub first_dequeue_ms: Millis,
+    /// Nonce of the newest receive, so receipt handles survive a restart; 0 when never received.
+    pub receipt_nonce: u64,
+    /// Deleted, but kept for rewind.
+    pub deleted: bool,
+}
+
+/// A message to insert.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: u64,
+    pub body: Bytes,
+    pub enqueue_ms: Millis,
+    pub visible_at_ms: Millis,
+}
+
+/// The receive bookkeeping of one message.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveRecord {
+    pub id: u64,
+    pub visible_at_ms: Millis,
+    pub dequeue_count: u32,
+    pub first_dequeue_ms: Millis,
+    pub receipt_nonce: u64,
+}
+
+/// One change to storage. A commit applies a group of them in one transaction.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    CreateQueue(QueueRecord),
+    /// Writes the attributes and update time of the queue with this id.
+    UpdateQueue(QueueRecord),
+    /// Removes the queue and all of its messages.
+    DeleteQueue {
+        queue_id: u64,
+    },
+    InsertMessages {
+        queue_id: u64,
+        messages: Vec<NewMessage>,
+    },
+    /// Removes messages for good (deleted without rewind, expired, or no longer rewindable).
+    RemoveMessages {
+        ids: Vec<u64>,
+    },
+    /// Marks messages deleted but keeps them for rewind.
+    MarkDeleted {
+        ids: Vec<u64>,
+    },
+    /// Makes rewound messages visible again.
+    Restore {
+        ids: Vec<u64>,
+        visible_at_ms: Millis,
+    },
+    RecordReceives(Vec<ReceiveRecord>),
+}
+
+/// Everything storage held at startup.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub queues: Vec<(QueueRecord, Vec<StoredMessage>)>,
+    /// Ids at or above these were never handed out.
+    pub next_queue_id: u64,
+    pub next_message_id: u64,
+}
+
+pub type CommitReply = oneshot::Sender<Result<(), StorageError>>;
+pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Bytes)>, StorageError>>;
+
+pub trait Storage: Send + Sync + 'static {
+    /// Reads every queue and the metadata of its messages (not the bodies). Blocking: call it
+    /// before serving, off the async workers.
+    fn recover(&self) -> Result<Recovered, StorageError>;
+
+    /// Applies `op` durably; `done` hears once it is committed and synced to disk.
+    fn commit(&self, op: WriteOp, done: CommitReply);
+
+    /// Applies `op` with a later commit, without anyone waiting for it. For bookkeeping whose
+    /// loss in a crash is harmless (receive counts, sweeping expired rows).
+    fn record(&self, op: WriteOp);
+
+    /// The bodies of the messages in `ids` that still exist, in the order of `ids`.
+    fn read_bodies(&self, ids: Vec<u64>, reply: BodiesReply);
+
+    /// Commits everything submitted so far, then refuses further writes.
+    fn close(&self, done: oneshot::Sender<()>);
+}

@@ -1,0 +1,136 @@
+//! The embedded backend: one SQLite database in the data directory, WAL mode,
+//! `synchronous=FULL` (a commit is on disk before it is acknowledged).
+//!
+//! One writer thread owns the only read-write connection and commits in groups (see `writer`);
+//! bodies are read through a small pool of read-only connections on tokio's blocking threads.
+
+mod readers;
+mod schema;
+mod writer;
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use super::{BodiesReply, CommitReply, Recovered, Storage, StorageError, WriteOp};
+use readers::ReaderPool;
+use writer::WriterRequest;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "spool.db";
+/// Held locked while a server uses the directory, so a second server refuses to start on it.
+const LOCK_FILE: &str = "spool.lock";
+
+pub struct SqliteStorage {
+    /// To the writer thread. Unbounded: every write is owned by a request (or an actor step)
+    /// that is itself bounded by the server's concurrency, and a bounded channel here would
+    /// make a cycle with the actors' mailboxes.
+    writer: mpsc::Sender<WriterRequest>,
+    readers: ReaderPool,
+    /// Keeps the directory lock for the life of the storage.
+    _lock: File,
+}
+
+impl SqliteStorage {
+    /// Opens (or creates) the database in `dir`. A directory that cannot be used, or that holds a
+    /// database that is not Spool's, is refused before anything in it is changed.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let bad = |what: String| StorageError::BadDataDir(what);
+        if dir.exists() && !dir.is_dir() {
+            return Err(bad(format!(
+                "data directory {} is not a directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| {
+            bad(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let db_path = dir.join(DATABASE_FILE);
+        if db_path.exists() {
+            schema::check_existing(&db_path)?;
+        }
+        let lock = lock_directory(dir)?;
+
+        let conn = Connection::open_with_flags(
+            &db_path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| bad(format!("cannot open {}: {e}", db_path.display())))?;
+        schema::prepare(&conn)
+            .map_err(|e| bad(format!("cannot initialise {}: {e}", db_path.display())))?;
+
+        let readers = ReaderPool::new(db_path.clone());
+        let writer = writer::spawn(conn)?;
+        Ok(Self {
+            writer,
+            readers,
+            _lock: lock,
+        })
+    }
+
+    fn send(&self, request: WriterRequest) {
+        if let Err(mpsc::SendError(request)) = self.writer.send(request) {
+            request.fail(StorageError::Closed);
+        }
+    }
+}
+
+fn lock_directory(dir: &Path) -> Result<File, StorageError> {
+    let path: PathBuf = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            StorageError::BadDataDir(format!(
+                "data directory {} is not writable: {e}",
+                dir.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StorageError::BadDataDir(format!(
+            "data directory {} is in use by another Spool server",
+            dir.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(StorageError::BadDataDir(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+impl Storage for SqliteStorage {
+    fn recover(&self) -> Result<Recovered, StorageError> {
+        let conn = self.readers.connect()?;
+        schema::recover(&conn).map_err(|e| StorageError::Io(format!("recovery failed: {e}")))
+    }
+
+    fn commit(&self, op: WriteOp, done: CommitReply) {
+        self.send(WriterRequest::Write {
+            op,
+            done: Some(done),
+        });
+    }
+
+    fn record(&self, op: WriteOp) {
+        self.send(WriterRequest::Write { op, done: None });
+    }
+
+    fn read_bodies(&self, ids: Vec<u64>, reply: BodiesReply) {
+        self.readers.read_bodies(ids, reply);
+    }
+
+    fn close(&self, done: oneshot::Sender<()>) {
+        self.send(WriterRequest::Close(done));
+    }
+}

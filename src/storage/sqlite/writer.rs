@@ -1,0 +1,264 @@
+//! The writer thread and its group commit.
+//!
+//! Durability costs one fsync per commit, whatever the commit holds. So the writer takes
+//! everything that is waiting (from every queue), applies it in one transaction, syncs once and
+//! then answers all of it: throughput grows with concurrency instead of being capped by the sync
+//! latency. Blocking SQLite calls stay on this thread, never on tokio's workers.
+
+use std::sync::mpsc;
+
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+use crate::storage::{CommitReply, StorageError, WriteOp};
+
+/// Most requests applied in one transaction; bounds how long a commit holds its callers.
+const MAX_GROUP: usize = 4_096;
+
+pub enum WriterRequest {
+    /// `done` is None for lazy writes nobody waits for.
+    Write {
+        op: WriteOp,
+        done: Option<CommitReply>,
+    },
+    /// Commit everything before this request, answer, and stop.
+    Close(oneshot::Sender<()>),
+}
+
+impl WriterRequest {
+    pub fn fail(self, error: StorageError) {
+        match self {
+            Self::Write {
+                done: Some(done), ..
+            } => {
+                let _ = done.send(Err(error));
+            }
+            Self::Write { done: None, .. } => {}
+            Self::Close(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+pub fn spawn(conn: Connection) -> Result<mpsc::Sender<WriterRequest>, StorageError> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || run(conn, receiver))
+        .map_err(|e| StorageError::Io(format!("cannot start the writer thread: {e}")))?;
+    Ok(sender)
+}
+
+fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>) {
+    let mut group: Vec<(WriteOp, Option<CommitReply>)> = Vec::new();
+    while let Ok(first) = requests.recv() {
+        let mut close = None;
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                WriterRequest::Write { op, done } => group.push((op, done)),
+                WriterRequest::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if group.len() < MAX_GROUP {
+                next = requests.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            commit_group(&conn, &mut group);
+        }
+        if let Some(done) = close {
+            // Later requests are refused: their senders hear that storage is closed.
+            drop(requests);
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Applies the group in one transaction; if one operation fails, retries each on its own so
+/// that one bad write does not fail the others.
+fn commit_group(conn: &Connection, group: &mut Vec<(WriteOp, Option<CommitReply>)>) {
+    let outcome = transaction(conn, group.iter().map(|(op, _)| op));
+    match outcome {
+        Ok(()) => {
+            for (_, done) in group.drain(..) {
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
+        Err(error) if group.len() == 1 => {
+            tracing::error!(%error, "storage commit failed");
+            fail_all(group, &error);
+        }
+        Err(error) => {
+            tracing::warn!(%error, ops = group.len(), "group commit failed; retrying one by one");
+            for (op, done) in group.drain(..) {
+                let result = transaction(conn, std::iter::once(&op)).map_err(|error| {
+                    tracing::error!(%error, "storage commit failed");
+                    commit_error(&error)
+                });
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+}
+
+fn fail_all(group: &mut Vec<(WriteOp, Option<CommitReply>)>, error: &rusqlite::Error) {
+    for (_, done) in group.drain(..) {
+        if let Some(done) = done {
+            let _ = done.send(Err(commit_error(error)));
+        }
+    }
+}
+
+fn commit_error(error: &rusqlite::Error) -> StorageError {
+    StorageError::Io(format!("commit failed: {error}"))
+}
+
+fn transaction<'a>(
+    conn: &Connection,
+    ops: impl Iterator<Item = &'a WriteOp>,
+) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        let mut next_queue_id = 0u64;
+        let mut next_message_id = 0u64;
+        for op in ops {
+            apply(conn, op, &mut next_queue_id, &mut next_message_id)?;
+        }
+        raise_counter(conn, "next_queue_id", next_queue_id)?;
+        raise_counter(conn, "next_message_id", next_message_id)?;
+        conn.execute_batch("COMMIT")
+    })();
+    if result.is_err() {
+        // The transaction may already be gone (a failed COMMIT rolls back on some errors).
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+fn raise_counter(conn: &Connection, name: &str, at_least: u64) -> rusqlite::Result<()> {
+    if at_least > 0 {
+        conn.prepare_cached("UPDATE counters SET value = max(value, ?2) WHERE name = ?1")?
+            .execute(params![name, at_least as i64])?;
+    }
+    Ok(())
+}
+
+fn apply(
+    conn: &Connection,
+    op: &WriteOp,
+    next_queue_id: &mut u64,
+    next_message_id: &mut u64,
+) -> rusqlite::Result<()> {
+    match op {
+        WriteOp::CreateQueue(queue) => {
+            let a = &queue.attributes;
+            conn.prepare_cached(
+                "INSERT INTO queues (id, name, visibility_timeout_seconds, polling_wait_seconds,
+                    max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
+                    create_time_ms, update_time_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                queue.id as i64,
+                queue.name,
+                a.visibility_timeout_seconds,
+                a.polling_wait_seconds,
+                a.max_message_size,
+                a.message_retention_seconds,
+                a.rewind_seconds,
+                a.max_backlog as i64,
+                queue.create_time_ms,
+                queue.update_time_ms,
+            ])?;
+            *next_queue_id = (*next_queue_id).max(queue.id + 1);
+        }
+        WriteOp::UpdateQueue(queue) => {
+            let a = &queue.attributes;
+            conn.prepare_cached(
+                "UPDATE queues SET visibility_timeout_seconds = ?2, polling_wait_seconds = ?3,
+                    max_message_size = ?4, message_retention_seconds = ?5, rewind_seconds = ?6,
+                    max_backlog = ?7, update_time_ms = ?8
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                queue.id as i64,
+                a.visibility_timeout_seconds,
+                a.polling_wait_seconds,
+                a.max_message_size,
+                a.message_retention_seconds,
+                a.rewind_seconds,
+                a.max_backlog as i64,
+                queue.update_time_ms,
+            ])?;
+        }
+        WriteOp::DeleteQueue { queue_id } => {
+            conn.prepare_cached("DELETE FROM messages WHERE queue_id = ?1")?
+                .execute([*queue_id as i64])?;
+            conn.prepare_cached("DELETE FROM queues WHERE id = ?1")?
+                .execute([*queue_id as i64])?;
+        }
+        WriteOp::InsertMessages { queue_id, messages } => {
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for message in messages {
+                insert.execute(params![
+                    message.id as i64,
+                    *queue_id as i64,
+                    message.enqueue_ms,
+                    message.visible_at_ms,
+                    &message.body[..],
+                ])?;
+                *next_message_id = (*next_message_id).max(message.id + 1);
+            }
+        }
+        WriteOp::RemoveMessages { ids } => {
+            let mut delete = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+            for id in ids {
+                delete.execute([*id as i64])?;
+            }
+        }
+        WriteOp::MarkDeleted { ids } => {
+            let mut mark = conn.prepare_cached("UPDATE messages SET deleted = 1 WHERE id = ?1")?;
+            for id in ids {
+                mark.execute([*id as i64])?;
+            }
+        }
+        WriteOp::Restore { ids, visible_at_ms } => {
+            let mut restore = conn.prepare_cached(
+                "UPDATE messages SET deleted = 0, visible_at_ms = ?2, receipt_nonce = 0
+                 WHERE id = ?1",
+            )?;
+            for id in ids {
+                restore.execute(params![*id as i64, visible_at_ms])?;
+            }
+        }
+        WriteOp::RecordReceives(receives) => {
+            let mut update = conn.prepare_cached(
+                "UPDATE messages SET visible_at_ms = ?2, dequeue_count = ?3,
+                    first_dequeue_ms = ?4, receipt_nonce = ?5
+                 WHERE id = ?1 AND deleted = 0",
+            )?;
+            for receive in receives {
+                update.execute(params![
+                    receive.id as i64,
+                    receive.visible_at_ms,
+                    receive.dequeue_count,
+                    receive.first_dequeue_ms,
+                    receive.receipt_nonce as i64,
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
