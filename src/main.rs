@@ -1,5 +1,6 @@
 //! The `spool` binary: parses flags, sets up logging, binds, and calls `spool::server::run`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,6 +82,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir,
             max_queues: args.max_queues,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+            ..ServerConfig::new(PathBuf::new())
         };
         server::run(listener, shutdown_signal(), config)
             .await
@@ -93,7 +95,8 @@ fn init_logging(args: &ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--log {:?} is not a valid log filter", args.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match args.log_format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

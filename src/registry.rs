@@ -177,7 +177,7 @@ impl Registry {
         &self.context.storage
     }
 
-    pub fn clock(&self) -> Clock {
-        self.context.clock
+    pub fn clock(&self) -> &Clock {
+        &self.context.clock
     }
 }

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub max_queues: usize,
     /// Longest wait for open calls at shutdown.
     pub shutdown_grace: Duration,
+    /// The server's time; tests share one with the server to move it forward.
+    pub clock: Clock,
 }
 
 impl ServerConfig {
@@ -49,6 +51,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             max_queues: DEFAULT_MAX_QUEUES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            clock: Clock::new(),
         }
     }
 }
@@ -74,8 +77,9 @@ pub async fn run(
         .await
         .map_err(|e| StorageError::Io(format!("storage open task failed: {e}")))??;
     let storage: Arc<dyn Storage> = Arc::new(storage);
-    let registry =
-        Arc::new(Registry::recover(storage.clone(), Clock::new(), config.max_queues).await?);
+    let registry = Arc::new(
+        Registry::recover(storage.clone(), config.clock.clone(), config.max_queues).await?,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -84,10 +88,12 @@ pub async fn run(
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let stopping = CancellationToken::new();

@@ -1,0 +1,305 @@
+//! Test harness: a real Spool server on 127.0.0.1:0, in process (with a clock the test can move)
+//! or as a child process of the `spool` binary (for restarts, crashes and signals).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use spool::clock::Clock;
+use spool::pb;
+use spool::pb::queue_service_client::QueueServiceClient;
+use spool::server::{self, ServerConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub type Client = QueueServiceClient<Channel>;
+
+/// A server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub clock: Clock,
+    pub data_dir: PathBuf,
+    /// Kept so the directory lives as long as the server (None when the test owns it).
+    _temp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), server::ServerError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut server = Self::start_in(temp.path(), adjust).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts a server on an existing data directory (which the caller keeps).
+    pub async fn start_in(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let mut config = ServerConfig::new(dir);
+        adjust(&mut config);
+        let clock = config.clock.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            config,
+        ));
+        Self {
+            addr,
+            clock,
+            data_dir: dir.to_path_buf(),
+            _temp: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.endpoint()).await
+    }
+
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server run");
+        }
+    }
+}
+
+/// Connects, retrying while the server is still starting.
+pub async fn connect(endpoint: &str) -> Client {
+    for _ in 0..200 {
+        if let Ok(client) = QueueServiceClient::connect(endpoint.to_string()).await {
+            return client
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("cannot connect to {endpoint}");
+}
+
+/// The `spool` binary as a child process.
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts `spool serve` on 127.0.0.1:0 and reads the bound address from its log.
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spool");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("spool exited before listening")
+                .expect("read log");
+            if let Some(addr) = line
+                .split("\"addr\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+            {
+                break addr.parse().expect("addr");
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Self { child, addr }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.endpoint()).await
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        signal(&self.child, "TERM");
+        self.child.wait().expect("wait").code()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Asserts a status's code and CMQ code (from its ErrorInfo detail), and returns its message.
+pub fn assert_error(status: &Status, code: Code, cmq_code: i32) -> String {
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo detail");
+    assert_eq!(info.domain, "spool");
+    assert_eq!(
+        info.metadata.get("cmq_code").map(String::as_str),
+        Some(cmq_code.to_string().as_str()),
+        "{status:?}"
+    );
+    assert!(!info.reason.is_empty());
+    status.message().to_string()
+}
+
+// ---- small request helpers ----
+
+pub fn attrs() -> pb::QueueAttributes {
+    pb::QueueAttributes::default()
+}
+
+pub async fn create(client: &mut Client, name: &str, attributes: pb::QueueAttributes) -> pb::Queue {
+    client
+        .create_queue(pb::CreateQueueRequest {
+            queue_name: name.into(),
+            attributes: Some(attributes),
+        })
+        .await
+        .expect("create queue")
+        .into_inner()
+}
+
+pub async fn send(client: &mut Client, queue: &str, body: &[u8]) -> String {
+    client
+        .send_message(pb::SendMessageRequest {
+            queue_name: queue.into(),
+            body: body.to_vec().into(),
+            delay_seconds: None,
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id
+}
+
+pub async fn send_delayed(client: &mut Client, queue: &str, body: &[u8], delay: u32) -> String {
+    client
+        .send_message(pb::SendMessageRequest {
+            queue_name: queue.into(),
+            body: body.to_vec().into(),
+            delay_seconds: Some(delay),
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id
+}
+
+pub async fn batch_send(client: &mut Client, queue: &str, bodies: &[&[u8]]) -> Vec<String> {
+    client
+        .batch_send_messages(pb::BatchSendMessagesRequest {
+            queue_name: queue.into(),
+            entries: bodies
+                .iter()
+                .map(|b| pb::BatchSendEntry {
+                    body: b.to_vec().into(),
+                    delay_seconds: None,
+                })
+                .collect(),
+        })
+        .await
+        .expect("batch send")
+        .into_inner()
+        .message_ids
+}
+
+/// Receives and collects the whole stream.
+pub async fn receive_with(
+    client: &mut Client,
+    request: pb::ReceiveMessagesRequest,
+) -> Result<Vec<pb::ReceivedMessage>, Status> {
+    let mut stream = client.receive_messages(request).await?.into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.message().await? {
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
+/// Receives up to `max` messages without waiting.
+pub async fn receive(client: &mut Client, queue: &str, max: u32) -> Vec<pb::ReceivedMessage> {
+    receive_with(
+        client,
+        pb::ReceiveMessagesRequest {
+            queue_name: queue.into(),
+            max_messages: max,
+            wait_seconds: Some(0),
+            visibility_timeout_seconds: None,
+        },
+    )
+    .await
+    .expect("receive")
+}
+
+pub async fn delete(client: &mut Client, queue: &str, handle: &str) -> Result<(), Status> {
+    client
+        .delete_message(pb::DeleteMessageRequest {
+            queue_name: queue.into(),
+            receipt_handle: handle.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+pub async fn get(client: &mut Client, queue: &str) -> pb::Queue {
+    client
+        .get_queue(pb::GetQueueRequest {
+            queue_name: queue.into(),
+        })
+        .await
+        .expect("get queue")
+        .into_inner()
+}
+
+pub async fn stats(client: &mut Client, queue: &str) -> pb::QueueStats {
+    get(client, queue).await.stats.expect("stats")
+}
