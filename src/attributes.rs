@@ -119,8 +119,11 @@ where
 /// Checks a queue name: 1 to 64 characters, a letter first, then letters, digits, '-' or '_'.
 pub fn validate_queue_name(name: &str) -> Result<(), QueueError> {
     let invalid = |why: &str| {
+        // Quote at most a name's worth of it: the message travels in a header.
+        let shown: String = name.chars().take(MAX_QUEUE_NAME_LEN).collect();
+        let ellipsis = if shown.len() < name.len() { "..." } else { "" };
         QueueError::InvalidArgument(format!(
-            "queue_name {name:?} {why}; a name is 1..={MAX_QUEUE_NAME_LEN} characters: \
+            "queue_name {shown:?}{ellipsis} {why}; a name is 1..={MAX_QUEUE_NAME_LEN} characters: \
              a letter first, then letters, digits, '-' or '_'"
         ))
     };

@@ -96,6 +96,8 @@ impl QueueActor {
                 }
                 command = self.inbox.recv() => {
                     let Some(command) = command else { break };
+                    // A command sees the queue as of now, not as of the last wakeup.
+                    self.advance_time();
                     if let Flow::Stop = self.handle(command).await {
                         break;
                     }
