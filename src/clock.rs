@@ -1,10 +1,12 @@
-//! Time as Spool reads it: wall-clock milliseconds since the Unix epoch, derived from tokio's
-//! monotonic clock.
+//! Time as Spool reads it: wall-clock milliseconds since the Unix epoch that never go backwards.
 //!
-//! Timestamps shown to clients and stored on disk are wall-clock; timers must not jump when the
-//! wall clock is stepped. Anchoring one wall-clock reading to one monotonic instant gives both:
-//! times never go backwards, durations are exact, and tests with paused tokio time see a
-//! consistent wall clock too.
+//! Timestamps shown to clients and stored on disk are wall-clock; timers must not misfire when
+//! the wall clock is stepped. So `now` is the later of the system's wall clock and a reading
+//! derived from the monotonic clock (one wall-clock reading anchored to one monotonic instant),
+//! and never earlier than any `now` returned before:
+//! - a forward step of the wall clock (NTP, resume after suspend) is followed at once;
+//! - a backward step is absorbed: time goes on from the monotonic clock instead of jumping back;
+//! - in tests with paused tokio time the monotonic part advances with the paused clock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -21,28 +23,41 @@ pub struct Clock {
     anchor: Instant,
     /// Wall-clock time at `anchor`.
     anchor_wall_ms: Millis,
-    /// How far [`Clock::skip_ahead`] has moved this clock; shared by its clones.
-    skipped_ms: Arc<AtomicI64>,
+    /// Shared by clones: the latest time returned, and how far `skip_ahead` moved the clock.
+    state: Arc<ClockState>,
+}
+
+#[derive(Debug, Default)]
+struct ClockState {
+    latest_ms: AtomicI64,
+    skipped_ms: AtomicI64,
+}
+
+fn system_now_ms() -> Millis {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    i64::try_from(wall.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Clock {
     pub fn new() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
         Self {
             anchor: Instant::now(),
-            anchor_wall_ms: i64::try_from(wall.as_millis()).unwrap_or(i64::MAX),
-            skipped_ms: Arc::default(),
+            anchor_wall_ms: system_now_ms(),
+            state: Arc::default(),
         }
     }
 
-    /// Wall-clock now, in milliseconds.
+    /// Wall-clock now, in milliseconds; never less than an earlier reading.
     pub fn now_ms(&self) -> Millis {
         let elapsed = i64::try_from(self.anchor.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.anchor_wall_ms
-            .saturating_add(elapsed)
-            .saturating_add(self.skipped_ms.load(Ordering::Relaxed))
+        let monotonic = self.anchor_wall_ms.saturating_add(elapsed);
+        let now = monotonic
+            .max(system_now_ms())
+            .saturating_add(self.state.skipped_ms.load(Ordering::Relaxed));
+        let latest = self.state.latest_ms.fetch_max(now, Ordering::Relaxed);
+        now.max(latest)
     }
 
     /// Moves this clock (and its clones) forward, as if `by` had passed. Tests use it to reach
@@ -50,7 +65,7 @@ impl Clock {
     /// at their queue's next step.
     pub fn skip_ahead(&self, by: Duration) {
         let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.skipped_ms.fetch_add(by, Ordering::Relaxed);
+        self.state.skipped_ms.fetch_add(by, Ordering::Relaxed);
     }
 
     /// The monotonic instant at which the wall clock reads `at_ms` (now, if that has passed).
@@ -70,4 +85,20 @@ impl Default for Clock {
 /// Seconds to milliseconds, for attribute values.
 pub fn secs_to_ms(seconds: u32) -> Millis {
     i64::from(seconds) * 1_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_the_wall_clock_and_never_goes_back() {
+        let clock = Clock::new();
+        let first = clock.now_ms();
+        assert!((first - system_now_ms()).abs() < 1_000);
+        clock.skip_ahead(Duration::from_secs(60));
+        let later = clock.now_ms();
+        assert!(later >= first + 60_000);
+        assert!(clock.now_ms() >= later);
+    }
 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
 use crate::grpc::QueueServiceImpl;
@@ -119,16 +119,15 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         "listening"
     );
+    // The builder's tcp_nodelay does not reach a listener we bind ourselves; without it, Nagle
+    // holds each streamed message until the client's delayed ACK (~40 ms per ReceiveMessages).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(queue_service)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stopping.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     tokio::pin!(serve);
     let grace_over = async {
         stopping.cancelled().await;

@@ -4,6 +4,7 @@
 //! One writer thread owns the only read-write connection and commits in groups (see `writer`);
 //! bodies are read through a small pool of read-only connections on tokio's blocking threads.
 
+mod checkpointer;
 mod readers;
 mod schema;
 mod writer;
@@ -30,6 +31,8 @@ pub struct SqliteStorage {
     /// make a cycle with the actors' mailboxes.
     writer: mpsc::Sender<WriterRequest>,
     readers: ReaderPool,
+    /// Dropping it stops the background checkpoints.
+    _checkpointer: mpsc::Sender<()>,
     /// Keeps the directory lock for the life of the storage.
     _lock: File,
 }
@@ -69,9 +72,12 @@ impl SqliteStorage {
 
         let readers = ReaderPool::new(db_path.clone());
         let writer = writer::spawn(conn)?;
+        let checkpointer = checkpointer::spawn(db_path)
+            .map_err(|e| StorageError::Io(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Self {
             writer,
             readers,
+            _checkpointer: checkpointer,
             _lock: lock,
         })
     }

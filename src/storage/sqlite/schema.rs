@@ -88,6 +88,12 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Truncate the WAL back to this size after checkpoints, so it does not stay at its peak.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // Checkpoints run on a thread of their own (see `checkpointer`); this is the backstop.
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        super::checkpointer::BACKSTOP_PAGES,
+    )?;
     let version: i32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version == 0 {
         let tx = conn.unchecked_transaction()?;
