@@ -1,0 +1,727 @@
+//! Durability: what survives a graceful restart, a SIGKILL under load, and the passage of
+//! retention; and which data directories the server refuses to touch.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags};
+use spool::pb;
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::common::*;
+
+/// Wall-clock now, in milliseconds since the epoch (the server's timestamps are wall-clock).
+fn wall_ms() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(now.as_millis()).expect("ms fit in i64")
+}
+
+fn ts_ms(timestamp: Option<&prost_types::Timestamp>) -> i64 {
+    let t = timestamp.expect("timestamp is set");
+    t.seconds * 1_000 + i64::from(t.nanos / 1_000_000)
+}
+
+fn ms_to_ts(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1_000),
+        nanos: (ms.rem_euclid(1_000) * 1_000_000) as i32,
+    }
+}
+
+fn body_text(message: &pb::ReceivedMessage) -> String {
+    String::from_utf8(message.body.to_vec()).expect("utf-8 body")
+}
+
+fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        now.as_nanos() as u64
+    })
+}
+
+fn receive_request(
+    queue: &str,
+    max: u32,
+    wait: u32,
+    visibility: Option<u32>,
+) -> pb::ReceiveMessagesRequest {
+    pb::ReceiveMessagesRequest {
+        queue_name: queue.into(),
+        max_messages: max,
+        wait_seconds: Some(wait),
+        visibility_timeout_seconds: visibility,
+    }
+}
+
+fn backlog(stats: &pb::QueueStats) -> u64 {
+    stats.active_messages + stats.inactive_messages + stats.delayed_messages
+}
+
+// ---- 1. graceful restart ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_undeleted_messages_attributes_and_rewindable_deletes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+
+    let plain_attributes = pb::QueueAttributes {
+        visibility_timeout_seconds: Some(45),
+        polling_wait_seconds: Some(3),
+        max_message_size: Some(2_048),
+        message_retention_seconds: Some(7_200),
+        rewind_seconds: Some(0),
+        max_backlog: Some(500),
+    };
+    let plain_before = create(&mut client, "plain", plain_attributes).await;
+    let rewind_attributes = pb::QueueAttributes {
+        rewind_seconds: Some(3_600),
+        ..attrs()
+    };
+    let rewind_before = create(&mut client, "rewinding", rewind_attributes).await;
+
+    // plain: p0..p9. p0..p3 received and deleted; p4 received with a long visibility timeout
+    // (its handle must still work after the restart); p5, p6 received with a 1 s timeout (they
+    // come back, received once already); p7..p9 never received.
+    let bodies: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
+    batch_send(&mut client, "plain", &refs).await;
+
+    let to_delete = receive_with(&mut client, receive_request("plain", 4, 0, Some(60)))
+        .await
+        .expect("receive");
+    assert_eq!(
+        to_delete.iter().map(body_text).collect::<Vec<_>>(),
+        ["p0", "p1", "p2", "p3"]
+    );
+    for message in &to_delete {
+        delete(&mut client, "plain", &message.receipt_handle)
+            .await
+            .expect("delete");
+    }
+    let held = receive_with(&mut client, receive_request("plain", 1, 0, Some(600)))
+        .await
+        .expect("receive");
+    assert_eq!(held.iter().map(body_text).collect::<Vec<_>>(), ["p4"]);
+    let expiring = receive_with(&mut client, receive_request("plain", 2, 0, Some(1)))
+        .await
+        .expect("receive");
+    assert_eq!(
+        expiring.iter().map(body_text).collect::<Vec<_>>(),
+        ["p5", "p6"]
+    );
+
+    // rewinding: r0..r2; r0 and r1 received and deleted (kept for rewind), r2 left visible.
+    let rewind_from_ms = wall_ms() - 2_000;
+    batch_send(&mut client, "rewinding", &[b"r0", b"r1", b"r2"]).await;
+    let rewound = receive_with(&mut client, receive_request("rewinding", 2, 0, Some(60)))
+        .await
+        .expect("receive");
+    assert_eq!(
+        rewound.iter().map(body_text).collect::<Vec<_>>(),
+        ["r0", "r1"]
+    );
+    for message in &rewound {
+        delete(&mut client, "rewinding", &message.receipt_handle)
+            .await
+            .expect("delete");
+    }
+    assert_eq!(stats(&mut client, "rewinding").await.rewindable_messages, 2);
+
+    assert_eq!(server.terminate(), Some(0), "SIGTERM must end spool with 0");
+
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+
+    // Attributes and times survive.
+    for before in [&plain_before, &rewind_before] {
+        let after = get(&mut client, &before.name).await;
+        assert_eq!(after.attributes, before.attributes, "{}", before.name);
+        assert_eq!(after.create_time, before.create_time, "{}", before.name);
+        assert_eq!(after.update_time, before.update_time, "{}", before.name);
+    }
+
+    // plain: p4..p9 are left, p4 in flight; nothing kept for rewind.
+    let plain_stats = stats(&mut client, "plain").await;
+    assert_eq!(backlog(&plain_stats), 6, "{plain_stats:?}");
+    assert!(plain_stats.inactive_messages >= 1, "{plain_stats:?}");
+    assert_eq!(plain_stats.rewindable_messages, 0, "{plain_stats:?}");
+    // The receipt handle of the receive before the restart still deletes its message.
+    delete(&mut client, "plain", &held[0].receipt_handle)
+        .await
+        .expect("delete with a handle issued before the restart");
+
+    let mut drained: Vec<pb::ReceivedMessage> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = receive_with(&mut client, receive_request("plain", 16, 1, Some(600)))
+            .await
+            .expect("receive");
+        drained.extend(got);
+        if backlog(&stats(&mut client, "plain").await) == drained.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plain was not drained after 20 s; got {:?}",
+            drained.iter().map(body_text).collect::<Vec<_>>()
+        );
+    }
+    let mut got: Vec<(String, u32)> = drained
+        .iter()
+        .map(|m| (body_text(m), m.dequeue_count))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("p5".to_string(), 2),
+            ("p6".to_string(), 2),
+            ("p7".to_string(), 1),
+            ("p8".to_string(), 1),
+            ("p9".to_string(), 1),
+        ],
+        "exactly the undeleted messages come back, once, with their receive counts"
+    );
+    for message in &drained {
+        delete(&mut client, "plain", &message.receipt_handle)
+            .await
+            .expect("delete");
+    }
+    assert_eq!(backlog(&stats(&mut client, "plain").await), 0);
+
+    // rewinding: r2 visible, r0 and r1 still rewindable.
+    let rewind_stats = stats(&mut client, "rewinding").await;
+    assert_eq!(
+        (
+            rewind_stats.active_messages,
+            rewind_stats.inactive_messages,
+            rewind_stats.rewindable_messages
+        ),
+        (1, 0, 2),
+        "{rewind_stats:?}"
+    );
+    let visible = receive(&mut client, "rewinding", 16).await;
+    assert_eq!(visible.iter().map(body_text).collect::<Vec<_>>(), ["r2"]);
+    let restored = client
+        .rewind_queue(pb::RewindQueueRequest {
+            queue_name: "rewinding".into(),
+            start_time: Some(ms_to_ts(rewind_from_ms)),
+        })
+        .await
+        .expect("rewind")
+        .into_inner()
+        .restored_messages;
+    assert_eq!(restored, 2);
+    let again = receive(&mut client, "rewinding", 16).await;
+    assert_eq!(
+        again
+            .iter()
+            .map(|m| (body_text(m), m.dequeue_count))
+            .collect::<Vec<_>>(),
+        [("r0".to_string(), 2), ("r1".to_string(), 2)]
+    );
+
+    assert_eq!(server.terminate(), Some(0));
+}
+
+// ---- 2. SIGKILL under load ----
+
+const SENDERS: usize = 8;
+const BATCH: usize = 16;
+const KILL_ROUNDS: usize = 3;
+
+/// Sends batches of unique bodies until the server goes away. Returns (acknowledged, attempted).
+async fn send_until_killed(
+    endpoint: String,
+    queue: String,
+    prefix: String,
+    killed: Arc<AtomicBool>,
+) -> (Vec<String>, Vec<String>) {
+    let mut client = connect(&endpoint).await;
+    let mut acked = Vec::new();
+    let mut attempted = Vec::new();
+    for batch in 0.. {
+        let bodies: Vec<String> = (0..BATCH)
+            .map(|i| format!("{prefix}-b{batch}-m{i}"))
+            .collect();
+        attempted.extend(bodies.iter().cloned());
+        let request = pb::BatchSendMessagesRequest {
+            queue_name: queue.clone(),
+            entries: bodies
+                .iter()
+                .map(|body| pb::BatchSendEntry {
+                    body: body.clone().into_bytes().into(),
+                    delay_seconds: None,
+                })
+                .collect(),
+        };
+        match client.batch_send_messages(request).await {
+            Ok(response) => {
+                assert_eq!(response.into_inner().message_ids.len(), BATCH);
+                acked.extend(bodies);
+            }
+            // The kill: this batch may or may not be stored.
+            Err(_) if killed.load(Ordering::SeqCst) => break,
+            Err(status) => panic!("send failed before the kill: {status:?}"),
+        }
+    }
+    (acked, attempted)
+}
+
+/// What the consumer knows when the server is gone.
+#[derive(Default)]
+struct Consumed {
+    /// Bodies whose delete was acknowledged.
+    deleted: Vec<String>,
+    /// The body whose delete was under way at the kill: it may or may not be deleted.
+    maybe_deleted: Option<String>,
+}
+
+/// Receives messages and deletes those whose body ends in an even digit (about half), until
+/// the server goes away.
+async fn consume_until_killed(
+    endpoint: String,
+    queue: String,
+    killed: Arc<AtomicBool>,
+) -> Consumed {
+    let mut client = connect(&endpoint).await;
+    let mut consumed = Consumed::default();
+    loop {
+        let messages = match receive_with(&mut client, receive_request(&queue, 16, 1, None)).await {
+            Ok(messages) => messages,
+            Err(_) if killed.load(Ordering::SeqCst) => break,
+            Err(status) => panic!("receive failed before the kill: {status:?}"),
+        };
+        for message in messages {
+            let body = body_text(&message);
+            // The same message always gets the same decision, however often it comes.
+            let last_digit = body.bytes().last().unwrap_or(b'0');
+            if !last_digit.is_multiple_of(2) {
+                continue;
+            }
+            match delete(&mut client, &queue, &message.receipt_handle).await {
+                Ok(()) => consumed.deleted.push(body),
+                // Its 2 s visibility timeout ended first: it is undeleted, and comes again.
+                Err(status) if status.code() == Code::FailedPrecondition => {}
+                Err(_) if killed.load(Ordering::SeqCst) => {
+                    consumed.maybe_deleted = Some(body);
+                    return consumed;
+                }
+                Err(status) => panic!("delete failed before the kill: {status:?}"),
+            }
+        }
+    }
+    consumed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_send_and_revives_no_acknowledged_delete() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for round in 0..KILL_ROUNDS {
+        let queue = format!("load-{round}");
+        let server = ChildServer::start(dir.path());
+        let mut client = server.client().await;
+        create(
+            &mut client,
+            &queue,
+            pb::QueueAttributes {
+                visibility_timeout_seconds: Some(2),
+                ..attrs()
+            },
+        )
+        .await;
+
+        let killed = Arc::new(AtomicBool::new(false));
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|task| {
+                tokio::spawn(send_until_killed(
+                    server.endpoint(),
+                    queue.clone(),
+                    format!("r{round}-t{task}"),
+                    killed.clone(),
+                ))
+            })
+            .collect();
+        let consumer = tokio::spawn(consume_until_killed(
+            server.endpoint(),
+            queue.clone(),
+            killed.clone(),
+        ));
+
+        let delay = Duration::from_millis(200 + random_u64() % 1_300);
+        tokio::time::sleep(delay).await;
+        killed.store(true, Ordering::SeqCst);
+        server.kill();
+
+        let mut acked = HashSet::new();
+        let mut attempted = HashSet::new();
+        for sender in senders {
+            let (a, t) = tokio::time::timeout(Duration::from_secs(30), sender)
+                .await
+                .expect("sender ends after the kill")
+                .expect("sender task");
+            acked.extend(a);
+            attempted.extend(t);
+        }
+        let consumed = tokio::time::timeout(Duration::from_secs(30), consumer)
+            .await
+            .expect("consumer ends after the kill")
+            .expect("consumer task");
+        let deleted: HashSet<String> = consumed.deleted.into_iter().collect();
+        assert!(!acked.is_empty(), "round {round}: no send was acknowledged");
+
+        // Restart and drain: every message is received once, and kept in flight meanwhile.
+        let restart = Instant::now();
+        let server = ChildServer::start(dir.path());
+        let mut client = server.client().await;
+        let mut drained: HashMap<String, u32> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = receive_with(&mut client, receive_request(&queue, 16, 0, Some(600)))
+                .await
+                .expect("drain receive");
+            if got.is_empty() {
+                // Messages in flight at the kill come back within their 2 s timeout.
+                let s = stats(&mut client, &queue).await;
+                if s.active_messages == 0
+                    && s.delayed_messages == 0
+                    && s.inactive_messages == drained.len() as u64
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: not drained after 60 s: {s:?}, {} received",
+                    drained.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for message in got {
+                *drained.entry(body_text(&message)).or_default() += 1;
+            }
+        }
+
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|body| !deleted.contains(*body) && !drained.contains_key(*body))
+            .filter(|body| consumed.maybe_deleted.as_ref() != Some(*body))
+            .collect();
+        let revived: Vec<&String> = deleted
+            .iter()
+            .filter(|body| drained.contains_key(*body))
+            .collect();
+        let duplicated: Vec<(&String, &u32)> = drained.iter().filter(|(_, n)| **n > 1).collect();
+        let unknown: Vec<&String> = drained
+            .keys()
+            .filter(|body| !attempted.contains(*body))
+            .collect();
+        println!(
+            "round {round}: killed after {delay:?}; {} sends acknowledged of {} attempted, \
+             {} deletes acknowledged, {} received after the restart ({:?} to restart and drain)",
+            acked.len(),
+            attempted.len(),
+            deleted.len(),
+            drained.len(),
+            restart.elapsed()
+        );
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} acknowledged messages lost, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+        assert!(
+            revived.is_empty(),
+            "round {round}: {} acknowledged deletes came back, e.g. {:?}",
+            revived.len(),
+            &revived[..revived.len().min(5)]
+        );
+        assert!(
+            duplicated.is_empty(),
+            "round {round}: delivered twice within a 600 s visibility timeout: {:?}",
+            &duplicated[..duplicated.len().min(5)]
+        );
+        assert!(
+            unknown.is_empty(),
+            "round {round}: bodies that were never sent: {:?}",
+            &unknown[..unknown.len().min(5)]
+        );
+
+        client
+            .delete_queue(pb::DeleteQueueRequest {
+                queue_name: queue.clone(),
+            })
+            .await
+            .expect("delete queue");
+        assert_eq!(server.terminate(), Some(0));
+    }
+}
+
+// ---- 3. in-flight message after a crash ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_message_stays_invisible_across_a_crash_then_comes_back() {
+    const QUEUE: &str = "inflight";
+    /// Clock tolerance between this process and the server (same machine, same wall clock).
+    const SLACK_MS: i64 = 100;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    create(&mut client, QUEUE, attrs()).await; // visibility timeout 30 s
+    send(&mut client, QUEUE, b"in flight at the crash").await;
+    let received = receive_with(&mut client, receive_request(QUEUE, 1, 0, Some(2)))
+        .await
+        .expect("receive");
+    assert_eq!(received.len(), 1);
+    let first = &received[0];
+    assert_eq!(first.dequeue_count, 1);
+    let next_visible_ms = ts_ms(first.next_visible_time.as_ref());
+
+    // Receives are recorded lazily (nobody waits for that write). A durable write through the
+    // same queue afterwards is committed after it, so once acknowledged the receive is on disk.
+    client
+        .update_queue(pb::UpdateQueueRequest {
+            queue_name: QUEUE.into(),
+            attributes: Some(pb::QueueAttributes {
+                max_message_size: Some(4_096),
+                ..attrs()
+            }),
+        })
+        .await
+        .expect("update queue");
+    server.kill();
+
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+
+    // Before its next_visible_time it is in flight: counted as such, not receivable.
+    let mut checks_before = 0;
+    loop {
+        let s = stats(&mut client, QUEUE).await;
+        let got = receive(&mut client, QUEUE, 16).await;
+        let checked_at = wall_ms();
+        if checked_at >= next_visible_ms - SLACK_MS {
+            break;
+        }
+        assert_eq!(
+            (s.active_messages, s.inactive_messages),
+            (0, 1),
+            "{}ms before next_visible_time: {s:?}",
+            next_visible_ms - checked_at
+        );
+        assert!(
+            got.is_empty(),
+            "received {}ms before its next_visible_time",
+            next_visible_ms - checked_at
+        );
+        checks_before += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        checks_before > 0,
+        "the restart took longer than the 2 s visibility timeout; nothing was checked"
+    );
+
+    // Then it is delivered again, soon.
+    let deadline = next_visible_ms + 10_000;
+    let again = loop {
+        let got = receive_with(&mut client, receive_request(QUEUE, 16, 1, Some(60)))
+            .await
+            .expect("receive");
+        if let Some(message) = got.into_iter().next() {
+            break message;
+        }
+        assert!(
+            wall_ms() < deadline,
+            "not delivered again within 10 s after its next_visible_time"
+        );
+    };
+    assert!(
+        wall_ms() >= next_visible_ms - SLACK_MS,
+        "delivered again before its next_visible_time"
+    );
+    assert_eq!(again.message_id, first.message_id);
+    assert_eq!(again.body, first.body);
+    assert!(again.dequeue_count >= 1);
+    // The receive before the crash was made durable above, so it counts.
+    assert_eq!(again.dequeue_count, 2);
+    assert_eq!(again.first_dequeue_time, first.first_dequeue_time);
+    assert_ne!(again.receipt_handle, first.receipt_handle);
+
+    assert_eq!(server.terminate(), Some(0));
+}
+
+// ---- 4. retention removes rows from disk ----
+
+fn count_rows(db: &Path) -> i64 {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open spool.db read-only");
+    conn.query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+        .expect("count messages")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_messages_and_their_rows() {
+    const QUEUE: &str = "short-lived";
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(
+        &mut client,
+        QUEUE,
+        pb::QueueAttributes {
+            message_retention_seconds: Some(60),
+            ..attrs()
+        },
+    )
+    .await;
+    batch_send(&mut client, QUEUE, &[b"a", b"b", b"c", b"d", b"e"]).await;
+    // Two of them in flight: retention ends them too, received or not.
+    assert_eq!(receive(&mut client, QUEUE, 2).await.len(), 2);
+    let before = stats(&mut client, QUEUE).await;
+    assert_eq!((before.active_messages, before.inactive_messages), (3, 2));
+    let db = server.data_dir.join("spool.db");
+    assert_eq!(count_rows(&db), 5, "sent messages are on disk");
+
+    server.clock.skip_ahead(Duration::from_secs(61));
+
+    let after = stats(&mut client, QUEUE).await;
+    assert_eq!(backlog(&after), 0, "{after:?}");
+    assert_eq!(after.oldest_message_time, None);
+    assert!(receive(&mut client, QUEUE, 16).await.is_empty());
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = count_rows(&db);
+        if rows == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} expired rows still on disk after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+// ---- 5. data directories the server must refuse ----
+
+/// Runs `spool serve` on `data_dir`, expecting it to give up; returns its exit status and
+/// stderr.
+async fn serve_expecting_exit(data_dir: &Path) -> (ExitStatus, String) {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn spool");
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("spool kept running on {}", data_dir.display()))
+        .expect("wait for spool");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn assert_refused(status: ExitStatus, stderr: &str, keyword: &str) {
+    assert!(
+        matches!(status.code(), Some(code) if code != 0),
+        "expected a non-zero exit, got {status:?}; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(keyword),
+        "stderr does not say {keyword:?}: {stderr}"
+    );
+}
+
+fn dir_listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| {
+            entry
+                .expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_data_directories_are_refused_untouched() {
+    let temp = tempfile::tempdir().expect("temp dir");
+
+    // (a) A regular file.
+    let file = temp.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write file");
+    let (status, stderr) = serve_expecting_exit(&file).await;
+    assert_refused(status, &stderr, "not a directory");
+    assert_eq!(std::fs::read(&file).expect("read"), b"not a directory");
+
+    // (b) Another application's SQLite database.
+    let foreign_dir = temp.path().join("foreign");
+    std::fs::create_dir(&foreign_dir).expect("mkdir");
+    let foreign_db = foreign_dir.join("spool.db");
+    {
+        let conn = Connection::open(&foreign_db).expect("create foreign db");
+        conn.execute_batch(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL);
+             INSERT INTO accounts (owner) VALUES ('alice'), ('bob');",
+        )
+        .expect("fill foreign db");
+    }
+    let foreign_bytes = std::fs::read(&foreign_db).expect("read");
+    let foreign_listing = dir_listing(&foreign_dir);
+    let (status, stderr) = serve_expecting_exit(&foreign_dir).await;
+    assert_refused(status, &stderr, "not a Spool database");
+    assert_eq!(std::fs::read(&foreign_db).expect("read"), foreign_bytes);
+    assert_eq!(dir_listing(&foreign_dir), foreign_listing);
+
+    // (c) Garbage where the database should be.
+    let garbage_dir = temp.path().join("garbage");
+    std::fs::create_dir(&garbage_dir).expect("mkdir");
+    let garbage_db = garbage_dir.join("spool.db");
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let garbage: Vec<u8> = (0..8_192)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&garbage_db, &garbage).expect("write garbage");
+    let (status, stderr) = serve_expecting_exit(&garbage_dir).await;
+    assert_refused(status, &stderr, "not a Spool database");
+    assert_eq!(std::fs::read(&garbage_db).expect("read"), garbage);
+    assert_eq!(dir_listing(&garbage_dir), ["spool.db"]);
+
+    // (d) A directory in use by a running server.
+    let used_dir = temp.path().join("in-use");
+    let server = ChildServer::start(&used_dir);
+    let mut client = server.client().await;
+    create(&mut client, "still-served", attrs()).await;
+    let (status, stderr) = serve_expecting_exit(&used_dir).await;
+    assert_refused(status, &stderr, "in use");
+    // The first server is unaffected.
+    send(&mut client, "still-served", b"after the second start").await;
+    assert_eq!(receive(&mut client, "still-served", 1).await.len(), 1);
+    assert_eq!(server.terminate(), Some(0));
+}

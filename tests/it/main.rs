@@ -1,0 +1,9 @@
+//! Integration tests: each talks to a real Spool server over gRPC.
+
+mod common;
+mod durability;
+mod messages;
+mod queues;
+mod rewind;
+mod streams;
+mod walkthrough;
