@@ -40,6 +40,11 @@ struct ServeArgs {
     #[arg(long, env = "SPOOL_MAX_QUEUES", default_value_t = DEFAULT_MAX_QUEUES)]
     max_queues: usize,
 
+    /// Largest size of the database file, in bytes (default: as large as the disk allows).
+    /// Beyond it, sends fail with UNAVAILABLE as on a full disk; receives and deletes go on.
+    #[arg(long, env = "SPOOL_MAX_DATABASE_BYTES")]
+    max_database_bytes: Option<u64>,
+
     /// Seconds that shutdown (SIGTERM, SIGINT) waits for open calls before closing them.
     #[arg(long, env = "SPOOL_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
@@ -82,6 +87,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir,
             max_queues: args.max_queues,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+            max_database_bytes: args.max_database_bytes,
             ..ServerConfig::new(PathBuf::new())
         };
         server::run(listener, shutdown_signal(), config)

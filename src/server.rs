@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The server's time; tests share one with the server to move it forward.
     pub clock: Clock,
+    /// Largest size of the database file; None: as large as the disk allows.
+    pub max_database_bytes: Option<u64>,
 }
 
 impl ServerConfig {
@@ -52,6 +54,7 @@ impl ServerConfig {
             max_queues: DEFAULT_MAX_QUEUES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             clock: Clock::new(),
+            max_database_bytes: None,
         }
     }
 }
@@ -73,9 +76,11 @@ pub async fn run(
     config: ServerConfig,
 ) -> Result<(), ServerError> {
     let data_dir = config.data_dir.clone();
-    let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&data_dir))
-        .await
-        .map_err(|e| StorageError::Io(format!("storage open task failed: {e}")))??;
+    let max_database_bytes = config.max_database_bytes;
+    let storage =
+        tokio::task::spawn_blocking(move || SqliteStorage::open(&data_dir, max_database_bytes))
+            .await
+            .map_err(|e| StorageError::Io(format!("storage open task failed: {e}")))??;
     let storage: Arc<dyn Storage> = Arc::new(storage);
     let registry = Arc::new(
         Registry::recover(storage.clone(), config.clock.clone(), config.max_queues).await?,

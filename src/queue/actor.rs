@@ -8,9 +8,11 @@
 
 use std::sync::atomic::Ordering;
 
-use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
+use std::collections::HashMap;
+
+use futures_util::future::{BoxFuture, Shared};
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
@@ -39,6 +41,9 @@ enum Pending {
 
 type Completion = (Pending, Result<(), StorageError>);
 
+/// A commit that several requests may wait for.
+type SharedCommit = Shared<BoxFuture<'static, Result<(), StorageError>>>;
+
 pub struct QueueActor {
     record: QueueRecord,
     table: MessageTable,
@@ -47,6 +52,9 @@ pub struct QueueActor {
     sending: u64,
     context: QueueContext,
     commits: FuturesUnordered<BoxFuture<'static, Completion>>,
+    /// Messages whose delete is being committed. A retry of the same delete must not be
+    /// acknowledged before that commit is durable, so it waits for it.
+    deleting: HashMap<u64, SharedCommit>,
     inbox: mpsc::Receiver<Command>,
 }
 
@@ -75,6 +83,7 @@ impl QueueActor {
             sending: 0,
             context,
             commits: FuturesUnordered::new(),
+            deleting: HashMap::new(),
             inbox,
         };
         if !actor.record.attributes.rewind_enabled() {
@@ -353,6 +362,11 @@ impl QueueActor {
                 results,
                 respond_to,
             } => {
+                for deletion in &deletions {
+                    if let Deletion::Deleted { id, .. } = deletion {
+                        self.deleting.remove(id);
+                    }
+                }
                 let reply = match result {
                     Ok(()) => Ok(results),
                     Err(error) => {
@@ -443,6 +457,8 @@ impl QueueActor {
         let single = handles.len() == 1;
         let mut deletions = Vec::new();
         let mut results = Vec::with_capacity(handles.len());
+        // (index in results, the commit of an earlier delete of the same message).
+        let mut earlier_commits = Vec::new();
         for (index, handle) in handles.into_iter().enumerate() {
             let field = if single {
                 "receipt_handle".to_string()
@@ -454,35 +470,58 @@ impl QueueActor {
                     deletions.push(deletion);
                     results.push(Ok(()));
                 }
-                Ok(Deletion::AlreadyDeleted) => results.push(Ok(())),
+                Ok(Deletion::AlreadyDeleted) => {
+                    if let Some(commit) = self.deleting.get(&handle.message_id) {
+                        earlier_commits.push((index, commit.clone()));
+                    }
+                    results.push(Ok(()));
+                }
                 Err(error) => results.push(Err(error)),
             }
         }
-        if deletions.is_empty() {
+        if deletions.is_empty() && earlier_commits.is_empty() {
             let _ = respond_to.send(Ok(results));
             return;
         }
-        let ids = deletions
-            .iter()
-            .filter_map(|d| match d {
-                Deletion::Deleted { id, .. } => Some(*id),
-                Deletion::AlreadyDeleted => None,
-            })
-            .collect();
-        let op = if keep {
-            WriteOp::MarkDeleted { ids }
+        let own_commit = if deletions.is_empty() {
+            None
         } else {
-            WriteOp::RemoveMessages { ids }
+            let ids: Vec<u64> = deletions
+                .iter()
+                .filter_map(|d| match d {
+                    Deletion::Deleted { id, .. } => Some(*id),
+                    Deletion::AlreadyDeleted => None,
+                })
+                .collect();
+            let op = if keep {
+                WriteOp::MarkDeleted { ids: ids.clone() }
+            } else {
+                WriteOp::RemoveMessages { ids: ids.clone() }
+            };
+            let commit = self.submit(op).boxed().shared();
+            for id in ids {
+                self.deleting.insert(id, commit.clone());
+            }
+            Some(commit)
         };
-        let committed = self.submit(op);
         self.commits.push(Box::pin(async move {
+            let mut results = results;
+            for (index, commit) in earlier_commits {
+                if let Err(error) = commit.await {
+                    results[index] = Err(error.into());
+                }
+            }
+            let result = match own_commit {
+                Some(commit) => commit.await,
+                None => Ok(()),
+            };
             (
                 Pending::Deleted {
                     deletions,
                     results,
                     respond_to,
                 },
-                committed.await,
+                result,
             )
         }));
     }

@@ -725,3 +725,55 @@ async fn bad_data_directories_are_refused_untouched() {
     assert_eq!(receive(&mut client, "still-served", 1).await.len(), 1);
     assert_eq!(server.terminate(), Some(0));
 }
+
+/// A commit that cannot be written (here: the database at its size cap, as on a full disk)
+/// fails its requests with UNAVAILABLE, acknowledges nothing of them, and the server goes on
+/// serving what it can: receives, deletes, and sends again once deletes made room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_database_fails_sends_with_unavailable_and_keeps_serving() {
+    let server =
+        TestServer::start_with(|config| config.max_database_bytes = Some(512 * 1024)).await;
+    let mut client = server.client().await;
+    create(
+        &mut client,
+        "q",
+        spool::pb::QueueAttributes {
+            max_message_size: Some(1_048_576),
+            ..attrs()
+        },
+    )
+    .await;
+    let body = vec![7u8; 16 * 1024];
+    let mut sent = 0;
+    let refused = loop {
+        match client
+            .send_message(spool::pb::SendMessageRequest {
+                queue_name: "q".into(),
+                body: body.clone().into(),
+                delay_seconds: None,
+            })
+            .await
+        {
+            Ok(_) => sent += 1,
+            Err(status) => break status,
+        }
+        assert!(sent < 1_000, "the size cap never took effect");
+    };
+    let message = assert_error(&refused, tonic::Code::Unavailable, 6000);
+    assert!(message.contains("full"), "{message}");
+    assert!(sent > 0);
+    // Exactly the acknowledged sends are there.
+    assert_eq!(stats(&mut client, "q").await.active_messages, sent);
+    // Receives and deletes still work, and free room for new sends.
+    let mut freed = 0;
+    while freed < 8 {
+        for message in receive(&mut client, "q", 16).await {
+            delete(&mut client, "q", &message.receipt_handle)
+                .await
+                .expect("delete while full");
+            freed += 1;
+        }
+    }
+    send(&mut client, "q", &body).await;
+    server.stop().await;
+}

@@ -40,7 +40,11 @@ pub struct SqliteStorage {
 impl SqliteStorage {
     /// Opens (or creates) the database in `dir`. A directory that cannot be used, or that holds a
     /// database that is not Spool's, is refused before anything in it is changed.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+    ///
+    /// `max_database_bytes` caps the database file: a commit that would grow it further fails
+    /// (and its requests with UNAVAILABLE) as if the disk were full, while reads, receives and
+    /// deletes go on.
+    pub fn open(dir: &Path, max_database_bytes: Option<u64>) -> Result<Self, StorageError> {
         let bad = |what: String| StorageError::BadDataDir(what);
         if dir.exists() && !dir.is_dir() {
             return Err(bad(format!(
@@ -69,6 +73,10 @@ impl SqliteStorage {
         .map_err(|e| bad(format!("cannot open {}: {e}", db_path.display())))?;
         schema::prepare(&conn)
             .map_err(|e| bad(format!("cannot initialise {}: {e}", db_path.display())))?;
+        if let Some(max_bytes) = max_database_bytes {
+            schema::cap_size(&conn, max_bytes)
+                .map_err(|e| bad(format!("cannot cap the size of {}: {e}", db_path.display())))?;
+        }
 
         let readers = ReaderPool::new(db_path.clone());
         let writer = writer::spawn(conn)?;

@@ -105,6 +105,14 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Caps the database at `max_bytes` (at least its current size): SQLite refuses, with
+/// SQLITE_FULL, a transaction that would need more pages.
+pub fn cap_size(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+    let pages = (max_bytes / page_size.max(1) as u64).max(1);
+    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+}
+
 /// Reads every queue with the metadata of its messages, oldest first.
 pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
     let counter = |name: &str| -> rusqlite::Result<u64> {
