@@ -33,6 +33,8 @@ pub enum QueueError {
     Storage(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the server is starting: its queues are being recovered from storage")]
+    Starting,
 }
 
 impl QueueError {
@@ -47,7 +49,7 @@ impl QueueError {
             Self::BacklogFull { .. } => 4410,
             Self::TooManyQueues { .. } => 4450,
             Self::RewindDisabled(_) => 6050,
-            Self::Storage(_) | Self::ShuttingDown => 6000,
+            Self::Storage(_) | Self::ShuttingDown | Self::Starting => 6000,
         }
     }
 
@@ -64,6 +66,7 @@ impl QueueError {
             Self::RewindDisabled(_) => "REWIND_DISABLED",
             Self::Storage(_) => "STORAGE_UNAVAILABLE",
             Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::Starting => "STARTING",
         }
     }
 }

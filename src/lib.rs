@@ -13,12 +13,16 @@
 //! - [`attributes`], [`limits`]: queue attributes, names and every range and default.
 //! - [`receipt`]: receipt handles. [`clock`]: wall-clock time read off the monotonic clock.
 //! - [`error`]: [`error::QueueError`], one gRPC code and one CMQ code per case.
+//! - [`config`]: settings of `spool serve` from a TOML file, the environment and flags.
+//! - [`metrics`]: Prometheus counters and histograms, and the /metrics endpoint.
 
 pub mod attributes;
 pub mod clock;
+pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod limits;
+pub mod metrics;
 pub mod queue;
 pub mod receipt;
 pub mod registry;

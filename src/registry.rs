@@ -68,6 +68,15 @@ impl Registry {
         })
     }
 
+    /// How many queues exist.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn get(&self, name: &str) -> Result<QueueHandle, QueueError> {
         self.read()
             .get(name)
@@ -171,6 +180,19 @@ impl Registry {
             next_after,
             total_count,
         })
+    }
+
+    /// Every queue's current state, in name order (for metrics).
+    pub async fn snapshot(&self) -> Vec<QueueInfo> {
+        let handles: Vec<QueueHandle> = self.read().values().cloned().collect();
+        let mut infos = Vec::with_capacity(handles.len());
+        for handle in handles {
+            // A queue deleted meanwhile is simply not listed.
+            if let Ok(info) = handle.info().await {
+                infos.push(info);
+            }
+        }
+        infos
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,8 +18,10 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
+use crate::config::{self, Settings};
 use crate::grpc::QueueServiceImpl;
 use crate::limits::{DEFAULT_MAX_QUEUES, MAX_REQUEST_BYTES};
+use crate::metrics::{self, Metrics};
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::registry::Registry;
 use crate::storage::sqlite::SqliteStorage;
@@ -33,7 +35,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What `run` needs besides the listener.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ServerConfig {
     /// Where the embedded database lives.
     pub data_dir: PathBuf,
@@ -45,6 +47,15 @@ pub struct ServerConfig {
     pub clock: Clock,
     /// Largest size of the database file; None: as large as the disk allows.
     pub max_database_bytes: Option<u64>,
+    /// Where to serve Prometheus metrics (GET /metrics); None: nowhere.
+    pub metrics_listener: Option<TcpListener>,
+    /// HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// Pings to each connection, so dead peers and their long polls are noticed.
+    pub http2_keepalive_interval: Option<Duration>,
+    pub http2_keepalive_timeout: Option<Duration>,
+    /// Connections older than this are closed gracefully so clients rebalance.
+    pub max_connection_age: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -55,6 +66,29 @@ impl ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             clock: Clock::new(),
             max_database_bytes: None,
+            metrics_listener: None,
+            max_concurrent_streams: config::DEFAULT_MAX_CONCURRENT_STREAMS,
+            http2_keepalive_interval: Some(Duration::from_secs(
+                config::DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS,
+            )),
+            http2_keepalive_timeout: Some(Duration::from_secs(
+                config::DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS,
+            )),
+            max_connection_age: None,
+        }
+    }
+
+    /// The server part of the effective settings (the caller binds the listeners).
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            max_queues: settings.max_queues,
+            shutdown_grace: settings.shutdown_grace(),
+            max_database_bytes: settings.max_database_bytes,
+            max_concurrent_streams: settings.max_concurrent_streams,
+            http2_keepalive_interval: settings.http2_keepalive_interval(),
+            http2_keepalive_timeout: settings.http2_keepalive_timeout(),
+            max_connection_age: settings.max_connection_age(),
+            ..Self::new(&settings.data_dir)
         }
     }
 }
@@ -75,21 +109,31 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     config: ServerConfig,
 ) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::default());
     let data_dir = config.data_dir.clone();
     let max_database_bytes = config.max_database_bytes;
-    let storage =
-        tokio::task::spawn_blocking(move || SqliteStorage::open(&data_dir, max_database_bytes))
-            .await
-            .map_err(|e| StorageError::Io(format!("storage open task failed: {e}")))??;
+    let storage_metrics = metrics.clone();
+    let storage = tokio::task::spawn_blocking(move || {
+        SqliteStorage::open(&data_dir, max_database_bytes, storage_metrics)
+    })
+    .await
+    .map_err(|e| StorageError::Io(format!("storage open task failed: {e}")))??;
     let storage: Arc<dyn Storage> = Arc::new(storage);
-    let registry = Arc::new(
-        Registry::recover(storage.clone(), config.clock.clone(), config.max_queues).await?,
-    );
 
+    // Serve at once, so probes get answers while the queues are recovered: the queue service
+    // is NOT_SERVING (and its calls UNAVAILABLE) until the registry is in place.
+    let registry: Arc<OnceLock<Arc<Registry>>> = Arc::default();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<QueueServiceServer<QueueServiceImpl>>()
+        .set_not_serving::<QueueServiceServer<QueueServiceImpl>>()
         .await;
+    let recovery = tokio::spawn(recover(
+        storage.clone(),
+        config.clock.clone(),
+        config.max_queues,
+        registry.clone(),
+        health.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
@@ -102,10 +146,13 @@ pub async fn run(
         .build_v1alpha()?;
 
     let stopping = CancellationToken::new();
-    let queue_service =
-        QueueServiceServer::new(QueueServiceImpl::new(registry.clone(), stopping.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(MAX_REQUEST_BYTES);
+    let queue_service = QueueServiceServer::new(QueueServiceImpl::new(
+        registry.clone(),
+        metrics.clone(),
+        stopping.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_REQUEST_BYTES);
 
     // Decide → tell: readiness drops first, so load balancers stop sending new calls.
     let trigger = stopping.clone();
@@ -127,7 +174,27 @@ pub async fn run(
     // The builder's tcp_nodelay does not reach a listener we bind ourselves; without it, Nagle
     // holds each streamed message until the client's delayed ACK (~40 ms per ReceiveMessages).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = Server::builder()
+    if let Some(metrics_listener) = config.metrics_listener {
+        tracing::info!(
+            addr = %metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "serving metrics at /metrics"
+        );
+        tokio::spawn(metrics::http::serve(
+            metrics_listener,
+            metrics.clone(),
+            registry.clone(),
+            config.clock.clone(),
+            stopping.clone(),
+        ));
+    }
+    let mut builder = Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(config.http2_keepalive_interval)
+        .http2_keepalive_timeout(config.http2_keepalive_timeout);
+    if let Some(age) = config.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    let serve = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -138,18 +205,64 @@ pub async fn run(
         stopping.cancelled().await;
         tokio::time::sleep(config.shutdown_grace).await;
     };
-    tokio::select! {
-        served = &mut serve => served?,
-        () = grace_over => tracing::warn!(
-            grace = ?config.shutdown_grace,
-            "calls still open after the shutdown grace; closing them"
-        ),
+    tokio::pin!(grace_over);
+    tokio::pin!(recovery);
+    let mut recovering = true;
+    let mut recovery_error = None;
+    loop {
+        tokio::select! {
+            served = &mut serve => {
+                served?;
+                break;
+            }
+            () = &mut grace_over => {
+                tracing::warn!(
+                    grace = ?config.shutdown_grace,
+                    "calls still open after the shutdown grace; closing them"
+                );
+                break;
+            }
+            joined = &mut recovery, if recovering => {
+                recovering = false;
+                let outcome = joined
+                    .map_err(|e| StorageError::Io(format!("recovery task failed: {e}")))
+                    .and_then(|recovered| recovered);
+                if let Err(error) = outcome {
+                    tracing::error!(%error, "recovery failed; stopping");
+                    recovery_error = Some(error);
+                    stopping.cancel();
+                }
+            }
+        }
     }
 
     // Wait: everything acknowledged is committed already; this flushes lazy bookkeeping.
     let (closed, flushed) = oneshot::channel();
     storage.close(closed);
     let _ = flushed.await;
+    if let Some(error) = recovery_error {
+        return Err(error.into());
+    }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Reads every queue back from storage, then opens the queue service (health SERVING).
+async fn recover(
+    storage: Arc<dyn Storage>,
+    clock: Clock,
+    max_queues: usize,
+    slot: Arc<OnceLock<Arc<Registry>>>,
+    health: tonic_health::server::HealthReporter,
+) -> Result<(), StorageError> {
+    let started = std::time::Instant::now();
+    let registry = Registry::recover(storage, clock, max_queues).await?;
+    let queues = registry.len();
+    // Only this task fills the slot, once.
+    let _ = slot.set(Arc::new(registry));
+    health
+        .set_serving::<QueueServiceServer<QueueServiceImpl>>()
+        .await;
+    tracing::info!(queues, elapsed = ?started.elapsed(), "recovered; serving");
     Ok(())
 }

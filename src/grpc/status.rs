@@ -19,7 +19,9 @@ pub fn code_of(error: &QueueError) -> Code {
         QueueError::BacklogFull { .. } | QueueError::TooManyQueues { .. } => {
             Code::ResourceExhausted
         }
-        QueueError::Storage(_) | QueueError::ShuttingDown => Code::Unavailable,
+        QueueError::Storage(_) | QueueError::ShuttingDown | QueueError::Starting => {
+            Code::Unavailable
+        }
     }
 }
 

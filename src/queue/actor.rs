@@ -18,7 +18,9 @@ use tokio::time::{Instant, sleep_until};
 
 use super::messages::{Claimed, Deletion, MessageTable};
 use super::waiters::{ReceiveReply, Waiter, Waiters};
-use super::{Command, DeleteResult, Outgoing, QueueContext, QueueInfo, ReceiveRequest};
+use super::{
+    Command, DeleteResult, Outgoing, QueueContext, QueueInfo, QueueTotals, ReceiveRequest,
+};
 use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
@@ -55,6 +57,7 @@ pub struct QueueActor {
     /// Messages whose delete is being committed. A retry of the same delete must not be
     /// acknowledged before that commit is durable, so it waits for it.
     deleting: HashMap<u64, SharedCommit>,
+    totals: QueueTotals,
     inbox: mpsc::Receiver<Command>,
 }
 
@@ -84,6 +87,7 @@ impl QueueActor {
             context,
             commits: FuturesUnordered::new(),
             deleting: HashMap::new(),
+            totals: QueueTotals::default(),
             inbox,
         };
         if !actor.record.attributes.rewind_enabled() {
@@ -135,6 +139,7 @@ impl QueueActor {
     fn advance_time(&mut self) {
         let now = self.now();
         let advanced = self.table.advance(now, self.retention_ms());
+        self.totals.expired += advanced.expired_live as u64;
         if !advanced.expired.is_empty() {
             self.context.storage.record(WriteOp::RemoveMessages {
                 ids: advanced.expired,
@@ -144,7 +149,9 @@ impl QueueActor {
             self.serve_waiters(now);
         }
         for waiter in self.waiters.expire(now) {
-            let _ = waiter.respond_to.send(Ok(Vec::new()));
+            if waiter.respond_to.send(Ok(Vec::new())).is_ok() {
+                self.totals.empty_receives += 1;
+            }
         }
     }
 
@@ -205,6 +212,8 @@ impl QueueActor {
             oldest_message_ms: self.table.oldest_live_enqueue_ms(),
             create_time_ms: self.record.create_time_ms,
             update_time_ms: self.record.update_time_ms,
+            totals: self.totals,
+            waiting_polls: self.waiters.open_count(),
         }
     }
 
@@ -350,6 +359,7 @@ impl QueueActor {
                         for &(id, enqueue_ms, visible_at_ms) in &messages {
                             self.table.insert(id, enqueue_ms, visible_at_ms, now);
                         }
+                        self.totals.sent += messages.len() as u64;
                         self.serve_waiters(now);
                         Ok(messages.iter().map(|&(id, _, _)| id).collect())
                     }
@@ -368,7 +378,10 @@ impl QueueActor {
                     }
                 }
                 let reply = match result {
-                    Ok(()) => Ok(results),
+                    Ok(()) => {
+                        self.totals.deleted += deletions.len() as u64;
+                        Ok(results)
+                    }
                     Err(error) => {
                         for deletion in deletions {
                             self.table.undo_delete(deletion);
@@ -403,7 +416,9 @@ impl QueueActor {
             .wait_seconds
             .unwrap_or(attributes.polling_wait_seconds);
         if wait_seconds == 0 {
-            let _ = respond_to.send(Ok(Vec::new()));
+            if respond_to.send(Ok(Vec::new())).is_ok() {
+                self.totals.empty_receives += 1;
+            }
             return;
         }
         self.waiters.park(

@@ -103,6 +103,8 @@ pub struct Advanced {
     pub became_visible: usize,
     /// Messages (live or kept) whose retention ended; their rows are to be removed.
     pub expired: Vec<u64>,
+    /// How many of `expired` were undeleted.
+    pub expired_live: usize,
 }
 
 #[derive(Debug, Default)]
@@ -369,6 +371,7 @@ impl MessageTable {
             }
             self.take_live(id);
             advanced.expired.push(id);
+            advanced.expired_live += 1;
         }
         while let Some((&id, message)) = self.kept.first_key_value() {
             if message.enqueue_ms > cutoff {

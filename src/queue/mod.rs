@@ -33,6 +33,25 @@ pub struct QueueInfo {
     pub oldest_message_ms: Option<Millis>,
     pub create_time_ms: Millis,
     pub update_time_ms: Millis,
+    /// Since the server started.
+    pub totals: QueueTotals,
+    /// Long polls waiting now, their clients still connected.
+    pub waiting_polls: usize,
+}
+
+/// What happened to a queue's messages since the server started (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueTotals {
+    /// Messages whose send was acknowledged.
+    pub sent: u64,
+    /// Deliveries to receivers.
+    pub received: u64,
+    /// Messages whose delete was acknowledged.
+    pub deleted: u64,
+    /// Undeleted messages whose retention ended.
+    pub expired: u64,
+    /// Receives answered with no message.
+    pub empty_receives: u64,
 }
 
 /// A message to send.

@@ -83,4 +83,12 @@ impl Waiters {
         self.deadlines.clear();
         std::mem::take(&mut self.parked).into_values()
     }
+
+    /// Waiters whose receiver is still there.
+    pub fn open_count(&self) -> usize {
+        self.parked
+            .values()
+            .filter(|w| !w.respond_to.is_closed())
+            .count()
+    }
 }

@@ -101,6 +101,20 @@ pub enum WriteOp {
     RecordReceives(Vec<ReceiveRecord>),
 }
 
+impl WriteOp {
+    /// How many messages this writes (for the messages-per-commit metric).
+    pub fn message_count(&self) -> usize {
+        match self {
+            Self::CreateQueue(_) | Self::UpdateQueue(_) | Self::DeleteQueue { .. } => 0,
+            Self::InsertMessages { messages, .. } => messages.len(),
+            Self::RemoveMessages { ids }
+            | Self::MarkDeleted { ids }
+            | Self::Restore { ids, .. } => ids.len(),
+            Self::RecordReceives(receives) => receives.len(),
+        }
+    }
+}
+
 /// Everything storage held at startup.
 #[derive(Debug, Default)]
 pub struct Recovered {

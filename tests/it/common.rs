@@ -61,14 +61,16 @@ impl TestServer {
             },
             config,
         ));
-        Self {
+        let server = Self {
             addr,
             clock,
             data_dir: dir.to_path_buf(),
             _temp: None,
             stop: Some(stop),
             task: Some(task),
-        }
+        };
+        wait_until_serving(&server.endpoint()).await;
+        server
     }
 
     pub fn endpoint(&self) -> String {
@@ -88,6 +90,32 @@ impl TestServer {
             task.await.expect("server task").expect("server run");
         }
     }
+}
+
+/// Waits until the queue service reports SERVING (its queues are recovered).
+pub async fn wait_until_serving(endpoint: &str) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    for _ in 0..2_000 {
+        if let Ok(channel) = tonic::transport::Channel::from_shared(endpoint.to_string())
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: "spool.v1.QueueService".into(),
+                })
+                .await
+                .map(|r| r.into_inner().status());
+            if let Ok(ServingStatus::Serving) = status {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{endpoint} never became SERVING");
 }
 
 /// Connects, retrying while the server is still starting.
@@ -122,19 +150,29 @@ impl ChildServer {
             .expect("spawn spool");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let mut addr = None;
+        let mut recovered = false;
+        // The address comes first; the queue service is ready once recovery is logged.
+        loop {
             let line = lines
                 .next()
-                .expect("spool exited before listening")
+                .expect("spool exited before serving")
                 .expect("read log");
-            if let Some(addr) = line
-                .split("\"addr\":\"")
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
+            if addr.is_none()
+                && line.contains("\"listening\"")
+                && let Some(found) = line
+                    .split("\"addr\":\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
             {
-                break addr.parse().expect("addr");
+                addr = Some(found.parse().expect("addr"));
             }
-        };
+            recovered |= line.contains("recovered; serving");
+            if recovered && addr.is_some() {
+                break;
+            }
+        }
+        let addr = addr.expect("listening line");
         // Keep draining the log so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
         Self { child, addr }

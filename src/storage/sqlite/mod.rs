@@ -11,10 +11,12 @@ mod writer;
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
 
 use super::{BodiesReply, CommitReply, Recovered, Storage, StorageError, WriteOp};
 use readers::ReaderPool;
@@ -44,7 +46,11 @@ impl SqliteStorage {
     /// `max_database_bytes` caps the database file: a commit that would grow it further fails
     /// (and its requests with UNAVAILABLE) as if the disk were full, while reads, receives and
     /// deletes go on.
-    pub fn open(dir: &Path, max_database_bytes: Option<u64>) -> Result<Self, StorageError> {
+    pub fn open(
+        dir: &Path,
+        max_database_bytes: Option<u64>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StorageError> {
         let bad = |what: String| StorageError::BadDataDir(what);
         if dir.exists() && !dir.is_dir() {
             return Err(bad(format!(
@@ -79,7 +85,7 @@ impl SqliteStorage {
         }
 
         let readers = ReaderPool::new(db_path.clone());
-        let writer = writer::spawn(conn)?;
+        let writer = writer::spawn(conn, metrics)?;
         let checkpointer = checkpointer::spawn(db_path)
             .map_err(|e| StorageError::Io(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Self {

@@ -5,11 +5,13 @@
 //! then answers all of it: throughput grows with concurrency instead of being capped by the sync
 //! latency. Blocking SQLite calls stay on this thread, never on tokio's workers.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
+use crate::metrics::Metrics;
 use crate::storage::{CommitReply, StorageError, WriteOp};
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
@@ -41,16 +43,19 @@ impl WriterRequest {
     }
 }
 
-pub fn spawn(conn: Connection) -> Result<mpsc::Sender<WriterRequest>, StorageError> {
+pub fn spawn(
+    conn: Connection,
+    metrics: Arc<Metrics>,
+) -> Result<mpsc::Sender<WriterRequest>, StorageError> {
     let (sender, receiver) = mpsc::channel();
     std::thread::Builder::new()
         .name("spool-writer".into())
-        .spawn(move || run(conn, receiver))
+        .spawn(move || run(conn, receiver, &metrics))
         .map_err(|e| StorageError::Io(format!("cannot start the writer thread: {e}")))?;
     Ok(sender)
 }
 
-fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>) {
+fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>, metrics: &Metrics) {
     let mut group: Vec<(WriteOp, Option<CommitReply>)> = Vec::new();
     while let Ok(first) = requests.recv() {
         let mut close = None;
@@ -68,7 +73,10 @@ fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>) {
             }
         }
         if !group.is_empty() {
-            commit_group(&conn, &mut group);
+            let started = Instant::now();
+            let messages = group.iter().map(|(op, _)| op.message_count()).sum();
+            let succeeded = commit_group(&conn, &mut group);
+            metrics.observe_commit(started.elapsed(), messages, succeeded);
         }
         if let Some(done) = close {
             // Later requests are refused: their senders hear that storage is closed.
@@ -80,8 +88,8 @@ fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>) {
 }
 
 /// Applies the group in one transaction; if one operation fails, retries each on its own so
-/// that one bad write does not fail the others.
-fn commit_group(conn: &Connection, group: &mut Vec<(WriteOp, Option<CommitReply>)>) {
+/// that one bad write does not fail the others. Returns whether the group commit succeeded.
+fn commit_group(conn: &Connection, group: &mut Vec<(WriteOp, Option<CommitReply>)>) -> bool {
     let outcome = transaction(conn, group.iter().map(|(op, _)| op));
     match outcome {
         Ok(()) => {
@@ -90,10 +98,12 @@ fn commit_group(conn: &Connection, group: &mut Vec<(WriteOp, Option<CommitReply>
                     let _ = done.send(Ok(()));
                 }
             }
+            true
         }
         Err(error) if group.len() == 1 => {
             tracing::error!(%error, "storage commit failed");
             fail_all(group, &error);
+            false
         }
         Err(error) => {
             tracing::warn!(%error, ops = group.len(), "group commit failed; retrying one by one");
@@ -106,6 +116,7 @@ fn commit_group(conn: &Connection, group: &mut Vec<(WriteOp, Option<CommitReply>
                     let _ = done.send(result);
                 }
             }
+            false
         }
     }
 }
