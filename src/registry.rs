@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::attributes::QueueAttributes;
 use crate::clock::Clock;
 use crate::error::QueueError;
+use crate::queue::messages::MessageTable;
 use crate::queue::{QueueContext, QueueHandle, QueueInfo};
 use crate::storage::{QueueRecord, Storage, StorageError, WriteOp};
 
@@ -44,9 +45,20 @@ impl Registry {
         max_queues: usize,
     ) -> Result<Self, StorageError> {
         let reader = storage.clone();
-        let recovered = tokio::task::spawn_blocking(move || reader.recover())
-            .await
-            .map_err(|e| StorageError::Io(format!("recovery task failed: {e}")))??;
+        let recovery_clock = clock.clone();
+        let (recovered, tables) = tokio::task::spawn_blocking(move || {
+            let recovered = reader.recover()?;
+            let now = recovery_clock.now_ms();
+            let mut tables = Vec::with_capacity(recovered.queues.len());
+            for record in &recovered.queues {
+                let mut table = MessageTable::default();
+                reader.recover_messages(record.id, &mut |stored| table.recover(&stored, now))?;
+                tables.push(table);
+            }
+            Ok::<_, StorageError>((recovered, tables))
+        })
+        .await
+        .map_err(|e| StorageError::Io(format!("recovery task failed: {e}")))??;
         let context = QueueContext {
             storage,
             clock,
@@ -54,9 +66,10 @@ impl Registry {
         };
         let tracker = TaskTracker::new();
         let mut queues = BTreeMap::new();
-        for (record, messages) in &recovered.queues {
-            let handle = QueueHandle::spawn(record.clone(), messages, context.clone(), &tracker);
-            queues.insert(record.name.clone(), handle);
+        for (record, table) in recovered.queues.into_iter().zip(tables) {
+            let name = record.name.clone();
+            let handle = QueueHandle::spawn(record, table, context.clone(), &tracker);
+            queues.insert(name, handle);
         }
         Ok(Self {
             queues: RwLock::new(queues),
@@ -128,7 +141,12 @@ impl Registry {
             .storage
             .commit(WriteOp::CreateQueue(record.clone()), done);
         committed.await.unwrap_or(Err(StorageError::Closed))?;
-        let handle = QueueHandle::spawn(record, &[], self.context.clone(), &self.tracker);
+        let handle = QueueHandle::spawn(
+            record,
+            MessageTable::default(),
+            self.context.clone(),
+            &self.tracker,
+        );
         self.write().insert(name.to_string(), handle.clone());
         handle.info().await
     }

@@ -25,7 +25,7 @@ use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
 use crate::receipt::{ReceiptHandle, fresh_nonce};
-use crate::storage::{NewMessage, QueueRecord, StorageError, StoredMessage, WriteOp};
+use crate::storage::{NewMessage, QueueRecord, StorageError, WriteOp};
 
 /// A commit the actor is waiting for, and what to do when it is done.
 enum Pending {
@@ -70,15 +70,10 @@ enum Flow {
 impl QueueActor {
     pub fn new(
         record: QueueRecord,
-        recovered: &[StoredMessage],
+        table: MessageTable,
         context: QueueContext,
         inbox: mpsc::Receiver<Command>,
     ) -> Self {
-        let now = context.clock.now_ms();
-        let mut table = MessageTable::default();
-        for message in recovered {
-            table.recover(message, now);
-        }
         let mut actor = Self {
             record,
             table,
@@ -446,12 +441,14 @@ impl QueueActor {
 
     /// Gives claimed messages to a receiver; if it has gone, they are visible again at once.
     fn hand_over(&mut self, claimed: Vec<Claimed>, respond_to: ReceiveReply, now: Millis) {
-        let records = claimed.iter().map(Claimed::receive_record).collect();
+        let records: Vec<_> = claimed.iter().map(Claimed::receive_record).collect();
         match respond_to.send(Ok(claimed)) {
-            Ok(()) => self
-                .context
-                .storage
-                .record(WriteOp::RecordReceives(records)),
+            Ok(()) => {
+                self.totals.received += records.len() as u64;
+                self.context
+                    .storage
+                    .record(WriteOp::RecordReceives(records));
+            }
             Err(Ok(returned)) => {
                 for message in returned {
                     self.table.release(message.handle);

@@ -18,7 +18,7 @@ use crate::attributes::{AttributesPatch, QueueAttributes};
 use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
 use crate::receipt::ReceiptHandle;
-use crate::storage::{QueueRecord, Storage, StoredMessage};
+use crate::storage::{QueueRecord, Storage};
 pub use messages::{Claimed, Counts};
 
 /// Commands waiting for a queue's actor; beyond this, callers wait (back-pressure).
@@ -124,16 +124,17 @@ pub struct QueueHandle {
 }
 
 impl QueueHandle {
-    /// Starts the actor of a queue, with the messages recovered from storage (none when new).
+    /// Starts the actor of a queue, with its messages' state (recovered from storage, or empty
+    /// for a new queue).
     pub fn spawn(
         record: QueueRecord,
-        recovered: &[StoredMessage],
+        table: messages::MessageTable,
         context: QueueContext,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
         let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
         let name: Arc<str> = record.name.as_str().into();
-        let actor = actor::QueueActor::new(record, recovered, context, inbox);
+        let actor = actor::QueueActor::new(record, table, context, inbox);
         tracker.spawn(actor.run());
         Self { name, mailbox }
     }

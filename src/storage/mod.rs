@@ -115,10 +115,10 @@ impl WriteOp {
     }
 }
 
-/// Everything storage held at startup.
+/// The queues storage held at startup (their messages are read one queue at a time).
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub queues: Vec<(QueueRecord, Vec<StoredMessage>)>,
+    pub queues: Vec<QueueRecord>,
     /// Ids at or above these were never handed out.
     pub next_queue_id: u64,
     pub next_message_id: u64,
@@ -128,9 +128,17 @@ pub type CommitReply = oneshot::Sender<Result<(), StorageError>>;
 pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Bytes)>, StorageError>>;
 
 pub trait Storage: Send + Sync + 'static {
-    /// Reads every queue and the metadata of its messages (not the bodies). Blocking: call it
-    /// before serving, off the async workers.
+    /// Reads every queue and the id counters. Blocking: call it off the async workers.
     fn recover(&self) -> Result<Recovered, StorageError>;
+
+    /// Hands the metadata (not the body) of each message of a queue to `visit`, oldest first,
+    /// without collecting them: recovering a large backlog holds one copy, the actor's.
+    /// Blocking, like `recover`.
+    fn recover_messages(
+        &self,
+        queue_id: u64,
+        visit: &mut dyn FnMut(StoredMessage),
+    ) -> Result<(), StorageError>;
 
     /// Applies `op` durably; `done` hears once it is committed and synced to disk.
     fn commit(&self, op: WriteOp, done: CommitReply);

@@ -135,15 +135,24 @@ pub async fn connect(endpoint: &str) -> Client {
 pub struct ChildServer {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The log lines up to "recovered; serving".
+    pub startup_log: Vec<String>,
 }
 
 impl ChildServer {
     /// Starts `spool serve` on 127.0.0.1:0 and reads the bound address from its log.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[], &[])
+    }
+
+    /// Starts it with more flags and environment variables.
+    pub fn start_with(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -152,6 +161,7 @@ impl ChildServer {
         let mut lines = BufReader::new(stderr).lines();
         let mut addr = None;
         let mut recovered = false;
+        let mut startup_log = Vec::new();
         // The address comes first; the queue service is ready once recovery is logged.
         loop {
             let line = lines
@@ -168,6 +178,7 @@ impl ChildServer {
                 addr = Some(found.parse().expect("addr"));
             }
             recovered |= line.contains("recovered; serving");
+            startup_log.push(line);
             if recovered && addr.is_some() {
                 break;
             }
@@ -175,7 +186,11 @@ impl ChildServer {
         let addr = addr.expect("listening line");
         // Keep draining the log so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            startup_log,
+        }
     }
 
     pub fn endpoint(&self) -> String {

@@ -3,6 +3,7 @@
 mod common;
 mod durability;
 mod messages;
+mod operations;
 mod queues;
 mod rewind;
 mod streams;

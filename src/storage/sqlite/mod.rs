@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 
-use super::{BodiesReply, CommitReply, Recovered, Storage, StorageError, WriteOp};
+use super::{BodiesReply, CommitReply, Recovered, Storage, StorageError, StoredMessage, WriteOp};
 use readers::ReaderPool;
 use writer::WriterRequest;
 
@@ -133,6 +133,16 @@ impl Storage for SqliteStorage {
     fn recover(&self) -> Result<Recovered, StorageError> {
         let conn = self.readers.connect()?;
         schema::recover(&conn).map_err(|e| StorageError::Io(format!("recovery failed: {e}")))
+    }
+
+    fn recover_messages(
+        &self,
+        queue_id: u64,
+        visit: &mut dyn FnMut(StoredMessage),
+    ) -> Result<(), StorageError> {
+        let conn = self.readers.connect()?;
+        schema::recover_messages(&conn, queue_id, visit)
+            .map_err(|e| StorageError::Io(format!("recovery failed: {e}")))
     }
 
     fn commit(&self, op: WriteOp, done: CommitReply) {

@@ -152,25 +152,31 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
 
+    recovered.queues = records;
+    Ok(recovered)
+}
+
+/// Visits the metadata of every message of a queue, oldest first.
+pub fn recover_messages(
+    conn: &Connection,
+    queue_id: u64,
+    visit: &mut dyn FnMut(StoredMessage),
+) -> rusqlite::Result<()> {
     let mut messages = conn.prepare(
         "SELECT id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms, receipt_nonce, deleted
          FROM messages WHERE queue_id = ?1 ORDER BY id",
     )?;
-    for record in records {
-        let stored = messages
-            .query_map(params![record.id as i64], |row| {
-                Ok(StoredMessage {
-                    id: row.get::<_, i64>(0)? as u64,
-                    enqueue_ms: row.get(1)?,
-                    visible_at_ms: row.get(2)?,
-                    dequeue_count: row.get(3)?,
-                    first_dequeue_ms: row.get(4)?,
-                    receipt_nonce: row.get::<_, i64>(5)? as u64,
-                    deleted: row.get::<_, i64>(6)? != 0,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        recovered.queues.push((record, stored));
+    let mut rows = messages.query(params![queue_id as i64])?;
+    while let Some(row) = rows.next()? {
+        visit(StoredMessage {
+            id: row.get::<_, i64>(0)? as u64,
+            enqueue_ms: row.get(1)?,
+            visible_at_ms: row.get(2)?,
+            dequeue_count: row.get(3)?,
+            first_dequeue_ms: row.get(4)?,
+            receipt_nonce: row.get::<_, i64>(5)? as u64,
+            deleted: row.get::<_, i64>(6)? != 0,
+        });
     }
-    Ok(recovered)
+    Ok(())
 }

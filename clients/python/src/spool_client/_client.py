@@ -1,0 +1,338 @@
+"""Client: one method per QueueService RPC, with Python types in and the proto messages out."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+import grpc
+
+from ._errors import SpoolError
+from .pb import queue_pb2 as pb
+from .pb import queue_pb2_grpc
+
+#: A message body: bytes as they are, or text (sent as UTF-8).
+Body = Union[bytes, str]
+#: A point in time: a datetime (naive means local time, as in datetime.timestamp()) or Unix seconds.
+Time = Union[datetime.datetime, int, float]
+
+DEFAULT_ENDPOINT = "127.0.0.1:50051"
+
+# "Use the client's default timeout": None already means "no timeout" for a call.
+_DEFAULT = object()
+
+
+def parse_endpoint(endpoint: str) -> Tuple[str, bool]:
+    """Splits an endpoint into a gRPC target and whether to use TLS.
+
+    "http://host:port" and "host:port" are plaintext; "https://host:port" is TLS. Any other gRPC
+    target ("dns:///host:port", "unix:/path") is passed through, plaintext.
+    """
+    endpoint = endpoint.strip()
+    for scheme, secure in (("http://", False), ("https://", True)):
+        if endpoint.startswith(scheme):
+            return endpoint[len(scheme) :].rstrip("/"), secure
+    return endpoint, False
+
+
+def _body_bytes(body: Body) -> bytes:
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError(f"a message body is bytes or str, not {type(body).__name__}")
+
+
+def _timestamp(value: Time) -> Timestamp:
+    if isinstance(value, datetime.datetime):
+        seconds = value.timestamp()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value
+    else:
+        raise TypeError(f"a time is a datetime or Unix seconds, not {type(value).__name__}")
+    stamp = Timestamp()
+    if isinstance(seconds, int):
+        stamp.FromSeconds(seconds)
+    else:
+        stamp.FromNanoseconds(round(seconds * 1_000_000_000))
+    return stamp
+
+
+def _attributes(
+    visibility_timeout_seconds: Optional[int],
+    polling_wait_seconds: Optional[int],
+    max_message_size: Optional[int],
+    message_retention_seconds: Optional[int],
+    rewind_seconds: Optional[int],
+    max_backlog: Optional[int],
+) -> pb.QueueAttributes:
+    """QueueAttributes with the given fields set; None leaves a field unset."""
+    given = {
+        "visibility_timeout_seconds": visibility_timeout_seconds,
+        "polling_wait_seconds": polling_wait_seconds,
+        "max_message_size": max_message_size,
+        "message_retention_seconds": message_retention_seconds,
+        "rewind_seconds": rewind_seconds,
+        "max_backlog": max_backlog,
+    }
+    return pb.QueueAttributes(**{name: value for name, value in given.items() if value is not None})
+
+
+class Client:
+    """A connection to a Spool server, with one method per RPC of spool.v1.QueueService.
+
+    Methods take and return the messages of `spool_client.pb.queue_pb2` (documented in
+    proto/spool/v1/queue.proto), unwrapped where a response has one useful field. A failed call
+    raises `SpoolError`, which carries CMQ's error number as `cmq_code`.
+
+        with Client("127.0.0.1:50051") as client:
+            client.create_queue("orders", visibility_timeout_seconds=60)
+            client.send_message("orders", b"...")
+            for message in client.receive_messages("orders", max_messages=16, wait_seconds=10):
+                ...
+                client.delete_message("orders", message.receipt_handle)
+
+    `timeout` (seconds) bounds each call; every method also takes `timeout=` for that call alone.
+    A long poll that reaches its timeout ends with no messages rather than failing. The client is
+    safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        timeout: Optional[float] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        options: Optional[Sequence[Tuple[str, object]]] = None,
+    ) -> None:
+        target, secure = parse_endpoint(endpoint)
+        if credentials is None and secure:
+            credentials = grpc.ssl_channel_credentials()
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = queue_pb2_grpc.QueueServiceStub(self._channel)
+        self.endpoint = endpoint
+        self.timeout = timeout
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def wait_until_ready(self, timeout: Optional[float] = None) -> None:
+        """Blocks until the server serves queue calls: connected, and done recovering its queues
+        (until then calls fail with UNAVAILABLE). Raises SpoolError (UNAVAILABLE) on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SpoolError(
+                grpc.StatusCode.UNAVAILABLE, f"cannot connect to {self.endpoint}"
+            ) from None
+        while True:
+            try:
+                self.list_queues(page_size=1, timeout=1.0)
+                return
+            except SpoolError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """Closes the channel; calls in progress are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _call(self, method, request, timeout):
+        try:
+            return method(request, timeout=self.timeout if timeout is _DEFAULT else timeout)
+        except grpc.RpcError as error:
+            raise SpoolError.from_rpc_error(error) from error
+
+    # -- queues -------------------------------------------------------------------------------
+
+    def create_queue(
+        self,
+        queue_name: str,
+        *,
+        visibility_timeout_seconds: Optional[int] = None,
+        polling_wait_seconds: Optional[int] = None,
+        max_message_size: Optional[int] = None,
+        message_retention_seconds: Optional[int] = None,
+        rewind_seconds: Optional[int] = None,
+        max_backlog: Optional[int] = None,
+        timeout=_DEFAULT,
+    ) -> pb.Queue:
+        """Creates a queue; attributes left None take the server's defaults.
+
+        Creating a queue that exists with the same attributes returns it; with other attributes
+        it fails (ALREADY_EXISTS, cmq_code 4460).
+        """
+        attributes = _attributes(
+            visibility_timeout_seconds,
+            polling_wait_seconds,
+            max_message_size,
+            message_retention_seconds,
+            rewind_seconds,
+            max_backlog,
+        )
+        request = pb.CreateQueueRequest(queue_name=queue_name, attributes=attributes)
+        return self._call(self._stub.CreateQueue, request, timeout)
+
+    def get_queue(self, queue_name: str, *, timeout=_DEFAULT) -> pb.Queue:
+        """A queue's attributes (defaults filled in) and message counters."""
+        return self._call(self._stub.GetQueue, pb.GetQueueRequest(queue_name=queue_name), timeout)
+
+    def update_queue(
+        self,
+        queue_name: str,
+        *,
+        visibility_timeout_seconds: Optional[int] = None,
+        polling_wait_seconds: Optional[int] = None,
+        max_message_size: Optional[int] = None,
+        message_retention_seconds: Optional[int] = None,
+        rewind_seconds: Optional[int] = None,
+        max_backlog: Optional[int] = None,
+        timeout=_DEFAULT,
+    ) -> pb.Queue:
+        """Changes the attributes given (not None); the others keep their value."""
+        attributes = _attributes(
+            visibility_timeout_seconds,
+            polling_wait_seconds,
+            max_message_size,
+            message_retention_seconds,
+            rewind_seconds,
+            max_backlog,
+        )
+        request = pb.UpdateQueueRequest(queue_name=queue_name, attributes=attributes)
+        return self._call(self._stub.UpdateQueue, request, timeout)
+
+    def delete_queue(self, queue_name: str, *, timeout=_DEFAULT) -> None:
+        """Deletes a queue and all its messages."""
+        self._call(self._stub.DeleteQueue, pb.DeleteQueueRequest(queue_name=queue_name), timeout)
+
+    def list_queues(
+        self, prefix: str = "", *, page_size: int = 0, page_token: str = "", timeout=_DEFAULT
+    ) -> pb.ListQueuesResponse:
+        """One page of the queues whose name starts with `prefix`, in name order.
+
+        `page_size` 0 means the server's default (100). The response has `queues`,
+        `next_page_token` (empty on the last page) and `total_count` (on all pages).
+        """
+        request = pb.ListQueuesRequest(prefix=prefix, page_size=page_size, page_token=page_token)
+        return self._call(self._stub.ListQueues, request, timeout)
+
+    def iter_queues(
+        self, prefix: str = "", *, page_size: int = 0, timeout=_DEFAULT
+    ) -> Iterator[pb.Queue]:
+        """Every queue whose name starts with `prefix`, in name order, page after page."""
+        page_token = ""
+        while True:
+            page = self.list_queues(
+                prefix, page_size=page_size, page_token=page_token, timeout=timeout
+            )
+            yield from page.queues
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    def rewind_queue(self, queue_name: str, start_time: Time, *, timeout=_DEFAULT) -> int:
+        """Makes the deleted messages enqueued at or after `start_time` receivable again.
+
+        Returns how many came back. Needs a queue with rewind_seconds > 0 (else cmq_code 6050).
+        """
+        request = pb.RewindQueueRequest(queue_name=queue_name, start_time=_timestamp(start_time))
+        return self._call(self._stub.RewindQueue, request, timeout).restored_messages
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def send_message(
+        self,
+        queue_name: str,
+        body: Body,
+        *,
+        delay_seconds: Optional[int] = None,
+        timeout=_DEFAULT,
+    ) -> str:
+        """Sends a message (str bodies are sent as UTF-8) and returns its id."""
+        request = pb.SendMessageRequest(
+            queue_name=queue_name, body=_body_bytes(body), delay_seconds=delay_seconds
+        )
+        return self._call(self._stub.SendMessage, request, timeout).message_id
+
+    def batch_send_messages(
+        self,
+        queue_name: str,
+        bodies: Iterable[Union[Body, pb.BatchSendEntry]],
+        *,
+        delay_seconds: Optional[int] = None,
+        timeout=_DEFAULT,
+    ) -> List[str]:
+        """Sends 1 to 16 messages, all or nothing, and returns their ids in order.
+
+        Each item is a body, or a BatchSendEntry to give it a delay of its own; `delay_seconds`
+        applies to the plain bodies.
+        """
+        entries = [
+            body
+            if isinstance(body, pb.BatchSendEntry)
+            else pb.BatchSendEntry(body=_body_bytes(body), delay_seconds=delay_seconds)
+            for body in bodies
+        ]
+        request = pb.BatchSendMessagesRequest(queue_name=queue_name, entries=entries)
+        return list(self._call(self._stub.BatchSendMessages, request, timeout).message_ids)
+
+    def receive_messages(
+        self,
+        queue_name: str,
+        *,
+        max_messages: int = 1,
+        wait_seconds: Optional[int] = None,
+        visibility_timeout_seconds: Optional[int] = None,
+        timeout=_DEFAULT,
+    ) -> List[pb.ReceivedMessage]:
+        """Receives up to `max_messages` (1..16) messages; an empty list when none came.
+
+        Returns at once what is visible; if nothing is, waits up to `wait_seconds` (None: the
+        queue's polling wait) for the first message. Each message is then invisible for the
+        visibility timeout (the queue's, or `visibility_timeout_seconds`) and has a new receipt
+        handle for delete_message.
+        """
+        request = pb.ReceiveMessagesRequest(
+            queue_name=queue_name,
+            max_messages=max_messages,
+            wait_seconds=wait_seconds,
+            visibility_timeout_seconds=visibility_timeout_seconds,
+        )
+        # The response is a stream that ends after at most max_messages: collect it.
+        return self._call(self._receive_all, request, timeout)
+
+    def _receive_all(self, request, timeout):
+        return list(self._stub.ReceiveMessages(request, timeout=timeout))
+
+    def delete_message(self, queue_name: str, receipt_handle: str, *, timeout=_DEFAULT) -> None:
+        """Deletes a received message by its newest receipt handle.
+
+        A superseded or expired handle fails with cmq_code 4430; deleting a message twice is
+        fine.
+        """
+        request = pb.DeleteMessageRequest(queue_name=queue_name, receipt_handle=receipt_handle)
+        self._call(self._stub.DeleteMessage, request, timeout)
+
+    def batch_delete_messages(
+        self, queue_name: str, receipt_handles: Iterable[str], *, timeout=_DEFAULT
+    ) -> List[pb.DeleteFailure]:
+        """Deletes 1 to 16 messages; returns a DeleteFailure for each handle not deleted."""
+        request = pb.BatchDeleteMessagesRequest(
+            queue_name=queue_name, receipt_handles=list(receipt_handles)
+        )
+        return list(self._call(self._stub.BatchDeleteMessages, request, timeout).failures)

@@ -1,0 +1,219 @@
+import datetime
+
+from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class QueueAttributes(_message.Message):
+    __slots__ = ("visibility_timeout_seconds", "polling_wait_seconds", "max_message_size", "message_retention_seconds", "rewind_seconds", "max_backlog")
+    VISIBILITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POLLING_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_RETENTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REWIND_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    visibility_timeout_seconds: int
+    polling_wait_seconds: int
+    max_message_size: int
+    message_retention_seconds: int
+    rewind_seconds: int
+    max_backlog: int
+    def __init__(self, visibility_timeout_seconds: _Optional[int] = ..., polling_wait_seconds: _Optional[int] = ..., max_message_size: _Optional[int] = ..., message_retention_seconds: _Optional[int] = ..., rewind_seconds: _Optional[int] = ..., max_backlog: _Optional[int] = ...) -> None: ...
+
+class QueueStats(_message.Message):
+    __slots__ = ("active_messages", "inactive_messages", "delayed_messages", "rewindable_messages", "oldest_message_time")
+    ACTIVE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    INACTIVE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    DELAYED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    REWINDABLE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_MESSAGE_TIME_FIELD_NUMBER: _ClassVar[int]
+    active_messages: int
+    inactive_messages: int
+    delayed_messages: int
+    rewindable_messages: int
+    oldest_message_time: _timestamp_pb2.Timestamp
+    def __init__(self, active_messages: _Optional[int] = ..., inactive_messages: _Optional[int] = ..., delayed_messages: _Optional[int] = ..., rewindable_messages: _Optional[int] = ..., oldest_message_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Queue(_message.Message):
+    __slots__ = ("name", "attributes", "stats", "create_time", "update_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    attributes: QueueAttributes
+    stats: QueueStats
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., attributes: _Optional[_Union[QueueAttributes, _Mapping]] = ..., stats: _Optional[_Union[QueueStats, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateQueueRequest(_message.Message):
+    __slots__ = ("queue_name", "attributes")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    attributes: QueueAttributes
+    def __init__(self, queue_name: _Optional[str] = ..., attributes: _Optional[_Union[QueueAttributes, _Mapping]] = ...) -> None: ...
+
+class GetQueueRequest(_message.Message):
+    __slots__ = ("queue_name",)
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    def __init__(self, queue_name: _Optional[str] = ...) -> None: ...
+
+class UpdateQueueRequest(_message.Message):
+    __slots__ = ("queue_name", "attributes")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    attributes: QueueAttributes
+    def __init__(self, queue_name: _Optional[str] = ..., attributes: _Optional[_Union[QueueAttributes, _Mapping]] = ...) -> None: ...
+
+class DeleteQueueRequest(_message.Message):
+    __slots__ = ("queue_name",)
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    def __init__(self, queue_name: _Optional[str] = ...) -> None: ...
+
+class ListQueuesRequest(_message.Message):
+    __slots__ = ("prefix", "page_size", "page_token")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    page_size: int
+    page_token: str
+    def __init__(self, prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListQueuesResponse(_message.Message):
+    __slots__ = ("queues", "next_page_token", "total_count")
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[Queue]
+    next_page_token: str
+    total_count: int
+    def __init__(self, queues: _Optional[_Iterable[_Union[Queue, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
+
+class RewindQueueRequest(_message.Message):
+    __slots__ = ("queue_name", "start_time")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    start_time: _timestamp_pb2.Timestamp
+    def __init__(self, queue_name: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RewindQueueResponse(_message.Message):
+    __slots__ = ("restored_messages",)
+    RESTORED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    restored_messages: int
+    def __init__(self, restored_messages: _Optional[int] = ...) -> None: ...
+
+class SendMessageRequest(_message.Message):
+    __slots__ = ("queue_name", "body", "delay_seconds")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    body: bytes
+    delay_seconds: int
+    def __init__(self, queue_name: _Optional[str] = ..., body: _Optional[bytes] = ..., delay_seconds: _Optional[int] = ...) -> None: ...
+
+class SendMessageResponse(_message.Message):
+    __slots__ = ("message_id",)
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    def __init__(self, message_id: _Optional[str] = ...) -> None: ...
+
+class BatchSendEntry(_message.Message):
+    __slots__ = ("body", "delay_seconds")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    delay_seconds: int
+    def __init__(self, body: _Optional[bytes] = ..., delay_seconds: _Optional[int] = ...) -> None: ...
+
+class BatchSendMessagesRequest(_message.Message):
+    __slots__ = ("queue_name", "entries")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    entries: _containers.RepeatedCompositeFieldContainer[BatchSendEntry]
+    def __init__(self, queue_name: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[BatchSendEntry, _Mapping]]] = ...) -> None: ...
+
+class BatchSendMessagesResponse(_message.Message):
+    __slots__ = ("message_ids",)
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReceiveMessagesRequest(_message.Message):
+    __slots__ = ("queue_name", "max_messages", "wait_seconds", "visibility_timeout_seconds")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    max_messages: int
+    wait_seconds: int
+    visibility_timeout_seconds: int
+    def __init__(self, queue_name: _Optional[str] = ..., max_messages: _Optional[int] = ..., wait_seconds: _Optional[int] = ..., visibility_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class ReceivedMessage(_message.Message):
+    __slots__ = ("message_id", "receipt_handle", "body", "enqueue_time", "first_dequeue_time", "next_visible_time", "dequeue_count")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    ENQUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FIRST_DEQUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEXT_VISIBLE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DEQUEUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    receipt_handle: str
+    body: bytes
+    enqueue_time: _timestamp_pb2.Timestamp
+    first_dequeue_time: _timestamp_pb2.Timestamp
+    next_visible_time: _timestamp_pb2.Timestamp
+    dequeue_count: int
+    def __init__(self, message_id: _Optional[str] = ..., receipt_handle: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_visible_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ...) -> None: ...
+
+class DeleteMessageRequest(_message.Message):
+    __slots__ = ("queue_name", "receipt_handle")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    receipt_handle: str
+    def __init__(self, queue_name: _Optional[str] = ..., receipt_handle: _Optional[str] = ...) -> None: ...
+
+class BatchDeleteMessagesRequest(_message.Message):
+    __slots__ = ("queue_name", "receipt_handles")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_HANDLES_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    receipt_handles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queue_name: _Optional[str] = ..., receipt_handles: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteFailure(_message.Message):
+    __slots__ = ("receipt_handle", "code", "message", "cmq_code")
+    RECEIPT_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CMQ_CODE_FIELD_NUMBER: _ClassVar[int]
+    receipt_handle: str
+    code: int
+    message: str
+    cmq_code: int
+    def __init__(self, receipt_handle: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., cmq_code: _Optional[int] = ...) -> None: ...
+
+class BatchDeleteMessagesResponse(_message.Message):
+    __slots__ = ("failures",)
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    failures: _containers.RepeatedCompositeFieldContainer[DeleteFailure]
+    def __init__(self, failures: _Optional[_Iterable[_Union[DeleteFailure, _Mapping]]] = ...) -> None: ...

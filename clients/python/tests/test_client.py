@@ -1,0 +1,392 @@
+"""spool_client.Client against a real server: every RPC, and the errors with their CMQ codes."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+import pytest
+from spool_client import Client, SpoolError, parse_endpoint
+from spool_client.pb import queue_pb2 as pb
+
+import grpc
+
+
+def expect_error(call, code: grpc.StatusCode, cmq_code: int, *args, **kwargs) -> SpoolError:
+    with pytest.raises(SpoolError) as caught:
+        call(*args, **kwargs)
+    error = caught.value
+    assert error.code == code, error
+    assert error.cmq_code == cmq_code, error
+    assert error.reason, error
+    assert error.message, error
+    assert isinstance(error.__cause__, grpc.RpcError)
+    return error
+
+
+# -- the client itself ------------------------------------------------------------------------
+
+
+def test_every_rpc_has_a_method():
+    service = pb.DESCRIPTOR.services_by_name["QueueService"]
+    for method in service.methods:
+        snake = "".join("_" + c.lower() if c.isupper() else c for c in method.name).lstrip("_")
+        assert callable(getattr(Client, snake, None)), f"Client has no method for {method.name}"
+
+
+@pytest.mark.parametrize(
+    "endpoint, target, secure",
+    [
+        ("127.0.0.1:50051", "127.0.0.1:50051", False),
+        ("http://127.0.0.1:50051", "127.0.0.1:50051", False),
+        ("http://localhost:50051/", "localhost:50051", False),
+        ("https://spool.example:443", "spool.example:443", True),
+        ("dns:///spool:50051", "dns:///spool:50051", False),
+    ],
+)
+def test_parse_endpoint(endpoint, target, secure):
+    assert parse_endpoint(endpoint) == (target, secure)
+
+
+def test_accepts_http_endpoints(server, queue_name):
+    with Client(server.endpoint) as client:
+        assert client.create_queue(queue_name).name == queue_name
+
+
+def test_unreachable_server_is_unavailable_without_cmq_code(closed_address):
+    with Client(closed_address, timeout=10) as client:
+        with pytest.raises(SpoolError) as caught:
+            client.get_queue("Any")
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.cmq_code is None
+    assert caught.value.reason is None
+    with Client(closed_address) as client, pytest.raises(SpoolError) as caught:
+        client.wait_until_ready(timeout=0.2)
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_error_text_names_code_cmq_code_and_reason(client):
+    error = expect_error(client.get_queue, grpc.StatusCode.NOT_FOUND, 4440, "Nope")
+    assert error.reason == "QUEUE_NOT_FOUND"
+    assert error.metadata["cmq_code"] == "4440"
+    assert str(error) == 'queue "Nope" does not exist (NOT_FOUND, cmq_code 4440, QUEUE_NOT_FOUND)'
+
+
+# -- queues -----------------------------------------------------------------------------------
+
+
+def test_create_queue_with_defaults(client, queue_name):
+    before = time.time()
+    queue = client.create_queue(queue_name)
+    assert queue.name == queue_name
+    attributes = queue.attributes
+    assert attributes.visibility_timeout_seconds == 30
+    assert attributes.polling_wait_seconds == 0
+    assert attributes.max_message_size == 65536
+    assert attributes.message_retention_seconds == 345600
+    assert attributes.rewind_seconds == 0
+    assert attributes.max_backlog == 100_000_000
+    assert queue.create_time.seconds >= int(before) - 1
+    assert queue.update_time == queue.create_time
+    assert queue.stats == pb.QueueStats()
+
+
+def test_create_queue_with_attributes_is_idempotent(client, queue_name):
+    attributes = dict(
+        visibility_timeout_seconds=10,
+        polling_wait_seconds=5,
+        max_message_size=2048,
+        message_retention_seconds=3600,
+        rewind_seconds=600,
+        max_backlog=1000,
+    )
+    created = client.create_queue(queue_name, **attributes)
+    for name, value in attributes.items():
+        assert getattr(created.attributes, name) == value
+    assert client.create_queue(queue_name, **attributes) == created
+    expect_error(
+        client.create_queue,
+        grpc.StatusCode.ALREADY_EXISTS,
+        4460,
+        queue_name,
+        visibility_timeout_seconds=11,
+    )
+
+
+def test_create_queue_refuses_bad_names_and_values(client, queue_name):
+    expect_error(client.create_queue, grpc.StatusCode.INVALID_ARGUMENT, 4000, "1-starts-with-digit")
+    expect_error(client.create_queue, grpc.StatusCode.INVALID_ARGUMENT, 4000, "x" * 65)
+    expect_error(
+        client.create_queue,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        queue_name,
+        visibility_timeout_seconds=0,
+    )
+
+
+def test_get_update_delete_queue(client, queue_name):
+    client.create_queue(queue_name, visibility_timeout_seconds=10)
+    assert client.get_queue(queue_name).attributes.visibility_timeout_seconds == 10
+
+    updated = client.update_queue(queue_name, polling_wait_seconds=3, max_backlog=50)
+    assert updated.attributes.polling_wait_seconds == 3
+    assert updated.attributes.max_backlog == 50
+    assert updated.attributes.visibility_timeout_seconds == 10  # unchanged
+    assert client.get_queue(queue_name) == updated
+    assert client.update_queue(queue_name).attributes == updated.attributes  # nothing to change
+    expect_error(
+        client.update_queue,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        queue_name,
+        polling_wait_seconds=31,
+    )
+
+    assert client.delete_queue(queue_name) is None
+    expect_error(client.get_queue, grpc.StatusCode.NOT_FOUND, 4440, queue_name)
+    expect_error(client.delete_queue, grpc.StatusCode.NOT_FOUND, 4440, queue_name)
+    expect_error(client.update_queue, grpc.StatusCode.NOT_FOUND, 4440, queue_name, max_backlog=1)
+
+
+def test_list_queues_pages_by_prefix(client, queue_name):
+    names = [f"{queue_name}_{i}" for i in range(5)]
+    for name in reversed(names):
+        client.create_queue(name)
+
+    first = client.list_queues(queue_name, page_size=2)
+    assert [q.name for q in first.queues] == names[:2]
+    assert first.total_count == 5
+    assert first.next_page_token
+    second = client.list_queues(queue_name, page_size=2, page_token=first.next_page_token)
+    assert [q.name for q in second.queues] == names[2:4]
+    third = client.list_queues(queue_name, page_size=2, page_token=second.next_page_token)
+    assert [q.name for q in third.queues] == names[4:]
+    assert third.next_page_token == ""
+
+    assert [q.name for q in client.iter_queues(queue_name, page_size=2)] == names
+    assert [q.name for q in client.list_queues(queue_name).queues] == names
+    assert client.list_queues(queue_name + "_none").total_count == 0
+    expect_error(
+        client.list_queues, grpc.StatusCode.INVALID_ARGUMENT, 4000, queue_name, page_size=1001
+    )
+
+
+def test_rewind_queue(client, queue_name):
+    client.create_queue(queue_name, rewind_seconds=3600)
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
+    client.send_message(queue_name, b"once")
+    (message,) = client.receive_messages(queue_name)
+    client.delete_message(queue_name, message.receipt_handle)
+    assert client.get_queue(queue_name).stats.rewindable_messages == 1
+
+    assert client.rewind_queue(queue_name, start) == 1
+    (again,) = client.receive_messages(queue_name)
+    assert again.message_id == message.message_id
+    assert again.dequeue_count == 2
+    client.delete_message(queue_name, again.receipt_handle)
+    # Unix seconds work too, ints and floats.
+    assert client.rewind_queue(queue_name, int(start.timestamp())) == 1
+    assert client.rewind_queue(queue_name, time.time() + 0.0) == 0
+    expect_error(
+        client.rewind_queue,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        queue_name,
+        time.time() - 7200,  # before the rewind window
+    )
+    with pytest.raises(TypeError):
+        client.rewind_queue(queue_name, "yesterday")
+
+
+def test_rewind_needs_a_rewind_window(client, queue_name):
+    client.create_queue(queue_name)
+    expect_error(
+        client.rewind_queue, grpc.StatusCode.FAILED_PRECONDITION, 6050, queue_name, time.time()
+    )
+    expect_error(client.rewind_queue, grpc.StatusCode.NOT_FOUND, 4440, "Nope", time.time())
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+def test_send_and_receive_message(client, queue_name):
+    client.create_queue(queue_name, visibility_timeout_seconds=60)
+    before = int(time.time())
+    message_id = client.send_message(queue_name, "I am test message.")
+    assert message_id
+
+    (message,) = client.receive_messages(queue_name, wait_seconds=3)
+    assert message.message_id == message_id
+    assert message.body == b"I am test message."
+    assert message.receipt_handle
+    assert message.dequeue_count == 1
+    assert message.enqueue_time.seconds >= before - 1
+    assert message.first_dequeue_time.ToNanoseconds() >= message.enqueue_time.ToNanoseconds()
+    visible_in = message.next_visible_time.seconds - message.first_dequeue_time.seconds
+    assert 59 <= visible_in <= 61
+    stats = client.get_queue(queue_name).stats
+    assert (stats.active_messages, stats.inactive_messages) == (0, 1)
+    assert stats.HasField("oldest_message_time")
+
+    assert client.delete_message(queue_name, message.receipt_handle) is None
+    client.delete_message(queue_name, message.receipt_handle)  # again: already deleted is fine
+    assert client.get_queue(queue_name).stats == pb.QueueStats()
+
+
+def test_bodies_are_bytes(client, queue_name):
+    client.create_queue(queue_name, max_message_size=1024)
+    binary = bytes(range(256)) * 4  # every byte value, 1024 bytes: the queue's maximum
+    text = "消息 ✓ \x00 end"
+    client.send_message(queue_name, binary)
+    client.send_message(queue_name, text)
+    client.send_message(queue_name, bytearray(b"\xff\xfe"))
+    bodies = [m.body for m in client.receive_messages(queue_name, max_messages=3)]
+    assert bodies == [binary, text.encode("utf-8"), b"\xff\xfe"]
+
+    expect_error(
+        client.send_message, grpc.StatusCode.INVALID_ARGUMENT, 4400, queue_name, binary + b"!"
+    )
+    expect_error(client.send_message, grpc.StatusCode.INVALID_ARGUMENT, 4000, queue_name, b"")
+    with pytest.raises(TypeError):
+        client.send_message(queue_name, 42)
+
+
+def test_send_to_missing_queue(client):
+    expect_error(client.send_message, grpc.StatusCode.NOT_FOUND, 4440, "Nope", b"x")
+    expect_error(client.batch_send_messages, grpc.StatusCode.NOT_FOUND, 4440, "Nope", [b"x"])
+    expect_error(client.receive_messages, grpc.StatusCode.NOT_FOUND, 4440, "Nope")
+    expect_error(client.batch_delete_messages, grpc.StatusCode.NOT_FOUND, 4440, "Nope", ["0" * 32])
+
+
+def test_delayed_message(client, queue_name):
+    client.create_queue(queue_name)
+    client.send_message(queue_name, b"later", delay_seconds=1)
+    stats = client.get_queue(queue_name).stats
+    assert (stats.active_messages, stats.delayed_messages) == (0, 1)
+    assert client.receive_messages(queue_name, wait_seconds=0) == []
+    (message,) = client.receive_messages(queue_name, wait_seconds=10)
+    assert message.body == b"later"
+
+
+def test_batch_send_messages(client, queue_name):
+    client.create_queue(queue_name)
+    ids = client.batch_send_messages(queue_name, [b"a", "b", bytearray(b"c")])
+    assert len(ids) == 3 and len(set(ids)) == 3
+    received = client.receive_messages(queue_name, max_messages=16)
+    assert [(m.message_id, m.body) for m in received] == list(zip(ids, [b"a", b"b", b"c"]))
+
+    # delay_seconds applies to plain bodies; a BatchSendEntry carries its own.
+    client.batch_send_messages(
+        queue_name,
+        [b"delayed", pb.BatchSendEntry(body=b"now", delay_seconds=0)],
+        delay_seconds=600,
+    )
+    stats = client.get_queue(queue_name).stats
+    assert (stats.active_messages, stats.delayed_messages) == (1, 1)
+
+    # All or nothing: 1 to 16 entries.
+    expect_error(client.batch_send_messages, grpc.StatusCode.INVALID_ARGUMENT, 4000, queue_name, [])
+    expect_error(
+        client.batch_send_messages, grpc.StatusCode.INVALID_ARGUMENT, 4400, queue_name, [b"x"] * 17
+    )
+    expect_error(
+        client.batch_send_messages, grpc.StatusCode.INVALID_ARGUMENT, 4000, queue_name, [b"x", b""]
+    )
+    assert client.get_queue(queue_name).stats.active_messages == 1
+
+
+def test_receive_returns_what_is_visible_without_waiting_to_fill(client, queue_name):
+    client.create_queue(queue_name, polling_wait_seconds=10)
+    client.batch_send_messages(queue_name, [b"1", b"2"])
+    started = time.monotonic()
+    assert len(client.receive_messages(queue_name, max_messages=16)) == 2
+    assert time.monotonic() - started < 5
+    expect_error(
+        client.receive_messages,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        queue_name,
+        max_messages=17,
+    )
+
+
+def test_receive_waits_then_ends_empty(client, queue_name):
+    # "No message" (CMQ 7000) is an empty result, not an error.
+    client.create_queue(queue_name, polling_wait_seconds=1)
+    started = time.monotonic()
+    assert client.receive_messages(queue_name) == []  # the queue's polling wait: 1 s
+    assert 0.8 <= time.monotonic() - started < 10
+    started = time.monotonic()
+    assert client.receive_messages(queue_name, wait_seconds=0) == []
+    assert time.monotonic() - started < 0.8
+
+
+def test_receive_ends_before_the_client_timeout(server, queue_name):
+    with Client(server.address, timeout=1) as client:
+        client.create_queue(queue_name)
+        started = time.monotonic()
+        assert client.receive_messages(queue_name, wait_seconds=20) == []
+        assert time.monotonic() - started < 10
+
+
+def test_visibility_timeout_and_stale_handles(client, queue_name):
+    client.create_queue(queue_name)
+    client.send_message(queue_name, b"m")
+    (first,) = client.receive_messages(queue_name, visibility_timeout_seconds=1)
+    assert first.next_visible_time.seconds - first.first_dequeue_time.seconds <= 2
+    time.sleep(1.2)
+    (second,) = client.receive_messages(queue_name, wait_seconds=5)
+    assert second.message_id == first.message_id
+    assert second.dequeue_count == 2
+    assert second.receipt_handle != first.receipt_handle
+    assert second.first_dequeue_time == first.first_dequeue_time
+
+    error = expect_error(
+        client.delete_message,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        4430,
+        queue_name,
+        first.receipt_handle,
+    )
+    assert error.reason == "RECEIPT_HANDLE_STALE"
+    expect_error(
+        client.delete_message, grpc.StatusCode.INVALID_ARGUMENT, 4000, queue_name, "not-a-handle"
+    )
+    client.delete_message(queue_name, second.receipt_handle)
+
+
+def test_batch_delete_messages_reports_each_failure(client, queue_name):
+    client.create_queue(queue_name)
+    client.batch_send_messages(queue_name, [b"1", b"2", b"3"])
+    handles = [m.receipt_handle for m in client.receive_messages(queue_name, max_messages=3)]
+    assert client.batch_delete_messages(queue_name, handles[:1]) == []
+
+    failures = client.batch_delete_messages(queue_name, handles[1:] + ["bogus"])
+    assert len(failures) == 1
+    (failure,) = failures
+    assert failure.receipt_handle == "bogus"
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert failure.cmq_code == 4000
+    assert failure.message
+    assert client.get_queue(queue_name).stats == pb.QueueStats()
+
+    expect_error(
+        client.batch_delete_messages, grpc.StatusCode.INVALID_ARGUMENT, 4000, queue_name, []
+    )
+    expect_error(
+        client.batch_delete_messages,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4400,
+        queue_name,
+        handles * 6,
+    )
+
+
+def test_backlog_full(client, queue_name):
+    client.create_queue(queue_name, max_backlog=2)
+    client.batch_send_messages(queue_name, [b"1", b"2"])
+    error = expect_error(
+        client.send_message, grpc.StatusCode.RESOURCE_EXHAUSTED, 4410, queue_name, b"3"
+    )
+    assert error.reason == "BACKLOG_FULL"

@@ -1,0 +1,289 @@
+//! What operators rely on: metrics, readiness, configuration precedence.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use spool::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::common::*;
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: spool\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    (head.to_string(), body.to_string())
+}
+
+/// `name{labels}` → value, for every sample line.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_known_traffic_and_get_queue() {
+    let metrics_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let metrics_addr = metrics_listener.local_addr().expect("addr");
+    metrics_listener.set_nonblocking(true).expect("nonblocking");
+    let server = TestServer::start_with(move |config| {
+        config.metrics_listener =
+            Some(tokio::net::TcpListener::from_std(metrics_listener).expect("tokio listener"));
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    create(&mut client, "idle", attrs()).await;
+    send(&mut client, "q", b"one").await;
+    batch_send(&mut client, "q", &[b"two", b"three"]).await;
+    send_delayed(&mut client, "q", b"later", 60).await;
+    let got = receive(&mut client, "q", 2).await;
+    delete(&mut client, "q", &got[0].receipt_handle)
+        .await
+        .expect("delete");
+    assert!(receive(&mut client, "idle", 1).await.is_empty());
+    let _ = client
+        .get_queue(pb::GetQueueRequest {
+            queue_name: "missing".into(),
+        })
+        .await
+        .unwrap_err();
+
+    let (head, body) = http_get(metrics_addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let metrics = samples(&body);
+    let value = |key: &str| {
+        *metrics
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing from\n{body}"))
+    };
+
+    // The gauges equal what GetQueue reports.
+    let stats = stats(&mut client, "q").await;
+    assert_eq!(
+        (
+            stats.active_messages,
+            stats.inactive_messages,
+            stats.delayed_messages
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        value("spool_queue_visible_messages{queue=\"q\"}"),
+        stats.active_messages as f64
+    );
+    assert_eq!(
+        value("spool_queue_inflight_messages{queue=\"q\"}"),
+        stats.inactive_messages as f64
+    );
+    assert_eq!(
+        value("spool_queue_delayed_messages{queue=\"q\"}"),
+        stats.delayed_messages as f64
+    );
+    assert_eq!(value("spool_queue_rewindable_messages{queue=\"q\"}"), 0.0);
+    assert!(value("spool_queue_oldest_message_age_seconds{queue=\"q\"}") >= 0.0);
+    assert_eq!(value("spool_queue_visible_messages{queue=\"idle\"}"), 0.0);
+    assert_eq!(
+        value("spool_queue_oldest_message_age_seconds{queue=\"idle\"}"),
+        0.0
+    );
+
+    // Totals.
+    assert_eq!(value("spool_queue_messages_sent_total{queue=\"q\"}"), 4.0);
+    assert_eq!(
+        value("spool_queue_messages_received_total{queue=\"q\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("spool_queue_messages_deleted_total{queue=\"q\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("spool_queue_messages_expired_total{queue=\"q\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("spool_queue_empty_receives_total{queue=\"idle\"}"),
+        1.0
+    );
+    assert_eq!(value("spool_queue_empty_receives_total{queue=\"q\"}"), 0.0);
+    assert_eq!(value("spool_queue_waiting_polls{queue=\"q\"}"), 0.0);
+
+    // Calls by method and code, with real histograms.
+    assert_eq!(
+        value("spool_grpc_requests_total{method=\"SendMessage\",code=\"OK\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("spool_grpc_requests_total{method=\"BatchSendMessages\",code=\"OK\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("spool_grpc_requests_total{method=\"GetQueue\",code=\"NOT_FOUND\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("spool_grpc_requests_total{method=\"ReceiveMessages\",code=\"OK\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("spool_grpc_request_duration_seconds_count{method=\"SendMessage\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("spool_grpc_request_duration_seconds_bucket{method=\"SendMessage\",le=\"+Inf\"}"),
+        2.0
+    );
+    assert!(body.contains("# TYPE spool_grpc_request_duration_seconds histogram"));
+    assert!(value("spool_storage_commit_duration_seconds_count") >= 4.0);
+    assert!(value("spool_storage_commit_messages_sum") >= 5.0);
+    assert_eq!(value("spool_storage_commit_failures_total"), 0.0);
+
+    let (head, _) = http_get(metrics_addr, "/other").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_drops_at_shutdown_while_liveness_stays() {
+    let server =
+        TestServer::start_with(|config| config.shutdown_grace = Duration::from_secs(2)).await;
+    let channel = tonic::transport::Channel::from_shared(server.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let mut readiness = health
+        .watch(HealthCheckRequest {
+            service: "spool.v1.QueueService".into(),
+        })
+        .await
+        .expect("watch readiness")
+        .into_inner();
+    let mut liveness = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch liveness")
+        .into_inner();
+    let first = readiness.message().await.expect("status").expect("one");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let first = liveness.message().await.expect("status").expect("one");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let stopping = tokio::spawn(server.stop());
+    let next = tokio::time::timeout(Duration::from_secs(5), readiness.message())
+        .await
+        .expect("readiness changes at once");
+    assert_eq!(
+        next.expect("status").expect("one").status(),
+        ServingStatus::NotServing
+    );
+    // Liveness does not turn NOT_SERVING while the server drains.
+    if let Ok(Ok(Some(status))) =
+        tokio::time::timeout(Duration::from_millis(500), liveness.message()).await
+    {
+        assert_eq!(status.status(), ServingStatus::Serving);
+    }
+    stopping.await.expect("stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_precedence_is_file_then_env_then_flag() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("spool.toml");
+    std::fs::write(&config, "max_queues = 1\nshutdown_grace_seconds = 7\n").expect("config");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let effective = |server: &ChildServer| {
+        server
+            .startup_log
+            .iter()
+            .find(|line| line.contains("effective configuration"))
+            .cloned()
+            .expect("effective configuration is logged")
+    };
+
+    let file_only = ChildServer::start_with(&dir.path().join("a"), &["--config", config_arg], &[]);
+    let line = effective(&file_only);
+    assert!(
+        line.contains("max_queues: 1,") && line.contains("shutdown_grace_seconds: 7"),
+        "{line}"
+    );
+    // The file's limit is the one in force.
+    let mut client = file_only.client().await;
+    create(&mut client, "one", attrs()).await;
+    let status = client
+        .create_queue(pb::CreateQueueRequest {
+            queue_name: "two".into(),
+            attributes: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    drop(file_only);
+
+    let env_over_file = ChildServer::start_with(
+        &dir.path().join("b"),
+        &["--config", config_arg],
+        &[("SPOOL_MAX_QUEUES", "2")],
+    );
+    let line = effective(&env_over_file);
+    assert!(
+        line.contains("max_queues: 2,") && line.contains("shutdown_grace_seconds: 7"),
+        "{line}"
+    );
+    drop(env_over_file);
+
+    let flag_over_env = ChildServer::start_with(
+        &dir.path().join("c"),
+        &["--config", config_arg, "--max-queues", "3"],
+        &[
+            ("SPOOL_MAX_QUEUES", "2"),
+            ("SPOOL_CONFIG", "/nonexistent.toml"),
+        ],
+    );
+    let line = effective(&flag_over_env);
+    assert!(line.contains("max_queues: 3,"), "{line}");
+    drop(flag_over_env);
+
+    // A bad file is a clear startup error.
+    std::fs::write(&config, "max_queue = 1\n").expect("config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", config_arg])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max_queue"), "{stderr}");
+}
+
+/// The config files that ship with the container image and the Kubernetes base are ones the
+/// server accepts (it refuses unknown keys).
+#[test]
+fn shipped_config_files_parse() {
+    for file in ["deploy/base/spool.toml", "deploy/docker/spool.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let settings = spool::config::Settings::resolve(spool::config::ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(settings.metrics_listen.is_some(), "{file} serves metrics");
+    }
+}
