@@ -13,10 +13,14 @@
 //! - [`attributes`], [`limits`]: queue attributes, names and every range and default.
 //! - [`receipt`]: receipt handles. [`clock`]: wall-clock time read off the monotonic clock.
 //! - [`error`]: [`error::QueueError`], one gRPC code and one CMQ code per case.
+//! - [`client`]: the Rust client ([`client::Client`]): typed calls, long-poll streams, retries.
+//! - [`cli`]: the client commands of the `spool` binary (`queue`, `send`, `receive`, ...).
 //! - [`config`]: settings of `spool serve` from a TOML file, the environment and flags.
 //! - [`metrics`]: Prometheus counters and histograms, and the /metrics endpoint.
 
 pub mod attributes;
+pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -13,6 +13,10 @@ use spool::server::{self, ServerConfig};
 #[derive(Parser)]
 #[command(name = "spool", version)]
 struct Cli {
+    /// The server that client commands (queue, send, receive, delete, rewind) talk to.
+    #[arg(long, global = true, env = "SPOOL_ENDPOINT", default_value = spool::cli::DEFAULT_ENDPOINT)]
+    endpoint: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -22,12 +26,15 @@ enum Command {
     /// Runs the server. Settings come from --config (TOML), then SPOOL_* environment
     /// variables, then flags: a flag wins.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(spool::cli::ClientCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Client(command) => std::process::exit(spool::cli::run(&cli.endpoint, command)),
     }
 }
 

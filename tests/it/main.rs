@@ -1,5 +1,7 @@
 //! Integration tests: each talks to a real Spool server over gRPC.
 
+mod cli;
+mod client;
 mod common;
 mod durability;
 mod messages;

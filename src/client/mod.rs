@@ -1,0 +1,923 @@
+//! A Rust client for Spool: typed methods for every call of `spool.v1.QueueService`, long-poll
+//! receives as a [`Stream`], retries with backoff where they are safe, and errors that keep
+//! both the gRPC code and CMQ's error number.
+//!
+//! ```no_run
+//! use futures_util::StreamExt as _;
+//! use spool::client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), ClientError> {
+//!     let client = Client::connect("http://127.0.0.1:50051", ClientOptions::default()).await?;
+//!     let attributes = QueueAttributes {
+//!         visibility_timeout_seconds: Some(10),
+//!         ..Default::default()
+//!     };
+//!     client.create_queue("orders", attributes).await?;
+//!     client.send_message("orders", "order 1").await?;
+//!
+//!     // Wait up to 3 s for messages, take up to 16.
+//!     let options = ReceiveOptions::default().max_messages(16).wait_seconds(3);
+//!     let mut messages = client.receive_messages("orders", options).await?;
+//!     while let Some(message) = messages.next().await {
+//!         let message = message?;
+//!         println!("{}", String::from_utf8_lossy(&message.body));
+//!         client.delete_message("orders", &message.receipt_handle).await?;
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! (The README's "Rust client" section shows the same program; a test keeps them equal.)
+//!
+//! A [`Client`] is cheap to clone: clones share one HTTP/2 connection, which carries many calls
+//! at once. Which calls are retried, and why, is explained in [`retry`].
+
+mod error;
+pub mod retry;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use self::error::{ClientError, RpcError, code_name};
+pub use self::retry::RetryPolicy;
+use self::retry::{Safety, jitter_seed, never_sent};
+use crate::limits::{MAX_REQUEST_BYTES, POLLING_WAIT_SECONDS};
+use crate::pb;
+use crate::pb::queue_service_client::QueueServiceClient;
+pub use crate::pb::{
+    BatchSendEntry, DeleteFailure, ListQueuesResponse, Queue, QueueAttributes, QueueStats,
+    ReceivedMessage,
+};
+
+/// The endpoint of a server started with `spool serve` and no `--listen`.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
+
+/// How long connecting may take, unless the options say otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call other than a receive may take (a receive adds its wait to it).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an HTTP/2 ping checks that the server is still there while calls are open, so a
+/// long poll on a dead connection fails instead of hanging.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long the client waits for the answer to a ping before it drops the connection.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection settings: timeouts, keepalive, retries.
+///
+/// ```
+/// use std::time::Duration;
+/// use spool::client::{ClientOptions, RetryPolicy};
+///
+/// let options = ClientOptions::default()
+///     .connect_timeout(Duration::from_secs(2))
+///     .request_timeout(Duration::from_secs(5))
+///     .keepalive(Some(Duration::from_secs(30)), Duration::from_secs(5))
+///     .retry(RetryPolicy::default().max_attempts(8));
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Bounds each connection attempt, so an unreachable host fails (and is retried) quickly.
+    connect_timeout: Duration,
+    /// Bounds each call; sent to the server as `grpc-timeout`, so it stops working on calls
+    /// nobody waits for any more.
+    request_timeout: Duration,
+    /// HTTP/2 keepalive ping interval while calls are open; `None` turns pings off.
+    keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is considered dead.
+    keepalive_timeout: Duration,
+    /// Also ping while no call is open, to keep idle connections through NATs and proxies.
+    keepalive_while_idle: bool,
+    /// What is retried on UNAVAILABLE, and how.
+    retry: RetryPolicy,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            keepalive_while_idle: false,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// How long one attempt to connect may take.
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        Self {
+            connect_timeout: timeout,
+            ..self
+        }
+    }
+
+    /// How long one attempt of a call may take. A receive may take its wait on top of that.
+    pub fn request_timeout(self, timeout: Duration) -> Self {
+        Self {
+            request_timeout: timeout,
+            ..self
+        }
+    }
+
+    /// HTTP/2 keepalive: a ping every `interval` while calls are open (`None`: no pings), and
+    /// the connection is dropped when an answer takes longer than `timeout`.
+    pub fn keepalive(self, interval: Option<Duration>, timeout: Duration) -> Self {
+        Self {
+            keepalive_interval: interval,
+            keepalive_timeout: timeout,
+            ..self
+        }
+    }
+
+    /// Also send keepalive pings while no call is open.
+    pub fn keepalive_while_idle(self, enabled: bool) -> Self {
+        Self {
+            keepalive_while_idle: enabled,
+            ..self
+        }
+    }
+
+    /// What is retried on UNAVAILABLE, and how; see [`RetryPolicy`] and [`retry`].
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        Self {
+            retry: policy,
+            ..self
+        }
+    }
+}
+
+/// Settings of one ReceiveMessages call; unset ones take the queue's values.
+///
+/// ```
+/// use spool::client::ReceiveOptions;
+///
+/// // Up to 3 messages; wait up to 3 s when none is visible; keep them invisible for 60 s.
+/// let options = ReceiveOptions::default()
+///     .max_messages(3)
+///     .wait_seconds(3)
+///     .visibility_timeout_seconds(60);
+/// # let _ = options;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiveOptions {
+    /// Most messages to receive, 1..=16; 0 (the default) means 1.
+    max_messages: u32,
+    /// Seconds to wait when no message is visible, 0..=30; `None`: the queue's polling wait.
+    wait_seconds: Option<u32>,
+    /// Seconds the messages stay invisible, 1..=43200; `None`: the queue's visibility timeout.
+    visibility_timeout_seconds: Option<u32>,
+}
+
+impl ReceiveOptions {
+    /// Most messages to receive: 1..=16 (0 means 1). Fewer visible messages do not block.
+    pub fn max_messages(self, max: u32) -> Self {
+        Self {
+            max_messages: max,
+            ..self
+        }
+    }
+
+    /// Seconds to wait when no message is visible: 0..=30. Unset, the queue's polling wait.
+    pub fn wait_seconds(self, seconds: u32) -> Self {
+        Self {
+            wait_seconds: Some(seconds),
+            ..self
+        }
+    }
+
+    /// Seconds the received messages stay invisible: 1..=43200. Unset, the queue's.
+    pub fn visibility_timeout_seconds(self, seconds: u32) -> Self {
+        Self {
+            visibility_timeout_seconds: Some(seconds),
+            ..self
+        }
+    }
+}
+
+/// A connection to a Spool server, with a typed method per call.
+#[derive(Clone, Debug)]
+pub struct Client {
+    grpc: QueueServiceClient<Channel>,
+    /// The endpoint as given, for error messages.
+    endpoint: String,
+    options: ClientOptions,
+}
+
+/// What one attempt of a unary call is handed: a client of its own and the request.
+type Grpc = QueueServiceClient<Channel>;
+
+/// A call that failed for good, and how many attempts it took.
+struct Failed {
+    status: Status,
+    attempts: u32,
+}
+
+impl Client {
+    /// Connects to `endpoint` (`http://host:port`; `host:port` means `http://host:port`),
+    /// retrying as [`ClientOptions::retry`] allows while the server cannot be reached.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), spool::client::ClientError> {
+    /// use spool::client::{Client, ClientOptions};
+    ///
+    /// let client = Client::connect("http://127.0.0.1:50051", ClientOptions::default()).await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(endpoint: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        let target = build_endpoint(endpoint, &options)?;
+        let mut attempt = 1;
+        let channel = loop {
+            match target.connect().await {
+                Ok(channel) => break channel,
+                Err(error) if attempt < options.retry.attempt_limit() => {
+                    tracing::debug!(%endpoint, attempt, error = %error_chain(&error), "cannot connect; retrying");
+                    tokio::time::sleep(options.retry.backoff(attempt, jitter_seed())).await;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    return Err(ClientError::Unavailable(RpcError {
+                        code: Code::Unavailable,
+                        cmq_code: None,
+                        reason: None,
+                        message: format!("cannot connect to {endpoint}: {}", error_chain(&error)),
+                    }));
+                }
+            }
+        };
+        Ok(Self::with_channel(endpoint, channel, options))
+    }
+
+    /// Like [`connect`](Self::connect), but connects on the first call (which retries while
+    /// the server cannot be reached). Fails only if the endpoint is malformed.
+    pub fn connect_lazy(endpoint: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        let channel = build_endpoint(endpoint, &options)?.connect_lazy();
+        Ok(Self::with_channel(endpoint, channel, options))
+    }
+
+    fn with_channel(endpoint: &str, channel: Channel, options: ClientOptions) -> Self {
+        let grpc = QueueServiceClient::new(channel)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES);
+        Self {
+            grpc,
+            endpoint: endpoint.to_string(),
+            options,
+        }
+    }
+
+    /// The endpoint this client talks to, as given.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Creates a queue; unset attributes take their defaults. Creating a queue that exists with
+    /// the same attributes returns it; with other attributes it fails with
+    /// [`ClientError::QueueExists`]. Retried on UNAVAILABLE.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// use spool::client::QueueAttributes;
+    ///
+    /// let queue = client
+    ///     .create_queue(
+    ///         "QueueForTest",
+    ///         QueueAttributes {
+    ///             visibility_timeout_seconds: Some(10),
+    ///             max_message_size: Some(65_536),
+    ///             polling_wait_seconds: Some(10),
+    ///             ..Default::default()
+    ///         },
+    ///     )
+    ///     .await?;
+    /// assert_eq!(queue.name, "QueueForTest");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn create_queue(
+        &self,
+        name: &str,
+        attributes: QueueAttributes,
+    ) -> Result<Queue, ClientError> {
+        let request = pb::CreateQueueRequest {
+            queue_name: name.to_string(),
+            attributes: Some(attributes),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.create_queue(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// A queue's attributes and message counters. Retried on UNAVAILABLE.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// let queue = client.get_queue("QueueForTest").await?;
+    /// let stats = queue.stats.unwrap_or_default();
+    /// println!("{} visible, {} delayed", stats.active_messages, stats.delayed_messages);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_queue(&self, name: &str) -> Result<Queue, ClientError> {
+        let request = pb::GetQueueRequest {
+            queue_name: name.to_string(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.get_queue(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Changes the attributes that are set; the others keep their value. Returns the queue.
+    /// Retried on UNAVAILABLE (the values are absolute, so applying them twice is harmless).
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// use spool::client::QueueAttributes;
+    ///
+    /// // Turn rewind on: keep deleted messages for 12 hours.
+    /// let attributes = QueueAttributes { rewind_seconds: Some(43_200), ..Default::default() };
+    /// client.update_queue("QueueForTest", attributes).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn update_queue(
+        &self,
+        name: &str,
+        attributes: QueueAttributes,
+    ) -> Result<Queue, ClientError> {
+        let request = pb::UpdateQueueRequest {
+            queue_name: name.to_string(),
+            attributes: Some(attributes),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.update_queue(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Deletes a queue and its messages. Retried on UNAVAILABLE; if a retry finds the queue
+    /// gone, the call succeeds (the attempt that failed may have deleted it; see [`retry`]).
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// use spool::client::ClientError;
+    ///
+    /// match client.delete_queue("QueueForTest").await {
+    ///     Ok(()) | Err(ClientError::QueueNotFound(_)) => println!("gone"),
+    ///     Err(error) => return Err(error),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_queue(&self, name: &str) -> Result<(), ClientError> {
+        let request = pb::DeleteQueueRequest {
+            queue_name: name.to_string(),
+        };
+        let result = self
+            .unary(
+                Safety::Idempotent,
+                request,
+                self.options.request_timeout,
+                |mut grpc: Grpc, request| async move { grpc.delete_queue(request).await },
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(failed) if failed.attempts > 1 && failed.status.code() == Code::NotFound => {
+                tracing::debug!(queue = %name, "queue gone after a retried delete; taking it as deleted");
+                Ok(())
+            }
+            Err(failed) => Err(self.error(failed.status)),
+        }
+    }
+
+    /// One page of queues whose name starts with `prefix`, in name order: `page_size` 0 means
+    /// 100; `page_token` is the previous page's `next_page_token` ("" for the first).
+    /// Retried on UNAVAILABLE. [`list_all_queues`](Self::list_all_queues) reads every page.
+    pub async fn list_queues(
+        &self,
+        prefix: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<ListQueuesResponse, ClientError> {
+        let request = pb::ListQueuesRequest {
+            prefix: prefix.to_string(),
+            page_size,
+            page_token: page_token.to_string(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.list_queues(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Every queue whose name starts with `prefix` ("" for all), in name order, page by page.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// for queue in client.list_all_queues("Queue").await? {
+    ///     println!("{}", queue.name);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_all_queues(&self, prefix: &str) -> Result<Vec<Queue>, ClientError> {
+        let mut queues = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self.list_queues(prefix, 0, &page_token).await?;
+            queues.extend(page.queues);
+            if page.next_page_token.is_empty() || page.next_page_token == page_token {
+                return Ok(queues);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Makes every deleted message enqueued at or after `start` receivable again, oldest
+    /// first; returns how many came back. Needs a rewind window on the queue (else
+    /// [`ClientError::RewindDisabled`]); `start` must lie within it.
+    ///
+    /// Not retried once the request may have reached the server (a second rewind would bring
+    /// back what consumers deleted in between), unless
+    /// [`RetryPolicy::retry_non_idempotent`] says so.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// // CMQ: rewindQueue(1488718862)
+    /// let restored = client
+    ///     .rewind_queue("QueueTest", UNIX_EPOCH + Duration::from_secs(1_488_718_862))
+    ///     .await?;
+    /// println!("{restored} messages are receivable again");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn rewind_queue(&self, name: &str, start: SystemTime) -> Result<u64, ClientError> {
+        let request = pb::RewindQueueRequest {
+            queue_name: name.to_string(),
+            start_time: Some(start.into()),
+        };
+        self.unary(
+            Safety::NotIdempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.rewind_queue(request).await },
+        )
+        .await
+        .map(|response| response.restored_messages)
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Sends one message (any bytes); returns its id once it is stored durably.
+    ///
+    /// Not retried once the request may have reached the server: the message may have been
+    /// stored, and a retry would store it twice. (Retried when the connection could not be
+    /// made; [`RetryPolicy::retry_non_idempotent`] retries always.)
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// let id = client.send_message("QueueForTest", "I am test message.").await?;
+    /// let id = client.send_message("QueueForTest", vec![0u8, 1, 2]).await?;
+    /// # let _ = id;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_message(
+        &self,
+        queue: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<String, ClientError> {
+        self.send(queue, body.into(), None).await
+    }
+
+    /// Sends one message that stays invisible for `delay_seconds` (CMQ's delayed message), e.g.
+    /// to retry a failed job later. Retried as [`send_message`](Self::send_message) is.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// // Visible in 10 minutes.
+    /// client.send_delayed_message("QueueForTest", "i am test", 600).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_delayed_message(
+        &self,
+        queue: &str,
+        body: impl Into<Bytes>,
+        delay_seconds: u32,
+    ) -> Result<String, ClientError> {
+        self.send(queue, body.into(), Some(delay_seconds)).await
+    }
+
+    async fn send(
+        &self,
+        queue: &str,
+        body: Bytes,
+        delay_seconds: Option<u32>,
+    ) -> Result<String, ClientError> {
+        let request = pb::SendMessageRequest {
+            queue_name: queue.to_string(),
+            body,
+            delay_seconds,
+        };
+        self.unary(
+            Safety::NotIdempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.send_message(request).await },
+        )
+        .await
+        .map(|response| response.message_id)
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Sends 1 to 16 messages, all or nothing; returns their ids in order. Retried as
+    /// [`send_message`](Self::send_message) is.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// let bodies = (0..3).map(|i| format!("I am test message {i}."));
+    /// let ids = client.batch_send_messages("QueueForTest", bodies).await?;
+    /// assert_eq!(ids.len(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn batch_send_messages<B: Into<Bytes>>(
+        &self,
+        queue: &str,
+        bodies: impl IntoIterator<Item = B>,
+    ) -> Result<Vec<String>, ClientError> {
+        let entries = bodies
+            .into_iter()
+            .map(|body| BatchSendEntry {
+                body: body.into(),
+                delay_seconds: None,
+            })
+            .collect();
+        self.batch_send_entries(queue, entries).await
+    }
+
+    /// Sends 1 to 16 messages, each with its own delay, all or nothing.
+    pub async fn batch_send_entries(
+        &self,
+        queue: &str,
+        entries: Vec<BatchSendEntry>,
+    ) -> Result<Vec<String>, ClientError> {
+        let request = pb::BatchSendMessagesRequest {
+            queue_name: queue.to_string(),
+            entries,
+        };
+        self.unary(
+            Safety::NotIdempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.batch_send_messages(request).await },
+        )
+        .await
+        .map(|response| response.message_ids)
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Long-polls for messages: a [`Stream`] of what is visible now (up to `max_messages`), or,
+    /// when nothing is, of the first messages to arrive within the wait. It ends when the batch
+    /// is delivered or the wait is over; an empty stream means no message (CMQ's 7000).
+    /// Each message is invisible for the visibility timeout; delete it with its receipt handle
+    /// before then, or it is delivered again.
+    ///
+    /// Errors of the request (no such queue, bad options) are returned before the stream.
+    /// Opening the stream is retried on UNAVAILABLE; a stream that breaks is not (its messages
+    /// may be in flight already; they come back after their visibility timeout).
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// use futures_util::StreamExt as _;
+    /// use spool::client::ReceiveOptions;
+    ///
+    /// let options = ReceiveOptions::default().max_messages(3).wait_seconds(3);
+    /// let mut messages = client.receive_messages("QueueForTest", options).await?;
+    /// while let Some(message) = messages.next().await {
+    ///     let message = message?;
+    ///     // ... handle it, then:
+    ///     client.delete_message("QueueForTest", &message.receipt_handle).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn receive_messages(
+        &self,
+        queue: &str,
+        options: ReceiveOptions,
+    ) -> Result<MessageStream, ClientError> {
+        let request = pb::ReceiveMessagesRequest {
+            queue_name: queue.to_string(),
+            max_messages: options.max_messages,
+            wait_seconds: options.wait_seconds,
+            visibility_timeout_seconds: options.visibility_timeout_seconds,
+        };
+        // The server ends the long poll just before the deadline it is given, so leave it the
+        // whole wait (the queue's, when unset: at most the longest polling wait) on top.
+        let wait = options.wait_seconds.unwrap_or(*POLLING_WAIT_SECONDS.end());
+        let timeout = self.options.request_timeout + Duration::from_secs(u64::from(wait));
+        self.unary(
+            Safety::Idempotent,
+            request,
+            timeout,
+            |mut grpc: Grpc, request| async move { grpc.receive_messages(request).await },
+        )
+        .await
+        .map(|inner| MessageStream { inner })
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Like [`receive_messages`](Self::receive_messages), collected: every message of one long
+    /// poll, or none when nothing arrived within the wait.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// use spool::client::ReceiveOptions;
+    ///
+    /// let options = ReceiveOptions::default().max_messages(3).wait_seconds(3);
+    /// for message in client.receive("QueueForTest", options).await? {
+    ///     println!("{} (received {} times)", message.message_id, message.dequeue_count);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn receive(
+        &self,
+        queue: &str,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>, ClientError> {
+        let mut stream = self.receive_messages(queue, options).await?;
+        let mut messages = Vec::new();
+        while let Some(message) = stream.message().await? {
+            messages.push(message);
+        }
+        Ok(messages)
+    }
+
+    /// Deletes a received message by its newest receipt handle, before its visibility timeout
+    /// ends. A handle superseded by a later receive, or expired, fails with
+    /// [`ClientError::StaleReceipt`]. Retried on UNAVAILABLE (deleting twice is harmless).
+    pub async fn delete_message(
+        &self,
+        queue: &str,
+        receipt_handle: &str,
+    ) -> Result<(), ClientError> {
+        let request = pb::DeleteMessageRequest {
+            queue_name: queue.to_string(),
+            receipt_handle: receipt_handle.to_string(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.delete_message(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Deletes 1 to 16 received messages; returns the handles that could not be deleted, with
+    /// why (empty when all were). Retried on UNAVAILABLE.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool::client::Client, received: Vec<spool::client::ReceivedMessage>) -> Result<(), spool::client::ClientError> {
+    /// let handles = received.iter().map(|message| message.receipt_handle.clone());
+    /// for failure in client.batch_delete_messages("QueueForTest", handles).await? {
+    ///     eprintln!("{}: {} (cmq_code {})", failure.receipt_handle, failure.message, failure.cmq_code);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn batch_delete_messages(
+        &self,
+        queue: &str,
+        receipt_handles: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<DeleteFailure>, ClientError> {
+        let request = pb::BatchDeleteMessagesRequest {
+            queue_name: queue.to_string(),
+            receipt_handles: receipt_handles.into_iter().collect(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.batch_delete_messages(request).await },
+        )
+        .await
+        .map(|response| response.failures)
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Runs one call, retrying as the policy allows for `safety`.
+    async fn unary<Req, Resp, Call, Fut>(
+        &self,
+        safety: Safety,
+        request: Req,
+        timeout: Duration,
+        call: Call,
+    ) -> Result<Resp, Failed>
+    where
+        Req: Clone,
+        Call: Fn(Grpc, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let policy = &self.options.retry;
+        let mut attempt = 1;
+        loop {
+            let mut message = tonic::Request::new(request.clone());
+            message.set_timeout(timeout);
+            match call(self.grpc.clone(), message).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if policy.should_retry(safety, attempt, &status) => {
+                    let backoff = policy.backoff(attempt, jitter_seed());
+                    tracing::debug!(
+                        endpoint = %self.endpoint,
+                        attempt,
+                        ?backoff,
+                        error = %status.message(),
+                        "call unavailable; retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                }
+                Err(status) => {
+                    return Err(Failed {
+                        status,
+                        attempts: attempt,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The error of a failed call; a connection that could not be made says where it tried.
+    fn error(&self, status: Status) -> ClientError {
+        let mut error = RpcError::from_status(&status);
+        if status.code() == Code::Unavailable && never_sent(&status) {
+            error.message = format!(
+                "cannot connect to {}: {}",
+                self.endpoint,
+                status_chain(&status)
+            );
+        }
+        error.into()
+    }
+}
+
+/// The messages of one long poll; see [`Client::receive_messages`].
+///
+/// A [`Stream`] of `Result<ReceivedMessage, ClientError>`; [`message`](Self::message) reads it
+/// without `StreamExt`.
+#[derive(Debug)]
+pub struct MessageStream {
+    inner: tonic::Streaming<ReceivedMessage>,
+}
+
+impl MessageStream {
+    /// The next message, or `None` when the long poll is over.
+    pub async fn message(&mut self) -> Result<Option<ReceivedMessage>, ClientError> {
+        self.inner.message().await.map_err(ClientError::from)
+    }
+}
+
+impl Stream for MessageStream {
+    type Item = Result<ReceivedMessage, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner)
+            .poll_next(cx)
+            .map(|item| item.map(|result| result.map_err(ClientError::from)))
+    }
+}
+
+/// Checks and completes an endpoint: `http://` is implied, TLS is not built in.
+fn build_endpoint(endpoint: &str, options: &ClientOptions) -> Result<Endpoint, ClientError> {
+    let invalid = |message: String| ClientError::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let uri = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let target = Endpoint::from_shared(uri).map_err(|error| invalid(error_chain(&error)))?;
+    match target.uri().scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(invalid(
+                "https is not supported: this client speaks plaintext HTTP/2 only (use http://)"
+                    .into(),
+            ));
+        }
+        _ => return Err(invalid("the scheme must be http://".into())),
+    }
+    if target.uri().host().is_none_or(str::is_empty) {
+        return Err(invalid("it names no host".into()));
+    }
+    let mut target = target
+        .connect_timeout(options.connect_timeout)
+        .keep_alive_while_idle(options.keepalive_while_idle)
+        .tcp_nodelay(true);
+    if let Some(interval) = options.keepalive_interval {
+        target = target
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(options.keepalive_timeout);
+    }
+    Ok(target)
+}
+
+/// An error and its sources, joined with ": " (tonic's transport errors say little at the top).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    with_causes(error.to_string(), error.source())
+}
+
+/// A status's message and the sources of the transport error behind it, if any.
+fn status_chain(status: &Status) -> String {
+    with_causes(
+        status.message().to_string(),
+        std::error::Error::source(status),
+    )
+}
+
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // tonic's own wrapper adds nothing but words.
+        if !text.contains(&cause_text) && !cause.is::<tonic::transport::Error>() {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_and_completed() {
+        let options = ClientOptions::default();
+        let endpoint = build_endpoint("127.0.0.1:50051", &options).expect("host:port");
+        assert_eq!(endpoint.uri().to_string(), "http://127.0.0.1:50051/");
+        assert!(build_endpoint("http://localhost:1", &options).is_ok());
+        for bad in [
+            "https://localhost:1",
+            "ftp://localhost:1",
+            "http://",
+            "http://a b",
+        ] {
+            let error = build_endpoint(bad, &options).expect_err(bad);
+            assert!(
+                matches!(error, ClientError::InvalidEndpoint { .. }),
+                "{bad}: {error:?}"
+            );
+            assert_eq!(error.code(), None);
+        }
+    }
+
+    #[test]
+    fn error_chains_name_every_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = Status::from_error(Box::new(tonic::ConnectError(Box::new(io))));
+        let text = status_chain(&status);
+        assert!(text.contains("refused"), "{text}");
+        assert_eq!(text.matches("refused").count(), 1, "{text}");
+    }
+}
