@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Bodies as `Bytes`: decoded without a copy and handed on by reference count.
         .bytes(".spool.v1")
+        // Small per-call buffers: a parked long poll keeps its buffer (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::SmallBufferCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

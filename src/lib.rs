@@ -15,10 +15,13 @@
 //! - [`error`]: [`error::QueueError`], one gRPC code and one CMQ code per case.
 //! - [`client`]: the Rust client ([`client::Client`]): typed calls, long-poll streams, retries.
 //! - [`cli`]: the client commands of the `spool` binary (`queue`, `send`, `receive`, ...).
+//! - [`bench`]: `spool bench`, the load generator (steady, fill-then-drain, long-poll idle, echo);
+//!   the peers it compares with are in the `spool-bench` crate under `bench/`.
 //! - [`config`]: settings of `spool serve` from a TOML file, the environment and flags.
 //! - [`metrics`]: Prometheus counters and histograms, and the /metrics endpoint.
 
 pub mod attributes;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;

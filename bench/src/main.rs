@@ -1,0 +1,142 @@
+//! `spool-bench`: `spool bench`'s workloads against Spool and the queues users would pick
+//! instead (NATS JetStream, RabbitMQ, PostgreSQL), one after the other in the same run, with
+//! each peer's figures as ratios to Spool's. It lives outside the `spool` package so the
+//! server's build never compiles these clients. Every target must be on 127.0.0.1.
+//!
+//!   cargo run --release -p spool-bench -- --targets spool,nats,rabbitmq,postgres -N 100000
+
+mod nats;
+mod postgres;
+mod rabbitmq;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use spool::bench::{
+    BenchArgs, Mode, Report, Workload, check_local, render_text, run_spool, run_target,
+};
+
+/// The queues this run compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TargetName {
+    Spool,
+    Nats,
+    Rabbitmq,
+    Postgres,
+}
+
+/// Runs one workload against Spool and its peers, and prints each report and the ratios.
+#[derive(Parser)]
+#[command(name = "spool-bench", version)]
+struct Cli {
+    /// The targets, in the order they run; ratios are Spool's figure over the peer's.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "spool,nats,rabbitmq,postgres"
+    )]
+    targets: Vec<TargetName>,
+    /// A running `spool serve`.
+    #[arg(long, env = "SPOOL_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    spool: String,
+    /// NATS with JetStream enabled.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    nats: String,
+    /// RabbitMQ (AMQP 0-9-1).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    rabbitmq: String,
+    /// PostgreSQL, as a tokio-postgres connection string.
+    #[arg(long, default_value = "host=127.0.0.1 user=postgres dbname=test")]
+    postgres: String,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let workload = Workload::try_from(&cli.bench)?;
+    check_local(&cli.spool)?;
+    check_local(&cli.nats)?;
+    check_local(&cli.rabbitmq)?;
+    let postgres_host = cli
+        .postgres
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix("host="))
+        .unwrap_or("");
+    if postgres_host != "127.0.0.1" && postgres_host != "localhost" {
+        bail!("the PostgreSQL connection string must say host=127.0.0.1");
+    }
+    let runs = cli.bench.runs;
+    let mut reports = Vec::new();
+    for target in &cli.targets {
+        let result = match target {
+            TargetName::Spool => run_spool(&cli.spool, &workload, runs).await,
+            _ if matches!(workload.mode, Mode::Idle | Mode::Echo) => {
+                eprintln!(
+                    "spool-bench: {target:?} skipped: {:?} is Spool-only",
+                    workload.mode
+                );
+                continue;
+            }
+            TargetName::Nats => {
+                run_target(Arc::new(nats::NatsTarget::new(&cli.nats)), &workload, runs).await
+            }
+            TargetName::Rabbitmq => {
+                let target = Arc::new(rabbitmq::RabbitTarget::new(&cli.rabbitmq));
+                run_target(target, &workload, runs).await
+            }
+            TargetName::Postgres => {
+                let target = Arc::new(postgres::PostgresTarget::new(&cli.postgres));
+                run_target(target, &workload, runs).await
+            }
+        };
+        let report = result.with_context(|| format!("{target:?}"))?;
+        if !cli.bench.json {
+            print!("{}", render_text(&report));
+        }
+        reports.push(report);
+    }
+    let ratios = ratios(&reports);
+    if cli.bench.json {
+        let json = serde_json::json!({ "reports": reports, "ratios_spool_over_peer": ratios });
+        println!("{json}");
+    } else if !ratios.is_empty() {
+        println!("Spool ÷ peer (medians; >1 means Spool's figure is higher):");
+        for (peer, figures) in &ratios {
+            let line: Vec<String> = figures
+                .iter()
+                .map(|(name, ratio)| format!("{name} {ratio:.2}"))
+                .collect();
+            println!("  {peer}: {}", line.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// For each peer: Spool's median over the peer's, for each figure both have.
+fn ratios(reports: &[Report]) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let Some(spool) = reports.iter().find(|report| report.target == "spool") else {
+        return BTreeMap::new();
+    };
+    reports
+        .iter()
+        .filter(|report| report.target != "spool")
+        .map(|peer| {
+            let figures = spool
+                .figures
+                .iter()
+                .filter(|(name, _)| name.contains("per_s") || name.contains("_ms_"))
+                .filter_map(|(name, ours)| {
+                    let theirs = peer.figures.get(name)?.median;
+                    (theirs > 0.0)
+                        .then(|| (name.clone(), (ours.median / theirs * 100.0).round() / 100.0))
+                })
+                .collect();
+            (peer.target.clone(), figures)
+        })
+        .collect()
+}

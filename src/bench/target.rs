@@ -1,0 +1,255 @@
+//! What a load generator talks to: a [`Target`] makes queues, producers and consumers. Spool's
+//! is here; the peers (NATS JetStream, RabbitMQ, PostgreSQL) are in the `spool-bench` crate
+//! under `bench/`, so the server's build never compiles their clients.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::client::{Client, ClientOptions, QueueAttributes, ReceiveOptions};
+
+/// Why a bench run failed: a message for the user (peers' errors are all different types).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BenchError(pub String);
+
+impl BenchError {
+    /// Wraps any error, with what was being done.
+    pub fn new(context: &str, error: impl std::fmt::Display) -> Self {
+        Self(format!("{context}: {error}"))
+    }
+}
+
+impl From<crate::client::ClientError> for BenchError {
+    fn from(error: crate::client::ClientError) -> Self {
+        Self(error.to_string())
+    }
+}
+
+pub type BenchResult<T> = Result<T, BenchError>;
+
+/// A queue service under test.
+pub trait Target: Send + Sync + 'static {
+    type Producer: Producer;
+    type Consumer: Consumer;
+
+    /// A short name for reports (`spool`, `nats`, ...).
+    fn name(&self) -> &str;
+
+    /// When this target acknowledges a send: what is on disk, and whether it was synced.
+    fn durability(&self) -> String;
+
+    /// The TCP port of the server, to find its process and read its memory.
+    fn server_port(&self) -> Option<u16>;
+
+    /// Creates the queues empty (deleting what a previous run left).
+    fn setup(
+        &self,
+        queues: &[String],
+        body_bytes: usize,
+    ) -> impl Future<Output = BenchResult<()>> + Send;
+
+    /// Deletes the queues.
+    fn teardown(&self, queues: &[String]) -> impl Future<Output = BenchResult<()>> + Send;
+
+    /// A producer on `queue`. `connection` numbers the connection to use: producers and
+    /// consumers given the same number may share one.
+    fn producer(
+        &self,
+        queue: &str,
+        connection: usize,
+    ) -> impl Future<Output = BenchResult<Self::Producer>> + Send;
+
+    /// A consumer on `queue`; `connection` as for [`producer`](Self::producer).
+    fn consumer(
+        &self,
+        queue: &str,
+        connection: usize,
+    ) -> impl Future<Output = BenchResult<Self::Consumer>> + Send;
+}
+
+/// Sends batches; returns once the target has acknowledged them.
+pub trait Producer: Send + 'static {
+    fn send(&mut self, bodies: Vec<Bytes>) -> impl Future<Output = BenchResult<()>> + Send;
+}
+
+/// Receives batches and acknowledges (deletes) them.
+pub trait Consumer: Send + 'static {
+    /// What acknowledges one message (a receipt handle, a delivery tag, a row id).
+    type Token: Send + 'static;
+
+    /// Up to `max` messages, waiting up to `wait` for the first; empty when none came.
+    fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = BenchResult<Vec<(Bytes, Self::Token)>>> + Send;
+
+    /// Acknowledges received messages, so they are never delivered again.
+    fn ack(&mut self, tokens: Vec<Self::Token>) -> impl Future<Output = BenchResult<()>> + Send;
+}
+
+/// How long a received message stays invisible in a bench queue: longer than any run, so no
+/// message is delivered twice.
+pub const BENCH_VISIBILITY_SECONDS: u32 = 600;
+
+/// Spool over gRPC, through [`crate::client::Client`].
+pub struct SpoolTarget {
+    endpoint: String,
+    /// One client (one HTTP/2 connection) per connection number, made on first use.
+    connections: Mutex<HashMap<usize, Client>>,
+}
+
+impl SpoolTarget {
+    pub fn new(endpoint: &str) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for connection number `connection`.
+    pub fn client(&self, connection: usize) -> BenchResult<Client> {
+        let mut connections = self
+            .connections
+            .lock()
+            .map_err(|_| BenchError("connection table poisoned".into()))?;
+        if let Some(client) = connections.get(&connection) {
+            return Ok(client.clone());
+        }
+        let client = Client::connect_lazy(&self.endpoint, ClientOptions::default())?;
+        connections.insert(connection, client.clone());
+        Ok(client)
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl Target for SpoolTarget {
+    type Producer = SpoolProducer;
+    type Consumer = SpoolConsumer;
+
+    fn name(&self) -> &str {
+        "spool"
+    }
+
+    fn durability(&self) -> String {
+        "SQLite WAL, synchronous=FULL: a send is acknowledged after its group commit is fsynced"
+            .into()
+    }
+
+    fn server_port(&self) -> Option<u16> {
+        let authority = self.endpoint.split("://").last()?;
+        authority
+            .split('/')
+            .next()?
+            .rsplit(':')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    async fn setup(&self, queues: &[String], body_bytes: usize) -> BenchResult<()> {
+        let client = self.client(usize::MAX)?;
+        let attributes = QueueAttributes {
+            visibility_timeout_seconds: Some(BENCH_VISIBILITY_SECONDS),
+            max_message_size: Some(body_bytes.clamp(1_024, 1_048_576) as u32),
+            ..Default::default()
+        };
+        for queue in queues {
+            client
+                .delete_queue(queue)
+                .await
+                .or_else(|error| match error {
+                    crate::client::ClientError::QueueNotFound(_) => Ok(()),
+                    error => Err(error),
+                })?;
+            client.create_queue(queue, attributes).await?;
+        }
+        Ok(())
+    }
+
+    async fn teardown(&self, queues: &[String]) -> BenchResult<()> {
+        let client = self.client(usize::MAX)?;
+        for queue in queues {
+            client.delete_queue(queue).await?;
+        }
+        Ok(())
+    }
+
+    async fn producer(&self, queue: &str, connection: usize) -> BenchResult<SpoolProducer> {
+        Ok(SpoolProducer {
+            client: self.client(connection)?,
+            queue: queue.to_string(),
+        })
+    }
+
+    async fn consumer(&self, queue: &str, connection: usize) -> BenchResult<SpoolConsumer> {
+        Ok(SpoolConsumer {
+            client: self.client(connection)?,
+            queue: queue.to_string(),
+        })
+    }
+}
+
+pub struct SpoolProducer {
+    client: Client,
+    queue: String,
+}
+
+impl Producer for SpoolProducer {
+    async fn send(&mut self, mut bodies: Vec<Bytes>) -> BenchResult<()> {
+        if bodies.len() == 1 {
+            let body = bodies.pop().unwrap_or_default();
+            self.client.send_message(&self.queue, body).await?;
+        } else {
+            self.client.batch_send_messages(&self.queue, bodies).await?;
+        }
+        Ok(())
+    }
+}
+
+pub struct SpoolConsumer {
+    client: Client,
+    queue: String,
+}
+
+impl Consumer for SpoolConsumer {
+    type Token = String;
+
+    async fn receive(&mut self, max: usize, wait: Duration) -> BenchResult<Vec<(Bytes, String)>> {
+        let options = ReceiveOptions::default()
+            .max_messages(max as u32)
+            .wait_seconds(wait.as_secs() as u32);
+        let messages = self.client.receive(&self.queue, options).await?;
+        Ok(messages
+            .into_iter()
+            .map(|message| (message.body, message.receipt_handle))
+            .collect())
+    }
+
+    async fn ack(&mut self, mut handles: Vec<String>) -> BenchResult<()> {
+        if handles.len() == 1 {
+            let handle = handles.pop().unwrap_or_default();
+            self.client.delete_message(&self.queue, &handle).await?;
+        } else if !handles.is_empty() {
+            let failures = self
+                .client
+                .batch_delete_messages(&self.queue, handles)
+                .await?;
+            if let Some(failure) = failures.first() {
+                return Err(BenchError(format!(
+                    "{} of a batch not deleted: {}",
+                    failures.len(),
+                    failure.message
+                )));
+            }
+        }
+        Ok(())
+    }
+}
