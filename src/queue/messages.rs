@@ -436,15 +436,16 @@ impl MessageTable {
         std::mem::take(&mut self.kept).into_keys().collect()
     }
 
+    /// Drops the timer entries that no longer match their message. It looks at the heap only,
+    /// not at every message: the visible backlog can be far larger than the heap.
     fn compact_timers(&mut self) {
         let timed = (self.counts.delayed + self.counts.in_flight) as usize;
         if self.timers.len() > MIN_TIMERS_BEFORE_REBUILD.max(timed * STALE_TIMER_FACTOR) {
-            self.timers = self
-                .live
-                .iter()
-                .filter(|(_, m)| m.phase != Phase::Visible)
-                .map(|(&id, m)| Reverse((m.visible_at_ms, id)))
-                .collect();
+            let live = &self.live;
+            self.timers.retain(|Reverse((at, id))| {
+                live.get(id)
+                    .is_some_and(|m| m.phase != Phase::Visible && m.visible_at_ms == *at)
+            });
         }
     }
 }
