@@ -213,6 +213,15 @@ impl Registry {
         infos
     }
 
+    /// Has every queue hand its pending receive bookkeeping to storage (before shutdown).
+    pub async fn flush_all(&self) {
+        let handles: Vec<QueueHandle> = self.read().values().cloned().collect();
+        for handle in handles {
+            // A queue deleted meanwhile has nothing left to write.
+            let _ = handle.flush().await;
+        }
+    }
+
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.context.storage
     }

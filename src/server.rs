@@ -236,7 +236,11 @@ pub async fn run(
         }
     }
 
-    // Wait: everything acknowledged is committed already; this flushes lazy bookkeeping.
+    // Wait: everything acknowledged is committed already; this writes the lazy bookkeeping
+    // (receive records the queues still hold, then whatever the writer has queued).
+    if let Some(registry) = registry.get() {
+        registry.flush_all().await;
+    }
     let (closed, flushed) = oneshot::channel();
     storage.close(closed);
     let _ = flushed.await;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::messages::{Claimed, Deletion, MessageTable};
+use super::receive_log::ReceiveLog;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
 use super::{
     Command, DeleteResult, Outgoing, QueueContext, QueueInfo, QueueTotals, ReceiveRequest,
@@ -25,7 +26,7 @@ use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
 use crate::receipt::{ReceiptHandle, fresh_nonce};
-use crate::storage::{NewMessage, QueueRecord, StorageError, WriteOp};
+use crate::storage::{KeptRecord, NewMessage, QueueRecord, StorageError, WriteOp};
 
 /// A commit the actor is waiting for, and what to do when it is done.
 enum Pending {
@@ -58,6 +59,8 @@ pub struct QueueActor {
     /// acknowledged before that commit is durable, so it waits for it.
     deleting: HashMap<u64, SharedCommit>,
     totals: QueueTotals,
+    /// Receive bookkeeping gathered for a moment before it is written (see `receive_log`).
+    receive_log: ReceiveLog,
     inbox: mpsc::Receiver<Command>,
 }
 
@@ -83,6 +86,7 @@ impl QueueActor {
             commits: FuturesUnordered::new(),
             deleting: HashMap::new(),
             totals: QueueTotals::default(),
+            receive_log: ReceiveLog::default(),
             inbox,
         };
         if !actor.record.attributes.rewind_enabled() {
@@ -126,7 +130,8 @@ impl QueueActor {
     fn next_change(&self) -> Option<Millis> {
         let messages = self.table.next_change_ms(self.retention_ms());
         let waiters = self.waiters.next_deadline_ms();
-        messages.into_iter().chain(waiters).min()
+        let records = self.receive_log.due_ms();
+        messages.into_iter().chain(waiters).chain(records).min()
     }
 
     /// Applies what time changed: delays and visibility timeouts that ended (serving waiting
@@ -147,6 +152,20 @@ impl QueueActor {
             if waiter.respond_to.send(Ok(Vec::new())).is_ok() {
                 self.totals.empty_receives += 1;
             }
+        }
+        if self.receive_log.is_due(now) {
+            self.flush_receives();
+        }
+    }
+
+    /// Hands the gathered receive bookkeeping to storage. Administrative commits call it first,
+    /// so a durable write acknowledged after a receive also covers that receive.
+    fn flush_receives(&mut self) {
+        let records = self.receive_log.take();
+        if !records.is_empty() {
+            self.context
+                .storage
+                .record(WriteOp::RecordReceives(records));
         }
     }
 
@@ -178,7 +197,10 @@ impl QueueActor {
             Command::Release { handles } => {
                 let mut released = false;
                 for handle in handles {
-                    released |= self.table.release(handle);
+                    if self.table.release(handle) {
+                        self.receive_log.forget(handle.message_id);
+                        released = true;
+                    }
                 }
                 if released {
                     self.serve_waiters(self.now());
@@ -194,6 +216,10 @@ impl QueueActor {
             } => {
                 let result = self.rewind(start_ms).await;
                 let _ = respond_to.send(result);
+            }
+            Command::Flush { respond_to } => {
+                self.flush_receives();
+                let _ = respond_to.send(());
             }
         }
         Flow::Continue
@@ -217,6 +243,7 @@ impl QueueActor {
         if attributes == self.record.attributes {
             return Ok(self.info());
         }
+        self.flush_receives();
         let updated = QueueRecord {
             attributes,
             update_time_ms: self.now().max(self.record.update_time_ms),
@@ -240,6 +267,7 @@ impl QueueActor {
     }
 
     async fn drop_queue(&mut self) -> Result<(), QueueError> {
+        self.flush_receives();
         self.submit(WriteOp::DeleteQueue {
             queue_id: self.record.id,
         })
@@ -445,9 +473,10 @@ impl QueueActor {
         match respond_to.send(Ok(claimed)) {
             Ok(()) => {
                 self.totals.received += records.len() as u64;
-                self.context
-                    .storage
-                    .record(WriteOp::RecordReceives(records));
+                self.receive_log.add(records, now);
+                if self.receive_log.is_due(now) {
+                    self.flush_receives();
+                }
             }
             Err(Ok(returned)) => {
                 for message in returned {
@@ -479,6 +508,7 @@ impl QueueActor {
             };
             match self.table.delete(handle, now, keep, &field) {
                 Ok(deletion @ Deletion::Deleted { .. }) => {
+                    self.receive_log.forget(handle.message_id);
                     deletions.push(deletion);
                     results.push(Ok(()));
                 }
@@ -498,15 +528,20 @@ impl QueueActor {
         let own_commit = if deletions.is_empty() {
             None
         } else {
-            let ids: Vec<u64> = deletions
+            let kept: Vec<KeptRecord> = deletions
                 .iter()
                 .filter_map(|d| match d {
-                    Deletion::Deleted { id, .. } => Some(*id),
+                    Deletion::Deleted { id, before, .. } => Some(KeptRecord {
+                        id: *id,
+                        dequeue_count: before.dequeue_count,
+                        first_dequeue_ms: before.first_dequeue_ms,
+                    }),
                     Deletion::AlreadyDeleted => None,
                 })
                 .collect();
+            let ids: Vec<u64> = kept.iter().map(|k| k.id).collect();
             let op = if keep {
-                WriteOp::MarkDeleted { ids: ids.clone() }
+                WriteOp::MarkDeleted { messages: kept }
             } else {
                 WriteOp::RemoveMessages { ids: ids.clone() }
             };
@@ -556,6 +591,7 @@ impl QueueActor {
         if ids.is_empty() {
             return Ok(0);
         }
+        self.flush_receives();
         self.submit(WriteOp::Restore {
             ids: ids.clone(),
             visible_at_ms: now,

@@ -6,6 +6,7 @@
 
 mod actor;
 pub mod messages;
+mod receive_log;
 mod waiters;
 
 use std::sync::Arc;
@@ -105,6 +106,8 @@ pub(crate) enum Command {
         start_ms: Millis,
         respond_to: oneshot::Sender<Result<u64, QueueError>>,
     },
+    /// Hands everything the actor holds back for storage (receive bookkeeping) to it now.
+    Flush { respond_to: oneshot::Sender<()> },
 }
 
 /// The shared things every queue actor needs.
@@ -217,6 +220,11 @@ impl QueueHandle {
             respond_to,
         })
         .await?
+    }
+
+    /// Hands the queue's pending receive bookkeeping to storage (before a shutdown).
+    pub async fn flush(&self) -> Result<(), QueueError> {
+        self.ask(|respond_to| Command::Flush { respond_to }).await
     }
 
     pub async fn rewind(&self, start_ms: Millis) -> Result<u64, QueueError> {

@@ -71,6 +71,14 @@ pub struct ReceiveRecord {
     pub receipt_nonce: u64,
 }
 
+/// A deleted message kept for rewind, and what it keeps of its receives.
+#[derive(Debug, Clone, Copy)]
+pub struct KeptRecord {
+    pub id: u64,
+    pub dequeue_count: u32,
+    pub first_dequeue_ms: Millis,
+}
+
 /// One change to storage. A commit applies a group of them in one transaction.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -89,9 +97,10 @@ pub enum WriteOp {
     RemoveMessages {
         ids: Vec<u64>,
     },
-    /// Marks messages deleted but keeps them for rewind.
+    /// Marks messages deleted but keeps them for rewind, with their receive counts (which may
+    /// not have been recorded yet: receive bookkeeping is written lazily).
     MarkDeleted {
-        ids: Vec<u64>,
+        messages: Vec<KeptRecord>,
     },
     /// Makes rewound messages visible again.
     Restore {
@@ -107,9 +116,8 @@ impl WriteOp {
         match self {
             Self::CreateQueue(_) | Self::UpdateQueue(_) | Self::DeleteQueue { .. } => 0,
             Self::InsertMessages { messages, .. } => messages.len(),
-            Self::RemoveMessages { ids }
-            | Self::MarkDeleted { ids }
-            | Self::Restore { ids, .. } => ids.len(),
+            Self::RemoveMessages { ids } | Self::Restore { ids, .. } => ids.len(),
+            Self::MarkDeleted { messages } => messages.len(),
             Self::RecordReceives(receives) => receives.len(),
         }
     }

@@ -239,10 +239,17 @@ fn apply(
                 delete.execute([*id as i64])?;
             }
         }
-        WriteOp::MarkDeleted { ids } => {
-            let mut mark = conn.prepare_cached("UPDATE messages SET deleted = 1 WHERE id = ?1")?;
-            for id in ids {
-                mark.execute([*id as i64])?;
+        WriteOp::MarkDeleted { messages } => {
+            let mut mark = conn.prepare_cached(
+                "UPDATE messages SET deleted = 1, dequeue_count = ?2, first_dequeue_ms = ?3
+                 WHERE id = ?1",
+            )?;
+            for kept in messages {
+                mark.execute(params![
+                    kept.id as i64,
+                    kept.dequeue_count,
+                    kept.first_dequeue_ms
+                ])?;
             }
         }
         WriteOp::Restore { ids, visible_at_ms } => {
