@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::task::JoinSet;
 
 use crate::client::{Client, ClientOptions, QueueAttributes, ReceiveOptions};
 
@@ -88,8 +89,14 @@ pub trait Consumer: Send + 'static {
         wait: Duration,
     ) -> impl Future<Output = BenchResult<Vec<(Bytes, Self::Token)>>> + Send;
 
-    /// Acknowledges received messages, so they are never delivered again.
+    /// Acknowledges received messages, so they are never delivered again. It may return before
+    /// the target confirms, as long as `finish` waits for every confirmation.
     fn ack(&mut self, tokens: Vec<Self::Token>) -> impl Future<Output = BenchResult<()>> + Send;
+
+    /// Waits until every acknowledgement sent is confirmed.
+    fn finish(&mut self) -> impl Future<Output = BenchResult<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// How long a received message stays invisible in a bench queue: longer than any run, so no
@@ -191,6 +198,7 @@ impl Target for SpoolTarget {
 
     async fn consumer(&self, queue: &str, connection: usize) -> BenchResult<SpoolConsumer> {
         Ok(SpoolConsumer {
+            deletes: JoinSet::new(),
             client: self.client(connection)?,
             queue: queue.to_string(),
         })
@@ -217,7 +225,14 @@ impl Producer for SpoolProducer {
 pub struct SpoolConsumer {
     client: Client,
     queue: String,
+    /// Deletes sent and not yet confirmed. A consumer that waited for each durable delete
+    /// before its next receive would measure the fsync latency, not the server: like the
+    /// peers' consumers (which do not wait for their acks), it keeps a few in flight.
+    deletes: JoinSet<BenchResult<()>>,
 }
+
+/// Delete batches a Spool consumer keeps in flight.
+const DELETES_IN_FLIGHT: usize = 4;
 
 impl Consumer for SpoolConsumer {
     type Token = String;
@@ -233,23 +248,47 @@ impl Consumer for SpoolConsumer {
             .collect())
     }
 
-    async fn ack(&mut self, mut handles: Vec<String>) -> BenchResult<()> {
-        if handles.len() == 1 {
-            let handle = handles.pop().unwrap_or_default();
-            self.client.delete_message(&self.queue, &handle).await?;
-        } else if !handles.is_empty() {
-            let failures = self
-                .client
-                .batch_delete_messages(&self.queue, handles)
-                .await?;
-            if let Some(failure) = failures.first() {
-                return Err(BenchError(format!(
-                    "{} of a batch not deleted: {}",
-                    failures.len(),
-                    failure.message
-                )));
+    async fn ack(&mut self, handles: Vec<String>) -> BenchResult<()> {
+        while let Some(done) = self.deletes.try_join_next() {
+            confirmed(done)?;
+        }
+        while self.deletes.len() >= DELETES_IN_FLIGHT {
+            if let Some(done) = self.deletes.join_next().await {
+                confirmed(done)?;
             }
+        }
+        let client = self.client.clone();
+        let queue = self.queue.clone();
+        self.deletes
+            .spawn(async move { delete_all(&client, &queue, handles).await });
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> BenchResult<()> {
+        while let Some(done) = self.deletes.join_next().await {
+            confirmed(done)?;
         }
         Ok(())
     }
+}
+
+fn confirmed(joined: Result<BenchResult<()>, tokio::task::JoinError>) -> BenchResult<()> {
+    joined.map_err(|error| BenchError(format!("delete task failed: {error}")))?
+}
+
+async fn delete_all(client: &Client, queue: &str, mut handles: Vec<String>) -> BenchResult<()> {
+    if handles.len() == 1 {
+        let handle = handles.pop().unwrap_or_default();
+        client.delete_message(queue, &handle).await?;
+    } else if !handles.is_empty() {
+        let failures = client.batch_delete_messages(queue, handles).await?;
+        if let Some(failure) = failures.first() {
+            return Err(BenchError(format!(
+                "{} of a batch not deleted: {}",
+                failures.len(),
+                failure.message
+            )));
+        }
+    }
+    Ok(())
 }

@@ -168,6 +168,11 @@ async fn consume<C: Consumer>(
             shared.progress.add(n);
         }
     }
+    // Acknowledgements still in flight are part of the run.
+    consumer.finish().await?;
+    shared
+        .last_consumed
+        .fetch_max(nanos_since(shared.epoch), Ordering::AcqRel);
     shared.done.cancel();
     Ok(latencies)
 }
