@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
@@ -271,7 +272,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    type ReceiveMessagesStream = ReceiverStream<Result<pb::ReceivedMessage, Status>>;
+    type ReceiveMessagesStream = ReceiveStream;
 
     #[tracing::instrument(name = "ReceiveMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn receive_messages(
@@ -319,7 +320,8 @@ impl QueueService for QueueServiceImpl {
                 shutdown: self.shutdown.clone(),
             };
             tokio::spawn(delivery.run(reply).in_current_span());
-            Ok(Response::new(ReceiverStream::new(output)))
+            let output: ReceiveStream = Box::pin(ReceiverStream::new(output).map(|item| *item));
+            Ok(Response::new(output))
         }
         .await;
         // A stream that starts is measured when it ends (see Delivery).
@@ -403,10 +405,19 @@ struct Delivery {
     metrics: Arc<Metrics>,
     /// When the call arrived, for its latency.
     started: Instant,
-    stream: mpsc::Sender<Result<pb::ReceivedMessage, Status>>,
+    stream: mpsc::Sender<StreamItem>,
     client_deadline: Option<Instant>,
     shutdown: CancellationToken,
 }
+
+/// One item of a ReceiveMessages stream, boxed: tokio's mpsc allocates its slots 32 at a time,
+/// and an unboxed item (a message or a Status) is ~200 bytes, so every parked long poll held a
+/// ~6 KiB block it never filled. Boxed, the block is 256 bytes.
+type StreamItem = Box<Result<pb::ReceivedMessage, Status>>;
+
+/// The response stream of ReceiveMessages.
+pub type ReceiveStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ReceivedMessage, Status>> + Send>>;
 
 type Reply = oneshot::Receiver<Result<Vec<Claimed>, QueueError>>;
 
@@ -447,7 +458,7 @@ impl Delivery {
         };
         let status = Status::from(error);
         let code = status.code();
-        let _ = self.stream.send(Err(status)).await;
+        let _ = self.stream.send(Box::new(Err(status))).await;
         code
     }
 
@@ -475,12 +486,18 @@ impl Delivery {
             Ok(Ok(bodies)) => bodies.into_iter().collect(),
             Ok(Err(error)) => {
                 self.release(&claimed).await;
-                let _ = self.stream.send(Err(QueueError::from(error).into())).await;
+                let _ = self
+                    .stream
+                    .send(Box::new(Err(QueueError::from(error).into())))
+                    .await;
                 return Code::Unavailable;
             }
             Err(_) => {
                 self.release(&claimed).await;
-                let _ = self.stream.send(Err(QueueError::ShuttingDown.into())).await;
+                let _ = self
+                    .stream
+                    .send(Box::new(Err(QueueError::ShuttingDown.into())))
+                    .await;
                 return Code::Unavailable;
             }
         };
@@ -491,7 +508,7 @@ impl Delivery {
             };
             if self
                 .stream
-                .send(Ok(convert::received(message, body)))
+                .send(Box::new(Ok(convert::received(message, body))))
                 .await
                 .is_err()
             {
