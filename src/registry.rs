@@ -180,14 +180,7 @@ impl Registry {
             let more = page.next().is_some();
             (handles, total_count, more)
         };
-        let mut queues = Vec::with_capacity(handles.len());
-        for handle in &handles {
-            match handle.info().await {
-                Ok(info) => queues.push(info),
-                Err(QueueError::QueueNotFound(_)) => {} // deleted meanwhile
-                Err(error) => return Err(error),
-            }
-        }
+        let queues = infos(&handles).await;
         let next_after = if more {
             handles.last().map(|h| h.name().to_string())
         } else {
@@ -202,21 +195,12 @@ impl Registry {
 
     /// Every queue's current state, in name order (for metrics).
     pub async fn snapshot(&self) -> Vec<QueueInfo> {
-        let handles: Vec<QueueHandle> = self.read().values().cloned().collect();
-        let mut infos = Vec::with_capacity(handles.len());
-        for handle in handles {
-            // A queue deleted meanwhile is simply not listed.
-            if let Ok(info) = handle.info().await {
-                infos.push(info);
-            }
-        }
-        infos
+        infos(&self.handles()).await
     }
 
     /// Has every queue hand its pending receive bookkeeping to storage (before shutdown).
     pub async fn flush_all(&self) {
-        let handles: Vec<QueueHandle> = self.read().values().cloned().collect();
-        for handle in handles {
+        for handle in self.handles() {
             // A queue deleted meanwhile has nothing left to write.
             let _ = handle.flush().await;
         }
@@ -226,7 +210,20 @@ impl Registry {
         &self.context.storage
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.context.clock
+    /// Every queue's handle, in name order; the lock is not held while they are used.
+    fn handles(&self) -> Vec<QueueHandle> {
+        self.read().values().cloned().collect()
     }
+}
+
+/// The current state of these queues; a queue deleted meanwhile (its actor gone, the only way
+/// `info` fails) is simply left out.
+async fn infos(handles: &[QueueHandle]) -> Vec<QueueInfo> {
+    let mut infos = Vec::with_capacity(handles.len());
+    for handle in handles {
+        if let Ok(info) = handle.info().await {
+            infos.push(info);
+        }
+    }
+    infos
 }
