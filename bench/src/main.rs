@@ -8,6 +8,7 @@
 mod nats;
 mod postgres;
 mod rabbitmq;
+mod relay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ enum TargetName {
     Nats,
     Rabbitmq,
     Postgres,
+    /// The transport ceiling: Spool's gRPC API served by a relay that stores nothing.
+    Relay,
 }
 
 /// Runs one workload against Spool and its peers, and prints each report and the ratios.
@@ -51,6 +54,10 @@ struct Cli {
     /// PostgreSQL, as a tokio-postgres connection string.
     #[arg(long, default_value = "host=127.0.0.1 user=postgres dbname=test")]
     postgres: String,
+    /// Serve the relay (the transport ceiling) on this address instead of benchmarking; the
+    /// `relay` target starts it in a child process with this flag.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    serve_relay: Option<String>,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -58,6 +65,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(listen) = &cli.serve_relay {
+        return relay::serve(listen).await;
+    }
     let workload = Workload::try_from(&cli.bench)?;
     check_local(&cli.spool)?;
     check_local(&cli.nats)?;
@@ -89,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
                 let target = Arc::new(rabbitmq::RabbitTarget::new(&cli.rabbitmq));
                 run_target(target, &workload, runs).await
             }
+            TargetName::Relay => run_relay(&workload, runs).await,
             TargetName::Postgres => {
                 let target = Arc::new(postgres::PostgresTarget::new(&cli.postgres));
                 run_target(target, &workload, runs).await
@@ -115,6 +126,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the workload against the relay (see [`relay`]) in a child process.
+async fn run_relay(workload: &Workload, runs: usize) -> spool::bench::BenchResult<Report> {
+    let relay = relay::RelayProcess::start()
+        .map_err(|error| spool::bench::BenchError::new("relay", format!("{error:#}")))?;
+    let mut report = run_spool(relay.endpoint(), workload, runs).await?;
+    report.target = "grpc-relay".into();
+    report.durability = "none: the transport ceiling, Spool's gRPC API relaying bodies in \
+                         memory (no storage, no fsync)"
+        .into();
+    Ok(report)
 }
 
 /// For each peer: Spool's median over the peer's, for each figure both have.

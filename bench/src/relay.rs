@@ -1,0 +1,291 @@
+//! The transport ceiling: a gRPC server of Spool's own `spool.v1.QueueService` (the same
+//! generated code, codec and HTTP/2 stack) that stores nothing. A send's bodies go into an
+//! in-memory list, a receive takes them back out (waiting for one like a long poll), a delete
+//! is answered at once. No actor, no disk, no fsync.
+//!
+//! Driven by Spool's own client with the same workload, it measures what the gRPC calls alone
+//! cost on this machine: the most any server behind this API could reach here. Spool's figure
+//! over the relay's is the share of that ceiling Spool reaches; the rest is Spool's own work.
+//!
+//! It runs in a child process (`spool-bench --serve-relay`), so that, as with the real
+//! server, client and server are separate processes sharing the machine's cores.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures_util::Stream;
+use spool::pb;
+use spool::pb::queue_service_server::{QueueService, QueueServiceServer};
+use tokio::sync::Notify;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+/// Serves the relay on `listen` (port 0: any free port) and prints `listening on ADDR` on
+/// stdout once it accepts calls; runs until the process is killed.
+pub async fn serve(listen: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("bind {listen}"))?;
+    let address = listener.local_addr()?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    println!("listening on {address}");
+    std::io::stdout().flush()?;
+    tonic::transport::Server::builder()
+        .add_service(QueueServiceServer::new(Relay::default()))
+        .serve_with_incoming(incoming)
+        .await
+        .context("serve the relay")
+}
+
+/// The bodies sent to one queue and not yet received.
+#[derive(Default)]
+struct Pending {
+    bodies: Mutex<VecDeque<Bytes>>,
+    /// Woken when bodies are added, for receives waiting on an empty list.
+    arrived: Notify,
+}
+
+impl Pending {
+    fn push(&self, bodies: impl IntoIterator<Item = Bytes>) {
+        self.bodies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend(bodies);
+        self.arrived.notify_waiters();
+    }
+
+    fn take(&self, max: usize) -> Vec<Bytes> {
+        let mut bodies = self
+            .bodies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = max.min(bodies.len());
+        bodies.drain(..count).collect()
+    }
+
+    /// Up to `max` bodies, waiting up to `wait` for the first.
+    async fn receive(&self, max: usize, wait: Duration) -> Vec<Bytes> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a push between the look and the wait still wakes us.
+            let arrived = self.arrived.notified();
+            let taken = self.take(max);
+            if !taken.is_empty() {
+                return taken;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Relay {
+    queues: Mutex<HashMap<String, Arc<Pending>>>,
+    next_id: AtomicU64,
+}
+
+impl Relay {
+    fn queue(&self, name: &str) -> Result<Arc<Pending>, Status> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("queue {name:?} does not exist")))
+    }
+
+    /// Message ids shaped like Spool's (decimal strings).
+    fn ids(&self, count: usize) -> Vec<String> {
+        let first = self.next_id.fetch_add(count as u64, Ordering::Relaxed);
+        (first..first + count as u64)
+            .map(|id| id.to_string())
+            .collect()
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(SystemTime::now())
+}
+
+type ReceiveStream = Pin<Box<dyn Stream<Item = Result<pb::ReceivedMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl QueueService for Relay {
+    async fn create_queue(
+        &self,
+        request: Request<pb::CreateQueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        let name = request.into_inner().queue_name;
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(name.clone())
+            .or_default();
+        Ok(Response::new(pb::Queue {
+            name,
+            create_time: Some(now()),
+            update_time: Some(now()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_queue(
+        &self,
+        _request: Request<pb::GetQueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn update_queue(
+        &self,
+        _request: Request<pb::UpdateQueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<pb::DeleteQueueRequest>,
+    ) -> Result<Response<()>, Status> {
+        // Deleting a queue that is not there succeeds: a bench run starts by clearing its
+        // queues, and the relay has no error details for the client to recognise NOT_FOUND by.
+        let name = request.into_inner().queue_name;
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&name);
+        Ok(Response::new(()))
+    }
+
+    async fn list_queues(
+        &self,
+        _request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn rewind_queue(
+        &self,
+        _request: Request<pb::RewindQueueRequest>,
+    ) -> Result<Response<pb::RewindQueueResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let request = request.into_inner();
+        self.queue(&request.queue_name)?.push([request.body]);
+        let message_id = self.ids(1).pop().unwrap_or_default();
+        Ok(Response::new(pb::SendMessageResponse { message_id }))
+    }
+
+    async fn batch_send_messages(
+        &self,
+        request: Request<pb::BatchSendMessagesRequest>,
+    ) -> Result<Response<pb::BatchSendMessagesResponse>, Status> {
+        let request = request.into_inner();
+        let count = request.entries.len();
+        self.queue(&request.queue_name)?
+            .push(request.entries.into_iter().map(|entry| entry.body));
+        Ok(Response::new(pb::BatchSendMessagesResponse {
+            message_ids: self.ids(count),
+        }))
+    }
+
+    type ReceiveMessagesStream = ReceiveStream;
+
+    async fn receive_messages(
+        &self,
+        request: Request<pb::ReceiveMessagesRequest>,
+    ) -> Result<Response<ReceiveStream>, Status> {
+        let request = request.into_inner();
+        let queue = self.queue(&request.queue_name)?;
+        let wait = Duration::from_secs(request.wait_seconds.unwrap_or(0).into());
+        let bodies = queue
+            .receive(request.max_messages.max(1) as usize, wait)
+            .await;
+        let ids = self.ids(bodies.len());
+        let received: Vec<Result<pb::ReceivedMessage, Status>> = bodies
+            .into_iter()
+            .zip(ids)
+            .map(|(body, message_id)| {
+                // The fields Spool fills, of the same sizes (a receipt handle is 32 hex digits).
+                Ok(pb::ReceivedMessage {
+                    receipt_handle: format!("{:032x}", message_id.len() as u128),
+                    message_id,
+                    body,
+                    enqueue_time: Some(now()),
+                    first_dequeue_time: Some(now()),
+                    next_visible_time: Some(now()),
+                    dequeue_count: 1,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures_util::stream::iter(
+            received,
+        ))))
+    }
+
+    async fn delete_message(
+        &self,
+        _request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<()>, Status> {
+        Ok(Response::new(()))
+    }
+
+    async fn batch_delete_messages(
+        &self,
+        _request: Request<pb::BatchDeleteMessagesRequest>,
+    ) -> Result<Response<pb::BatchDeleteMessagesResponse>, Status> {
+        Ok(Response::new(pb::BatchDeleteMessagesResponse::default()))
+    }
+}
+
+/// A relay server in a child process of this binary, killed when dropped.
+pub struct RelayProcess {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl RelayProcess {
+    pub fn start() -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["--serve-relay", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("start the relay process")?;
+        let stdout = child.stdout.take().context("the relay's stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("the relay said {line:?}, not its address"))?;
+        Ok(Self {
+            endpoint: format!("http://{address}"),
+            child,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
