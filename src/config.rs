@@ -17,6 +17,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./spool-data";
 pub const DEFAULT_LOG: &str = "info";
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 10;
+/// 64 MiB: about 200,000 bodies of 256 bytes waiting for their first receive.
+pub const DEFAULT_BODY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Concurrent HTTP/2 streams a client connection may open (each long poll holds one).
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1_024;
 /// HTTP/2 pings to idle connections, so dead peers (and their long polls) are noticed.
@@ -66,6 +68,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SPOOL_MAX_DATABASE_BYTES")]
     pub max_database_bytes: Option<u64>,
 
+    /// Memory, in bytes, for the bodies of messages not received yet, shared by all queues: a
+    /// message's first receive then reads no storage. Bodies beyond it are read from storage;
+    /// 0 turns the cache off [default: 67108864 (64 MiB)].
+    #[arg(long, env = "SPOOL_BODY_CACHE_BYTES")]
+    pub body_cache_bytes: Option<usize>,
+
     /// Log filter, in tracing's EnvFilter syntax, e.g. "info" or "spool=debug,info"
     /// [default: info].
     #[arg(long, env = "SPOOL_LOG")]
@@ -109,6 +117,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     max_queues: Option<usize>,
     max_database_bytes: Option<u64>,
+    body_cache_bytes: Option<usize>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     max_concurrent_streams: Option<u32>,
@@ -126,6 +135,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub max_queues: usize,
     pub max_database_bytes: Option<u64>,
+    pub body_cache_bytes: usize,
     pub log: String,
     pub log_format: LogFormat,
     pub max_concurrent_streams: u32,
@@ -173,6 +183,10 @@ impl Settings {
                 .or(file.max_queues)
                 .unwrap_or(DEFAULT_MAX_QUEUES),
             max_database_bytes: args.max_database_bytes.or(file.max_database_bytes),
+            body_cache_bytes: args
+                .body_cache_bytes
+                .or(file.body_cache_bytes)
+                .unwrap_or(DEFAULT_BODY_CACHE_BYTES),
             log: args
                 .log
                 .or(file.log)

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::attributes::QueueAttributes;
 use crate::clock::Clock;
 use crate::error::QueueError;
+use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
 use crate::queue::{QueueContext, QueueHandle, QueueInfo};
 use crate::storage::{QueueRecord, Storage, StorageError, WriteOp};
@@ -43,6 +44,7 @@ impl Registry {
         storage: Arc<dyn Storage>,
         clock: Clock,
         max_queues: usize,
+        body_cache_bytes: usize,
     ) -> Result<Self, StorageError> {
         let reader = storage.clone();
         let recovery_clock = clock.clone();
@@ -63,6 +65,7 @@ impl Registry {
             storage,
             clock,
             message_ids: Arc::new(AtomicU64::new(recovered.next_message_id)),
+            body_budget: Arc::new(BodyBudget::new(body_cache_bytes)),
         };
         let tracker = TaskTracker::new();
         let mut queues = BTreeMap::new();
@@ -208,6 +211,11 @@ impl Registry {
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.context.storage
+    }
+
+    /// Memory the queues hold for bodies not received yet.
+    pub fn body_cache_bytes(&self) -> usize {
+        self.context.body_budget.used()
     }
 
     /// Every queue's handle, in name order; the lock is not held while they are used.

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Most queues the server holds.
     pub max_queues: usize,
+    /// Memory for bodies of messages not received yet, shared by all queues.
+    pub body_cache_bytes: usize,
     /// Longest wait for open calls at shutdown.
     pub shutdown_grace: Duration,
     /// The server's time; tests share one with the server to move it forward.
@@ -63,6 +65,7 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             max_queues: DEFAULT_MAX_QUEUES,
+            body_cache_bytes: config::DEFAULT_BODY_CACHE_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             clock: Clock::new(),
             max_database_bytes: None,
@@ -82,6 +85,7 @@ impl ServerConfig {
     pub fn from_settings(settings: &Settings) -> Self {
         Self {
             max_queues: settings.max_queues,
+            body_cache_bytes: settings.body_cache_bytes,
             shutdown_grace: settings.shutdown_grace(),
             max_database_bytes: settings.max_database_bytes,
             max_concurrent_streams: settings.max_concurrent_streams,
@@ -131,6 +135,7 @@ pub async fn run(
         storage.clone(),
         config.clock.clone(),
         config.max_queues,
+        config.body_cache_bytes,
         registry.clone(),
         health.clone(),
     ));
@@ -256,11 +261,12 @@ async fn recover(
     storage: Arc<dyn Storage>,
     clock: Clock,
     max_queues: usize,
+    body_cache_bytes: usize,
     slot: Arc<OnceLock<Arc<Registry>>>,
     health: tonic_health::server::HealthReporter,
 ) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
-    let registry = Registry::recover(storage, clock, max_queues).await?;
+    let registry = Registry::recover(storage, clock, max_queues, body_cache_bytes).await?;
     let queues = registry.len();
     // Only this task fills the slot, once.
     let _ = slot.set(Arc::new(registry));

@@ -477,33 +477,20 @@ impl Delivery {
         }
     }
 
-    async fn deliver(self, claimed: Vec<Claimed>) -> Code {
-        let (read, bodies) = oneshot::channel();
-        self.registry
-            .storage()
-            .read_bodies(claimed.iter().map(|c| c.id).collect(), read);
-        let mut bodies: HashMap<u64, bytes::Bytes> = match bodies.await {
-            Ok(Ok(bodies)) => bodies.into_iter().collect(),
-            Ok(Err(error)) => {
+    async fn deliver(self, mut claimed: Vec<Claimed>) -> Code {
+        let mut bodies = match self.read_missing_bodies(&claimed).await {
+            Ok(bodies) => bodies,
+            Err(status) => {
                 self.release(&claimed).await;
-                let _ = self
-                    .stream
-                    .send(Box::new(Err(QueueError::from(error).into())))
-                    .await;
-                return Code::Unavailable;
-            }
-            Err(_) => {
-                self.release(&claimed).await;
-                let _ = self
-                    .stream
-                    .send(Box::new(Err(QueueError::ShuttingDown.into())))
-                    .await;
-                return Code::Unavailable;
+                let code = status.code();
+                let _ = self.stream.send(Box::new(Err(status))).await;
+                return code;
             }
         };
-        for (index, message) in claimed.iter().enumerate() {
+        for index in 0..claimed.len() {
+            let message = &mut claimed[index];
             // A body that is gone belongs to a message that expired a moment ago: skip it.
-            let Some(body) = bodies.remove(&message.id) else {
+            let Some(body) = message.body.take().or_else(|| bodies.remove(&message.id)) else {
                 continue;
             };
             if self
@@ -517,5 +504,28 @@ impl Delivery {
             }
         }
         Code::Ok
+    }
+
+    /// Reads from storage the bodies the queue no longer had in memory (none, usually, for a
+    /// message's first receive).
+    async fn read_missing_bodies(
+        &self,
+        claimed: &[Claimed],
+    ) -> Result<HashMap<u64, bytes::Bytes>, Status> {
+        let missing: Vec<u64> = claimed
+            .iter()
+            .filter(|message| message.body.is_none())
+            .map(|message| message.id)
+            .collect();
+        if missing.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (read, bodies) = oneshot::channel();
+        self.registry.storage().read_bodies(missing, read);
+        match bodies.await {
+            Ok(Ok(bodies)) => Ok(bodies.into_iter().collect()),
+            Ok(Err(error)) => Err(QueueError::from(error).into()),
+            Err(_) => Err(QueueError::ShuttingDown.into()),
+        }
     }
 }

@@ -72,15 +72,15 @@ async fn answer(
     let (method, path) = (parts.next(), parts.next());
     let (status, content_type, body) = match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) => {
-            let queues = match registry {
-                Some(registry) => registry.snapshot().await,
-                None => Vec::new(),
+            let (queues, body_cache_bytes) = match registry {
+                Some(registry) => (registry.snapshot().await, registry.body_cache_bytes()),
+                None => (Vec::new(), 0),
             };
             let now = clock.now_ms();
             (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(&queues, now),
+                metrics.render(&queues, body_cache_bytes, now),
             )
         }
         (Some(b"GET"), _) => (

@@ -98,9 +98,16 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything, with the queues' current state.
-    pub fn render(&self, queues: &[QueueInfo], now_ms: i64) -> String {
+    pub fn render(&self, queues: &[QueueInfo], body_cache_bytes: usize, now_ms: i64) -> String {
         let mut out = String::with_capacity(16 * 1024 + queues.len() * 1024);
         render_queues(&mut out, queues, now_ms);
+        header(
+            &mut out,
+            "spool_body_cache_bytes",
+            "gauge",
+            "Memory held by the bodies of messages not received yet (at most --body-cache-bytes).",
+        );
+        let _ = writeln!(out, "spool_body_cache_bytes {body_cache_bytes}");
 
         header(
             &mut out,

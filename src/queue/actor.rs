@@ -16,6 +16,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
+use super::body_cache::BodyCache;
 use super::messages::{Claimed, Deletion, MessageTable};
 use super::receive_log::ReceiveLog;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
@@ -25,14 +26,14 @@ use super::{
 use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
-use crate::receipt::{ReceiptHandle, fresh_nonce};
+use crate::receipt::{Nonces, ReceiptHandle};
 use crate::storage::{KeptRecord, NewMessage, QueueRecord, StorageError, WriteOp};
 
 /// A commit the actor is waiting for, and what to do when it is done.
 enum Pending {
     Sent {
-        /// (id, enqueue time, visible at) of each message.
-        messages: Vec<(u64, Millis, Millis)>,
+        /// (id, enqueue time, visible at, body) of each message.
+        messages: Vec<(u64, Millis, Millis, bytes::Bytes)>,
         respond_to: oneshot::Sender<Result<Vec<u64>, QueueError>>,
     },
     Deleted {
@@ -61,6 +62,10 @@ pub struct QueueActor {
     totals: QueueTotals,
     /// Receive bookkeeping gathered for a moment before it is written (see `receive_log`).
     receive_log: ReceiveLog,
+    /// Bodies of messages not received yet, so their first receive reads no storage.
+    bodies: BodyCache,
+    /// Receipt nonces, drawn from the OS in batches.
+    nonces: Nonces,
     inbox: mpsc::Receiver<Command>,
 }
 
@@ -77,6 +82,7 @@ impl QueueActor {
         context: QueueContext,
         inbox: mpsc::Receiver<Command>,
     ) -> Self {
+        let bodies = BodyCache::new(context.body_budget.clone());
         let mut actor = Self {
             record,
             table,
@@ -87,6 +93,8 @@ impl QueueActor {
             deleting: HashMap::new(),
             totals: QueueTotals::default(),
             receive_log: ReceiveLog::default(),
+            bodies,
+            nonces: Nonces::new(),
             inbox,
         };
         if !actor.record.attributes.rewind_enabled() {
@@ -140,6 +148,9 @@ impl QueueActor {
         let now = self.now();
         let advanced = self.table.advance(now, self.retention_ms());
         self.totals.expired += advanced.expired_live as u64;
+        for &id in &advanced.expired {
+            self.bodies.remove(id);
+        }
         if !advanced.expired.is_empty() {
             self.context.storage.record(WriteOp::RemoveMessages {
                 ids: advanced.expired,
@@ -303,7 +314,7 @@ impl QueueActor {
             .collect();
         let scheduled = rows
             .iter()
-            .map(|m| (m.id, m.enqueue_ms, m.visible_at_ms))
+            .map(|m| (m.id, m.enqueue_ms, m.visible_at_ms, m.body.clone()))
             .collect();
         self.sending += count;
         let committed = self.submit(WriteOp::InsertMessages {
@@ -379,12 +390,13 @@ impl QueueActor {
                 let reply = match result {
                     Ok(()) => {
                         let now = self.now();
-                        for &(id, enqueue_ms, visible_at_ms) in &messages {
-                            self.table.insert(id, enqueue_ms, visible_at_ms, now);
+                        for (id, enqueue_ms, visible_at_ms, body) in &messages {
+                            self.table.insert(*id, *enqueue_ms, *visible_at_ms, now);
+                            self.bodies.insert_copy(*id, body);
                         }
                         self.totals.sent += messages.len() as u64;
                         self.serve_waiters(now);
-                        Ok(messages.iter().map(|&(id, _, _)| id).collect())
+                        Ok(messages.iter().map(|(id, ..)| *id).collect())
                     }
                     Err(error) => Err(error.into()),
                 };
@@ -431,7 +443,9 @@ impl QueueActor {
         if self.table.has_visible() {
             let claimed = self
                 .table
-                .claim(request.max_messages, now, visibility_ms, fresh_nonce);
+                .claim(request.max_messages, now, visibility_ms, || {
+                    self.nonces.next_nonce()
+                });
             self.hand_over(claimed, respond_to, now);
             return;
         }
@@ -460,15 +474,20 @@ impl QueueActor {
             let Some(waiter) = self.waiters.pop_first() else {
                 break;
             };
-            let claimed =
-                self.table
-                    .claim(waiter.max_messages, now, waiter.visibility_ms, fresh_nonce);
+            let claimed = self
+                .table
+                .claim(waiter.max_messages, now, waiter.visibility_ms, || {
+                    self.nonces.next_nonce()
+                });
             self.hand_over(claimed, waiter.respond_to, now);
         }
     }
 
     /// Gives claimed messages to a receiver; if it has gone, they are visible again at once.
-    fn hand_over(&mut self, claimed: Vec<Claimed>, respond_to: ReceiveReply, now: Millis) {
+    fn hand_over(&mut self, mut claimed: Vec<Claimed>, respond_to: ReceiveReply, now: Millis) {
+        for message in &mut claimed {
+            message.body = self.bodies.take(message.id);
+        }
         let records: Vec<_> = claimed.iter().map(Claimed::receive_record).collect();
         match respond_to.send(Ok(claimed)) {
             Ok(()) => {
@@ -481,6 +500,9 @@ impl QueueActor {
             Err(Ok(returned)) => {
                 for message in returned {
                     self.table.release(message.handle);
+                    if let Some(body) = message.body {
+                        self.bodies.insert(message.id, body);
+                    }
                 }
                 self.serve_waiters(now);
             }
@@ -509,6 +531,7 @@ impl QueueActor {
             match self.table.delete(handle, now, keep, &field) {
                 Ok(deletion @ Deletion::Deleted { .. }) => {
                     self.receive_log.forget(handle.message_id);
+                    self.bodies.remove(handle.message_id);
                     deletions.push(deletion);
                     results.push(Ok(()));
                 }

@@ -45,7 +45,7 @@ pub struct KeptMessage {
 }
 
 /// A message handed to a receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claimed {
     pub id: u64,
     pub handle: ReceiptHandle,
@@ -53,6 +53,9 @@ pub struct Claimed {
     pub first_dequeue_ms: Millis,
     pub visible_at_ms: Millis,
     pub dequeue_count: u32,
+    /// The body, when the queue still had it in memory (see `body_cache`); otherwise the
+    /// receiver reads it from storage.
+    pub body: Option<bytes::Bytes>,
 }
 
 impl Claimed {
@@ -262,6 +265,7 @@ impl MessageTable {
                 first_dequeue_ms: message.first_dequeue_ms,
                 visible_at_ms: message.visible_at_ms,
                 dequeue_count: message.dequeue_count,
+                body: None,
             });
         }
         self.compact_timers();
@@ -493,11 +497,11 @@ mod tests {
     fn visibility_timeout_redelivers_with_a_new_handle() {
         let mut table = MessageTable::default();
         table.insert(7, 0, 0, 0);
-        let first = table.claim(1, 10, VIS, nonces())[0];
+        let first = table.claim(1, 10, VIS, nonces())[0].clone();
         assert_eq!(table.counts().in_flight, 1);
         assert!(table.claim(1, 10, VIS, nonces()).is_empty());
         table.advance(10 + VIS, RETENTION);
-        let second = table.claim(1, 10 + VIS, VIS, || 99)[0];
+        let second = table.claim(1, 10 + VIS, VIS, || 99)[0].clone();
         assert_eq!(second.dequeue_count, 2);
         assert_eq!(second.first_dequeue_ms, 10);
         assert_ne!(first.handle, second.handle);
@@ -522,7 +526,7 @@ mod tests {
     fn expired_handle_is_refused() {
         let mut table = MessageTable::default();
         table.insert(1, 0, 0, 0);
-        let claimed = table.claim(1, 0, VIS, nonces())[0];
+        let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         // Not yet advanced, but the deadline has passed: still refused.
         assert!(matches!(
             table.delete(claimed.handle, VIS, false, "h"),
@@ -534,7 +538,7 @@ mod tests {
     fn release_makes_visible_at_once() {
         let mut table = MessageTable::default();
         table.insert(1, 0, 0, 0);
-        let claimed = table.claim(1, 0, VIS, nonces())[0];
+        let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         assert!(table.release(claimed.handle));
         assert_eq!(table.counts().visible, 1);
         assert!(!table.release(claimed.handle));
@@ -545,7 +549,7 @@ mod tests {
         let mut table = MessageTable::default();
         table.insert(1, 0, 0, 0);
         table.insert(2, 10, 10, 10);
-        let claimed = table.claim(1, 20, VIS, nonces())[0];
+        let claimed = table.claim(1, 20, VIS, nonces())[0].clone();
         table.delete(claimed.handle, 30, true, "h").unwrap();
         assert_eq!(table.counts().rewindable, 1);
         assert_eq!(table.next_change_ms(1_000), Some(1_000));
@@ -584,7 +588,7 @@ mod tests {
     fn undo_delete_puts_it_back() {
         let mut table = MessageTable::default();
         table.insert(1, 0, 0, 0);
-        let claimed = table.claim(1, 0, VIS, nonces())[0];
+        let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         let deletion = table.delete(claimed.handle, 1, true, "h").unwrap();
         table.undo_delete(deletion);
         assert_eq!(

@@ -5,6 +5,7 @@
 //! on the hot path and a busy queue pushes back on its callers.
 
 mod actor;
+pub mod body_cache;
 pub mod messages;
 mod receive_log;
 mod waiters;
@@ -117,6 +118,8 @@ pub struct QueueContext {
     pub clock: Clock,
     /// Message ids are unique across the server: one counter for all queues.
     pub message_ids: Arc<AtomicU64>,
+    /// The memory all queues may use for bodies not yet received (see `body_cache`).
+    pub body_budget: Arc<body_cache::BodyBudget>,
 }
 
 /// A cheap, cloneable way to talk to one queue's actor.

@@ -58,6 +58,40 @@ async fn send_receive_delete_round_trip_is_binary_safe() {
     server.stop().await;
 }
 
+/// Bodies not received yet are kept in memory within a byte budget; those beyond it, and every
+/// later receive, are read from storage. Either way each message gets its own body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_come_back_whether_kept_in_memory_or_read_from_storage() {
+    let entry = spool::queue::body_cache::ENTRY_OVERHEAD;
+    // Room for two bodies of 100 bytes: the batch's other three are read from storage.
+    let server =
+        TestServer::start_with(move |config| config.body_cache_bytes = 2 * (100 + entry)).await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100]).collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let ids = batch_send(&mut client, "q", &refs).await;
+
+    let first = receive(&mut client, "q", 16).await;
+    let got: Vec<(String, Vec<u8>)> = first
+        .iter()
+        .map(|m| (m.message_id.clone(), m.body.to_vec()))
+        .collect();
+    let expected: Vec<(String, Vec<u8>)> = ids.iter().cloned().zip(bodies.clone()).collect();
+    assert_eq!(got, expected);
+
+    // After the visibility timeout, the second receive reads every body from storage.
+    server.clock.skip_ahead(Duration::from_secs(31));
+    let again = receive(&mut client, "q", 16).await;
+    let got: Vec<(String, Vec<u8>)> = again
+        .iter()
+        .map(|m| (m.message_id.clone(), m.body.to_vec()))
+        .collect();
+    assert_eq!(got, expected);
+    assert!(again.iter().all(|m| m.dequeue_count == 2));
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_validates_body_and_delay() {
     let server = TestServer::start().await;

@@ -123,6 +123,10 @@ async fn metrics_match_known_traffic_and_get_queue() {
     assert_eq!(value("spool_queue_empty_receives_total{queue=\"q\"}"), 0.0);
     assert_eq!(value("spool_queue_waiting_polls{queue=\"q\"}"), 0.0);
 
+    // The bodies of "three" and "later", not received yet, are held in memory.
+    let entry = spool::queue::body_cache::ENTRY_OVERHEAD as f64;
+    assert_eq!(value("spool_body_cache_bytes"), 2.0 * (5.0 + entry));
+
     // Calls by method and code, with real histograms.
     assert_eq!(
         value("spool_grpc_requests_total{method=\"SendMessage\",code=\"OK\"}"),
