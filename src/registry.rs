@@ -2,7 +2,7 @@
 //! delete). Lookups take a read lock for a moment; creating and deleting queues are serialised
 //! by an async mutex held across their storage commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::attributes::QueueAttributes;
-use crate::clock::Clock;
+use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
 use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
@@ -48,15 +48,9 @@ impl Registry {
     ) -> Result<Self, StorageError> {
         let reader = storage.clone();
         let recovery_clock = clock.clone();
-        let (recovered, tables) = tokio::task::spawn_blocking(move || {
+        let (recovered, mut tables) = tokio::task::spawn_blocking(move || {
             let recovered = reader.recover()?;
-            let now = recovery_clock.now_ms();
-            let mut tables = Vec::with_capacity(recovered.queues.len());
-            for record in &recovered.queues {
-                let mut table = MessageTable::default();
-                reader.recover_messages(record.id, &mut |stored| table.recover(&stored, now))?;
-                tables.push(table);
-            }
+            let tables = recover_tables(&*reader, &recovered.queues, recovery_clock.now_ms())?;
             Ok::<_, StorageError>((recovered, tables))
         })
         .await
@@ -69,7 +63,8 @@ impl Registry {
         };
         let tracker = TaskTracker::new();
         let mut queues = BTreeMap::new();
-        for (record, table) in recovered.queues.into_iter().zip(tables) {
+        for record in recovered.queues {
+            let table = tables.remove(&record.id).unwrap_or_default();
             let name = record.name.clone();
             let handle = QueueHandle::spawn(record, table, context.clone(), &tracker);
             queues.insert(name, handle);
@@ -222,6 +217,37 @@ impl Registry {
     fn handles(&self) -> Vec<QueueHandle> {
         self.read().values().cloned().collect()
     }
+}
+
+/// Reads every stored message into the table of its queue, in one pass over storage (not one
+/// per queue: messages are not indexed by queue).
+///
+/// Rows of a queue that does not exist are left out with a warning and removed. A crash cannot
+/// leave any (DeleteQueue is one transaction), but a queue's delete removes its rows by the ids
+/// its actor holds, so a row whose own removal failed earlier would be missed there.
+fn recover_tables(
+    storage: &dyn Storage,
+    queues: &[QueueRecord],
+    now: Millis,
+) -> Result<HashMap<u64, MessageTable>, StorageError> {
+    let mut tables: HashMap<u64, MessageTable> = queues
+        .iter()
+        .map(|record| (record.id, MessageTable::default()))
+        .collect();
+    let mut orphans: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    storage.recover_messages(&mut |queue_id, stored| match tables.get_mut(&queue_id) {
+        Some(table) => table.recover(&stored, now),
+        None => orphans.entry(queue_id).or_default().push(stored.id),
+    })?;
+    for (queue_id, ids) in orphans {
+        tracing::warn!(
+            queue_id,
+            messages = ids.len(),
+            "stored messages of a queue that does not exist; skipped, and removed"
+        );
+        storage.record(WriteOp::RemoveMessages { ids });
+    }
+    Ok(tables)
 }
 
 /// The current state of these queues; a queue deleted meanwhile (its actor gone, the only way

@@ -32,6 +32,8 @@ use crate::storage::{KeptRecord, NewMessage, QueueRecord, StorageError, WriteOp}
 /// A commit the actor is waiting for, and what to do when it is done.
 enum Pending {
     Sent {
+        /// The first id of the send (see `Sending`).
+        first_id: u64,
         /// (id, enqueue time, visible at, body) of each message.
         messages: Vec<(u64, Millis, Millis, bytes::Bytes)>,
         respond_to: oneshot::Sender<Result<Vec<u64>, QueueError>>,
@@ -52,8 +54,8 @@ pub struct QueueActor {
     record: QueueRecord,
     table: MessageTable,
     waiters: Waiters,
-    /// Messages whose send is being committed: they count against the backlog already.
-    sending: u64,
+    /// Messages whose send is being committed.
+    sending: Sending,
     context: QueueContext,
     commits: FuturesUnordered<BoxFuture<'static, Completion>>,
     /// Messages whose delete is being committed. A retry of the same delete must not be
@@ -87,7 +89,7 @@ impl QueueActor {
             record,
             table,
             waiters: Waiters::default(),
-            sending: 0,
+            sending: Sending::default(),
             context,
             commits: FuturesUnordered::new(),
             deleting: HashMap::new(),
@@ -281,6 +283,7 @@ impl QueueActor {
         self.flush_receives();
         self.submit(WriteOp::DeleteQueue {
             queue_id: self.record.id,
+            message_ids: self.stored_ids(),
         })
         .await?;
         let gone = QueueError::QueueNotFound(self.record.name.clone());
@@ -288,6 +291,18 @@ impl QueueActor {
             let _ = waiter.respond_to.send(Err(gone.clone()));
         }
         Ok(())
+    }
+
+    /// Every message of the queue that may have a row: live and kept ones, and those whose send
+    /// or delete is still being committed (committed before the queue's delete, since the
+    /// writer applies writes in order, or failed, which leaves nothing to delete). Rows removed
+    /// lazily (expired, no longer rewindable) were handed to the writer before, too.
+    fn stored_ids(&self) -> Vec<u64> {
+        self.table
+            .ids()
+            .chain(self.sending.ids())
+            .chain(self.deleting.keys().copied())
+            .collect()
     }
 
     fn send(
@@ -316,7 +331,7 @@ impl QueueActor {
             .iter()
             .map(|m| (m.id, m.enqueue_ms, m.visible_at_ms, m.body.clone()))
             .collect();
-        self.sending += count;
+        self.sending.start(first_id, count);
         let committed = self.submit(WriteOp::InsertMessages {
             queue_id: self.record.id,
             messages: rows,
@@ -324,6 +339,7 @@ impl QueueActor {
         self.commits.push(Box::pin(async move {
             (
                 Pending::Sent {
+                    first_id,
                     messages: scheduled,
                     respond_to,
                 },
@@ -360,7 +376,7 @@ impl QueueActor {
                 )));
             }
         }
-        let backlog = self.table.counts().backlog() + self.sending;
+        let backlog = self.table.counts().backlog() + self.sending.messages;
         if backlog + messages.len() as u64 > attributes.max_backlog {
             return Err(QueueError::BacklogFull {
                 name: self.record.name.clone(),
@@ -383,10 +399,11 @@ impl QueueActor {
     fn complete(&mut self, pending: Pending, result: Result<(), StorageError>) {
         match pending {
             Pending::Sent {
+                first_id,
                 messages,
                 respond_to,
             } => {
-                self.sending -= messages.len() as u64;
+                self.sending.finish(first_id, messages.len() as u64);
                 let reply = match result {
                     Ok(()) => {
                         let now = self.now();
@@ -623,6 +640,38 @@ impl QueueActor {
         let restored = self.table.restore(&ids);
         self.serve_waiters(self.now());
         Ok(restored)
+    }
+}
+
+/// The sends being committed, as runs of ids: they count against the backlog already, and a
+/// queue deleted meanwhile must delete their rows too. A send's ids are consecutive, so this
+/// costs one map entry per send, not one per message.
+#[derive(Default)]
+struct Sending {
+    /// First id → how many.
+    runs: HashMap<u64, u64>,
+    messages: u64,
+}
+
+impl Sending {
+    // An empty send takes no id, so its `first_id` may be another send's: it is not recorded.
+    fn start(&mut self, first_id: u64, count: u64) {
+        if count > 0 {
+            self.runs.insert(first_id, count);
+            self.messages += count;
+        }
+    }
+
+    fn finish(&mut self, first_id: u64, count: u64) {
+        if count > 0 && self.runs.remove(&first_id).is_some() {
+            self.messages -= count;
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs
+            .iter()
+            .flat_map(|(&first_id, &count)| first_id..first_id + count)
     }
 }
 

@@ -222,6 +222,11 @@ impl MessageTable {
         Some(message)
     }
 
+    /// The ids of every message here, live or kept.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.live.keys().chain(self.kept.keys()).copied()
+    }
+
     pub fn has_visible(&self) -> bool {
         !self.visible.is_empty()
     }

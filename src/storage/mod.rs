@@ -85,9 +85,12 @@ pub enum WriteOp {
     CreateQueue(QueueRecord),
     /// Writes the attributes and update time of the queue with this id.
     UpdateQueue(QueueRecord),
-    /// Removes the queue and all of its messages.
+    /// Removes the queue and its messages. `message_ids` must name every message of the queue
+    /// that may have a row (the queue's actor knows them all): messages are found by id, since
+    /// finding them by queue would scan every queue's messages.
     DeleteQueue {
         queue_id: u64,
+        message_ids: Vec<u64>,
     },
     InsertMessages {
         queue_id: u64,
@@ -114,16 +117,21 @@ impl WriteOp {
     /// How many messages this writes (for the messages-per-commit metric).
     pub fn message_count(&self) -> usize {
         match self {
-            Self::CreateQueue(_) | Self::UpdateQueue(_) | Self::DeleteQueue { .. } => 0,
+            Self::CreateQueue(_) | Self::UpdateQueue(_) => 0,
             Self::InsertMessages { messages, .. } => messages.len(),
-            Self::RemoveMessages { ids } | Self::Restore { ids, .. } => ids.len(),
+            Self::DeleteQueue {
+                message_ids: ids, ..
+            }
+            | Self::RemoveMessages { ids }
+            | Self::Restore { ids, .. } => ids.len(),
             Self::MarkDeleted { messages } => messages.len(),
             Self::RecordReceives(receives) => receives.len(),
         }
     }
 }
 
-/// The queues storage held at startup (their messages are read one queue at a time).
+/// The queues storage held at startup (their messages are read afterwards, by
+/// [`Storage::recover_messages`]).
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub queues: Vec<QueueRecord>,
@@ -139,13 +147,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Reads every queue and the id counters. Blocking: call it off the async workers.
     fn recover(&self) -> Result<Recovered, StorageError>;
 
-    /// Hands the metadata (not the body) of each message of a queue to `visit`, oldest first,
-    /// without collecting them: recovering a large backlog holds one copy, the actor's.
-    /// Blocking, like `recover`.
+    /// Hands every stored message to `visit` with the id of its queue: its metadata, not its
+    /// body, oldest (lowest id) first, so each queue's messages also come oldest first. One pass
+    /// over all queues' messages, without collecting them: recovering a large backlog holds one
+    /// copy, the actors'. Blocking, like `recover`.
     fn recover_messages(
         &self,
-        queue_id: u64,
-        visit: &mut dyn FnMut(StoredMessage),
+        visit: &mut dyn FnMut(u64, StoredMessage),
     ) -> Result<(), StorageError>;
 
     /// Applies `op` durably; `done` hears once it is committed and synced to disk.

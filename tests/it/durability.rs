@@ -822,3 +822,294 @@ async fn steady_traffic_reuses_space() {
     );
     server.stop().await;
 }
+
+// ---- 6. the schema on disk: migration from version 1, and a deleted queue's rows ----
+
+/// Spool's database layout version 1, as it created it: with the index `messages_by_queue`.
+const SCHEMA_V1: &str = "
+CREATE TABLE queues (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    visibility_timeout_seconds INTEGER NOT NULL,
+    polling_wait_seconds INTEGER NOT NULL,
+    max_message_size INTEGER NOT NULL,
+    message_retention_seconds INTEGER NOT NULL,
+    rewind_seconds INTEGER NOT NULL,
+    max_backlog INTEGER NOT NULL,
+    create_time_ms INTEGER NOT NULL,
+    update_time_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    queue_id INTEGER NOT NULL,
+    enqueue_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    dequeue_count INTEGER NOT NULL DEFAULT 0,
+    first_dequeue_ms INTEGER NOT NULL DEFAULT 0,
+    receipt_nonce INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    body BLOB NOT NULL
+) STRICT;
+CREATE INDEX messages_by_queue ON messages (queue_id, id);
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+PRAGMA application_id = 0x53504f4c;
+PRAGMA user_version = 1;
+";
+
+/// Writes a version-1 database: queues 1 ("alpha") and 2 ("beta") with interleaved messages
+/// (`alpha-N` and `beta-N`; beta-2 delayed by ten minutes), and one row of a queue 9 that does
+/// not exist. Returns the ids of alpha's and beta's messages.
+fn write_v1_database(db: &Path) -> (Vec<i64>, Vec<i64>) {
+    let conn = Connection::open(db).expect("create v1 db");
+    conn.execute_batch(SCHEMA_V1).expect("v1 schema");
+    let now = wall_ms();
+    for (id, name) in [(1, "alpha"), (2, "beta")] {
+        conn.execute(
+            "INSERT INTO queues VALUES (?1, ?2, 30, 0, 65536, 3600, 0, 1000, ?3, ?3)",
+            rusqlite::params![id, name, now - 60_000],
+        )
+        .expect("insert queue");
+    }
+    let (mut alpha, mut beta) = (Vec::new(), Vec::new());
+    for n in 0..6_i64 {
+        let id = 100 + 2 * n;
+        let enqueue_ms = now - 50_000 + n;
+        let insert = "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body)
+                      VALUES (?1, ?2, ?3, ?4, ?5)";
+        conn.execute(
+            insert,
+            rusqlite::params![
+                id,
+                1,
+                enqueue_ms,
+                enqueue_ms,
+                format!("alpha-{n}").into_bytes()
+            ],
+        )
+        .expect("insert alpha");
+        alpha.push(id);
+        if n < 3 {
+            let visible_at_ms = if n == 2 { now + 600_000 } else { enqueue_ms };
+            let body = format!("beta-{n}").into_bytes();
+            conn.execute(
+                insert,
+                rusqlite::params![id + 1, 2, enqueue_ms, visible_at_ms, body],
+            )
+            .expect("insert beta");
+            beta.push(id + 1);
+        }
+    }
+    conn.execute(
+        "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body)
+         VALUES (50, 9, ?1, ?1, x'00')",
+        [now],
+    )
+    .expect("insert orphan");
+    conn.execute_batch(
+        "INSERT INTO counters VALUES ('next_queue_id', 10), ('next_message_id', 200);",
+    )
+    .expect("counters");
+    (alpha, beta)
+}
+
+fn read_only(db: &Path) -> Connection {
+    Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open spool.db")
+}
+
+fn pragma(db: &Path, name: &str) -> i64 {
+    read_only(db)
+        .query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+        .expect("pragma")
+}
+
+fn index_names(db: &Path) -> Vec<String> {
+    let conn = read_only(db);
+    let mut statement = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        .expect("prepare");
+    statement
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("index names")
+}
+
+fn rows_of_queue(db: &Path, queue_id: i64) -> i64 {
+    read_only(db)
+        .query_row(
+            "SELECT count(*) FROM messages WHERE queue_id = ?1",
+            [queue_id],
+            |row| row.get(0),
+        )
+        .expect("count rows")
+}
+
+/// A database written by a Spool with schema version 1 opens: it is migrated to version 2 (the
+/// index is gone), every message comes back to its own queue, oldest first, and a row of a queue
+/// that does not exist is skipped and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("spool.db");
+    let (alpha_ids, beta_ids) = write_v1_database(&db);
+    assert_eq!(index_names(&db), ["messages_by_queue"]);
+
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let alpha = receive(&mut client, "alpha", 16).await;
+    assert_eq!(
+        alpha.iter().map(body_text).collect::<Vec<_>>(),
+        [
+            "alpha-0", "alpha-1", "alpha-2", "alpha-3", "alpha-4", "alpha-5"
+        ]
+    );
+    let ids = |messages: &[pb::ReceivedMessage]| -> Vec<i64> {
+        messages
+            .iter()
+            .map(|m| m.message_id.parse().expect("numeric id"))
+            .collect()
+    };
+    assert_eq!(ids(&alpha), alpha_ids);
+    let beta_stats = stats(&mut client, "beta").await;
+    assert_eq!(
+        (beta_stats.active_messages, beta_stats.delayed_messages),
+        (2, 1)
+    );
+    let beta = receive(&mut client, "beta", 16).await;
+    assert_eq!(
+        beta.iter().map(body_text).collect::<Vec<_>>(),
+        ["beta-0", "beta-1"]
+    );
+    assert_eq!(ids(&beta), beta_ids[..2]);
+    // Ids go on from the stored counter.
+    let sent: u64 = send(&mut client, "alpha", b"new")
+        .await
+        .parse()
+        .expect("id");
+    assert!(sent >= 200, "{sent}");
+
+    // The orphan row is removed lazily, by a later group commit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rows_of_queue(&db, 9) != 0 {
+        assert!(Instant::now() < deadline, "the orphan row is still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+
+    assert_eq!(pragma(&db, "user_version"), 2);
+    assert_eq!(pragma(&db, "application_id"), 0x5350_4f4c);
+    assert!(index_names(&db).is_empty(), "{:?}", index_names(&db));
+    assert_eq!(rows_of_queue(&db, 1), 7);
+    assert_eq!(rows_of_queue(&db, 2), 3);
+
+    // And a version-2 database opens as it is.
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    assert_eq!(backlog(&stats(&mut client, "alpha").await), 7);
+    server.stop().await;
+}
+
+fn queue_id(db: &Path, name: &str) -> i64 {
+    read_only(db)
+        .query_row("SELECT id FROM queues WHERE name = ?1", [name], |row| {
+            row.get(0)
+        })
+        .expect("queue id")
+}
+
+/// Sends batches until the queue is gone (or 200 batches).
+async fn send_until_deleted(mut client: Client, queue: &'static str) {
+    for _ in 0..200 {
+        let entries = (0..16)
+            .map(|_| pb::BatchSendEntry {
+                body: b"racing".to_vec().into(),
+                delay_seconds: None,
+            })
+            .collect();
+        let sent = client
+            .batch_send_messages(pb::BatchSendMessagesRequest {
+                queue_name: queue.into(),
+                entries,
+            })
+            .await;
+        if sent.is_err() {
+            break;
+        }
+    }
+}
+
+/// Deleting a queue removes every row of it from disk, whatever state its messages were in
+/// (visible, delayed, in flight, kept for rewind, being sent), and nothing of another queue; the
+/// name re-created starts empty, before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_removes_all_of_its_rows() {
+    const DOOMED: &str = "doomed";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("spool.db");
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let rewinding = pb::QueueAttributes {
+        rewind_seconds: Some(3_600),
+        ..attrs()
+    };
+    create(&mut client, DOOMED, rewinding).await;
+    create(&mut client, "bystander", attrs()).await;
+    for round in 0..5 {
+        let doomed = format!("doomed-{round}");
+        batch_send(&mut client, DOOMED, &[doomed.as_bytes(); 4]).await;
+        send(
+            &mut client,
+            "bystander",
+            format!("bystander-{round}").as_bytes(),
+        )
+        .await;
+    }
+    send_delayed(&mut client, DOOMED, b"delayed", 600).await;
+    let received = receive_with(&mut client, receive_request(DOOMED, 6, 0, Some(600)))
+        .await
+        .expect("receive");
+    for message in &received[..3] {
+        delete(&mut client, DOOMED, &message.receipt_handle)
+            .await
+            .expect("delete, kept for rewind");
+    }
+    let doomed_id = queue_id(&db, DOOMED);
+    assert_eq!(rows_of_queue(&db, doomed_id), 21);
+
+    // Sends racing the delete: some are committed just before it.
+    let racers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(send_until_deleted(client.clone(), DOOMED)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rows_of_queue(&db, doomed_id) == 21 {
+        assert!(Instant::now() < deadline, "the racing sends never landed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client
+        .delete_queue(pb::DeleteQueueRequest {
+            queue_name: DOOMED.into(),
+        })
+        .await
+        .expect("delete queue");
+    for racer in racers {
+        racer.await.expect("racer");
+    }
+
+    assert_eq!(rows_of_queue(&db, doomed_id), 0);
+    assert_eq!(rows_of_queue(&db, queue_id(&db, "bystander")), 5);
+    create(&mut client, DOOMED, attrs()).await;
+    let recreated = stats(&mut client, DOOMED).await;
+    assert_eq!((backlog(&recreated), recreated.rewindable_messages), (0, 0));
+    server.stop().await;
+
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let recreated = stats(&mut client, DOOMED).await;
+    assert_eq!((backlog(&recreated), recreated.rewindable_messages), (0, 0));
+    assert!(receive(&mut client, DOOMED, 16).await.is_empty());
+    assert_eq!(backlog(&stats(&mut client, "bystander").await), 5);
+    server.stop().await;
+}

@@ -137,11 +137,10 @@ impl Storage for SqliteStorage {
 
     fn recover_messages(
         &self,
-        queue_id: u64,
-        visit: &mut dyn FnMut(StoredMessage),
+        visit: &mut dyn FnMut(u64, StoredMessage),
     ) -> Result<(), StorageError> {
         let conn = self.readers.connect()?;
-        schema::recover_messages(&conn, queue_id, visit)
+        schema::recover_messages(&conn, visit)
             .map_err(|e| StorageError::Io(format!("recovery failed: {e}")))
     }
 
