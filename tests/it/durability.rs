@@ -240,16 +240,18 @@ const SENDERS: usize = 8;
 const BATCH: usize = 16;
 const KILL_ROUNDS: usize = 3;
 
-/// Sends batches of unique bodies until the server goes away. Returns (acknowledged, attempted).
+/// Sends batches of unique bodies until the server goes away. Returns (acknowledged, attempted,
+/// the highest message id acknowledged).
 async fn send_until_killed(
     endpoint: String,
     queue: String,
     prefix: String,
     killed: Arc<AtomicBool>,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<String>, u64) {
     let mut client = connect(&endpoint).await;
     let mut acked = Vec::new();
     let mut attempted = Vec::new();
+    let mut highest_id = 0;
     for batch in 0.. {
         let bodies: Vec<String> = (0..BATCH)
             .map(|i| format!("{prefix}-b{batch}-m{i}"))
@@ -267,7 +269,11 @@ async fn send_until_killed(
         };
         match client.batch_send_messages(request).await {
             Ok(response) => {
-                assert_eq!(response.into_inner().message_ids.len(), BATCH);
+                let ids = response.into_inner().message_ids;
+                assert_eq!(ids.len(), BATCH);
+                for id in ids {
+                    highest_id = highest_id.max(id.parse::<u64>().expect("numeric id"));
+                }
                 acked.extend(bodies);
             }
             // The kill: this batch may or may not be stored.
@@ -275,7 +281,7 @@ async fn send_until_killed(
             Err(status) => panic!("send failed before the kill: {status:?}"),
         }
     }
-    (acked, attempted)
+    (acked, attempted, highest_id)
 }
 
 /// What the consumer knows when the server is gone.
@@ -365,13 +371,15 @@ async fn sigkill_under_load_loses_no_acknowledged_send_and_revives_no_acknowledg
 
         let mut acked = HashSet::new();
         let mut attempted = HashSet::new();
+        let mut highest_id_before = 0;
         for sender in senders {
-            let (a, t) = tokio::time::timeout(Duration::from_secs(30), sender)
+            let (a, t, highest) = tokio::time::timeout(Duration::from_secs(30), sender)
                 .await
                 .expect("sender ends after the kill")
                 .expect("sender task");
             acked.extend(a);
             attempted.extend(t);
+            highest_id_before = highest_id_before.max(highest);
         }
         let consumed = tokio::time::timeout(Duration::from_secs(30), consumer)
             .await
@@ -407,9 +415,20 @@ async fn sigkill_under_load_loses_no_acknowledged_send_and_revives_no_acknowledg
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             for message in got {
+                let id: u64 = message.message_id.parse().expect("numeric id");
+                highest_id_before = highest_id_before.max(id);
                 *drained.entry(body_text(&message)).or_default() += 1;
             }
         }
+        // Ids are never handed out twice, even those of a commit the kill cut short.
+        let new_id: u64 = send(&mut client, &queue, b"after the restart")
+            .await
+            .parse()
+            .expect("numeric id");
+        assert!(
+            new_id > highest_id_before,
+            "round {round}: id {new_id} after the restart, {highest_id_before} before it"
+        );
 
         let lost: Vec<&String> = acked
             .iter()
