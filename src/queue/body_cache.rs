@@ -107,6 +107,15 @@ impl BodyCache {
         self.take(id);
     }
 
+    pub fn contains(&self, id: u64) -> bool {
+        self.bodies.contains_key(&id)
+    }
+
+    /// Bytes the shared budget has left.
+    pub fn room(&self) -> usize {
+        self.budget.limit.saturating_sub(self.budget.used())
+    }
+
     /// How many bodies are cached.
     pub fn len(&self) -> usize {
         self.bodies.len()

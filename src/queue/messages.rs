@@ -231,6 +231,15 @@ impl MessageTable {
         !self.visible.is_empty()
     }
 
+    /// Ids of the visible messages, oldest first: the order receives take them in.
+    pub fn visible_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.visible.iter().copied()
+    }
+
+    pub fn is_visible(&self, id: u64) -> bool {
+        self.visible.contains(&id)
+    }
+
     /// Receives up to `max` visible messages, oldest first: each becomes in flight until
     /// `now + visibility_ms`, with a fresh nonce from `nonce`.
     pub fn claim(
