@@ -17,8 +17,9 @@ pub struct ReceiptHandle {
 const HANDLE_LEN: usize = 32;
 
 impl ReceiptHandle {
-    /// Parses a handle given by a client; `field` names it in the error.
-    pub fn parse(text: &str, field: &str) -> Result<Self, QueueError> {
+    /// Parses a handle given by a client; `field` names it in the error (and is formatted only
+    /// then).
+    pub fn parse(text: &str, field: &dyn fmt::Display) -> Result<Self, QueueError> {
         let malformed = || {
             QueueError::InvalidArgument(format!(
                 "{field} is not a receipt handle issued by Spool (expected {HANDLE_LEN} hex digits)"
@@ -36,9 +37,36 @@ impl ReceiptHandle {
     }
 }
 
+impl ReceiptHandle {
+    /// The handle as clients see it: 32 lowercase hex digits. Written digit by digit into a
+    /// string of the right size, as every received message needs one: `format!` grew its
+    /// string three times per handle, which showed in profiles of the receive path.
+    pub fn encode(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(HANDLE_LEN);
+        for word in [self.message_id, self.nonce] {
+            for shift in (0..16).rev() {
+                text.push(DIGITS[((word >> (shift * 4)) & 0xf) as usize] as char);
+            }
+        }
+        text
+    }
+}
+
 impl fmt::Display for ReceiptHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}{:016x}", self.message_id, self.nonce)
+        f.write_str(&self.encode())
+    }
+}
+
+/// The name of one entry of a list field in an error message, `name[index]`: formatted only
+/// when an error needs it, not for every entry of every batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Indexed<'a>(pub &'a str, pub usize);
+
+impl fmt::Display for Indexed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
     }
 }
 
@@ -109,15 +137,22 @@ mod tests {
             message_id: 42,
             nonce: 0xdead_beef_0123_4567,
         };
-        let text = handle.to_string();
-        assert_eq!(text.len(), HANDLE_LEN);
-        assert_eq!(ReceiptHandle::parse(&text, "h"), Ok(handle));
+        let text = handle.encode();
+        assert_eq!(text, "000000000000002adeadbeef01234567");
+        assert_eq!(handle.to_string(), text);
+        assert_eq!(ReceiptHandle::parse(&text, &"h"), Ok(handle));
+        let extreme = ReceiptHandle {
+            message_id: u64::MAX,
+            nonce: 1,
+        };
+        assert_eq!(extreme.encode(), "ffffffffffffffff0000000000000001");
+        assert_eq!(ReceiptHandle::parse(&extreme.encode(), &"h"), Ok(extreme));
     }
 
     #[test]
     fn refuses_malformed() {
         for bad in ["", "xyz", &"g".repeat(32), &"0".repeat(32), &"a".repeat(33)] {
-            let err = ReceiptHandle::parse(bad, "receipt_handle").unwrap_err();
+            let err = ReceiptHandle::parse(bad, &"receipt_handle").unwrap_err();
             assert!(matches!(err, QueueError::InvalidArgument(m) if m.contains("receipt_handle")));
         }
     }

@@ -75,7 +75,7 @@ pub fn queue(info: QueueInfo) -> pb::Queue {
 pub fn received(message: &Claimed, body: bytes::Bytes) -> pb::ReceivedMessage {
     pb::ReceivedMessage {
         message_id: message.id.to_string(),
-        receipt_handle: message.handle.to_string(),
+        receipt_handle: message.handle.encode(),
         body,
         enqueue_time: Some(timestamp(message.enqueue_ms)),
         first_dequeue_time: Some(timestamp(message.first_dequeue_ms)),

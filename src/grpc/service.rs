@@ -25,7 +25,7 @@ use crate::metrics::{Method, Metrics};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::queue::{Claimed, Outgoing, QueueHandle, ReceiveRequest};
-use crate::receipt::ReceiptHandle;
+use crate::receipt::{Indexed, ReceiptHandle};
 use crate::registry::Registry;
 
 pub struct QueueServiceImpl {
@@ -338,7 +338,7 @@ impl QueueService for QueueServiceImpl {
         let result: RpcResult<()> = async {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
-            let receipt = ReceiptHandle::parse(&request.receipt_handle, "receipt_handle")?;
+            let receipt = ReceiptHandle::parse(&request.receipt_handle, &"receipt_handle")?;
             let mut results = handle.delete_messages(vec![receipt]).await?;
             results.pop().unwrap_or(Ok(()))?;
             Ok(Response::new(()))
@@ -359,10 +359,10 @@ impl QueueService for QueueServiceImpl {
             let handle = self.queue(&request.queue_name)?;
             batch_size("receipt_handles", request.receipt_handles.len())?;
             let mut failures = Vec::new();
-            let mut parsed = Vec::new();
-            let mut positions = Vec::new();
+            let mut parsed = Vec::with_capacity(request.receipt_handles.len());
+            let mut positions = Vec::with_capacity(request.receipt_handles.len());
             for (index, text) in request.receipt_handles.iter().enumerate() {
-                match ReceiptHandle::parse(text, &format!("receipt_handles[{index}]")) {
+                match ReceiptHandle::parse(text, &Indexed("receipt_handles", index)) {
                     Ok(receipt) => {
                         parsed.push(receipt);
                         positions.push(index);

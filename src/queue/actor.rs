@@ -26,7 +26,7 @@ use super::{
 use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
-use crate::receipt::{Nonces, ReceiptHandle};
+use crate::receipt::{Indexed, Nonces, ReceiptHandle};
 use crate::storage::{KeptRecord, NewMessage, QueueRecord, StorageError, WriteOp};
 
 /// Bodies read ahead from storage for the visible messages the cache lacks, at most this many
@@ -596,17 +596,14 @@ impl QueueActor {
         let now = self.now();
         let keep = self.record.attributes.rewind_enabled();
         let single = handles.len() == 1;
-        let mut deletions = Vec::new();
+        let mut deletions = Vec::with_capacity(handles.len());
         let mut results = Vec::with_capacity(handles.len());
         // (index in results, the commit of an earlier delete of the same message).
         let mut earlier_commits = Vec::new();
         for (index, handle) in handles.into_iter().enumerate() {
-            let field = if single {
-                "receipt_handle".to_string()
-            } else {
-                format!("receipt_handles[{index}]")
-            };
-            match self.table.delete(handle, now, keep, &field) {
+            let indexed = Indexed("receipt_handles", index);
+            let field: &dyn std::fmt::Display = if single { &"receipt_handle" } else { &indexed };
+            match self.table.delete(handle, now, keep, field) {
                 Ok(deletion @ Deletion::Deleted { .. }) => {
                     self.receive_log.forget(handle.message_id);
                     self.bodies.remove(handle.message_id);

@@ -308,7 +308,7 @@ impl MessageTable {
         handle: ReceiptHandle,
         now: Millis,
         keep: bool,
-        field: &str,
+        field: &dyn std::fmt::Display,
     ) -> Result<Deletion, QueueError> {
         let id = handle.message_id;
         let Some(message) = self.live.get(&id) else {
@@ -522,15 +522,15 @@ mod tests {
         // The first handle is superseded; the second works once; a retry is fine.
         let now = 20 + VIS;
         assert!(matches!(
-            table.delete(first.handle, now, false, "h"),
+            table.delete(first.handle, now, false, &"h"),
             Err(QueueError::StaleReceipt(_))
         ));
         assert!(matches!(
-            table.delete(second.handle, now, false, "h"),
+            table.delete(second.handle, now, false, &"h"),
             Ok(Deletion::Deleted { .. })
         ));
         assert_eq!(
-            table.delete(second.handle, now, false, "h"),
+            table.delete(second.handle, now, false, &"h"),
             Ok(Deletion::AlreadyDeleted)
         );
         assert_eq!(table.counts(), Counts::default());
@@ -543,7 +543,7 @@ mod tests {
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         // Not yet advanced, but the deadline has passed: still refused.
         assert!(matches!(
-            table.delete(claimed.handle, VIS, false, "h"),
+            table.delete(claimed.handle, VIS, false, &"h"),
             Err(QueueError::StaleReceipt(m)) if m.contains("expired")
         ));
     }
@@ -564,7 +564,7 @@ mod tests {
         table.insert(1, 0, 0, 0);
         table.insert(2, 10, 10, 10);
         let claimed = table.claim(1, 20, VIS, nonces())[0].clone();
-        table.delete(claimed.handle, 30, true, "h").unwrap();
+        table.delete(claimed.handle, 30, true, &"h").unwrap();
         assert_eq!(table.counts().rewindable, 1);
         assert_eq!(table.next_change_ms(1_000), Some(1_000));
         let advanced = table.advance(1_005, 1_000);
@@ -582,7 +582,7 @@ mod tests {
             table.insert(id, id as Millis * 100, 0, 0);
         }
         for claimed in table.claim(3, 400, VIS, nonces()) {
-            table.delete(claimed.handle, 500, true, "h").unwrap();
+            table.delete(claimed.handle, 500, true, &"h").unwrap();
         }
         assert_eq!(table.counts().rewindable, 3);
         let since = table.kept_since(200);
@@ -603,7 +603,7 @@ mod tests {
         let mut table = MessageTable::default();
         table.insert(1, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
-        let deletion = table.delete(claimed.handle, 1, true, "h").unwrap();
+        let deletion = table.delete(claimed.handle, 1, true, &"h").unwrap();
         table.undo_delete(deletion);
         assert_eq!(
             table.counts(),
@@ -612,7 +612,7 @@ mod tests {
                 ..Default::default()
             }
         );
-        assert!(table.delete(claimed.handle, 2, false, "h").is_ok());
+        assert!(table.delete(claimed.handle, 2, false, &"h").is_ok());
     }
 
     #[test]
@@ -669,7 +669,7 @@ mod tests {
             nonce: 9,
         };
         assert!(matches!(
-            table.delete(handle, 200, false, "h"),
+            table.delete(handle, 200, false, &"h"),
             Ok(Deletion::Deleted { .. })
         ));
     }
@@ -683,7 +683,7 @@ mod tests {
                 table.insert(id, 0, 0, 0);
             }
             for claimed in table.claim(usize::MAX, 0, VIS, nonces()) {
-                table.delete(claimed.handle, 1, false, "h").unwrap();
+                table.delete(claimed.handle, 1, false, &"h").unwrap();
             }
         }
         assert!(table.timers.len() <= 2 * MIN_TIMERS_BEFORE_REBUILD);
