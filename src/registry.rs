@@ -219,12 +219,16 @@ impl Registry {
     }
 }
 
+/// Rows of a deleted queue removed per commit at recovery (a few milliseconds of the writer).
+const ORPHAN_SLICE: usize = 4_096;
+
 /// Reads every stored message into the table of its queue, in one pass over storage (not one
 /// per queue: messages are not indexed by queue).
 ///
-/// Rows of a queue that does not exist are left out with a warning and removed. A crash cannot
-/// leave any (DeleteQueue is one transaction), but a queue's delete removes its rows by the ids
-/// its actor holds, so a row whose own removal failed earlier would be missed there.
+/// Rows of a queue that does not exist are left out and removed, in slices. A large queue's
+/// deletion removes its rows over several commits after the queue itself, so a stop in between
+/// leaves some; and a queue's delete removes its rows by the ids its actor holds, so a row whose
+/// own removal failed earlier would be missed there.
 fn recover_tables(
     storage: &dyn Storage,
     queues: &[QueueRecord],
@@ -240,12 +244,16 @@ fn recover_tables(
         None => orphans.entry(queue_id).or_default().push(stored.id),
     })?;
     for (queue_id, ids) in orphans {
-        tracing::warn!(
+        tracing::info!(
             queue_id,
             messages = ids.len(),
-            "stored messages of a queue that does not exist; skipped, and removed"
+            "stored messages of a deleted queue; skipped, and removed"
         );
-        storage.record(WriteOp::RemoveMessages { ids });
+        for slice in ids.chunks(ORPHAN_SLICE) {
+            storage.record(WriteOp::RemoveMessages {
+                ids: slice.to_vec(),
+            });
+        }
     }
     Ok(tables)
 }

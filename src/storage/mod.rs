@@ -85,9 +85,10 @@ pub enum WriteOp {
     CreateQueue(QueueRecord),
     /// Writes the attributes and update time of the queue with this id.
     UpdateQueue(QueueRecord),
-    /// Removes the queue and its messages. `message_ids` must name every message of the queue
-    /// that may have a row (the queue's actor knows them all): messages are found by id, since
-    /// finding them by queue would scan every queue's messages.
+    /// Removes the queue and messages of it: messages are found by id (the queue's actor knows
+    /// them all), since finding them by queue would scan every queue's messages. A large queue
+    /// passes its first slice here and removes the rest with `RemoveMessages` afterwards;
+    /// recovery removes any row left of a queue that no longer exists.
     DeleteQueue {
         queue_id: u64,
         message_ids: Vec<u64>,

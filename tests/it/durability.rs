@@ -1132,3 +1132,67 @@ async fn deleting_a_queue_removes_all_of_its_rows() {
     assert_eq!(backlog(&stats(&mut client, "bystander").await), 5);
     server.stop().await;
 }
+
+/// Sends `count` messages to `queue` in batches of 16.
+async fn fill(client: &mut Client, queue: &str, count: usize) {
+    let body = [7u8; 64];
+    for _ in 0..count / 16 {
+        batch_send(client, queue, &[&body[..]; 16]).await;
+    }
+}
+
+/// Waits until the queue with this id has no row left on disk.
+async fn until_no_rows(db: &Path, queue_id: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rows_of_queue(db, queue_id) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} rows left",
+            rows_of_queue(db, queue_id)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A large queue's rows are removed in slices after the queue itself (so no one commit holds
+/// the writer for long), and all of them go, also when the server is killed right after the
+/// delete: recovery removes what is left of a queue that no longer exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_queue_is_deleted_in_slices_even_across_a_crash() {
+    // Over two slices of 4,096 rows (src/queue/actor.rs, DELETE_QUEUE_SLICE).
+    const MESSAGES: usize = 9_600;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("spool.db");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    create(&mut client, "bystander", attrs()).await;
+    send(&mut client, "bystander", b"stays").await;
+
+    for (round, kill) in [(0, false), (1, true)] {
+        let name = format!("large-{round}");
+        create(&mut client, &name, attrs()).await;
+        fill(&mut client, &name, MESSAGES).await;
+        let id = queue_id(&db, &name);
+        assert_eq!(rows_of_queue(&db, id), MESSAGES as i64);
+        client
+            .delete_queue(pb::DeleteQueueRequest {
+                queue_name: name.clone(),
+            })
+            .await
+            .expect("delete queue");
+        if kill {
+            // Killed right away: some slices may not be committed yet.
+            server.kill();
+            let server = ChildServer::start(dir.path());
+            let mut client = server.client().await;
+            until_no_rows(&db, id, "after the restart").await;
+            create(&mut client, &name, attrs()).await;
+            assert_eq!(backlog(&stats(&mut client, &name).await), 0);
+            assert_eq!(backlog(&stats(&mut client, "bystander").await), 1);
+            assert_eq!(server.terminate(), Some(0));
+            return;
+        }
+        until_no_rows(&db, id, "after the delete").await;
+        assert_eq!(backlog(&stats(&mut client, "bystander").await), 1);
+    }
+}

@@ -16,6 +16,9 @@ use crate::storage::{CommitReply, StorageError, WriteOp};
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
 const MAX_GROUP: usize = 4_096;
+/// Most messages written in one transaction, for the same reason: without it, the slices of a
+/// large queue's deletion (see the queue actor) would be gathered back into one long commit.
+const MAX_GROUP_MESSAGES: usize = 8_192;
 
 /// Message ids are reserved on disk this many at a time. Writing the high-water mark in every
 /// commit cost one more page in every commit's WAL write; now it is written once per block.
@@ -68,15 +71,19 @@ fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>, metrics: &Metr
     while let Ok(first) = requests.recv() {
         let mut close = None;
         let mut next = Some(first);
+        let mut group_messages = 0;
         while let Some(request) = next.take() {
             match request {
-                WriterRequest::Write { op, done } => group.push((op, done)),
+                WriterRequest::Write { op, done } => {
+                    group_messages += op.message_count();
+                    group.push((op, done));
+                }
                 WriterRequest::Close(done) => {
                     close = Some(done);
                     break;
                 }
             }
-            if group.len() < MAX_GROUP {
+            if group.len() < MAX_GROUP && group_messages < MAX_GROUP_MESSAGES {
                 next = requests.try_recv().ok();
             }
         }
