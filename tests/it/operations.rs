@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt as _;
 
 use crate::common::*;
 
@@ -290,4 +291,113 @@ fn shipped_config_files_parse() {
         .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(settings.metrics_listen.is_some(), "{file} serves metrics");
     }
+}
+
+/// While the queues are recovered, the server already answers: liveness is SERVING, readiness
+/// (`spool.v1.QueueService`) NOT_SERVING and the queue calls UNAVAILABLE with reason STARTING;
+/// once recovery is done, readiness turns SERVING and the queues are all there. A backlog of
+/// 300,000 rows make recovery last long enough to watch (the first check comes within
+/// milliseconds; recovery takes about a second in a debug build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_service_is_not_serving_until_recovery_is_done() {
+    const BACKLOG: i64 = 300_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    server.stop().await;
+
+    // The backlog, written straight into the database (far quicker than sending it).
+    let db = rusqlite::Connection::open(dir.path().join("spool.db")).expect("open spool.db");
+    let queue_id: i64 = db
+        .query_row("SELECT id FROM queues WHERE name = 'q'", [], |row| {
+            row.get(0)
+        })
+        .expect("queue id");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    db.execute_batch(&format!(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < {BACKLOG})
+         INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body)
+             SELECT x, {queue_id}, {now_ms}, {now_ms}, zeroblob(16) FROM n;
+         UPDATE counters SET value = {BACKLOG} + 1 WHERE name = 'next_message_id';"
+    ))
+    .expect("write the backlog");
+    drop(db);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(spool::server::run(
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        spool::server::ServerConfig {
+            // The readiness watch below is an open call the shutdown would wait for.
+            shutdown_grace: Duration::from_secs(1),
+            ..spool::server::ServerConfig::new(dir.path())
+        },
+    ));
+    let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let readiness = health
+        .check(check("spool.v1.QueueService"))
+        .await
+        .expect("readiness")
+        .into_inner();
+    assert_eq!(readiness.status(), ServingStatus::NotServing);
+    let liveness = health
+        .check(check(""))
+        .await
+        .expect("liveness")
+        .into_inner();
+    assert_eq!(liveness.status(), ServingStatus::Serving);
+    let mut client = pb::queue_service_client::QueueServiceClient::new(channel);
+    let refused = client
+        .get_queue(pb::GetQueueRequest {
+            queue_name: "q".into(),
+        })
+        .await
+        .expect_err("not serving yet");
+    assert_error(&refused, tonic::Code::Unavailable, 6000);
+    assert_eq!(
+        refused
+            .get_error_details()
+            .error_info()
+            .map(|info| info.reason.clone()),
+        Some("STARTING".to_string())
+    );
+
+    let mut watch = health
+        .watch(check("spool.v1.QueueService"))
+        .await
+        .expect("watch readiness")
+        .into_inner();
+    let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(status) = watch.message().await.expect("status") {
+            if status.status() == ServingStatus::Serving {
+                return;
+            }
+        }
+        panic!("the readiness watch ended before SERVING");
+    });
+    ready.await.expect("SERVING after recovery");
+    let stats = stats(&mut client, "q").await;
+    assert_eq!(stats.active_messages, BACKLOG as u64);
+
+    drop((watch, health, client));
+    let _ = stop.send(());
+    serving.await.expect("server task").expect("server");
 }
