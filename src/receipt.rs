@@ -70,11 +70,6 @@ impl fmt::Display for Indexed<'_> {
     }
 }
 
-/// A fresh nonzero nonce from the operating system's CSPRNG (0 means "never received").
-pub fn fresh_nonce() -> u64 {
-    Nonces::new().next_nonce()
-}
-
 /// How many nonces one call to the OS random source draws.
 const NONCES_PER_DRAW: usize = 64;
 
@@ -159,7 +154,7 @@ mod tests {
 
     #[test]
     fn nonces_differ() {
-        assert_ne!(fresh_nonce(), fresh_nonce());
+        assert_ne!(Nonces::new().next_nonce(), Nonces::new().next_nonce());
         // Across draws too: 200 nonces span four draws of 64, all distinct and nonzero.
         let mut nonces = Nonces::new();
         let drawn: std::collections::HashSet<u64> = (0..200).map(|_| nonces.next_nonce()).collect();

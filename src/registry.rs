@@ -16,7 +16,7 @@ use crate::error::QueueError;
 use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
 use crate::queue::{QueueContext, QueueHandle, QueueInfo};
-use crate::storage::{QueueRecord, Storage, StorageError, WriteOp};
+use crate::storage::{QueueRecord, Storage, StorageError, WriteOp, remove_in_slices};
 
 pub struct Registry {
     queues: RwLock<BTreeMap<String, QueueHandle>>,
@@ -219,9 +219,6 @@ impl Registry {
     }
 }
 
-/// Rows of a deleted queue removed per commit at recovery (a few milliseconds of the writer).
-const ORPHAN_SLICE: usize = 4_096;
-
 /// Reads every stored message into the table of its queue, in one pass over storage (not one
 /// per queue: messages are not indexed by queue).
 ///
@@ -249,11 +246,7 @@ fn recover_tables(
             messages = ids.len(),
             "stored messages of a deleted queue; skipped, and removed"
         );
-        for slice in ids.chunks(ORPHAN_SLICE) {
-            storage.record(WriteOp::RemoveMessages {
-                ids: slice.to_vec(),
-            });
-        }
+        remove_in_slices(storage, &ids);
     }
     Ok(tables)
 }

@@ -102,12 +102,10 @@ impl Relay {
             .ok_or_else(|| Status::not_found(format!("queue {name:?} does not exist")))
     }
 
-    /// Message ids shaped like Spool's (decimal strings).
-    fn ids(&self, count: usize) -> Vec<String> {
+    /// `count` fresh message ids.
+    fn ids(&self, count: usize) -> std::ops::Range<u64> {
         let first = self.next_id.fetch_add(count as u64, Ordering::Relaxed);
-        (first..first + count as u64)
-            .map(|id| id.to_string())
-            .collect()
+        first..first + count as u64
     }
 }
 
@@ -185,7 +183,7 @@ impl QueueService for Relay {
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let request = request.into_inner();
         self.queue(&request.queue_name)?.push([request.body]);
-        let message_id = self.ids(1).pop().unwrap_or_default();
+        let message_id = self.ids(1).start.to_string();
         Ok(Response::new(pb::SendMessageResponse { message_id }))
     }
 
@@ -198,7 +196,7 @@ impl QueueService for Relay {
         self.queue(&request.queue_name)?
             .push(request.entries.into_iter().map(|entry| entry.body));
         Ok(Response::new(pb::BatchSendMessagesResponse {
-            message_ids: self.ids(count),
+            message_ids: self.ids(count).map(|id| id.to_string()).collect(),
         }))
     }
 
@@ -218,11 +216,11 @@ impl QueueService for Relay {
         let received: Vec<Result<pb::ReceivedMessage, Status>> = bodies
             .into_iter()
             .zip(ids)
-            .map(|(body, message_id)| {
+            .map(|(body, id)| {
                 // The fields Spool fills, of the same sizes (a receipt handle is 32 hex digits).
                 Ok(pb::ReceivedMessage {
-                    receipt_handle: format!("{:032x}", message_id.len() as u128),
-                    message_id,
+                    receipt_handle: format!("{id:032x}"),
+                    message_id: id.to_string(),
                     body,
                     enqueue_time: Some(now()),
                     first_dequeue_time: Some(now()),

@@ -27,7 +27,9 @@ use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
 use crate::receipt::{Indexed, Nonces, ReceiptHandle};
-use crate::storage::{KeptRecord, NewMessage, QueueRecord, StorageError, WriteOp};
+use crate::storage::{
+    KeptRecord, NewMessage, QueueRecord, REMOVE_SLICE, StorageError, WriteOp, remove_in_slices,
+};
 
 /// Bodies read ahead from storage for the visible messages the cache lacks, at most this many
 /// per read: one blocking read then serves 16 receives of 16, instead of one read each.
@@ -39,9 +41,6 @@ const READ_AHEAD_LOW_WATER: usize = 64;
 const READ_AHEAD_MIN_ROOM: usize = 1 << 20;
 
 type BodiesRead = oneshot::Receiver<Result<Vec<(u64, bytes::Bytes)>, StorageError>>;
-
-/// Rows removed per commit when a queue is deleted (a few milliseconds of the writer).
-const DELETE_QUEUE_SLICE: usize = 4_096;
 
 /// A commit the actor is waiting for, and what to do when it is done.
 enum Pending {
@@ -303,7 +302,7 @@ impl QueueActor {
     async fn drop_queue(&mut self) -> Result<(), QueueError> {
         self.flush_receives();
         let mut message_ids = self.stored_ids();
-        let rest = message_ids.split_off(message_ids.len().min(DELETE_QUEUE_SLICE));
+        let rest = message_ids.split_off(message_ids.len().min(REMOVE_SLICE));
         self.submit(WriteOp::DeleteQueue {
             queue_id: self.record.id,
             message_ids,
@@ -313,11 +312,7 @@ impl QueueActor {
         // writer (and every other queue's sends) for long: 1M rows in one took 1.5 s. Should
         // the server stop before they are all removed, recovery removes the rows of a queue that
         // no longer exists, and a queue created again under the name has a new id.
-        for slice in rest.chunks(DELETE_QUEUE_SLICE) {
-            self.context.storage.record(WriteOp::RemoveMessages {
-                ids: slice.to_vec(),
-            });
-        }
+        remove_in_slices(&*self.context.storage, &rest);
         let gone = QueueError::QueueNotFound(self.record.name.clone());
         for waiter in self.waiters.drain() {
             let _ = waiter.respond_to.send(Err(gone.clone()));

@@ -144,6 +144,19 @@ pub struct Recovered {
 pub type CommitReply = oneshot::Sender<Result<(), StorageError>>;
 pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Bytes)>, StorageError>>;
 
+/// Rows removed per commit when many go at once (a deleted queue's): a few milliseconds of the
+/// writer, so that no one commit holds every other queue's writes for long.
+pub const REMOVE_SLICE: usize = 4_096;
+
+/// Removes these messages' rows lazily, in commits of at most [`REMOVE_SLICE`].
+pub fn remove_in_slices(storage: &dyn Storage, ids: &[u64]) {
+    for slice in ids.chunks(REMOVE_SLICE) {
+        storage.record(WriteOp::RemoveMessages {
+            ids: slice.to_vec(),
+        });
+    }
+}
+
 pub trait Storage: Send + Sync + 'static {
     /// Reads every queue and the id counters. Blocking: call it off the async workers.
     fn recover(&self) -> Result<Recovered, StorageError>;

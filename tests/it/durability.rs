@@ -1013,11 +1013,7 @@ async fn a_version_1_database_is_migrated_and_keeps_its_messages() {
     assert!(sent >= 200, "{sent}");
 
     // The orphan row is removed lazily, by a later group commit.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rows_of_queue(&db, 9) != 0 {
-        assert!(Instant::now() < deadline, "the orphan row is still there");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_no_rows(&db, 9, "the orphan row").await;
     server.stop().await;
 
     assert_eq!(pragma(&db, "user_version"), 2);
@@ -1161,7 +1157,7 @@ async fn until_no_rows(db: &Path, queue_id: i64, what: &str) {
 /// delete: recovery removes what is left of a queue that no longer exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_queue_is_deleted_in_slices_even_across_a_crash() {
-    // Over two slices of 4,096 rows (src/queue/actor.rs, DELETE_QUEUE_SLICE).
+    // Over two slices of 4,096 rows (spool::storage::REMOVE_SLICE).
     const MESSAGES: usize = 9_600;
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("spool.db");

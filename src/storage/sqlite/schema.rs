@@ -134,16 +134,19 @@ pub fn cap_size(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
     conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
 }
 
+/// The stored value of an id counter (`next_queue_id`, `next_message_id`).
+pub fn stored_counter(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT value FROM counters WHERE name = ?1",
+        [name],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|value| value as u64)
+}
+
 /// Reads every queue with the metadata of its messages, oldest first.
 pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
-    let counter = |name: &str| -> rusqlite::Result<u64> {
-        conn.query_row(
-            "SELECT value FROM counters WHERE name = ?1",
-            [name],
-            |row| row.get::<_, i64>(0),
-        )
-        .map(|v| v as u64)
-    };
+    let counter = |name: &str| stored_counter(conn, name);
     let mut recovered = Recovered {
         next_queue_id: counter("next_queue_id")?,
         next_message_id: counter("next_message_id")?,

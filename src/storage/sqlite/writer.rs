@@ -67,7 +67,7 @@ pub fn spawn(
 fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>, metrics: &Metrics) {
     let mut group: Vec<(WriteOp, Option<CommitReply>)> = Vec::new();
     // Unreadable, it is taken as 0: the first commit with a send then writes a new reservation.
-    let mut reserved = stored_counter(&conn, "next_message_id").unwrap_or(0);
+    let mut reserved = super::schema::stored_counter(&conn, "next_message_id").unwrap_or(0);
     while let Ok(first) = requests.recv() {
         let mut close = None;
         let mut next = Some(first);
@@ -183,15 +183,6 @@ fn transaction<'a>(
         let _ = conn.execute_batch("ROLLBACK");
     }
     result
-}
-
-fn stored_counter(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT value FROM counters WHERE name = ?1",
-        [name],
-        |row| row.get::<_, i64>(0),
-    )
-    .map(|value| value as u64)
 }
 
 fn raise_counter(conn: &Connection, name: &str, at_least: u64) -> rusqlite::Result<()> {
