@@ -63,9 +63,20 @@ throughput = [
     ("end_to_end_ms_p50", 2),
     ("end_to_end_ms_p99", 2),
     ("server_rss_bytes", 0),
+    ("server_cpu_us_per_msg", 1),
+    ("client_cpu_us_per_msg", 1),
 ]
 table("steady", throughput)
-fill = [("fill_msgs_per_s", 0), ("drain_msgs_per_s", 0), ("send_ack_ms_p99", 2), ("server_rss_bytes", 0)]
+fill = [
+    ("fill_msgs_per_s", 0),
+    ("drain_msgs_per_s", 0),
+    ("send_ack_ms_p99", 2),
+    ("server_rss_bytes", 0),
+    ("fill_server_cpu_us_per_msg", 1),
+    ("drain_server_cpu_us_per_msg", 1),
+    ("fill_client_cpu_us_per_msg", 1),
+    ("drain_client_cpu_us_per_msg", 1),
+]
 table("fill-drain-1m", fill)
 table("fill-drain-200k", fill)
 table("rate-5000", throughput)

@@ -121,6 +121,97 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU time (user and system, all threads) process `pid` has used so far, in seconds, from
+/// /proc/PID/stat (Linux). With `children`, also that of its children, live or exited: a server
+/// that works in child processes (PostgreSQL's backends) is counted whole.
+pub fn cpu_seconds(pid: u32, children: bool) -> Option<f64> {
+    let (own, mut total) = process_ticks(pid)?;
+    if !children {
+        return Some(ticks_to_seconds(own));
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if child != pid && parent_of(child) == Some(pid) {
+            total += process_ticks(child).map_or(0, |(_, with_exited)| with_exited);
+        }
+    }
+    Some(ticks_to_seconds(total))
+}
+
+fn ticks_to_seconds(ticks: u64) -> f64 {
+    // Linux reports CPU times in USER_HZ ticks, which its ABI fixes at 100 per second.
+    ticks as f64 / 100.0
+}
+
+/// The fields of /proc/PID/stat after the command name (which is in parentheses and may hold
+/// spaces): field 4 of the file is the first of these.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (the state) is a letter; the numbers follow.
+    Some(
+        after_name
+            .split_whitespace()
+            .skip(1)
+            .map(|field| field.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.first().map(|&ppid| ppid as u32)
+}
+
+/// (utime + stime, the same plus the exited children it waited for), in ticks.
+fn process_ticks(pid: u32) -> Option<(u64, u64)> {
+    let fields = stat_fields(pid)?;
+    // Fields 14-17 of the file: utime, stime, cutime, cstime; this list starts at field 4.
+    let time = |field: usize| fields.get(field - 4).copied();
+    let own = time(14)? + time(15)?;
+    Some((own, own + time(16)? + time(17)?))
+}
+
+/// A process's CPU time over part of a run, per message: what a figure costs the server (or
+/// the load generator), which stays comparable when the machine's speed does not (a shared
+/// VM's throughput varies by ±10% from run to run; its CPU time per message much less).
+pub struct CpuMeter {
+    pid: u32,
+    children: bool,
+    started: f64,
+}
+
+impl CpuMeter {
+    /// The server's process and its children. `None` when it cannot be found or read.
+    pub fn server(pid: Option<u32>) -> Option<Self> {
+        Self::start(pid?, true)
+    }
+
+    /// This process, the load generator, without its children (the relay is one).
+    pub fn client() -> Option<Self> {
+        Self::start(std::process::id(), false)
+    }
+
+    fn start(pid: u32, children: bool) -> Option<Self> {
+        Some(Self {
+            pid,
+            children,
+            started: cpu_seconds(pid, children)?,
+        })
+    }
+
+    /// Microseconds of CPU per message since the meter started.
+    pub fn micros_per_message(&self, messages: u64) -> Option<f64> {
+        let used = cpu_seconds(self.pid, self.children)? - self.started;
+        (messages > 0).then(|| round(used * 1e6 / messages as f64, 1))
+    }
+}
+
 /// The process listening on 127.0.0.1:`port` (or on any address with that port), found through
 /// /proc/net/tcp{,6} and the processes' open sockets. `None` when it cannot be read (another
 /// user's process, not Linux).
@@ -245,6 +336,24 @@ impl Drop for ProgressGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cpu_time_of_a_process_grows_as_it_works_and_counts_children_on_request() {
+        let me = std::process::id();
+        let before = cpu_seconds(me, false).expect("own /proc/PID/stat");
+        // Busy for at least 50 ms of CPU (ticks are 10 ms).
+        let busy = std::time::Instant::now();
+        let mut spin = 0u64;
+        while busy.elapsed() < std::time::Duration::from_millis(80) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let after = cpu_seconds(me, false).expect("own /proc/PID/stat");
+        assert!(after - before >= 0.03, "{before} -> {after}");
+        let with_children = cpu_seconds(me, true).expect("with children");
+        assert!(with_children >= after, "{with_children} < {after}");
+        assert_eq!(cpu_seconds(u32::MAX, false), None, "no such process");
+    }
 
     #[test]
     fn summary_is_median_min_max() {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Workload;
 use super::stats::{
-    Figures, Latencies, Progress, add_latencies, listening_pid, resident_bytes, round,
+    CpuMeter, Figures, Latencies, Progress, add_latencies, listening_pid, resident_bytes, round,
 };
 use super::target::{BenchError, BenchResult, Consumer, Producer, SpoolTarget, Target};
 use crate::client::ReceiveOptions;
@@ -241,7 +241,17 @@ fn spawn_consumers<T: Target>(
 
 /// The server's resident memory, when its process can be found and read.
 fn server_rss<T: Target>(target: &T) -> Option<u64> {
-    resident_bytes(listening_pid(target.server_port()?)?)
+    resident_bytes(server_pid(target)?)
+}
+
+fn server_pid<T: Target>(target: &T) -> Option<u32> {
+    listening_pid(target.server_port()?)
+}
+
+fn insert_cpu(figures: &mut Figures, name: &str, meter: Option<CpuMeter>, messages: u64) {
+    if let Some(micros) = meter.and_then(|meter| meter.micros_per_message(messages)) {
+        figures.insert(name.into(), micros);
+    }
 }
 
 /// Producers and consumers at once; the run ends when every message sent is consumed.
@@ -252,17 +262,21 @@ pub async fn steady<T: Target>(target: Arc<T>, workload: &Workload) -> BenchResu
     let progress = shared
         .progress
         .show("steady".into(), workload.messages, shared.deadline);
+    let cpu = CpuMeter::server(server_pid(&*target));
+    let client_cpu = CpuMeter::client();
     let producers = spawn_producers(&target, &shared, workload, &queues);
     let consumers = spawn_consumers(&target, &shared, workload, &queues, false);
     let send_ack = join_all(producers).await?;
     let end_to_end = join_all(consumers).await?;
     drop(progress);
+    let mut figures = Figures::new();
+    let consumed = shared.consumed.load(Ordering::Acquire);
+    insert_cpu(&mut figures, "server_cpu_us_per_msg", cpu, consumed);
+    insert_cpu(&mut figures, "client_cpu_us_per_msg", client_cpu, consumed);
     let rss = server_rss(&*target);
     target.teardown(&queues).await?;
 
-    let consumed = shared.consumed.load(Ordering::Acquire);
     let seconds = Duration::from_nanos(shared.last_consumed.load(Ordering::Acquire)).as_secs_f64();
-    let mut figures = Figures::new();
     figures.insert(
         "messages_sent".into(),
         shared.acked.load(Ordering::Acquire) as f64,
@@ -295,24 +309,48 @@ pub async fn fill_drain<T: Target>(target: Arc<T>, workload: &Workload) -> Bench
     let progress = shared
         .progress
         .show("fill".into(), workload.messages, shared.deadline);
+    let pid = server_pid(&*target);
+    let fill_cpu = CpuMeter::server(pid);
+    let fill_client_cpu = CpuMeter::client();
     let send_ack = join_all(spawn_producers(&target, &shared, workload, &queues)).await?;
     drop(progress);
     let fill_seconds = shared.epoch.elapsed().as_secs_f64();
     let filled = shared.acked.load(Ordering::Acquire);
+    let mut figures = Figures::new();
+    insert_cpu(&mut figures, "fill_server_cpu_us_per_msg", fill_cpu, filled);
+    insert_cpu(
+        &mut figures,
+        "fill_client_cpu_us_per_msg",
+        fill_client_cpu,
+        filled,
+    );
     let rss_full = server_rss(&*target);
 
     // The drain gets a fresh clock (and deadline); it must consume what the fill acked.
     let drain = Shared::new(workload, 0);
     drain.acked.store(filled, Ordering::Release);
     let progress = drain.progress.show("drain".into(), filled, drain.deadline);
+    let drain_cpu = CpuMeter::server(pid);
+    let drain_client_cpu = CpuMeter::client();
     let _ = join_all(spawn_consumers(&target, &drain, workload, &queues, true)).await?;
     drop(progress);
     let drained = drain.consumed.load(Ordering::Acquire);
+    insert_cpu(
+        &mut figures,
+        "drain_server_cpu_us_per_msg",
+        drain_cpu,
+        drained,
+    );
+    insert_cpu(
+        &mut figures,
+        "drain_client_cpu_us_per_msg",
+        drain_client_cpu,
+        drained,
+    );
     let drain_seconds =
         Duration::from_nanos(drain.last_consumed.load(Ordering::Acquire)).as_secs_f64();
     target.teardown(&queues).await?;
 
-    let mut figures = Figures::new();
     figures.insert("messages_sent".into(), filled as f64);
     figures.insert("messages_consumed".into(), drained as f64);
     figures.insert("fill_seconds".into(), round(fill_seconds, 3));
