@@ -28,9 +28,9 @@ bench() { # NAME ARGS...: one workload, every target, $RUNS runs
 bench idle-10k --targets spool --mode idle -W 10000 -N 1000 --rate 100 --max-seconds 60
 # Steady: 4 producers + 4 consumers, 256 B, batch 16, as fast as acks come back. grpc-relay
 # (Spool's API served by a relay that stores nothing) is the transport's ceiling.
-bench steady --targets spool,relay,nats,rabbitmq,postgres -N 300000 --max-seconds 120
+bench steady --targets spool,relay,durable-relay,nats,rabbitmq,postgres -N 300000 --max-seconds 120
 # Fill 1M, then drain (Spool and NATS at 1M; RabbitMQ and PostgreSQL at 200k to keep it short).
-bench fill-drain-1m --targets spool,relay,nats --mode fill-drain -N 1000000 --max-seconds 300
+bench fill-drain-1m --targets spool,relay,durable-relay,nats --mode fill-drain -N 1000000 --max-seconds 300
 bench fill-drain-200k --targets rabbitmq,postgres --mode fill-drain -N 200000 --max-seconds 300
 # 5,000 msg/s offered.
 bench rate-5000 -N 50000 --rate 5000 --max-seconds 60

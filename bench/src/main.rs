@@ -5,6 +5,7 @@
 //!
 //!   cargo run --release -p spool-bench -- --targets spool,nats,rabbitmq,postgres -N 100000
 
+mod append_log;
 mod nats;
 mod postgres;
 mod rabbitmq;
@@ -28,6 +29,9 @@ enum TargetName {
     Postgres,
     /// The transport ceiling: Spool's gRPC API served by a relay that stores nothing.
     Relay,
+    /// The durable ceiling: the relay, answering sends and deletes once appended to a file and
+    /// synced (group commit). The most a durable server of this API could reach here.
+    DurableRelay,
 }
 
 /// Runs one workload against Spool and its peers, and prints each report and the ratios.
@@ -58,6 +62,12 @@ struct Cli {
     /// `relay` target starts it in a child process with this flag.
     #[arg(long, hide = true, value_name = "ADDR")]
     serve_relay: Option<String>,
+    /// With --serve-relay: the durable relay's log file (it must not exist).
+    #[arg(long, hide = true, value_name = "FILE", requires = "serve_relay")]
+    relay_log: Option<std::path::PathBuf>,
+    /// Where the durable relay writes its log: a directory on the disk Spool's data is on.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    relay_log_dir: std::path::PathBuf,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -66,7 +76,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(listen) = &cli.serve_relay {
-        return relay::serve(listen).await;
+        return relay::serve(listen, cli.relay_log.as_deref()).await;
     }
     let workload = Workload::try_from(&cli.bench)?;
     check_local(&cli.spool)?;
@@ -99,7 +109,8 @@ async fn main() -> anyhow::Result<()> {
                 let target = Arc::new(rabbitmq::RabbitTarget::new(&cli.rabbitmq));
                 run_target(target, &workload, runs).await
             }
-            TargetName::Relay => run_relay(&workload, runs).await,
+            TargetName::Relay => run_relay(&workload, runs, None).await,
+            TargetName::DurableRelay => run_relay(&workload, runs, Some(&cli.relay_log_dir)).await,
             TargetName::Postgres => {
                 let target = Arc::new(postgres::PostgresTarget::new(&cli.postgres));
                 run_target(target, &workload, runs).await
@@ -128,15 +139,28 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the workload against the relay (see [`relay`]) in a child process.
-async fn run_relay(workload: &Workload, runs: usize) -> spool::bench::BenchResult<Report> {
-    let relay = relay::RelayProcess::start()
+/// Runs the workload against the relay (see [`relay`]) in a child process: the transport
+/// ceiling, or with `log_parent` the durable ceiling.
+async fn run_relay(
+    workload: &Workload,
+    runs: usize,
+    log_parent: Option<&std::path::Path>,
+) -> spool::bench::BenchResult<Report> {
+    let relay = relay::RelayProcess::start(log_parent)
         .map_err(|error| spool::bench::BenchError::new("relay", format!("{error:#}")))?;
     let mut report = run_spool(relay.endpoint(), workload, runs).await?;
-    report.target = "grpc-relay".into();
-    report.durability = "none: the transport ceiling, Spool's gRPC API relaying bodies in \
-                         memory (no storage, no fsync)"
-        .into();
+    if log_parent.is_some() {
+        report.target = "durable-relay".into();
+        report.durability = "the durable ceiling: Spool's gRPC API relaying bodies in memory; \
+                             each send and delete appended to a file and fdatasynced (group \
+                             commit) before it is answered"
+            .into();
+    } else {
+        report.target = "grpc-relay".into();
+        report.durability = "none: the transport ceiling, Spool's gRPC API relaying bodies in \
+                             memory (no storage, no fsync)"
+            .into();
+    }
     Ok(report)
 }
 

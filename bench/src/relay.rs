@@ -7,11 +7,18 @@
 //! cost on this machine: the most any server behind this API could reach here. Spool's figure
 //! over the relay's is the share of that ceiling Spool reaches; the rest is Spool's own work.
 //!
+//! With a log (`spool-bench --targets durable-relay`), it is the durable ceiling instead: every
+//! send and delete is appended to a file and synced, with group commit, before it is answered
+//! (see `append_log`). That is the least a durable queue must do, so it measures the most a
+//! durable server of this API could reach here, and how much of the ceiling the sync alone
+//! takes.
+//!
 //! It runs in a child process (`spool-bench --serve-relay`), so that, as with the real
 //! server, client and server are separate processes sharing the machine's cores.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,9 +33,21 @@ use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::append_log::{self, AppendLog};
+
 /// Serves the relay on `listen` (port 0: any free port) and prints `listening on ADDR` on
-/// stdout once it accepts calls; runs until the process is killed.
-pub async fn serve(listen: &str) -> anyhow::Result<()> {
+/// stdout once it accepts calls; runs until the process is killed. With `log` (a file that must
+/// not exist), sends and deletes are answered once appended to it and synced.
+pub async fn serve(listen: &str, log: Option<&Path>) -> anyhow::Result<()> {
+    let relay = Relay {
+        log: log
+            .map(|path| {
+                AppendLog::create(path, append_log::RING_BYTES)
+                    .with_context(|| format!("create {}", path.display()))
+            })
+            .transpose()?,
+        ..Relay::default()
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
@@ -37,7 +56,7 @@ pub async fn serve(listen: &str) -> anyhow::Result<()> {
     println!("listening on {address}");
     std::io::stdout().flush()?;
     tonic::transport::Server::builder()
-        .add_service(QueueServiceServer::new(Relay::default()))
+        .add_service(QueueServiceServer::new(relay))
         .serve_with_incoming(incoming)
         .await
         .context("serve the relay")
@@ -90,6 +109,8 @@ impl Pending {
 struct Relay {
     queues: Mutex<HashMap<String, Arc<Pending>>>,
     next_id: AtomicU64,
+    /// The durable relay's log; `None` for the transport ceiling.
+    log: Option<AppendLog>,
 }
 
 impl Relay {
@@ -106,6 +127,14 @@ impl Relay {
     fn ids(&self, count: usize) -> std::ops::Range<u64> {
         let first = self.next_id.fetch_add(count as u64, Ordering::Relaxed);
         first..first + count as u64
+    }
+
+    /// Returns once `record()` is on disk, when the relay has a log.
+    async fn persist(&self, record: impl FnOnce() -> Vec<u8>) -> Result<(), Status> {
+        match &self.log {
+            Some(log) => log.append(record()).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -182,9 +211,14 @@ impl QueueService for Relay {
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let request = request.into_inner();
-        self.queue(&request.queue_name)?.push([request.body]);
-        let message_id = self.ids(1).start.to_string();
-        Ok(Response::new(pb::SendMessageResponse { message_id }))
+        let queue = self.queue(&request.queue_name)?;
+        let id = self.ids(1).start;
+        let body = [request.body];
+        self.persist(|| append_log::sent(id, &body)).await?;
+        queue.push(body);
+        Ok(Response::new(pb::SendMessageResponse {
+            message_id: id.to_string(),
+        }))
     }
 
     async fn batch_send_messages(
@@ -192,11 +226,18 @@ impl QueueService for Relay {
         request: Request<pb::BatchSendMessagesRequest>,
     ) -> Result<Response<pb::BatchSendMessagesResponse>, Status> {
         let request = request.into_inner();
-        let count = request.entries.len();
-        self.queue(&request.queue_name)?
-            .push(request.entries.into_iter().map(|entry| entry.body));
+        let queue = self.queue(&request.queue_name)?;
+        let ids = self.ids(request.entries.len());
+        let bodies: Vec<Bytes> = request
+            .entries
+            .into_iter()
+            .map(|entry| entry.body)
+            .collect();
+        self.persist(|| append_log::sent(ids.start, &bodies))
+            .await?;
+        queue.push(bodies);
         Ok(Response::new(pb::BatchSendMessagesResponse {
-            message_ids: self.ids(count).map(|id| id.to_string()).collect(),
+            message_ids: ids.map(|id| id.to_string()).collect(),
         }))
     }
 
@@ -236,30 +277,47 @@ impl QueueService for Relay {
 
     async fn delete_message(
         &self,
-        _request: Request<pb::DeleteMessageRequest>,
+        request: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<()>, Status> {
+        let handle = request.into_inner().receipt_handle;
+        self.persist(|| append_log::deleted([handle.as_str()]))
+            .await?;
         Ok(Response::new(()))
     }
 
     async fn batch_delete_messages(
         &self,
-        _request: Request<pb::BatchDeleteMessagesRequest>,
+        request: Request<pb::BatchDeleteMessagesRequest>,
     ) -> Result<Response<pb::BatchDeleteMessagesResponse>, Status> {
+        let handles = request.into_inner().receipt_handles;
+        self.persist(|| append_log::deleted(handles.iter().map(String::as_str)))
+            .await?;
         Ok(Response::new(pb::BatchDeleteMessagesResponse::default()))
     }
 }
 
-/// A relay server in a child process of this binary, killed when dropped.
+/// A relay server in a child process of this binary, killed when dropped (and its log
+/// removed).
 pub struct RelayProcess {
     child: std::process::Child,
     endpoint: String,
+    log_dir: Option<PathBuf>,
 }
 
 impl RelayProcess {
-    pub fn start() -> anyhow::Result<Self> {
+    /// The transport ceiling, or with `log_parent` the durable ceiling, its log in a new
+    /// directory there (put it on the disk the server under test uses).
+    pub fn start(log_parent: Option<&Path>) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["--serve-relay", "127.0.0.1:0"])
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.args(["--serve-relay", "127.0.0.1:0"]);
+        let log_dir =
+            log_parent.map(|parent| parent.join(format!("spool-relay-log-{}", std::process::id())));
+        if let Some(dir) = &log_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            command.arg("--relay-log").arg(dir.join("log"));
+        }
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("start the relay process")?;
@@ -273,6 +331,7 @@ impl RelayProcess {
         Ok(Self {
             endpoint: format!("http://{address}"),
             child,
+            log_dir,
         })
     }
 
@@ -285,5 +344,8 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.log_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
