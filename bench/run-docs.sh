@@ -2,7 +2,7 @@
 # The runs behind docs/benchmarks.md: each workload 3 times against Spool and its peers
 # (NATS JetStream, RabbitMQ, PostgreSQL on 127.0.0.1), JSON reports into $OUT (default
 # bench-results/). Starts its own release `spool serve` on 127.0.0.1:50051 with a fresh data
-# directory. About 15 minutes on a 2-core machine.
+# directory. 15 to 25 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +33,7 @@ bench steady --targets spool,relay,durable-relay,nats,rabbitmq,postgres -N 30000
 bench fill-drain-1m --targets spool,relay,durable-relay,nats --mode fill-drain -N 1000000 --max-seconds 300
 bench fill-drain-200k --targets rabbitmq,postgres --mode fill-drain -N 200000 --max-seconds 300
 # 5,000 msg/s offered.
-bench rate-5000 -N 50000 --rate 5000 --max-seconds 60
+bench rate-5000 --targets spool,durable-relay,nats,rabbitmq,postgres -N 50000 --rate 5000 --max-seconds 60
 # The transport alone: gRPC health checks, 4 callers, and 64 callers.
 bench echo --targets spool --mode echo -P 4 -N 100000
 bench echo-64 --targets spool --mode echo -P 64 -N 200000
