@@ -129,14 +129,7 @@ pub fn cpu_seconds(pid: u32, children: bool) -> Option<f64> {
     if !children {
         return Some(ticks_to_seconds(own));
     }
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for child in process_ids()? {
         if child != pid && parent_of(child) == Some(pid) {
             total += process_ticks(child).map_or(0, |(_, with_exited)| with_exited);
         }
@@ -212,6 +205,16 @@ impl CpuMeter {
     }
 }
 
+/// The ids of the processes running now, from the numeric entries of /proc.
+fn process_ids() -> Option<impl Iterator<Item = u32>> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok()),
+    )
+}
+
 /// The process listening on 127.0.0.1:`port` (or on any address with that port), found through
 /// /proc/net/tcp{,6} and the processes' open sockets. `None` when it cannot be read (another
 /// user's process, not Linux).
@@ -241,15 +244,8 @@ pub fn listening_pid(port: u16) -> Option<u32> {
     if inodes.is_empty() {
         return None;
     }
-    for process in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = process
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+    for pid in process_ids()? {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
         for fd in fds.flatten() {

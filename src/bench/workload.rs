@@ -239,11 +239,7 @@ fn spawn_consumers<T: Target>(
     tasks
 }
 
-/// The server's resident memory, when its process can be found and read.
-fn server_rss<T: Target>(target: &T) -> Option<u64> {
-    resident_bytes(server_pid(target)?)
-}
-
+/// The server's process, when it can be found (its memory and CPU are then read from /proc).
 fn server_pid<T: Target>(target: &T) -> Option<u32> {
     listening_pid(target.server_port()?)
 }
@@ -262,7 +258,8 @@ pub async fn steady<T: Target>(target: Arc<T>, workload: &Workload) -> BenchResu
     let progress = shared
         .progress
         .show("steady".into(), workload.messages, shared.deadline);
-    let cpu = CpuMeter::server(server_pid(&*target));
+    let pid = server_pid(&*target);
+    let cpu = CpuMeter::server(pid);
     let client_cpu = CpuMeter::client();
     let producers = spawn_producers(&target, &shared, workload, &queues);
     let consumers = spawn_consumers(&target, &shared, workload, &queues, false);
@@ -273,7 +270,7 @@ pub async fn steady<T: Target>(target: Arc<T>, workload: &Workload) -> BenchResu
     let consumed = shared.consumed.load(Ordering::Acquire);
     insert_cpu(&mut figures, "server_cpu_us_per_msg", cpu, consumed);
     insert_cpu(&mut figures, "client_cpu_us_per_msg", client_cpu, consumed);
-    let rss = server_rss(&*target);
+    let rss = pid.and_then(resident_bytes);
     target.teardown(&queues).await?;
 
     let seconds = Duration::from_nanos(shared.last_consumed.load(Ordering::Acquire)).as_secs_f64();
@@ -324,7 +321,7 @@ pub async fn fill_drain<T: Target>(target: Arc<T>, workload: &Workload) -> Bench
         fill_client_cpu,
         filled,
     );
-    let rss_full = server_rss(&*target);
+    let rss_full = pid.and_then(resident_bytes);
 
     // The drain gets a fresh clock (and deadline); it must consume what the fill acked.
     let drain = Shared::new(workload, 0);
@@ -378,7 +375,7 @@ pub const IDLE_DEFAULT_RATE: f64 = 100.0;
 pub async fn idle(target: Arc<SpoolTarget>, workload: &Workload) -> BenchResult<Figures> {
     let queues = workload.queue_names();
     target.setup(&queues, workload.body_bytes).await?;
-    let pid = target.server_port().and_then(listening_pid);
+    let pid = server_pid(&*target);
     // Connections first, so the memory per waiter counts streams, not connections too.
     for connection in 0..workload.waiters.div_ceil(STREAMS_PER_CONNECTION) {
         let client = target.client(WAITER_CONNECTIONS + connection)?;
