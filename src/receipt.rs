@@ -1,62 +1,154 @@
-//! Receipt handles: opaque, unguessable names of one receive of one message.
+//! Receipt handles: opaque, unforgeable names of one receive of one message.
 //!
-//! A handle is the message id and a random 64-bit nonce drawn at the receive, as 32 hex digits.
-//! The nonce is what makes it unguessable and what tells a handle of an older receive from the
-//! newest one; the actor compares it with the message's current nonce.
+//! A handle names the queue incarnation that issued it (its queue id, never reused, so a queue
+//! deleted and created again under the same name refuses the old queue's handles), the message,
+//! the receive (its number, `dequeue_count` at that receive, and a random 64-bit nonce drawn for
+//! it) and ends with an HMAC-SHA-256 tag, truncated to 96 bits, under a key that the server keeps
+//! in storage. So a handle cannot be made up or altered, and it survives restarts. Text form:
+//! base64url (no padding) of
+//!
+//! ```text
+//! version (1 byte) | queue id (8) | message id (8) | nonce (8) | receive number (4) | tag (12)
+//! ```
+//!
+//! The tag is checked here, at the edge; which receive of a message may still delete it is the
+//! queue actor's call (see `queue::messages`).
 
 use std::fmt;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{KeyInit, Mac};
+
 use crate::error::QueueError;
 
+/// One receive of one message, as a handle names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReceiptHandle {
+    /// The queue incarnation that issued it.
+    pub queue_id: u64,
     pub message_id: u64,
+    /// Drawn at random for the receive; never 0.
     pub nonce: u64,
+    /// The message's `dequeue_count` at this receive: 1 for its first receive.
+    pub receive_count: u32,
 }
 
-const HANDLE_LEN: usize = 32;
+/// The format written by this version; others are refused as malformed.
+const VERSION: u8 = 1;
+const PAYLOAD_LEN: usize = 1 + 8 + 8 + 8 + 4;
+/// 96 bits: a forger's chance per attempt is 2^-96.
+const TAG_LEN: usize = 12;
+const HANDLE_BYTES: usize = PAYLOAD_LEN + TAG_LEN;
+/// Length of the secret kept in storage.
+pub const KEY_LEN: usize = 32;
 
-impl ReceiptHandle {
-    /// Parses a handle given by a client; `field` names it in the error (and is formatted only
-    /// then).
-    pub fn parse(text: &str, field: &dyn fmt::Display) -> Result<Self, QueueError> {
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Signs and checks receipt handles with the server's key. Cheap to clone; the keyed HMAC state
+/// is computed once and copied per handle.
+#[derive(Clone)]
+pub struct ReceiptKey {
+    mac: HmacSha256,
+}
+
+impl fmt::Debug for ReceiptKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReceiptKey(<secret>)")
+    }
+}
+
+impl ReceiptKey {
+    pub fn new(secret: &[u8; KEY_LEN]) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail for 32 bytes.
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        Self { mac }
+    }
+
+    /// A new random secret, for a new database.
+    pub fn generate_secret() -> [u8; KEY_LEN] {
+        let mut secret = [0u8; KEY_LEN];
+        // As for nonces: no weaker fallback, so retry.
+        while getrandom::fill(&mut secret).is_err() {}
+        secret
+    }
+
+    fn tag(&self, payload: &[u8]) -> [u8; TAG_LEN] {
+        let mut mac = self.mac.clone();
+        mac.update(payload);
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&full[..TAG_LEN]);
+        tag
+    }
+
+    /// The handle as clients see it.
+    pub fn encode(&self, handle: &ReceiptHandle) -> String {
+        let mut bytes = [0u8; HANDLE_BYTES];
+        bytes[0] = VERSION;
+        bytes[1..9].copy_from_slice(&handle.queue_id.to_be_bytes());
+        bytes[9..17].copy_from_slice(&handle.message_id.to_be_bytes());
+        bytes[17..25].copy_from_slice(&handle.nonce.to_be_bytes());
+        bytes[25..29].copy_from_slice(&handle.receive_count.to_be_bytes());
+        let tag = self.tag(&bytes[..PAYLOAD_LEN]);
+        bytes[PAYLOAD_LEN..].copy_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Reads a handle given by a client and checks that this server issued it; `field` names it
+    /// in the error (and is formatted only then). Whether it names this queue is for the caller.
+    pub fn decode(
+        &self,
+        text: &str,
+        field: &dyn fmt::Display,
+    ) -> Result<ReceiptHandle, QueueError> {
         let malformed = || {
             QueueError::InvalidArgument(format!(
-                "{field} is not a receipt handle issued by Spool (expected {HANDLE_LEN} hex digits)"
+                "{field} is not a receipt handle: pass the receipt_handle of a received message \
+                 unchanged"
             ))
         };
-        if text.len() != HANDLE_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // The length test first bounds the work a long string can cause.
+        if text.len() != encoded_len() {
             return Err(malformed());
         }
-        let message_id = u64::from_str_radix(&text[..16], 16).map_err(|_| malformed())?;
-        let nonce = u64::from_str_radix(&text[16..], 16).map_err(|_| malformed())?;
-        if nonce == 0 {
+        let mut bytes = [0u8; HANDLE_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
+            Ok(HANDLE_BYTES) => {}
+            _ => return Err(malformed()),
+        }
+        if bytes[0] != VERSION {
             return Err(malformed());
         }
-        Ok(Self { message_id, nonce })
+        let mut mac = self.mac.clone();
+        mac.update(&bytes[..PAYLOAD_LEN]);
+        // Constant-time comparison of the truncated tag.
+        if mac.verify_truncated_left(&bytes[PAYLOAD_LEN..]).is_err() {
+            return Err(QueueError::InvalidArgument(format!(
+                "{field} was not issued by this server: its signature does not match (it was \
+                 altered, made up, or issued by another Spool deployment)"
+            )));
+        }
+        let word = |range: std::ops::Range<usize>| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[range]);
+            u64::from_be_bytes(word)
+        };
+        let mut count = [0u8; 4];
+        count.copy_from_slice(&bytes[25..29]);
+        Ok(ReceiptHandle {
+            queue_id: word(1..9),
+            message_id: word(9..17),
+            nonce: word(17..25),
+            receive_count: u32::from_be_bytes(count),
+        })
     }
 }
 
-impl ReceiptHandle {
-    /// The handle as clients see it: 32 lowercase hex digits. Written digit by digit into a
-    /// string of the right size, as every received message needs one: `format!` grew its
-    /// string three times per handle, which showed in profiles of the receive path.
-    pub fn encode(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut text = String::with_capacity(HANDLE_LEN);
-        for word in [self.message_id, self.nonce] {
-            for shift in (0..16).rev() {
-                text.push(DIGITS[((word >> (shift * 4)) & 0xf) as usize] as char);
-            }
-        }
-        text
-    }
-}
-
-impl fmt::Display for ReceiptHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.encode())
-    }
+/// Characters of a handle's text form.
+const fn encoded_len() -> usize {
+    (HANDLE_BYTES * 4).div_ceil(3)
 }
 
 /// The name of one entry of a list field in an error message, `name[index]`: formatted only
@@ -126,29 +218,83 @@ impl Nonces {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips() {
-        let handle = ReceiptHandle {
+    fn key(byte: u8) -> ReceiptKey {
+        ReceiptKey::new(&[byte; KEY_LEN])
+    }
+
+    fn handle() -> ReceiptHandle {
+        ReceiptHandle {
+            queue_id: 3,
             message_id: 42,
             nonce: 0xdead_beef_0123_4567,
-        };
-        let text = handle.encode();
-        assert_eq!(text, "000000000000002adeadbeef01234567");
-        assert_eq!(handle.to_string(), text);
-        assert_eq!(ReceiptHandle::parse(&text, &"h"), Ok(handle));
-        let extreme = ReceiptHandle {
-            message_id: u64::MAX,
-            nonce: 1,
-        };
-        assert_eq!(extreme.encode(), "ffffffffffffffff0000000000000001");
-        assert_eq!(ReceiptHandle::parse(&extreme.encode(), &"h"), Ok(extreme));
+            receive_count: 2,
+        }
     }
 
     #[test]
-    fn refuses_malformed() {
-        for bad in ["", "xyz", &"g".repeat(32), &"0".repeat(32), &"a".repeat(33)] {
-            let err = ReceiptHandle::parse(bad, &"receipt_handle").unwrap_err();
-            assert!(matches!(err, QueueError::InvalidArgument(m) if m.contains("receipt_handle")));
+    fn round_trips() {
+        let key = key(7);
+        for handle in [
+            handle(),
+            ReceiptHandle {
+                queue_id: u64::MAX,
+                message_id: u64::MAX,
+                nonce: 1,
+                receive_count: u32::MAX,
+            },
+        ] {
+            let text = key.encode(&handle);
+            assert_eq!(text.len(), encoded_len());
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+            assert_eq!(key.decode(&text, &"h"), Ok(handle));
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_without_talking_of_hex() {
+        let key = key(7);
+        let long = "A".repeat(encoded_len() + 1);
+        let wrong_version = {
+            let mut text = key.encode(&handle()).into_bytes();
+            text[0] = b'B'; // the version byte's bits change
+            String::from_utf8(text).expect("ascii")
+        };
+        for bad in [
+            "",
+            "xyz",
+            "00000000000fffff1234567890abcdef",
+            &long,
+            &"!".repeat(encoded_len()),
+            &wrong_version,
+        ] {
+            let err = key.decode(bad, &"receipt_handle").unwrap_err();
+            let QueueError::InvalidArgument(message) = err else {
+                panic!("{bad:?}: {err:?}")
+            };
+            assert!(message.starts_with("receipt_handle "), "{message}");
+            assert!(!message.contains("hex"), "{message}");
+        }
+    }
+
+    #[test]
+    fn refuses_forged_and_foreign_handles() {
+        let text = key(7).encode(&handle());
+        // Another server's key.
+        let err = key(8).decode(&text, &"receipt_handle").unwrap_err();
+        assert!(
+            matches!(&err, QueueError::InvalidArgument(m) if m.contains("not issued by this server")),
+            "{err:?}"
+        );
+        // Any one payload byte changed: the tag no longer matches.
+        let mut bytes = URL_SAFE_NO_PAD.decode(&text).expect("base64");
+        for index in 1..PAYLOAD_LEN {
+            bytes[index] ^= 1;
+            let altered = URL_SAFE_NO_PAD.encode(&bytes);
+            assert!(key(7).decode(&altered, &"h").is_err(), "byte {index}");
+            bytes[index] ^= 1;
         }
     }
 

@@ -16,6 +16,7 @@ use crate::error::QueueError;
 use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
 use crate::queue::{QueueContext, QueueHandle, QueueInfo};
+use crate::receipt::ReceiptKey;
 use crate::storage::{QueueRecord, Storage, StorageError, WriteOp, remove_in_slices};
 
 pub struct Registry {
@@ -25,6 +26,8 @@ pub struct Registry {
     context: QueueContext,
     next_queue_id: AtomicU64,
     max_queues: usize,
+    /// Signs and checks receipt handles, with the secret kept in storage.
+    receipt_key: ReceiptKey,
     /// The actor tasks.
     tracker: TaskTracker,
 }
@@ -64,7 +67,9 @@ impl Registry {
         let tracker = TaskTracker::new();
         let mut queues = BTreeMap::new();
         for record in recovered.queues {
-            let table = tables.remove(&record.id).unwrap_or_default();
+            let table = tables
+                .remove(&record.id)
+                .unwrap_or_else(|| MessageTable::new(record.id));
             let name = record.name.clone();
             let handle = QueueHandle::spawn(record, table, context.clone(), &tracker);
             queues.insert(name, handle);
@@ -75,6 +80,7 @@ impl Registry {
             context,
             next_queue_id: AtomicU64::new(recovered.next_queue_id),
             max_queues,
+            receipt_key: ReceiptKey::new(&recovered.receipt_secret),
             tracker,
         })
     }
@@ -139,9 +145,10 @@ impl Registry {
             .storage
             .commit(WriteOp::CreateQueue(record.clone()), done);
         committed.await.unwrap_or(Err(StorageError::Closed))?;
+        let record_id = record.id;
         let handle = QueueHandle::spawn(
             record,
-            MessageTable::default(),
+            MessageTable::new(record_id),
             self.context.clone(),
             &self.tracker,
         );
@@ -204,8 +211,8 @@ impl Registry {
         }
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.context.storage
+    pub fn receipt_key(&self) -> &ReceiptKey {
+        &self.receipt_key
     }
 
     /// Memory the queues hold for bodies not received yet.
@@ -233,7 +240,7 @@ fn recover_tables(
 ) -> Result<HashMap<u64, MessageTable>, StorageError> {
     let mut tables: HashMap<u64, MessageTable> = queues
         .iter()
-        .map(|record| (record.id, MessageTable::default()))
+        .map(|record| (record.id, MessageTable::new(record.id)))
         .collect();
     let mut orphans: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     storage.recover_messages(&mut |queue_id, stored| match tables.get_mut(&queue_id) {

@@ -8,6 +8,7 @@ use crate::clock::Millis;
 use crate::error::QueueError;
 use crate::pb;
 use crate::queue::{Claimed, QueueInfo};
+use crate::receipt::ReceiptKey;
 
 pub fn timestamp(ms: Millis) -> Timestamp {
     Timestamp {
@@ -72,10 +73,10 @@ pub fn queue(info: QueueInfo) -> pb::Queue {
     }
 }
 
-pub fn received(message: &Claimed, body: bytes::Bytes) -> pb::ReceivedMessage {
+pub fn received(message: &Claimed, body: bytes::Bytes, key: &ReceiptKey) -> pb::ReceivedMessage {
     pb::ReceivedMessage {
         message_id: message.id.to_string(),
-        receipt_handle: message.handle.encode(),
+        receipt_handle: key.encode(&message.handle),
         body,
         enqueue_time: Some(timestamp(message.enqueue_ms)),
         first_dequeue_time: Some(timestamp(message.first_dequeue_ms)),

@@ -1,17 +1,11 @@
 //! `spool.v1.QueueService`: each RPC validates its request, calls the registry or a queue
 //! handle, and converts the result. One tracing span per call, with the queue's name.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep_until};
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
-use tracing::Instrument;
 
 use super::convert;
 use super::deadline::client_budget;
@@ -24,8 +18,8 @@ use crate::limits::{
 use crate::metrics::{Method, Metrics};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
-use crate::queue::{Claimed, Outgoing, QueueHandle, ReceiveRequest};
-use crate::receipt::{Indexed, ReceiptHandle};
+use crate::queue::{DeleteTarget, Outgoing, QueueHandle, ReceiveRequest, Receiving};
+use crate::receipt::{Indexed, ReceiptKey};
 use crate::registry::Registry;
 
 pub struct QueueServiceImpl {
@@ -272,7 +266,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    type ReceiveMessagesStream = ReceiveStream;
+    type ReceiveMessagesStream = ReceiveMessagesStream;
 
     #[tracing::instrument(name = "ReceiveMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn receive_messages(
@@ -302,29 +296,29 @@ impl QueueService for QueueServiceImpl {
                 )?;
             }
             // Registering with the actor before returning keeps waiters in the order of arrival.
-            let reply = handle
-                .receive(ReceiveRequest {
-                    max_messages,
-                    wait_seconds: request.wait_seconds,
-                    visibility_timeout_seconds: request.visibility_timeout_seconds,
-                })
+            let receiving = handle
+                .receive(
+                    ReceiveRequest {
+                        max_messages,
+                        wait_seconds: request.wait_seconds,
+                        visibility_timeout_seconds: request.visibility_timeout_seconds,
+                    },
+                    budget.map(|budget| Instant::now() + budget),
+                    self.shutdown.clone(),
+                )
                 .await?;
-            let (stream, output) = mpsc::channel(MAX_BATCH);
-            let delivery = Delivery {
-                handle,
-                registry: self.registry()?.clone(),
+            let stream = ReceiveStream {
+                receiving,
+                receipt_key: self.registry()?.receipt_key().clone(),
                 metrics: self.metrics.clone(),
                 started,
-                stream,
-                client_deadline: budget.map(|budget| Instant::now() + budget),
-                shutdown: self.shutdown.clone(),
+                outcome: None,
             };
-            tokio::spawn(delivery.run(reply).in_current_span());
-            let output: ReceiveStream = Box::pin(ReceiverStream::new(output).map(|item| *item));
+            let output: ReceiveMessagesStream = Box::pin(stream);
             Ok(Response::new(output))
         }
         .await;
-        // A stream that starts is measured when it ends (see Delivery).
+        // A stream that starts is measured when it ends (see ReceiveStream).
         if let Err(status) = &result {
             self.metrics
                 .observe_rpc(Method::RECEIVE_MESSAGES, status.code(), started.elapsed());
@@ -338,8 +332,15 @@ impl QueueService for QueueServiceImpl {
         let result: RpcResult<()> = async {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
-            let receipt = ReceiptHandle::parse(&request.receipt_handle, &"receipt_handle")?;
-            let mut results = handle.delete_messages(vec![receipt]).await?;
+            let registry = self.registry()?;
+            let receipt = registry
+                .receipt_key()
+                .decode(&request.receipt_handle, &"receipt_handle")?;
+            let target = DeleteTarget {
+                handle: receipt,
+                index: None,
+            };
+            let mut results = handle.delete_messages(vec![target]).await?;
             results.pop().unwrap_or(Ok(()))?;
             Ok(Response::new(()))
         }
@@ -358,13 +359,17 @@ impl QueueService for QueueServiceImpl {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
             batch_size("receipt_handles", request.receipt_handles.len())?;
+            let receipt_key = self.registry()?.receipt_key();
             let mut failures = Vec::new();
             let mut parsed = Vec::with_capacity(request.receipt_handles.len());
             let mut positions = Vec::with_capacity(request.receipt_handles.len());
             for (index, text) in request.receipt_handles.iter().enumerate() {
-                match ReceiptHandle::parse(text, &Indexed("receipt_handles", index)) {
-                    Ok(receipt) => {
-                        parsed.push(receipt);
+                match receipt_key.decode(text, &Indexed("receipt_handles", index)) {
+                    Ok(handle) => {
+                        parsed.push(DeleteTarget {
+                            handle,
+                            index: Some(index),
+                        });
                         positions.push(index);
                     }
                     Err(error) => failures.push((index, error)),
@@ -396,136 +401,56 @@ impl QueueService for QueueServiceImpl {
     }
 }
 
-/// The life of one ReceiveMessages stream after the handler has returned: wait for the actor's
-/// reply (or the client's deadline, the client leaving, shutdown), read the bodies and stream
-/// the messages. Whatever cannot be delivered goes back to visible at once.
-struct Delivery {
-    handle: QueueHandle,
-    registry: Arc<Registry>,
+/// The response stream of ReceiveMessages: the queue's [`Receiving`] in protobuf, measured when
+/// it ends (or is dropped: the client went away).
+pub struct ReceiveStream {
+    receiving: Receiving,
+    receipt_key: ReceiptKey,
     metrics: Arc<Metrics>,
     /// When the call arrived, for its latency.
     started: Instant,
-    stream: mpsc::Sender<StreamItem>,
-    client_deadline: Option<Instant>,
-    shutdown: CancellationToken,
+    /// The stream's code once it has ended.
+    outcome: Option<Code>,
 }
 
-/// One item of a ReceiveMessages stream, boxed: tokio's mpsc allocates its slots 32 at a time,
-/// and an unboxed item (a message or a Status) is ~200 bytes, so every parked long poll held a
-/// ~6 KiB block it never filled. Boxed, the block is 256 bytes.
-type StreamItem = Box<Result<pb::ReceivedMessage, Status>>;
+type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
 
-/// The response stream of ReceiveMessages.
-pub type ReceiveStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ReceivedMessage, Status>> + Send>>;
+impl tokio_stream::Stream for ReceiveStream {
+    type Item = Result<pb::ReceivedMessage, Status>;
 
-type Reply = oneshot::Receiver<Result<Vec<Claimed>, QueueError>>;
-
-impl Delivery {
-    async fn run(self, reply: Reply) {
-        let metrics = self.metrics.clone();
-        let started = self.started;
-        let code = self.serve(reply).await;
-        metrics.observe_rpc(Method::RECEIVE_MESSAGES, code, started.elapsed());
-    }
-
-    /// Returns the stream's outcome, for metrics.
-    async fn serve(self, mut reply: Reply) -> Code {
-        let deadline = self
-            .client_deadline
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
-        let outcome = tokio::select! {
-            outcome = &mut reply => outcome,
-            () = self.stream.closed() => {
-                self.withdraw(reply).await;
-                return Code::Cancelled;
-            }
-            () = sleep_until(deadline) => {
-                self.withdraw(reply).await;
-                return Code::Ok;
-            }
-            () = self.shutdown.cancelled() => {
-                self.withdraw(reply).await;
-                return Code::Ok;
-            }
-        };
-        let error = match outcome {
-            Ok(Ok(claimed)) if claimed.is_empty() => return Code::Ok, // no message: ends OK
-            Ok(Ok(claimed)) => return self.deliver(claimed).await,
-            Ok(Err(error)) => error,
-            // The actor ended without answering: its queue was deleted.
-            Err(_) => QueueError::QueueNotFound(self.handle.name().to_string()),
-        };
-        let status = Status::from(error);
-        let code = status.code();
-        let _ = self.stream.send(Box::new(Err(status))).await;
-        code
-    }
-
-    /// Gives up waiting; if the actor answered meanwhile, its messages go back.
-    async fn withdraw(&self, mut reply: Reply) {
-        reply.close();
-        if let Ok(Ok(claimed)) = reply.try_recv() {
-            self.release(&claimed).await;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.outcome.is_some() {
+            return Poll::Ready(None);
         }
-    }
-
-    async fn release(&self, claimed: &[Claimed]) {
-        if !claimed.is_empty() {
-            let handles = claimed.iter().map(|c| c.handle).collect();
-            self.handle.release(handles).await;
-        }
-    }
-
-    async fn deliver(self, mut claimed: Vec<Claimed>) -> Code {
-        let mut bodies = match self.read_missing_bodies(&claimed).await {
-            Ok(bodies) => bodies,
-            Err(status) => {
-                self.release(&claimed).await;
-                let code = status.code();
-                let _ = self.stream.send(Box::new(Err(status))).await;
-                return code;
+        match std::pin::Pin::new(&mut this.receiving).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(delivered))) => Poll::Ready(Some(Ok(convert::received(
+                &delivered.message,
+                delivered.body,
+                &this.receipt_key,
+            )))),
+            Poll::Ready(Some(Err(error))) => {
+                let status = Status::from(error);
+                this.outcome = Some(status.code());
+                Poll::Ready(Some(Err(status)))
             }
-        };
-        for index in 0..claimed.len() {
-            let message = &mut claimed[index];
-            // A body that is gone belongs to a message that expired a moment ago: skip it.
-            let Some(body) = message.body.take().or_else(|| bodies.remove(&message.id)) else {
-                continue;
-            };
-            if self
-                .stream
-                .send(Box::new(Ok(convert::received(message, body))))
-                .await
-                .is_err()
-            {
-                self.release(&claimed[index..]).await;
-                return Code::Cancelled;
+            Poll::Ready(None) => {
+                this.outcome = Some(Code::Ok);
+                Poll::Ready(None)
             }
         }
-        Code::Ok
     }
+}
 
-    /// Reads from storage the bodies the queue no longer had in memory (none, usually, for a
-    /// message's first receive).
-    async fn read_missing_bodies(
-        &self,
-        claimed: &[Claimed],
-    ) -> Result<HashMap<u64, bytes::Bytes>, Status> {
-        let missing: Vec<u64> = claimed
-            .iter()
-            .filter(|message| message.body.is_none())
-            .map(|message| message.id)
-            .collect();
-        if missing.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let (read, bodies) = oneshot::channel();
-        self.registry.storage().read_bodies(missing, read);
-        match bodies.await {
-            Ok(Ok(bodies)) => Ok(bodies.into_iter().collect()),
-            Ok(Err(error)) => Err(QueueError::from(error).into()),
-            Err(_) => Err(QueueError::ShuttingDown.into()),
-        }
+impl Drop for ReceiveStream {
+    fn drop(&mut self) {
+        let code = self.outcome.unwrap_or(Code::Cancelled);
+        self.metrics
+            .observe_rpc(Method::RECEIVE_MESSAGES, code, self.started.elapsed());
     }
 }

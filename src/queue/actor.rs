@@ -17,18 +17,20 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::body_cache::BodyCache;
-use super::messages::{Claimed, Deletion, MessageTable};
+use super::messages::{Claimed, DeletePolicy, Deletion, MessageTable, Remains};
 use super::receive_log::ReceiveLog;
+use super::tombstones::MIN_TOMBSTONE_MS;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
 use super::{
-    Command, DeleteResult, Outgoing, QueueContext, QueueInfo, QueueTotals, ReceiveRequest,
+    Command, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueInfo, QueueTotals,
+    ReceiveRequest,
 };
 use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
-use crate::receipt::{Indexed, Nonces, ReceiptHandle};
+use crate::receipt::{Indexed, Nonces};
 use crate::storage::{
-    KeptRecord, NewMessage, QueueRecord, REMOVE_SLICE, StorageError, WriteOp, remove_in_slices,
+    DeletedMessages, NewMessage, QueueRecord, REMOVE_SLICE, StorageError, WriteOp, remove_in_slices,
 };
 
 /// Bodies read ahead from storage for the visible messages the cache lacks, at most this many
@@ -240,9 +242,9 @@ impl QueueActor {
                 }
             }
             Command::DeleteMessages {
-                handles,
+                targets,
                 respond_to,
-            } => self.delete_messages(handles, respond_to),
+            } => self.delete_messages(targets, respond_to),
             Command::Rewind {
                 start_ms,
                 respond_to,
@@ -597,22 +599,45 @@ impl QueueActor {
         }
     }
 
+    fn delete_policy(&self) -> DeletePolicy {
+        let attributes = &self.record.attributes;
+        DeletePolicy {
+            keep_for_rewind: attributes.rewind_enabled(),
+            tombstone_ms: secs_to_ms(attributes.visibility_timeout_seconds).max(MIN_TOMBSTONE_MS),
+        }
+    }
+
     fn delete_messages(
         &mut self,
-        handles: Vec<ReceiptHandle>,
+        targets: Vec<DeleteTarget>,
         respond_to: oneshot::Sender<Result<Vec<DeleteResult>, QueueError>>,
     ) {
         let now = self.now();
-        let keep = self.record.attributes.rewind_enabled();
-        let single = handles.len() == 1;
-        let mut deletions = Vec::with_capacity(handles.len());
-        let mut results = Vec::with_capacity(handles.len());
+        let policy = self.delete_policy();
+        let mut deletions = Vec::with_capacity(targets.len());
+        let mut results = Vec::with_capacity(targets.len());
         // (index in results, the commit of an earlier delete of the same message).
         let mut earlier_commits = Vec::new();
-        for (index, handle) in handles.into_iter().enumerate() {
-            let indexed = Indexed("receipt_handles", index);
-            let field: &dyn std::fmt::Display = if single { &"receipt_handle" } else { &indexed };
-            match self.table.delete(handle, now, keep, field) {
+        for (position, target) in targets.into_iter().enumerate() {
+            let handle = target.handle;
+            let indexed;
+            let field: &dyn std::fmt::Display = match target.index {
+                Some(index) => {
+                    indexed = Indexed("receipt_handles", index);
+                    &indexed
+                }
+                None => &"receipt_handle",
+            };
+            if handle.queue_id != self.record.id {
+                // Says nothing of the queue that did issue it, nor whether it still exists.
+                results.push(Err(QueueError::InvalidArgument(format!(
+                    "{field} was not issued by queue {:?}: delete a message through the queue it \
+                     was received from (a queue deleted and created again is a new queue)",
+                    self.record.name
+                ))));
+                continue;
+            }
+            match self.table.delete(handle, now, policy, field) {
                 Ok(deletion @ Deletion::Deleted { .. }) => {
                     self.receive_log.forget(handle.message_id);
                     self.bodies.remove(handle.message_id);
@@ -621,7 +646,7 @@ impl QueueActor {
                 }
                 Ok(Deletion::AlreadyDeleted) => {
                     if let Some(commit) = self.deleting.get(&handle.message_id) {
-                        earlier_commits.push((index, commit.clone()));
+                        earlier_commits.push((position, commit.clone()));
                     }
                     results.push(Ok(()));
                 }
@@ -635,24 +660,30 @@ impl QueueActor {
         let own_commit = if deletions.is_empty() {
             None
         } else {
-            let kept: Vec<KeptRecord> = deletions
+            let mut deleted = DeletedMessages::default();
+            for deletion in &deletions {
+                let (Deletion::Deleted { id, remains, .. }, Some(record)) =
+                    (deletion, deletion.kept_record())
+                else {
+                    continue;
+                };
+                match remains {
+                    Remains::Nothing => deleted.removed.push(*id),
+                    Remains::Kept => deleted.kept.push(record),
+                    Remains::Tombstone { until_ms } => {
+                        deleted.tombstone_until_ms = *until_ms;
+                        deleted.tombstones.push(record);
+                    }
+                }
+            }
+            let ids: Vec<u64> = deletions
                 .iter()
-                .filter_map(|d| match d {
-                    Deletion::Deleted { id, before, .. } => Some(KeptRecord {
-                        id: *id,
-                        dequeue_count: before.dequeue_count,
-                        first_dequeue_ms: before.first_dequeue_ms,
-                    }),
-                    Deletion::AlreadyDeleted => None,
-                })
+                .filter_map(|d| d.kept_record().map(|r| r.id))
                 .collect();
-            let ids: Vec<u64> = kept.iter().map(|k| k.id).collect();
-            let op = if keep {
-                WriteOp::MarkDeleted { messages: kept }
-            } else {
-                WriteOp::RemoveMessages { ids: ids.clone() }
-            };
-            let commit = self.submit(op).boxed().shared();
+            let commit = self
+                .submit(WriteOp::DeleteMessages(deleted))
+                .boxed()
+                .shared();
             for id in ids {
                 self.deleting.insert(id, commit.clone());
             }

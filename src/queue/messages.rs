@@ -7,10 +7,11 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
+use super::tombstones::{Tombstone, Tombstones};
 use crate::clock::Millis;
 use crate::error::QueueError;
 use crate::receipt::ReceiptHandle;
-use crate::storage::{ReceiveRecord, StoredMessage};
+use crate::storage::{KeptRecord, ReceiveRecord, StoredMessage, StoredState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -42,6 +43,9 @@ pub struct KeptMessage {
     pub enqueue_ms: Millis,
     pub first_dequeue_ms: Millis,
     pub dequeue_count: u32,
+    /// The nonce of the receive whose handle deleted it, so that handle's retry succeeds and
+    /// older ones fail.
+    pub receipt_nonce: u64,
 }
 
 /// A message handed to a receiver.
@@ -89,14 +93,49 @@ impl Counts {
 /// What a successful delete changed, so that it can be undone if its commit fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Deletion {
-    /// The message was removed; `kept` says whether it is now rewindable.
+    /// The message was removed; it is now rewindable, a tombstone, or gone.
     Deleted {
         id: u64,
         before: LiveMessage,
-        kept: bool,
+        remains: Remains,
     },
-    /// It was deleted already: nothing to do, and the caller's retry succeeds.
+    /// This handle's own receive deleted it already: nothing to do, and the retry succeeds.
     AlreadyDeleted,
+}
+
+/// What a deleted message leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remains {
+    /// Nothing: its row is removed.
+    Nothing,
+    /// Kept for rewind.
+    Kept,
+    /// A tombstone until this time (see `tombstones`).
+    Tombstone { until_ms: Millis },
+}
+
+impl Deletion {
+    /// The row of a deleted message as storage keeps it (`None` for [`Deletion::AlreadyDeleted`]).
+    pub fn kept_record(&self) -> Option<KeptRecord> {
+        match self {
+            Self::Deleted { id, before, .. } => Some(KeptRecord {
+                id: *id,
+                dequeue_count: before.dequeue_count,
+                first_dequeue_ms: before.first_dequeue_ms,
+                receipt_nonce: before.receipt_nonce,
+            }),
+            Self::AlreadyDeleted => None,
+        }
+    }
+}
+
+/// How a queue deletes: what its attributes say a deleted message leaves behind.
+#[derive(Clone, Copy, Debug)]
+pub struct DeletePolicy {
+    /// Rewind is on: deleted messages stay, rewindable.
+    pub keep_for_rewind: bool,
+    /// How long a tombstone lasts (see `tombstones`).
+    pub tombstone_ms: Millis,
 }
 
 /// What `advance` changed.
@@ -112,6 +151,8 @@ pub struct Advanced {
 
 #[derive(Debug, Default)]
 pub struct MessageTable {
+    /// The queue incarnation whose messages these are; named by every receipt handle.
+    queue_id: u64,
     /// Undeleted messages by id; ids grow with enqueue time, so the first is the oldest.
     live: BTreeMap<u64, LiveMessage>,
     /// Deleted messages kept for rewind, by id.
@@ -121,6 +162,10 @@ pub struct MessageTable {
     /// (instant, id) at which a delayed or in-flight message becomes visible. Entries are not
     /// removed when a message changes; one that no longer matches is skipped when it comes up.
     timers: BinaryHeap<Reverse<(Millis, u64)>>,
+    /// Messages deleted after more than one receive, remembered for a while.
+    tombstones: Tombstones,
+    /// Tombstones dropped early to stay bounded, whose rows `advance` hands back for removal.
+    dropped_tombstones: Vec<u64>,
     counts: Counts,
 }
 
@@ -130,6 +175,18 @@ const STALE_TIMER_FACTOR: usize = 2;
 const MIN_TIMERS_BEFORE_REBUILD: usize = 1_024;
 
 impl MessageTable {
+    /// An empty table for the queue with this id.
+    pub fn new(queue_id: u64) -> Self {
+        Self {
+            queue_id,
+            ..Self::default()
+        }
+    }
+
+    pub fn queue_id(&self) -> u64 {
+        self.queue_id
+    }
+
     pub fn counts(&self) -> Counts {
         self.counts
     }
@@ -161,17 +218,33 @@ impl MessageTable {
 
     /// Adds a message read back from storage at startup.
     pub fn recover(&mut self, stored: &StoredMessage, now: Millis) {
-        if stored.deleted {
-            self.kept.insert(
-                stored.id,
-                KeptMessage {
-                    enqueue_ms: stored.enqueue_ms,
-                    first_dequeue_ms: stored.first_dequeue_ms,
-                    dequeue_count: stored.dequeue_count,
-                },
-            );
-            self.counts.rewindable += 1;
-            return;
+        match stored.state {
+            StoredState::Live => {}
+            StoredState::Kept => {
+                self.kept.insert(
+                    stored.id,
+                    KeptMessage {
+                        enqueue_ms: stored.enqueue_ms,
+                        first_dequeue_ms: stored.first_dequeue_ms,
+                        dequeue_count: stored.dequeue_count,
+                        receipt_nonce: stored.receipt_nonce,
+                    },
+                );
+                self.counts.rewindable += 1;
+                return;
+            }
+            StoredState::Tombstone => {
+                // One past its time is removed by the next `advance`.
+                self.tombstones.insert(
+                    stored.id,
+                    Tombstone {
+                        receipt_nonce: stored.receipt_nonce,
+                        receive_count: stored.dequeue_count,
+                        until_ms: stored.visible_at_ms,
+                    },
+                );
+                return;
+            }
         }
         let phase = match (stored.visible_at_ms > now, stored.dequeue_count > 0) {
             (false, _) => Phase::Visible,
@@ -222,9 +295,13 @@ impl MessageTable {
         Some(message)
     }
 
-    /// The ids of every message here, live or kept.
+    /// The ids of every message that has a row: live, kept or tombstone.
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.live.keys().chain(self.kept.keys()).copied()
+        self.live
+            .keys()
+            .chain(self.kept.keys())
+            .copied()
+            .chain(self.tombstones.ids())
     }
 
     pub fn has_visible(&self) -> bool {
@@ -272,8 +349,10 @@ impl MessageTable {
             claimed.push(Claimed {
                 id,
                 handle: ReceiptHandle {
+                    queue_id: self.queue_id,
                     message_id: id,
                     nonce: message.receipt_nonce,
+                    receive_count: message.dequeue_count,
                 },
                 enqueue_ms: message.enqueue_ms,
                 first_dequeue_ms: message.first_dequeue_ms,
@@ -302,18 +381,40 @@ impl MessageTable {
     }
 
     /// Deletes the message named by `handle`, if the handle is its newest receive and has not
-    /// expired. With `keep`, the message stays as rewindable.
+    /// expired. The caller has checked that the handle is authentic and names this queue.
+    ///
+    /// For a message that is no longer here, only the handle of the receive that deleted it
+    /// succeeds (a retry); any other fails as stale. Which receive deleted it is known from the
+    /// kept message (rewind), its tombstone (deleted after more than one receive), or, with
+    /// neither, from the handle itself: a handle of a first receive is the only handle such a
+    /// message ever had. Past a tombstone's time, that last rule may answer OK to the handle of
+    /// an older first receive; tombstones outlive the visibility timeout for that reason.
     pub fn delete(
         &mut self,
         handle: ReceiptHandle,
         now: Millis,
-        keep: bool,
+        policy: DeletePolicy,
         field: &dyn std::fmt::Display,
     ) -> Result<Deletion, QueueError> {
         let id = handle.message_id;
         let Some(message) = self.live.get(&id) else {
-            // Deleted already (kept or removed), or expired: a retry must succeed.
-            return Ok(Deletion::AlreadyDeleted);
+            let deleting_receive = match (self.kept.get(&id), self.tombstones.get(id)) {
+                (Some(kept), _) => Some(kept.receipt_nonce),
+                (None, Some(tombstone)) => Some(tombstone.receipt_nonce),
+                (None, None) => None,
+            };
+            return match deleting_receive {
+                Some(nonce) if nonce == handle.nonce => Ok(Deletion::AlreadyDeleted),
+                Some(_) => Err(QueueError::StaleReceipt(format!(
+                    "{field} is not the newest receipt handle of message {id}: the message was \
+                     received again since, and deleted through that newer receive"
+                ))),
+                None if handle.receive_count <= 1 => Ok(Deletion::AlreadyDeleted),
+                None => Err(QueueError::StaleReceipt(format!(
+                    "{field} names message {id}, which is no longer in the queue (deleted \
+                     through another receive, or its retention ended)"
+                ))),
+            };
         };
         if message.receipt_nonce != handle.nonce {
             return Err(QueueError::StaleReceipt(format!(
@@ -328,13 +429,28 @@ impl MessageTable {
         }
         let before = *message;
         self.take_live(id);
-        if keep {
+        let remains = if policy.keep_for_rewind {
             self.keep(id, &before);
-        }
+            Remains::Kept
+        } else if before.dequeue_count > 1 {
+            let until_ms = now + policy.tombstone_ms;
+            let dropped = self.tombstones.insert(
+                id,
+                Tombstone {
+                    receipt_nonce: before.receipt_nonce,
+                    receive_count: before.dequeue_count,
+                    until_ms,
+                },
+            );
+            self.dropped_tombstones.extend(dropped);
+            Remains::Tombstone { until_ms }
+        } else {
+            Remains::Nothing
+        };
         Ok(Deletion::Deleted {
             id,
             before,
-            kept: keep,
+            remains,
         })
     }
 
@@ -345,6 +461,7 @@ impl MessageTable {
                 enqueue_ms: message.enqueue_ms,
                 first_dequeue_ms: message.first_dequeue_ms,
                 dequeue_count: message.dequeue_count,
+                receipt_nonce: message.receipt_nonce,
             },
         );
         self.counts.rewindable += 1;
@@ -352,9 +469,20 @@ impl MessageTable {
 
     /// Puts back a message whose delete could not be committed.
     pub fn undo_delete(&mut self, deletion: Deletion) {
-        if let Deletion::Deleted { id, before, kept } = deletion {
-            if kept && self.kept.remove(&id).is_some() {
-                self.counts.rewindable -= 1;
+        if let Deletion::Deleted {
+            id,
+            before,
+            remains,
+        } = deletion
+        {
+            match remains {
+                Remains::Kept => {
+                    if self.kept.remove(&id).is_some() {
+                        self.counts.rewindable -= 1;
+                    }
+                }
+                Remains::Tombstone { .. } => self.tombstones.remove(id),
+                Remains::Nothing => {}
             }
             if !self.live.contains_key(&id) {
                 self.put_live(id, before);
@@ -399,6 +527,8 @@ impl MessageTable {
             self.counts.rewindable -= 1;
             advanced.expired.push(id);
         }
+        self.tombstones.expire(now, &mut advanced.expired);
+        advanced.expired.append(&mut self.dropped_tombstones);
         advanced
     }
 
@@ -413,7 +543,12 @@ impl MessageTable {
         .flatten()
         .min()
         .map(|enqueue| enqueue + retention_ms);
-        [timer, retention].into_iter().flatten().min()
+        let tombstone = self.tombstones.next_expiry_ms();
+        let dropped = (!self.dropped_tombstones.is_empty()).then_some(Millis::MIN);
+        [timer, retention, tombstone, dropped]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Ids of the kept messages enqueued at or after `start_ms`, oldest first.
@@ -474,6 +609,15 @@ mod tests {
 
     const VIS: Millis = 30_000;
     const RETENTION: Millis = 3_600_000;
+    const TOMBSTONE: Millis = 60_000;
+    const DROP: DeletePolicy = DeletePolicy {
+        keep_for_rewind: false,
+        tombstone_ms: TOMBSTONE,
+    };
+    const KEEP: DeletePolicy = DeletePolicy {
+        keep_for_rewind: true,
+        tombstone_ms: TOMBSTONE,
+    };
 
     fn nonces() -> impl FnMut() -> u64 {
         let mut next = 0;
@@ -522,15 +666,15 @@ mod tests {
         // The first handle is superseded; the second works once; a retry is fine.
         let now = 20 + VIS;
         assert!(matches!(
-            table.delete(first.handle, now, false, &"h"),
+            table.delete(first.handle, now, DROP, &"h"),
             Err(QueueError::StaleReceipt(_))
         ));
         assert!(matches!(
-            table.delete(second.handle, now, false, &"h"),
+            table.delete(second.handle, now, DROP, &"h"),
             Ok(Deletion::Deleted { .. })
         ));
         assert_eq!(
-            table.delete(second.handle, now, false, &"h"),
+            table.delete(second.handle, now, DROP, &"h"),
             Ok(Deletion::AlreadyDeleted)
         );
         assert_eq!(table.counts(), Counts::default());
@@ -543,7 +687,7 @@ mod tests {
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         // Not yet advanced, but the deadline has passed: still refused.
         assert!(matches!(
-            table.delete(claimed.handle, VIS, false, &"h"),
+            table.delete(claimed.handle, VIS, DROP, &"h"),
             Err(QueueError::StaleReceipt(m)) if m.contains("expired")
         ));
     }
@@ -564,7 +708,7 @@ mod tests {
         table.insert(1, 0, 0, 0);
         table.insert(2, 10, 10, 10);
         let claimed = table.claim(1, 20, VIS, nonces())[0].clone();
-        table.delete(claimed.handle, 30, true, &"h").unwrap();
+        table.delete(claimed.handle, 30, KEEP, &"h").unwrap();
         assert_eq!(table.counts().rewindable, 1);
         assert_eq!(table.next_change_ms(1_000), Some(1_000));
         let advanced = table.advance(1_005, 1_000);
@@ -582,7 +726,7 @@ mod tests {
             table.insert(id, id as Millis * 100, 0, 0);
         }
         for claimed in table.claim(3, 400, VIS, nonces()) {
-            table.delete(claimed.handle, 500, true, &"h").unwrap();
+            table.delete(claimed.handle, 500, KEEP, &"h").unwrap();
         }
         assert_eq!(table.counts().rewindable, 3);
         let since = table.kept_since(200);
@@ -603,7 +747,7 @@ mod tests {
         let mut table = MessageTable::default();
         table.insert(1, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
-        let deletion = table.delete(claimed.handle, 1, true, &"h").unwrap();
+        let deletion = table.delete(claimed.handle, 1, KEEP, &"h").unwrap();
         table.undo_delete(deletion);
         assert_eq!(
             table.counts(),
@@ -612,7 +756,7 @@ mod tests {
                 ..Default::default()
             }
         );
-        assert!(table.delete(claimed.handle, 2, false, &"h").is_ok());
+        assert!(table.delete(claimed.handle, 2, DROP, &"h").is_ok());
     }
 
     #[test]
@@ -625,7 +769,7 @@ mod tests {
             dequeue_count: 0,
             first_dequeue_ms: 0,
             receipt_nonce: 0,
-            deleted: false,
+            state: StoredState::Live,
         };
         table.recover(&base, 100);
         table.recover(
@@ -649,7 +793,7 @@ mod tests {
         table.recover(
             &StoredMessage {
                 id: 4,
-                deleted: true,
+                state: StoredState::Kept,
                 ..base
             },
             100,
@@ -665,11 +809,13 @@ mod tests {
         );
         // The handle of the receive before the restart still deletes.
         let handle = ReceiptHandle {
+            queue_id: 0,
             message_id: 3,
             nonce: 9,
+            receive_count: 1,
         };
         assert!(matches!(
-            table.delete(handle, 200, false, &"h"),
+            table.delete(handle, 200, DROP, &"h"),
             Ok(Deletion::Deleted { .. })
         ));
     }
@@ -683,9 +829,147 @@ mod tests {
                 table.insert(id, 0, 0, 0);
             }
             for claimed in table.claim(usize::MAX, 0, VIS, nonces()) {
-                table.delete(claimed.handle, 1, false, &"h").unwrap();
+                table.delete(claimed.handle, 1, DROP, &"h").unwrap();
             }
         }
         assert!(table.timers.len() <= 2 * MIN_TIMERS_BEFORE_REBUILD);
+    }
+
+    /// Receives message 1 twice (the first receive's timeout passing), returning both claims.
+    fn received_twice(table: &mut MessageTable) -> (Claimed, Claimed) {
+        table.insert(1, 0, 0, 0);
+        let first = table.claim(1, 0, VIS, || 11)[0].clone();
+        table.advance(VIS, RETENTION);
+        let second = table.claim(1, VIS, VIS, || 22)[0].clone();
+        assert_eq!(
+            (first.handle.receive_count, second.handle.receive_count),
+            (1, 2)
+        );
+        (first, second)
+    }
+
+    #[test]
+    fn only_the_deleting_receive_succeeds_after_a_delete() {
+        for policy in [DROP, KEEP] {
+            let mut table = MessageTable::new(5);
+            let (first, second) = received_twice(&mut table);
+            assert_eq!(first.handle.queue_id, 5);
+            let now = VIS + 1;
+            assert!(matches!(
+                table.delete(second.handle, now, policy, &"h"),
+                Ok(Deletion::Deleted { .. })
+            ));
+            // The older handle fails after the delete too (the order in a batch does not
+            // matter), and the deleting one's retry succeeds.
+            assert!(matches!(
+                table.delete(first.handle, now, policy, &"h"),
+                Err(QueueError::StaleReceipt(m)) if m.contains("newer receive")
+            ));
+            assert_eq!(
+                table.delete(second.handle, now, policy, &"h"),
+                Ok(Deletion::AlreadyDeleted)
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_receive_leaves_no_tombstone() {
+        let mut table = MessageTable::new(1);
+        table.insert(1, 0, 0, 0);
+        let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
+        let deletion = table.delete(claimed.handle, 1, DROP, &"h").unwrap();
+        assert!(matches!(
+            deletion,
+            Deletion::Deleted {
+                remains: Remains::Nothing,
+                ..
+            }
+        ));
+        assert_eq!(table.ids().count(), 0);
+        assert_eq!(
+            table.delete(claimed.handle, 2, DROP, &"h"),
+            Ok(Deletion::AlreadyDeleted)
+        );
+    }
+
+    #[test]
+    fn tombstones_expire_and_their_rows_go() {
+        let mut table = MessageTable::new(1);
+        let (first, second) = received_twice(&mut table);
+        let now = VIS + 1;
+        let deletion = table.delete(second.handle, now, DROP, &"h").unwrap();
+        assert_eq!(
+            deletion,
+            Deletion::Deleted {
+                id: 1,
+                before: LiveMessage {
+                    enqueue_ms: 0,
+                    visible_at_ms: 2 * VIS,
+                    // 0 means "never received", so the claim at 0 did not set it.
+                    first_dequeue_ms: VIS,
+                    receipt_nonce: 22,
+                    dequeue_count: 2,
+                    phase: Phase::InFlight,
+                },
+                remains: Remains::Tombstone {
+                    until_ms: now + TOMBSTONE
+                },
+            }
+        );
+        assert_eq!(table.ids().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(table.counts(), Counts::default());
+        let due = now + TOMBSTONE;
+        // A stale timer comes first; the tombstone is the next change after it.
+        table.advance(2 * VIS, RETENTION);
+        assert_eq!(table.next_change_ms(RETENTION), Some(due));
+        assert_eq!(table.advance(due, RETENTION).expired, vec![1]);
+        assert_eq!(table.ids().count(), 0);
+        // Past its tombstone, a message's second-receive handle can no longer tell.
+        assert!(table.delete(second.handle, due, DROP, &"h").is_err());
+        assert_eq!(
+            table.delete(first.handle, due, DROP, &"h"),
+            Ok(Deletion::AlreadyDeleted)
+        );
+    }
+
+    #[test]
+    fn undo_delete_forgets_the_tombstone() {
+        let mut table = MessageTable::new(1);
+        let (_, second) = received_twice(&mut table);
+        let deletion = table.delete(second.handle, VIS + 1, DROP, &"h").unwrap();
+        table.undo_delete(deletion);
+        assert_eq!(table.counts().in_flight, 1);
+        assert_eq!(table.ids().collect::<Vec<_>>(), vec![1]);
+        assert!(table.delete(second.handle, VIS + 2, DROP, &"h").is_ok());
+    }
+
+    #[test]
+    fn recovered_tombstones_still_refuse_older_handles() {
+        let mut table = MessageTable::new(1);
+        table.recover(
+            &StoredMessage {
+                id: 8,
+                enqueue_ms: 0,
+                visible_at_ms: 500,
+                dequeue_count: 3,
+                first_dequeue_ms: 0,
+                receipt_nonce: 77,
+                state: StoredState::Tombstone,
+            },
+            100,
+        );
+        assert_eq!(table.counts(), Counts::default());
+        let handle = |nonce, receive_count| ReceiptHandle {
+            queue_id: 1,
+            message_id: 8,
+            nonce,
+            receive_count,
+        };
+        assert!(table.delete(handle(5, 2), 200, DROP, &"h").is_err());
+        assert_eq!(
+            table.delete(handle(77, 3), 200, DROP, &"h"),
+            Ok(Deletion::AlreadyDeleted)
+        );
+        assert_eq!(table.next_change_ms(RETENTION), Some(500));
     }
 }

@@ -8,6 +8,8 @@ mod actor;
 pub mod body_cache;
 pub mod messages;
 mod receive_log;
+mod receiving;
+mod tombstones;
 mod waiters;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::error::QueueError;
 use crate::receipt::ReceiptHandle;
 use crate::storage::{QueueRecord, Storage};
 pub use messages::{Claimed, Counts};
+pub use receiving::{Delivered, Receiving};
 
 /// Commands waiting for a queue's actor; beyond this, callers wait (back-pressure).
 const MAILBOX_CAPACITY: usize = 1_024;
@@ -77,6 +80,14 @@ pub struct ReceiveRequest {
 /// The result of deleting one receipt handle of a batch.
 pub type DeleteResult = Result<(), QueueError>;
 
+/// One receipt handle to delete by, with its place in the caller's request (for error
+/// messages: `receipt_handles[2]`; `None` for DeleteMessage's single `receipt_handle`).
+#[derive(Clone, Copy, Debug)]
+pub struct DeleteTarget {
+    pub handle: ReceiptHandle,
+    pub index: Option<usize>,
+}
+
 pub(crate) enum Command {
     Info {
         respond_to: oneshot::Sender<QueueInfo>,
@@ -100,7 +111,7 @@ pub(crate) enum Command {
     /// Gives back messages claimed for a receiver that has gone.
     Release { handles: Vec<ReceiptHandle> },
     DeleteMessages {
-        handles: Vec<ReceiptHandle>,
+        targets: Vec<DeleteTarget>,
         respond_to: oneshot::Sender<Result<Vec<DeleteResult>, QueueError>>,
     },
     Rewind {
@@ -127,6 +138,8 @@ pub struct QueueContext {
 pub struct QueueHandle {
     name: Arc<str>,
     mailbox: mpsc::Sender<Command>,
+    /// For the bodies a receive reads itself (see `receiving`).
+    storage: Arc<dyn Storage>,
 }
 
 impl QueueHandle {
@@ -140,9 +153,14 @@ impl QueueHandle {
     ) -> Self {
         let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
         let name: Arc<str> = record.name.as_str().into();
+        let storage = context.storage.clone();
         let actor = actor::QueueActor::new(record, table, context, inbox);
         tracker.spawn(actor.run());
-        Self { name, mailbox }
+        Self {
+            name,
+            mailbox,
+            storage,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -189,13 +207,16 @@ impl QueueHandle {
         .await?
     }
 
-    /// Asks for messages. The reply comes at once when messages are visible or the wait is 0;
-    /// otherwise when one becomes visible or the wait ends. Dropping (or closing) the receiver
-    /// withdraws the request; anything claimed for it then goes back to visible.
+    /// Asks for messages: they come as a stream (see [`Receiving`]), at once when messages are
+    /// visible or the wait is 0, otherwise when one becomes visible or the wait ends. The stream
+    /// also ends, empty, at `deadline` (the caller's own) or when `shutdown` is cancelled.
+    /// Dropping it gives back at once whatever was claimed for it and not yet handed out.
     pub async fn receive(
         &self,
         request: ReceiveRequest,
-    ) -> Result<oneshot::Receiver<Result<Vec<Claimed>, QueueError>>, QueueError> {
+        deadline: Option<tokio::time::Instant>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Receiving, QueueError> {
         let (respond_to, reply) = oneshot::channel();
         self.mailbox
             .send(Command::Receive {
@@ -204,22 +225,22 @@ impl QueueHandle {
             })
             .await
             .map_err(|_| self.gone())?;
-        Ok(reply)
-    }
-
-    /// Makes messages claimed for a receiver that has gone visible again at once.
-    pub async fn release(&self, handles: Vec<ReceiptHandle>) {
-        // If the actor has ended, the queue is gone and so are the messages.
-        let _ = self.mailbox.send(Command::Release { handles }).await;
+        Ok(Receiving::new(
+            self.clone(),
+            self.storage.clone(),
+            reply,
+            deadline,
+            shutdown,
+        ))
     }
 
     /// Deletes by receipt handles; one result per handle, in order.
     pub async fn delete_messages(
         &self,
-        handles: Vec<ReceiptHandle>,
+        targets: Vec<DeleteTarget>,
     ) -> Result<Vec<DeleteResult>, QueueError> {
         self.ask(|respond_to| Command::DeleteMessages {
-            handles,
+            targets,
             respond_to,
         })
         .await?

@@ -47,9 +47,42 @@ pub struct StoredMessage {
     /// 0 when never received.
     pub first_dequeue_ms: Millis,
     /// Nonce of the newest receive, so receipt handles survive a restart; 0 when never received.
+    /// For a deleted message, the nonce of the receive whose handle deleted it.
     pub receipt_nonce: u64,
+    pub state: StoredState,
+}
+
+/// Where a stored message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredState {
+    /// Not deleted.
+    Live,
     /// Deleted, but kept for rewind.
-    pub deleted: bool,
+    Kept,
+    /// Deleted without rewind after more than one receive: only its row's metadata is kept, until
+    /// `visible_at_ms`, so that the handles of its older receives keep failing (see
+    /// `queue::tombstones`).
+    Tombstone,
+}
+
+impl StoredState {
+    /// The value of the `deleted` column.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Live => 0,
+            Self::Kept => 1,
+            Self::Tombstone => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            0 => Some(Self::Live),
+            1 => Some(Self::Kept),
+            2 => Some(Self::Tombstone),
+            _ => None,
+        }
+    }
 }
 
 /// A message to insert.
@@ -71,12 +104,38 @@ pub struct ReceiveRecord {
     pub receipt_nonce: u64,
 }
 
-/// A deleted message kept for rewind, and what it keeps of its receives.
+/// A deleted message kept (for rewind, or as a tombstone), and what it keeps of its receives.
 #[derive(Debug, Clone, Copy)]
 pub struct KeptRecord {
     pub id: u64,
     pub dequeue_count: u32,
     pub first_dequeue_ms: Millis,
+    /// The nonce of the receive whose handle deleted it.
+    pub receipt_nonce: u64,
+}
+
+/// The deletes of one request, by what each message leaves behind.
+#[derive(Debug, Clone, Default)]
+pub struct DeletedMessages {
+    /// Rows removed.
+    pub removed: Vec<u64>,
+    /// Rows marked deleted but kept for rewind, with their receive counts (which may not have
+    /// been recorded yet: receive bookkeeping is written lazily).
+    pub kept: Vec<KeptRecord>,
+    /// Rows kept as tombstones until `tombstone_until_ms`, their bodies dropped; removed with
+    /// `RemoveMessages` after that.
+    pub tombstones: Vec<KeptRecord>,
+    pub tombstone_until_ms: Millis,
+}
+
+impl DeletedMessages {
+    pub fn len(&self) -> usize {
+        self.removed.len() + self.kept.len() + self.tombstones.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One change to storage. A commit applies a group of them in one transaction.
@@ -101,11 +160,9 @@ pub enum WriteOp {
     RemoveMessages {
         ids: Vec<u64>,
     },
-    /// Marks messages deleted but keeps them for rewind, with their receive counts (which may
-    /// not have been recorded yet: receive bookkeeping is written lazily).
-    MarkDeleted {
-        messages: Vec<KeptRecord>,
-    },
+    /// Applies the deletes of one request (by receipt handles): some rows go, some stay as
+    /// rewindable, some as tombstones. One operation, so a batch is all or nothing.
+    DeleteMessages(DeletedMessages),
     /// Makes rewound messages visible again.
     Restore {
         ids: Vec<u64>,
@@ -125,7 +182,7 @@ impl WriteOp {
             }
             | Self::RemoveMessages { ids }
             | Self::Restore { ids, .. } => ids.len(),
-            Self::MarkDeleted { messages } => messages.len(),
+            Self::DeleteMessages(deleted) => deleted.len(),
             Self::RecordReceives(receives) => receives.len(),
         }
     }
@@ -133,9 +190,12 @@ impl WriteOp {
 
 /// The queues storage held at startup (their messages are read afterwards, by
 /// [`Storage::recover_messages`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Recovered {
     pub queues: Vec<QueueRecord>,
+    /// The secret that signs receipt handles; made once with the database, so handles survive
+    /// restarts (and, with shared storage, hold on every replica).
+    pub receipt_secret: [u8; crate::receipt::KEY_LEN],
     /// Ids at or above these were never handed out.
     pub next_queue_id: u64,
     pub next_message_id: u64,

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use spool::clock::Clock;
@@ -355,4 +355,26 @@ pub async fn get(client: &mut Client, queue: &str) -> pb::Queue {
 
 pub async fn stats(client: &mut Client, queue: &str) -> pb::QueueStats {
     get(client, queue).await.stats.expect("stats")
+}
+
+/// Runs `spool serve` on `data_dir`, expecting it to exit (it refuses the directory); returns
+/// its exit status and what it wrote to stderr.
+pub async fn serve_expecting_exit(data_dir: &Path) -> (ExitStatus, String) {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn spool");
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("spool kept running on {}", data_dir.display()))
+        .expect("wait for spool");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

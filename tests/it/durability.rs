@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -639,26 +639,6 @@ async fn retention_removes_messages_and_their_rows() {
 
 /// Runs `spool serve` on `data_dir`, expecting it to give up; returns its exit status and
 /// stderr.
-async fn serve_expecting_exit(data_dir: &Path) -> (ExitStatus, String) {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_spool"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn spool");
-    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("spool kept running on {}", data_dir.display()))
-        .expect("wait for spool");
-    (
-        output.status,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 fn assert_refused(status: ExitStatus, stderr: &str, keyword: &str) {
     assert!(
         matches!(status.code(), Some(code) if code != 0),
@@ -1016,8 +996,16 @@ async fn a_version_1_database_is_migrated_and_keeps_its_messages() {
     until_no_rows(&db, 9, "the orphan row").await;
     server.stop().await;
 
-    assert_eq!(pragma(&db, "user_version"), 2);
+    assert_eq!(pragma(&db, "user_version"), 3);
     assert_eq!(pragma(&db, "application_id"), 0x5350_4f4c);
+    let secret: Vec<u8> = read_only(&db)
+        .query_row(
+            "SELECT value FROM secrets WHERE name = 'receipt_key'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the receipt key");
+    assert_eq!(secret.len(), 32);
     assert!(index_names(&db).is_empty(), "{:?}", index_names(&db));
     assert_eq!(rows_of_queue(&db, 1), 7);
     assert_eq!(rows_of_queue(&db, 2), 3);

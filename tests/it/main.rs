@@ -8,6 +8,7 @@ mod durability;
 mod messages;
 mod operations;
 mod queues;
+mod receipts;
 mod rewind;
 mod streams;
 mod walkthrough;

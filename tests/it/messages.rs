@@ -622,8 +622,12 @@ async fn delete_refuses_malformed_and_reports_batch_failures() {
 
     batch_send(&mut client, "q", &[b"a", b"b", b"c"]).await;
     let got = receive(&mut client, "q", 3).await;
-    // A handle of message "c" with a nonce that is not its receive's.
-    let forged = format!("{}0000000000000001", &got[2].receipt_handle[..16]);
+    // A handle of message "c" with one character changed: its signature no longer matches.
+    let forged = {
+        let mut text = got[2].receipt_handle.clone().into_bytes();
+        text[20] = if text[20] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(text).expect("ascii")
+    };
     let response = client
         .batch_delete_messages(pb::BatchDeleteMessagesRequest {
             queue_name: "q".into(),
@@ -644,8 +648,15 @@ async fn delete_refuses_malformed_and_reports_batch_failures() {
     assert_eq!(response.failures[0].cmq_code, 4000);
     assert!(response.failures[0].message.contains("receipt_handles[1]"));
     assert_eq!(response.failures[1].receipt_handle, forged);
-    assert_eq!(response.failures[1].code, Code::FailedPrecondition as i32);
-    assert_eq!(response.failures[1].cmq_code, 4430);
+    assert_eq!(response.failures[1].code, Code::InvalidArgument as i32);
+    assert_eq!(response.failures[1].cmq_code, 4000);
+    assert!(
+        response.failures[1]
+            .message
+            .contains("receipt_handles[2] was not issued by this server"),
+        "{}",
+        response.failures[1].message
+    );
     let stats = stats(&mut client, "q").await;
     assert_eq!((stats.active_messages, stats.inactive_messages), (0, 1));
 

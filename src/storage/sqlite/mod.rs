@@ -10,7 +10,7 @@ mod schema;
 mod writer;
 
 use std::fs::{File, TryLockError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, OpenFlags};
@@ -24,8 +24,9 @@ use writer::WriterRequest;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "spool.db";
-/// Held locked while a server uses the directory, so a second server refuses to start on it.
-const LOCK_FILE: &str = "spool.lock";
+/// The side file that earlier versions lock (and only that). Locked here too, so that a server of
+/// an earlier version still running on the directory keeps a new one out during an upgrade.
+const OLD_LOCK_FILE: &str = "spool.lock";
 
 pub struct SqliteStorage {
     /// To the writer thread. Unbounded: every write is owned by a request (or an actor step)
@@ -35,8 +36,9 @@ pub struct SqliteStorage {
     readers: ReaderPool,
     /// Dropping it stops the background checkpoints.
     _checkpointer: mpsc::Sender<()>,
-    /// Keeps the directory lock for the life of the storage.
-    _lock: File,
+    /// Keeps the lock on the database file for the life of the storage (see `lock_file`).
+    /// Declared last, so it is released after the connections above are closed.
+    _lock: (File, File),
 }
 
 impl SqliteStorage {
@@ -65,10 +67,13 @@ impl SqliteStorage {
             ))
         })?;
         let db_path = dir.join(DATABASE_FILE);
+        // Checked first, read-only, so that a foreign file is refused before anything (the
+        // lock files) is created beside it; checking a database another server uses is harmless.
         if db_path.exists() {
             schema::check_existing(&db_path)?;
         }
-        let lock = lock_directory(dir)?;
+        let old_lock = lock_file(&dir.join(OLD_LOCK_FILE), &db_path)?;
+        let lock = lock_file(&db_path, &db_path)?;
 
         let conn = Connection::open_with_flags(
             &db_path,
@@ -76,9 +81,8 @@ impl SqliteStorage {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| bad(format!("cannot open {}: {e}", db_path.display())))?;
-        schema::prepare(&conn)
-            .map_err(|e| bad(format!("cannot initialise {}: {e}", db_path.display())))?;
+        .map_err(|e| schema::describe_open_error(&db_path, &e))?;
+        schema::prepare(&conn).map_err(|e| schema::describe_open_error(&db_path, &e))?;
         if let Some(max_bytes) = max_database_bytes {
             schema::cap_size(&conn, max_bytes)
                 .map_err(|e| bad(format!("cannot cap the size of {}: {e}", db_path.display())))?;
@@ -92,7 +96,7 @@ impl SqliteStorage {
             writer,
             readers,
             _checkpointer: checkpointer,
-            _lock: lock,
+            _lock: (lock, old_lock),
         })
     }
 
@@ -103,29 +107,45 @@ impl SqliteStorage {
     }
 }
 
-fn lock_directory(dir: &Path) -> Result<File, StorageError> {
-    let path: PathBuf = dir.join(LOCK_FILE);
+/// Locks `path` with an exclusive `flock` (creating it empty if missing). On the database file
+/// itself, this makes a second server refuse to start on it by whatever path it reaches the
+/// file: another data directory holding a symlink or hard link to it, or a directory whose side
+/// files were deleted. SQLite's own locks are POSIX record locks, which `flock` does not touch.
+fn lock_file(path: &Path, database: &Path) -> Result<File, StorageError> {
     let file = File::options()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
-        .open(&path)
-        .map_err(|e| {
-            StorageError::BadDataDir(format!(
-                "data directory {} is not writable: {e}",
-                dir.display()
-            ))
-        })?;
+        .open(path)
+        .map_err(|e| StorageError::BadDataDir(describe_io_error(path, &e)))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(StorageError::BadDataDir(format!(
-            "data directory {} is in use by another Spool server",
-            dir.display()
+            "{} is in use by another Spool server (its data directory is in use)",
+            database.display()
         ))),
         Err(TryLockError::Error(e)) => Err(StorageError::BadDataDir(format!(
             "cannot lock {}: {e}",
             path.display()
         ))),
+    }
+}
+
+/// What an I/O error on the database file means for the operator.
+fn describe_io_error(path: &Path, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let path = path.display();
+    match error.kind() {
+        ErrorKind::ReadOnlyFilesystem => {
+            format!("{path} cannot be written: its file system is mounted read-only ({error})")
+        }
+        ErrorKind::PermissionDenied => format!(
+            "{path} cannot be written: permission denied ({error}); Spool needs write access to \
+             the database file and its directory"
+        ),
+        ErrorKind::StorageFull => format!("the disk holding {path} is full ({error})"),
+        _ => format!("cannot open {path}: {error}"),
     }
 }
 

@@ -5,13 +5,13 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::attributes::QueueAttributes;
-use crate::storage::{QueueRecord, Recovered, StorageError, StoredMessage};
+use crate::storage::{QueueRecord, Recovered, StorageError, StoredMessage, StoredState};
 
 /// `PRAGMA application_id` of a Spool database ("SPOL"), so a foreign database is refused.
 const APPLICATION_ID: i32 = 0x5350_4f4c;
 /// `PRAGMA user_version`: the layout below. Version 1 had the index `messages_by_queue`;
-/// `prepare` migrates it.
-const SCHEMA_VERSION: i32 = 2;
+/// version 2 had no `secrets` table and no tombstones (`deleted` = 2). `prepare` migrates both.
+const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE queues (
@@ -35,6 +35,8 @@ CREATE TABLE messages (
     dequeue_count INTEGER NOT NULL DEFAULT 0,
     first_dequeue_ms INTEGER NOT NULL DEFAULT 0,
     receipt_nonce INTEGER NOT NULL DEFAULT 0,
+    -- 0: live; 1: deleted, kept for rewind; 2: tombstone of a deleted message, kept until
+    -- visible_at_ms with an empty body (see StoredState).
     deleted INTEGER NOT NULL DEFAULT 0,
     body BLOB NOT NULL
 ) STRICT;
@@ -50,31 +52,42 @@ CREATE TABLE counters (
 INSERT INTO counters (name, value) VALUES ('next_queue_id', 1), ('next_message_id', 1);
 ";
 
+/// Added in version 3: secrets made with the database (the key that signs receipt handles).
+const SECRETS: &str = "
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) STRICT;
+";
+
+const RECEIPT_SECRET: &str = "receipt_key";
+
 /// Refuses an existing file that is not a Spool database, opening it read-only so that nothing
-/// in it changes.
+/// in it changes. Only a file that is readable and not Spool's is called foreign; a file that
+/// cannot be read says why.
 pub fn check_existing(path: &Path) -> Result<(), StorageError> {
-    let refuse = |why: String| {
-        StorageError::BadDataDir(format!("{} is not a Spool database: {why}", path.display()))
-    };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| refuse(e.to_string()))?;
+    let unreadable = |error: rusqlite::Error| describe_open_error(path, &error);
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(unreadable)?;
     let application_id: i32 = conn
         .query_row("PRAGMA application_id", [], |row| row.get(0))
-        .map_err(|e| refuse(e.to_string()))?;
+        .map_err(unreadable)?;
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
-        .map_err(|e| refuse(e.to_string()))?;
+        .map_err(unreadable)?;
     if application_id == 0 && tables == 0 {
         return Ok(()); // an empty database, e.g. left by a start that failed; ours to initialise
     }
     if application_id != APPLICATION_ID {
-        return Err(refuse(format!(
-            "its application_id is {application_id:#x}, not Spool's {APPLICATION_ID:#x}"
+        return Err(StorageError::BadDataDir(format!(
+            "{} is not a Spool database: its application_id is {application_id:#x}, not \
+             Spool's {APPLICATION_ID:#x}",
+            path.display()
         )));
     }
     let version: i32 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(|e| refuse(e.to_string()))?;
+        .map_err(unreadable)?;
     if version > SCHEMA_VERSION {
         return Err(StorageError::BadDataDir(format!(
             "{} was written by a newer Spool (schema {version}; this one knows {SCHEMA_VERSION})",
@@ -82,6 +95,53 @@ pub fn check_existing(path: &Path) -> Result<(), StorageError> {
         )));
     }
     Ok(())
+}
+
+/// Says what is wrong with a database file SQLite could not use: read-only, a full disk, an I/O
+/// failure, or (only for SQLite's own "not a database") a foreign file. SQLite's codes alone do
+/// not tell a read-only mount from a missing file (a WAL database opened on a read-only file
+/// system fails with "unable to open database file"), so the directory is probed with a small
+/// write when the code leaves it open.
+pub fn describe_open_error(path: &Path, error: &rusqlite::Error) -> StorageError {
+    use rusqlite::ErrorCode;
+    let shown = path.display();
+    let why = match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => format!("{shown} is not a Spool database: {error}"),
+        Some(ErrorCode::DiskFull) => {
+            format!("the disk holding {shown} is full ({error}): free space or move the data")
+        }
+        _ => match probe_writable(path) {
+            Err(probe) => format!("cannot use {shown} ({error}): {probe}"),
+            Ok(()) => format!("cannot use {shown}: {error}"),
+        },
+    };
+    StorageError::BadDataDir(why)
+}
+
+/// Writes and removes a small file beside `database`; says what stops it, if anything.
+fn probe_writable(database: &Path) -> Result<(), String> {
+    use std::io::{ErrorKind, Write as _};
+    let dir = database.parent().unwrap_or(Path::new("."));
+    let probe = dir.join(".spool-write-probe");
+    let written = std::fs::File::create(&probe).and_then(|mut file| {
+        file.write_all(&[0u8; 4096])?;
+        file.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|error| match error.kind() {
+        ErrorKind::ReadOnlyFilesystem => {
+            format!("its file system is mounted read-only ({error}); Spool must write the database")
+        }
+        ErrorKind::PermissionDenied => format!(
+            "permission denied writing to {} ({error}); Spool needs write access to the \
+             database file and its directory",
+            dir.display()
+        ),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            format!("the disk is full ({error}): free space or move the data")
+        }
+        _ => format!("writing to {} fails: {error}", dir.display()),
+    })
 }
 
 /// Sets the connection up for durable group commits and creates the tables on first use.
@@ -101,7 +161,11 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     let version: i32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     match version {
         0 => create(conn),
-        1 => migrate_from_v1(conn),
+        1 => {
+            migrate_from_v1(conn)?;
+            migrate_from_v2(conn)
+        }
+        2 => migrate_from_v2(conn),
         // `check_existing` refused newer versions before the file was opened for writing.
         _ => Ok(()),
     }
@@ -110,6 +174,8 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
 fn create(conn: &Connection) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(SECRETS)?;
+    insert_receipt_secret(&tx)?;
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()
@@ -124,6 +190,45 @@ fn migrate_from_v1(conn: &Connection) -> rusqlite::Result<()> {
     tx.commit()?;
     tracing::info!("migrated the database from schema 1 to 2 (dropped messages_by_queue)");
     Ok(())
+}
+
+/// Version 2 → 3: adds the `secrets` table with a new receipt-handle key (handles issued by
+/// version 2 were unsigned; they are refused from now on, and their messages are delivered again
+/// after their visibility timeout). Tombstones (`deleted` = 2) need no change of layout, but a
+/// version 2 server would take them for rewindable messages, hence the new version.
+fn migrate_from_v2(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(SECRETS)?;
+    insert_receipt_secret(&tx)?;
+    tx.pragma_update(None, "user_version", 3)?;
+    tx.commit()?;
+    tracing::info!("migrated the database from schema 2 to 3 (signed receipt handles)");
+    Ok(())
+}
+
+fn insert_receipt_secret(conn: &Connection) -> rusqlite::Result<()> {
+    let secret = crate::receipt::ReceiptKey::generate_secret();
+    conn.execute(
+        "INSERT INTO secrets (name, value) VALUES (?1, ?2)",
+        rusqlite::params![RECEIPT_SECRET, &secret[..]],
+    )?;
+    Ok(())
+}
+
+/// The key that signs receipt handles.
+fn receipt_secret(conn: &Connection) -> rusqlite::Result<[u8; crate::receipt::KEY_LEN]> {
+    let value: Vec<u8> = conn.query_row(
+        "SELECT value FROM secrets WHERE name = ?1",
+        [RECEIPT_SECRET],
+        |row| row.get(0),
+    )?;
+    value.try_into().map_err(|value: Vec<u8>| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            format!("the receipt key has {} bytes, not 32", value.len()).into(),
+        )
+    })
 }
 
 /// Caps the database at `max_bytes` (at least its current size): SQLite refuses, with
@@ -148,9 +253,10 @@ pub fn stored_counter(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
 pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
     let counter = |name: &str| stored_counter(conn, name);
     let mut recovered = Recovered {
+        queues: Vec::new(),
+        receipt_secret: receipt_secret(conn)?,
         next_queue_id: counter("next_queue_id")?,
         next_message_id: counter("next_message_id")?,
-        ..Default::default()
     };
     let mut queues = conn.prepare(
         "SELECT id, name, visibility_timeout_seconds, polling_wait_seconds, max_message_size,
@@ -205,7 +311,11 @@ pub fn recover_messages(
                 dequeue_count: row.get(4)?,
                 first_dequeue_ms: row.get(5)?,
                 receipt_nonce: row.get::<_, i64>(6)? as u64,
-                deleted: row.get::<_, i64>(7)? != 0,
+                state: {
+                    let code = row.get::<_, i64>(7)?;
+                    StoredState::from_code(code)
+                        .ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(7, code))?
+                },
             },
         );
     }
@@ -241,7 +351,8 @@ mod tests {
         let conn = Connection::open_in_memory().expect("open");
         create(&conn).expect("create");
         conn.execute_batch(
-            "CREATE INDEX messages_by_queue ON messages (queue_id, id); PRAGMA user_version = 1;",
+            "CREATE INDEX messages_by_queue ON messages (queue_id, id); DROP TABLE secrets;
+             PRAGMA user_version = 1;",
         )
         .expect("make it version 1");
         prepare(&conn).expect("prepare");
@@ -249,6 +360,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(receipt_secret(&conn).expect("a receipt key").len(), 32);
         let indexes: i64 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL",

@@ -278,16 +278,35 @@ fn apply(
                 delete.execute([*id as i64])?;
             }
         }
-        WriteOp::MarkDeleted { messages } => {
-            let mut mark = conn.prepare_cached(
-                "UPDATE messages SET deleted = 1, dequeue_count = ?2, first_dequeue_ms = ?3
+        WriteOp::DeleteMessages(deleted) => {
+            let mut remove = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+            for id in &deleted.removed {
+                remove.execute([*id as i64])?;
+            }
+            let mut keep = conn.prepare_cached(
+                "UPDATE messages SET deleted = 1, dequeue_count = ?2, first_dequeue_ms = ?3,
+                    receipt_nonce = ?4
                  WHERE id = ?1",
             )?;
-            for kept in messages {
-                mark.execute(params![
+            for kept in &deleted.kept {
+                keep.execute(params![
                     kept.id as i64,
                     kept.dequeue_count,
-                    kept.first_dequeue_ms
+                    kept.first_dequeue_ms,
+                    kept.receipt_nonce as i64,
+                ])?;
+            }
+            let mut tombstone = conn.prepare_cached(
+                "UPDATE messages SET deleted = 2, visible_at_ms = ?2, dequeue_count = ?3,
+                    receipt_nonce = ?4, body = x''
+                 WHERE id = ?1",
+            )?;
+            for kept in &deleted.tombstones {
+                tombstone.execute(params![
+                    kept.id as i64,
+                    deleted.tombstone_until_ms,
+                    kept.dequeue_count,
+                    kept.receipt_nonce as i64,
                 ])?;
             }
         }
