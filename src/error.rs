@@ -1,8 +1,6 @@
 //! The errors a queue operation can end with. Each has exactly one gRPC code, one reason and one
 //! CMQ error number (see `grpc::status` for the mapping to `tonic::Status`).
 
-use crate::storage::StorageError;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     /// A parameter is out of range or malformed; the text names the field and the limit.
@@ -68,11 +66,5 @@ impl QueueError {
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Starting => "STARTING",
         }
-    }
-}
-
-impl From<StorageError> for QueueError {
-    fn from(error: StorageError) -> Self {
-        Self::Storage(error.to_string())
     }
 }

@@ -88,15 +88,6 @@ impl Metrics {
         self.latency[method.0].observe(elapsed.as_secs_f64());
     }
 
-    /// One storage commit: how long it took and how many messages it wrote.
-    pub fn observe_commit(&self, elapsed: Duration, messages: usize, succeeded: bool) {
-        self.commit_seconds.observe(elapsed.as_secs_f64());
-        self.commit_messages.observe(messages as f64);
-        if !succeeded {
-            self.commit_failures.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// The Prometheus text exposition of everything, with the queues' current state.
     pub fn render(&self, queues: &[QueueInfo], body_cache_bytes: usize, now_ms: i64) -> String {
         let mut out = String::with_capacity(16 * 1024 + queues.len() * 1024);
@@ -291,4 +282,14 @@ fn code_name(code: usize) -> &'static str {
         "UNAUTHENTICATED",
     ];
     NAMES[code.min(CODES - 1)]
+}
+
+impl crate::storage::CommitObserver for Metrics {
+    fn observe_commit(&self, elapsed: Duration, messages: usize, succeeded: bool) {
+        self.commit_seconds.observe(elapsed.as_secs_f64());
+        self.commit_messages.observe(messages as f64);
+        if !succeeded {
+            self.commit_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

@@ -201,6 +201,19 @@ pub struct Recovered {
     pub next_message_id: u64,
 }
 
+/// What a backend reports of each group commit (the server's metrics implement it). A narrow
+/// trait, so storage does not depend on the metrics module (which reads the queues).
+pub trait CommitObserver: Send + Sync + 'static {
+    /// One transaction: how long it took, how many messages it wrote, whether it committed.
+    fn observe_commit(&self, elapsed: std::time::Duration, messages: usize, succeeded: bool);
+}
+
+impl From<StorageError> for crate::error::QueueError {
+    fn from(error: StorageError) -> Self {
+        Self::Storage(error.to_string())
+    }
+}
+
 pub type CommitReply = oneshot::Sender<Result<(), StorageError>>;
 pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Bytes)>, StorageError>>;
 

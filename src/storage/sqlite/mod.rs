@@ -16,9 +16,8 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use crate::metrics::Metrics;
 
-use super::{BodiesReply, CommitReply, Recovered, Storage, StorageError, StoredMessage, WriteOp};
+use super::{BodiesReply, CommitObserver, CommitReply, Recovered, Storage, StorageError, StoredMessage, WriteOp};
 use readers::ReaderPool;
 use writer::WriterRequest;
 
@@ -51,7 +50,7 @@ impl SqliteStorage {
     pub fn open(
         dir: &Path,
         max_database_bytes: Option<u64>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn CommitObserver>,
     ) -> Result<Self, StorageError> {
         let bad = |what: String| StorageError::BadDataDir(what);
         if dir.exists() && !dir.is_dir() {

@@ -11,8 +11,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use crate::metrics::Metrics;
-use crate::storage::{CommitReply, StorageError, WriteOp};
+use crate::storage::{CommitObserver, CommitReply, StorageError, WriteOp};
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
 const MAX_GROUP: usize = 4_096;
@@ -54,17 +53,17 @@ impl WriterRequest {
 
 pub fn spawn(
     conn: Connection,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn CommitObserver>,
 ) -> Result<mpsc::Sender<WriterRequest>, StorageError> {
     let (sender, receiver) = mpsc::channel();
     std::thread::Builder::new()
         .name("spool-writer".into())
-        .spawn(move || run(conn, receiver, &metrics))
+        .spawn(move || run(conn, receiver, &*metrics))
         .map_err(|e| StorageError::Io(format!("cannot start the writer thread: {e}")))?;
     Ok(sender)
 }
 
-fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>, metrics: &Metrics) {
+fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>, metrics: &dyn CommitObserver) {
     let mut group: Vec<(WriteOp, Option<CommitReply>)> = Vec::new();
     // Unreadable, it is taken as 0: the first commit with a send then writes a new reservation.
     let mut reserved = super::schema::stored_counter(&conn, "next_message_id").unwrap_or(0);
