@@ -1,9 +1,12 @@
 //! The edges a client or an operator meets first: malformed and oversized requests, health
 //! Watch of an unknown service, startup errors, and the startup log of the settings.
 
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes};
+use serde_json::Value;
 use spool::limits::MAX_REQUEST_BYTES;
 use spool::pb;
 use tonic::Code;
@@ -14,7 +17,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
 
-use crate::common::{TestServer, assert_error, attrs, create};
+use crate::common::{ChildServer, TestServer, assert_error, attrs, create};
 
 /// Sends any bytes as a request message and reads any bytes back: requests no generated
 /// client would write.
@@ -287,4 +290,86 @@ async fn health_watch_of_an_unknown_service_streams_service_unknown_and_stays_op
     }
     drop(watch);
     server.stop().await;
+}
+
+/// Runs `spool serve` with RUST_BACKTRACE=1, expecting it to fail at startup.
+fn serve_fails(data_dir: &Path, args: &[&str]) -> String {
+    let output: Output = Command::new(env!("CARGO_BIN_EXE_spool"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .env_remove("SPOOL_CONFIG")
+        .env_remove("SPOOL_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run spool serve");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "spool serve {args:?} started");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.to_lowercase().contains("backtrace"),
+        "spool serve {args:?} printed a backtrace:\n{stderr}"
+    );
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no `error: ` line:\n{stderr}"));
+    // The whole cause follows the error line (a TOML error spans a few lines).
+    stderr[stderr.find(error).unwrap_or(0)..].to_string()
+}
+
+#[test]
+fn startup_errors_print_the_cause_without_a_backtrace() {
+    let dir = tempfile::tempdir().expect("dir");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_addr = busy.local_addr().expect("addr").to_string();
+    let error = serve_fails(&dir.path().join("a"), &["--listen", &busy_addr]);
+    assert!(
+        error.starts_with(&format!("error: cannot listen on {busy_addr}: caused by ")),
+        "{error}"
+    );
+    assert!(error.contains("in use"), "{error}");
+
+    let config = dir.path().join("spool.toml");
+    std::fs::write(&config, "max_queus = 5\n").expect("config");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let error = serve_fails(
+        &dir.path().join("b"),
+        &["--config", config_arg, "--listen", "127.0.0.1:0"],
+    );
+    assert!(error.contains("unknown field `max_queus`"), "{error}");
+
+    let used = dir.path().join("c");
+    let running = ChildServer::start(&used);
+    let error = serve_fails(&used, &["--listen", "127.0.0.1:0"]);
+    assert!(error.contains(&used.display().to_string()), "{error}");
+    assert!(error.contains("in use"), "{error}");
+    drop(running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_effective_settings_are_logged_as_one_json_object() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = ChildServer::start_with(&dir.path().join("data"), &["--max-queues", "3"], &[]);
+    let line = server
+        .startup_log
+        .iter()
+        .find(|line| line.contains("effective configuration"))
+        .expect("the settings are logged");
+    assert!(!line.contains("Settings {"), "a Rust debug struct: {line}");
+    let event: Value = serde_json::from_str(line).expect("a JSON log line");
+    let settings = event["fields"]["settings"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no settings field: {line}"));
+    let settings: Value = serde_json::from_str(settings).expect("the settings are a JSON object");
+    assert_eq!(settings["max_queues"], 3, "{settings}");
+    assert_eq!(settings["log_format"], "json", "{settings}");
+    assert_eq!(settings["metrics_listen"], Value::Null, "{settings}");
+    drop(server);
 }
