@@ -88,7 +88,7 @@ async fn metrics_match_known_traffic_and_get_queue() {
         stats.active_messages as f64
     );
     assert_eq!(
-        value("spool_queue_inflight_messages{queue=\"q\"}"),
+        value("spool_queue_in_flight_messages{queue=\"q\"}"),
         stats.inactive_messages as f64
     );
     assert_eq!(
