@@ -258,6 +258,60 @@ impl Settings {
     }
 }
 
+/// Parts of a setting's name that mark its value as secret: the startup log shows
+/// [`REDACTED`] instead. None of today's settings is secret; a credential added later (a
+/// PostgreSQL password, a token file's contents) is masked by its name alone.
+pub const SECRET_NAME_PARTS: &[&str] = &["password", "secret", "token", "credential"];
+
+/// What the startup log shows for a secret setting.
+pub const REDACTED: &str = "<redacted>";
+
+impl Settings {
+    /// The settings as one JSON object (keys in name order), secrets redacted: the startup
+    /// log's JSON form. Fails only for a value JSON cannot hold (a data_dir that is not UTF-8).
+    pub fn to_redacted_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self).map(redact)
+    }
+
+    /// The settings as `key = value` lines (TOML's syntax, so a line can be pasted into a
+    /// config file), secrets redacted: the startup log's human form. An unset optional setting
+    /// reads `key = (not set)`.
+    pub fn to_redacted_lines(&self) -> Result<Vec<String>, serde_json::Error> {
+        let serde_json::Value::Object(entries) = self.to_redacted_json()? else {
+            // Settings is a struct, which serde_json always renders as an object.
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .into_iter()
+            .map(|(key, value)| match value {
+                serde_json::Value::Null => format!("{key} = (not set)"),
+                value => format!("{key} = {value}"),
+            })
+            .collect())
+    }
+}
+
+/// Replaces the value of every key (at any depth) whose name contains a [`SECRET_NAME_PARTS`]
+/// entry with [`REDACTED`].
+fn redact(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(entries) => entries
+            .into_iter()
+            .map(|(key, value)| {
+                let lower = key.to_ascii_lowercase();
+                let value = if SECRET_NAME_PARTS.iter().any(|part| lower.contains(part)) {
+                    serde_json::Value::String(REDACTED.into())
+                } else {
+                    redact(value)
+                };
+                (key, value)
+            })
+            .collect(),
+        serde_json::Value::Array(items) => items.into_iter().map(redact).collect(),
+        other => other,
+    }
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -307,6 +361,43 @@ mod tests {
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.metrics_listen.map(|a| a.port()), Some(9191));
         assert_eq!(settings.max_connection_age(), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn settings_render_as_lines_and_json_with_secrets_redacted() {
+        let settings = Settings::resolve(ServeArgs {
+            max_queues: Some(7),
+            ..Default::default()
+        })
+        .expect("resolve");
+        let lines = settings.to_redacted_lines().expect("lines");
+        assert!(lines.contains(&"max_queues = 7".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&format!("listen = \"{DEFAULT_LISTEN}\"")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"metrics_listen = (not set)".to_string()),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"log_format = \"human\"".to_string()));
+        let json = settings.to_redacted_json().expect("json");
+        assert_eq!(json["max_queues"], 7);
+        assert_eq!(json["data_dir"], DEFAULT_DATA_DIR);
+
+        let redacted = redact(serde_json::json!({
+            "postgres_password": "hunter2",
+            "auth": {"API_Token": "abc", "tokens": ["x"], "port": 1},
+            "listen": "0.0.0.0:1",
+        }));
+        assert_eq!(
+            redacted,
+            serde_json::json!({
+                "postgres_password": REDACTED,
+                "auth": {"API_Token": REDACTED, "tokens": REDACTED, "port": 1},
+                "listen": "0.0.0.0:1",
+            })
+        );
     }
 
     #[test]

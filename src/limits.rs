@@ -39,6 +39,12 @@ pub const DEFAULT_MAX_QUEUES: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1_000;
 
-/// Largest gRPC request: a full batch of the largest bodies, plus room for framing and names.
-/// tonic's default (4 MiB) would refuse a legal 16 × 1 MiB batch.
-pub const MAX_REQUEST_BYTES: usize = MAX_BATCH * (*MAX_MESSAGE_SIZE.end() as usize) + 64 * 1024;
+/// Room in a request beyond its bodies: the queue name, field tags and lengths (a full batch of
+/// the largest bodies spends a few hundred bytes of it).
+pub const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Largest gRPC request: a full batch of the largest bodies, plus [`REQUEST_OVERHEAD_BYTES`].
+/// tonic's default (4 MiB) would refuse a legal 16 × 1 MiB batch. A larger request fails with
+/// INVALID_ARGUMENT, reason TOO_LARGE, cmq_code 4400 (`grpc::layer`).
+pub const MAX_REQUEST_BYTES: usize =
+    MAX_BATCH * (*MAX_MESSAGE_SIZE.end() as usize) + REQUEST_OVERHEAD_BYTES;

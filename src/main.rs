@@ -1,11 +1,14 @@
 //! The `spool` binary: parses flags, sets up logging, binds, and calls `spool::server::run`.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use spool::cli::{ClientCommand, EndpointArg};
 use spool::config::{LogFormat, ServeArgs, Settings};
 use spool::server::{self, ServerConfig};
 
@@ -13,9 +16,13 @@ use spool::server::{self, ServerConfig};
 #[derive(Parser)]
 #[command(name = "spool", version)]
 struct Cli {
-    /// The server that client commands (queue, send, receive, delete, rewind) talk to.
-    #[arg(long, global = true, env = "SPOOL_ENDPOINT", default_value = spool::cli::DEFAULT_ENDPOINT)]
-    endpoint: String,
+    // Not global: `spool serve` has no endpoint, so its help must not offer one. It stays
+    // here, before the command, for scripts that wrote `spool --endpoint URL send ...`.
+    /// The server that client commands (queue, send, receive, delete, rewind) and bench talk
+    /// to; each of them also takes --endpoint after its name [env: SPOOL_ENDPOINT]
+    /// [default: http://127.0.0.1:50051].
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -28,24 +35,69 @@ enum Command {
     Serve(ServeArgs),
     /// Runs a load generator against the server at --endpoint (127.0.0.1 only) and reports
     /// messages/s, send-ack and end-to-end latencies, and the server's memory.
-    Bench(spool::bench::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        endpoint: EndpointArg,
+        #[command(flatten)]
+        args: spool::bench::BenchArgs,
+    },
     #[command(flatten)]
-    Client(spool::cli::ClientCommand),
+    Client(ClientCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let before_command = cli.endpoint.as_deref();
     match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Bench(args) => std::process::exit(spool::bench::run_cli(&cli.endpoint, &args)),
-        Command::Client(command) => std::process::exit(spool::cli::run(&cli.endpoint, command)),
+        Command::Serve(args) => {
+            if before_command.is_some() {
+                Cli::command()
+                    .error(
+                        ErrorKind::ArgumentConflict,
+                        "--endpoint is for client commands; `spool serve` listens on --listen",
+                    )
+                    .exit();
+            }
+            match serve(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    report(&error);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench { endpoint, args } => {
+            let endpoint =
+                spool::cli::resolve_endpoint(endpoint.endpoint.as_deref(), before_command);
+            std::process::exit(spool::bench::run_cli(&endpoint, &args))
+        }
+        Command::Client(command) => {
+            let endpoint = spool::cli::resolve_endpoint(command.endpoint(), before_command);
+            std::process::exit(spool::cli::run(&endpoint, command))
+        }
     }
+}
+
+/// Prints a startup or server failure as its chain of causes on one line, `error: what: caused
+/// by why: caused by ...`. Not anyhow's `Debug` (what returning the error from `main` prints):
+/// with RUST_BACKTRACE=1, common in Rust shells, that adds a 20–30-frame backtrace to errors
+/// such as a port in use, which are the operator's to fix and say all there is to say.
+fn report(error: &anyhow::Error) {
+    let mut line = format!("error: {error}");
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        // Some errors repeat their source in their own text ("gRPC transport failed: {0}").
+        if !line.ends_with(&cause) {
+            line.push_str(&format!(": caused by {cause}"));
+        }
+    }
+    eprintln!("{line}");
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     init_logging(&settings)?;
-    tracing::info!(settings = ?settings, "effective configuration");
+    log_settings(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -84,6 +136,26 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Logs the effective settings, secrets redacted: one `key = value` line each in the human
+/// format, one JSON object in the JSON format. tracing's JSON formatter writes a field as a
+/// string or a number, never as an object, so the object is the `settings` field's text.
+fn log_settings(settings: &Settings) {
+    let rendered = match settings.log_format {
+        LogFormat::Human => settings.to_redacted_lines().map(|lines| {
+            for line in lines {
+                tracing::info!("effective configuration: {line}");
+            }
+        }),
+        LogFormat::Json => settings.to_redacted_json().map(|object| {
+            tracing::info!(settings = %object, "effective configuration");
+        }),
+    };
+    if let Err(error) = rendered {
+        // Only a value JSON cannot hold (a data_dir that is not UTF-8) gets here.
+        tracing::warn!(%error, data_dir = %settings.data_dir.display(), "cannot render the effective configuration");
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -20,6 +20,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::clock::Clock;
 use crate::config::{self, Settings};
 use crate::grpc::QueueServiceImpl;
+use crate::grpc::health::{self, HealthReporter};
+use crate::grpc::layer::RequestSizeLimit;
 use crate::limits::{DEFAULT_MAX_QUEUES, MAX_REQUEST_BYTES};
 use crate::metrics::{self, Metrics};
 use crate::pb::queue_service_server::QueueServiceServer;
@@ -127,10 +129,8 @@ pub async fn run(
     // Serve at once, so probes get answers while the queues are recovered: the queue service
     // is NOT_SERVING (and its calls UNAVAILABLE) until the registry is in place.
     let registry: Arc<OnceLock<Arc<Registry>>> = Arc::default();
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<QueueServiceServer<QueueServiceImpl>>()
-        .await;
+    let (health, health_service) = health::health_service();
+    health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
     let recovery = tokio::spawn(recover(
         storage.clone(),
         config.clock.clone(),
@@ -151,22 +151,22 @@ pub async fn run(
         .build_v1alpha()?;
 
     let stopping = CancellationToken::new();
-    let queue_service = QueueServiceServer::new(QueueServiceImpl::new(
-        registry.clone(),
-        metrics.clone(),
-        stopping.clone(),
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES)
-    .max_encoding_message_size(MAX_REQUEST_BYTES);
+    let queue_service = RequestSizeLimit::new(
+        QueueServiceServer::new(QueueServiceImpl::new(
+            registry.clone(),
+            metrics.clone(),
+            stopping.clone(),
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES),
+    );
 
     // Decide → tell: readiness drops first, so load balancers stop sending new calls.
     let trigger = stopping.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
-        health
-            .set_not_serving::<QueueServiceServer<QueueServiceImpl>>()
-            .await;
+        health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
         trigger.cancel();
     });
 
@@ -263,16 +263,14 @@ async fn recover(
     max_queues: usize,
     body_cache_bytes: usize,
     slot: Arc<OnceLock<Arc<Registry>>>,
-    health: tonic_health::server::HealthReporter,
+    health: HealthReporter,
 ) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
     let registry = Registry::recover(storage, clock, max_queues, body_cache_bytes).await?;
     let queues = registry.len();
     // Only this task fills the slot, once.
     let _ = slot.set(Arc::new(registry));
-    health
-        .set_serving::<QueueServiceServer<QueueServiceImpl>>()
-        .await;
+    health.set_serving::<QueueServiceServer<QueueServiceImpl>>();
     tracing::info!(queues, elapsed = ?started.elapsed(), "recovered; serving");
     Ok(())
 }

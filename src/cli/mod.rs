@@ -9,25 +9,77 @@ mod output;
 pub mod time;
 
 use std::io::{Read as _, Write};
+use std::ops::RangeInclusive;
 use std::time::SystemTime;
 
+use clap::builder::RangedI64ValueParser;
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use tonic::Code;
 
 use self::output::{DeletedJson, MessageJson, QueueJson, RewoundJson, SentJson};
 use crate::client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
+use crate::limits::{
+    MAX_BACKLOG, MAX_BATCH, MAX_MESSAGE_SIZE, MESSAGE_RETENTION_SECONDS, POLLING_WAIT_SECONDS,
+    VISIBILITY_TIMEOUT_SECONDS,
+};
 
 pub use crate::client::DEFAULT_ENDPOINT;
 
 /// The exit code of a command that failed (a call, or reading input, or writing output).
 pub const EXIT_FAILURE: i32 = 1;
 
+/// The environment variable that names the server when no `--endpoint` is given.
+pub const ENDPOINT_ENV: &str = "SPOOL_ENDPOINT";
+
+/// The help of every `--endpoint` flag.
+pub const ENDPOINT_HELP: &str = "The Spool server to talk to: http://host:port, or host:port \
+    [env: SPOOL_ENDPOINT] [default: http://127.0.0.1:50051]";
+
+/// `--endpoint` of a client command (and of `spool bench`); `spool serve` has none.
+///
+/// SPOOL_ENDPOINT is read by [`resolve_endpoint`], not by clap's `env`: clap counts a value
+/// from the environment as a flag given, and then prints `--endpoint <ENDPOINT>` in the usage
+/// line of every error, as if the flag were required.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EndpointArg {
+    #[arg(long, value_name = "URL", help = ENDPOINT_HELP)]
+    pub endpoint: Option<String>,
+}
+
+/// The server a client command talks to: its `--endpoint`, else the one given before the
+/// command (`spool --endpoint URL send ...`), else SPOOL_ENDPOINT, else [`DEFAULT_ENDPOINT`].
+pub fn resolve_endpoint(after_command: Option<&str>, before_command: Option<&str>) -> String {
+    after_command
+        .or(before_command)
+        .map(str::to_string)
+        .or_else(|| {
+            std::env::var(ENDPOINT_ENV)
+                .ok()
+                .filter(|value| !value.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+}
+
+/// A flag's parser that refuses values outside `range` with clap's message, which names the
+/// flag and the range ("invalid value '0' for '--max <N>': 0 is not in 1..=16"). Parsing as a
+/// signed integer lets a negative value reach the range check instead of clap's misleading
+/// tip to write `-- -1`; flags that use it also set `allow_negative_numbers`.
+fn u32_in(range: RangeInclusive<u32>) -> RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(i64::from(*range.start())..=i64::from(*range.end()))
+}
+
+/// [`u32_in`] for u64 flags (parsed as i64 too, for the same message on negative values).
+fn u64_in(range: RangeInclusive<u64>) -> RangedI64ValueParser<u64> {
+    let bound = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    RangedI64ValueParser::new().range(bound(*range.start())..=bound(*range.end()))
+}
+
 /// The client commands; `spool`'s own `Command` flattens them in.
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// Creates, shows, changes, deletes and lists queues.
-    #[command(subcommand)]
-    Queue(QueueCommand),
+    Queue(QueueArgs),
     /// Sends a message and prints its id.
     Send(SendArgs),
     /// Receives messages (a long poll) and prints one JSON object per message.
@@ -36,6 +88,17 @@ pub enum ClientCommand {
     Delete(DeleteArgs),
     /// Makes the deleted messages enqueued since a time receivable again.
     Rewind(RewindArgs),
+}
+
+/// `spool queue`: its subcommand, and `--endpoint` for all of them.
+#[derive(Args, Debug)]
+pub struct QueueArgs {
+    /// Global within `queue`, so it may follow the subcommand (`spool queue get q --endpoint
+    /// URL`) like every other client command's.
+    #[arg(long, value_name = "URL", help = ENDPOINT_HELP, global = true)]
+    pub endpoint: Option<String>,
+    #[command(subcommand)]
+    pub command: QueueCommand,
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,22 +133,28 @@ pub enum QueueCommand {
 #[derive(Args, Debug)]
 pub struct AttributeArgs {
     /// Seconds a received message stays invisible before it is delivered again (1..=43200).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(VISIBILITY_TIMEOUT_SECONDS))]
     visibility_timeout: Option<u32>,
     /// Seconds a receive waits for a message when it does not say (0..=30).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(POLLING_WAIT_SECONDS))]
     polling_wait: Option<u32>,
     /// Largest body in bytes (1024..=1048576).
-    #[arg(long, value_name = "B")]
+    #[arg(long, value_name = "B", allow_negative_numbers = true,
+          value_parser = u32_in(MAX_MESSAGE_SIZE))]
     max_message_size: Option<u32>,
     /// Seconds a message is kept after it was sent (60..=1296000).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(MESSAGE_RETENTION_SECONDS))]
     retention: Option<u32>,
-    /// Seconds back a rewind may go (0 = off, up to the retention).
-    #[arg(long, value_name = "S")]
+    /// Seconds back a rewind may go (0 = off, up to the retention: 0..=1296000).
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(0..=*MESSAGE_RETENTION_SECONDS.end()))]
     rewind: Option<u32>,
     /// Most messages the queue holds (1..=1000000000).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = u64_in(MAX_BACKLOG))]
     max_backlog: Option<u64>,
 }
 
@@ -108,9 +177,13 @@ pub struct SendArgs {
     name: String,
     /// The message body; read from stdin (all of it, as bytes) when absent.
     body: Option<String>,
-    /// Seconds before the message becomes visible.
-    #[arg(long, value_name = "S")]
+    /// Seconds before the message becomes visible (0..=1296000, and less than the queue's
+    /// retention).
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(0..=*MESSAGE_RETENTION_SECONDS.end()))]
     delay: Option<u32>,
+    #[command(flatten)]
+    endpoint: EndpointArg,
 }
 
 #[derive(Args, Debug)]
@@ -118,17 +191,23 @@ pub struct ReceiveArgs {
     /// The queue.
     name: String,
     /// Most messages to receive (1..=16).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true,
+          value_parser = u32_in(1..=MAX_BATCH as u32))]
     max: u32,
     /// Seconds to wait when no message is visible (0..=30); the queue's polling wait if absent.
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(POLLING_WAIT_SECONDS))]
     wait: Option<u32>,
-    /// Seconds the messages stay invisible; the queue's visibility timeout if absent.
-    #[arg(long, value_name = "S")]
+    /// Seconds the messages stay invisible (1..=43200); the queue's visibility timeout if
+    /// absent.
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(VISIBILITY_TIMEOUT_SECONDS))]
     visibility_timeout: Option<u32>,
     /// Delete each message once it is printed.
     #[arg(long)]
     delete: bool,
+    #[command(flatten)]
+    endpoint: EndpointArg,
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +216,8 @@ pub struct DeleteArgs {
     name: String,
     /// The receipt handle of the message's newest receive.
     handle: String,
+    #[command(flatten)]
+    endpoint: EndpointArg,
 }
 
 #[derive(Args, Debug)]
@@ -145,8 +226,23 @@ pub struct RewindArgs {
     name: String,
     /// Messages enqueued at or after this time come back: Unix seconds (1488718862) or
     /// RFC 3339 (2017-03-05T13:01:02Z, 2017-03-05T21:01:02+08:00).
-    #[arg(long, value_name = "TIME", value_parser = time::parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = time::parse_time, allow_negative_numbers = true)]
     to: SystemTime,
+    #[command(flatten)]
+    endpoint: EndpointArg,
+}
+
+impl ClientCommand {
+    /// The `--endpoint` given after the command, if any (see [`resolve_endpoint`]).
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            Self::Queue(args) => args.endpoint.as_deref(),
+            Self::Send(args) => args.endpoint.endpoint.as_deref(),
+            Self::Receive(args) => args.endpoint.endpoint.as_deref(),
+            Self::Delete(args) => args.endpoint.endpoint.as_deref(),
+            Self::Rewind(args) => args.endpoint.endpoint.as_deref(),
+        }
+    }
 }
 
 /// Why a command failed.
@@ -182,10 +278,31 @@ pub fn run(endpoint: &str, command: ClientCommand) -> i32 {
                     "spool: is a server running at {endpoint}? Set the endpoint with \
                      --endpoint or SPOOL_ENDPOINT."
                 );
+            } else if let CliError::Client(client_error) = &error
+                && not_spool(client_error)
+            {
+                eprintln!(
+                    "spool: is {endpoint} a Spool gRPC endpoint? It did not answer as one. \
+                     Set the endpoint with --endpoint or SPOOL_ENDPOINT."
+                );
             }
             EXIT_FAILURE
         }
     }
+}
+
+/// Whether a failure looks like the answer of something that is not a Spool server: an HTTP/1
+/// server or another protocol (INTERNAL "h2 protocol error"), or another gRPC server
+/// (UNIMPLEMENTED, UNKNOWN). Spool's own errors carry its ErrorInfo and never these codes.
+fn not_spool(error: &ClientError) -> bool {
+    let ClientError::Other(rpc) = error else {
+        return false;
+    };
+    rpc.cmq_code.is_none()
+        && matches!(
+            rpc.code,
+            Code::Internal | Code::Unknown | Code::Unimplemented
+        )
 }
 
 async fn execute(
@@ -196,7 +313,7 @@ async fn execute(
     // Lazy: the first call connects, with the retries of the client's default policy.
     let client = Client::connect_lazy(endpoint, ClientOptions::default())?;
     match command {
-        ClientCommand::Queue(command) => queue(&client, command, stdout).await,
+        ClientCommand::Queue(args) => queue(&client, args.command, stdout).await,
         ClientCommand::Send(args) => {
             let body = match args.body {
                 Some(body) => body.into_bytes(),

@@ -5,11 +5,18 @@
 //! Spool's messages are small (a receive's message is its body plus ~150 B), and a larger one
 //! grows the buffer as needed, so 1 KiB costs little in speed and saves 7 KiB per call. The
 //! decoding buffer keeps tonic's 8 KiB (see [`DECODE_BUFFER_BYTES`]).
+//!
+//! Its decoder answers a message that is not valid protobuf with INVALID_ARGUMENT (CMQ 4000),
+//! where tonic's prost decoder says INTERNAL: a request the server cannot parse is the caller's
+//! fault, and every Spool error carries the same ErrorInfo (see [`MalformedDecoder`]).
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic_prost::{ProstCodec, ProstEncoder};
+
+use crate::error::QueueError;
 
 /// The initial encoding buffer of a call.
 pub const CALL_BUFFER_BYTES: usize = 1024;
@@ -48,13 +55,53 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = MalformedDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(encode_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(decode_settings())
+        MalformedDecoder(PhantomData)
     }
+}
+
+/// Decodes like tonic's prost decoder, but a malformed message is INVALID_ARGUMENT with
+/// Spool's ErrorInfo (reason INVALID_ARGUMENT, cmq_code 4000) instead of a bare INTERNAL.
+/// gRPC's status-code table files "cannot parse" under INTERNAL, written from a client's view
+/// of a broken server; for Spool's server it is a client sending bytes that are not the
+/// request it names, which CMQ and the error table call a bad parameter.
+///
+/// The generated client shares this codec (build.rs names one codec path for both sides), so a
+/// response the Rust client cannot parse reads INVALID_ARGUMENT too; the message names the
+/// message type, which tells the two apart.
+#[derive(Debug, Clone, Copy)]
+pub struct MalformedDecoder<U>(PhantomData<U>);
+
+impl<U> Decoder for MalformedDecoder<U>
+where
+    U: prost::Message + Default,
+{
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(buf).map(Some).map_err(|error| {
+            QueueError::InvalidArgument(format!(
+                "the message is not a valid protobuf {}: {error}",
+                message_name::<U>()
+            ))
+            .into()
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        decode_settings()
+    }
+}
+
+/// The Rust type's last path segment, e.g. "SendMessageRequest": the proto message's name.
+fn message_name<U>() -> &'static str {
+    let path = std::any::type_name::<U>();
+    path.rsplit("::").next().unwrap_or(path)
 }

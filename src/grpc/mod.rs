@@ -1,8 +1,11 @@
-//! The gRPC edge: the QueueService implementation, proto ⇄ domain conversion, error mapping.
+//! The gRPC edge: the QueueService implementation, proto ⇄ domain conversion, error mapping,
+//! the health service, and the request size limit's answer.
 
 pub mod codec;
 mod convert;
 mod deadline;
+pub mod health;
+pub mod layer;
 mod service;
 pub mod status;
 

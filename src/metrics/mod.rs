@@ -173,13 +173,14 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
         (
             "spool_queue_visible_messages",
             "gauge",
-            "Messages visible now.",
+            "Messages visible now (the API's QueueStats.active_messages).",
             |q, _| q.counts.visible.to_string(),
         ),
         (
-            "spool_queue_inflight_messages",
+            "spool_queue_in_flight_messages",
             "gauge",
-            "Messages received and not yet deleted nor visible again.",
+            "Messages in flight: received, not yet deleted nor visible again (the API's \
+             QueueStats.inactive_messages).",
             |q, _| q.counts.in_flight.to_string(),
         ),
         (

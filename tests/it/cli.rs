@@ -384,14 +384,12 @@ async fn errors_go_to_stderr_with_status_and_a_non_zero_exit() {
     assert!(stderr.starts_with("spool: ALREADY_EXISTS: "), "{stderr}");
     assert!(stderr.contains("(cmq_code 4460)"), "{stderr}");
 
-    let (code, stderr) = fails(
-        &endpoint,
-        &["queue", "create", "bad", "--visibility-timeout", "0"],
-    )
-    .await;
+    // The server's INVALID_ARGUMENT (ranges the command line knows are refused before a call:
+    // flags_outside_their_range_are_refused_naming_the_flag_and_the_range).
+    let (code, stderr) = fails(&endpoint, &["queue", "create", "1bad"]).await;
     assert_eq!(code, 1);
     assert!(stderr.starts_with("spool: INVALID_ARGUMENT: "), "{stderr}");
-    assert!(stderr.contains("visibility_timeout_seconds"), "{stderr}");
+    assert!(stderr.contains("queue_name"), "{stderr}");
     assert!(stderr.contains("(cmq_code 4000)"), "{stderr}");
 
     let big = "x".repeat(1_025);
@@ -400,8 +398,9 @@ async fn errors_go_to_stderr_with_status_and_a_non_zero_exit() {
     assert!(stderr.contains("(cmq_code 4400)"), "{stderr}");
     let (_, stderr) = fails(&endpoint, &["send", "nope", "x"]).await;
     assert!(stderr.contains("NOT_FOUND"), "{stderr}");
-    let (_, stderr) = fails(&endpoint, &["receive", "q", "--max", "17"]).await;
-    assert!(stderr.contains("INVALID_ARGUMENT"), "{stderr}");
+    let (code, stderr) = fails(&endpoint, &["receive", "q", "--max", "17"]).await;
+    assert_eq!(code, 2, "refused by the command line, before any call");
+    assert!(stderr.contains("17 is not in 1..=16"), "{stderr}");
     let (_, stderr) = fails(&endpoint, &["delete", "q", "not-a-handle"]).await;
     assert!(stderr.contains("INVALID_ARGUMENT"), "{stderr}");
     assert!(stderr.contains("receipt_handle"), "{stderr}");
@@ -529,4 +528,174 @@ async fn the_readme_command_line_block_runs_as_written() {
         "{shown}"
     );
     server.stop().await;
+}
+
+/// An endpoint where nothing listens: commands refused by the command line never get there.
+fn closed_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("http://{}", listener.local_addr().expect("addr"))
+}
+
+/// Runs `spool ARGS` (no --endpoint added) with the given SPOOL_ENDPOINT, or none.
+async fn bare(args: &[&str], spool_endpoint: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_spool"));
+    command
+        .args(args)
+        .env_remove("SPOOL_ENDPOINT")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(endpoint) = spool_endpoint {
+        command.env("SPOOL_ENDPOINT", endpoint);
+    }
+    output(&mut command).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_outside_their_range_are_refused_naming_the_flag_and_the_range() {
+    let endpoint = closed_endpoint();
+    for (args, expected) in [
+        (
+            &["receive", "q", "--max", "0"][..],
+            "'--max <N>': 0 is not in 1..=16",
+        ),
+        (
+            &["receive", "q", "--max", "17"],
+            "'--max <N>': 17 is not in 1..=16",
+        ),
+        (
+            &["receive", "q", "--wait", "-1"],
+            "'--wait <S>': -1 is not in 0..=30",
+        ),
+        (
+            &["receive", "q", "--wait", "31"],
+            "'--wait <S>': 31 is not in 0..=30",
+        ),
+        (
+            &["receive", "q", "--visibility-timeout", "0"],
+            "'--visibility-timeout <S>': 0 is not in 1..=43200",
+        ),
+        (
+            &["queue", "create", "q", "--visibility-timeout", "43201"],
+            "43201 is not in 1..=43200",
+        ),
+        (
+            &["queue", "update", "q", "--polling-wait", "-5"],
+            "'--polling-wait <S>': -5 is not in 0..=30",
+        ),
+        (
+            &["queue", "create", "q", "--max-message-size", "1023"],
+            "1023 is not in 1024..=1048576",
+        ),
+        (
+            &["queue", "create", "q", "--retention", "59"],
+            "59 is not in 60..=1296000",
+        ),
+        (
+            &["queue", "create", "q", "--max-backlog", "-3"],
+            "'--max-backlog <N>': -3 is not in 1..=1000000000",
+        ),
+        (
+            &["send", "q", "x", "--delay", "-1"],
+            "'--delay <S>': -1 is not in",
+        ),
+    ] {
+        let (code, stderr) = fails(&endpoint, args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("-- -"),
+            "{args:?}: a useless tip: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_belongs_to_client_commands_only() {
+    let serve_help = bare(&["serve", "--help"], None).await;
+    let serve_help = String::from_utf8_lossy(&serve_help.stdout);
+    assert!(serve_help.contains("--listen"), "{serve_help}");
+    assert!(!serve_help.contains("--endpoint"), "{serve_help}");
+    for command in [
+        &["receive", "--help"][..],
+        &["queue", "get", "--help"],
+        &["bench", "--help"],
+    ] {
+        let help = bare(command, None).await;
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains("--endpoint <URL>"), "{command:?}: {help}");
+        assert!(help.contains("SPOOL_ENDPOINT"), "{command:?}: {help}");
+    }
+    let refused = bare(&["--endpoint", "http://127.0.0.1:1", "serve"], None).await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--endpoint is for client commands"),
+        "{refused:?}"
+    );
+
+    // SPOOL_ENDPOINT does not make usage lines show --endpoint as if it were required.
+    let usage = bare(&["receive"], Some("http://127.0.0.1:1")).await;
+    assert_eq!(usage.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&usage.stderr);
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("Usage:"))
+        .unwrap_or_else(|| panic!("no usage line: {stderr}"));
+    assert!(!line.contains("--endpoint"), "{line}");
+
+    // The flag after the command wins over the one before it, which wins over SPOOL_ENDPOINT.
+    let server = TestServer::start().await;
+    let live = server.endpoint();
+    let closed = closed_endpoint();
+    for (args, env) in [
+        (
+            vec!["queue", "list", "--endpoint", &live],
+            Some(closed.as_str()),
+        ),
+        (vec!["queue", "--endpoint", &live, "list"], None),
+        (
+            vec!["--endpoint", &closed, "queue", "list", "--endpoint", &live],
+            None,
+        ),
+        (
+            vec!["--endpoint", &live, "receive", "q", "--wait", "0"],
+            Some(&closed),
+        ),
+        (vec!["queue", "create", "after", "--endpoint", &live], None),
+        (vec!["send", "after", "x", "--endpoint", &live], None),
+    ] {
+        let output = bare(&args, env).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // `receive` of a queue that does not exist reaches the server: NOT_FOUND.
+        assert!(
+            output.status.success() || stderr.contains("NOT_FOUND"),
+            "{args:?}: {stderr}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_is_not_grpc_gets_a_hint() {
+    // An HTTP/1 server, as on a metrics port or a web server's.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    for args in [&["queue", "list"][..], &["receive", "q"]] {
+        let (code, stderr) = fails(&endpoint, args).await;
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("is {endpoint} a Spool gRPC endpoint?")),
+            "{args:?}: {stderr}"
+        );
+    }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod common;
 mod durability;
+mod edges;
 mod messages;
 mod operations;
 mod queues;

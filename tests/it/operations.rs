@@ -88,7 +88,7 @@ async fn metrics_match_known_traffic_and_get_queue() {
         stats.active_messages as f64
     );
     assert_eq!(
-        value("spool_queue_inflight_messages{queue=\"q\"}"),
+        value("spool_queue_in_flight_messages{queue=\"q\"}"),
         stats.inactive_messages as f64
     );
     assert_eq!(
@@ -227,7 +227,7 @@ async fn configuration_precedence_is_file_then_env_then_flag() {
     let file_only = ChildServer::start_with(&dir.path().join("a"), &["--config", config_arg], &[]);
     let line = effective(&file_only);
     assert!(
-        line.contains("max_queues: 1,") && line.contains("shutdown_grace_seconds: 7"),
+        line.contains(r#"\"max_queues\":1,"#) && line.contains(r#"\"shutdown_grace_seconds\":7"#),
         "{line}"
     );
     // The file's limit is the one in force.
@@ -250,7 +250,7 @@ async fn configuration_precedence_is_file_then_env_then_flag() {
     );
     let line = effective(&env_over_file);
     assert!(
-        line.contains("max_queues: 2,") && line.contains("shutdown_grace_seconds: 7"),
+        line.contains(r#"\"max_queues\":2,"#) && line.contains(r#"\"shutdown_grace_seconds\":7"#),
         "{line}"
     );
     drop(env_over_file);
@@ -264,7 +264,7 @@ async fn configuration_precedence_is_file_then_env_then_flag() {
         ],
     );
     let line = effective(&flag_over_env);
-    assert!(line.contains("max_queues: 3,"), "{line}");
+    assert!(line.contains(r#"\"max_queues\":3,"#), "{line}");
     drop(flag_over_env);
 
     // A bad file is a clear startup error.

