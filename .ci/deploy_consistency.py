@@ -18,8 +18,22 @@ import yaml
 LONGEST_LONG_POLL_SECONDS = 30
 # Time left for flushing storage and exiting after the drain.
 FLUSH_MARGIN_SECONDS = 5
+
+
+def server_default(name: str) -> int:
+    """A default of the server's, read from the one place that defines it (src/config.rs)."""
+    import pathlib
+    import re
+
+    source = pathlib.Path(__file__).resolve().parent.parent / "src" / "config.rs"
+    match = re.search(rf"pub const {name}: \w+ = ([0-9_]+);", source.read_text())
+    if match is None:
+        raise SystemExit(f"{source}: no integer constant {name}")
+    return int(match.group(1).replace("_", ""))
+
+
 # The server's defaults, for keys that the file leaves out.
-DEFAULT_SHUTDOWN_GRACE_SECONDS = 10
+DEFAULT_SHUTDOWN_GRACE_SECONDS = server_default("DEFAULT_SHUTDOWN_GRACE_SECONDS")
 
 
 def port_of(address: str) -> int:

@@ -5,7 +5,7 @@
 //! value from the file is replaced only by a flag or variable actually given. Built-in defaults
 //! fill what none of the three sets.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::DEFAULT_MAX_QUEUES;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 50051));
 pub const DEFAULT_DATA_DIR: &str = "./spool-data";
 pub const DEFAULT_LOG: &str = "info";
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 10;
@@ -24,6 +25,8 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1_024;
 /// HTTP/2 pings to idle connections, so dead peers (and their long polls) are noticed.
 pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS: u64 = 30;
 pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS: u64 = 10;
+/// 0: connections are kept as long as the client keeps them.
+pub const DEFAULT_MAX_CONNECTION_AGE_SECONDS: u64 = 0;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -35,114 +38,118 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `spool serve`. Each also reads the environment variable named beside it, and each
-/// may be set in the `--config` file under the same name with underscores (`max_queues = 100`).
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct ServeArgs {
-    /// TOML configuration file; flags and environment variables override its values.
-    #[arg(long, env = "SPOOL_CONFIG")]
+/// A help text with its default, formatted from the constant so the two cannot disagree.
+fn with_default(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
+
+/// Every setting of `spool serve`: the flags (each also read from the environment variable
+/// named beside it), the keys of the `--config` file (the same names with underscores), and
+/// what the server runs with. One struct for the three, so a setting is added in one place.
+///
+/// Every field is optional: `None` means "not set here". [`Settings::resolve`] lays flags and
+/// variables over the file; the accessors (`listen()`, `max_queues()`, ...) fill in the
+/// defaults, which are the `DEFAULT_*` constants above. The `help` texts are the `--help` of
+/// `spool serve`.
+#[derive(clap::Args, Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where the other settings were read from; not a key of the file itself.
+    #[arg(
+        long,
+        env = "SPOOL_CONFIG",
+        help = "TOML configuration file; flags and environment variables override its values"
+    )]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Address to serve the gRPC API on; 0.0.0.0:50051 accepts other hosts
-    /// [default: 127.0.0.1:50051].
-    #[arg(long, env = "SPOOL_LISTEN")]
+    #[arg(long, env = "SPOOL_LISTEN", help = with_default(
+        "Address to serve the gRPC API on; 0.0.0.0:50051 accepts other hosts",
+        DEFAULT_LISTEN,
+    ))]
     pub listen: Option<SocketAddr>,
 
-    /// Address to serve Prometheus metrics on, at /metrics (e.g. 0.0.0.0:9090)
-    /// [default: no metrics endpoint].
-    #[arg(long, env = "SPOOL_METRICS_LISTEN")]
+    #[arg(
+        long,
+        env = "SPOOL_METRICS_LISTEN",
+        help = "Address to serve Prometheus metrics on, at /metrics (e.g. 0.0.0.0:9090) \
+                [default: no metrics endpoint]"
+    )]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Directory of the embedded database; created if missing. Only one server may use it
-    /// [default: ./spool-data].
-    #[arg(long, env = "SPOOL_DATA_DIR")]
+    #[arg(long, env = "SPOOL_DATA_DIR", help = with_default(
+        "Directory of the embedded database; created if missing. Only one server may use it",
+        DEFAULT_DATA_DIR,
+    ))]
     pub data_dir: Option<PathBuf>,
 
-    /// Most queues the server holds; creating more fails with RESOURCE_EXHAUSTED
-    /// [default: 10000].
-    #[arg(long, env = "SPOOL_MAX_QUEUES")]
+    #[arg(long, env = "SPOOL_MAX_QUEUES", help = with_default(
+        "Most queues the server holds; creating more fails with RESOURCE_EXHAUSTED",
+        DEFAULT_MAX_QUEUES,
+    ))]
     pub max_queues: Option<usize>,
 
-    /// Largest size of the database file, in bytes. Beyond it, sends fail with UNAVAILABLE as
-    /// on a full disk; receives and deletes go on [default: as large as the disk allows].
-    #[arg(long, env = "SPOOL_MAX_DATABASE_BYTES")]
+    #[arg(
+        long,
+        env = "SPOOL_MAX_DATABASE_BYTES",
+        help = "Largest size of the database file, in bytes. Beyond it, sends fail with \
+                UNAVAILABLE as on a full disk; receives and deletes go on [default: as large as \
+                the disk allows]"
+    )]
     pub max_database_bytes: Option<u64>,
 
-    /// Memory, in bytes, for the bodies of messages not received yet, shared by all queues: a
-    /// message's first receive then reads no storage. Bodies beyond it are read from storage;
-    /// 0 turns the cache off [default: 67108864 (64 MiB)].
-    #[arg(long, env = "SPOOL_BODY_CACHE_BYTES")]
+    #[arg(long, env = "SPOOL_BODY_CACHE_BYTES", help = with_default(
+        "Memory, in bytes, for the bodies of messages not received yet, shared by all queues: a \
+         message's first receive then reads no storage. Bodies beyond it are read from storage; \
+         0 turns the cache off",
+        DEFAULT_BODY_CACHE_BYTES,
+    ))]
     pub body_cache_bytes: Option<usize>,
 
-    /// Log filter, in tracing's EnvFilter syntax, e.g. "info" or "spool=debug,info"
-    /// [default: info].
-    #[arg(long, env = "SPOOL_LOG")]
+    #[arg(long, env = "SPOOL_LOG", help = with_default(
+        "Log filter, in tracing's EnvFilter syntax, e.g. \"info\" or \"spool=debug,info\"",
+        DEFAULT_LOG,
+    ))]
     pub log: Option<String>,
 
-    /// Log format [default: human].
-    #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum)]
+    #[arg(
+        long,
+        env = "SPOOL_LOG_FORMAT",
+        value_enum,
+        help = "Log format [default: human]"
+    )]
     pub log_format: Option<LogFormat>,
 
-    /// Concurrent HTTP/2 streams per client connection; each open long poll holds one
-    /// [default: 1024].
-    #[arg(long, env = "SPOOL_MAX_CONCURRENT_STREAMS")]
+    #[arg(long, env = "SPOOL_MAX_CONCURRENT_STREAMS", help = with_default(
+        "Concurrent HTTP/2 streams per client connection; each open long poll holds one",
+        DEFAULT_MAX_CONCURRENT_STREAMS,
+    ))]
     pub max_concurrent_streams: Option<u32>,
 
-    /// Seconds between HTTP/2 keepalive pings to a connection; 0 turns them off [default: 30].
-    #[arg(long, env = "SPOOL_HTTP2_KEEPALIVE_INTERVAL_SECONDS")]
+    #[arg(long, env = "SPOOL_HTTP2_KEEPALIVE_INTERVAL_SECONDS", help = with_default(
+        "Seconds between HTTP/2 keepalive pings to a connection; 0 turns them off",
+        DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS,
+    ))]
     pub http2_keepalive_interval_seconds: Option<u64>,
 
-    /// Seconds to wait for a keepalive ping's answer before closing the connection
-    /// [default: 10].
-    #[arg(long, env = "SPOOL_HTTP2_KEEPALIVE_TIMEOUT_SECONDS")]
+    #[arg(long, env = "SPOOL_HTTP2_KEEPALIVE_TIMEOUT_SECONDS", help = with_default(
+        "Seconds to wait for a keepalive ping's answer before closing the connection",
+        DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS,
+    ))]
     pub http2_keepalive_timeout_seconds: Option<u64>,
 
-    /// Seconds after which a client connection is closed gracefully, so clients reconnect and
-    /// spread over replicas behind an L4 load balancer; 0 keeps connections [default: 0].
-    #[arg(long, env = "SPOOL_MAX_CONNECTION_AGE_SECONDS")]
+    #[arg(long, env = "SPOOL_MAX_CONNECTION_AGE_SECONDS", help = with_default(
+        "Seconds after which a client connection is closed gracefully, so clients reconnect and \
+         spread over replicas behind an L4 load balancer; 0 keeps connections",
+        DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    ))]
     pub max_connection_age_seconds: Option<u64>,
 
-    /// Seconds that shutdown (SIGTERM, SIGINT) waits for open calls before closing them
-    /// [default: 10].
-    #[arg(long, env = "SPOOL_SHUTDOWN_GRACE_SECONDS")]
+    #[arg(long, env = "SPOOL_SHUTDOWN_GRACE_SECONDS", help = with_default(
+        "Seconds that shutdown (SIGTERM, SIGINT) waits for open calls before closing them",
+        DEFAULT_SHUTDOWN_GRACE_SECONDS,
+    ))]
     pub shutdown_grace_seconds: Option<u64>,
-}
-
-/// The config file: the same settings as the flags, all optional; unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    metrics_listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    max_queues: Option<usize>,
-    max_database_bytes: Option<u64>,
-    body_cache_bytes: Option<usize>,
-    log: Option<String>,
-    log_format: Option<LogFormat>,
-    max_concurrent_streams: Option<u32>,
-    http2_keepalive_interval_seconds: Option<u64>,
-    http2_keepalive_timeout_seconds: Option<u64>,
-    max_connection_age_seconds: Option<u64>,
-    shutdown_grace_seconds: Option<u64>,
-}
-
-/// The effective settings of a server: every value decided.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Settings {
-    pub listen: SocketAddr,
-    pub metrics_listen: Option<SocketAddr>,
-    pub data_dir: PathBuf,
-    pub max_queues: usize,
-    pub max_database_bytes: Option<u64>,
-    pub body_cache_bytes: usize,
-    pub log: String,
-    pub log_format: LogFormat,
-    pub max_concurrent_streams: u32,
-    pub http2_keepalive_interval_seconds: u64,
-    pub http2_keepalive_timeout_seconds: u64,
-    pub max_connection_age_seconds: u64,
-    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,77 +165,85 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// `$over.field.or($under.field)` for every listed field.
+macro_rules! layer {
+    ($over:expr, $under:expr; $($field:ident),* $(,)?) => {
+        Settings {
+            config: $over.config,
+            $($field: $over.$field.or($under.$field),)*
+        }
+    };
+}
+
 impl Settings {
-    /// Merges the config file named by `args` (if any) under `args`, then the defaults.
-    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
+    /// Lays these settings (from flags and environment variables) over the config file they
+    /// name, if any, and checks the result.
+    pub fn resolve(self) -> Result<Self, ConfigError> {
+        let file = match &self.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => Settings::default(),
         };
-        let listen = match args.listen.or(file.listen) {
-            Some(listen) => listen,
-            None => DEFAULT_LISTEN
-                .parse()
-                .map_err(|e| ConfigError::Invalid(format!("default listen address: {e}")))?,
-        };
-        let settings = Self {
-            listen,
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            max_queues: args
-                .max_queues
-                .or(file.max_queues)
-                .unwrap_or(DEFAULT_MAX_QUEUES),
-            max_database_bytes: args.max_database_bytes.or(file.max_database_bytes),
-            body_cache_bytes: args
-                .body_cache_bytes
-                .or(file.body_cache_bytes)
-                .unwrap_or(DEFAULT_BODY_CACHE_BYTES),
-            log: args
-                .log
-                .or(file.log)
-                .unwrap_or_else(|| DEFAULT_LOG.to_string()),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            max_concurrent_streams: args
-                .max_concurrent_streams
-                .or(file.max_concurrent_streams)
-                .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
-            http2_keepalive_interval_seconds: args
-                .http2_keepalive_interval_seconds
-                .or(file.http2_keepalive_interval_seconds)
-                .unwrap_or(DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS),
-            http2_keepalive_timeout_seconds: args
-                .http2_keepalive_timeout_seconds
-                .or(file.http2_keepalive_timeout_seconds)
-                .unwrap_or(DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS),
-            max_connection_age_seconds: args
-                .max_connection_age_seconds
-                .or(file.max_connection_age_seconds)
-                .unwrap_or(0),
-            shutdown_grace_seconds: args
-                .shutdown_grace_seconds
-                .or(file.shutdown_grace_seconds)
-                .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
-        };
+        let settings = layer!(self, file;
+            listen, metrics_listen, data_dir, max_queues, max_database_bytes, body_cache_bytes,
+            log, log_format, max_concurrent_streams, http2_keepalive_interval_seconds,
+            http2_keepalive_timeout_seconds, max_connection_age_seconds, shutdown_grace_seconds,
+        );
         settings.validate()?;
         Ok(settings)
     }
 
+    /// Settings for a server on `data_dir`, everything else at its default (tests, embedding).
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: Some(data_dir.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Every setting that has a default, filled in: what the server runs with.
+    pub fn effective(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            listen: Some(self.listen()),
+            metrics_listen: self.metrics_listen,
+            data_dir: Some(self.data_dir()),
+            max_queues: Some(self.max_queues()),
+            max_database_bytes: self.max_database_bytes,
+            body_cache_bytes: Some(self.body_cache_bytes()),
+            log: Some(self.log()),
+            log_format: Some(self.log_format()),
+            max_concurrent_streams: Some(self.max_concurrent_streams()),
+            http2_keepalive_interval_seconds: Some(
+                self.http2_keepalive_interval_seconds
+                    .unwrap_or(DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS),
+            ),
+            http2_keepalive_timeout_seconds: Some(
+                self.http2_keepalive_timeout_seconds
+                    .unwrap_or(DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS),
+            ),
+            max_connection_age_seconds: Some(
+                self.max_connection_age_seconds
+                    .unwrap_or(DEFAULT_MAX_CONNECTION_AGE_SECONDS),
+            ),
+            shutdown_grace_seconds: Some(
+                self.shutdown_grace_seconds
+                    .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
+            ),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_queues == 0 {
+        if self.max_queues() == 0 {
             return Err(ConfigError::Invalid(
                 "max_queues is 0; it must be at least 1".into(),
             ));
         }
-        if self.max_concurrent_streams == 0 {
+        if self.max_concurrent_streams() == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_streams is 0; it must be at least 1".into(),
             ));
         }
-        if self.http2_keepalive_interval_seconds > 0 && self.http2_keepalive_timeout_seconds == 0 {
+        if self.http2_keepalive_interval().is_some() && self.http2_keepalive_timeout().is_none() {
             return Err(ConfigError::Invalid(
                 "http2_keepalive_timeout_seconds is 0; it must be at least 1 while keepalive pings are on"
                     .into(),
@@ -237,24 +252,67 @@ impl Settings {
         Ok(())
     }
 
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or(DEFAULT_LISTEN)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    pub fn max_queues(&self) -> usize {
+        self.max_queues.unwrap_or(DEFAULT_MAX_QUEUES)
+    }
+
+    pub fn body_cache_bytes(&self) -> usize {
+        self.body_cache_bytes.unwrap_or(DEFAULT_BODY_CACHE_BYTES)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.clone().unwrap_or_else(|| DEFAULT_LOG.to_string())
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_default()
+    }
+
+    pub fn max_concurrent_streams(&self) -> u32 {
+        self.max_concurrent_streams
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS)
+    }
+
     fn seconds(value: u64) -> Option<Duration> {
         (value > 0).then(|| Duration::from_secs(value))
     }
 
     pub fn http2_keepalive_interval(&self) -> Option<Duration> {
-        Self::seconds(self.http2_keepalive_interval_seconds)
+        Self::seconds(
+            self.http2_keepalive_interval_seconds
+                .unwrap_or(DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS),
+        )
     }
 
     pub fn http2_keepalive_timeout(&self) -> Option<Duration> {
-        Self::seconds(self.http2_keepalive_timeout_seconds)
+        Self::seconds(
+            self.http2_keepalive_timeout_seconds
+                .unwrap_or(DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS),
+        )
     }
 
     pub fn max_connection_age(&self) -> Option<Duration> {
-        Self::seconds(self.max_connection_age_seconds)
+        Self::seconds(
+            self.max_connection_age_seconds
+                .unwrap_or(DEFAULT_MAX_CONNECTION_AGE_SECONDS),
+        )
     }
 
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_seconds)
+        Duration::from_secs(
+            self.shutdown_grace_seconds
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
+        )
     }
 }
 
@@ -270,7 +328,7 @@ impl Settings {
     /// The settings as one JSON object (keys in name order), secrets redacted: the startup
     /// log's JSON form. Fails only for a value JSON cannot hold (a data_dir that is not UTF-8).
     pub fn to_redacted_json(&self) -> Result<serde_json::Value, serde_json::Error> {
-        serde_json::to_value(self).map(redact)
+        serde_json::to_value(self.effective()).map(redact)
     }
 
     /// The settings as `key = value` lines (TOML's syntax, so a line can be pasted into a
@@ -312,7 +370,7 @@ fn redact(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -335,12 +393,12 @@ mod tests {
 
     #[test]
     fn defaults_when_nothing_is_set() {
-        let settings = Settings::resolve(ServeArgs::default()).expect("defaults");
-        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-        assert_eq!(settings.max_queues, DEFAULT_MAX_QUEUES);
+        let settings = Settings::default().resolve().expect("defaults");
+        assert_eq!(settings.listen(), DEFAULT_LISTEN);
+        assert_eq!(settings.data_dir(), PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(settings.max_queues(), DEFAULT_MAX_QUEUES);
         assert_eq!(settings.metrics_listen, None);
-        assert_eq!(settings.log_format, LogFormat::Human);
+        assert_eq!(settings.log_format(), LogFormat::Human);
         assert_eq!(settings.max_connection_age(), None);
     }
 
@@ -350,25 +408,27 @@ mod tests {
             "listen = \"0.0.0.0:6000\"\nmax_queues = 5\nlog_format = \"json\"\n\
              metrics_listen = \"127.0.0.1:9191\"\nmax_connection_age_seconds = 60\n",
         );
-        let settings = Settings::resolve(ServeArgs {
+        let settings = Settings {
             config: Some(config.path().to_path_buf()),
             max_queues: Some(7),
             ..Default::default()
-        })
+        }
+        .resolve()
         .expect("resolve");
-        assert_eq!(settings.listen.to_string(), "0.0.0.0:6000");
-        assert_eq!(settings.max_queues, 7);
-        assert_eq!(settings.log_format, LogFormat::Json);
+        assert_eq!(settings.listen().to_string(), "0.0.0.0:6000");
+        assert_eq!(settings.max_queues(), 7);
+        assert_eq!(settings.log_format(), LogFormat::Json);
         assert_eq!(settings.metrics_listen.map(|a| a.port()), Some(9191));
         assert_eq!(settings.max_connection_age(), Some(Duration::from_secs(60)));
     }
 
     #[test]
     fn settings_render_as_lines_and_json_with_secrets_redacted() {
-        let settings = Settings::resolve(ServeArgs {
+        let settings = Settings {
             max_queues: Some(7),
             ..Default::default()
-        })
+        }
+        .resolve()
         .expect("resolve");
         let lines = settings.to_redacted_lines().expect("lines");
         assert!(lines.contains(&"max_queues = 7".to_string()), "{lines:?}");
@@ -403,29 +463,33 @@ mod tests {
     #[test]
     fn bad_files_are_clear_errors() {
         let unknown = file("max_queus = 5\n");
-        let err = Settings::resolve(ServeArgs {
+        let err = Settings {
             config: Some(unknown.path().to_path_buf()),
             ..Default::default()
-        })
+        }
+        .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("max_queus"), "{err}");
         let wrong_type = file("max_queues = \"many\"\n");
-        let err = Settings::resolve(ServeArgs {
+        let err = Settings {
             config: Some(wrong_type.path().to_path_buf()),
             ..Default::default()
-        })
+        }
+        .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("max_queues"), "{err}");
-        let missing = Settings::resolve(ServeArgs {
+        let missing = Settings {
             config: Some(PathBuf::from("/nonexistent/spool.toml")),
             ..Default::default()
-        })
+        }
+        .resolve()
         .unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/spool.toml"));
-        let zero = Settings::resolve(ServeArgs {
+        let zero = Settings {
             max_queues: Some(0),
             ..Default::default()
-        })
+        }
+        .resolve()
         .unwrap_err();
         assert!(zero.to_string().contains("max_queues"));
     }

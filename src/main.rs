@@ -9,7 +9,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use spool::cli::{ClientCommand, EndpointArg};
-use spool::config::{LogFormat, ServeArgs, Settings};
+use spool::config::{LogFormat, Settings};
 use spool::server::{self, ServerConfig};
 
 /// Spool: a durable message-queue service with the queue model of Tencent Cloud CMQ, over gRPC.
@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Runs the server. Settings come from --config (TOML), then SPOOL_* environment
     /// variables, then flags: a flag wins.
-    Serve(ServeArgs),
+    Serve(Settings),
     /// Runs a load generator against the server at --endpoint (127.0.0.1 only) and reports
     /// messages/s, send-ack and end-to-end latencies, and the server's memory.
     Bench {
@@ -94,8 +94,8 @@ fn report(error: &anyhow::Error) {
     eprintln!("{line}");
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(args)?;
+fn serve(args: Settings) -> anyhow::Result<()> {
+    let settings = args.resolve()?;
     init_logging(&settings)?;
     log_settings(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -103,9 +103,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(settings.listen)
+        let listen = settings.listen();
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -114,9 +115,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        announce_listening(&listener, metrics_listener.as_ref());
+        let (ready, recovered) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            if recovered.await.is_ok() {
+                announce(&serde_json::json!({"event": "ready"}));
+            }
+        });
         let config = ServerConfig {
             metrics_listener,
-            ..ServerConfig::from_settings(&settings)
+            ready: Some(ready),
+            ..ServerConfig::from_settings(settings)
         };
         server::run(listener, shutdown_signal(), config)
             .await
@@ -124,14 +133,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The machine-readable lines on stdout (the logs go to stderr), for supervisors and test
+/// harnesses: `{"event":"listening","grpc":ADDR,"metrics":ADDR|null}` once bound (ports
+/// chosen by the OS included), then `{"event":"ready"}` once the queues are recovered.
+fn announce_listening(
+    listener: &tokio::net::TcpListener,
+    metrics: Option<&tokio::net::TcpListener>,
+) {
+    let address = |listener: &tokio::net::TcpListener| {
+        listener.local_addr().ok().map(|addr| addr.to_string())
+    };
+    announce(&serde_json::json!({
+        "event": "listening",
+        "grpc": address(listener),
+        "metrics": metrics.and_then(address),
+    }));
+}
+
+fn announce(line: &serde_json::Value) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    // Nobody may be reading (stdout closed): the server runs on regardless.
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
 fn init_logging(settings: &Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&settings.log)
-        .with_context(|| format!("log filter {:?} is not valid", settings.log))?;
+    let log = settings.log();
+    let filter =
+        EnvFilter::try_new(&log).with_context(|| format!("log filter {log:?} is not valid"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match settings.log_format {
+    match settings.log_format() {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
@@ -142,7 +177,7 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
 /// format, one JSON object in the JSON format. tracing's JSON formatter writes a field as a
 /// string or a number, never as an object, so the object is the `settings` field's text.
 fn log_settings(settings: &Settings) {
-    let rendered = match settings.log_format {
+    let rendered = match settings.log_format() {
         LogFormat::Human => settings.to_redacted_lines().map(|lines| {
             for line in lines {
                 tracing::info!("effective configuration: {line}");
@@ -154,7 +189,7 @@ fn log_settings(settings: &Settings) {
     };
     if let Err(error) = rendered {
         // Only a value JSON cannot hold (a data_dir that is not UTF-8) gets here.
-        tracing::warn!(%error, data_dir = %settings.data_dir.display(), "cannot render the effective configuration");
+        tracing::warn!(%error, data_dir = %settings.data_dir().display(), "cannot render the effective configuration");
     }
 }
 

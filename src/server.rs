@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -18,11 +17,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
-use crate::config::{self, Settings};
+use crate::config::Settings;
 use crate::grpc::QueueServiceImpl;
 use crate::grpc::health::{self, HealthReporter};
 use crate::grpc::layer::RequestSizeLimit;
-use crate::limits::{DEFAULT_MAX_QUEUES, MAX_REQUEST_BYTES};
+use crate::limits::MAX_REQUEST_BYTES;
 use crate::metrics::{self, Metrics};
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::registry::Registry;
@@ -33,68 +32,33 @@ use crate::storage::{Storage, StorageError};
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/spool_descriptor.bin"));
 
-/// How long shutdown waits for open calls before giving up on them.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// What `run` needs besides the listener.
+/// What `run` needs besides the listener: the settings, and the things that are not settings
+/// but objects the caller provides.
 #[derive(Debug)]
 pub struct ServerConfig {
-    /// Where the embedded database lives.
-    pub data_dir: PathBuf,
-    /// Most queues the server holds.
-    pub max_queues: usize,
-    /// Memory for bodies of messages not received yet, shared by all queues.
-    pub body_cache_bytes: usize,
-    /// Longest wait for open calls at shutdown.
-    pub shutdown_grace: Duration,
+    /// The one settings struct of `spool serve` (flags, environment, file); `listen` and
+    /// `metrics_listen` are for the caller, which binds the listeners.
+    pub settings: Settings,
     /// The server's time; tests share one with the server to move it forward.
     pub clock: Clock,
-    /// Largest size of the database file; None: as large as the disk allows.
-    pub max_database_bytes: Option<u64>,
     /// Where to serve Prometheus metrics (GET /metrics); None: nowhere.
     pub metrics_listener: Option<TcpListener>,
-    /// HTTP/2 streams per client connection.
-    pub max_concurrent_streams: u32,
-    /// Pings to each connection, so dead peers and their long polls are noticed.
-    pub http2_keepalive_interval: Option<Duration>,
-    pub http2_keepalive_timeout: Option<Duration>,
-    /// Connections older than this are closed gracefully so clients rebalance.
-    pub max_connection_age: Option<Duration>,
+    /// Told once the queues are recovered and the queue service is SERVING.
+    pub ready: Option<oneshot::Sender<()>>,
 }
 
 impl ServerConfig {
+    /// A server on `data_dir` with every other setting at its default.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            max_queues: DEFAULT_MAX_QUEUES,
-            body_cache_bytes: config::DEFAULT_BODY_CACHE_BYTES,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            clock: Clock::new(),
-            max_database_bytes: None,
-            metrics_listener: None,
-            max_concurrent_streams: config::DEFAULT_MAX_CONCURRENT_STREAMS,
-            http2_keepalive_interval: Some(Duration::from_secs(
-                config::DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS,
-            )),
-            http2_keepalive_timeout: Some(Duration::from_secs(
-                config::DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS,
-            )),
-            max_connection_age: None,
-        }
+        Self::from_settings(Settings::for_data_dir(data_dir))
     }
 
-    /// The server part of the effective settings (the caller binds the listeners).
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub fn from_settings(settings: Settings) -> Self {
         Self {
-            max_queues: settings.max_queues,
-            body_cache_bytes: settings.body_cache_bytes,
-            shutdown_grace: settings.shutdown_grace(),
-            max_database_bytes: settings.max_database_bytes,
-            max_concurrent_streams: settings.max_concurrent_streams,
-            http2_keepalive_interval: settings.http2_keepalive_interval(),
-            http2_keepalive_timeout: settings.http2_keepalive_timeout(),
-            max_connection_age: settings.max_connection_age(),
-            ..Self::new(&settings.data_dir)
+            settings,
+            clock: Clock::new(),
+            metrics_listener: None,
+            ready: None,
         }
     }
 }
@@ -115,9 +79,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     config: ServerConfig,
 ) -> Result<(), ServerError> {
+    let settings = &config.settings;
     let metrics = Arc::new(Metrics::default());
-    let data_dir = config.data_dir.clone();
-    let max_database_bytes = config.max_database_bytes;
+    let data_dir = settings.data_dir();
+    let max_database_bytes = settings.max_database_bytes;
     let storage_metrics = metrics.clone();
     let storage = tokio::task::spawn_blocking(move || {
         SqliteStorage::open(&data_dir, max_database_bytes, storage_metrics)
@@ -134,9 +99,10 @@ pub async fn run(
     let recovery = tokio::spawn(recover(
         storage.clone(),
         config.clock.clone(),
-        config.max_queues,
-        config.body_cache_bytes,
+        settings.max_queues(),
+        settings.body_cache_bytes(),
         registry.clone(),
+        config.ready,
         health.clone(),
     ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -173,7 +139,7 @@ pub async fn run(
     let local_addr = listener.local_addr().ok();
     tracing::info!(
         addr = %local_addr.map(|a| a.to_string()).unwrap_or_default(),
-        data_dir = %config.data_dir.display(),
+        data_dir = %settings.data_dir().display(),
         "listening"
     );
     // The builder's tcp_nodelay does not reach a listener we bind ourselves; without it, Nagle
@@ -193,10 +159,10 @@ pub async fn run(
         ));
     }
     let mut builder = Server::builder()
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .http2_keepalive_interval(config.http2_keepalive_interval)
-        .http2_keepalive_timeout(config.http2_keepalive_timeout);
-    if let Some(age) = config.max_connection_age {
+        .max_concurrent_streams(settings.max_concurrent_streams())
+        .http2_keepalive_interval(settings.http2_keepalive_interval())
+        .http2_keepalive_timeout(settings.http2_keepalive_timeout());
+    if let Some(age) = settings.max_connection_age() {
         builder = builder.max_connection_age(age);
     }
     let serve = builder
@@ -206,9 +172,10 @@ pub async fn run(
         .add_service(queue_service)
         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     tokio::pin!(serve);
+    let shutdown_grace = settings.shutdown_grace();
     let grace_over = async {
         stopping.cancelled().await;
-        tokio::time::sleep(config.shutdown_grace).await;
+        tokio::time::sleep(shutdown_grace).await;
     };
     tokio::pin!(grace_over);
     tokio::pin!(recovery);
@@ -222,7 +189,7 @@ pub async fn run(
             }
             () = &mut grace_over => {
                 tracing::warn!(
-                    grace = ?config.shutdown_grace,
+                    grace = ?shutdown_grace,
                     "calls still open after the shutdown grace; closing them"
                 );
                 break;
@@ -263,6 +230,7 @@ async fn recover(
     max_queues: usize,
     body_cache_bytes: usize,
     slot: Arc<OnceLock<Arc<Registry>>>,
+    ready: Option<oneshot::Sender<()>>,
     health: HealthReporter,
 ) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
@@ -272,5 +240,8 @@ async fn recover(
     let _ = slot.set(Arc::new(registry));
     health.set_serving::<QueueServiceServer<QueueServiceImpl>>();
     tracing::info!(queues, elapsed = ?started.elapsed(), "recovered; serving");
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
     Ok(())
 }

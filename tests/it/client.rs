@@ -330,7 +330,7 @@ async fn receive_long_polls_and_ends_empty_after_the_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewind_and_capacity_errors_keep_their_codes() {
-    let server = TestServer::start_with(|config| config.max_queues = 2).await;
+    let server = TestServer::start_with(|config| config.settings.max_queues = Some(2)).await;
     let client = client_of(&server).await;
     client
         .create_queue("plain", QueueAttributes::default())

@@ -135,17 +135,18 @@ pub async fn connect(endpoint: &str) -> Client {
 pub struct ChildServer {
     pub child: Child,
     pub addr: SocketAddr,
-    /// The log lines up to "recovered; serving".
-    pub startup_log: Vec<String>,
+    /// Its log lines (stderr) so far, gathered by a thread.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
-    /// Starts `spool serve` on 127.0.0.1:0 and reads the bound address from its log.
+    /// Starts `spool serve` on 127.0.0.1:0 and waits until it is ready.
     pub fn start(data_dir: &Path) -> Self {
         Self::start_with(data_dir, &[], &[])
     }
 
-    /// Starts it with more flags and environment variables.
+    /// Starts it with more flags and environment variables. The address and readiness come
+    /// from the machine-readable lines `spool serve` writes on stdout, not from its logs.
     pub fn start_with(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -153,44 +154,60 @@ impl ChildServer {
             .arg(data_dir)
             .args(args)
             .envs(envs.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn spool");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut addr = None;
-        let mut recovered = false;
-        let mut startup_log = Vec::new();
-        // The address comes first; the queue service is ready once recovery is logged.
-        loop {
-            let line = lines
-                .next()
-                .expect("spool exited before serving")
-                .expect("read log");
-            if addr.is_none()
-                && line.contains("\"listening\"")
-                && let Some(found) = line
-                    .split("\"addr\":\"")
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-            {
-                addr = Some(found.parse().expect("addr"));
+        let gathered = log.clone();
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut log) = gathered.lock() {
+                    log.push(line);
+                }
             }
-            recovered |= line.contains("recovered; serving");
-            startup_log.push(line);
-            if recovered && addr.is_some() {
-                break;
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let mut events = BufReader::new(stdout).lines();
+        let mut addr = None;
+        loop {
+            let Some(Ok(line)) = events.next() else {
+                // Give the log thread a moment to gather the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                let log = log.lock().map(|log| log.join("\n")).unwrap_or_default();
+                panic!("spool exited before it was ready; its log:\n{log}");
+            };
+            let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON event");
+            match event["event"].as_str() {
+                Some("listening") => {
+                    let grpc = event["grpc"].as_str().expect("the gRPC address");
+                    addr = Some(grpc.parse().expect("addr"));
+                }
+                Some("ready") => break,
+                other => panic!("unknown event {other:?} in {line}"),
             }
         }
-        let addr = addr.expect("listening line");
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        std::thread::spawn(move || for _ in events.by_ref() {});
         Self {
             child,
-            addr,
-            startup_log,
+            addr: addr.expect("a listening event before the ready one"),
+            log,
         }
+    }
+
+    /// The first log line containing `needle`, waiting up to 10 s for it.
+    pub fn log_line(&self, needle: &str) -> String {
+        for _ in 0..1_000 {
+            if let Ok(log) = self.log.lock()
+                && let Some(line) = log.iter().find(|line| line.contains(needle))
+            {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no log line contains {needle:?}");
     }
 
     pub fn endpoint(&self) -> String {

@@ -733,7 +733,8 @@ async fn bad_data_directories_are_refused_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_database_fails_sends_with_unavailable_and_keeps_serving() {
     let server =
-        TestServer::start_with(|config| config.max_database_bytes = Some(512 * 1024)).await;
+        TestServer::start_with(|config| config.settings.max_database_bytes = Some(512 * 1024))
+            .await;
     let mut client = server.client().await;
     create(
         &mut client,

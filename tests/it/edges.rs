@@ -357,11 +357,7 @@ fn startup_errors_print_the_cause_without_a_backtrace() {
 async fn the_effective_settings_are_logged_as_one_json_object() {
     let dir = tempfile::tempdir().expect("dir");
     let server = ChildServer::start_with(&dir.path().join("data"), &["--max-queues", "3"], &[]);
-    let line = server
-        .startup_log
-        .iter()
-        .find(|line| line.contains("effective configuration"))
-        .expect("the settings are logged");
+    let line = &server.log_line("effective configuration");
     assert!(!line.contains("Settings {"), "a Rust debug struct: {line}");
     let event: Value = serde_json::from_str(line).expect("a JSON log line");
     let settings = event["fields"]["settings"]

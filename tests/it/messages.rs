@@ -64,8 +64,10 @@ async fn send_receive_delete_round_trip_is_binary_safe() {
 async fn bodies_come_back_whether_kept_in_memory_or_read_from_storage() {
     let entry = spool::queue::body_cache::ENTRY_OVERHEAD;
     // Room for two bodies of 100 bytes: the batch's other three are read from storage.
-    let server =
-        TestServer::start_with(move |config| config.body_cache_bytes = 2 * (100 + entry)).await;
+    let server = TestServer::start_with(move |config| {
+        config.settings.body_cache_bytes = Some(2 * (100 + entry))
+    })
+    .await;
     let mut client = server.client().await;
     create(&mut client, "q", attrs()).await;
     let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100]).collect();
@@ -98,7 +100,10 @@ async fn bodies_come_back_whether_kept_in_memory_or_read_from_storage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_read_ahead_from_storage_keeps_each_body_with_its_message() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start_in(dir.path(), |config| config.body_cache_bytes = 0).await;
+    let server = TestServer::start_in(dir.path(), |config| {
+        config.settings.body_cache_bytes = Some(0)
+    })
+    .await;
     let mut client = server.client().await;
     create(&mut client, "q", attrs()).await;
     let mut sent = Vec::new();

@@ -166,7 +166,7 @@ async fn metrics_match_known_traffic_and_get_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_drops_at_shutdown_while_liveness_stays() {
     let server =
-        TestServer::start_with(|config| config.shutdown_grace = Duration::from_secs(2)).await;
+        TestServer::start_with(|config| config.settings.shutdown_grace_seconds = Some(2)).await;
     let channel = tonic::transport::Channel::from_shared(server.endpoint())
         .expect("endpoint")
         .connect()
@@ -215,14 +215,7 @@ async fn configuration_precedence_is_file_then_env_then_flag() {
     let config = dir.path().join("spool.toml");
     std::fs::write(&config, "max_queues = 1\nshutdown_grace_seconds = 7\n").expect("config");
     let config_arg = config.to_str().expect("utf-8 path");
-    let effective = |server: &ChildServer| {
-        server
-            .startup_log
-            .iter()
-            .find(|line| line.contains("effective configuration"))
-            .cloned()
-            .expect("effective configuration is logged")
-    };
+    let effective = |server: &ChildServer| server.log_line("effective configuration");
 
     let file_only = ChildServer::start_with(&dir.path().join("a"), &["--config", config_arg], &[]);
     let line = effective(&file_only);
@@ -284,10 +277,11 @@ async fn configuration_precedence_is_file_then_env_then_flag() {
 fn shipped_config_files_parse() {
     for file in ["deploy/base/spool.toml", "deploy/docker/spool.toml"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-        let settings = spool::config::Settings::resolve(spool::config::ServeArgs {
+        let settings = spool::config::Settings {
             config: Some(path),
             ..Default::default()
-        })
+        }
+        .resolve()
         .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(settings.metrics_listen.is_some(), "{file} serves metrics");
     }
@@ -337,11 +331,11 @@ async fn the_queue_service_is_not_serving_until_recovery_is_done() {
         async move {
             let _ = stopped.await;
         },
-        spool::server::ServerConfig {
+        spool::server::ServerConfig::from_settings(spool::config::Settings {
             // The readiness watch below is an open call the shutdown would wait for.
-            shutdown_grace: Duration::from_secs(1),
-            ..spool::server::ServerConfig::new(dir.path())
-        },
+            shutdown_grace_seconds: Some(1),
+            ..spool::config::Settings::for_data_dir(dir.path())
+        }),
     ));
     let channel = tonic::transport::Channel::from_shared(endpoint.clone())
         .expect("endpoint")

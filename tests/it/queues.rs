@@ -353,7 +353,7 @@ async fn list_pages_in_name_order_with_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_queues_is_enforced() {
-    let server = TestServer::start_with(|config| config.max_queues = 2).await;
+    let server = TestServer::start_with(|config| config.settings.max_queues = Some(2)).await;
     let mut client = server.client().await;
     create(&mut client, "a", attrs()).await;
     create(&mut client, "b", attrs()).await;

@@ -16,8 +16,10 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-
-use super::{BodiesReply, CommitObserver, CommitReply, Recovered, Storage, StorageError, StoredMessage, WriteOp};
+use super::{
+    BodiesReply, CommitObserver, CommitReply, Recovered, Storage, StorageError, StoredMessage,
+    WriteOp,
+};
 use readers::ReaderPool;
 use writer::WriterRequest;
 
@@ -35,9 +37,6 @@ pub struct SqliteStorage {
     readers: ReaderPool,
     /// Dropping it stops the background checkpoints.
     _checkpointer: mpsc::Sender<()>,
-    /// Keeps the lock on the database file for the life of the storage (see `lock_file`).
-    /// Declared last, so it is released after the connections above are closed.
-    _lock: (File, File),
 }
 
 impl SqliteStorage {
@@ -88,14 +87,13 @@ impl SqliteStorage {
         }
 
         let readers = ReaderPool::new(db_path.clone());
-        let writer = writer::spawn(conn, metrics)?;
+        let writer = writer::spawn(conn, metrics, vec![lock, old_lock])?;
         let checkpointer = checkpointer::spawn(db_path)
             .map_err(|e| StorageError::Io(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Self {
             writer,
             readers,
             _checkpointer: checkpointer,
-            _lock: (lock, old_lock),
         })
     }
 

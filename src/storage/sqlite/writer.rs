@@ -5,6 +5,7 @@
 //! then answers all of it: throughput grows with concurrency instead of being capped by the sync
 //! latency. Blocking SQLite calls stay on this thread, never on tokio's workers.
 
+use std::fs::File;
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
@@ -51,19 +52,29 @@ impl WriterRequest {
     }
 }
 
+/// Starts the writer thread. It owns `locks` (the flocks that keep other servers out) and
+/// releases them when it closes, before it answers the close: a server started again in the
+/// same process once `close` has been answered finds the database free, even while tasks of the
+/// old one still hold a reference to its storage.
 pub fn spawn(
     conn: Connection,
     metrics: Arc<dyn CommitObserver>,
+    locks: Vec<File>,
 ) -> Result<mpsc::Sender<WriterRequest>, StorageError> {
     let (sender, receiver) = mpsc::channel();
     std::thread::Builder::new()
         .name("spool-writer".into())
-        .spawn(move || run(conn, receiver, &*metrics))
+        .spawn(move || run(conn, receiver, &*metrics, locks))
         .map_err(|e| StorageError::Io(format!("cannot start the writer thread: {e}")))?;
     Ok(sender)
 }
 
-fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>, metrics: &dyn CommitObserver) {
+fn run(
+    conn: Connection,
+    requests: mpsc::Receiver<WriterRequest>,
+    metrics: &dyn CommitObserver,
+    locks: Vec<File>,
+) {
     let mut group: Vec<(WriteOp, Option<CommitReply>)> = Vec::new();
     // Unreadable, it is taken as 0: the first commit with a send then writes a new reservation.
     let mut reserved = super::schema::stored_counter(&conn, "next_message_id").unwrap_or(0);
@@ -95,6 +106,8 @@ fn run(conn: Connection, requests: mpsc::Receiver<WriterRequest>, metrics: &dyn 
         if let Some(done) = close {
             // Later requests are refused: their senders hear that storage is closed.
             drop(requests);
+            drop(conn);
+            drop(locks);
             let _ = done.send(());
             return;
         }
