@@ -21,9 +21,7 @@
 //! - [`metrics`]: Prometheus counters and histograms, and the /metrics endpoint.
 
 pub mod attributes;
-pub mod bench;
 pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -36,8 +34,6 @@ pub mod registry;
 pub mod server;
 pub mod storage;
 
-/// The generated protobuf types and gRPC stubs of `spool.v1`.
-pub mod pb {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("spool.v1");
-}
+/// The generated protobuf types and gRPC stubs of `spool.v1`, server trait included: the client
+/// crate's, so the server and its clients share one set of types.
+pub use spool_client::pb;

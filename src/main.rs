@@ -26,9 +26,6 @@ enum Command {
     /// Runs the server. Settings come from --config (TOML), then SPOOL_* environment
     /// variables, then flags: a flag wins.
     Serve(ServeArgs),
-    /// Runs a load generator against the server at --endpoint (127.0.0.1 only) and reports
-    /// messages/s, send-ack and end-to-end latencies, and the server's memory.
-    Bench(spool::bench::BenchArgs),
     #[command(flatten)]
     Client(spool::cli::ClientCommand),
 }
@@ -37,7 +34,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(args) => std::process::exit(spool::bench::run_cli(&cli.endpoint, &args)),
         Command::Client(command) => std::process::exit(spool::cli::run(&cli.endpoint, command)),
     }
 }

@@ -1,6 +1,5 @@
 //! The gRPC edge: the QueueService implementation, proto ⇄ domain conversion, error mapping.
 
-pub mod codec;
 mod convert;
 mod deadline;
 mod service;

@@ -1,6 +1,5 @@
 //! Integration tests: each talks to a real Spool server over gRPC.
 
-mod bench;
 mod cli;
 mod client;
 mod common;

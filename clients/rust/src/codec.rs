@@ -1,10 +1,12 @@
-//! The protobuf codec of the generated server and client: tonic's prost codec with a smaller
-//! buffer. Tonic allocates the encoding buffer of every call up front (8 KiB by default) and
-//! keeps it for the life of the call; a parked long poll is a call that lives up to 30 s, so
-//! with thousands of them that buffer was most of the server's memory per waiting stream.
-//! Spool's messages are small (a receive's message is its body plus ~150 B), and a larger one
-//! grows the buffer as needed, so 1 KiB costs little in speed and saves 7 KiB per call. The
-//! decoding buffer keeps tonic's 8 KiB (see [`DECODE_BUFFER_BYTES`]).
+//! The protobuf codec of the generated stubs (the client's, and the server trait's with the
+//! `server` feature): tonic's prost codec with a smaller encoding buffer. Tonic allocates the
+//! encoding buffer of every call up front (8 KiB by default) and keeps it for the life of the
+//! call; a parked long poll is a call that lives up to 30 s, so with thousands of them that
+//! buffer was most of the server's memory per waiting stream. Spool's messages are small (a
+//! receive's message is its body plus ~150 B), and a larger one grows the buffer as needed, so
+//! 1 KiB costs little in speed and saves 7 KiB per call. The decoding buffer keeps tonic's
+//! 8 KiB (see [`DECODE_BUFFER_BYTES`]). It lives here, beside the generated code that names it,
+//! so that the server and the client share one.
 
 use std::marker::PhantomData;
 
@@ -12,7 +14,7 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// The initial encoding buffer of a call.
-pub const CALL_BUFFER_BYTES: usize = 1024;
+const CALL_BUFFER_BYTES: usize = 1024;
 /// The initial decoding buffer, tonic's default. At 1 KiB it grew several times for every
 /// batch of 16 bodies, which showed in profiles; at 8 KiB (measured, 4x4 producers and
 /// consumers, batch 16): fill 85k -> 99k msg/s, drain 75k -> 82k, steady 53k -> 56k. A server
