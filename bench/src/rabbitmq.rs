@@ -10,7 +10,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use spool::bench::{BenchError, BenchResult, Consumer, Producer, Target};
+use crate::load::{BenchError, BenchResult, Consumer, Producer, Target};
 
 pub struct RabbitTarget {
     url: String,
