@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod common;
 mod durability;
+mod error_table;
 mod messages;
 mod operations;
 mod queues;
