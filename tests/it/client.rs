@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
-use spool_client::{
-    BatchSendEntry, Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions,
-    RetryPolicy,
-};
 use spool::error::QueueError;
 use spool::pb;
 use spool::pb::queue_service_server::{QueueService, QueueServiceServer};
 use spool::server::{self, ServerConfig};
+use spool_client::{
+    BatchSendEntry, Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions,
+    RetryPolicy,
+};
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
 
@@ -414,7 +414,10 @@ fn the_readme_shows_the_documented_example() {
         .collect();
     let start = docs.find("```no_run\n").expect("the module example") + 10;
     let in_docs = &docs[start..start + docs[start..].find("```").expect("its end")];
-    assert_eq!(in_readme, in_docs, "README.md and clients/rust/src/lib.rs differ");
+    assert_eq!(
+        in_readme, in_docs,
+        "README.md and clients/rust/src/lib.rs differ"
+    );
 }
 
 // ---- retries against a server that is not there yet ----
