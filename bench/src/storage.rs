@@ -152,11 +152,7 @@ async fn send(
     Ok(())
 }
 
-async fn fill(
-    endpoint: &str,
-    messages: usize,
-    body_bytes: usize,
-) -> anyhow::Result<()> {
+async fn fill(endpoint: &str, messages: usize, body_bytes: usize) -> anyhow::Result<()> {
     let mut client = connect(endpoint).await?;
     create(&mut client, "fill").await?;
     let started = Instant::now();

@@ -152,10 +152,7 @@ impl TryFrom<&BenchArgs> for Workload {
         )?;
         check(
             (workload::MIN_BODY_BYTES..=max_body).contains(&args.size),
-            &format!(
-                "size must be {}..={max_body}",
-                workload::MIN_BODY_BYTES
-            ),
+            &format!("size must be {}..={max_body}", workload::MIN_BODY_BYTES),
         )?;
         check(
             (1..=MAX_BATCH).contains(&args.batch),

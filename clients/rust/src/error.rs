@@ -212,7 +212,8 @@ mod tests {
 
     #[test]
     fn displays_code_message_and_cmq_code() {
-        let error = ClientError::from(errors::QUEUE_NOT_FOUND.status("queue \"nope\" does not exist"));
+        let error =
+            ClientError::from(errors::QUEUE_NOT_FOUND.status("queue \"nope\" does not exist"));
         assert_eq!(
             error.to_string(),
             format!(

@@ -179,7 +179,10 @@ mod tests {
         for case in &ERROR_CASES {
             assert_eq!(ErrorCase::by_reason(case.reason), Some(case));
             let first = ErrorCase::by_codes(case.grpc_code, case.cmq_code).expect("found");
-            assert_eq!((first.grpc_code, first.cmq_code), (case.grpc_code, case.cmq_code));
+            assert_eq!(
+                (first.grpc_code, first.cmq_code),
+                (case.grpc_code, case.cmq_code)
+            );
         }
         assert_eq!(ErrorCase::by_reason("NOPE"), None);
         assert_eq!(ErrorCase::by_codes(Code::NotFound, 4000), None);

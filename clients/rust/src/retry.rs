@@ -162,9 +162,9 @@ impl RetryPolicy {
 pub fn not_carried_out(status: &Status) -> bool {
     never_sent(status) || {
         let details = status.get_error_details();
-        details.error_info().is_some_and(|info| {
-            info.domain == ERROR_DOMAIN && info.reason == STARTING.reason
-        })
+        details
+            .error_info()
+            .is_some_and(|info| info.domain == ERROR_DOMAIN && info.reason == STARTING.reason)
     }
 }
 
