@@ -98,3 +98,23 @@ fn the_proto_header_lists_every_code_pair_of_the_code_table() {
          spool_client::errors::ERROR_CASES"
     );
 }
+
+#[test]
+fn the_python_clients_docs_name_every_cmq_code_of_the_code_table() {
+    // The Python client's CMQ layer documents the numbers its exceptions carry; a case added
+    // to the table must be added there too.
+    for path in [
+        "clients/python/src/spool_client/cmq/cmq_exception.py",
+        "clients/python/README.md",
+    ] {
+        let text = read(path);
+        for case in &ERROR_CASES {
+            assert!(
+                text.contains(&format!("{} ", case.cmq_code)),
+                "{path} does not document CMQ code {} ({})",
+                case.cmq_code,
+                case.reason
+            );
+        }
+    }
+}
