@@ -1,5 +1,7 @@
-//! Compiles the protobuf API with protox (pure Rust, so no system `protoc` is needed) and writes the
-//! encoded descriptor set that the reflection service serves.
+//! Writes the encoded descriptor set of the protobuf API, which the reflection service serves.
+//! The generated types and stubs come from the client crate (`spool_client::pb`, with its
+//! `server` feature), so the server and the client share one set; protox (pure Rust, so no
+//! system `protoc` is needed) compiles the proto here only for its descriptors.
 
 use std::path::PathBuf;
 
@@ -15,12 +17,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("spool_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-
-    tonic_prost_build::configure()
-        // Bodies as `Bytes`: decoded without a copy and handed on by reference count.
-        .bytes(".spool.v1")
-        // Small per-call buffers: a parked long poll keeps its buffer (src/grpc/codec.rs).
-        .codec_path("crate::grpc::codec::SmallBufferCodec")
-        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -10,14 +10,14 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
-use spool::client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
+use spool_client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {
     let endpoint = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("SPOOL_ENDPOINT").ok())
-        .unwrap_or_else(|| spool::client::DEFAULT_ENDPOINT.to_string());
+        .unwrap_or_else(|| spool_client::DEFAULT_ENDPOINT.to_string());
     run(&endpoint).await
 }
 

@@ -116,32 +116,9 @@ where
     }
 }
 
-/// Checks a queue name: 1 to 64 characters, a letter first, then letters, digits, '-' or '_'.
+/// Checks a queue name (the rule is the API's: [`crate::limits::check_queue_name`]).
 pub fn validate_queue_name(name: &str) -> Result<(), QueueError> {
-    let invalid = |why: &str| {
-        // Quote at most a name's worth of it: the message travels in a header.
-        let shown: String = name.chars().take(MAX_QUEUE_NAME_LEN).collect();
-        let ellipsis = if shown.len() < name.len() { "..." } else { "" };
-        QueueError::InvalidArgument(format!(
-            "queue_name {shown:?}{ellipsis} {why}; a name is 1..={MAX_QUEUE_NAME_LEN} characters: \
-             a letter first, then letters, digits, '-' or '_'"
-        ))
-    };
-    let mut chars = name.chars();
-    match chars.next() {
-        None => return Err(invalid("is empty")),
-        Some(first) if !first.is_ascii_alphabetic() => {
-            return Err(invalid("does not start with a letter"));
-        }
-        Some(_) => {}
-    }
-    if name.len() > MAX_QUEUE_NAME_LEN {
-        return Err(invalid("is too long"));
-    }
-    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(invalid("has a character that is not allowed"));
-    }
-    Ok(())
+    check_queue_name(name).map_err(QueueError::InvalidArgument)
 }
 
 #[cfg(test)]

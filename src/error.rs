@@ -1,5 +1,8 @@
-//! The errors a queue operation can end with. Each has exactly one gRPC code, one reason and one
-//! CMQ error number (see `grpc::status` for the mapping to `tonic::Status`).
+//! The errors a queue operation can end with. Each is one entry of Spool's error table
+//! (`spool_client::errors`: reason, gRPC code, CMQ error number); `grpc::status` turns it into a
+//! `tonic::Status`.
+
+use spool_client::errors::{self, ErrorCase};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
@@ -36,35 +39,30 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// This error's entry in the error table: its reason, gRPC code and CMQ code.
+    pub fn case(&self) -> &'static ErrorCase {
+        match self {
+            Self::InvalidArgument(_) => &errors::INVALID_ARGUMENT,
+            Self::TooLarge(_) => &errors::TOO_LARGE,
+            Self::QueueNotFound(_) => &errors::QUEUE_NOT_FOUND,
+            Self::QueueExists(_) => &errors::QUEUE_EXISTS,
+            Self::StaleReceipt(_) => &errors::RECEIPT_HANDLE_STALE,
+            Self::BacklogFull { .. } => &errors::BACKLOG_FULL,
+            Self::TooManyQueues { .. } => &errors::TOO_MANY_QUEUES,
+            Self::RewindDisabled(_) => &errors::REWIND_DISABLED,
+            Self::Storage(_) => &errors::STORAGE_UNAVAILABLE,
+            Self::ShuttingDown => &errors::SHUTTING_DOWN,
+            Self::Starting => &errors::STARTING,
+        }
+    }
+
     /// CMQ's error number for this case.
     pub fn cmq_code(&self) -> i32 {
-        match self {
-            Self::InvalidArgument(_) => 4000,
-            Self::TooLarge(_) => 4400,
-            Self::QueueNotFound(_) => 4440,
-            Self::QueueExists(_) => 4460,
-            Self::StaleReceipt(_) => 4430,
-            Self::BacklogFull { .. } => 4410,
-            Self::TooManyQueues { .. } => 4450,
-            Self::RewindDisabled(_) => 6050,
-            Self::Storage(_) | Self::ShuttingDown | Self::Starting => 6000,
-        }
+        self.case().cmq_code
     }
 
     /// The machine-readable reason (google.rpc.ErrorInfo.reason).
     pub fn reason(&self) -> &'static str {
-        match self {
-            Self::InvalidArgument(_) => "INVALID_ARGUMENT",
-            Self::TooLarge(_) => "TOO_LARGE",
-            Self::QueueNotFound(_) => "QUEUE_NOT_FOUND",
-            Self::QueueExists(_) => "QUEUE_EXISTS",
-            Self::StaleReceipt(_) => "RECEIPT_HANDLE_STALE",
-            Self::BacklogFull { .. } => "BACKLOG_FULL",
-            Self::TooManyQueues { .. } => "TOO_MANY_QUEUES",
-            Self::RewindDisabled(_) => "REWIND_DISABLED",
-            Self::Storage(_) => "STORAGE_UNAVAILABLE",
-            Self::ShuttingDown => "SHUTTING_DOWN",
-            Self::Starting => "STARTING",
-        }
+        self.case().reason
     }
 }

@@ -1,50 +1,8 @@
-//! Every range and default of the queue model, named once. The proto's doc comments and the
-//! README quote these numbers; change them together.
+//! The limits of the server: the API's ranges and defaults, which the client crate owns
+//! (`spool_client::limits`, re-exported here so there is one definition), and the server's own
+//! settings.
 
-use std::ops::RangeInclusive;
-
-/// Queue names: 1 to this many characters.
-pub const MAX_QUEUE_NAME_LEN: usize = 64;
-
-/// Seconds a received message stays invisible.
-pub const VISIBILITY_TIMEOUT_SECONDS: RangeInclusive<u32> = 1..=43_200;
-pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: u32 = 30;
-
-/// Seconds a receive waits for a message.
-pub const POLLING_WAIT_SECONDS: RangeInclusive<u32> = 0..=30;
-pub const DEFAULT_POLLING_WAIT_SECONDS: u32 = 0;
-
-/// Largest body, in bytes.
-pub const MAX_MESSAGE_SIZE: RangeInclusive<u32> = 1_024..=1_048_576;
-pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 65_536;
-
-/// Seconds a message is kept after it was sent (15 days at most).
-pub const MESSAGE_RETENTION_SECONDS: RangeInclusive<u32> = 60..=1_296_000;
-pub const DEFAULT_MESSAGE_RETENTION_SECONDS: u32 = 345_600;
-
-/// Rewind window; its upper bound is the queue's retention. 0 turns rewind off.
-pub const DEFAULT_REWIND_SECONDS: u32 = 0;
-
-/// Messages a queue holds at most (visible + in flight + delayed).
-pub const MAX_BACKLOG: RangeInclusive<u64> = 1..=1_000_000_000;
-pub const DEFAULT_MAX_BACKLOG: u64 = 100_000_000;
-
-/// Entries of a batch send, messages of a receive, handles of a batch delete.
-pub const MAX_BATCH: usize = 16;
+pub use spool_client::limits::*;
 
 /// Queues a server holds unless configured otherwise.
 pub const DEFAULT_MAX_QUEUES: usize = 10_000;
-
-/// ListQueues page size when the request says 0, and the largest allowed.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-pub const MAX_PAGE_SIZE: usize = 1_000;
-
-/// Room in a request beyond its bodies: the queue name, field tags and lengths (a full batch of
-/// the largest bodies spends a few hundred bytes of it).
-pub const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
-
-/// Largest gRPC request: a full batch of the largest bodies, plus [`REQUEST_OVERHEAD_BYTES`].
-/// tonic's default (4 MiB) would refuse a legal 16 × 1 MiB batch. A larger request fails with
-/// INVALID_ARGUMENT, reason TOO_LARGE, cmq_code 4400 (`grpc::layer`).
-pub const MAX_REQUEST_BYTES: usize =
-    MAX_BATCH * (*MAX_MESSAGE_SIZE.end() as usize) + REQUEST_OVERHEAD_BYTES;

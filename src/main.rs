@@ -8,7 +8,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use spool::cli::{ClientCommand, EndpointArg};
+use spool::cli::ClientCommand;
 use spool::config::{LogFormat, Settings};
 use spool::server::{self, ServerConfig};
 
@@ -33,14 +33,6 @@ enum Command {
     /// Runs the server. Settings come from --config (TOML), then SPOOL_* environment
     /// variables, then flags: a flag wins.
     Serve(Settings),
-    /// Runs a load generator against the server at --endpoint (127.0.0.1 only) and reports
-    /// messages/s, send-ack and end-to-end latencies, and the server's memory.
-    Bench {
-        #[command(flatten)]
-        endpoint: EndpointArg,
-        #[command(flatten)]
-        args: spool::bench::BenchArgs,
-    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -65,11 +57,6 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
-        Command::Bench { endpoint, args } => {
-            let endpoint =
-                spool::cli::resolve_endpoint(endpoint.endpoint.as_deref(), before_command);
-            std::process::exit(spool::bench::run_cli(&endpoint, &args))
         }
         Command::Client(command) => {
             let endpoint = spool::cli::resolve_endpoint(command.endpoint(), before_command);

@@ -1,24 +1,40 @@
-//! `spool-bench`: `spool bench`'s workloads against Spool and the queues users would pick
-//! instead (NATS JetStream, RabbitMQ, PostgreSQL), one after the other in the same run, with
-//! each peer's figures as ratios to Spool's. It lives outside the `spool` package so the
-//! server's build never compiles these clients. Every target must be on 127.0.0.1.
+//! `spool-bench`: Spool's load generator. It runs a workload against Spool and the queues users
+//! would pick instead (NATS JetStream, RabbitMQ, PostgreSQL), one after the other in the same
+//! run, with each peer's figures as ratios to Spool's, and measures the ceilings of the API
+//! (the relays). `spool-bench storage ...` runs the durable-send measurements of
+//! docs/storage.md. It lives outside the `spool` package so the server's build never compiles
+//! the load generator or these clients; it talks to Spool through the `spool-client` crate.
+//! Every target must be on 127.0.0.1.
 //!
+//!   cargo run --release -p spool-bench -- --targets spool -N 100000
 //!   cargo run --release -p spool-bench -- --targets spool,nats,rabbitmq,postgres -N 100000
+//!
+//! # Layout
+//!
+//! - `load`: the workloads, their figures and reports, and Spool as a [`load::Target`].
+//! - `nats`, `rabbitmq`, `postgres`: the peers as targets.
+//! - `relay`, `append_log`: the transport and durable ceilings (a relay serving Spool's API).
+//! - `storage`: `spool-bench storage`, the durable-send figures of docs/storage.md.
 
 mod append_log;
+mod load;
 mod nats;
 mod postgres;
 mod rabbitmq;
 mod relay;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
-use spool::bench::{
-    BenchArgs, Mode, Report, Workload, check_local, render_text, run_spool, run_target,
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::load::{
+    BenchArgs, BenchError, BenchResult, Mode, Report, Workload, check_local, render_text,
+    run_spool, run_target,
 };
+use crate::storage::StorageCommand;
 
 /// The queues this run compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,8 +52,10 @@ enum TargetName {
 
 /// Runs one workload against Spool and its peers, and prints each report and the ratios.
 #[derive(Parser)]
-#[command(name = "spool-bench", version)]
+#[command(name = "spool-bench", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    tool: Option<Tool>,
     /// The targets, in the order they run; ratios are Spool's figure over the peer's.
     #[arg(
         long,
@@ -72,9 +90,26 @@ struct Cli {
     bench: BenchArgs,
 }
 
+/// Measurements other than the workloads.
+#[derive(Subcommand)]
+enum Tool {
+    /// The durable-send measurements of docs/storage.md, against a running `spool serve`.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() {
+    if let Err(error) = run(Cli::parse()).await {
+        eprintln!("spool-bench: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Tool::Storage(command)) = cli.tool {
+        return storage::run(command).await;
+    }
     if let Some(listen) = &cli.serve_relay {
         return relay::serve(listen, cli.relay_log.as_deref()).await;
     }
@@ -145,9 +180,9 @@ async fn run_relay(
     workload: &Workload,
     runs: usize,
     log_parent: Option<&std::path::Path>,
-) -> spool::bench::BenchResult<Report> {
+) -> BenchResult<Report> {
     let relay = relay::RelayProcess::start(log_parent)
-        .map_err(|error| spool::bench::BenchError::new("relay", format!("{error:#}")))?;
+        .map_err(|error| BenchError::new("relay", format!("{error:#}")))?;
     let mut report = run_spool(relay.endpoint(), workload, runs).await?;
     if log_parent.is_some() {
         report.target = "durable-relay".into();

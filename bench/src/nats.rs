@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::load::{BenchError, BenchResult, Consumer, Producer, Target};
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use spool::bench::{BenchError, BenchResult, Consumer, Producer, Target};
 
 /// The durable consumer every bench consumer pulls from.
 const CONSUMER_NAME: &str = "bench";

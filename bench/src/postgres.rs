@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::load::{BenchError, BenchResult, Consumer, Producer, Target};
 use bytes::Bytes;
-use spool::bench::{BenchError, BenchResult, Consumer, Producer, Target};
 use tokio_postgres::{Client, NoTls};
 
 /// How long a claimed row stays invisible: longer than a run.

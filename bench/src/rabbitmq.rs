@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::load::{BenchError, BenchResult, Consumer, Producer, Target};
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{
@@ -10,7 +11,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use spool::bench::{BenchError, BenchResult, Consumer, Producer, Target};
 
 pub struct RabbitTarget {
     url: String,

@@ -1,5 +1,5 @@
 //! The client commands of the `spool` binary (`spool queue …`, `send`, `receive`, `delete`,
-//! `rewind`): their flags, and running them with [`crate::client`].
+//! `rewind`): their flags, and running them with the client crate ([`spool_client`]).
 //!
 //! Output is JSON on stdout, one object per line (a queue, a message, an answer). Errors go to
 //! stderr as `spool: CODE: message (cmq_code N)`, and the exit code is [`EXIT_FAILURE`]; clap's
@@ -18,13 +18,13 @@ use serde::Serialize;
 use tonic::Code;
 
 use self::output::{DeletedJson, MessageJson, QueueJson, RewoundJson, SentJson};
-use crate::client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
 use crate::limits::{
     MAX_BACKLOG, MAX_BATCH, MAX_MESSAGE_SIZE, MESSAGE_RETENTION_SECONDS, POLLING_WAIT_SECONDS,
     VISIBILITY_TIMEOUT_SECONDS,
 };
+use spool_client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
 
-pub use crate::client::DEFAULT_ENDPOINT;
+pub use spool_client::DEFAULT_ENDPOINT;
 
 /// The exit code of a command that failed (a call, or reading input, or writing output).
 pub const EXIT_FAILURE: i32 = 1;

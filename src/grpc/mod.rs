@@ -1,7 +1,6 @@
 //! The gRPC edge: the QueueService implementation, proto ⇄ domain conversion, error mapping,
 //! the health service, and the request size limit's answer.
 
-pub mod codec;
 mod convert;
 mod deadline;
 pub mod health;

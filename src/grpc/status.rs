@@ -1,43 +1,69 @@
-//! The one mapping from queue errors to gRPC statuses, with google.rpc.ErrorInfo details.
-
-use std::collections::HashMap;
+//! The one mapping from queue errors to gRPC statuses, with google.rpc.ErrorInfo details: each
+//! error's entry in the error table (`spool_client::errors`) says the code, reason and CMQ code.
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::QueueError;
 
-/// google.rpc.ErrorInfo.domain of every Spool error.
-pub const ERROR_DOMAIN: &str = "spool";
-
+/// The gRPC code of an error.
 pub fn code_of(error: &QueueError) -> Code {
-    match error {
-        QueueError::InvalidArgument(_) | QueueError::TooLarge(_) => Code::InvalidArgument,
-        QueueError::QueueNotFound(_) => Code::NotFound,
-        QueueError::QueueExists(_) => Code::AlreadyExists,
-        QueueError::StaleReceipt(_) | QueueError::RewindDisabled(_) => Code::FailedPrecondition,
-        QueueError::BacklogFull { .. } | QueueError::TooManyQueues { .. } => {
-            Code::ResourceExhausted
-        }
-        QueueError::Storage(_) | QueueError::ShuttingDown | QueueError::Starting => {
-            Code::Unavailable
-        }
-    }
+    error.case().grpc_code
 }
 
 impl From<QueueError> for Status {
+    /// No side effects: logging and metrics of failed calls belong to the layers that see every
+    /// call, not to this conversion (which also runs for errors that are never sent).
     fn from(error: QueueError) -> Self {
-        let code = code_of(&error);
-        // Client faults are routine; server-side failures need attention.
-        match code {
-            Code::Unavailable | Code::Internal => tracing::error!(%error, ?code, "request failed"),
-            _ => tracing::info!(%error, ?code, "request refused"),
+        error.case().status(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spool_client::ClientError;
+
+    use super::*;
+
+    /// What the client makes of a status the server sends for `error`.
+    fn through_the_client(error: QueueError) -> ClientError {
+        ClientError::from(Status::from(error))
+    }
+
+    #[test]
+    fn every_queue_error_reaches_the_client_with_its_codes_reason_and_message() {
+        let errors = [
+            QueueError::InvalidArgument("bad".into()),
+            QueueError::TooLarge("big".into()),
+            QueueError::QueueNotFound("q".into()),
+            QueueError::QueueExists("q".into()),
+            QueueError::StaleReceipt("old".into()),
+            QueueError::RewindDisabled("q".into()),
+            QueueError::BacklogFull {
+                name: "q".into(),
+                backlog: 1,
+                max: 1,
+            },
+            QueueError::TooManyQueues { max: 1 },
+            QueueError::Storage("disk".into()),
+            QueueError::ShuttingDown,
+            QueueError::Starting,
+        ];
+        for error in errors {
+            let client = through_the_client(error.clone());
+            assert_eq!(client.code(), Some(code_of(&error)));
+            assert_eq!(client.cmq_code(), Some(error.cmq_code()));
+            let rpc = client.rpc().expect("rpc");
+            assert_eq!(rpc.reason.as_deref(), Some(error.reason()));
+            assert_eq!(rpc.message, error.to_string());
         }
-        let metadata = HashMap::from([("cmq_code".to_string(), error.cmq_code().to_string())]);
-        Status::with_error_details(
-            code,
+    }
+
+    #[test]
+    fn displays_code_message_and_cmq_code() {
+        let error = through_the_client(QueueError::QueueNotFound("nope".into()));
+        assert_eq!(
             error.to_string(),
-            ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata),
-        )
+            "NOT_FOUND: queue \"nope\" does not exist (cmq_code 4440)"
+        );
     }
 }

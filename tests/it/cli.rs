@@ -615,11 +615,7 @@ async fn the_endpoint_belongs_to_client_commands_only() {
     let serve_help = String::from_utf8_lossy(&serve_help.stdout);
     assert!(serve_help.contains("--listen"), "{serve_help}");
     assert!(!serve_help.contains("--endpoint"), "{serve_help}");
-    for command in [
-        &["receive", "--help"][..],
-        &["queue", "get", "--help"],
-        &["bench", "--help"],
-    ] {
+    for command in [&["receive", "--help"][..], &["queue", "get", "--help"]] {
         let help = bare(command, None).await;
         let help = String::from_utf8_lossy(&help.stdout);
         assert!(help.contains("--endpoint <URL>"), "{command:?}: {help}");

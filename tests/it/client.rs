@@ -1,4 +1,4 @@
-//! The Rust client (`spool::client`) against a real server: every call, the long-poll stream,
+//! The Rust client (the `spool-client` crate) against a real server: every call, the long-poll stream,
 //! the error enum, and retries (against a server that starts late, and against a scripted
 //! server that answers UNAVAILABLE on cue).
 
@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
-use spool::client::{
-    BatchSendEntry, Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions,
-    RetryPolicy,
-};
 use spool::error::QueueError;
 use spool::pb;
 use spool::pb::queue_service_server::{QueueService, QueueServiceServer};
 use spool::server::{self, ServerConfig};
+use spool_client::{
+    BatchSendEntry, Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions,
+    RetryPolicy,
+};
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
 
@@ -405,7 +405,8 @@ fn the_readme_shows_the_documented_example() {
         .expect("a rust block in the README")
         + 8;
     let in_readme = &readme[start..start + readme[start..].find("```").expect("its end")];
-    let source = std::fs::read_to_string(root.join("src/client/mod.rs")).expect("mod.rs");
+    let source =
+        std::fs::read_to_string(root.join("clients/rust/src/lib.rs")).expect("the client's lib.rs");
     let docs: String = source
         .lines()
         .map_while(|line| line.strip_prefix("//!"))
@@ -413,7 +414,10 @@ fn the_readme_shows_the_documented_example() {
         .collect();
     let start = docs.find("```no_run\n").expect("the module example") + 10;
     let in_docs = &docs[start..start + docs[start..].find("```").expect("its end")];
-    assert_eq!(in_readme, in_docs, "README.md and src/client/mod.rs differ");
+    assert_eq!(
+        in_readme, in_docs,
+        "README.md and clients/rust/src/lib.rs differ"
+    );
 }
 
 // ---- retries against a server that is not there yet ----

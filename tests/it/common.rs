@@ -13,11 +13,11 @@ use spool::clock::Clock;
 use spool::pb;
 use spool::pb::queue_service_client::QueueServiceClient;
 use spool::server::{self, ServerConfig};
+use spool_client::RpcError;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 pub type Client = QueueServiceClient<Channel>;
 
@@ -246,19 +246,20 @@ pub fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-/// Asserts a status's code and CMQ code (from its ErrorInfo detail), and returns its message.
+/// Asserts a status's code and CMQ code (from its ErrorInfo detail, decoded as the client crate
+/// does: Spool's domain only), and returns its message.
 pub fn assert_error(status: &Status, code: Code, cmq_code: i32) -> String {
-    assert_eq!(status.code(), code, "{status:?}");
-    let details = status.get_error_details();
-    let info = details.error_info().expect("ErrorInfo detail");
-    assert_eq!(info.domain, "spool");
+    let rpc = RpcError::from_status(status);
     assert_eq!(
-        info.metadata.get("cmq_code").map(String::as_str),
-        Some(cmq_code.to_string().as_str()),
+        (rpc.code, rpc.cmq_code),
+        (code, Some(cmq_code)),
         "{status:?}"
     );
-    assert!(!info.reason.is_empty());
-    status.message().to_string()
+    assert!(
+        rpc.reason.is_some_and(|reason| !reason.is_empty()),
+        "{status:?}"
+    );
+    rpc.message
 }
 
 // ---- small request helpers ----

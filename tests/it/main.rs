@@ -1,11 +1,11 @@
 //! Integration tests: each talks to a real Spool server over gRPC.
 
-mod bench;
 mod cli;
 mod client;
 mod common;
 mod durability;
 mod edges;
+mod error_table;
 mod messages;
 mod operations;
 mod queues;

@@ -15,7 +15,7 @@ use super::stats::{
     CpuMeter, Figures, Latencies, Progress, add_latencies, listening_pid, resident_bytes, round,
 };
 use super::target::{BenchError, BenchResult, Consumer, Producer, SpoolTarget, Target};
-use crate::client::ReceiveOptions;
+use spool_client::ReceiveOptions;
 
 /// How long a consumer's receive waits for a message when none is visible.
 const CONSUMER_WAIT: Duration = Duration::from_secs(1);

@@ -6,7 +6,7 @@ use std::fmt;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::grpc::status::ERROR_DOMAIN;
+use crate::errors::{self, CMQ_CODE_KEY, ERROR_DOMAIN, ErrorCase, code_name};
 
 /// A failed call, as the client saw it.
 ///
@@ -15,7 +15,7 @@ use crate::grpc::status::ERROR_DOMAIN;
 /// the cases of Spool's error table, so callers match on what happened instead of on numbers:
 ///
 /// ```
-/// use spool::client::ClientError;
+/// use spool_client::ClientError;
 ///
 /// fn describe(error: &ClientError) -> &'static str {
 ///     match error {
@@ -34,33 +34,34 @@ pub enum ClientError {
     /// The endpoint given to [`Client::connect`](super::Client::connect) is not usable.
     #[error("invalid endpoint {endpoint:?}: {message}")]
     InvalidEndpoint { endpoint: String, message: String },
-    /// A parameter is out of range or malformed (INVALID_ARGUMENT, CMQ 4000).
+    /// A parameter is out of range or malformed ([`errors::INVALID_ARGUMENT`]).
     #[error("{0}")]
     InvalidArgument(RpcError),
-    /// A body or a batch is larger than allowed (INVALID_ARGUMENT, CMQ 4400).
+    /// A body or a batch is larger than allowed ([`errors::TOO_LARGE`]).
     #[error("{0}")]
     TooLarge(RpcError),
-    /// The queue does not exist (NOT_FOUND, CMQ 4440).
+    /// The queue does not exist ([`errors::QUEUE_NOT_FOUND`]).
     #[error("{0}")]
     QueueNotFound(RpcError),
-    /// The queue exists with other attributes (ALREADY_EXISTS, CMQ 4460).
+    /// The queue exists with other attributes ([`errors::QUEUE_EXISTS`]).
     #[error("{0}")]
     QueueExists(RpcError),
     /// The receipt handle was superseded by a later receive, or its visibility timeout has
-    /// passed (FAILED_PRECONDITION, CMQ 4430).
+    /// passed ([`errors::RECEIPT_HANDLE_STALE`]).
     #[error("{0}")]
     StaleReceipt(RpcError),
-    /// The queue has no rewind window (FAILED_PRECONDITION, CMQ 6050).
+    /// The queue has no rewind window ([`errors::REWIND_DISABLED`]).
     #[error("{0}")]
     RewindDisabled(RpcError),
-    /// The queue holds `max_backlog` messages (RESOURCE_EXHAUSTED, CMQ 4410).
+    /// The queue holds `max_backlog` messages ([`errors::BACKLOG_FULL`]).
     #[error("{0}")]
     BacklogFull(RpcError),
-    /// The server holds as many queues as it may (RESOURCE_EXHAUSTED, CMQ 4450).
+    /// The server holds as many queues as it may ([`errors::TOO_MANY_QUEUES`]).
     #[error("{0}")]
     TooManyQueues(RpcError),
     /// The server could not be reached, is starting or shutting down, or its storage is
-    /// failing (UNAVAILABLE; CMQ 6000 when the server said so). Returned after the retries that
+    /// failing (UNAVAILABLE: [`errors::STARTING`], [`errors::SHUTTING_DOWN`],
+    /// [`errors::STORAGE_UNAVAILABLE`], or no answer at all). Returned after the retries that
     /// the call allows (see [`retry`](super::retry)).
     #[error("{0}")]
     Unavailable(RpcError),
@@ -104,7 +105,7 @@ impl RpcError {
         Self {
             code: status.code(),
             cmq_code: info
-                .and_then(|info| info.metadata.get("cmq_code"))
+                .and_then(|info| info.metadata.get(CMQ_CODE_KEY))
                 .and_then(|code| code.parse().ok()),
             reason: info.map(|info| info.reason.clone()),
             message: status.message().to_string(),
@@ -142,19 +143,25 @@ impl ClientError {
 }
 
 impl From<RpcError> for ClientError {
-    /// Names the case by gRPC code and CMQ code together; a pair that is not in Spool's table
-    /// is [`ClientError::Other`], except that every UNAVAILABLE is [`ClientError::Unavailable`].
+    /// Names the case by its entry in the error table, found by gRPC code and CMQ code together;
+    /// a pair that is not in the table is [`ClientError::Other`], except that every UNAVAILABLE
+    /// is [`ClientError::Unavailable`].
     fn from(rpc: RpcError) -> Self {
-        match (rpc.code, rpc.cmq_code) {
-            (Code::InvalidArgument, Some(4000)) => Self::InvalidArgument(rpc),
-            (Code::InvalidArgument, Some(4400)) => Self::TooLarge(rpc),
-            (Code::NotFound, Some(4440)) => Self::QueueNotFound(rpc),
-            (Code::AlreadyExists, Some(4460)) => Self::QueueExists(rpc),
-            (Code::FailedPrecondition, Some(4430)) => Self::StaleReceipt(rpc),
-            (Code::FailedPrecondition, Some(6050)) => Self::RewindDisabled(rpc),
-            (Code::ResourceExhausted, Some(4410)) => Self::BacklogFull(rpc),
-            (Code::ResourceExhausted, Some(4450)) => Self::TooManyQueues(rpc),
-            (Code::Unavailable, _) => Self::Unavailable(rpc),
+        if rpc.code == Code::Unavailable {
+            return Self::Unavailable(rpc);
+        }
+        let case = rpc
+            .cmq_code
+            .and_then(|cmq_code| ErrorCase::by_codes(rpc.code, cmq_code));
+        match case {
+            Some(&errors::INVALID_ARGUMENT) => Self::InvalidArgument(rpc),
+            Some(&errors::TOO_LARGE) => Self::TooLarge(rpc),
+            Some(&errors::QUEUE_NOT_FOUND) => Self::QueueNotFound(rpc),
+            Some(&errors::QUEUE_EXISTS) => Self::QueueExists(rpc),
+            Some(&errors::RECEIPT_HANDLE_STALE) => Self::StaleReceipt(rpc),
+            Some(&errors::REWIND_DISABLED) => Self::RewindDisabled(rpc),
+            Some(&errors::BACKLOG_FULL) => Self::BacklogFull(rpc),
+            Some(&errors::TOO_MANY_QUEUES) => Self::TooManyQueues(rpc),
             _ => Self::Other(rpc),
         }
     }
@@ -172,77 +179,47 @@ impl From<&Status> for ClientError {
     }
 }
 
-/// The canonical name of a gRPC code, as grpc-status documentation and other clients spell it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::QueueError;
-
-    fn through_the_server(error: QueueError) -> ClientError {
-        ClientError::from(Status::from(error))
-    }
 
     #[test]
-    fn every_queue_error_has_its_own_variant_with_both_codes() {
-        let cases = [
-            (QueueError::InvalidArgument("bad".into()), "InvalidArgument"),
-            (QueueError::TooLarge("big".into()), "TooLarge"),
-            (QueueError::QueueNotFound("q".into()), "QueueNotFound"),
-            (QueueError::QueueExists("q".into()), "QueueExists"),
-            (QueueError::StaleReceipt("old".into()), "StaleReceipt"),
-            (QueueError::RewindDisabled("q".into()), "RewindDisabled"),
-            (
-                QueueError::BacklogFull {
-                    name: "q".into(),
-                    backlog: 1,
-                    max: 1,
-                },
-                "BacklogFull",
-            ),
-            (QueueError::TooManyQueues { max: 1 }, "TooManyQueues"),
-            (QueueError::Storage("disk".into()), "Unavailable"),
-            (QueueError::ShuttingDown, "Unavailable"),
+    fn every_case_of_the_table_has_its_variant_with_both_codes() {
+        let variants = [
+            (errors::INVALID_ARGUMENT, "InvalidArgument"),
+            (errors::TOO_LARGE, "TooLarge"),
+            (errors::QUEUE_NOT_FOUND, "QueueNotFound"),
+            (errors::QUEUE_EXISTS, "QueueExists"),
+            (errors::RECEIPT_HANDLE_STALE, "StaleReceipt"),
+            (errors::REWIND_DISABLED, "RewindDisabled"),
+            (errors::BACKLOG_FULL, "BacklogFull"),
+            (errors::TOO_MANY_QUEUES, "TooManyQueues"),
+            (errors::STORAGE_UNAVAILABLE, "Unavailable"),
+            (errors::STARTING, "Unavailable"),
+            (errors::SHUTTING_DOWN, "Unavailable"),
         ];
-        for (error, variant) in cases {
-            let expected_code = crate::grpc::status::code_of(&error);
-            let client = through_the_server(error.clone());
-            assert!(format!("{client:?}").starts_with(variant), "{client:?}");
-            assert_eq!(client.code(), Some(expected_code));
-            assert_eq!(client.cmq_code(), Some(error.cmq_code()));
-            let rpc = client.rpc().expect("rpc");
-            assert_eq!(rpc.reason.as_deref(), Some(error.reason()));
-            assert_eq!(rpc.message, error.to_string());
+        assert_eq!(variants.len(), errors::ERROR_CASES.len());
+        for (case, variant) in variants {
+            let error = ClientError::from(case.status("what happened"));
+            assert!(format!("{error:?}").starts_with(variant), "{error:?}");
+            assert_eq!(error.code(), Some(case.grpc_code));
+            assert_eq!(error.cmq_code(), Some(case.cmq_code));
+            let rpc = error.rpc().expect("rpc");
+            assert_eq!(rpc.reason.as_deref(), Some(case.reason));
+            assert_eq!(rpc.message, "what happened");
         }
     }
 
     #[test]
     fn displays_code_message_and_cmq_code() {
-        let error = through_the_server(QueueError::QueueNotFound("nope".into()));
+        let error =
+            ClientError::from(errors::QUEUE_NOT_FOUND.status("queue \"nope\" does not exist"));
         assert_eq!(
             error.to_string(),
-            "NOT_FOUND: queue \"nope\" does not exist (cmq_code 4440)"
+            format!(
+                "NOT_FOUND: queue \"nope\" does not exist (cmq_code {})",
+                errors::QUEUE_NOT_FOUND.cmq_code
+            )
         );
     }
 
@@ -260,13 +237,17 @@ mod tests {
 
     #[test]
     fn ignores_error_info_of_another_domain() {
+        let case = errors::QUEUE_NOT_FOUND;
         let status = Status::with_error_details(
-            Code::NotFound,
+            case.grpc_code,
             "elsewhere",
             tonic_types::ErrorDetails::with_error_info(
-                "QUEUE_NOT_FOUND",
+                case.reason,
                 "example.com",
-                std::collections::HashMap::from([("cmq_code".to_string(), "4440".to_string())]),
+                std::collections::HashMap::from([(
+                    CMQ_CODE_KEY.to_string(),
+                    case.cmq_code.to_string(),
+                )]),
             ),
         );
         let error = ClientError::from(status);

@@ -1,26 +1,78 @@
-//! `spool bench` against an in-process server: tiny bounded runs of each workload, and the
-//! figures its JSON report must carry.
+//! `spool-bench --targets spool` against a server in the test process: tiny bounded runs of
+//! each workload, and the figures its JSON report must carry.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use spool::server::{self, ServerConfig};
+use spool_client::{Client, ClientOptions, RetryPolicy};
 use tokio::process::Command;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-use crate::common::TestServer;
+/// A Spool server running in the test process (so the bench finds its memory and CPU here).
+struct TestServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), server::ServerError>>,
+    /// Kept so the data directory lives as long as the server.
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let config = ServerConfig::new(data_dir.path());
+        let task = tokio::spawn(server::run(listener, shutdown, config));
+        // Serving once a call succeeds: the client retries while the server recovers.
+        let patient = ClientOptions::default().retry(RetryPolicy::default().max_attempts(50));
+        Client::connect(&format!("http://{addr}"), patient)
+            .await
+            .expect("connect")
+            .list_all_queues("")
+            .await
+            .expect("the server serves");
+        Self {
+            addr,
+            stop,
+            task,
+            _data_dir: data_dir,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("server task").expect("server run");
+    }
+}
 
 /// Longest a tiny bench may take (each finishes in well under a second).
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
-/// Runs `spool bench --json ARGS` and returns its report.
+/// Runs `spool-bench --targets spool --json ARGS` and returns Spool's report.
 async fn bench(endpoint: &str, args: &[&str]) -> Value {
     let output = tokio::time::timeout(
         RUN_LIMIT,
-        Command::new(env!("CARGO_BIN_EXE_spool"))
+        Command::new(env!("CARGO_BIN_EXE_spool-bench"))
             .args([
-                "--endpoint",
+                "--targets",
+                "spool",
+                "--spool",
                 endpoint,
-                "bench",
                 "--json",
                 "--max-seconds",
                 "20",
@@ -32,11 +84,12 @@ async fn bench(endpoint: &str, args: &[&str]) -> Value {
             .output(),
     )
     .await
-    .expect("spool bench ran too long")
-    .expect("run spool bench");
+    .expect("spool-bench ran too long")
+    .expect("run spool-bench");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{args:?}: {stderr}");
-    serde_json::from_slice(&output.stdout).expect("one JSON report")
+    let json: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    json["reports"][0].clone()
 }
 
 /// The median of a figure, which must be there.
@@ -107,31 +160,31 @@ async fn bench_reports_every_figure_of_each_workload() {
     assert_eq!(figure(&echo, "calls"), 50.0);
 
     // The bench queues are deleted after each run.
-    let mut client = server.client().await;
-    let queues = client
-        .list_queues(spool::pb::ListQueuesRequest::default())
+    let client = Client::connect(&endpoint, ClientOptions::default())
         .await
-        .expect("list")
-        .into_inner();
-    assert!(queues.queues.is_empty(), "{queues:?}");
+        .expect("connect");
+    let queues = client.list_all_queues("").await.expect("list");
+    assert!(queues.is_empty(), "{queues:?}");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn bench_refuses_other_hosts_and_bad_flags() {
     for args in [
-        vec!["--endpoint", "http://10.1.2.3:50051", "bench", "-N", "1"],
-        vec!["bench", "-B", "17"],
-        vec!["bench", "--max-seconds", "100000"],
+        vec!["--targets", "spool", "--spool", "http://10.1.2.3:50051"],
+        vec!["--targets", "spool", "-B", "17"],
+        vec!["--targets", "spool", "--max-seconds", "100000"],
+        vec!["storage", "send", "http://10.1.2.3:50051", "1", "1", "1"],
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_spool"))
+        let output = Command::new(env!("CARGO_BIN_EXE_spool-bench"))
             .args(&args)
             .env_remove("SPOOL_ENDPOINT")
             .stdin(Stdio::null())
             .output()
             .await
-            .expect("run spool");
-        assert_eq!(output.status.code(), Some(1), "{args:?}");
-        assert!(String::from_utf8_lossy(&output.stderr).starts_with("spool bench:"));
+            .expect("run spool-bench");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("spool-bench:"), "{args:?}: {stderr}");
     }
 }

@@ -1,57 +1,79 @@
-//! A small load generator for durable sends, used for the storage figures in
-//! docs/benchmarks-storage.md. Targets 127.0.0.1 only; bounded by count or time.
+//! `spool-bench storage`: the durable-send measurements behind the figures in docs/storage.md.
+//! Targets 127.0.0.1 only; bounded by count or time. It calls the generated stubs directly (no
+//! retries, no client-side timeouts), so a figure is the server's alone.
 //!
-//!   cargo run --release --example send_bench -- ENDPOINT send PRODUCERS BATCH SECONDS
-//!   cargo run --release --example send_bench -- ENDPOINT fill MESSAGES BODY_BYTES
-//!   cargo run --release --example send_bench -- ENDPOINT first-receive QUEUE
-//!
-//! `send` runs PRODUCERS concurrent senders of BATCH messages (256 B) for SECONDS and prints
-//! acknowledged messages/s and the send-ack latency percentiles. `fill` queues MESSAGES messages
-//! in queue `fill` (64 producers, batch 16). `first-receive` prints how long until a receive
-//! on QUEUE returns a message (retrying while the server starts).
+//!   spool-bench storage send ENDPOINT PRODUCERS BATCH SECONDS
+//!   spool-bench storage fill ENDPOINT MESSAGES BODY_BYTES
+//!   spool-bench storage first-receive ENDPOINT QUEUE
 
 use std::time::{Duration, Instant};
 
-use spool::pb;
-use spool::pb::queue_service_client::QueueServiceClient;
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use spool_client::pb;
+use spool_client::pb::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
+
+use crate::load::check_local;
+
+/// A measurement of docs/storage.md.
+#[derive(Subcommand)]
+pub enum StorageCommand {
+    /// PRODUCERS concurrent senders of BATCH messages (256 B) for SECONDS: prints acknowledged
+    /// messages/s and the send-ack latency percentiles.
+    Send {
+        endpoint: String,
+        producers: usize,
+        batch: usize,
+        seconds: u64,
+    },
+    /// Queues MESSAGES messages of BODY_BYTES in queue `fill` (64 producers, batch 16).
+    Fill {
+        endpoint: String,
+        messages: usize,
+        body_bytes: usize,
+    },
+    /// Prints how long until a receive on QUEUE returns a message, retrying while the server
+    /// starts (run it as the server restarts).
+    FirstReceive { endpoint: String, queue: String },
+}
 
 type Client = QueueServiceClient<Channel>;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize| -> Result<&str, String> {
-        args.get(i).map(String::as_str).ok_or_else(|| {
-            format!("missing argument {i}; see the header of examples/send_bench.rs")
-        })
-    };
-    let endpoint = arg(0)?.to_string();
-    if !endpoint.contains("127.0.0.1") && !endpoint.contains("localhost") {
-        return Err("benchmarks target 127.0.0.1 only".into());
-    }
-    match arg(1)? {
-        "send" => {
-            let producers: usize = arg(2)?.parse()?;
-            let batch: usize = arg(3)?.parse()?;
-            let seconds: u64 = arg(4)?.parse()?;
+/// Runs one measurement and prints its result.
+pub async fn run(command: StorageCommand) -> anyhow::Result<()> {
+    match command {
+        StorageCommand::Send {
+            endpoint,
+            producers,
+            batch,
+            seconds,
+        } => {
+            check_local(&endpoint)?;
             send(&endpoint, producers, batch, Duration::from_secs(seconds)).await
         }
-        "fill" => {
-            let messages: usize = arg(2)?.parse()?;
-            let body_bytes: usize = arg(3)?.parse()?;
+        StorageCommand::Fill {
+            endpoint,
+            messages,
+            body_bytes,
+        } => {
+            check_local(&endpoint)?;
             fill(&endpoint, messages, body_bytes).await
         }
-        "first-receive" => first_receive(&endpoint, arg(2)?).await,
-        other => Err(format!("unknown mode {other}").into()),
+        StorageCommand::FirstReceive { endpoint, queue } => {
+            check_local(&endpoint)?;
+            first_receive(&endpoint, &queue).await
+        }
     }
 }
 
-async fn connect(endpoint: &str) -> Result<Client, Box<dyn std::error::Error>> {
-    Ok(QueueServiceClient::connect(endpoint.to_string()).await?)
+async fn connect(endpoint: &str) -> anyhow::Result<Client> {
+    QueueServiceClient::connect(endpoint.to_string())
+        .await
+        .with_context(|| format!("connect to {endpoint}"))
 }
 
-async fn create(client: &mut Client, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn create(client: &mut Client, name: &str) -> anyhow::Result<()> {
     let _ = client
         .delete_queue(pb::DeleteQueueRequest {
             queue_name: name.into(),
@@ -83,7 +105,7 @@ async fn send(
     producers: usize,
     batch: usize,
     duration: Duration,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> anyhow::Result<()> {
     let mut client = connect(endpoint).await?;
     let queue = format!("bench-p{producers}-b{batch}");
     create(&mut client, &queue).await?;
@@ -130,11 +152,7 @@ async fn send(
     Ok(())
 }
 
-async fn fill(
-    endpoint: &str,
-    messages: usize,
-    body_bytes: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
+async fn fill(endpoint: &str, messages: usize, body_bytes: usize) -> anyhow::Result<()> {
     let mut client = connect(endpoint).await?;
     create(&mut client, "fill").await?;
     let started = Instant::now();
@@ -164,7 +182,7 @@ async fn fill(
     Ok(())
 }
 
-async fn first_receive(endpoint: &str, queue: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn first_receive(endpoint: &str, queue: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         if let Ok(mut client) = connect(endpoint).await {
@@ -186,7 +204,7 @@ async fn first_receive(endpoint: &str, queue: &str) -> Result<(), Box<dyn std::e
             }
         }
         if started.elapsed() > Duration::from_secs(120) {
-            return Err("no message within 120 s".into());
+            bail!("no message within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -1,11 +1,12 @@
-//! `spool bench`: a load generator for Spool, bounded in messages and time, against 127.0.0.1
-//! only. Four workloads ([`Mode`]): steady (produce and consume at once), fill-then-drain (a
-//! backlog, then draining it), long-poll idle (parked receives woken by a trickle of sends) and
-//! the gRPC echo baseline (the transport alone). It reports messages/s, send-ack and end-to-end
-//! latencies from HDR histograms, and the server's resident memory when it can read it.
+//! The load generator: workloads bounded in messages and time, against 127.0.0.1 only. Four
+//! workloads ([`Mode`]): steady (produce and consume at once), fill-then-drain (a backlog, then
+//! draining it), long-poll idle (parked receives woken by a trickle of sends) and the gRPC echo
+//! baseline (the transport alone). It reports messages/s, send-ack and end-to-end latencies from
+//! HDR histograms, and the server's resident memory when it can read it.
 //!
-//! The peers (NATS JetStream, RabbitMQ, PostgreSQL) implement [`Target`] in the `spool-bench`
-//! crate under `bench/`, which runs the same workloads through [`run_target`].
+//! Spool is driven through its client crate ([`SpoolTarget`]); the peers (NATS JetStream,
+//! RabbitMQ, PostgreSQL) implement [`Target`] beside this module and run the same workloads
+//! through [`run_target`].
 
 pub mod stats;
 pub mod target;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
+use spool_client::limits::{MAX_BATCH, MAX_MESSAGE_SIZE, check_queue_name};
 
 pub use self::stats::{Figures, Spread};
 pub use self::target::{BenchError, BenchResult, Consumer, Producer, SpoolTarget, Target};
@@ -48,7 +50,7 @@ pub enum Mode {
     Echo,
 }
 
-/// The flags of `spool bench` (and of `spool-bench`, which adds the peers).
+/// The workload's flags of `spool-bench`.
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
     /// The workload.
@@ -124,6 +126,7 @@ impl TryFrom<&BenchArgs> for Workload {
     type Error = BenchError;
 
     fn try_from(args: &BenchArgs) -> Result<Self, BenchError> {
+        let max_body = *MAX_MESSAGE_SIZE.end() as usize;
         let check = |ok: bool, what: &str| {
             if ok {
                 Ok(())
@@ -148,10 +151,13 @@ impl TryFrom<&BenchArgs> for Workload {
             &format!("messages must be 1..={MAX_MESSAGES}"),
         )?;
         check(
-            (workload::MIN_BODY_BYTES..=1_048_576).contains(&args.size),
-            "size must be 16..=1048576",
+            (workload::MIN_BODY_BYTES..=max_body).contains(&args.size),
+            &format!("size must be {}..={max_body}", workload::MIN_BODY_BYTES),
         )?;
-        check((1..=16).contains(&args.batch), "batch must be 1..=16")?;
+        check(
+            (1..=MAX_BATCH).contains(&args.batch),
+            &format!("batch must be 1..={MAX_BATCH}"),
+        )?;
         check(
             args.rate.is_none_or(|rate| rate.is_finite() && rate > 0.0),
             "rate must be positive",
@@ -169,7 +175,7 @@ impl TryFrom<&BenchArgs> for Workload {
             &format!("runs must be 1..={MAX_RUNS}"),
         )?;
         check(
-            crate::attributes::validate_queue_name(&format!("{}-0", args.queue_prefix)).is_ok(),
+            check_queue_name(&format!("{}-0", args.queue_prefix)).is_ok(),
             "queue-prefix must start a valid queue name",
         )?;
         Ok(Self {
@@ -215,7 +221,7 @@ pub fn check_local(endpoint: &str) -> BenchResult<()> {
         Ok(())
     } else {
         Err(BenchError(format!(
-            "spool bench targets 127.0.0.1 only, not {endpoint:?}"
+            "spool-bench targets 127.0.0.1 only, not {endpoint:?}"
         )))
     }
 }
@@ -314,37 +320,6 @@ pub fn render_text(report: &Report) -> String {
         }
     }
     text
-}
-
-/// `spool bench`: runs the workload against `endpoint`, prints the report; the exit code.
-pub fn run_cli(endpoint: &str, args: &BenchArgs) -> i32 {
-    let result = Workload::try_from(args).and_then(|workload| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|error| BenchError::new("cannot start the async runtime", error))?;
-        runtime.block_on(run_spool(endpoint, &workload, args.runs))
-    });
-    match result {
-        Ok(report) => {
-            if args.json {
-                match serde_json::to_string(&report) {
-                    Ok(json) => println!("{json}"),
-                    Err(error) => {
-                        eprintln!("spool bench: {error}");
-                        return crate::cli::EXIT_FAILURE;
-                    }
-                }
-            } else {
-                print!("{}", render_text(&report));
-            }
-            0
-        }
-        Err(error) => {
-            eprintln!("spool bench: {error}");
-            crate::cli::EXIT_FAILURE
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! What a load generator talks to: a [`Target`] makes queues, producers and consumers. Spool's
-//! is here; the peers (NATS JetStream, RabbitMQ, PostgreSQL) are in the `spool-bench` crate
-//! under `bench/`, so the server's build never compiles their clients.
+//! is here; the peers' (NATS JetStream, RabbitMQ, PostgreSQL) are beside this module, in
+//! `nats`, `rabbitmq` and `postgres`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use crate::client::{Client, ClientOptions, QueueAttributes, ReceiveOptions};
+use spool_client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
 
 /// Why a bench run failed: a message for the user (peers' errors are all different types).
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +24,8 @@ impl BenchError {
     }
 }
 
-impl From<crate::client::ClientError> for BenchError {
-    fn from(error: crate::client::ClientError) -> Self {
+impl From<ClientError> for BenchError {
+    fn from(error: ClientError) -> Self {
         Self(error.to_string())
     }
 }
@@ -103,7 +103,7 @@ pub trait Consumer: Send + 'static {
 /// message is delivered twice.
 pub const BENCH_VISIBILITY_SECONDS: u32 = 600;
 
-/// Spool over gRPC, through [`crate::client::Client`].
+/// Spool over gRPC, through [`spool_client::Client`].
 pub struct SpoolTarget {
     endpoint: String,
     /// One client (one HTTP/2 connection) per connection number, made on first use.
@@ -173,7 +173,7 @@ impl Target for SpoolTarget {
                 .delete_queue(queue)
                 .await
                 .or_else(|error| match error {
-                    crate::client::ClientError::QueueNotFound(_) => Ok(()),
+                    ClientError::QueueNotFound(_) => Ok(()),
                     error => Err(error),
                 })?;
             client.create_queue(queue, attributes).await?;

@@ -1,10 +1,11 @@
-//! A Rust client for Spool: typed methods for every call of `spool.v1.QueueService`, long-poll
+//! `spool-client`: the Rust client of Spool, a durable message-queue service with the queue model
+//! of Tencent Cloud CMQ, served over gRPC. Typed methods for every call of `spool.v1.QueueService`, long-poll
 //! receives as a [`Stream`], retries with backoff where they are safe, and errors that keep
 //! both the gRPC code and CMQ's error number.
 //!
 //! ```no_run
 //! use futures_util::StreamExt as _;
-//! use spool::client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
+//! use spool_client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), ClientError> {
@@ -32,9 +33,30 @@
 //!
 //! A [`Client`] is cheap to clone: clones share one HTTP/2 connection, which carries many calls
 //! at once. Which calls are retried, and why, is explained in [`retry`].
+//!
+//! # Layout
+//!
+//! - this module: [`Client`], its options and the long-poll [`MessageStream`].
+//! - [`retry`]: which calls are retried on UNAVAILABLE, and the backoff.
+//! - [`ClientError`] (in `error`): a failed call, one variant per case of the error table.
+//! - [`errors`]: the error table itself (reason, gRPC code, CMQ code), shared with the server.
+//! - [`limits`]: the API's ranges and defaults, shared with the server.
+//! - [`pb`]: the generated protobuf types and client stubs (with the `server` feature, the
+//!   server trait too); `codec` is the protobuf codec they use.
+//!
+//! The crate compiles none of the server: no SQLite, no queue actors.
 
+mod codec;
 mod error;
+pub mod errors;
+pub mod limits;
 pub mod retry;
+
+/// The generated protobuf types and gRPC stubs of `spool.v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("spool.v1");
+}
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,11 +68,11 @@ use futures_util::Stream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-pub use self::error::{ClientError, RpcError, code_name};
+pub use self::error::{ClientError, RpcError};
+pub use self::errors::code_name;
 pub use self::retry::RetryPolicy;
 use self::retry::{Safety, jitter_seed, never_sent};
 use crate::limits::{MAX_REQUEST_BYTES, POLLING_WAIT_SECONDS};
-use crate::pb;
 use crate::pb::queue_service_client::QueueServiceClient;
 pub use crate::pb::{
     BatchSendEntry, DeleteFailure, ListQueuesResponse, Queue, QueueAttributes, QueueStats,
@@ -74,7 +96,7 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// ```
 /// use std::time::Duration;
-/// use spool::client::{ClientOptions, RetryPolicy};
+/// use spool_client::{ClientOptions, RetryPolicy};
 ///
 /// let options = ClientOptions::default()
 ///     .connect_timeout(Duration::from_secs(2))
@@ -160,7 +182,7 @@ impl ClientOptions {
 /// Settings of one ReceiveMessages call; unset ones take the queue's values.
 ///
 /// ```
-/// use spool::client::ReceiveOptions;
+/// use spool_client::ReceiveOptions;
 ///
 /// // Up to 3 messages; wait up to 3 s when none is visible; keep them invisible for 60 s.
 /// let options = ReceiveOptions::default()
@@ -228,8 +250,8 @@ impl Client {
     /// retrying as [`ClientOptions::retry`] allows while the server cannot be reached.
     ///
     /// ```no_run
-    /// # async fn example() -> Result<(), spool::client::ClientError> {
-    /// use spool::client::{Client, ClientOptions};
+    /// # async fn example() -> Result<(), spool_client::ClientError> {
+    /// use spool_client::{Client, ClientOptions};
     ///
     /// let client = Client::connect("http://127.0.0.1:50051", ClientOptions::default()).await?;
     /// # let _ = client;
@@ -288,8 +310,8 @@ impl Client {
     /// [`ClientError::QueueExists`]. Retried on UNAVAILABLE.
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
-    /// use spool::client::QueueAttributes;
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
+    /// use spool_client::QueueAttributes;
     ///
     /// let queue = client
     ///     .create_queue(
@@ -328,7 +350,7 @@ impl Client {
     /// A queue's attributes and message counters. Retried on UNAVAILABLE.
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
     /// let queue = client.get_queue("QueueForTest").await?;
     /// let stats = queue.stats.unwrap_or_default();
     /// println!("{} visible, {} delayed", stats.active_messages, stats.delayed_messages);
@@ -353,8 +375,8 @@ impl Client {
     /// Retried on UNAVAILABLE (the values are absolute, so applying them twice is harmless).
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
-    /// use spool::client::QueueAttributes;
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
+    /// use spool_client::QueueAttributes;
     ///
     /// // Turn rewind on: keep deleted messages for 12 hours.
     /// let attributes = QueueAttributes { rewind_seconds: Some(43_200), ..Default::default() };
@@ -385,8 +407,8 @@ impl Client {
     /// gone, the call succeeds (the attempt that failed may have deleted it; see [`retry`]).
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
-    /// use spool::client::ClientError;
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
+    /// use spool_client::ClientError;
     ///
     /// match client.delete_queue("QueueForTest").await {
     ///     Ok(()) | Err(ClientError::QueueNotFound(_)) => println!("gone"),
@@ -444,7 +466,7 @@ impl Client {
     /// Every queue whose name starts with `prefix` ("" for all), in name order, page by page.
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
     /// for queue in client.list_all_queues("Queue").await? {
     ///     println!("{}", queue.name);
     /// }
@@ -473,7 +495,7 @@ impl Client {
     /// [`RetryPolicy::retry_non_idempotent`] says so.
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
     /// use std::time::{Duration, UNIX_EPOCH};
     ///
     /// // CMQ: rewindQueue(1488718862)
@@ -507,7 +529,7 @@ impl Client {
     /// made; [`RetryPolicy::retry_non_idempotent`] retries always.)
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
     /// let id = client.send_message("QueueForTest", "I am test message.").await?;
     /// let id = client.send_message("QueueForTest", vec![0u8, 1, 2]).await?;
     /// # let _ = id;
@@ -526,7 +548,7 @@ impl Client {
     /// to retry a failed job later. Retried as [`send_message`](Self::send_message) is.
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
     /// // Visible in 10 minutes.
     /// client.send_delayed_message("QueueForTest", "i am test", 600).await?;
     /// # Ok(())
@@ -567,7 +589,7 @@ impl Client {
     /// [`send_message`](Self::send_message) is.
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
     /// let bodies = (0..3).map(|i| format!("I am test message {i}."));
     /// let ids = client.batch_send_messages("QueueForTest", bodies).await?;
     /// assert_eq!(ids.len(), 3);
@@ -621,9 +643,9 @@ impl Client {
     /// may be in flight already; they come back after their visibility timeout).
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
     /// use futures_util::StreamExt as _;
-    /// use spool::client::ReceiveOptions;
+    /// use spool_client::ReceiveOptions;
     ///
     /// let options = ReceiveOptions::default().max_messages(3).wait_seconds(3);
     /// let mut messages = client.receive_messages("QueueForTest", options).await?;
@@ -665,8 +687,8 @@ impl Client {
     /// poll, or none when nothing arrived within the wait.
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client) -> Result<(), spool::client::ClientError> {
-    /// use spool::client::ReceiveOptions;
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
+    /// use spool_client::ReceiveOptions;
     ///
     /// let options = ReceiveOptions::default().max_messages(3).wait_seconds(3);
     /// for message in client.receive("QueueForTest", options).await? {
@@ -714,7 +736,7 @@ impl Client {
     /// why (empty when all were). Retried on UNAVAILABLE.
     ///
     /// ```no_run
-    /// # async fn example(client: spool::client::Client, received: Vec<spool::client::ReceivedMessage>) -> Result<(), spool::client::ClientError> {
+    /// # async fn example(client: spool_client::Client, received: Vec<spool_client::ReceivedMessage>) -> Result<(), spool_client::ClientError> {
     /// let handles = received.iter().map(|message| message.receipt_handle.clone());
     /// for failure in client.batch_delete_messages("QueueForTest", handles).await? {
     ///     eprintln!("{}: {} (cmq_code {})", failure.receipt_handle, failure.message, failure.cmq_code);

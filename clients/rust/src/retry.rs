@@ -27,8 +27,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
-use crate::error::QueueError;
-use crate::grpc::status::ERROR_DOMAIN;
+use crate::errors::{ERROR_DOMAIN, STARTING};
 
 /// How a call may be retried; see the [module documentation](self).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +43,7 @@ pub enum Safety {
 ///
 /// ```
 /// use std::time::Duration;
-/// use spool::client::RetryPolicy;
+/// use spool_client::RetryPolicy;
 ///
 /// let patient = RetryPolicy::default()
 ///     .max_attempts(10)
@@ -163,9 +162,9 @@ impl RetryPolicy {
 pub fn not_carried_out(status: &Status) -> bool {
     never_sent(status) || {
         let details = status.get_error_details();
-        details.error_info().is_some_and(|info| {
-            info.domain == ERROR_DOMAIN && info.reason == QueueError::Starting.reason()
-        })
+        details
+            .error_info()
+            .is_some_and(|info| info.domain == ERROR_DOMAIN && info.reason == STARTING.reason)
     }
 }
 
@@ -226,7 +225,7 @@ mod tests {
         assert_eq!(refused.code(), Code::Unavailable);
         assert!(never_sent(&refused));
         assert!(policy.should_retry(Safety::NotIdempotent, 1, &refused));
-        let starting = Status::from(QueueError::Starting);
+        let starting = STARTING.status("the server is starting");
         assert!(!never_sent(&starting));
         assert!(policy.should_retry(Safety::NotIdempotent, 1, &starting));
         let opted_in = policy.retry_non_idempotent(true);

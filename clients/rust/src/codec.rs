@@ -1,10 +1,12 @@
-//! The protobuf codec of the generated server and client: tonic's prost codec with a smaller
-//! buffer. Tonic allocates the encoding buffer of every call up front (8 KiB by default) and
-//! keeps it for the life of the call; a parked long poll is a call that lives up to 30 s, so
-//! with thousands of them that buffer was most of the server's memory per waiting stream.
-//! Spool's messages are small (a receive's message is its body plus ~150 B), and a larger one
-//! grows the buffer as needed, so 1 KiB costs little in speed and saves 7 KiB per call. The
-//! decoding buffer keeps tonic's 8 KiB (see [`DECODE_BUFFER_BYTES`]).
+//! The protobuf codec of the generated stubs (the client's, and the server trait's with the
+//! `server` feature): tonic's prost codec with a smaller encoding buffer. Tonic allocates the
+//! encoding buffer of every call up front (8 KiB by default) and keeps it for the life of the
+//! call; a parked long poll is a call that lives up to 30 s, so with thousands of them that
+//! buffer was most of the server's memory per waiting stream. Spool's messages are small (a
+//! receive's message is its body plus ~150 B), and a larger one grows the buffer as needed, so
+//! 1 KiB costs little in speed and saves 7 KiB per call. The decoding buffer keeps tonic's
+//! 8 KiB (see [`DECODE_BUFFER_BYTES`]). It lives here, beside the generated code that names it,
+//! so that the server and the client share one.
 //!
 //! Its decoder answers a message that is not valid protobuf with INVALID_ARGUMENT (CMQ 4000),
 //! where tonic's prost decoder says INTERNAL: a request the server cannot parse is the caller's
@@ -16,10 +18,10 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstEncoder};
 
-use crate::error::QueueError;
+use crate::errors;
 
 /// The initial encoding buffer of a call.
-pub const CALL_BUFFER_BYTES: usize = 1024;
+const CALL_BUFFER_BYTES: usize = 1024;
 /// The initial decoding buffer, tonic's default. At 1 KiB it grew several times for every
 /// batch of 16 bodies, which showed in profiles; at 8 KiB (measured, 4x4 producers and
 /// consumers, batch 16): fill 85k -> 99k msg/s, drain 75k -> 82k, steady 53k -> 56k. A server
@@ -72,9 +74,10 @@ where
 /// of a broken server; for Spool's server it is a client sending bytes that are not the
 /// request it names, which CMQ and the error table call a bad parameter.
 ///
-/// The generated client shares this codec (build.rs names one codec path for both sides), so a
+/// The generated client shares this codec (one build configuration for both sides), so a
 /// response the Rust client cannot parse reads INVALID_ARGUMENT too; the message names the
-/// message type, which tells the two apart.
+/// message type (a response's name ends in `Response` or is a resource), which tells the two
+/// apart.
 #[derive(Debug, Clone, Copy)]
 pub struct MalformedDecoder<U>(PhantomData<U>);
 
@@ -87,11 +90,10 @@ where
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf).map(Some).map_err(|error| {
-            QueueError::InvalidArgument(format!(
+            errors::INVALID_ARGUMENT.status(format!(
                 "the message is not a valid protobuf {}: {error}",
                 message_name::<U>()
             ))
-            .into()
         })
     }
 

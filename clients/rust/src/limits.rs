@@ -1,0 +1,78 @@
+//! Every range and default of the queue model's API, named once: the server enforces them and
+//! the client sizes its calls with them. The proto's doc comments and the README quote these
+//! numbers; change them together. (Server settings, such as how many queues a server holds, are
+//! the server's own.)
+
+use std::ops::RangeInclusive;
+
+/// Queue names: 1 to this many characters.
+pub const MAX_QUEUE_NAME_LEN: usize = 64;
+
+/// Seconds a received message stays invisible.
+pub const VISIBILITY_TIMEOUT_SECONDS: RangeInclusive<u32> = 1..=43_200;
+pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: u32 = 30;
+
+/// Seconds a receive waits for a message.
+pub const POLLING_WAIT_SECONDS: RangeInclusive<u32> = 0..=30;
+pub const DEFAULT_POLLING_WAIT_SECONDS: u32 = 0;
+
+/// Largest body, in bytes.
+pub const MAX_MESSAGE_SIZE: RangeInclusive<u32> = 1_024..=1_048_576;
+pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 65_536;
+
+/// Seconds a message is kept after it was sent (15 days at most).
+pub const MESSAGE_RETENTION_SECONDS: RangeInclusive<u32> = 60..=1_296_000;
+pub const DEFAULT_MESSAGE_RETENTION_SECONDS: u32 = 345_600;
+
+/// Rewind window; its upper bound is the queue's retention. 0 turns rewind off.
+pub const DEFAULT_REWIND_SECONDS: u32 = 0;
+
+/// Messages a queue holds at most (visible + in flight + delayed).
+pub const MAX_BACKLOG: RangeInclusive<u64> = 1..=1_000_000_000;
+pub const DEFAULT_MAX_BACKLOG: u64 = 100_000_000;
+
+/// Entries of a batch send, messages of a receive, handles of a batch delete.
+pub const MAX_BATCH: usize = 16;
+
+/// ListQueues page size when the request says 0, and the largest allowed.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1_000;
+
+/// Room in a request beyond its bodies: the queue name, field tags and lengths (a full batch of
+/// the largest bodies spends a few hundred bytes of it).
+pub const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Largest gRPC request: a full batch of the largest bodies, plus [`REQUEST_OVERHEAD_BYTES`].
+/// tonic's default (4 MiB) would refuse a legal 16 × 1 MiB batch. A larger request fails with
+/// INVALID_ARGUMENT, reason TOO_LARGE, cmq_code 4400.
+pub const MAX_REQUEST_BYTES: usize =
+    MAX_BATCH * (*MAX_MESSAGE_SIZE.end() as usize) + REQUEST_OVERHEAD_BYTES;
+
+/// Checks a queue name: 1 to 64 characters, a letter first, then letters, digits, '-' or '_'.
+/// The error is the whole message, naming the rule (the server answers it as INVALID_ARGUMENT).
+pub fn check_queue_name(name: &str) -> Result<(), String> {
+    let invalid = |why: &str| {
+        // Quote at most a name's worth of it: the message travels in a header.
+        let shown: String = name.chars().take(MAX_QUEUE_NAME_LEN).collect();
+        let ellipsis = if shown.len() < name.len() { "..." } else { "" };
+        format!(
+            "queue_name {shown:?}{ellipsis} {why}; a name is 1..={MAX_QUEUE_NAME_LEN} characters: \
+             a letter first, then letters, digits, '-' or '_'"
+        )
+    };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(invalid("is empty")),
+        Some(first) if !first.is_ascii_alphabetic() => {
+            return Err(invalid("does not start with a letter"));
+        }
+        Some(_) => {}
+    }
+    if name.len() > MAX_QUEUE_NAME_LEN {
+        return Err(invalid("is too long"));
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(invalid("has a character that is not allowed"));
+    }
+    Ok(())
+}
