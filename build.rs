@@ -17,5 +17,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("spool_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+
+    // The RPCs of every service, for the metrics' `method` label: read from the proto, so a
+    // new RPC is measured without a table kept by hand.
+    let mut methods = String::from("/// (gRPC path, method name) of every RPC of Spool's API.\n");
+    methods.push_str("pub const RPC_METHODS: &[(&str, &str)] = &[\n");
+    for file in &descriptors.file {
+        for service in &file.service {
+            for method in &service.method {
+                let (package, service, method) = (file.package(), service.name(), method.name());
+                methods.push_str(&format!(
+                    "    (\"/{package}.{service}/{method}\", \"{method}\"),\n"
+                ));
+            }
+        }
+    }
+    methods.push_str("];\n");
+    std::fs::write(out_dir.join("rpc_methods.rs"), methods)?;
     Ok(())
 }

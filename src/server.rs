@@ -21,6 +21,7 @@ use crate::config::Settings;
 use crate::grpc::QueueServiceImpl;
 use crate::grpc::health::{self, HealthReporter};
 use crate::grpc::layer::RequestSizeLimit;
+use crate::grpc::observe::Observed;
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::metrics::{self, Metrics};
 use crate::pb::queue_service_server::QueueServiceServer;
@@ -117,14 +118,14 @@ pub async fn run(
         .build_v1alpha()?;
 
     let stopping = CancellationToken::new();
-    let queue_service = RequestSizeLimit::new(
-        QueueServiceServer::new(QueueServiceImpl::new(
-            registry.clone(),
-            metrics.clone(),
-            stopping.clone(),
-        ))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_REQUEST_BYTES),
+    // Observed outside the size limit, so it measures and logs the rewritten TOO_LARGE.
+    let queue_service = Observed::new(
+        RequestSizeLimit::new(
+            QueueServiceServer::new(QueueServiceImpl::new(registry.clone(), stopping.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_REQUEST_BYTES),
+        ),
+        metrics.clone(),
     );
 
     // Decide → tell: readiness drops first, so load balancers stop sending new calls.

@@ -5,6 +5,7 @@ mod convert;
 mod deadline;
 pub mod health;
 pub mod layer;
+pub mod observe;
 mod service;
 pub mod status;
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::deadline::client_budget;
@@ -15,7 +15,6 @@ use crate::limits::{
     DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, POLLING_WAIT_SECONDS,
     VISIBILITY_TIMEOUT_SECONDS,
 };
-use crate::metrics::{Method, Metrics};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::queue::{DeleteTarget, Outgoing, QueueHandle, ReceiveRequest, Receiving};
@@ -25,30 +24,13 @@ use crate::registry::Registry;
 pub struct QueueServiceImpl {
     /// Filled once the queues are recovered; until then calls are UNAVAILABLE.
     registry: Arc<OnceLock<Arc<Registry>>>,
-    metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down: open long polls end, empty and OK.
     shutdown: CancellationToken,
 }
 
 impl QueueServiceImpl {
-    pub fn new(
-        registry: Arc<OnceLock<Arc<Registry>>>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            registry,
-            metrics,
-            shutdown,
-        }
-    }
-
-    fn observe<T>(&self, method: Method, started: Instant, result: &RpcResult<T>) {
-        let code = match result {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
-        };
-        self.metrics.observe_rpc(method, code, started.elapsed());
+    pub fn new(registry: Arc<OnceLock<Arc<Registry>>>, shutdown: CancellationToken) -> Self {
+        Self { registry, shutdown }
     }
 
     fn registry(&self) -> Result<&Arc<Registry>, QueueError> {
@@ -88,7 +70,6 @@ fn non_empty_body(field: &str, body: &[u8]) -> Result<(), QueueError> {
 impl QueueService for QueueServiceImpl {
     #[tracing::instrument(name = "CreateQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn create_queue(&self, request: Request<pb::CreateQueueRequest>) -> RpcResult<pb::Queue> {
-        let started = Instant::now();
         let result: RpcResult<pb::Queue> = async {
             let request = request.into_inner();
             validate_queue_name(&request.queue_name)?;
@@ -101,25 +82,21 @@ impl QueueService for QueueServiceImpl {
             Ok(Response::new(convert::queue(info)))
         }
         .await;
-        self.observe(Method::CREATE_QUEUE, started, &result);
         result
     }
 
     #[tracing::instrument(name = "GetQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> RpcResult<pb::Queue> {
-        let started = Instant::now();
         let result: RpcResult<pb::Queue> = async {
             let info = self.queue(&request.get_ref().queue_name)?.info().await?;
             Ok(Response::new(convert::queue(info)))
         }
         .await;
-        self.observe(Method::GET_QUEUE, started, &result);
         result
     }
 
     #[tracing::instrument(name = "UpdateQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn update_queue(&self, request: Request<pb::UpdateQueueRequest>) -> RpcResult<pb::Queue> {
-        let started = Instant::now();
         let result: RpcResult<pb::Queue> = async {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
@@ -127,13 +104,11 @@ impl QueueService for QueueServiceImpl {
             Ok(Response::new(convert::queue(info)))
         }
         .await;
-        self.observe(Method::UPDATE_QUEUE, started, &result);
         result
     }
 
     #[tracing::instrument(name = "DeleteQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn delete_queue(&self, request: Request<pb::DeleteQueueRequest>) -> RpcResult<()> {
-        let started = Instant::now();
         let result: RpcResult<()> = async {
             let name = &request.get_ref().queue_name;
             validate_queue_name(name)?;
@@ -141,7 +116,6 @@ impl QueueService for QueueServiceImpl {
             Ok(Response::new(()))
         }
         .await;
-        self.observe(Method::DELETE_QUEUE, started, &result);
         result
     }
 
@@ -150,7 +124,6 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ListQueuesRequest>,
     ) -> RpcResult<pb::ListQueuesResponse> {
-        let started = Instant::now();
         let result: RpcResult<pb::ListQueuesResponse> = async {
             let request = request.into_inner();
             if request.prefix.len() > MAX_QUEUE_NAME_LEN {
@@ -188,7 +161,6 @@ impl QueueService for QueueServiceImpl {
             }))
         }
         .await;
-        self.observe(Method::LIST_QUEUES, started, &result);
         result
     }
 
@@ -197,7 +169,6 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::RewindQueueRequest>,
     ) -> RpcResult<pb::RewindQueueResponse> {
-        let started = Instant::now();
         let result: RpcResult<pb::RewindQueueResponse> = async {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
@@ -209,7 +180,6 @@ impl QueueService for QueueServiceImpl {
             Ok(Response::new(pb::RewindQueueResponse { restored_messages }))
         }
         .await;
-        self.observe(Method::REWIND_QUEUE, started, &result);
         result
     }
 
@@ -218,7 +188,6 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> RpcResult<pb::SendMessageResponse> {
-        let started = Instant::now();
         let result: RpcResult<pb::SendMessageResponse> = async {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
@@ -234,7 +203,6 @@ impl QueueService for QueueServiceImpl {
             }))
         }
         .await;
-        self.observe(Method::SEND_MESSAGE, started, &result);
         result
     }
 
@@ -243,7 +211,6 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::BatchSendMessagesRequest>,
     ) -> RpcResult<pb::BatchSendMessagesResponse> {
-        let started = Instant::now();
         let result: RpcResult<pb::BatchSendMessagesResponse> = async {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
@@ -262,7 +229,6 @@ impl QueueService for QueueServiceImpl {
             }))
         }
         .await;
-        self.observe(Method::BATCH_SEND_MESSAGES, started, &result);
         result
     }
 
@@ -273,7 +239,6 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ReceiveMessagesRequest>,
     ) -> RpcResult<Self::ReceiveMessagesStream> {
-        let started = Instant::now();
         let result: RpcResult<Self::ReceiveMessagesStream> = async {
             let budget = client_budget(request.metadata());
             let request = request.into_inner();
@@ -310,25 +275,17 @@ impl QueueService for QueueServiceImpl {
             let stream = ReceiveStream {
                 receiving,
                 receipt_key: self.registry()?.receipt_key().clone(),
-                metrics: self.metrics.clone(),
-                started,
-                outcome: None,
+                ended: false,
             };
             let output: ReceiveMessagesStream = Box::pin(stream);
             Ok(Response::new(output))
         }
         .await;
-        // A stream that starts is measured when it ends (see ReceiveStream).
-        if let Err(status) = &result {
-            self.metrics
-                .observe_rpc(Method::RECEIVE_MESSAGES, status.code(), started.elapsed());
-        }
         result
     }
 
     #[tracing::instrument(name = "DeleteMessage", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn delete_message(&self, request: Request<pb::DeleteMessageRequest>) -> RpcResult<()> {
-        let started = Instant::now();
         let result: RpcResult<()> = async {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
@@ -345,7 +302,6 @@ impl QueueService for QueueServiceImpl {
             Ok(Response::new(()))
         }
         .await;
-        self.observe(Method::DELETE_MESSAGE, started, &result);
         result
     }
 
@@ -354,7 +310,6 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::BatchDeleteMessagesRequest>,
     ) -> RpcResult<pb::BatchDeleteMessagesResponse> {
-        let started = Instant::now();
         let result: RpcResult<pb::BatchDeleteMessagesResponse> = async {
             let request = request.into_inner();
             let handle = self.queue(&request.queue_name)?;
@@ -396,21 +351,17 @@ impl QueueService for QueueServiceImpl {
             Ok(Response::new(pb::BatchDeleteMessagesResponse { failures }))
         }
         .await;
-        self.observe(Method::BATCH_DELETE_MESSAGES, started, &result);
         result
     }
 }
 
-/// The response stream of ReceiveMessages: the queue's [`Receiving`] in protobuf, measured when
-/// it ends (or is dropped: the client went away).
+/// The response stream of ReceiveMessages: the queue's [`Receiving`] in protobuf. (Its
+/// outcome is measured by `grpc::observe`, from the trailers.)
 pub struct ReceiveStream {
     receiving: Receiving,
     receipt_key: ReceiptKey,
-    metrics: Arc<Metrics>,
-    /// When the call arrived, for its latency.
-    started: Instant,
-    /// The stream's code once it has ended.
-    outcome: Option<Code>,
+    /// Whether it has ended (an error is its last item).
+    ended: bool,
 }
 
 type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
@@ -424,7 +375,7 @@ impl tokio_stream::Stream for ReceiveStream {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = &mut *self;
-        if this.outcome.is_some() {
+        if this.ended {
             return Poll::Ready(None);
         }
         match std::pin::Pin::new(&mut this.receiving).poll_next(cx) {
@@ -435,22 +386,13 @@ impl tokio_stream::Stream for ReceiveStream {
                 &this.receipt_key,
             )))),
             Poll::Ready(Some(Err(error))) => {
-                let status = Status::from(error);
-                this.outcome = Some(status.code());
-                Poll::Ready(Some(Err(status)))
+                this.ended = true;
+                Poll::Ready(Some(Err(Status::from(error))))
             }
             Poll::Ready(None) => {
-                this.outcome = Some(Code::Ok);
+                this.ended = true;
                 Poll::Ready(None)
             }
         }
-    }
-}
-
-impl Drop for ReceiveStream {
-    fn drop(&mut self) {
-        let code = self.outcome.unwrap_or(Code::Cancelled);
-        self.metrics
-            .observe_rpc(Method::RECEIVE_MESSAGES, code, self.started.elapsed());
     }
 }

@@ -17,20 +17,18 @@ use histogram::{COUNTS, LATENCY_SECONDS};
 
 use crate::queue::QueueInfo;
 
-/// The RPCs of spool.v1.QueueService, as metric labels.
-pub const METHODS: [&str; 11] = [
-    "CreateQueue",
-    "GetQueue",
-    "UpdateQueue",
-    "DeleteQueue",
-    "ListQueues",
-    "RewindQueue",
-    "SendMessage",
-    "BatchSendMessages",
-    "ReceiveMessages",
-    "DeleteMessage",
-    "BatchDeleteMessages",
-];
+include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
+
+/// The `method` label of calls to a path that is no RPC of the API (answered UNIMPLEMENTED).
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The `method` labels: every RPC of the proto (see build.rs), then [`UNKNOWN_METHOD`].
+fn method_labels() -> impl Iterator<Item = &'static str> {
+    RPC_METHODS
+        .iter()
+        .map(|(_, name)| *name)
+        .chain([UNKNOWN_METHOD])
+}
 
 /// gRPC status codes 0..=16.
 const CODES: usize = 17;
@@ -48,12 +46,10 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            requests: METHODS
-                .iter()
+            requests: method_labels()
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
-            latency: METHODS
-                .iter()
+            latency: method_labels()
                 .map(|_| Histogram::new(LATENCY_SECONDS))
                 .collect(),
             commit_seconds: Histogram::new(LATENCY_SECONDS),
@@ -63,22 +59,27 @@ impl Default for Metrics {
     }
 }
 
-/// Names the RPC a measurement belongs to; an index into [`METHODS`].
-#[derive(Clone, Copy, Debug)]
+/// Names the RPC a measurement belongs to: an index into [`RPC_METHODS`], or one past its end
+/// for a path that is no RPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Method(usize);
 
 impl Method {
-    pub const CREATE_QUEUE: Self = Self(0);
-    pub const GET_QUEUE: Self = Self(1);
-    pub const UPDATE_QUEUE: Self = Self(2);
-    pub const DELETE_QUEUE: Self = Self(3);
-    pub const LIST_QUEUES: Self = Self(4);
-    pub const REWIND_QUEUE: Self = Self(5);
-    pub const SEND_MESSAGE: Self = Self(6);
-    pub const BATCH_SEND_MESSAGES: Self = Self(7);
-    pub const RECEIVE_MESSAGES: Self = Self(8);
-    pub const DELETE_MESSAGE: Self = Self(9);
-    pub const BATCH_DELETE_MESSAGES: Self = Self(10);
+    /// The RPC a request's path names.
+    pub fn of_path(path: &str) -> Self {
+        Self(
+            RPC_METHODS
+                .iter()
+                .position(|(rpc_path, _)| *rpc_path == path)
+                .unwrap_or(RPC_METHODS.len()),
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        RPC_METHODS
+            .get(self.0)
+            .map_or(UNKNOWN_METHOD, |(_, name)| *name)
+    }
 }
 
 impl Metrics {
@@ -106,7 +107,7 @@ impl Metrics {
             "counter",
             "gRPC calls by method and status code.",
         );
-        for (method, codes) in METHODS.iter().zip(&self.requests) {
+        for (method, codes) in method_labels().zip(&self.requests) {
             for (code, count) in codes.iter().enumerate() {
                 let count = count.load(Ordering::Relaxed);
                 if count > 0 {
@@ -124,7 +125,7 @@ impl Metrics {
             "histogram",
             "Time from a call's request to its response (to the stream's end for ReceiveMessages).",
         );
-        for (method, histogram) in METHODS.iter().zip(&self.latency) {
+        for (method, histogram) in method_labels().zip(&self.latency) {
             histogram.render(
                 &mut out,
                 "spool_grpc_request_duration_seconds",

@@ -62,6 +62,45 @@ async fn metrics_match_known_traffic_and_get_queue() {
         })
         .await
         .unwrap_err();
+    // A receive refused at once, and a long poll whose client goes away: measured by their
+    // outcome on the wire (trailers-only NOT_FOUND; a stream dropped before its trailers).
+    assert!(
+        receive_with(
+            &mut client,
+            pb::ReceiveMessagesRequest {
+                queue_name: "missing".into(),
+                max_messages: 1,
+                wait_seconds: Some(0),
+                visibility_timeout_seconds: None,
+            }
+        )
+        .await
+        .is_err()
+    );
+    let abandoned = client
+        .receive_messages(pb::ReceiveMessagesRequest {
+            queue_name: "idle".into(),
+            max_messages: 1,
+            wait_seconds: Some(20),
+            visibility_timeout_seconds: None,
+        })
+        .await
+        .expect("a long poll");
+    drop(abandoned);
+    let mut cancelled = 0.0;
+    for _ in 0..200 {
+        let (_, body) = http_get(metrics_addr, "/metrics").await;
+        let key = "spool_grpc_requests_total{method=\"ReceiveMessages\",code=\"CANCELLED\"}";
+        if let Some(count) = samples(&body).get(key) {
+            cancelled = *count;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        cancelled, 1.0,
+        "the abandoned long poll is counted as CANCELLED"
+    );
 
     let (head, body) = http_get(metrics_addr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -144,6 +183,10 @@ async fn metrics_match_known_traffic_and_get_queue() {
     assert_eq!(
         value("spool_grpc_requests_total{method=\"ReceiveMessages\",code=\"OK\"}"),
         2.0
+    );
+    assert_eq!(
+        value("spool_grpc_requests_total{method=\"ReceiveMessages\",code=\"NOT_FOUND\"}"),
+        1.0
     );
     assert_eq!(
         value("spool_grpc_request_duration_seconds_count{method=\"SendMessage\"}"),

@@ -171,8 +171,18 @@ class QueueServiceServicer(object):
 
     def DeleteMessage(self, request, context):
         """Deletes a received message by its newest receipt handle, before its `next_visible_time`.
-        A superseded or expired handle fails with FAILED_PRECONDITION (4430); a malformed one with
-        INVALID_ARGUMENT. Deleting a message that is already deleted succeeds, so retries are safe.
+        The rules, which hold across restarts:
+        - A handle is opaque and signed by the server; it names the queue (the incarnation: a queue
+        deleted and created again under the same name is another queue) and one receive of one
+        message. A malformed or altered handle, or one issued by another queue or another
+        incarnation, fails with INVALID_ARGUMENT (4000), without telling whether that queue exists.
+        - The handle of the message's newest receive deletes it, before its `next_visible_time`.
+        After that time it has expired: FAILED_PRECONDITION (4430).
+        - A handle of an older receive fails with FAILED_PRECONDITION (4430), also after the message
+        was deleted (for at least the queue's visibility timeout, and at least 60 s, after that
+        delete), so the outcome of a batch never depends on the order of its handles.
+        - Deleting again with the handle whose receive deleted the message succeeds, so retries are
+        safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
