@@ -5,40 +5,53 @@
 //! # Layout
 //!
 //! This crate is the server and the `spool` binary. The Rust client, the generated protobuf
-//! types, the error table and the API's limits are the `spool-client` crate (`clients/rust`),
-//! which this one builds on; the load generator is the `spool-bench` crate (`bench/`).
+//! types (server trait included), the error table and the API's limits are the `spool-client`
+//! crate (`clients/rust`), which this one builds on; the load generator and the peers it is
+//! compared with are the `spool-bench` crate (`bench/`). The modules, roughly top to bottom; no
+//! two of them depend on each other, directly or through others (`tests/it/layering.rs` checks):
 //!
 //! - [`server`]: `run(listener, shutdown, config)`: opens storage, recovers, serves, drains.
-//! - [`grpc`]: the `spool.v1.QueueService` handlers, proto ⇄ domain conversion, error mapping.
-//! - [`registry`]: queue names to handles; creates, recovers and deletes queue actors.
-//! - [`queue`]: one actor task per queue owning its state; [`queue::QueueHandle`] talks to it.
-//!   [`queue::messages`] is the pure scheduling state (visible, delayed, in flight, kept).
-//! - [`storage`]: the [`storage::Storage`] trait and its embedded SQLite backend (group commit).
-//! - [`attributes`], [`limits`]: queue attributes and their validation; the server's limits (the
-//!   API's ranges and defaults are `spool_client::limits`, re-exported).
-//! - [`receipt`]: receipt handles. [`clock`]: wall-clock time read off the monotonic clock.
-//! - [`error`]: [`error::QueueError`], each case one entry of the error table
-//!   (`spool_client::errors`: reason, gRPC code, CMQ code).
+//! - `grpc`: the `spool.v1.QueueService` handlers, proto ⇄ domain conversion, the error
+//!   mapping (`status`), and the layers around the service: `observe` (every call measured and
+//!   logged from its wire outcome), `layer` (the request size limit), `health`, `codec`-level
+//!   decoding errors.
+//! - `registry`: queue names to handles; creates, recovers and deletes queue actors; holds the
+//!   receipt-handle key.
+//! - `queue`: one actor task per queue owning its state; `QueueHandle` talks to it, and
+//!   `Receiving` is one receive as a stream (the receive protocol). `queue::messages` is the
+//!   pure scheduling state (visible, delayed, in flight, kept, tombstones).
+//! - `storage`: the `Storage` trait (durable commits, lazy writes, body reads, recovery) and its
+//!   embedded SQLite backend with group commit; it reports commits through `CommitObserver`.
+//! - `attributes`, `limits`: queue attributes and their validation; the server's limits (the
+//!   API's ranges are `spool_client::limits`, re-exported). `receipt`: signed receipt handles.
+//!   [`clock`]: wall-clock time read off the monotonic clock. `error`: `QueueError`, each case
+//!   one entry of the error table (`spool_client::errors`).
+//! - [`config`]: the one `Settings` struct of `spool serve` (flags, environment, TOML file).
+//! - `metrics`: Prometheus counters and histograms, and the /metrics endpoint.
 //! - [`cli`]: the client commands of the `spool` binary (`queue`, `send`, `receive`, ...), on
 //!   `spool_client::Client`.
-//! - [`pb`]: the generated types and stubs, server trait included (the client crate's).
-//! - [`config`]: settings of `spool serve` from a TOML file, the environment and flags.
-//! - [`metrics`]: Prometheus counters and histograms, and the /metrics endpoint.
+//!
+//! Only what the binary and the tests need is public: [`server`], [`config`], [`clock`],
+//! [`cli`] and [`pb`].
 
-pub mod attributes;
+mod attributes;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod error;
-pub mod grpc;
-pub mod limits;
-pub mod metrics;
-pub mod queue;
-pub mod receipt;
-pub mod registry;
+mod error;
+mod grpc;
+mod limits;
+mod metrics;
+mod queue;
+mod receipt;
+mod registry;
 pub mod server;
-pub mod storage;
+mod storage;
 
 /// The generated protobuf types and gRPC stubs of `spool.v1`, server trait included: the client
 /// crate's, so the server and its clients share one set of types.
 pub use spool_client::pb;
+
+/// What one body kept in memory costs beyond its bytes (see `--body-cache-bytes`): the metric
+/// `spool_body_cache_bytes` counts it.
+pub use queue::body_cache::ENTRY_OVERHEAD as BODY_CACHE_ENTRY_OVERHEAD;

@@ -90,10 +90,6 @@ impl Registry {
         self.read().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn get(&self, name: &str) -> Result<QueueHandle, QueueError> {
         self.read()
             .get(name)

@@ -71,6 +71,7 @@ impl Histogram {
         let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
     }
 
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }

@@ -183,10 +183,6 @@ impl MessageTable {
         }
     }
 
-    pub fn queue_id(&self) -> u64 {
-        self.queue_id
-    }
-
     pub fn counts(&self) -> Counts {
         self.counts
     }

@@ -24,7 +24,7 @@ use crate::error::QueueError;
 use crate::receipt::ReceiptHandle;
 use crate::storage::{QueueRecord, Storage};
 pub use messages::{Claimed, Counts};
-pub use receiving::{Delivered, Receiving};
+pub use receiving::Receiving;
 
 /// Commands waiting for a queue's actor; beyond this, callers wait (back-pressure).
 const MAILBOX_CAPACITY: usize = 1_024;

@@ -132,10 +132,6 @@ impl DeletedMessages {
     pub fn len(&self) -> usize {
         self.removed.len() + self.kept.len() + self.tombstones.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// One change to storage. A commit applies a group of them in one transaction.

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
-use spool::error::QueueError;
 use spool::pb;
 use spool::pb::queue_service_server::{QueueService, QueueServiceServer};
 use spool::server::{self, ServerConfig};
+use spool_client::errors;
 use spool_client::{
     BatchSendEntry, Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions,
     RetryPolicy,
@@ -674,7 +674,7 @@ async fn start_scripted() -> (Scripted, Client, oneshot::Sender<()>) {
 }
 
 fn storage_failing() -> Status {
-    Status::from(QueueError::Storage("disk I/O error".into()))
+    errors::STORAGE_UNAVAILABLE.status("storage unavailable: disk I/O error")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,7 +751,8 @@ async fn safe_calls_are_retried_on_unavailable_and_sends_are_not() {
         .expect_err("not retried");
     assert_eq!(scripted.calls(), ["RewindQueue"]);
     // ... but a server that is still starting did nothing: a send is retried then.
-    scripted.script([Status::from(QueueError::Starting)]);
+    scripted.script([errors::STARTING
+        .status("the server is starting: its queues are being recovered from storage")]);
     client.send_message("q", "x").await.expect("retried");
     assert_eq!(scripted.calls(), ["SendMessage"; 2]);
 
@@ -778,12 +779,12 @@ async fn opted_in_sends_are_retried_and_a_retried_delete_queue_that_finds_nothin
     // The first attempt may have deleted the queue: NOT_FOUND on the retry is success.
     scripted.script([
         storage_failing(),
-        Status::from(QueueError::QueueNotFound("q".into())),
+        errors::QUEUE_NOT_FOUND.status("queue \"q\" does not exist"),
     ]);
     client.delete_queue("q").await.expect("gone is deleted");
     assert_eq!(scripted.calls(), ["DeleteQueue"; 2]);
     // NOT_FOUND on the first attempt is an error.
-    scripted.script([Status::from(QueueError::QueueNotFound("q".into()))]);
+    scripted.script([errors::QUEUE_NOT_FOUND.status("queue \"q\" does not exist")]);
     let error = client.delete_queue("q").await.expect_err("not found");
     assert!(matches!(error, ClientError::QueueNotFound(_)), "{error:?}");
     let _ = stop.send(());

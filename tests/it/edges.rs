@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes};
 use serde_json::Value;
-use spool::limits::MAX_REQUEST_BYTES;
 use spool::pb;
+use spool_client::limits::MAX_REQUEST_BYTES;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;

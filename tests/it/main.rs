@@ -6,6 +6,7 @@ mod common;
 mod durability;
 mod edges;
 mod error_table;
+mod layering;
 mod messages;
 mod operations;
 mod queues;

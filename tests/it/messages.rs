@@ -62,7 +62,7 @@ async fn send_receive_delete_round_trip_is_binary_safe() {
 /// later receive, are read from storage. Either way each message gets its own body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_come_back_whether_kept_in_memory_or_read_from_storage() {
-    let entry = spool::queue::body_cache::ENTRY_OVERHEAD;
+    let entry = spool::BODY_CACHE_ENTRY_OVERHEAD;
     // Room for two bodies of 100 bytes: the batch's other three are read from storage.
     let server = TestServer::start_with(move |config| {
         config.settings.body_cache_bytes = Some(2 * (100 + entry))

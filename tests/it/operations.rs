@@ -164,7 +164,7 @@ async fn metrics_match_known_traffic_and_get_queue() {
     assert_eq!(value("spool_queue_waiting_polls{queue=\"q\"}"), 0.0);
 
     // The bodies of "three" and "later", not received yet, are held in memory.
-    let entry = spool::queue::body_cache::ENTRY_OVERHEAD as f64;
+    let entry = spool::BODY_CACHE_ENTRY_OVERHEAD as f64;
     assert_eq!(value("spool_body_cache_bytes"), 2.0 * (5.0 + entry));
 
     // Calls by method and code, with real histograms.

@@ -12,7 +12,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use crate::storage::{CommitObserver, CommitReply, StorageError, WriteOp};
+use crate::storage::{CommitObserver, CommitReply, StorageError, StoredState, WriteOp};
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
 const MAX_GROUP: usize = 4_096;
@@ -296,7 +296,7 @@ fn apply(
                 remove.execute([*id as i64])?;
             }
             let mut keep = conn.prepare_cached(
-                "UPDATE messages SET deleted = 1, dequeue_count = ?2, first_dequeue_ms = ?3,
+                "UPDATE messages SET deleted = ?5, dequeue_count = ?2, first_dequeue_ms = ?3,
                     receipt_nonce = ?4
                  WHERE id = ?1",
             )?;
@@ -306,10 +306,11 @@ fn apply(
                     kept.dequeue_count,
                     kept.first_dequeue_ms,
                     kept.receipt_nonce as i64,
+                    StoredState::Kept.code(),
                 ])?;
             }
             let mut tombstone = conn.prepare_cached(
-                "UPDATE messages SET deleted = 2, visible_at_ms = ?2, dequeue_count = ?3,
+                "UPDATE messages SET deleted = ?5, visible_at_ms = ?2, dequeue_count = ?3,
                     receipt_nonce = ?4, body = x''
                  WHERE id = ?1",
             )?;
@@ -319,6 +320,7 @@ fn apply(
                     deleted.tombstone_until_ms,
                     kept.dequeue_count,
                     kept.receipt_nonce as i64,
+                    StoredState::Tombstone.code(),
                 ])?;
             }
         }
