@@ -258,9 +258,10 @@ impl QueueService for Relay {
             .into_iter()
             .zip(ids)
             .map(|(body, id)| {
-                // The fields Spool fills, of the same sizes (a receipt handle is 32 hex digits).
+                // The fields Spool fills, of the same sizes (a receipt handle is 55 characters:
+                // 41 bytes in base64url).
                 Ok(pb::ReceivedMessage {
-                    receipt_handle: format!("{id:032x}"),
+                    receipt_handle: format!("{id:055x}"),
                     message_id: id.to_string(),
                     body,
                     enqueue_time: Some(now()),

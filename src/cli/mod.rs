@@ -36,7 +36,7 @@ pub const ENDPOINT_ENV: &str = "SPOOL_ENDPOINT";
 pub const ENDPOINT_HELP: &str = "The Spool server to talk to: http://host:port, or host:port \
     [env: SPOOL_ENDPOINT] [default: http://127.0.0.1:50051]";
 
-/// `--endpoint` of a client command (and of `spool bench`); `spool serve` has none.
+/// `--endpoint` of a client command; `spool serve` has none.
 ///
 /// SPOOL_ENDPOINT is read by [`resolve_endpoint`], not by clap's `env`: clap counts a value
 /// from the environment as a flag given, and then prints `--endpoint <ENDPOINT>` in the usage
