@@ -6,7 +6,8 @@
 //! `recover`, `recover_messages` or `read_bodies` is what the queue wrote, so an actor started
 //! again on the same storage is a restart. Two switches let a test play the disk's part:
 //! [`MemoryStorage::fail_writes`] makes writes fail as an I/O error would, and
-//! [`MemoryStorage::hold_writes`] keeps them pending (a commit in flight) until released.
+//! [`MemoryStorage::hold_writes`] keeps them pending (a commit in flight) until released;
+//! [`MemoryStorage::hold_reads`] does the same for body reads (a slow disk under a receive).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -32,6 +33,9 @@ struct State {
     /// Writes submitted while held, in order; applied by `release_writes`.
     held: VecDeque<Request>,
     holding: bool,
+    /// Body reads asked for while reads are held; answered by `release_reads`.
+    held_reads: Vec<(Vec<u64>, BodiesReply)>,
+    holding_reads: bool,
     /// Set by `fail_writes`: writes reaching the tables fail instead of being applied.
     failing: bool,
     closed: bool,
@@ -117,6 +121,25 @@ impl MemoryStorage {
             .filter(|row| row.queue_id == queue_id)
             .map(|row| row.meta)
             .collect()
+    }
+
+    /// Keeps every body read asked for from now on unanswered until [`Self::release_reads`].
+    pub fn hold_reads(&self) {
+        self.lock().holding_reads = true;
+    }
+
+    /// Answers the reads held, from the tables as they are now, and stops holding.
+    pub fn release_reads(&self) {
+        let mut state = self.lock();
+        state.holding_reads = false;
+        for (ids, reply) in std::mem::take(&mut state.held_reads) {
+            let _ = reply.send(Ok(state.tables.bodies(ids)));
+        }
+    }
+
+    /// How many body reads are held.
+    pub fn held_reads(&self) -> usize {
+        self.lock().held_reads.len()
     }
 
     /// How many writes are held (commits and lazy writes alike).
@@ -250,6 +273,13 @@ impl Tables {
         Ok(())
     }
 
+    /// The bodies of the rows in `ids` that exist, in the order of `ids`.
+    fn bodies(&self, ids: Vec<u64>) -> Vec<(u64, Bytes)> {
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.messages.get(&id)?.body.clone())))
+            .collect()
+    }
+
     fn delete_messages(&mut self, deleted: &DeletedMessages) {
         for id in &deleted.removed {
             self.messages.remove(id);
@@ -321,15 +351,12 @@ impl Storage for MemoryStorage {
 
     fn read_bodies(&self, ids: Vec<u64>, reply: BodiesReply) {
         // Reads see what is applied, as SQLite's readers see what is committed.
-        let state = self.lock();
-        let bodies = ids
-            .into_iter()
-            .filter_map(|id| {
-                let row = state.tables.messages.get(&id)?;
-                Some((id, row.body.clone()))
-            })
-            .collect();
-        let _ = reply.send(Ok(bodies));
+        let mut state = self.lock();
+        if state.holding_reads {
+            state.held_reads.push((ids, reply));
+        } else {
+            let _ = reply.send(Ok(state.tables.bodies(ids)));
+        }
     }
 
     fn close(&self, done: oneshot::Sender<()>) {
