@@ -632,13 +632,19 @@ async fn an_older_handle_of_a_deleted_message_fails_in_any_order() {
 #[tokio::test(start_paused = true)]
 async fn a_restarted_queue_keeps_its_messages_and_the_meaning_of_their_handles() {
     let harness = Harness::start(attributes()).await;
-    for body in ["in flight", "deleted", "visible"] {
+    for body in [
+        "deleted after",
+        "left in flight",
+        "deleted before",
+        "visible",
+    ] {
         harness.send(body).await;
     }
+    let started = Instant::now();
     harness.send_delayed("delayed", 600).await;
-    let got = harness.receive(2, 0).await;
-    let in_flight = got[0].message.clone();
-    let first_of_deleted = got[1].message.handle;
+    let got = harness.receive(3, 0).await;
+    let (deleted_after, left) = (got[0].message.clone(), got[1].message.clone());
+    let first_of_deleted = got[2].message.handle;
     // Received again (its first handle now older) and deleted: a tombstone.
     harness.queue.release_now(vec![first_of_deleted]);
     let again = harness.receive(1, 0).await.remove(0).message;
@@ -647,11 +653,11 @@ async fn a_restarted_queue_keeps_its_messages_and_the_meaning_of_their_handles()
     let last_id = harness.send("last before restart").await;
 
     let harness = harness.restart().await;
-    assert_eq!(harness.counts().await, counts(2, 1, 1, 0));
+    assert_eq!(harness.counts().await, counts(2, 2, 1, 0));
     assert!(is_stale(&harness.delete_one(first_of_deleted).await));
     harness.delete_one(again.handle).await.expect("retry");
     harness
-        .delete_one(in_flight.handle)
+        .delete_one(deleted_after.handle)
         .await
         .expect("in-flight handle");
     let visible = harness.receive(16, 0).await;
@@ -659,13 +665,19 @@ async fn a_restarted_queue_keeps_its_messages_and_the_meaning_of_their_handles()
     assert_eq!(visible[0].message.dequeue_count, 1);
     let handles: Vec<_> = visible.iter().map(|d| d.message.handle).collect();
     harness.delete(&handles).await.expect("delete");
+
+    // Timers are set again from storage: the one left in flight comes back when its visibility
+    // timeout ends, as its second receive; the delay ends when it was due.
+    let back = harness.receive(1, 40).await.remove(0).message;
+    assert_about(started.elapsed(), secs(30));
+    assert_eq!((back.id, back.dequeue_count), (left.id, 2));
+    assert_eq!(back.first_dequeue_ms, left.first_dequeue_ms);
+    harness.delete_one(back.handle).await.expect("delete");
     assert!(
         harness.send("after restart").await > last_id,
         "an id handed out again"
     );
-
-    // Timers are set again from storage: the delay still ends when it was due.
-    advance(secs(600) - SLACK).await;
+    advance(started + secs(600) - SLACK - Instant::now()).await;
     assert_eq!(harness.counts().await, counts(1, 0, 1, 0));
     advance(SLACK * 2).await;
     assert_eq!(harness.counts().await, counts(2, 0, 0, 0));
