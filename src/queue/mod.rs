@@ -9,6 +9,8 @@ pub mod body_cache;
 pub mod messages;
 mod receive_log;
 mod receiving;
+#[cfg(test)]
+mod tests;
 mod tombstones;
 mod waiters;
 

@@ -4,6 +4,8 @@
 //! lazy writes it does not wait for, body reads, and recovery at startup. Replies travel through
 //! oneshot channels so the trait stays object-safe and no backend call blocks an async task.
 
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod sqlite;
 
 use bytes::Bytes;

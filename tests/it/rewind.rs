@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost_types::Timestamp;
+use spool::clock::Clock;
 use spool::pb;
 use tonic::Code;
 
@@ -16,6 +17,15 @@ fn at(offset_seconds: i64) -> Timestamp {
     Timestamp {
         seconds: now + offset_seconds,
         nanos: 0,
+    }
+}
+
+/// The time `offset_ms` from now by the server's clock (which a test may have moved ahead).
+fn server_at(clock: &Clock, offset_ms: i64) -> Timestamp {
+    let ms = clock.now_ms() + offset_ms;
+    Timestamp {
+        seconds: ms.div_euclid(1_000),
+        nanos: (ms.rem_euclid(1_000) * 1_000_000) as i32,
     }
 }
 
@@ -96,10 +106,11 @@ async fn rewind_restores_deleted_messages_since_the_start_oldest_first() {
     .await;
     batch_send(&mut client, "q", &[b"old-1", b"old-2"]).await;
     assert_eq!(receive_and_delete_all(&mut client, "q").await.len(), 2);
-    // Timestamps have millisecond resolution: step past the old messages' enqueue time.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let good_moment = at(0);
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // A moment strictly between the old messages' enqueue time and the new ones', by the
+    // server's clock, moved ahead instead of waited for.
+    server.clock.skip_ahead(Duration::from_secs(1));
+    let good_moment = server_at(&server.clock, 0);
+    server.clock.skip_ahead(Duration::from_secs(1));
     batch_send(&mut client, "q", &[b"new-1", b"new-2", b"new-3"]).await;
     assert_eq!(receive_and_delete_all(&mut client, "q").await.len(), 3);
     assert_eq!(stats(&mut client, "q").await.rewindable_messages, 5);
@@ -122,7 +133,9 @@ async fn rewind_restores_deleted_messages_since_the_start_oldest_first() {
 
     // Rewinding further back takes the older ones too (the new ones are in flight).
     assert_eq!(
-        rewind(&mut client, "q", at(-3_599)).await.expect("rewind"),
+        rewind(&mut client, "q", server_at(&server.clock, -3_599_000))
+            .await
+            .expect("rewind"),
         2
     );
     let older = receive(&mut client, "q", 16).await;

@@ -1,0 +1,685 @@
+//! The queue actor driven through its handle alone: no network, storage in memory
+//! ([`MemoryStorage`]), and tokio's paused clock, so hours of queue time pass in a moment and
+//! every timer fires exactly when the queue set it.
+//!
+//! Under a paused clock a runtime with nothing to do jumps to its next timer. So waiting on a
+//! receive measures *when* the queue answered (read off `Instant::now()`), and whether
+//! something has happened *yet* is asked by polling it once, never by awaiting it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use tokio::time::{Instant, advance};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::body_cache::BodyBudget;
+use super::messages::MessageTable;
+use super::{
+    Counts, DeleteResult, DeleteTarget, Delivered, Outgoing, QueueContext, QueueHandle,
+    ReceiveRequest, Receiving,
+};
+use crate::attributes::QueueAttributes;
+use crate::clock::{Clock, Millis};
+use crate::error::QueueError;
+use crate::receipt::ReceiptHandle;
+use crate::storage::memory::MemoryStorage;
+use crate::storage::{QueueRecord, Storage, StoredState, WriteOp};
+
+const QUEUE_ID: u64 = 1;
+/// Room for every body these tests send, so first receives find them in memory.
+const BODY_BUDGET: usize = 16 << 20;
+/// Timers fire on the paused clock exactly, but the queue's clock also follows the system's wall
+/// clock when that is ahead (see `clock`): the real time a test takes may add this much.
+const SLACK: Duration = Duration::from_millis(250);
+
+fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+/// One queue's actor on in-memory storage, and what a test needs to restart it.
+struct Harness {
+    storage: Arc<MemoryStorage>,
+    clock: Clock,
+    body_budget: usize,
+    queue: QueueHandle,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Harness {
+    async fn start(attributes: QueueAttributes) -> Self {
+        Self::start_with_budget(attributes, BODY_BUDGET).await
+    }
+
+    async fn start_with_budget(attributes: QueueAttributes, body_budget: usize) -> Self {
+        let storage = Arc::new(MemoryStorage::new());
+        let clock = Clock::new();
+        let now = clock.now_ms();
+        let record = QueueRecord {
+            id: QUEUE_ID,
+            name: "q".into(),
+            attributes,
+            create_time_ms: now,
+            update_time_ms: now,
+        };
+        let (done, created) = tokio::sync::oneshot::channel();
+        storage.commit(WriteOp::CreateQueue(record.clone()), done);
+        created.await.expect("reply").expect("queue created");
+        Self::recover(storage, clock, body_budget)
+    }
+
+    /// Starts an actor on what storage holds, as the registry does at startup.
+    fn recover(storage: Arc<MemoryStorage>, clock: Clock, body_budget: usize) -> Self {
+        let recovered = storage.recover().expect("recover");
+        let record = recovered
+            .queues
+            .into_iter()
+            .find(|q| q.id == QUEUE_ID)
+            .expect("the queue is stored");
+        let now = clock.now_ms();
+        let mut table = MessageTable::new(QUEUE_ID);
+        storage
+            .recover_messages(&mut |queue_id, stored| {
+                if queue_id == QUEUE_ID {
+                    table.recover(&stored, now);
+                }
+            })
+            .expect("recover messages");
+        let context = QueueContext {
+            storage: storage.clone(),
+            clock: clock.clone(),
+            message_ids: Arc::new(AtomicU64::new(recovered.next_message_id)),
+            body_budget: Arc::new(BodyBudget::new(body_budget)),
+        };
+        let tracker = TaskTracker::new();
+        let queue = QueueHandle::spawn(record, table, context, &tracker);
+        Self {
+            storage,
+            clock,
+            body_budget,
+            queue,
+            tracker,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Stops the actor (it ends when its last handle goes, having handed its receive
+    /// bookkeeping to storage as a shutdown does) and starts a new one on the same storage.
+    async fn restart(self) -> Self {
+        self.queue.flush().await.expect("flush");
+        let Self {
+            storage,
+            clock,
+            body_budget,
+            queue,
+            tracker,
+            ..
+        } = self;
+        drop(queue);
+        tracker.close();
+        tracker.wait().await;
+        Self::recover(storage, clock, body_budget)
+    }
+
+    async fn counts(&self) -> Counts {
+        self.queue.info().await.expect("info").counts
+    }
+
+    async fn send(&self, body: &str) -> u64 {
+        self.send_delayed(body, 0).await
+    }
+
+    async fn send_delayed(&self, body: &str, delay_seconds: u32) -> u64 {
+        let outgoing = Outgoing {
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            delay_seconds,
+        };
+        self.queue.send(vec![outgoing]).await.expect("send")[0]
+    }
+
+    async fn start_receive(&self, max_messages: usize, wait_seconds: u32) -> Receiving {
+        let request = ReceiveRequest {
+            max_messages,
+            wait_seconds: Some(wait_seconds),
+            visibility_timeout_seconds: None,
+        };
+        self.queue
+            .receive(request, None, self.shutdown.clone())
+            .await
+            .expect("receive")
+    }
+
+    /// Receives up to `max_messages`, waiting up to `wait_seconds` for the first.
+    async fn receive(&self, max_messages: usize, wait_seconds: u32) -> Vec<Delivered> {
+        drain(self.start_receive(max_messages, wait_seconds).await).await
+    }
+
+    async fn delete(&self, handles: &[ReceiptHandle]) -> Result<Vec<DeleteResult>, QueueError> {
+        let targets = handles
+            .iter()
+            .enumerate()
+            .map(|(index, &handle)| DeleteTarget {
+                handle,
+                index: Some(index),
+            })
+            .collect();
+        self.queue.delete_messages(targets).await
+    }
+
+    /// Deletes by one handle; the error of that handle, or of the whole request.
+    async fn delete_one(&self, handle: ReceiptHandle) -> DeleteResult {
+        let mut results = self.delete(&[handle]).await?;
+        results.remove(0)
+    }
+
+    fn stored_states(&self) -> Vec<(u64, StoredState)> {
+        self.storage
+            .stored_messages(QUEUE_ID)
+            .into_iter()
+            .map(|m| (m.id, m.state))
+            .collect()
+    }
+}
+
+async fn drain(receiving: Receiving) -> Vec<Delivered> {
+    receiving
+        .map(|delivered| delivered.expect("delivered"))
+        .collect()
+        .await
+}
+
+fn bodies(delivered: &[Delivered]) -> Vec<&[u8]> {
+    delivered.iter().map(|d| &d.body[..]).collect()
+}
+
+fn counts(visible: u64, in_flight: u64, delayed: u64, rewindable: u64) -> Counts {
+    Counts {
+        visible,
+        in_flight,
+        delayed,
+        rewindable,
+    }
+}
+
+fn attributes() -> QueueAttributes {
+    QueueAttributes {
+        visibility_timeout_seconds: 30,
+        polling_wait_seconds: 0,
+        ..QueueAttributes::default()
+    }
+}
+
+/// Asserts that `actual` is `expected`, give or take the real time the test took (see SLACK).
+#[track_caller]
+fn assert_about(actual: Duration, expected: Duration) {
+    assert!(
+        actual + SLACK >= expected && actual <= expected + SLACK,
+        "{actual:?}, expected {expected:?}"
+    );
+}
+
+/// Polls `future` once: whether it has finished by now.
+fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    future.now_or_never()
+}
+
+fn is_stale(result: &DeleteResult) -> bool {
+    matches!(result, Err(QueueError::StaleReceipt(_)))
+}
+
+/// What every test here rests on: the queue's wall clock moves with tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn the_queue_clock_follows_paused_time() {
+    let clock = Clock::new();
+    let before = clock.now_ms();
+    advance(secs(3_600)).await;
+    let moved: Millis = clock.now_ms() - before;
+    assert!(
+        (3_600_000..3_600_000 + SLACK.as_millis() as Millis).contains(&moved),
+        "{moved}"
+    );
+    let at = clock.instant_at(clock.now_ms() + 5_000);
+    assert_eq!(at - Instant::now(), secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_message_becomes_receivable_when_its_delay_ends() {
+    let harness = Harness::start(attributes()).await;
+    harness.send_delayed("later", 10).await;
+    assert_eq!(harness.counts().await, counts(0, 0, 1, 0));
+    assert!(harness.receive(16, 0).await.is_empty());
+    advance(secs(9)).await;
+    assert!(
+        harness.receive(16, 0).await.is_empty(),
+        "visible before its delay ended"
+    );
+
+    // A long poll parked now is woken by the delay's end, 1 s later, not by its own wait.
+    let started = Instant::now();
+    let got = harness.receive(16, 20).await;
+    assert_about(started.elapsed(), secs(1));
+    assert_eq!(bodies(&got), [b"later"]);
+    assert_eq!(got[0].message.dequeue_count, 1);
+    assert_eq!(harness.counts().await, counts(0, 1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unacknowledged_message_comes_back_after_its_visibility_timeout() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("m").await;
+    let first = harness.receive(1, 0).await.remove(0).message;
+    assert_eq!(harness.counts().await, counts(0, 1, 0, 0));
+    advance(secs(29)).await;
+    assert!(
+        harness.receive(1, 0).await.is_empty(),
+        "visible while in flight"
+    );
+
+    let started = Instant::now();
+    let second = harness.receive(1, 20).await.remove(0).message;
+    assert_about(started.elapsed(), secs(1));
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.dequeue_count, 2);
+    assert_eq!(second.first_dequeue_ms, first.first_dequeue_ms);
+    assert_ne!(second.handle, first.handle);
+
+    let older = harness.delete_one(first.handle).await;
+    assert!(is_stale(&older), "{older:?}");
+    harness
+        .delete_one(second.handle)
+        .await
+        .expect("newest handle");
+    assert_eq!(harness.counts().await, Counts::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_poll_ends_empty_when_its_wait_is_over() {
+    let harness = Harness::start(QueueAttributes {
+        polling_wait_seconds: 7,
+        ..attributes()
+    })
+    .await;
+    let started = Instant::now();
+    assert!(harness.receive(16, 5).await.is_empty());
+    assert_about(started.elapsed(), secs(5));
+
+    // Without a wait of its own, a receive waits the queue's polling wait.
+    let started = Instant::now();
+    let request = ReceiveRequest {
+        max_messages: 1,
+        wait_seconds: None,
+        visibility_timeout_seconds: None,
+    };
+    let receiving = harness
+        .queue
+        .receive(request, None, CancellationToken::new())
+        .await
+        .expect("receive");
+    assert!(drain(receiving).await.is_empty());
+    assert_about(started.elapsed(), secs(7));
+    assert_eq!(
+        harness
+            .queue
+            .info()
+            .await
+            .expect("info")
+            .totals
+            .empty_receives,
+        2
+    );
+}
+
+/// The caller's own deadline (its gRPC timeout) ends the poll before the queue's wait, and the
+/// poll claims nothing afterwards: a message sent later stays for the next receiver.
+#[tokio::test(start_paused = true)]
+async fn a_long_poll_ends_at_the_callers_deadline_and_claims_nothing_after() {
+    let harness = Harness::start(attributes()).await;
+    let started = Instant::now();
+    let request = ReceiveRequest {
+        max_messages: 1,
+        wait_seconds: Some(20),
+        visibility_timeout_seconds: None,
+    };
+    let receiving = harness
+        .queue
+        .receive(request, Some(started + secs(2)), CancellationToken::new())
+        .await
+        .expect("receive");
+    assert!(drain(receiving).await.is_empty());
+    assert_eq!(started.elapsed(), secs(2));
+    harness.send("for the next one").await;
+    assert_eq!(harness.counts().await, counts(1, 0, 0, 0));
+    assert_eq!(bodies(&harness.receive(1, 0).await), [b"for the next one"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn parked_polls_are_served_first_come_first_served() {
+    let harness = Harness::start(attributes()).await;
+    let mut first = harness.start_receive(1, 20).await;
+    let gone = harness.start_receive(1, 20).await;
+    let mut second = harness.start_receive(1, 20).await;
+    let mut third = harness.start_receive(1, 20).await;
+    // A poll whose caller left takes no turn.
+    drop(gone);
+
+    harness.send("one").await;
+    let got = first.next().await.expect("served").expect("delivered");
+    assert_eq!(&got.body[..], b"one");
+    assert!(
+        poll_once(&mut second.next()).is_none(),
+        "served out of turn"
+    );
+    assert!(poll_once(&mut third.next()).is_none(), "served out of turn");
+
+    harness.send("two").await;
+    harness.send("three").await;
+    let got = third.next().await.expect("served").expect("delivered");
+    assert_eq!(&got.body[..], b"three");
+    let got = second.next().await.expect("served").expect("delivered");
+    assert_eq!(&got.body[..], b"two");
+    assert_eq!(harness.counts().await, counts(0, 3, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_ends_messages_received_or_not_and_removes_their_rows() {
+    let harness = Harness::start(QueueAttributes {
+        message_retention_seconds: 60,
+        rewind_seconds: 60,
+        visibility_timeout_seconds: 3_600,
+        ..attributes()
+    })
+    .await;
+    for body in ["visible", "in flight", "deleted"] {
+        harness.send(body).await;
+    }
+    harness.send_delayed("delayed", 30).await;
+    let got = harness.receive(2, 0).await;
+    harness
+        .delete_one(got[0].message.handle)
+        .await
+        .expect("delete");
+    assert_eq!(harness.counts().await, counts(1, 1, 1, 1));
+    assert_eq!(harness.stored_states().len(), 4);
+
+    advance(secs(59)).await;
+    assert_eq!(harness.counts().await, counts(2, 1, 0, 1));
+    // Nothing asks the queue anything: its own timer ends them, and their rows go. (The short
+    // sleep lets the runtime fire the timers that `advance` passed.)
+    advance(secs(1) + SLACK).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(
+        harness.stored_states().is_empty(),
+        "rows left after retention"
+    );
+    let info = harness.queue.info().await.expect("info");
+    assert_eq!(info.counts, Counts::default());
+    assert_eq!(info.totals.expired, 3);
+    assert!(harness.receive(16, 0).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rewind_makes_messages_deleted_since_its_start_receivable_again_oldest_first() {
+    let harness = Harness::start(QueueAttributes {
+        rewind_seconds: 3_600,
+        ..attributes()
+    })
+    .await;
+    let receive_and_delete = || async {
+        let got = harness.receive(16, 0).await;
+        let handles: Vec<_> = got.iter().map(|d| d.message.handle).collect();
+        let results = harness.delete(&handles).await.expect("delete");
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        got.len()
+    };
+    harness.send("old-1").await;
+    harness.send("old-2").await;
+    assert_eq!(receive_and_delete().await, 2);
+    advance(secs(10)).await;
+    let good_moment = harness.clock.now_ms();
+    advance(secs(10)).await;
+    for body in ["new-1", "new-2", "new-3"] {
+        harness.send(body).await;
+    }
+    assert_eq!(receive_and_delete().await, 3);
+    assert_eq!(harness.counts().await, counts(0, 0, 0, 5));
+    assert!(
+        harness
+            .stored_states()
+            .iter()
+            .all(|(_, state)| *state == StoredState::Kept)
+    );
+
+    assert_eq!(harness.queue.rewind(good_moment).await.expect("rewind"), 3);
+    assert_eq!(harness.counts().await, counts(3, 0, 0, 2));
+    let again = harness.receive(16, 0).await;
+    assert_eq!(bodies(&again), [b"new-1", b"new-2", b"new-3"]);
+    assert!(again.iter().all(|d| d.message.dequeue_count == 2));
+    let live = harness
+        .stored_states()
+        .iter()
+        .filter(|(_, state)| *state == StoredState::Live)
+        .count();
+    assert_eq!(live, 3);
+
+    // Further back takes the older ones too, and wakes a poll that was waiting.
+    let mut waiting = harness.start_receive(16, 20).await;
+    let window_start = harness.clock.now_ms() - 3_599_000;
+    assert_eq!(harness.queue.rewind(window_start).await.expect("rewind"), 2);
+    let got = waiting.next().await.expect("woken").expect("delivered");
+    assert_eq!(&got.body[..], b"old-1");
+}
+
+/// A client that retries a delete whose commit has not finished must not hear OK before the
+/// delete is durable: its retry waits for the same commit.
+#[tokio::test(start_paused = true)]
+async fn a_delete_retried_while_its_commit_is_in_flight_is_answered_after_the_commit() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("m").await;
+    let handle = harness.receive(1, 0).await.remove(0).message.handle;
+
+    harness.storage.hold_writes();
+    let handles = [handle];
+    let mut delete = Box::pin(harness.delete(&handles));
+    assert!(poll_once(&mut delete).is_none());
+    let mut retry = Box::pin(harness.delete(&handles));
+    assert!(poll_once(&mut retry).is_none());
+    // The actor has taken both (it answers in order) and goes on serving meanwhile.
+    assert_eq!(harness.counts().await, Counts::default());
+    assert_eq!(harness.storage.held_writes(), 1, "one commit for both");
+    assert!(poll_once(&mut delete).is_none(), "answered before durable");
+    assert!(
+        poll_once(&mut retry).is_none(),
+        "retry answered before durable"
+    );
+
+    harness.storage.release_writes();
+    assert!(delete.await.expect("delete")[0].is_ok());
+    assert!(retry.await.expect("retry")[0].is_ok());
+    assert!(harness.stored_states().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_commit_acknowledges_nothing() {
+    let harness = Harness::start(QueueAttributes {
+        max_backlog: 1,
+        ..attributes()
+    })
+    .await;
+    harness.storage.fail_writes(true);
+    let outgoing = Outgoing {
+        body: Bytes::from_static(b"lost"),
+        delay_seconds: 0,
+    };
+    let sent = harness.queue.send(vec![outgoing]).await;
+    let error = sent.expect_err("a send whose commit failed");
+    assert!(matches!(error, QueueError::Storage(_)), "{error:?}");
+    assert_eq!(error.reason(), "STORAGE_UNAVAILABLE");
+    assert_eq!(harness.counts().await, Counts::default());
+    assert!(harness.receive(1, 0).await.is_empty());
+    harness.storage.fail_writes(false);
+    // The failed send holds no place in the backlog of 1.
+    harness.send("kept").await;
+
+    let handle = harness.receive(1, 0).await.remove(0).message.handle;
+    harness.storage.fail_writes(true);
+    let deleted = harness.delete(&[handle]).await;
+    assert!(
+        matches!(deleted, Err(QueueError::Storage(_))),
+        "{deleted:?}"
+    );
+    // Back in flight under the same handle, which still deletes it once storage recovers.
+    assert_eq!(harness.counts().await, counts(0, 1, 0, 0));
+    harness.storage.fail_writes(false);
+    harness.delete_one(handle).await.expect("delete");
+    assert_eq!(harness.counts().await, Counts::default());
+    assert!(harness.stored_states().is_empty());
+}
+
+/// Whatever a receive has claimed and not handed out is visible again the moment its stream is
+/// dropped, in each state it can be in; handed-out messages stay in flight.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_receive_gives_back_what_it_had_not_handed_out_at_once() {
+    // No body cache: every receive reads its bodies, so it can be caught reading.
+    let harness = Harness::start_with_budget(attributes(), 0).await;
+    for body in ["a", "b"] {
+        harness.send(body).await;
+    }
+
+    // Answered by the queue, not yet looked at.
+    let answered = harness.start_receive(2, 0).await;
+    assert_eq!(harness.counts().await, counts(0, 2, 0, 0));
+    drop(answered);
+    assert_eq!(harness.counts().await, counts(2, 0, 0, 0));
+
+    // Reading its bodies from storage.
+    harness.storage.hold_reads();
+    let mut reading = harness.start_receive(2, 0).await;
+    assert_eq!(harness.counts().await, counts(0, 2, 0, 0));
+    assert!(poll_once(&mut reading.next()).is_none());
+    assert_eq!(harness.storage.held_reads(), 1);
+    drop(reading);
+    assert_eq!(harness.counts().await, counts(2, 0, 0, 0));
+    harness.storage.release_reads();
+
+    // Handing out: one given, one not.
+    let mut handing = harness.start_receive(2, 0).await;
+    let given = handing.next().await.expect("one").expect("delivered");
+    drop(handing);
+    assert_eq!(harness.counts().await, counts(1, 1, 0, 0));
+    let rest = harness.receive(2, 0).await;
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0].message.id, given.message.id);
+    // Claimed by the same receives as the one handed out, and given back: they still count.
+    assert_eq!(
+        rest[0].message.dequeue_count,
+        given.message.dequeue_count + 1
+    );
+
+    // Parked, its caller gone before a message came: the message is not claimed for it.
+    let parked = harness.start_receive(2, 20).await;
+    drop(parked);
+    harness.send("c").await;
+    assert_eq!(harness.counts().await, counts(1, 2, 0, 0));
+    let got = harness.receive(2, 0).await;
+    assert_eq!(bodies(&got), [b"c"]);
+}
+
+/// The handle of an older receive of a deleted message fails whether it comes before or after
+/// the deleting one in a batch, and also on its own afterwards; the deleting one's retry works.
+#[tokio::test(start_paused = true)]
+async fn an_older_handle_of_a_deleted_message_fails_in_any_order() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("x").await;
+    harness.send("y").await;
+    let older: Vec<_> = harness.receive(2, 0).await;
+    advance(secs(31)).await;
+    let newer: Vec<_> = harness.receive(2, 0).await;
+    let handle = |delivered: &[Delivered], i: usize| delivered[i].message.handle;
+    assert_eq!(handle(&older, 0).message_id, handle(&newer, 0).message_id);
+
+    let results = harness
+        .delete(&[handle(&newer, 0), handle(&older, 0)])
+        .await
+        .expect("delete");
+    assert!(results[0].is_ok() && is_stale(&results[1]), "{results:?}");
+    let results = harness
+        .delete(&[handle(&older, 1), handle(&newer, 1)])
+        .await
+        .expect("delete");
+    assert!(is_stale(&results[0]) && results[1].is_ok(), "{results:?}");
+
+    for i in 0..2 {
+        assert!(is_stale(&harness.delete_one(handle(&older, i)).await));
+        harness.delete_one(handle(&newer, i)).await.expect("retry");
+    }
+    // Remembered as tombstones in storage too, so a restart gives the same answers.
+    assert!(
+        harness
+            .stored_states()
+            .iter()
+            .all(|(_, state)| *state == StoredState::Tombstone)
+    );
+}
+
+/// An actor started again on the same storage knows every message as it was, and every
+/// receipt handle means what it meant: the in-flight one deletes, the deleting one's retry
+/// succeeds, an older one fails.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_queue_keeps_its_messages_and_the_meaning_of_their_handles() {
+    let harness = Harness::start(attributes()).await;
+    for body in [
+        "deleted after",
+        "left in flight",
+        "deleted before",
+        "visible",
+    ] {
+        harness.send(body).await;
+    }
+    let started = Instant::now();
+    harness.send_delayed("delayed", 600).await;
+    let got = harness.receive(3, 0).await;
+    let (deleted_after, left) = (got[0].message.clone(), got[1].message.clone());
+    let first_of_deleted = got[2].message.handle;
+    // Received again (its first handle now older) and deleted: a tombstone.
+    harness.queue.release_now(vec![first_of_deleted]);
+    let again = harness.receive(1, 0).await.remove(0).message;
+    assert_eq!(again.id, first_of_deleted.message_id);
+    harness.delete_one(again.handle).await.expect("delete");
+    let last_id = harness.send("last before restart").await;
+
+    let harness = harness.restart().await;
+    assert_eq!(harness.counts().await, counts(2, 2, 1, 0));
+    assert!(is_stale(&harness.delete_one(first_of_deleted).await));
+    harness.delete_one(again.handle).await.expect("retry");
+    harness
+        .delete_one(deleted_after.handle)
+        .await
+        .expect("in-flight handle");
+    let visible = harness.receive(16, 0).await;
+    assert_eq!(bodies(&visible), [&b"visible"[..], b"last before restart"]);
+    assert_eq!(visible[0].message.dequeue_count, 1);
+    let handles: Vec<_> = visible.iter().map(|d| d.message.handle).collect();
+    harness.delete(&handles).await.expect("delete");
+
+    // Timers are set again from storage: the one left in flight comes back when its visibility
+    // timeout ends, as its second receive; the delay ends when it was due.
+    let back = harness.receive(1, 40).await.remove(0).message;
+    assert_about(started.elapsed(), secs(30));
+    assert_eq!((back.id, back.dequeue_count), (left.id, 2));
+    assert_eq!(back.first_dequeue_ms, left.first_dequeue_ms);
+    harness.delete_one(back.handle).await.expect("delete");
+    assert!(
+        harness.send("after restart").await > last_id,
+        "an id handed out again"
+    );
+    advance(started + secs(600) - SLACK - Instant::now()).await;
+    assert_eq!(harness.counts().await, counts(1, 0, 1, 0));
+    advance(SLACK * 2).await;
+    assert_eq!(harness.counts().await, counts(2, 0, 0, 0));
+    assert_eq!(bodies(&harness.receive(1, 0).await), [b"delayed"]);
+}

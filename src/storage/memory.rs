@@ -1,0 +1,551 @@
+//! An in-memory backend with SQLite's semantics, for tests that drive queues without a disk.
+//!
+//! Every [`WriteOp`] is applied to tables that mirror the SQLite schema (queues, messages with
+//! their state and body, the id counters, the receipt secret), in submission order, and a
+//! commit is answered only once its operation is applied: what a test reads back through
+//! `recover`, `recover_messages` or `read_bodies` is what the queue wrote, so an actor started
+//! again on the same storage is a restart. Two switches let a test play the disk's part:
+//! [`MemoryStorage::fail_writes`] makes writes fail as an I/O error would, and
+//! [`MemoryStorage::hold_writes`] keeps them pending (a commit in flight) until released;
+//! [`MemoryStorage::hold_reads`] does the same for body reads (a slow disk under a receive).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{
+    BodiesReply, CommitReply, DeletedMessages, QueueRecord, Recovered, Storage, StorageError,
+    StoredMessage, StoredState, WriteOp,
+};
+use crate::receipt::{KEY_LEN, ReceiptKey};
+
+#[derive(Default)]
+pub struct MemoryStorage {
+    /// One lock for everything: a write is applied whole, and readers never see half of one.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tables: Tables,
+    /// Writes submitted while held, in order; applied by `release_writes`.
+    held: VecDeque<Request>,
+    holding: bool,
+    /// Body reads asked for while reads are held; answered by `release_reads`.
+    held_reads: Vec<(Vec<u64>, BodiesReply)>,
+    holding_reads: bool,
+    /// Set by `fail_writes`: writes reaching the tables fail instead of being applied.
+    failing: bool,
+    closed: bool,
+}
+
+enum Request {
+    /// `done` is None for lazy writes nobody waits for.
+    Write {
+        op: WriteOp,
+        done: Option<CommitReply>,
+    },
+    Close(oneshot::Sender<()>),
+}
+
+/// What a SQLite database holds, table by table.
+struct Tables {
+    queues: BTreeMap<u64, QueueRecord>,
+    /// By id, so recovery visits them oldest first as SQLite's rowid scan does.
+    messages: BTreeMap<u64, Row>,
+    next_queue_id: u64,
+    next_message_id: u64,
+    receipt_secret: [u8; KEY_LEN],
+}
+
+/// One row of the `messages` table.
+#[derive(Clone, Debug)]
+struct Row {
+    queue_id: u64,
+    meta: StoredMessage,
+    body: Bytes,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Self {
+            queues: BTreeMap::new(),
+            messages: BTreeMap::new(),
+            // As a new SQLite database's counters start.
+            next_queue_id: 1,
+            next_message_id: 1,
+            receipt_secret: ReceiptKey::generate_secret(),
+        }
+    }
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock has failed already; the tables are whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// While `fail` is set, every write fails with [`StorageError::Io`] and changes nothing, as
+    /// on a disk that is full or broken: commits hear the error, lazy writes are lost.
+    pub fn fail_writes(&self, fail: bool) {
+        self.lock().failing = fail;
+    }
+
+    /// Keeps every write submitted from now on pending, unapplied and unanswered, until
+    /// [`Self::release_writes`]: a commit that is still in flight.
+    pub fn hold_writes(&self) {
+        self.lock().holding = true;
+    }
+
+    /// Applies and answers the writes held, in the order they were submitted, and stops holding.
+    pub fn release_writes(&self) {
+        let mut state = self.lock();
+        state.holding = false;
+        while let Some(request) = state.held.pop_front() {
+            state.process(request);
+        }
+    }
+
+    /// The stored rows of one queue (metadata, not bodies), oldest first: what reached storage.
+    pub fn stored_messages(&self, queue_id: u64) -> Vec<StoredMessage> {
+        self.lock()
+            .tables
+            .messages
+            .values()
+            .filter(|row| row.queue_id == queue_id)
+            .map(|row| row.meta)
+            .collect()
+    }
+
+    /// Keeps every body read asked for from now on unanswered until [`Self::release_reads`].
+    pub fn hold_reads(&self) {
+        self.lock().holding_reads = true;
+    }
+
+    /// Answers the reads held, from the tables as they are now, and stops holding.
+    pub fn release_reads(&self) {
+        let mut state = self.lock();
+        state.holding_reads = false;
+        for (ids, reply) in std::mem::take(&mut state.held_reads) {
+            let _ = reply.send(Ok(state.tables.bodies(ids)));
+        }
+    }
+
+    /// How many body reads are held.
+    pub fn held_reads(&self) -> usize {
+        self.lock().held_reads.len()
+    }
+
+    /// How many writes are held (commits and lazy writes alike).
+    pub fn held_writes(&self) -> usize {
+        self.lock().held.len()
+    }
+
+    fn submit(&self, request: Request) {
+        let mut state = self.lock();
+        if state.holding {
+            state.held.push_back(request);
+        } else {
+            state.process(request);
+        }
+    }
+}
+
+impl State {
+    fn process(&mut self, request: Request) {
+        match request {
+            Request::Write { op, done } => {
+                let result = if self.closed {
+                    Err(StorageError::Closed)
+                } else if self.failing {
+                    Err(StorageError::Io(
+                        "commit failed: disk I/O error (injected)".into(),
+                    ))
+                } else {
+                    self.tables.apply(&op)
+                };
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+            Request::Close(done) => {
+                self.closed = true;
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+impl Tables {
+    /// Applies one operation whole or not at all, as its own SQLite transaction would: what can
+    /// fail (a taken id or name) is checked before anything changes.
+    fn apply(&mut self, op: &WriteOp) -> Result<(), StorageError> {
+        match op {
+            WriteOp::CreateQueue(queue) => {
+                let taken = self.queues.contains_key(&queue.id)
+                    || self.queues.values().any(|q| q.name == queue.name);
+                if taken {
+                    return Err(constraint("UNIQUE constraint failed: queues"));
+                }
+                self.queues.insert(queue.id, queue.clone());
+                self.next_queue_id = self.next_queue_id.max(queue.id + 1);
+            }
+            WriteOp::UpdateQueue(queue) => {
+                if let Some(stored) = self.queues.get_mut(&queue.id) {
+                    stored.attributes = queue.attributes;
+                    stored.update_time_ms = queue.update_time_ms;
+                }
+            }
+            WriteOp::DeleteQueue {
+                queue_id,
+                message_ids,
+            } => {
+                for id in message_ids {
+                    // Only this queue's rows, as the SQL's `AND queue_id = ?` guards.
+                    if self
+                        .messages
+                        .get(id)
+                        .is_some_and(|r| r.queue_id == *queue_id)
+                    {
+                        self.messages.remove(id);
+                    }
+                }
+                self.queues.remove(queue_id);
+            }
+            WriteOp::InsertMessages { queue_id, messages } => {
+                if messages.iter().any(|m| self.messages.contains_key(&m.id)) {
+                    return Err(constraint("UNIQUE constraint failed: messages.id"));
+                }
+                for message in messages {
+                    let meta = StoredMessage {
+                        id: message.id,
+                        enqueue_ms: message.enqueue_ms,
+                        visible_at_ms: message.visible_at_ms,
+                        dequeue_count: 0,
+                        first_dequeue_ms: 0,
+                        receipt_nonce: 0,
+                        state: StoredState::Live,
+                    };
+                    let row = Row {
+                        queue_id: *queue_id,
+                        meta,
+                        body: message.body.clone(),
+                    };
+                    self.messages.insert(message.id, row);
+                    self.next_message_id = self.next_message_id.max(message.id + 1);
+                }
+            }
+            WriteOp::RemoveMessages { ids } => {
+                for id in ids {
+                    self.messages.remove(id);
+                }
+            }
+            WriteOp::DeleteMessages(deleted) => self.delete_messages(deleted),
+            WriteOp::Restore { ids, visible_at_ms } => {
+                for id in ids {
+                    if let Some(row) = self.messages.get_mut(id) {
+                        row.meta.state = StoredState::Live;
+                        row.meta.visible_at_ms = *visible_at_ms;
+                        row.meta.receipt_nonce = 0;
+                    }
+                }
+            }
+            WriteOp::RecordReceives(receives) => {
+                for receive in receives {
+                    // Only undeleted rows: a delete committed first has the last word.
+                    if let Some(row) = self.messages.get_mut(&receive.id)
+                        && row.meta.state == StoredState::Live
+                    {
+                        row.meta.visible_at_ms = receive.visible_at_ms;
+                        row.meta.dequeue_count = receive.dequeue_count;
+                        row.meta.first_dequeue_ms = receive.first_dequeue_ms;
+                        row.meta.receipt_nonce = receive.receipt_nonce;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bodies of the rows in `ids` that exist, in the order of `ids`.
+    fn bodies(&self, ids: Vec<u64>) -> Vec<(u64, Bytes)> {
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.messages.get(&id)?.body.clone())))
+            .collect()
+    }
+
+    fn delete_messages(&mut self, deleted: &DeletedMessages) {
+        for id in &deleted.removed {
+            self.messages.remove(id);
+        }
+        for kept in &deleted.kept {
+            if let Some(row) = self.messages.get_mut(&kept.id) {
+                row.meta.state = StoredState::Kept;
+                row.meta.dequeue_count = kept.dequeue_count;
+                row.meta.first_dequeue_ms = kept.first_dequeue_ms;
+                row.meta.receipt_nonce = kept.receipt_nonce;
+            }
+        }
+        for kept in &deleted.tombstones {
+            if let Some(row) = self.messages.get_mut(&kept.id) {
+                row.meta.state = StoredState::Tombstone;
+                row.meta.visible_at_ms = deleted.tombstone_until_ms;
+                row.meta.dequeue_count = kept.dequeue_count;
+                row.meta.receipt_nonce = kept.receipt_nonce;
+                row.body = Bytes::new();
+            }
+        }
+    }
+}
+
+fn constraint(what: &str) -> StorageError {
+    StorageError::Io(format!("commit failed: {what}"))
+}
+
+impl Storage for MemoryStorage {
+    fn recover(&self) -> Result<Recovered, StorageError> {
+        let state = self.lock();
+        let tables = &state.tables;
+        Ok(Recovered {
+            queues: tables.queues.values().cloned().collect(),
+            receipt_secret: tables.receipt_secret,
+            next_queue_id: tables.next_queue_id,
+            next_message_id: tables.next_message_id,
+        })
+    }
+
+    fn recover_messages(
+        &self,
+        visit: &mut dyn FnMut(u64, StoredMessage),
+    ) -> Result<(), StorageError> {
+        // A copy, so that `visit` runs without the lock (it may call back into storage).
+        let rows: Vec<(u64, StoredMessage)> = self
+            .lock()
+            .tables
+            .messages
+            .values()
+            .map(|row| (row.queue_id, row.meta))
+            .collect();
+        for (queue_id, message) in rows {
+            visit(queue_id, message);
+        }
+        Ok(())
+    }
+
+    fn commit(&self, op: WriteOp, done: CommitReply) {
+        self.submit(Request::Write {
+            op,
+            done: Some(done),
+        });
+    }
+
+    fn record(&self, op: WriteOp) {
+        self.submit(Request::Write { op, done: None });
+    }
+
+    fn read_bodies(&self, ids: Vec<u64>, reply: BodiesReply) {
+        // Reads see what is applied, as SQLite's readers see what is committed.
+        let mut state = self.lock();
+        if state.holding_reads {
+            state.held_reads.push((ids, reply));
+        } else {
+            let _ = reply.send(Ok(state.tables.bodies(ids)));
+        }
+    }
+
+    fn close(&self, done: oneshot::Sender<()>) {
+        self.submit(Request::Close(done));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::attributes::QueueAttributes;
+    use crate::storage::sqlite::SqliteStorage;
+    use crate::storage::{KeptRecord, NewMessage, ReceiveRecord};
+
+    fn queue(id: u64, name: &str) -> QueueRecord {
+        QueueRecord {
+            id,
+            name: name.into(),
+            attributes: QueueAttributes::default(),
+            create_time_ms: 1_000,
+            update_time_ms: 1_000,
+        }
+    }
+
+    fn new_message(id: u64) -> NewMessage {
+        NewMessage {
+            id,
+            body: Bytes::from(format!("body {id}")),
+            enqueue_ms: 1_000 + id as i64,
+            visible_at_ms: 2_000,
+        }
+    }
+
+    fn receive(id: u64, nonce: u64) -> ReceiveRecord {
+        ReceiveRecord {
+            id,
+            visible_at_ms: 40_000,
+            dequeue_count: 2,
+            first_dequeue_ms: 3_000,
+            receipt_nonce: nonce,
+        }
+    }
+
+    fn kept(id: u64) -> KeptRecord {
+        KeptRecord {
+            id,
+            dequeue_count: 2,
+            first_dequeue_ms: 3_000,
+            receipt_nonce: 70 + id,
+        }
+    }
+
+    /// Every kind of write, in an order where each depends on the ones before, with two that
+    /// must fail whole (a taken queue name; a batch with one taken message id).
+    fn script() -> Vec<WriteOp> {
+        let mut updated = queue(1, "q1");
+        updated.attributes.visibility_timeout_seconds = 99;
+        updated.update_time_ms = 5_000;
+        vec![
+            WriteOp::CreateQueue(queue(1, "q1")),
+            WriteOp::CreateQueue(queue(2, "q2")),
+            WriteOp::CreateQueue(queue(3, "q1")),
+            WriteOp::InsertMessages {
+                queue_id: 1,
+                messages: (1..=6).map(new_message).collect(),
+            },
+            WriteOp::InsertMessages {
+                queue_id: 2,
+                messages: vec![new_message(7), new_message(8)],
+            },
+            WriteOp::InsertMessages {
+                queue_id: 1,
+                messages: vec![new_message(9), new_message(5)],
+            },
+            WriteOp::RecordReceives((1..=5).map(|id| receive(id, 10 + id)).collect()),
+            WriteOp::DeleteMessages(DeletedMessages {
+                removed: vec![1],
+                kept: vec![kept(2)],
+                tombstones: vec![kept(3)],
+                tombstone_until_ms: 90_000,
+            }),
+            // Deleted rows keep what their delete wrote.
+            WriteOp::RecordReceives(vec![receive(2, 99), receive(3, 99), receive(6, 16)]),
+            WriteOp::Restore {
+                ids: vec![2],
+                visible_at_ms: 50_000,
+            },
+            WriteOp::UpdateQueue(updated),
+            WriteOp::RemoveMessages { ids: vec![4] },
+            // Only the rows of queue 2 go with it, whatever ids are named.
+            WriteOp::DeleteQueue {
+                queue_id: 2,
+                message_ids: vec![7, 8, 5],
+            },
+        ]
+    }
+
+    /// What a backend holds, as recovery and body reads see it.
+    async fn contents(
+        storage: &dyn Storage,
+    ) -> (
+        Vec<QueueRecord>,
+        Vec<(u64, StoredMessage)>,
+        Vec<(u64, Bytes)>,
+    ) {
+        let queues = storage.recover().expect("recover").queues;
+        let mut messages = Vec::new();
+        storage
+            .recover_messages(&mut |queue_id, message| messages.push((queue_id, message)))
+            .expect("recover messages");
+        let (reply, read) = oneshot::channel();
+        storage.read_bodies((0..=10).collect(), reply);
+        let bodies = read.await.expect("reply").expect("bodies");
+        (queues, messages, bodies)
+    }
+
+    async fn run_script(storage: &dyn Storage) -> Vec<bool> {
+        let mut succeeded = Vec::new();
+        for op in script() {
+            let (done, committed) = oneshot::channel();
+            storage.commit(op, done);
+            succeeded.push(committed.await.expect("reply").is_ok());
+        }
+        succeeded
+    }
+
+    /// The same writes leave the same rows in both backends, and fail in both at the same
+    /// points: the in-memory storage behaves as SQLite does, not as a test wishes.
+    #[tokio::test]
+    async fn applies_every_write_as_sqlite_does() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite =
+            SqliteStorage::open(dir.path(), None, Arc::default()).expect("open sqlite storage");
+        let memory = MemoryStorage::new();
+        let sqlite_results = run_script(&sqlite).await;
+        let memory_results = run_script(&memory).await;
+        assert_eq!(memory_results, sqlite_results);
+        assert_eq!(sqlite_results.iter().filter(|ok| !**ok).count(), 2);
+        let expected = contents(&sqlite).await;
+        assert_eq!(contents(&memory).await, expected);
+        // The script is not vacuous: live, restored, kept-for-rewind... rows all remain.
+        assert_eq!(expected.0.len(), 1);
+        assert_eq!(
+            expected.1.iter().map(|(_, m)| m.id).collect::<Vec<_>>(),
+            [2, 3, 5, 6]
+        );
+    }
+
+    #[tokio::test]
+    async fn held_writes_wait_in_order_and_failing_writes_change_nothing() {
+        let storage = MemoryStorage::new();
+        storage.hold_writes();
+        let (created, create_done) = oneshot::channel();
+        storage.commit(WriteOp::CreateQueue(queue(1, "q")), created);
+        storage.record(WriteOp::InsertMessages {
+            queue_id: 1,
+            messages: vec![new_message(1)],
+        });
+        let (removed, remove_done) = oneshot::channel();
+        storage.commit(WriteOp::RemoveMessages { ids: vec![1] }, removed);
+        assert_eq!(storage.held_writes(), 3);
+        assert!(storage.recover().expect("recover").queues.is_empty());
+        let mut create_done = create_done;
+        assert!(create_done.try_recv().is_err(), "answered while held");
+
+        storage.release_writes();
+        assert!(matches!(create_done.await, Ok(Ok(()))));
+        assert!(matches!(remove_done.await, Ok(Ok(()))));
+        // Applied in submission order: the insert came before the removal.
+        assert!(storage.stored_messages(1).is_empty());
+
+        storage.fail_writes(true);
+        let (inserted, insert_done) = oneshot::channel();
+        let insert = WriteOp::InsertMessages {
+            queue_id: 1,
+            messages: vec![new_message(2)],
+        };
+        storage.commit(insert.clone(), inserted);
+        assert!(matches!(insert_done.await, Ok(Err(StorageError::Io(_)))));
+        assert!(storage.stored_messages(1).is_empty());
+        storage.fail_writes(false);
+
+        let (closed, close_done) = oneshot::channel();
+        storage.close(closed);
+        close_done.await.expect("closed");
+        let (late, late_done) = oneshot::channel();
+        storage.commit(insert, late);
+        assert!(matches!(late_done.await, Ok(Err(StorageError::Closed))));
+    }
+}
