@@ -19,9 +19,10 @@ use tokio_util::task::TaskTracker;
 
 use super::body_cache::BodyBudget;
 use super::messages::MessageTable;
+use super::receiving::Delivered;
 use super::{
-    Counts, DeleteResult, DeleteTarget, Delivered, Outgoing, QueueContext, QueueHandle,
-    ReceiveRequest, Receiving,
+    Counts, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueHandle, ReceiveRequest,
+    Receiving,
 };
 use crate::attributes::QueueAttributes;
 use crate::clock::{Clock, Millis};

@@ -369,6 +369,13 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// Commit figures go nowhere here (storage must not depend on metrics).
+    struct Unobserved;
+
+    impl crate::storage::CommitObserver for Unobserved {
+        fn observe_commit(&self, _: std::time::Duration, _: usize, _: bool) {}
+    }
     use crate::attributes::QueueAttributes;
     use crate::storage::sqlite::SqliteStorage;
     use crate::storage::{KeptRecord, NewMessage, ReceiveRecord};
@@ -490,8 +497,12 @@ mod tests {
     #[tokio::test]
     async fn applies_every_write_as_sqlite_does() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let sqlite =
-            SqliteStorage::open(dir.path(), None, Arc::default()).expect("open sqlite storage");
+        let sqlite = SqliteStorage::open(
+            dir.path(),
+            None,
+            Arc::new(Unobserved),
+        )
+        .expect("open sqlite storage");
         let memory = MemoryStorage::new();
         let sqlite_results = run_script(&sqlite).await;
         let memory_results = run_script(&memory).await;
