@@ -497,12 +497,8 @@ mod tests {
     #[tokio::test]
     async fn applies_every_write_as_sqlite_does() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let sqlite = SqliteStorage::open(
-            dir.path(),
-            None,
-            Arc::new(Unobserved),
-        )
-        .expect("open sqlite storage");
+        let sqlite = SqliteStorage::open(dir.path(), None, Arc::new(Unobserved))
+            .expect("open sqlite storage");
         let memory = MemoryStorage::new();
         let sqlite_results = run_script(&sqlite).await;
         let memory_results = run_script(&memory).await;
