@@ -1,0 +1,420 @@
+// SpoolClient: a typed, promise-based method per call of spool.v1.QueueService over @grpc/grpc-js,
+// with protobuf-es v2 messages, long-poll receives as async iterators, and the Rust client's
+// retries (retry.ts).
+
+import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
+
+import { SpoolError, toSpoolError } from "./errors.js";
+import {
+  BatchSendEntrySchema,
+  QueueAttributesSchema,
+  QueueService,
+  type DeleteFailure,
+  type ListQueuesResponse,
+  type Queue,
+  type ReceivedMessage,
+} from "./gen/spool/v1/queue_pb.js";
+import { RetryPolicy, type RetryOptions, type Safety } from "./retry.js";
+
+/** The endpoint of a server started with `spool serve` and no `--listen`. */
+export const DEFAULT_ENDPOINT = "http://127.0.0.1:50051";
+/** How long connecting may take, unless the options say otherwise. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
+/** How long a call other than a receive may take (a receive adds its wait to it). */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+/** HTTP/2 pings while calls are open, so a long poll on a dead connection fails instead of hanging. */
+export const DEFAULT_KEEPALIVE_INTERVAL_MS = 20_000;
+export const DEFAULT_KEEPALIVE_TIMEOUT_MS = 10_000;
+/** The longest polling wait a queue can have: a receive without wait_seconds may wait that long. */
+const MAX_POLLING_WAIT_SECONDS = 30;
+/** The server's request limit (16 bodies of 1 MiB plus 64 KiB): the largest legal batch fits. */
+const MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 64 * 1024;
+
+/** A message body: bytes, or a string sent as UTF-8. */
+export type Body = Uint8Array | string;
+/** Queue attributes to set; unset ones take their default (create) or stay (update). */
+export type QueueAttributesInit = Omit<MessageInitShape<typeof QueueAttributesSchema>, "$typeName">;
+
+/** Connection settings; every field is optional. */
+export interface ClientOptions {
+  /** How long connecting may take before an attempt fails, in ms. Default 5000. */
+  connectTimeoutMs?: number;
+  /** How long one attempt of a call may take, in ms (sent as grpc-timeout). Default 10000. */
+  requestTimeoutMs?: number;
+  /** HTTP/2 keepalive ping interval while calls are open, in ms; null turns pings off. Default 20000. */
+  keepaliveIntervalMs?: number | null;
+  /** How long a ping may go unanswered before the connection is dropped, in ms. Default 10000. */
+  keepaliveTimeoutMs?: number;
+  /** What is retried on UNAVAILABLE, and how (retry.ts). */
+  retry?: RetryPolicy | RetryOptions;
+}
+
+/** Settings of one ReceiveMessages call; unset ones take the queue's values. */
+export interface ReceiveOptions {
+  /** Most messages to receive, 1..16 (0 or unset: 1). Fewer visible messages do not block. */
+  maxMessages?: number;
+  /** Seconds to wait when no message is visible, 0..30. Unset: the queue's polling wait. */
+  waitSeconds?: number;
+  /** Seconds the received messages stay invisible, 1..43200. Unset: the queue's. */
+  visibilityTimeoutSeconds?: number;
+  /** Ends the receive (and a `messages()` loop) early. */
+  signal?: AbortSignal;
+}
+
+/** One entry of a batch send. */
+export interface BatchEntry {
+  body: Body;
+  /** Seconds before the message becomes visible. */
+  delaySeconds?: number;
+}
+
+type Methods = typeof QueueService.method;
+type UnaryName = { [K in keyof Methods]: Methods[K]["methodKind"] extends "unary" ? K : never }[keyof Methods];
+type Input<K extends keyof Methods> = MessageInitShape<Methods[K]["input"]>;
+type Output<K extends keyof Methods> = MessageShape<Methods[K]["output"]>;
+
+/** A failed call and how many attempts it took (DeleteQueue reads the count). */
+class Failed extends Error {
+  constructor(
+    readonly error: SpoolError,
+    readonly attempts: number,
+  ) {
+    super(error.message);
+  }
+}
+
+/**
+ * A connection to a Spool server with a typed, promise-based method per call. One client keeps
+ * one HTTP/2 connection, which carries many calls at once; share it, and `close()` it at the end.
+ *
+ * ```ts
+ * const client = new SpoolClient("http://127.0.0.1:50051");
+ * await client.createQueue("orders", { visibilityTimeoutSeconds: 10 });
+ * await client.sendMessage("orders", "order 1");
+ * for await (const message of client.receiveMessages("orders", { maxMessages: 16, waitSeconds: 3 })) {
+ *   await client.deleteMessage("orders", message.receiptHandle);
+ * }
+ * client.close();
+ * ```
+ */
+export class SpoolClient {
+  /** The endpoint as given, for error messages. */
+  readonly endpoint: string;
+  private readonly grpc: grpc.Client;
+  private readonly retry: RetryPolicy;
+  private readonly connectTimeoutMs: number;
+  private readonly requestTimeoutMs: number;
+
+  /** Connects lazily, on the first call, to `endpoint` (`http://host:port`, or `host:port`). */
+  constructor(endpoint: string = DEFAULT_ENDPOINT, options: ClientOptions = {}) {
+    this.endpoint = endpoint;
+    this.retry = options.retry instanceof RetryPolicy ? options.retry : new RetryPolicy(options.retry);
+    this.connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    const keepalive = options.keepaliveIntervalMs === undefined ? DEFAULT_KEEPALIVE_INTERVAL_MS : options.keepaliveIntervalMs;
+    const channelOptions: grpc.ChannelOptions = {
+      "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+      "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+      // grpc-js reconnects on its own schedule (1 s, growing to 2 min by default); keep it within
+      // the retry policy's, so that a retry finds a server that came back.
+      "grpc.initial_reconnect_backoff_ms": Math.max(this.retry.initialBackoffMs, 1),
+      "grpc.max_reconnect_backoff_ms": Math.max(this.retry.maxBackoffMs, 1),
+    };
+    if (keepalive !== null) {
+      channelOptions["grpc.keepalive_time_ms"] = keepalive;
+      channelOptions["grpc.keepalive_timeout_ms"] = options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS;
+    }
+    this.grpc = new grpc.Client(target(endpoint), grpc.credentials.createInsecure(), channelOptions);
+  }
+
+  /** Closes the connection; calls still open fail with CANCELLED. */
+  close(): void {
+    this.grpc.close();
+  }
+
+  /**
+   * Creates a queue; unset attributes take their defaults. A queue that exists with the same
+   * attributes is returned; with others, QUEUE_EXISTS. Retried on UNAVAILABLE.
+   */
+  async createQueue(name: string, attributes: QueueAttributesInit = {}): Promise<Queue> {
+    return this.call("idempotent", "createQueue", { queueName: name, attributes });
+  }
+
+  /** A queue's attributes and message counters. Retried on UNAVAILABLE. */
+  async getQueue(name: string): Promise<Queue> {
+    return this.call("idempotent", "getQueue", { queueName: name });
+  }
+
+  /** Changes the attributes that are set; the others keep their value. Retried on UNAVAILABLE. */
+  async updateQueue(name: string, attributes: QueueAttributesInit): Promise<Queue> {
+    return this.call("idempotent", "updateQueue", { queueName: name, attributes });
+  }
+
+  /**
+   * Deletes a queue and its messages. Retried on UNAVAILABLE; if a retry finds the queue gone, it
+   * succeeds (the attempt that failed may have deleted it). NOT_FOUND on the first attempt throws.
+   */
+  async deleteQueue(name: string): Promise<void> {
+    try {
+      await this.attempts("idempotent", "deleteQueue", { queueName: name }, this.requestTimeoutMs);
+    } catch (error) {
+      if (error instanceof Failed && error.attempts > 1 && error.error.code === grpc.status.NOT_FOUND) return;
+      throw error instanceof Failed ? error.error : error;
+    }
+  }
+
+  /**
+   * One page of queues whose name starts with `prefix`, in name order; `pageSize` 0 means 100;
+   * `pageToken` is the previous page's `nextPageToken`. Retried on UNAVAILABLE.
+   */
+  async listQueues(options: { prefix?: string; pageSize?: number; pageToken?: string } = {}): Promise<ListQueuesResponse> {
+    return this.call("idempotent", "listQueues", {
+      prefix: options.prefix ?? "",
+      pageSize: options.pageSize ?? 0,
+      pageToken: options.pageToken ?? "",
+    });
+  }
+
+  /** Every queue whose name starts with `prefix` ("" for all), page by page. */
+  async listAllQueues(prefix = ""): Promise<Queue[]> {
+    const queues: Queue[] = [];
+    let pageToken = "";
+    for (;;) {
+      const page = await this.listQueues({ prefix, pageToken });
+      queues.push(...page.queues);
+      if (page.nextPageToken === "" || page.nextPageToken === pageToken) return queues;
+      pageToken = page.nextPageToken;
+    }
+  }
+
+  /**
+   * Makes every deleted message enqueued at or after `start` receivable again; returns how many.
+   * Not retried once the request may have reached the server, unless retryNonIdempotent.
+   */
+  async rewindQueue(name: string, start: Date): Promise<bigint> {
+    const response = await this.call("not-idempotent", "rewindQueue", {
+      queueName: name,
+      startTime: timestampFromDate(start),
+    });
+    return response.restoredMessages;
+  }
+
+  /**
+   * Sends one message; resolves to its id once it is stored durably. Not retried once the
+   * request may have reached the server (a retry could store it twice), unless retryNonIdempotent.
+   */
+  async sendMessage(queue: string, body: Body, options: { delaySeconds?: number } = {}): Promise<string> {
+    const response = await this.call("not-idempotent", "sendMessage", {
+      queueName: queue,
+      body: bytes(body),
+      ...(options.delaySeconds === undefined ? {} : { delaySeconds: options.delaySeconds }),
+    });
+    return response.messageId;
+  }
+
+  /** Sends 1 to 16 messages, all or nothing; resolves to their ids in order. Retried as sendMessage. */
+  async batchSendMessages(queue: string, entries: ReadonlyArray<Body | BatchEntry>): Promise<string[]> {
+    const response = await this.call("not-idempotent", "batchSendMessages", {
+      queueName: queue,
+      entries: entries.map((entry) => {
+        const { body, delaySeconds } = typeof entry === "string" || entry instanceof Uint8Array ? { body: entry, delaySeconds: undefined } : entry;
+        return create(BatchSendEntrySchema, { body: bytes(body), ...(delaySeconds === undefined ? {} : { delaySeconds }) });
+      }),
+    });
+    return response.messageIds;
+  }
+
+  /**
+   * One long poll, as an async iterator: up to `maxMessages` messages, at once if some are
+   * visible, else the first to arrive within the wait; none when the wait ends empty. Opening it
+   * is retried on UNAVAILABLE; once a message came, a broken stream throws. Leaving the loop
+   * early cancels the call (messages already received stay in flight until their timeout).
+   */
+  async *receiveMessages(queue: string, options: ReceiveOptions = {}): AsyncGenerator<ReceivedMessage, void, undefined> {
+    const request = create(QueueService.method.receiveMessages.input, {
+      queueName: queue,
+      maxMessages: options.maxMessages ?? 0,
+      ...(options.waitSeconds === undefined ? {} : { waitSeconds: options.waitSeconds }),
+      ...(options.visibilityTimeoutSeconds === undefined ? {} : { visibilityTimeoutSeconds: options.visibilityTimeoutSeconds }),
+    });
+    // The server ends the long poll just before the deadline it is given: leave it the whole wait.
+    const timeoutMs = this.requestTimeoutMs + 1000 * (options.waitSeconds ?? MAX_POLLING_WAIT_SECONDS);
+    const method = QueueService.method.receiveMessages;
+    for (let attempt = 1; ; attempt++) {
+      const deadline = Date.now() + timeoutMs;
+      let delivered = false;
+      try {
+        await this.connected(Math.min(deadline, Date.now() + this.connectTimeoutMs));
+        const call = this.grpc.makeServerStreamRequest(
+          path(method.name),
+          (message: MessageShape<typeof method.input>) => Buffer.from(toBinary(method.input, message)),
+          (buffer: Buffer) => fromBinary(method.output, buffer),
+          request,
+          new grpc.Metadata(),
+          { deadline },
+        );
+        const abort = () => call.cancel();
+        options.signal?.addEventListener("abort", abort, { once: true });
+        try {
+          for await (const message of call as AsyncIterable<ReceivedMessage>) {
+            delivered = true;
+            yield message;
+          }
+          return;
+        } finally {
+          options.signal?.removeEventListener("abort", abort);
+          call.cancel(); // a no-op once the stream ended; frees it when the loop left early
+        }
+      } catch (caught) {
+        const error = toSpoolError(caught);
+        if (delivered || options.signal?.aborted || !this.retry.shouldRetry("idempotent", attempt, error)) throw error;
+        await sleep(this.retry.backoffMs(attempt));
+      }
+    }
+  }
+
+  /** One long poll, collected: the messages it received (possibly none). */
+  async receive(queue: string, options: ReceiveOptions = {}): Promise<ReceivedMessage[]> {
+    const messages: ReceivedMessage[] = [];
+    for await (const message of this.receiveMessages(queue, options)) messages.push(message);
+    return messages;
+  }
+
+  /**
+   * Long polls one after another, for a consumer: yields every message received until
+   * `options.signal` aborts (then it ends without error) or a call fails for good.
+   * `waitSeconds` defaults to 30 here, so an idle queue costs one call per 30 s.
+   *
+   * ```ts
+   * const stop = new AbortController();
+   * for await (const message of client.messages("orders", { signal: stop.signal })) {
+   *   handle(message.body);
+   *   await client.deleteMessage("orders", message.receiptHandle);
+   * }
+   * ```
+   */
+  async *messages(queue: string, options: ReceiveOptions = {}): AsyncGenerator<ReceivedMessage, void, undefined> {
+    const poll = { ...options, waitSeconds: options.waitSeconds ?? MAX_POLLING_WAIT_SECONDS };
+    while (!options.signal?.aborted) {
+      try {
+        yield* this.receiveMessages(queue, poll);
+      } catch (error) {
+        if (options.signal?.aborted) return;
+        throw error;
+      }
+    }
+  }
+
+  /** Deletes a received message by its newest receipt handle. Retried on UNAVAILABLE. */
+  async deleteMessage(queue: string, receiptHandle: string): Promise<void> {
+    await this.call("idempotent", "deleteMessage", { queueName: queue, receiptHandle });
+  }
+
+  /** Deletes 1 to 16 messages; resolves to the handles that could not be deleted. Retried on UNAVAILABLE. */
+  async batchDeleteMessages(queue: string, receiptHandles: readonly string[]): Promise<DeleteFailure[]> {
+    const response = await this.call("idempotent", "batchDeleteMessages", {
+      queueName: queue,
+      receiptHandles: [...receiptHandles],
+    });
+    return response.failures;
+  }
+
+  private async call<K extends UnaryName>(safety: Safety, name: K, input: Input<K>): Promise<Output<K>> {
+    try {
+      return await this.attempts(safety, name, input, this.requestTimeoutMs);
+    } catch (error) {
+      throw error instanceof Failed ? error.error : error;
+    }
+  }
+
+  /** A unary call, attempted as the retry policy allows; rejects with Failed. */
+  private async attempts<K extends UnaryName>(safety: Safety, name: K, input: Input<K>, timeoutMs: number): Promise<Output<K>> {
+    const method = QueueService.method[name];
+    const request = create(method.input as DescMessage, input as MessageInitShape<DescMessage>);
+    for (let attempt = 1; ; attempt++) {
+      const deadline = Date.now() + timeoutMs;
+      try {
+        await this.connected(Math.min(deadline, Date.now() + this.connectTimeoutMs));
+        return await new Promise<Output<K>>((resolve, reject) => {
+          this.grpc.makeUnaryRequest(
+            path(method.name),
+            (message: MessageShape<DescMessage>) => Buffer.from(toBinary(method.input as DescMessage, message)),
+            (buffer: Buffer) => fromBinary(method.output, buffer) as Output<K>,
+            request,
+            new grpc.Metadata(),
+            { deadline },
+            (error, response) => (error || response === undefined ? reject(error ?? new Error("no response")) : resolve(response)),
+          );
+        });
+      } catch (caught) {
+        const error = toSpoolError(caught);
+        if (!this.retry.shouldRetry(safety, attempt, error)) throw new Failed(error, attempt);
+        await sleep(this.retry.backoffMs(attempt));
+      }
+    }
+  }
+
+  /**
+   * Resolves once the connection is up, or rejects with a SpoolError (UNAVAILABLE, neverSent)
+   * when it fails or `deadline` passes first. A call starts only on a connection that is up, so a
+   * call that fails after that may have reached the server; one that fails here certainly did not.
+   * grpc-js reports no such distinction itself.
+   */
+  private connected(deadline: number): Promise<void> {
+    const channel = this.grpc.getChannel();
+    return new Promise((resolve, reject) => {
+      const cannot = (why: string) =>
+        reject(
+          new SpoolError({
+            code: grpc.status.UNAVAILABLE,
+            details: `cannot connect to ${this.endpoint}: ${why}`,
+            neverSent: true,
+          }),
+        );
+      const check = () => {
+        // `true`: an idle channel starts connecting.
+        const state = channel.getConnectivityState(true);
+        switch (state) {
+          case grpc.connectivityState.READY:
+            return resolve();
+          case grpc.connectivityState.TRANSIENT_FAILURE:
+            return cannot("the connection failed");
+          case grpc.connectivityState.SHUTDOWN:
+            return cannot("the client is closed");
+          default:
+            if (Date.now() >= deadline) return cannot("timed out");
+            channel.watchConnectivityState(state, deadline, (error) => (error ? cannot("timed out") : check()));
+        }
+      };
+      check();
+    });
+  }
+}
+
+/** grpc-js's target for an endpoint: `host:port`. Plaintext HTTP/2 only, as the Rust client. */
+function target(endpoint: string): string {
+  const match = /^(?:([a-z][a-z0-9+.-]*):\/\/)?([^/]+)\/?$/i.exec(endpoint);
+  if (!match) throw new TypeError(`invalid endpoint ${JSON.stringify(endpoint)}: expected http://host:port`);
+  const [, scheme, authority] = match;
+  if (scheme !== undefined && scheme.toLowerCase() !== "http") {
+    throw new TypeError(`invalid endpoint ${JSON.stringify(endpoint)}: this client speaks plaintext HTTP/2 only (use http://)`);
+  }
+  if (authority === undefined || authority.startsWith(":")) {
+    throw new TypeError(`invalid endpoint ${JSON.stringify(endpoint)}: it names no host`);
+  }
+  return authority;
+}
+
+function path(method: string): string {
+  return `/${QueueService.typeName}/${method}`;
+}
+
+function bytes(body: Body): Uint8Array {
+  return typeof body === "string" ? new TextEncoder().encode(body) : body;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
