@@ -16,6 +16,10 @@ ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build
+# The commit `spool --version` names: the context has no .git (.dockerignore), so pass it:
+# docker build --build-arg SPOOL_GIT_COMMIT=$(git rev-parse --short HEAD) .
+ARG SPOOL_GIT_COMMIT=unknown
+ENV SPOOL_GIT_COMMIT=${SPOOL_GIT_COMMIT}
 WORKDIR /src
 # The whole repository but what .dockerignore leaves out (target/, .git, virtualenvs): Cargo
 # reads the directories of the tests, examples and benches too, even when it builds only the

@@ -14,7 +14,9 @@ use spool::server::{self, ServerConfig};
 
 /// Spool: a durable message-queue service with the queue model of Tencent Cloud CMQ, over gRPC.
 #[derive(Parser)]
-#[command(name = "spool", version)]
+// The version and the commit it was built from (build.rs), so a binary or an image says which
+// source it is.
+#[command(name = "spool", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SPOOL_GIT_COMMIT"), ")"))]
 struct Cli {
     // Not global: `spool serve` has no endpoint, so its help must not offer one. It stays
     // here, before the command, for scripts that wrote `spool --endpoint URL send ...`.

@@ -13,4 +13,5 @@ mod queues;
 mod receipts;
 mod rewind;
 mod streams;
+mod version;
 mod walkthrough;
