@@ -52,7 +52,11 @@ pub async fn watch_files<A, F>(
             .await
             .unwrap_or_else(|error| Err(format!("the read task failed: {error}")));
         let outcome = match read {
-            Ok(contents) if contents == seen => continue,
+            Ok(contents) if contents == seen => {
+                // Readable again and unchanged: a later failure is news again.
+                last_error = None;
+                continue;
+            }
             Ok(contents) => {
                 let applied = apply(&contents);
                 seen = contents;
