@@ -355,6 +355,16 @@ pub fn run(endpoint: &str, command: ClientCommand) -> i32 {
                         "spool: if the server serves TLS, the endpoint is https://host:port."
                     );
                 }
+            } else if let CliError::Client(ClientError::Other(rpc)) = &error
+                && rpc.code == Code::Cancelled
+            {
+                // The CLI cancels nothing: the server closed the connection, which is how a
+                // TLS server answers a plaintext client or a missing client certificate.
+                eprintln!(
+                    "spool: the server closed the connection. If it serves TLS, the endpoint is \
+                     https://host:port; if it requires client certificates, give --client-cert \
+                     and --client-key."
+                );
             } else if let CliError::Client(ClientError::Unauthenticated(_)) = error {
                 eprintln!(
                     "spool: the server requires credentials: a principal's token (--token or \

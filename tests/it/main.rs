@@ -1,5 +1,7 @@
 //! Integration tests: each talks to a real Spool server over gRPC.
 
+mod auth;
+mod certs;
 mod cli;
 mod client;
 mod common;
@@ -13,4 +15,5 @@ mod queues;
 mod receipts;
 mod rewind;
 mod streams;
+mod tls;
 mod walkthrough;

@@ -946,6 +946,10 @@ impl Client {
                 self.endpoint,
                 status_chain(&status)
             );
+        } else if std::error::Error::source(&status).is_some() {
+            // A transport failure after connecting (a TLS alert, a closed connection): tonic's
+            // own message ("transport error") says nothing; its causes do.
+            error.message = status_chain(&status);
         }
         error.into()
     }
