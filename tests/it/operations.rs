@@ -331,13 +331,19 @@ fn shipped_config_files_parse() {
     };
     for (file, auth_file) in [
         ("deploy/base/spool.toml", None),
-        ("deploy/docker/spool.toml", Some("/run/secrets/principals.toml")),
+        (
+            "deploy/docker/spool.toml",
+            Some("/run/secrets/principals.toml"),
+        ),
     ] {
         let settings = read(file, auth_file).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(settings.metrics_listen.is_some(), "{file} serves metrics");
     }
     let unprotected = read("deploy/docker/spool.toml", None).expect_err("no auth file");
-    assert!(unprotected.to_string().contains("--auth-file"), "{unprotected}");
+    assert!(
+        unprotected.to_string().contains("--auth-file"),
+        "{unprotected}"
+    );
 }
 
 /// While the queues are recovered, the server already answers: liveness is SERVING, readiness
