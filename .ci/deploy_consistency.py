@@ -4,7 +4,8 @@ Usage: deploy_consistency.py SPOOL_TOML RENDERED_YAML
 
 Schema validation cannot see these: the ports of `listen` and `metrics_listen` against the
 container ports, probes, Services and scrape annotations; `data_dir` against the volume mount;
-the config file's path against the ConfigMap mount; and terminationGracePeriodSeconds against
+the config file's path against the ConfigMap mount; the auth file against its Secret's mount;
+and terminationGracePeriodSeconds against
 the longest long poll plus shutdown_grace_seconds. Run by .ci/deploy-check.
 """
 
@@ -125,6 +126,29 @@ def main() -> int:
             posixpath.basename(config_path) in configmap["data"],
             f"ConfigMap {configmap['metadata']['name']} has no key {posixpath.basename(config_path)}",
         )
+
+    # Protected by default: the server refuses to listen on 0.0.0.0 without an auth file, and
+    # the file must be a Secret mounted as a directory (a subPath mount is never refreshed, so
+    # principals could not change without a restart).
+    expect("auth_file" in config, f"{toml_path}: set auth_file (the server needs it on 0.0.0.0)")
+    if "auth_file" in config:
+        auth_dir = posixpath.dirname(config["auth_file"])
+        auth_mounts = [m for m in container["volumeMounts"] if m["mountPath"] == auth_dir]
+        expect(len(auth_mounts) == 1, f"nothing is mounted at {auth_dir}, auth_file's directory")
+        for mount in auth_mounts:
+            expect("subPath" not in mount, f"the auth file's mount at {auth_dir} must not use subPath")
+            volume = next((v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]), {})
+            secret_name = volume.get("secret", {}).get("secretName")
+            secrets = [s for s in by_kind.get("Secret", []) if s["metadata"]["name"] == secret_name]
+            expect(
+                len(secrets) == 1,
+                f"the volume {mount['name']} at {auth_dir} must be a Secret of the base ({secret_name})",
+            )
+            for secret in secrets:
+                expect(
+                    posixpath.basename(config["auth_file"]) in secret.get("data", {}),
+                    f"Secret {secret_name} has no key {posixpath.basename(config['auth_file'])}",
+                )
 
     grace = config.get("shutdown_grace_seconds", DEFAULT_SHUTDOWN_GRACE_SECONDS)
     needed = LONGEST_LONG_POLL_SECONDS + grace + FLUSH_MARGIN_SECONDS

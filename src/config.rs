@@ -150,6 +150,59 @@ pub struct Settings {
         DEFAULT_SHUTDOWN_GRACE_SECONDS,
     ))]
     pub shutdown_grace_seconds: Option<u64>,
+
+    // ---- transport security and authentication (docs/security.md) ----
+    #[arg(
+        long,
+        env = "SPOOL_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        help = "PEM certificate chain to serve gRPC over TLS with (with --tls-key); re-read when \
+                it changes on disk [default: plaintext]"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    #[arg(
+        long,
+        env = "SPOOL_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help = "PEM private key of --tls-cert; re-read when it changes on disk"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    #[arg(
+        long,
+        env = "SPOOL_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help = "PEM CA certificates: clients must present a certificate signed by one (mTLS); \
+                its DNS name or CN can name a principal of --auth-file [default: no client \
+                certificates]"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    #[arg(
+        long,
+        env = "SPOOL_AUTH_FILE",
+        value_name = "FILE",
+        help = "TOML file of principals (bearer-token hashes, client-certificate names) and their \
+                grants; re-read when it changes on disk. Without it every caller may do \
+                everything [default: none]"
+    )]
+    pub auth_file: Option<PathBuf>,
+
+    #[arg(
+        long,
+        env = "SPOOL_ALLOW_UNAUTHENTICATED",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        help = "Serve without --auth-file on an address other hosts can reach (refused \
+                otherwise: anyone there could read, send and delete in every queue) \
+                [default: false]"
+    )]
+    pub allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +240,7 @@ impl Settings {
             listen, metrics_listen, data_dir, max_queues, max_database_bytes, body_cache_bytes,
             log, log_format, max_concurrent_streams, http2_keepalive_interval_seconds,
             http2_keepalive_timeout_seconds, max_connection_age_seconds, shutdown_grace_seconds,
+            tls_cert, tls_key, tls_client_ca, auth_file, allow_unauthenticated,
         );
         settings.validate()?;
         Ok(settings)
@@ -229,6 +283,11 @@ impl Settings {
                 self.shutdown_grace_seconds
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
             ),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
+            auth_file: self.auth_file.clone(),
+            allow_unauthenticated: Some(self.allow_unauthenticated()),
         }
     }
 
@@ -248,6 +307,41 @@ impl Settings {
                 "http2_keepalive_timeout_seconds is 0; it must be at least 1 while keepalive pings are on"
                     .into(),
             ));
+        }
+        self.validate_security()
+    }
+
+    /// TLS files come as a pair (a CA only with them), and a server other hosts can reach
+    /// has an auth file unless told otherwise: protected by default, as RabbitMQ's guest user
+    /// and Redis's protected mode are.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert is set without tls_key; give both (--tls-cert and --tls-key)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "tls_key is set without tls_cert; give both (--tls-cert and --tls-key)".into(),
+                ));
+            }
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(ConfigError::Invalid(
+                    "tls_client_ca needs TLS: give --tls-cert and --tls-key too".into(),
+                ));
+            }
+            _ => {}
+        }
+        let listen = self.listen();
+        if self.auth_file.is_none() && !listen.ip().is_loopback() && !self.allow_unauthenticated() {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {listen} without authentication: other hosts could read, \
+                 send and delete in every queue. Give --auth-file FILE (SPOOL_AUTH_FILE, \
+                 auth_file) with the principals and their grants, or --allow-unauthenticated \
+                 (SPOOL_ALLOW_UNAUTHENTICATED=true, allow_unauthenticated = true) to serve \
+                 without it anyway; see docs/security.md"
+            )));
         }
         Ok(())
     }
@@ -306,6 +400,10 @@ impl Settings {
             self.max_connection_age_seconds
                 .unwrap_or(DEFAULT_MAX_CONNECTION_AGE_SECONDS),
         )
+    }
+
+    pub fn allow_unauthenticated(&self) -> bool {
+        self.allow_unauthenticated.unwrap_or(false)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -406,7 +504,8 @@ mod tests {
     fn arguments_override_the_file() {
         let config = file(
             "listen = \"0.0.0.0:6000\"\nmax_queues = 5\nlog_format = \"json\"\n\
-             metrics_listen = \"127.0.0.1:9191\"\nmax_connection_age_seconds = 60\n",
+             metrics_listen = \"127.0.0.1:9191\"\nmax_connection_age_seconds = 60\n\
+             allow_unauthenticated = true\n",
         );
         let settings = Settings {
             config: Some(config.path().to_path_buf()),
@@ -458,6 +557,54 @@ mod tests {
                 "listen": "0.0.0.0:1",
             })
         );
+    }
+
+    #[test]
+    fn other_hosts_are_served_only_with_an_auth_file_or_when_told() {
+        let listen = |addr: &str| Settings {
+            listen: Some(addr.parse().expect("addr")),
+            ..Default::default()
+        };
+        let refused = listen("0.0.0.0:50051").resolve().expect_err("unprotected");
+        let text = refused.to_string();
+        assert!(
+            text.contains("--auth-file") && text.contains("--allow-unauthenticated"),
+            "{text}"
+        );
+        assert!(listen("[::]:1").resolve().is_err());
+        for loopback in ["127.0.0.1:1", "127.0.0.2:1", "[::1]:1"] {
+            assert!(listen(loopback).resolve().is_ok(), "{loopback}");
+        }
+        let allowed = Settings {
+            allow_unauthenticated: Some(true),
+            ..listen("0.0.0.0:1")
+        };
+        assert!(allowed.resolve().is_ok());
+        let with_auth = Settings {
+            auth_file: Some("/etc/spool/principals.toml".into()),
+            ..listen("0.0.0.0:1")
+        };
+        assert!(with_auth.resolve().is_ok());
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let cases = [
+            (Some("c.pem"), None, None, "tls_cert is set without tls_key"),
+            (None, Some("k.pem"), None, "tls_key is set without tls_cert"),
+            (None, None, Some("ca.pem"), "tls_client_ca needs TLS"),
+        ];
+        for (cert, key, ca, expected) in cases {
+            let error = Settings {
+                tls_cert: cert.map(PathBuf::from),
+                tls_key: key.map(PathBuf::from),
+                tls_client_ca: ca.map(PathBuf::from),
+                ..Default::default()
+            }
+            .resolve()
+            .expect_err(expected);
+            assert!(error.to_string().contains(expected), "{error}");
+        }
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub enum QueueError {
     },
     #[error("the server holds {max} queues, its max_queues setting; delete one first")]
     TooManyQueues { max: usize },
+    /// No or unknown credentials; the text says which, never the token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's grants do not allow the call; the text names the principal, the action and
+    /// the queue.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("rewind is not enabled on queue {0:?}: set rewind_seconds > 0 first")]
     RewindDisabled(String),
     /// Storage could not commit; nothing of the request was acknowledged.
@@ -50,6 +57,8 @@ impl QueueError {
             Self::BacklogFull { .. } => &errors::BACKLOG_FULL,
             Self::TooManyQueues { .. } => &errors::TOO_MANY_QUEUES,
             Self::RewindDisabled(_) => &errors::REWIND_DISABLED,
+            Self::Unauthenticated(_) => &errors::UNAUTHENTICATED,
+            Self::PermissionDenied(_) => &errors::PERMISSION_DENIED,
             Self::Storage(_) => &errors::STORAGE_UNAVAILABLE,
             Self::ShuttingDown => &errors::SHUTTING_DOWN,
             Self::Starting => &errors::STARTING,

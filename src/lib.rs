@@ -26,6 +26,10 @@
 //!   API's ranges are `spool_client::limits`, re-exported). `receipt`: signed receipt handles.
 //!   [`clock`]: wall-clock time read off the monotonic clock. `error`: `QueueError`, each case
 //!   one entry of the error table (`spool_client::errors`).
+//! - `security`: TLS and authentication as the settings ask: `tls` (the rustls acceptor whose
+//!   certificate reloads in place), `auth` (principals from the auth file, their grants, the
+//!   names of client certificates), `reload` (files re-read when they change). The gRPC side
+//!   is `grpc::auth`, the layer that authenticates each call.
 //! - [`config`]: the one `Settings` struct of `spool serve` (flags, environment, TOML file).
 //! - `metrics`: Prometheus counters and histograms, and the /metrics endpoint.
 //! - [`cli`]: the client commands of the `spool` binary (`queue`, `send`, `receive`, ...), on
@@ -35,6 +39,7 @@
 //! [`cli`] and [`pb`].
 
 mod attributes;
+mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -45,8 +50,11 @@ mod metrics;
 mod queue;
 mod receipt;
 mod registry;
+mod reload;
+mod security;
 pub mod server;
 mod storage;
+mod tls;
 
 /// The generated protobuf types and gRPC stubs of `spool.v1`, server trait included: the client
 /// crate's, so the server and its clients share one set of types.

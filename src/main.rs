@@ -34,7 +34,8 @@ struct Cli {
 enum Command {
     /// Runs the server. Settings come from --config (TOML), then SPOOL_* environment
     /// variables, then flags: a flag wins.
-    Serve(Settings),
+    // Boxed: the settings are much larger than the client commands' flags.
+    Serve(Box<Settings>),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
                     )
                     .exit();
             }
-            match serve(args) {
+            match serve(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     report(&error);

@@ -161,18 +161,22 @@ impl Registry {
         Ok(())
     }
 
-    /// Queues whose name starts with `prefix`, in name order, after the name `after`.
+    /// Queues whose name starts with `prefix` and that `visible` lets through (the caller's
+    /// grants), in name order, after the name `after`. The total counts the visible ones
+    /// only, so it agrees with the pages.
     pub async fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         page_size: usize,
+        visible: impl Fn(&str) -> bool,
     ) -> Result<QueuePage, QueueError> {
         let (handles, total_count, more) = {
             let queues = self.read();
             let matching = queues
                 .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-                .take_while(|(name, _)| name.starts_with(prefix));
+                .take_while(|(name, _)| name.starts_with(prefix))
+                .filter(|(name, _)| visible(name));
             let total_count = matching.clone().count() as u64;
             let mut page = matching
                 .filter(|(name, _)| after.is_none_or(|after| name.as_str() > after))

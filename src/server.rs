@@ -19,6 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::grpc::QueueServiceImpl;
+use crate::grpc::auth::Authenticated;
 use crate::grpc::health::{self, HealthReporter};
 use crate::grpc::layer::RequestSizeLimit;
 use crate::grpc::observe::Observed;
@@ -26,6 +27,7 @@ use crate::limits::MAX_REQUEST_BYTES;
 use crate::metrics::{self, Metrics};
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::registry::Registry;
+use crate::security::Security;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Storage, StorageError};
 
@@ -72,6 +74,9 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A TLS or auth file that cannot be read or used; the text names it.
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Runs Spool on `listener` until `shutdown` completes.
@@ -82,6 +87,8 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let settings = &config.settings;
     let metrics = Arc::new(Metrics::default());
+    // Before storage: a wrong TLS or auth file stops the server before it opens anything.
+    let security = Security::load(settings).map_err(ServerError::Security)?;
     let data_dir = settings.data_dir();
     let max_database_bytes = settings.max_database_bytes;
     let storage_metrics = metrics.clone();
@@ -118,13 +125,18 @@ pub async fn run(
         .build_v1alpha()?;
 
     let stopping = CancellationToken::new();
-    // Observed outside the size limit, so it measures and logs the rewritten TOO_LARGE.
+    security.watch(&stopping, &metrics);
+    // Observed outside the size limit, so it measures and logs the rewritten TOO_LARGE; the
+    // auth layer between them, so a call is authenticated before its body is read, and its
+    // refusals are measured too. Health stays open (probes); reflection needs a credential.
+    let authenticated =
+        |service| Authenticated::new(service, security.authenticator(), metrics.clone());
     let queue_service = Observed::new(
-        RequestSizeLimit::new(
+        authenticated(RequestSizeLimit::new(
             QueueServiceServer::new(QueueServiceImpl::new(registry.clone(), stopping.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_REQUEST_BYTES),
-        ),
+        )),
         metrics.clone(),
     );
 
@@ -141,11 +153,10 @@ pub async fn run(
     tracing::info!(
         addr = %local_addr.map(|a| a.to_string()).unwrap_or_default(),
         data_dir = %settings.data_dir().display(),
+        tls = security.tls.is_some(),
+        auth = security.auth.is_some(),
         "listening"
     );
-    // The builder's tcp_nodelay does not reach a listener we bind ourselves; without it, Nagle
-    // holds each streamed message until the client's delayed ACK (~40 ms per ReceiveMessages).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     if let Some(metrics_listener) = config.metrics_listener {
         tracing::info!(
             addr = %metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -166,12 +177,40 @@ pub async fn run(
     if let Some(age) = settings.max_connection_age() {
         builder = builder.max_connection_age(age);
     }
-    let serve = builder
+    let router = builder
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(queue_service)
-        .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
+        .add_service(Authenticated::new(
+            reflection_v1,
+            security.authenticator(),
+            metrics.clone(),
+        ))
+        .add_service(Authenticated::new(
+            reflection_v1alpha,
+            security.authenticator(),
+            metrics.clone(),
+        ))
+        .add_service(queue_service);
+    let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &security.tls {
+            None => {
+                // The builder's tcp_nodelay does not reach a listener we bind ourselves;
+                // without it, Nagle holds each streamed message until the client's delayed
+                // ACK (~40 ms per ReceiveMessages).
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                Box::pin(
+                    router
+                        .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned()),
+                )
+            }
+            Some(tls) => {
+                let incoming =
+                    crate::tls::incoming(listener, tls.configs.clone(), stopping.clone());
+                Box::pin(
+                    router
+                        .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned()),
+                )
+            }
+        };
     tokio::pin!(serve);
     let shutdown_grace = settings.shutdown_grace();
     let grace_over = async {

@@ -10,6 +10,7 @@ pub mod time;
 
 use std::io::{Read as _, Write};
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use clap::builder::RangedI64ValueParser;
@@ -33,18 +34,83 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const ENDPOINT_ENV: &str = "SPOOL_ENDPOINT";
 
 /// The help of every `--endpoint` flag.
-pub const ENDPOINT_HELP: &str = "The Spool server to talk to: http://host:port, or host:port \
+pub const ENDPOINT_HELP: &str = "The Spool server to talk to: http://host:port, https://host:port (TLS), or host:port \
     [env: SPOOL_ENDPOINT] [default: http://127.0.0.1:50051]";
 
-/// `--endpoint` of a client command; `spool serve` has none.
+/// The environment variables of the connection flags, read when the flag is not given.
+pub const TOKEN_ENV: &str = "SPOOL_TOKEN";
+pub const CA_CERT_ENV: &str = "SPOOL_CA_CERT";
+pub const CLIENT_CERT_ENV: &str = "SPOOL_CLIENT_CERT";
+pub const CLIENT_KEY_ENV: &str = "SPOOL_CLIENT_KEY";
+
+/// How a client command reaches the server: `--endpoint` and the credentials; `spool serve`
+/// has none of them. Global, so in `spool queue` they may follow the subcommand (`spool queue
+/// get q --endpoint URL`) like every other client command's.
 ///
-/// SPOOL_ENDPOINT is read by [`resolve_endpoint`], not by clap's `env`: clap counts a value
-/// from the environment as a flag given, and then prints `--endpoint <ENDPOINT>` in the usage
-/// line of every error, as if the flag were required.
+/// The environment variables are read by [`resolve_endpoint`] and [`client_options`], not by
+/// clap's `env`: clap counts a value from the environment as a flag given, and then prints
+/// `--endpoint <ENDPOINT>` in the usage line of every error, as if the flag were required; and
+/// its `--help` would show the token's value.
 #[derive(Args, Debug, Clone, Default)]
 pub struct EndpointArg {
-    #[arg(long, value_name = "URL", help = ENDPOINT_HELP)]
+    #[arg(long, value_name = "URL", help = ENDPOINT_HELP, global = true)]
     pub endpoint: Option<String>,
+    /// Bearer token of a principal in the server's auth file, sent as `authorization: Bearer
+    /// <token>` [env: SPOOL_TOKEN]. Prefer the variable: a flag shows in the process list.
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate(s) to trust for an https:// endpoint, instead of the system's roots
+    /// [env: SPOOL_CA_CERT].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for servers that require one (mTLS; with --client-key)
+    /// [env: SPOOL_CLIENT_CERT].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert [env: SPOOL_CLIENT_KEY].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// The client options of a command: its credentials and TLS files (flags, else their
+/// environment variables), read and checked. The error names the file or flag at fault.
+pub fn client_options(args: &EndpointArg) -> Result<ClientOptions, String> {
+    let from_env = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    let path = |flag: &Option<PathBuf>, env: &str| {
+        flag.clone().or_else(|| from_env(env).map(PathBuf::from))
+    };
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path)
+            .map_err(|error| format!("cannot read the {what} {}: {error}", path.display()))
+    };
+    let mut options = ClientOptions::default();
+    let token = args.token.clone().or_else(|| {
+        std::env::var(TOKEN_ENV)
+            .ok()
+            .filter(|value| !value.is_empty())
+    });
+    if let Some(token) = token {
+        options = options.bearer_token(token);
+    }
+    if let Some(ca) = path(&args.ca_cert, CA_CERT_ENV) {
+        options = options.tls_ca_certificate(read(&ca, "CA certificate (--ca-cert)")?);
+    }
+    match (
+        path(&args.client_cert, CLIENT_CERT_ENV),
+        path(&args.client_key, CLIENT_KEY_ENV),
+    ) {
+        (Some(cert), Some(key)) => {
+            options = options.tls_client_identity(
+                read(&cert, "client certificate (--client-cert)")?,
+                read(&key, "client key (--client-key)")?,
+            );
+        }
+        (None, None) => {}
+        _ => {
+            return Err("--client-cert and --client-key go together: give both, or neither".into());
+        }
+    }
+    Ok(options)
 }
 
 /// The server a client command talks to: its `--endpoint`, else the one given before the
@@ -90,13 +156,11 @@ pub enum ClientCommand {
     Rewind(RewindArgs),
 }
 
-/// `spool queue`: its subcommand, and `--endpoint` for all of them.
+/// `spool queue`: its subcommand, and the connection flags for all of them.
 #[derive(Args, Debug)]
 pub struct QueueArgs {
-    /// Global within `queue`, so it may follow the subcommand (`spool queue get q --endpoint
-    /// URL`) like every other client command's.
-    #[arg(long, value_name = "URL", help = ENDPOINT_HELP, global = true)]
-    pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub endpoint: EndpointArg,
     #[command(subcommand)]
     pub command: QueueCommand,
 }
@@ -235,12 +299,17 @@ pub struct RewindArgs {
 impl ClientCommand {
     /// The `--endpoint` given after the command, if any (see [`resolve_endpoint`]).
     pub fn endpoint(&self) -> Option<&str> {
+        self.connection().endpoint.as_deref()
+    }
+
+    /// The command's connection flags.
+    pub fn connection(&self) -> &EndpointArg {
         match self {
-            Self::Queue(args) => args.endpoint.as_deref(),
-            Self::Send(args) => args.endpoint.endpoint.as_deref(),
-            Self::Receive(args) => args.endpoint.endpoint.as_deref(),
-            Self::Delete(args) => args.endpoint.endpoint.as_deref(),
-            Self::Rewind(args) => args.endpoint.endpoint.as_deref(),
+            Self::Queue(args) => &args.endpoint,
+            Self::Send(args) => &args.endpoint,
+            Self::Receive(args) => &args.endpoint,
+            Self::Delete(args) => &args.endpoint,
+            Self::Rewind(args) => &args.endpoint,
         }
     }
 }
@@ -256,6 +325,9 @@ enum CliError {
     Stdout(std::io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// A credential or TLS file that cannot be used; the text names it.
+    #[error("{0}")]
+    Options(String),
     /// Failures already reported on stderr, one by one.
     #[error("{0}")]
     Reported(String),
@@ -277,6 +349,26 @@ pub fn run(endpoint: &str, command: ClientCommand) -> i32 {
                 eprintln!(
                     "spool: is a server running at {endpoint}? Set the endpoint with \
                      --endpoint or SPOOL_ENDPOINT."
+                );
+                if !endpoint.starts_with("https://") {
+                    eprintln!(
+                        "spool: if the server serves TLS, the endpoint is https://host:port."
+                    );
+                }
+            } else if let CliError::Client(ClientError::Other(rpc)) = &error
+                && rpc.code == Code::Cancelled
+            {
+                // The CLI cancels nothing: the server closed the connection, which is how a
+                // TLS server answers a plaintext client or a missing client certificate.
+                eprintln!(
+                    "spool: the server closed the connection. If it serves TLS, the endpoint is \
+                     https://host:port; if it requires client certificates, give --client-cert \
+                     and --client-key."
+                );
+            } else if let CliError::Client(ClientError::Unauthenticated(_)) = error {
+                eprintln!(
+                    "spool: the server requires credentials: a principal's token (--token or \
+                     SPOOL_TOKEN), or a client certificate (--client-cert, --client-key)."
                 );
             } else if let CliError::Client(client_error) = &error
                 && not_spool(client_error)
@@ -311,7 +403,8 @@ async fn execute(
     stdout: &mut impl Write,
 ) -> Result<(), CliError> {
     // Lazy: the first call connects, with the retries of the client's default policy.
-    let client = Client::connect_lazy(endpoint, ClientOptions::default())?;
+    let options = client_options(command.connection()).map_err(CliError::Options)?;
+    let client = Client::connect_lazy(endpoint, options)?;
     match command {
         ClientCommand::Queue(args) => queue(&client, args.command, stdout).await,
         ClientCommand::Send(args) => {

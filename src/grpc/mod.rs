@@ -1,6 +1,7 @@
 //! The gRPC edge: the QueueService implementation, proto ⇄ domain conversion, error mapping,
-//! the health service, and the request size limit's answer.
+//! the health service, the auth layer, and the request size limit's answer.
 
+pub mod auth;
 mod convert;
 mod deadline;
 pub mod health;

@@ -9,7 +9,8 @@
 //!
 //! Logs: client faults at INFO, server-side failures (UNAVAILABLE, INTERNAL, DATA_LOSS,
 //! UNKNOWN) at ERROR, with the method, the code, the time taken and the message. Successful
-//! calls are counted, not logged. The message is the client-facing text, which may carry
+//! calls are counted, not logged; so are refusals (UNAUTHENTICATED, PERMISSION_DENIED), which
+//! `grpc::auth` logs with the principal. The message is the client-facing text, which may carry
 //! client strings (queue names): it is cut to [`LOGGED_MESSAGE_CHARS`] and logged with Debug
 //! escaping, so it cannot forge a log line.
 
@@ -107,7 +108,11 @@ impl Call {
         let elapsed = self.started.elapsed();
         let code = status.map_or(Code::Cancelled, Status::code);
         self.metrics.observe_rpc(self.method, code, elapsed);
-        if code == Code::Ok {
+        // Refusals are logged by `grpc::auth`, which knows the principal.
+        if matches!(
+            code,
+            Code::Ok | Code::Unauthenticated | Code::PermissionDenied
+        ) {
             return;
         }
         let method = self.method.name();

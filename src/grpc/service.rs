@@ -1,5 +1,10 @@
-//! `spool.v1.QueueService`: each RPC validates its request, calls the registry or a queue
-//! handle, and converts the result. One tracing span per call, with the queue's name.
+//! `spool.v1.QueueService`: each RPC validates its request, checks that its caller may do it
+//! on the queue it names, calls the registry or a queue handle, and converts the result. One
+//! tracing span per call, with the queue's name.
+//!
+//! The grant is checked after the queue name is validated (a malformed name cannot exist, and
+//! is not logged whole) and before the queue is looked up, so PERMISSION_DENIED says nothing
+//! about whether the queue exists.
 
 use std::sync::{Arc, OnceLock};
 
@@ -7,9 +12,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::auth::caller;
 use super::convert;
 use super::deadline::client_budget;
 use crate::attributes::{QueueAttributes, check_range, validate_queue_name};
+use crate::auth::{Action, Caller};
 use crate::error::QueueError;
 use crate::limits::{
     DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, POLLING_WAIT_SECONDS,
@@ -37,8 +44,15 @@ impl QueueServiceImpl {
         self.registry.get().ok_or(QueueError::Starting)
     }
 
-    fn queue(&self, name: &str) -> Result<QueueHandle, QueueError> {
+    /// The queue `name`, once the caller is known to be allowed `action` on it.
+    fn queue(
+        &self,
+        caller: &Caller,
+        action: Action,
+        name: &str,
+    ) -> Result<QueueHandle, QueueError> {
         validate_queue_name(name)?;
+        caller.authorize(action, name)?;
         self.registry()?.get(name)
     }
 }
@@ -71,8 +85,10 @@ impl QueueService for QueueServiceImpl {
     #[tracing::instrument(name = "CreateQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn create_queue(&self, request: Request<pb::CreateQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
+            let caller = caller(&request)?;
             let request = request.into_inner();
             validate_queue_name(&request.queue_name)?;
+            caller.authorize(Action::Admin, &request.queue_name)?;
             let attributes =
                 QueueAttributes::default().patched(&convert::patch(request.attributes))?;
             let info = self
@@ -88,7 +104,10 @@ impl QueueService for QueueServiceImpl {
     #[tracing::instrument(name = "GetQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
-            let info = self.queue(&request.get_ref().queue_name)?.info().await?;
+            let name = &request.get_ref().queue_name;
+            validate_queue_name(name)?;
+            caller(&request)?.authorize_any(name)?;
+            let info = self.registry()?.get(name)?.info().await?;
             Ok(Response::new(convert::queue(info)))
         }
         .await;
@@ -98,8 +117,9 @@ impl QueueService for QueueServiceImpl {
     #[tracing::instrument(name = "UpdateQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn update_queue(&self, request: Request<pb::UpdateQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
+            let caller = caller(&request)?;
             let request = request.into_inner();
-            let handle = self.queue(&request.queue_name)?;
+            let handle = self.queue(&caller, Action::Admin, &request.queue_name)?;
             let info = handle.update(convert::patch(request.attributes)).await?;
             Ok(Response::new(convert::queue(info)))
         }
@@ -112,6 +132,7 @@ impl QueueService for QueueServiceImpl {
         let result: RpcResult<()> = async {
             let name = &request.get_ref().queue_name;
             validate_queue_name(name)?;
+            caller(&request)?.authorize(Action::Admin, name)?;
             self.registry()?.delete(name).await?;
             Ok(Response::new(()))
         }
@@ -125,6 +146,7 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::ListQueuesRequest>,
     ) -> RpcResult<pb::ListQueuesResponse> {
         let result: RpcResult<pb::ListQueuesResponse> = async {
+            let caller = caller(&request)?;
             let request = request.into_inner();
             if request.prefix.len() > MAX_QUEUE_NAME_LEN {
                 return Err(QueueError::InvalidArgument(format!(
@@ -152,7 +174,7 @@ impl QueueService for QueueServiceImpl {
             };
             let page = self
                 .registry()?
-                .list(&request.prefix, after, page_size)
+                .list(&request.prefix, after, page_size, |name| caller.sees(name))
                 .await?;
             Ok(Response::new(pb::ListQueuesResponse {
                 queues: page.queues.into_iter().map(convert::queue).collect(),
@@ -170,8 +192,9 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::RewindQueueRequest>,
     ) -> RpcResult<pb::RewindQueueResponse> {
         let result: RpcResult<pb::RewindQueueResponse> = async {
+            let caller = caller(&request)?;
             let request = request.into_inner();
-            let handle = self.queue(&request.queue_name)?;
+            let handle = self.queue(&caller, Action::Admin, &request.queue_name)?;
             let start_time = request
                 .start_time
                 .ok_or_else(|| QueueError::InvalidArgument("start_time is required".to_string()))?;
@@ -189,8 +212,9 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::SendMessageRequest>,
     ) -> RpcResult<pb::SendMessageResponse> {
         let result: RpcResult<pb::SendMessageResponse> = async {
+            let caller = caller(&request)?;
             let request = request.into_inner();
-            let handle = self.queue(&request.queue_name)?;
+            let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
             non_empty_body("body", &request.body)?;
             let ids = handle
                 .send(vec![Outgoing {
@@ -212,8 +236,9 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::BatchSendMessagesRequest>,
     ) -> RpcResult<pb::BatchSendMessagesResponse> {
         let result: RpcResult<pb::BatchSendMessagesResponse> = async {
+            let caller = caller(&request)?;
             let request = request.into_inner();
-            let handle = self.queue(&request.queue_name)?;
+            let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
             batch_size("entries", request.entries.len())?;
             let mut messages = Vec::with_capacity(request.entries.len());
             for (index, entry) in request.entries.into_iter().enumerate() {
@@ -241,8 +266,9 @@ impl QueueService for QueueServiceImpl {
     ) -> RpcResult<Self::ReceiveMessagesStream> {
         let result: RpcResult<Self::ReceiveMessagesStream> = async {
             let budget = client_budget(request.metadata());
+            let caller = caller(&request)?;
             let request = request.into_inner();
-            let handle = self.queue(&request.queue_name)?;
+            let handle = self.queue(&caller, Action::Receive, &request.queue_name)?;
             let max_messages = match request.max_messages as usize {
                 0 => 1,
                 max => {
@@ -287,8 +313,9 @@ impl QueueService for QueueServiceImpl {
     #[tracing::instrument(name = "DeleteMessage", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn delete_message(&self, request: Request<pb::DeleteMessageRequest>) -> RpcResult<()> {
         let result: RpcResult<()> = async {
+            let caller = caller(&request)?;
             let request = request.into_inner();
-            let handle = self.queue(&request.queue_name)?;
+            let handle = self.queue(&caller, Action::Receive, &request.queue_name)?;
             let registry = self.registry()?;
             let receipt = registry
                 .receipt_key()
@@ -311,8 +338,9 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::BatchDeleteMessagesRequest>,
     ) -> RpcResult<pb::BatchDeleteMessagesResponse> {
         let result: RpcResult<pb::BatchDeleteMessagesResponse> = async {
+            let caller = caller(&request)?;
             let request = request.into_inner();
-            let handle = self.queue(&request.queue_name)?;
+            let handle = self.queue(&caller, Action::Receive, &request.queue_name)?;
             batch_size("receipt_handles", request.receipt_handles.len())?;
             let receipt_key = self.registry()?.receipt_key();
             let mut failures = Vec::new();

@@ -44,6 +44,8 @@ mod tests {
                 max: 1,
             },
             QueueError::TooManyQueues { max: 1 },
+            QueueError::Unauthenticated("who".into()),
+            QueueError::PermissionDenied("no".into()),
             QueueError::Storage("disk".into()),
             QueueError::ShuttingDown,
             QueueError::Starting,

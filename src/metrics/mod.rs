@@ -30,6 +30,19 @@ fn method_labels() -> impl Iterator<Item = &'static str> {
         .chain([UNKNOWN_METHOD])
 }
 
+/// The `reason` labels of `spool_auth_refusals_total`: UNAUTHENTICATED (no credentials, a
+/// malformed authorization header, an unknown token or certificate) and PERMISSION_DENIED.
+pub const AUTH_REFUSAL_REASONS: [&str; 5] = [
+    "no_credentials",
+    "malformed_authorization",
+    "unknown_token",
+    "unknown_certificate",
+    "not_granted",
+];
+
+/// The `file` labels of `spool_reload_failures_total`: the files watched for changes.
+pub const RELOADED_FILES: [&str; 2] = ["auth", "tls"];
+
 /// gRPC status codes 0..=16.
 const CODES: usize = 17;
 
@@ -41,6 +54,10 @@ pub struct Metrics {
     commit_seconds: Histogram,
     commit_messages: Histogram,
     commit_failures: AtomicU64,
+    /// Per [`AUTH_REFUSAL_REASONS`] entry: calls refused for it.
+    auth_refusals: [AtomicU64; AUTH_REFUSAL_REASONS.len()],
+    /// Per [`RELOADED_FILES`] entry: changes that could not be applied (the old stayed).
+    reload_failures: [AtomicU64; RELOADED_FILES.len()],
 }
 
 impl Default for Metrics {
@@ -55,6 +72,8 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(LATENCY_SECONDS),
             commit_messages: Histogram::new(COUNTS),
             commit_failures: AtomicU64::new(0),
+            auth_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            reload_failures: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -87,6 +106,22 @@ impl Metrics {
         let code = (code as usize).min(CODES - 1);
         self.requests[method.0][code].fetch_add(1, Ordering::Relaxed);
         self.latency[method.0].observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a refused call; `reason` is one of [`AUTH_REFUSAL_REASONS`] (others are not
+    /// counted: the label set stays fixed).
+    pub fn auth_refused(&self, reason: &str) {
+        if let Some(index) = AUTH_REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.auth_refusals[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a change of a watched file that could not be applied; `file` is one of
+    /// [`RELOADED_FILES`].
+    pub fn reload_failed(&self, file: &str) {
+        if let Some(index) = RELOADED_FILES.iter().position(|f| *f == file) {
+            self.reload_failures[index].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition of everything, with the queues' current state.
@@ -159,6 +194,34 @@ impl Metrics {
             "spool_storage_commit_failures_total {}",
             self.commit_failures.load(Ordering::Relaxed)
         );
+        header(
+            &mut out,
+            "spool_auth_refusals_total",
+            "counter",
+            "Calls refused: UNAUTHENTICATED (no_credentials, malformed_authorization, \
+             unknown_token, unknown_certificate) or PERMISSION_DENIED (not_granted).",
+        );
+        for (reason, count) in AUTH_REFUSAL_REASONS.iter().zip(&self.auth_refusals) {
+            let _ = writeln!(
+                out,
+                "spool_auth_refusals_total{{reason=\"{reason}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "spool_reload_failures_total",
+            "counter",
+            "Changes of a watched file (auth file, TLS certificate and key) that could not be \
+             applied; the previous version stayed in force.",
+        );
+        for (file, count) in RELOADED_FILES.iter().zip(&self.reload_failures) {
+            let _ = writeln!(
+                out,
+                "spool_reload_failures_total{{file=\"{file}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

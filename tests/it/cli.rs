@@ -458,10 +458,10 @@ async fn the_endpoint_comes_from_the_flag_or_the_environment() {
     );
     assert!(stderr.contains("SPOOL_ENDPOINT"), "{stderr}");
 
-    let (code, stderr) = fails("https://localhost:1", &["queue", "list"]).await;
+    let (code, stderr) = fails("ftp://localhost:1", &["queue", "list"]).await;
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("invalid endpoint \"https://localhost:1\""),
+        stderr.contains("invalid endpoint \"ftp://localhost:1\""),
         "{stderr}"
     );
     server.stop().await;

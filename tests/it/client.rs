@@ -542,7 +542,7 @@ async fn an_unreachable_server_is_unavailable_with_a_clear_message() {
     assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
 
     let error =
-        Client::connect_lazy("https://localhost:1", ClientOptions::default()).expect_err("https");
+        Client::connect_lazy("ftp://localhost:1", ClientOptions::default()).expect_err("ftp");
     assert!(
         matches!(error, ClientError::InvalidEndpoint { .. }),
         "{error:?}"

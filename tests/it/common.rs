@@ -197,6 +197,14 @@ impl ChildServer {
         }
     }
 
+    /// Whether any log line so far contains `needle` (no waiting).
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .map(|log| log.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
+    }
+
     /// The first log line containing `needle`, waiting up to 10 s for it.
     pub fn log_line(&self, needle: &str) -> String {
         for _ in 0..1_000 {

@@ -1,5 +1,7 @@
 //! Integration tests: each talks to a real Spool server over gRPC.
 
+mod auth;
+mod certs;
 mod cli;
 mod client;
 mod common;
@@ -13,5 +15,6 @@ mod queues;
 mod receipts;
 mod rewind;
 mod streams;
+mod tls;
 mod version;
 mod walkthrough;

@@ -315,19 +315,35 @@ async fn configuration_precedence_is_file_then_env_then_flag() {
 }
 
 /// The config files that ship with the container image and the Kubernetes base are ones the
-/// server accepts (it refuses unknown keys).
+/// server accepts (it refuses unknown keys). The image's listens on every interface without an
+/// auth file, so it starts only once given one (SPOOL_AUTH_FILE), or told
+/// SPOOL_ALLOW_UNAUTHENTICATED: protected by default.
 #[test]
 fn shipped_config_files_parse() {
-    for file in ["deploy/base/spool.toml", "deploy/docker/spool.toml"] {
+    let read = |file: &str, auth_file: Option<&str>| {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-        let settings = spool::config::Settings {
+        spool::config::Settings {
             config: Some(path),
+            auth_file: auth_file.map(Into::into),
             ..Default::default()
         }
         .resolve()
-        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    };
+    for (file, auth_file) in [
+        ("deploy/base/spool.toml", None),
+        (
+            "deploy/docker/spool.toml",
+            Some("/run/secrets/principals.toml"),
+        ),
+    ] {
+        let settings = read(file, auth_file).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(settings.metrics_listen.is_some(), "{file} serves metrics");
     }
+    let unprotected = read("deploy/docker/spool.toml", None).expect_err("no auth file");
+    assert!(
+        unprotected.to_string().contains("--auth-file"),
+        "{unprotected}"
+    );
 }
 
 /// While the queues are recovered, the server already answers: liveness is SERVING, readiness

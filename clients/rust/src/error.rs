@@ -34,6 +34,10 @@ pub enum ClientError {
     /// The endpoint given to [`Client::connect`](super::Client::connect) is not usable.
     #[error("invalid endpoint {endpoint:?}: {message}")]
     InvalidEndpoint { endpoint: String, message: String },
+    /// The [`ClientOptions`](super::ClientOptions) cannot be used: a certificate or key that
+    /// is not PEM, a token that cannot travel in metadata, TLS settings for an http:// endpoint.
+    #[error("invalid client options: {message}")]
+    InvalidOptions { message: String },
     /// A parameter is out of range or malformed ([`errors::INVALID_ARGUMENT`]).
     #[error("{0}")]
     InvalidArgument(RpcError),
@@ -59,6 +63,14 @@ pub enum ClientError {
     /// The server holds as many queues as it may ([`errors::TOO_MANY_QUEUES`]).
     #[error("{0}")]
     TooManyQueues(RpcError),
+    /// No credentials, or ones the server does not know: a missing or unknown bearer token or
+    /// client certificate ([`errors::UNAUTHENTICATED`]).
+    #[error("{0}")]
+    Unauthenticated(RpcError),
+    /// The caller is known, but its grants do not allow this action on this queue
+    /// ([`errors::PERMISSION_DENIED`]).
+    #[error("{0}")]
+    PermissionDenied(RpcError),
     /// The server could not be reached, is starting or shutting down, or its storage is
     /// failing (UNAVAILABLE: [`errors::STARTING`], [`errors::SHUTTING_DOWN`],
     /// [`errors::STORAGE_UNAVAILABLE`], or no answer at all). Returned after the retries that
@@ -127,7 +139,7 @@ impl ClientError {
     /// The decoded status, unless the call was never made.
     pub fn rpc(&self) -> Option<&RpcError> {
         match self {
-            Self::InvalidEndpoint { .. } => None,
+            Self::InvalidEndpoint { .. } | Self::InvalidOptions { .. } => None,
             Self::InvalidArgument(rpc)
             | Self::TooLarge(rpc)
             | Self::QueueNotFound(rpc)
@@ -136,6 +148,8 @@ impl ClientError {
             | Self::RewindDisabled(rpc)
             | Self::BacklogFull(rpc)
             | Self::TooManyQueues(rpc)
+            | Self::Unauthenticated(rpc)
+            | Self::PermissionDenied(rpc)
             | Self::Unavailable(rpc)
             | Self::Other(rpc) => Some(rpc),
         }
@@ -162,6 +176,8 @@ impl From<RpcError> for ClientError {
             Some(&errors::REWIND_DISABLED) => Self::RewindDisabled(rpc),
             Some(&errors::BACKLOG_FULL) => Self::BacklogFull(rpc),
             Some(&errors::TOO_MANY_QUEUES) => Self::TooManyQueues(rpc),
+            Some(&errors::UNAUTHENTICATED) => Self::Unauthenticated(rpc),
+            Some(&errors::PERMISSION_DENIED) => Self::PermissionDenied(rpc),
             _ => Self::Other(rpc),
         }
     }
@@ -194,6 +210,8 @@ mod tests {
             (errors::REWIND_DISABLED, "RewindDisabled"),
             (errors::BACKLOG_FULL, "BacklogFull"),
             (errors::TOO_MANY_QUEUES, "TooManyQueues"),
+            (errors::UNAUTHENTICATED, "Unauthenticated"),
+            (errors::PERMISSION_DENIED, "PermissionDenied"),
             (errors::STORAGE_UNAVAILABLE, "Unavailable"),
             (errors::STARTING, "Unavailable"),
             (errors::SHUTTING_DOWN, "Unavailable"),

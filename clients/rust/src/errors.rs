@@ -109,6 +109,21 @@ pub const TOO_MANY_QUEUES: ErrorCase = ErrorCase {
     cmq_code: 4450,
     meaning: "too many queues (`--max-queues`)",
 };
+/// CMQ's "authentication failed" (4100): the caller is not known, so no grant is even looked at.
+pub const UNAUTHENTICATED: ErrorCase = ErrorCase {
+    reason: "UNAUTHENTICATED",
+    grpc_code: Code::Unauthenticated,
+    cmq_code: 4100,
+    meaning: "no credentials, or unknown ones (bearer token, client certificate)",
+};
+/// CMQ's "no permission" (4101). The message names the action and the queue, and says the same
+/// whether or not the queue exists.
+pub const PERMISSION_DENIED: ErrorCase = ErrorCase {
+    reason: "PERMISSION_DENIED",
+    grpc_code: Code::PermissionDenied,
+    cmq_code: 4101,
+    meaning: "the caller's grants do not allow this action on this queue",
+};
 pub const STORAGE_UNAVAILABLE: ErrorCase = ErrorCase {
     reason: "STORAGE_UNAVAILABLE",
     grpc_code: Code::Unavailable,
@@ -129,7 +144,7 @@ pub const SHUTTING_DOWN: ErrorCase = ErrorCase {
 };
 
 /// Every case, in the README's order.
-pub const ERROR_CASES: [ErrorCase; 11] = [
+pub const ERROR_CASES: [ErrorCase; 13] = [
     INVALID_ARGUMENT,
     TOO_LARGE,
     QUEUE_NOT_FOUND,
@@ -138,6 +153,8 @@ pub const ERROR_CASES: [ErrorCase; 11] = [
     REWIND_DISABLED,
     BACKLOG_FULL,
     TOO_MANY_QUEUES,
+    UNAUTHENTICATED,
+    PERMISSION_DENIED,
     STORAGE_UNAVAILABLE,
     STARTING,
     SHUTTING_DOWN,

@@ -65,7 +65,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 pub use self::error::{ClientError, RpcError};
@@ -120,6 +120,45 @@ pub struct ClientOptions {
     keepalive_while_idle: bool,
     /// What is retried on UNAVAILABLE, and how.
     retry: RetryPolicy,
+    /// PEM certificates of the CAs an https:// server's certificate must chain to; `None`:
+    /// the system's trusted roots.
+    tls_ca_pem: Option<Vec<u8>>,
+    /// A client certificate and key, for servers that require one (mTLS).
+    tls_identity: Option<TlsIdentity>,
+    /// The name the server's certificate must carry, when it is not the endpoint's host (a
+    /// server reached by IP address, or through a tunnel).
+    tls_domain_name: Option<String>,
+    /// Sent with every call as `authorization: Bearer <token>`.
+    bearer_token: Option<Secret>,
+}
+
+/// A client certificate chain and its private key, in PEM; Debug does not show the key.
+#[derive(Clone)]
+struct TlsIdentity {
+    certificate_pem: Vec<u8>,
+    key_pem: Secret<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field(
+                "certificate_pem",
+                &format_args!("{} bytes", self.certificate_pem.len()),
+            )
+            .field("key_pem", &self.key_pem)
+            .finish()
+    }
+}
+
+/// A value that Debug output (logs, panics) never shows.
+#[derive(Clone, PartialEq, Eq)]
+struct Secret<T = String>(T);
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Default for ClientOptions {
@@ -131,6 +170,10 @@ impl Default for ClientOptions {
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             keepalive_while_idle: false,
             retry: RetryPolicy::default(),
+            tls_ca_pem: None,
+            tls_identity: None,
+            tls_domain_name: None,
+            bearer_token: None,
         }
     }
 }
@@ -176,6 +219,69 @@ impl ClientOptions {
             retry: policy,
             ..self
         }
+    }
+
+    /// For https:// endpoints: trust the CAs of this PEM (one or more certificates) instead
+    /// of the system's roots, e.g. a private CA's `ca.crt`.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use spool_client::{Client, ClientOptions};
+    ///
+    /// let options = ClientOptions::default()
+    ///     .tls_ca_certificate(std::fs::read("ca.crt")?)
+    ///     .tls_client_identity(std::fs::read("client.crt")?, std::fs::read("client.key")?)
+    ///     .bearer_token(std::env::var("SPOOL_TOKEN")?);
+    /// let client = Client::connect("https://spool.example.com:50051", options).await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_ca_certificate(self, pem: impl Into<Vec<u8>>) -> Self {
+        Self {
+            tls_ca_pem: Some(pem.into()),
+            ..self
+        }
+    }
+
+    /// For https:// endpoints whose server requires client certificates (mTLS): the PEM
+    /// certificate (chain) and private key to present.
+    pub fn tls_client_identity(
+        self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        Self {
+            tls_identity: Some(TlsIdentity {
+                certificate_pem: certificate_pem.into(),
+                key_pem: Secret(key_pem.into()),
+            }),
+            ..self
+        }
+    }
+
+    /// For https:// endpoints: the name the server's certificate must carry, when it is not
+    /// the endpoint's host.
+    pub fn tls_domain_name(self, name: impl Into<String>) -> Self {
+        Self {
+            tls_domain_name: Some(name.into()),
+            ..self
+        }
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call: a token of a principal in the
+    /// server's auth file. Use it over https:// only, or on a trusted network: plaintext
+    /// shows it to anyone on the path.
+    pub fn bearer_token(self, token: impl Into<String>) -> Self {
+        Self {
+            bearer_token: Some(Secret(token.into())),
+            ..self
+        }
+    }
+
+    /// Whether any TLS setting was given (they need an https:// endpoint).
+    fn has_tls_settings(&self) -> bool {
+        self.tls_ca_pem.is_some() || self.tls_identity.is_some() || self.tls_domain_name.is_some()
     }
 }
 
@@ -234,6 +340,8 @@ pub struct Client {
     /// The endpoint as given, for error messages.
     endpoint: String,
     options: ClientOptions,
+    /// `Bearer <token>`, marked sensitive (never indexed by HPACK), when a token was given.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// What one attempt of a unary call is handed: a client of its own and the request.
@@ -260,6 +368,7 @@ impl Client {
     /// ```
     pub async fn connect(endpoint: &str, options: ClientOptions) -> Result<Self, ClientError> {
         let target = build_endpoint(endpoint, &options)?;
+        let authorization = authorization(&options)?;
         let mut attempt = 1;
         let channel = loop {
             match target.connect().await {
@@ -279,17 +388,33 @@ impl Client {
                 }
             }
         };
-        Ok(Self::with_channel(endpoint, channel, options))
+        Ok(Self::with_channel(
+            endpoint,
+            channel,
+            options,
+            authorization,
+        ))
     }
 
     /// Like [`connect`](Self::connect), but connects on the first call (which retries while
     /// the server cannot be reached). Fails only if the endpoint is malformed.
     pub fn connect_lazy(endpoint: &str, options: ClientOptions) -> Result<Self, ClientError> {
         let channel = build_endpoint(endpoint, &options)?.connect_lazy();
-        Ok(Self::with_channel(endpoint, channel, options))
+        let authorization = authorization(&options)?;
+        Ok(Self::with_channel(
+            endpoint,
+            channel,
+            options,
+            authorization,
+        ))
     }
 
-    fn with_channel(endpoint: &str, channel: Channel, options: ClientOptions) -> Self {
+    fn with_channel(
+        endpoint: &str,
+        channel: Channel,
+        options: ClientOptions,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Self {
         let grpc = QueueServiceClient::new(channel)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_REQUEST_BYTES);
@@ -297,6 +422,7 @@ impl Client {
             grpc,
             endpoint: endpoint.to_string(),
             options,
+            authorization,
         }
     }
 
@@ -782,6 +908,11 @@ impl Client {
         loop {
             let mut message = tonic::Request::new(request.clone());
             message.set_timeout(timeout);
+            if let Some(authorization) = &self.authorization {
+                message
+                    .metadata_mut()
+                    .insert("authorization", authorization.clone());
+            }
             match call(self.grpc.clone(), message).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if policy.should_retry(safety, attempt, &status) => {
@@ -815,6 +946,10 @@ impl Client {
                 self.endpoint,
                 status_chain(&status)
             );
+        } else if std::error::Error::source(&status).is_some() {
+            // A transport failure after connecting (a TLS alert, a closed connection): tonic's
+            // own message ("transport error") says nothing; its causes do.
+            error.message = status_chain(&status);
         }
         error.into()
     }
@@ -846,7 +981,52 @@ impl Stream for MessageStream {
     }
 }
 
-/// Checks and completes an endpoint: `http://` is implied, TLS is not built in.
+/// The `authorization` metadata of the options' bearer token.
+fn authorization(
+    options: &ClientOptions,
+) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, ClientError> {
+    let Some(Secret(token)) = &options.bearer_token else {
+        return Ok(None);
+    };
+    let invalid = || ClientError::InvalidOptions {
+        message: "the bearer token is empty or not printable ASCII, so it cannot travel in \
+                  metadata"
+            .into(),
+    };
+    let token = token.trim();
+    // RFC 6750's token characters are all visible ASCII; anything else would be mangled or
+    // refused on the way.
+    if token.is_empty() || !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(invalid());
+    }
+    let mut value = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| invalid())?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
+/// The TLS settings of an https:// endpoint: the options' CA (else the system's roots), client
+/// identity and domain name.
+fn tls_config(options: &ClientOptions) -> ClientTlsConfig {
+    let mut tls = ClientTlsConfig::new();
+    tls = match &options.tls_ca_pem {
+        Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+        None => tls.with_native_roots(),
+    };
+    if let Some(identity) = &options.tls_identity {
+        tls = tls.identity(Identity::from_pem(
+            &identity.certificate_pem,
+            &identity.key_pem.0,
+        ));
+    }
+    if let Some(name) = &options.tls_domain_name {
+        tls = tls.domain_name(name.clone());
+    }
+    tls
+}
+
+/// Checks and completes an endpoint: `http://` is implied; `https://` uses the options' TLS
+/// settings.
 fn build_endpoint(endpoint: &str, options: &ClientOptions) -> Result<Endpoint, ClientError> {
     let invalid = |message: String| ClientError::InvalidEndpoint {
         endpoint: endpoint.to_string(),
@@ -858,19 +1038,27 @@ fn build_endpoint(endpoint: &str, options: &ClientOptions) -> Result<Endpoint, C
         format!("http://{endpoint}")
     };
     let target = Endpoint::from_shared(uri).map_err(|error| invalid(error_chain(&error)))?;
-    match target.uri().scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(invalid(
-                "https is not supported: this client speaks plaintext HTTP/2 only (use http://)"
-                    .into(),
-            ));
-        }
-        _ => return Err(invalid("the scheme must be http://".into())),
-    }
     if target.uri().host().is_none_or(str::is_empty) {
         return Err(invalid("it names no host".into()));
     }
+    let target =
+        match target.uri().scheme_str() {
+            Some("http") if options.has_tls_settings() => {
+                return Err(ClientError::InvalidOptions {
+                    message: format!(
+                        "TLS settings (a CA, a client certificate, a domain name) are given for \
+                     {endpoint}, which is plaintext: use https://"
+                    ),
+                });
+            }
+            Some("http") => target,
+            Some("https") => target.tls_config(tls_config(options)).map_err(|error| {
+                ClientError::InvalidOptions {
+                    message: format!("TLS settings: {}", error_chain(&error)),
+                }
+            })?,
+            _ => return Err(invalid("the scheme must be http:// or https://".into())),
+        };
     let mut target = target
         .connect_timeout(options.connect_timeout)
         .keep_alive_while_idle(options.keepalive_while_idle)
@@ -919,18 +1107,45 @@ mod tests {
         let endpoint = build_endpoint("127.0.0.1:50051", &options).expect("host:port");
         assert_eq!(endpoint.uri().to_string(), "http://127.0.0.1:50051/");
         assert!(build_endpoint("http://localhost:1", &options).is_ok());
-        for bad in [
-            "https://localhost:1",
-            "ftp://localhost:1",
-            "http://",
-            "http://a b",
-        ] {
+        assert!(build_endpoint("https://localhost:1", &options).is_ok());
+        for bad in ["ftp://localhost:1", "http://", "http://a b"] {
             let error = build_endpoint(bad, &options).expect_err(bad);
             assert!(
                 matches!(error, ClientError::InvalidEndpoint { .. }),
                 "{bad}: {error:?}"
             );
             assert_eq!(error.code(), None);
+        }
+    }
+
+    #[test]
+    fn tls_settings_need_https_and_tokens_stay_out_of_debug_output() {
+        let with_ca = ClientOptions::default().tls_ca_certificate(b"-----BEGIN".to_vec());
+        let error = build_endpoint("http://localhost:1", &with_ca).expect_err("plaintext");
+        assert!(
+            matches!(&error, ClientError::InvalidOptions { message } if message.contains("https://")),
+            "{error:?}"
+        );
+        assert!(build_endpoint("https://localhost:1", &with_ca).is_ok());
+
+        let options = ClientOptions::default()
+            .bearer_token("s3cret-token")
+            .tls_client_identity(b"cert".to_vec(), b"PRIVATE KEY".to_vec());
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("PRIVATE"),
+            "{shown}"
+        );
+        let value = authorization(&options).expect("valid").expect("a token");
+        assert_eq!(value.to_str().expect("ascii"), "Bearer s3cret-token");
+        assert!(value.is_sensitive());
+        for bad in ["", "  ", "line\nbreak", "naïve", "two words"] {
+            let error = authorization(&ClientOptions::default().bearer_token(bad)).expect_err(bad);
+            assert!(
+                matches!(error, ClientError::InvalidOptions { .. }),
+                "{error:?}"
+            );
+            assert!(!error.to_string().contains(bad) || bad.trim().is_empty());
         }
     }
 

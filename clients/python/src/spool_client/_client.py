@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -18,6 +19,8 @@ from .pb import queue_pb2_grpc
 Body = Union[bytes, str]
 #: A point in time: a datetime (naive means local time, as in datetime.timestamp()) or Unix seconds.
 Time = Union[datetime.datetime, int, float]
+#: PEM data: the bytes themselves, or the path of a file that holds them.
+Pem = Union[bytes, str, "os.PathLike[str]"]
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 
@@ -36,6 +39,27 @@ def parse_endpoint(endpoint: str) -> Tuple[str, bool]:
         if endpoint.startswith(scheme):
             return endpoint[len(scheme) :].rstrip("/"), secure
     return endpoint, False
+
+
+def _pem(value: Optional[Pem], what: str) -> Optional[bytes]:
+    """PEM bytes as given, or read from the file a path names."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        with open(value, "rb") as file:
+            return file.read()
+    raise TypeError(f"{what} is PEM bytes or a file path, not {type(value).__name__}")
+
+
+def _authorization(token: Optional[str]) -> Tuple[Tuple[str, str], ...]:
+    """The metadata that carries a bearer token: `authorization: Bearer <token>`."""
+    if token is None:
+        return ()
+    token = token.strip()
+    # RFC 6750's token characters are all visible ASCII; anything else cannot travel intact.
+    if not token or not all(33 <= ord(c) <= 126 for c in token):
+        raise ValueError("the token is empty or not printable ASCII, so it cannot be sent")
+    return (("authorization", f"Bearer {token}"),)
 
 
 def _body_bytes(body: Body) -> bytes:
@@ -98,6 +122,14 @@ class Client:
     `timeout` (seconds) bounds each call; every method also takes `timeout=` for that call alone.
     A long poll that reaches its timeout ends with no messages rather than failing. The client is
     safe to share between threads.
+
+    Security: `token` is sent with every call as `authorization: Bearer <token>` (a principal
+    of the server's auth file). An "https://" endpoint uses TLS, trusting `ca_cert` (PEM bytes
+    or a file path; the system's roots when None) and presenting `client_cert` and `client_key`
+    when the server requires client certificates. `credentials` replaces all three with your
+    own grpc.ChannelCredentials.
+
+        Client("https://spool.example.com:50051", ca_cert="ca.crt", token=os.environ["SPOOL_TOKEN"])
     """
 
     def __init__(
@@ -107,10 +139,29 @@ class Client:
         timeout: Optional[float] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Optional[Sequence[Tuple[str, object]]] = None,
+        token: Optional[str] = None,
+        ca_cert: Optional[Pem] = None,
+        client_cert: Optional[Pem] = None,
+        client_key: Optional[Pem] = None,
     ) -> None:
         target, secure = parse_endpoint(endpoint)
+        tls_files = (ca_cert, client_cert, client_key)
+        if any(value is not None for value in tls_files):
+            if not secure:
+                raise ValueError(
+                    f"TLS files are given for {endpoint}, which is plaintext: use https://"
+                )
+            if credentials is not None:
+                raise ValueError("give either credentials or the TLS files, not both")
+            if (client_cert is None) != (client_key is None):
+                raise ValueError("client_cert and client_key go together: give both, or neither")
+        self._metadata = _authorization(token)
         if credentials is None and secure:
-            credentials = grpc.ssl_channel_credentials()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(ca_cert, "ca_cert"),
+                private_key=_pem(client_key, "client_key"),
+                certificate_chain=_pem(client_cert, "client_cert"),
+            )
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -154,7 +205,11 @@ class Client:
 
     def _call(self, method, request, timeout):
         try:
-            return method(request, timeout=self.timeout if timeout is _DEFAULT else timeout)
+            return method(
+                request,
+                timeout=self.timeout if timeout is _DEFAULT else timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as error:
             raise SpoolError.from_rpc_error(error) from error
 
@@ -316,8 +371,8 @@ class Client:
         # The response is a stream that ends after at most max_messages: collect it.
         return self._call(self._receive_all, request, timeout)
 
-    def _receive_all(self, request, timeout):
-        return list(self._stub.ReceiveMessages(request, timeout=timeout))
+    def _receive_all(self, request, timeout, metadata):
+        return list(self._stub.ReceiveMessages(request, timeout=timeout, metadata=metadata))
 
     def delete_message(self, queue_name: str, receipt_handle: str, *, timeout=_DEFAULT) -> None:
         """Deletes a received message by its newest receipt handle.

@@ -18,19 +18,37 @@ _MAX_PAGE_SIZE = 1000
 _logger = logging.getLogger("spool_client.cmq")
 
 
-def _connect(host: str) -> Client:
+def bearer_token(secretId: str, secretKey: str) -> Optional[str]:
+    """The bearer token an Account sends: "<secretId>:<secretKey>", or none without a secretKey.
+
+    A principal of the server's auth file accepts it when its token_sha256 is the SHA-256 of that
+    text, e.g. `printf %s 'AKIDexample:secret' | sha256sum`. Both halves must match, as in CMQ,
+    where the SecretId names the key and the request's signature proves the SecretKey.
+    """
+    if not secretKey:
+        return None
+    return "%s:%s" % (secretId, secretKey)
+
+
+def _connect(host: str, secretId: str, secretKey: str) -> Client:
     if not isinstance(host, str) or not host.strip():
         raise CMQClientParameterException("Invalid host:%r" % (host,), BAD_PARAMETER)
-    return Client(host)
+    try:
+        return Client(host, token=bearer_token(secretId, secretKey))
+    except ValueError as error:
+        raise CMQClientParameterException(str(error), BAD_PARAMETER) from error
 
 
 class Account:
     """Entry point of the CMQ SDK: a connection to a Spool server.
 
     `host` is the server's endpoint: "http://127.0.0.1:50051" (as CMQ's endpoints are written),
-    "https://..." for TLS, or plain "host:port". `secretId`, `secretKey` and `token` are accepted
-    and unused until Spool has authentication. Unlike CMQ's Account, this one is safe to share
-    between threads.
+    "https://..." for TLS (trusting the system's roots; for a private CA, build a
+    spool_client.Client with ca_cert= instead), or plain "host:port". With a `secretKey`, every
+    call carries the bearer token "<secretId>:<secretKey>" (see `bearer_token`), so a principal
+    of the server's auth file whose token_sha256 is its hash is who calls. CMQ's session
+    `token` is accepted and unused. Unlike CMQ's Account, this one is safe to share between
+    threads.
     """
 
     def __init__(
@@ -46,9 +64,9 @@ class Account:
         self.token = token
         self.debug = debug
         self.logger = _logger
-        self.cmq_client = _connect(host)
+        self.cmq_client = _connect(host, secretId, secretKey)
 
-    # -- settings kept for compatibility: Spool has no signatures or tokens yet ---------------
+    # -- settings kept for compatibility: Spool signs nothing; the keys are a bearer token ----
 
     def set_token(self, token: str = "") -> None:
         self.token = token
@@ -77,7 +95,7 @@ class Account:
             self.secretId = secretId
         if secretKey is not None:
             self.secretKey = secretKey
-        self.cmq_client = _connect(host)
+        self.cmq_client = _connect(host, self.secretId, self.secretKey)
 
     def get_client(self) -> Client:
         """The spool_client.Client the account uses (CMQ: its CMQClient)."""

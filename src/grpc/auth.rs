@@ -1,0 +1,175 @@
+//! [`Authenticated`]: the layer that tells who is calling, before a service reads the request.
+//!
+//! Without an auth file every call is [`Caller::Anyone`]. With one, a call needs a bearer token
+//! (`authorization: Bearer <token>`) or a client certificate (mTLS) that a principal is known
+//! by; anything else is answered UNAUTHENTICATED here, so the service never decodes the body.
+//! The [`Caller`] goes on in the request's extensions; the handlers check its grants on the
+//! queue the request names (see [`caller`]).
+//!
+//! Refusals are counted (`spool_auth_refusals_total{reason}`) and logged here, with the
+//! principal's name when there is one, never the token: UNAUTHENTICATED from this layer, and
+//! PERMISSION_DENIED from the handlers' answers as they pass back through it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt as _;
+use futures_util::future::{self, Either, Map, Ready};
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Code, Request, Status};
+
+use crate::auth::cert::certificate_names;
+use crate::auth::{Authenticator, Caller, Refusal};
+use crate::error::QueueError;
+use crate::metrics::Metrics;
+
+/// The `reason` label of a PERMISSION_DENIED in `spool_auth_refusals_total`.
+pub const NOT_GRANTED: &str = "not_granted";
+/// Characters of a refusal's message a log line keeps.
+const LOGGED_MESSAGE_CHARS: usize = 512;
+
+/// Wraps a gRPC service: authenticates each call and puts its [`Caller`] in the extensions.
+#[derive(Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    /// `None`: no auth file, everyone may call.
+    authenticator: Option<Arc<Authenticator>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Authenticated<S> {
+    pub fn new(inner: S, authenticator: Option<Arc<Authenticator>>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            authenticator,
+            metrics,
+        }
+    }
+}
+
+/// The router finds a service by its name; the wrapper serves under the inner one's.
+impl<S: NamedService> NamedService for Authenticated<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Answer = Result<http::Response<Body>, Infallible>;
+
+impl<S> Service<http::Request<Body>> for Authenticated<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Either<Ready<Answer>, Map<S::Future, Box<dyn FnOnce(Answer) -> Answer + Send>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let caller = match &self.authenticator {
+            None => Caller::Anyone,
+            Some(authenticator) => {
+                let authorization = request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(http::HeaderValue::as_bytes);
+                match authenticator
+                    .principals()
+                    .authenticate(authorization, client_certificate_names(&request))
+                {
+                    Ok(principal) => Caller::Principal(principal),
+                    Err(refusal) => {
+                        let answer = self.refuse(request.uri().path(), &refusal);
+                        return Either::Left(future::ready(Ok(answer)));
+                    }
+                }
+            }
+        };
+        request.extensions_mut().insert(caller.clone());
+        let metrics = self.metrics.clone();
+        let path = request.uri().path().to_string();
+        let watch: Box<dyn FnOnce(Answer) -> Answer + Send> = Box::new(move |answer: Answer| {
+            if let Ok(response) = &answer {
+                note_permission_denied(&metrics, &caller, &path, response);
+            }
+            answer
+        });
+        Either::Right(self.inner.call(request).map(watch))
+    }
+}
+
+impl<S> Authenticated<S> {
+    /// Counts, logs and answers an UNAUTHENTICATED call.
+    fn refuse(&self, path: &str, refusal: &Refusal) -> http::Response<Body> {
+        self.metrics.auth_refused(refusal.reason());
+        let message = refusal.message();
+        tracing::info!(
+            method = path,
+            reason = refusal.reason(),
+            message = cut(&message),
+            "refused: not authenticated"
+        );
+        Status::from(QueueError::Unauthenticated(message)).into_http()
+    }
+}
+
+/// The names of the call's client certificate, when it came over mTLS with one.
+fn client_certificate_names(request: &http::Request<Body>) -> Option<Vec<String>> {
+    let certificates = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?;
+    certificates.first().map(certificate_names)
+}
+
+/// Counts and logs a PERMISSION_DENIED answer (always trailers-only: handlers refuse before
+/// any message).
+fn note_permission_denied(
+    metrics: &Metrics,
+    caller: &Caller,
+    path: &str,
+    response: &http::Response<Body>,
+) {
+    let denied = response
+        .headers()
+        .get(Status::GRPC_STATUS)
+        .is_some_and(|code| Code::from_bytes(code.as_bytes()) == Code::PermissionDenied);
+    if !denied {
+        return;
+    }
+    metrics.auth_refused(NOT_GRANTED);
+    let message = Status::from_header_map(response.headers())
+        .map(|status| status.message().to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        method = path,
+        principal = caller.name().unwrap_or(""),
+        message = cut(&message),
+        "refused: not granted"
+    );
+}
+
+/// The first [`LOGGED_MESSAGE_CHARS`] characters of `text`, Debug-escaped so that a client's
+/// string cannot forge a log line.
+fn cut(text: &str) -> String {
+    let shown: String = text.chars().take(LOGGED_MESSAGE_CHARS).collect();
+    format!("{shown:?}")
+}
+
+/// The caller of a request, as [`Authenticated`] put it there. A request that did not pass
+/// the layer has none and is refused: failing closed, should a service ever be served without
+/// it.
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, QueueError> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| {
+            QueueError::Unauthenticated("the call was not authenticated (no auth layer)".into())
+        })
+}
