@@ -8,6 +8,8 @@
 //   ALREADY_EXISTS       4460 queue exists with other attributes
 //   FAILED_PRECONDITION  4430 receipt handle superseded or expired; 6050 rewind not enabled
 //   RESOURCE_EXHAUSTED   4410 backlog full; 4450 too many queues
+//   UNAUTHENTICATED      4100 no credentials, or unknown ones (with --auth-file)
+//   PERMISSION_DENIED    4101 the caller's grants do not allow this action on this queue
 //   UNAVAILABLE          6000 starting (recovering its queues), shutting down, or storage
 //                             failing (nothing was done; safe to retry)
 //
