@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Runs the server. Settings come from --config (TOML), then SPOOL_* environment
     /// variables, then flags: a flag wins.
-    Serve(Settings),
+    Serve(Box<Settings>),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
                     )
                     .exit();
             }
-            match serve(args) {
+            match serve(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     report(&error);

@@ -43,6 +43,9 @@ pub struct Metrics {
     commit_seconds: Histogram,
     commit_messages: Histogram,
     commit_failures: AtomicU64,
+    /// Which storage backend the server runs on ("sqlite", "postgres"), set once at startup,
+    /// so dashboards can tell deployments apart.
+    storage_backend: std::sync::OnceLock<&'static str>,
 }
 
 impl Default for Metrics {
@@ -59,6 +62,7 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(LATENCY_SECONDS),
             commit_messages: Histogram::new(COUNTS),
             commit_failures: AtomicU64::new(0),
+            storage_backend: std::sync::OnceLock::new(),
         }
     }
 }
@@ -86,6 +90,11 @@ impl Metrics {
         let code = (code as usize).min(CODES - 1);
         self.requests[method.0][code].fetch_add(1, Ordering::Relaxed);
         self.latency[method.0].observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the storage backend in use (the first call wins).
+    pub fn set_storage_backend(&self, backend: &'static str) {
+        let _ = self.storage_backend.set(backend);
     }
 
     /// The Prometheus text exposition of everything, with the queues' current state.
@@ -158,6 +167,15 @@ impl Metrics {
             "spool_storage_commit_failures_total {}",
             self.commit_failures.load(Ordering::Relaxed)
         );
+        if let Some(backend) = self.storage_backend.get() {
+            header(
+                &mut out,
+                "spool_storage_backend",
+                "gauge",
+                "The storage backend in use (1 for the backend named by the label).",
+            );
+            let _ = writeln!(out, "spool_storage_backend{{backend=\"{backend}\"}} 1");
+        }
         out
     }
 }

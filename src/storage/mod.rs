@@ -4,6 +4,7 @@
 //! lazy writes it does not wait for, body reads, and recovery at startup. Replies travel through
 //! oneshot channels so the trait stays object-safe and no backend call blocks an async task.
 
+pub mod postgres;
 pub mod sqlite;
 
 use bytes::Bytes;
@@ -17,6 +18,10 @@ pub enum StorageError {
     /// The data directory cannot be used; startup stops before touching it.
     #[error("{0}")]
     BadDataDir(String),
+    /// The database cannot be used and trying again will not help (a foreign or newer schema,
+    /// another server holding it): startup stops, or a running server stops serving.
+    #[error("{0}")]
+    Refused(String),
     /// A read or a commit failed (I/O error, disk full, ...).
     #[error("{0}")]
     Io(String),
