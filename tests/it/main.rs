@@ -8,6 +8,7 @@ mod edges;
 mod error_table;
 mod messages;
 mod operations;
+mod postgres;
 mod queues;
 mod receipts;
 mod rewind;
