@@ -13,7 +13,8 @@
 //! - [`registry`]: queue names to handles; creates, recovers and deletes queue actors.
 //! - [`queue`]: one actor task per queue owning its state; [`queue::QueueHandle`] talks to it.
 //!   [`queue::messages`] is the pure scheduling state (visible, delayed, in flight, kept).
-//! - [`storage`]: the [`storage::Storage`] trait and its embedded SQLite backend (group commit).
+//! - [`storage`]: the [`storage::Storage`] trait and its backends, embedded SQLite and
+//!   PostgreSQL (each with one writer and group commit).
 //! - [`attributes`], [`limits`]: queue attributes and their validation; the server's limits (the
 //!   API's ranges and defaults are `spool_client::limits`, re-exported).
 //! - [`receipt`]: receipt handles. [`clock`]: wall-clock time read off the monotonic clock.
@@ -24,6 +25,7 @@
 //! - [`pb`]: the generated types and stubs, server trait included (the client crate's).
 //! - [`config`]: settings of `spool serve` from a TOML file, the environment and flags.
 //! - [`metrics`]: Prometheus counters and histograms, and the /metrics endpoint.
+//! - [`migrate`]: `spool migrate`, a stopped server's embedded database moved into PostgreSQL.
 
 pub mod attributes;
 pub mod cli;
@@ -33,6 +35,7 @@ pub mod error;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
 pub mod queue;
 pub mod receipt;
 pub mod registry;

@@ -207,6 +207,16 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (which the caller keeps).
     pub async fn start_in(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_on(dir, adjust, on_postgres()).await
+    }
+
+    /// Starts a server on the embedded database in `dir`, whatever the run's backend (for
+    /// tests that move data between the two).
+    pub async fn start_in_sqlite(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_on(dir, adjust, false).await
+    }
+
+    async fn start_on(dir: &Path, adjust: impl FnOnce(&mut ServerConfig), postgres: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -214,7 +224,9 @@ impl TestServer {
         let mut config = ServerConfig::new(dir);
         adjust(&mut config);
         // After the test's own adjustments, which may replace the settings whole.
-        use_backend(&mut config.settings, dir);
+        if postgres {
+            use_backend(&mut config.settings, dir);
+        }
         let clock = config.clock.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(

@@ -601,3 +601,210 @@ async fn tls_is_used_and_certificates_are_checked() {
     let text = format!("{refused:?}");
     assert!(text.contains("NotValidForName"), "{text}");
 }
+
+// ---- spool migrate ----
+
+fn ts_text(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp.map_or("-".into(), |t| format!("{}.{:09}", t.seconds, t.nanos))
+}
+
+/// A received message as both servers must show it: its first receive's time only when that
+/// was before the move (a first receive now happens at a different instant on each).
+fn describe_message(message: &pb::ReceivedMessage) -> String {
+    let first_received = if message.dequeue_count > 1 {
+        ts_text(message.first_dequeue_time.as_ref())
+    } else {
+        "now".into()
+    };
+    format!(
+        "{} {:?} enqueued {} first received {first_received} received {} times",
+        message.message_id,
+        body_text(message),
+        ts_text(message.enqueue_time.as_ref()),
+        message.dequeue_count
+    )
+}
+
+fn describe_stats(stats: &pb::QueueStats) -> String {
+    format!(
+        "active {} in flight {} delayed {} rewindable {} oldest {}",
+        stats.active_messages,
+        stats.inactive_messages,
+        stats.delayed_messages,
+        stats.rewindable_messages,
+        ts_text(stats.oldest_message_time.as_ref())
+    )
+}
+
+/// Handles and times recorded before the move, used on both servers.
+struct Before {
+    in_flight_handle: String,
+    stale_handle: String,
+    rewind_to: prost_types::Timestamp,
+}
+
+/// What a server makes of the migrated state: counters, receipts from before, receives,
+/// rewind, and the next id. Everything a client sees but the new receipt handles and the
+/// visibility deadlines of new receives (which depend on when they happen).
+async fn transcript(client: &mut Client, before: &Before) -> Vec<String> {
+    let mut lines = Vec::new();
+    for queue in ["plain", "rewinding"] {
+        let queue_info = get(client, queue).await;
+        lines.push(format!(
+            "{queue}: {:?} created {} {}",
+            queue_info.attributes,
+            ts_text(queue_info.create_time.as_ref()),
+            describe_stats(queue_info.stats.as_ref().expect("stats"))
+        ));
+    }
+    let stale = delete(client, "plain", &before.stale_handle).await;
+    lines.push(format!(
+        "delete with a superseded handle: {:?}",
+        stale.map_err(|status| status.code())
+    ));
+    let in_flight = delete(client, "plain", &before.in_flight_handle).await;
+    lines.push(format!(
+        "delete with the in-flight handle: {:?}",
+        in_flight.map_err(|status| status.code())
+    ));
+    for message in receive(client, "plain", 16).await {
+        lines.push(format!("plain: {}", describe_message(&message)));
+    }
+    client
+        .rewind_queue(pb::RewindQueueRequest {
+            queue_name: "rewinding".into(),
+            start_time: Some(before.rewind_to),
+        })
+        .await
+        .expect("rewind");
+    for message in receive(client, "rewinding", 16).await {
+        lines.push(format!("rewinding: {}", describe_message(&message)));
+    }
+    lines.push(format!(
+        "next id: {}",
+        send(client, "plain", b"after the move").await
+    ));
+    lines
+}
+
+/// A data directory with every kind of message, moved with `spool migrate` and served from
+/// PostgreSQL, gives what the same directory gives served as it is: the same counters, receipt
+/// handles from before the move that still work (or still fail), the same receives, rewind and
+/// next id. A second migration into the now non-empty schema is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrated_data_directory_serves_the_same_from_postgres() {
+    if postgres_only() {
+        return;
+    }
+    let source = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start_in_sqlite(source.path(), |_| {}).await;
+    let mut client = server.client().await;
+    create(&mut client, "plain", attrs()).await;
+    create(
+        &mut client,
+        "rewinding",
+        pb::QueueAttributes {
+            rewind_seconds: Some(3_600),
+            ..attrs()
+        },
+    )
+    .await;
+    let receive_for = |queue: &str, max: u32, visibility: u32| pb::ReceiveMessagesRequest {
+        queue_name: queue.into(),
+        max_messages: max,
+        wait_seconds: Some(0),
+        visibility_timeout_seconds: Some(visibility),
+    };
+    // plain: a tombstone (deleted after two receives), one in flight, one visible, one delayed.
+    send(&mut client, "plain", b"tombstone").await;
+    let first = receive_with(&mut client, receive_for("plain", 1, 1))
+        .await
+        .expect("receive");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let second = receive_with(&mut client, receive_for("plain", 1, 600))
+        .await
+        .expect("receive again");
+    assert_eq!(second[0].dequeue_count, 2);
+    delete(&mut client, "plain", &second[0].receipt_handle)
+        .await
+        .expect("delete");
+    send(&mut client, "plain", b"in flight").await;
+    let in_flight = receive_with(&mut client, receive_for("plain", 1, 600))
+        .await
+        .expect("receive");
+    send(&mut client, "plain", b"visible").await;
+    send_delayed(&mut client, "plain", b"delayed", 600).await;
+    // rewinding: two deleted (kept for rewind), one visible.
+    let rewind_to = get(&mut client, "rewinding")
+        .await
+        .create_time
+        .expect("time");
+    batch_send(&mut client, "rewinding", &[b"kept-1", b"kept-2"]).await;
+    for message in receive(&mut client, "rewinding", 2).await {
+        delete(&mut client, "rewinding", &message.receipt_handle)
+            .await
+            .expect("delete");
+    }
+    send(&mut client, "rewinding", b"waiting").await;
+    server.stop().await;
+    let before = Before {
+        in_flight_handle: in_flight[0].receipt_handle.clone(),
+        stale_handle: first[0].receipt_handle.clone(),
+        rewind_to,
+    };
+
+    let target = tempfile::tempdir().expect("temp dir");
+    let migrate = |dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+            .args(["migrate", "--from-data-dir"])
+            .arg(dir)
+            .args(["--to-postgres-url", &postgres_url_for(target.path())])
+            .args(["--to-postgres-schema", &schema_for(target.path())])
+            .output()
+            .expect("run spool migrate")
+    };
+    let output = migrate(source.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
+    assert_eq!(summary["queues"], 2, "{summary}");
+    assert_eq!(summary["live"], 4, "{summary}");
+    assert_eq!(summary["kept_for_rewind"], 2, "{summary}");
+    assert_eq!(summary["tombstones"], 1, "{summary}");
+
+    let again = migrate(source.path());
+    assert!(!again.status.success());
+    let refused = String::from_utf8_lossy(&again.stderr);
+    assert!(refused.contains("not empty"), "{refused}");
+
+    let from_postgres = {
+        let server = TestServer::start_in(target.path(), |_| {}).await;
+        let mut client = server.client().await;
+        let lines = transcript(&mut client, &before).await;
+        server.stop().await;
+        lines
+    };
+    let from_sqlite = {
+        let server = TestServer::start_in_sqlite(source.path(), |_| {}).await;
+        let mut client = server.client().await;
+        let lines = transcript(&mut client, &before).await;
+        server.stop().await;
+        lines
+    };
+    println!("{}", from_sqlite.join("\n"));
+    assert_eq!(from_postgres, from_sqlite);
+    // The transcript saw every kind of message.
+    let all = from_sqlite.join("\n");
+    for expected in [
+        "delete with a superseded handle: Err(FailedPrecondition)",
+        "delete with the in-flight handle: Ok(())",
+        "\"visible\"",
+        "\"kept-1\"",
+        "\"kept-2\"",
+        "\"waiting\"",
+        "delayed 1",
+    ] {
+        assert!(all.contains(expected), "{expected} missing from:\n{all}");
+    }
+}

@@ -12,6 +12,7 @@
 //! a blocking thread, drive the async reads with the runtime's handle.
 
 pub mod connect;
+pub mod import;
 mod readers;
 pub mod schema;
 mod writer;
