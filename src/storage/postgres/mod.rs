@@ -7,6 +7,7 @@
 //! - [`writer`]: one writer task with one session (which holds the lock), group commit,
 //!   reconnection.
 //! - [`readers`]: a small pool of connections for body reads and recovery.
+//! - [`vacuum`]: vacuums the messages table once enough rows changed, autovacuum or not.
 //!
 //! Everything is async on tokio (tokio-postgres); the trait's blocking recovery calls, made on
 //! a blocking thread, drive the async reads with the runtime's handle.
@@ -15,6 +16,7 @@ pub mod connect;
 pub mod import;
 mod readers;
 pub mod schema;
+mod vacuum;
 mod writer;
 
 use std::sync::{Arc, Mutex};
@@ -71,6 +73,8 @@ pub struct PostgresStorage {
     /// Recovery is blocking in the trait; it runs this runtime's async reads with `block_on`.
     runtime: tokio::runtime::Handle,
     lost: Arc<Lost>,
+    /// Ends the vacuum task at close.
+    vacuum_stop: CancellationToken,
 }
 
 impl PostgresStorage {
@@ -86,13 +90,29 @@ impl PostgresStorage {
         let session = writer::open_session(&options, &schema).await?;
         let lost = Arc::new(Lost::default());
         let readers = Arc::new(ReaderPool::new(options.clone(), schema.clone()));
-        let writer = writer::spawn(session, options, schema.clone(), metrics, lost.clone());
+        let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let vacuum_stop = CancellationToken::new();
+        vacuum::spawn(
+            options.clone(),
+            schema.clone(),
+            changes.clone(),
+            vacuum_stop.clone(),
+        );
+        let writer = writer::spawn(
+            session,
+            options,
+            schema.clone(),
+            metrics,
+            lost.clone(),
+            changes,
+        );
         Ok(Self {
             writer,
             readers,
             schema,
             runtime: tokio::runtime::Handle::current(),
             lost,
+            vacuum_stop,
         })
     }
 
@@ -157,6 +177,7 @@ impl Storage for PostgresStorage {
     }
 
     fn close(&self, done: oneshot::Sender<()>) {
+        self.vacuum_stop.cancel();
         self.send(WriterRequest::Close(done));
     }
 }

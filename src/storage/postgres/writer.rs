@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::MaybeDone;
@@ -226,6 +227,7 @@ pub fn spawn(
     schema: String,
     metrics: Arc<dyn CommitObserver>,
     lost: Arc<Lost>,
+    changes: Arc<AtomicU64>,
 ) -> mpsc::UnboundedSender<WriterRequest> {
     let (sender, receiver) = mpsc::unbounded_channel();
     let writer = Writer {
@@ -234,6 +236,7 @@ pub fn spawn(
         schema,
         metrics,
         lost,
+        changes,
         refused: None,
         backoff: FIRST_BACKOFF,
         retry_at: Instant::now(),
@@ -251,6 +254,8 @@ struct Writer {
     metrics: Arc<dyn CommitObserver>,
     /// Told when the lock cannot be taken back: the server must stop serving.
     lost: Arc<Lost>,
+    /// Message rows deleted or updated by committed groups, for the vacuum task.
+    changes: Arc<AtomicU64>,
     /// Set once a new session was refused (the lock is another server's): writes fail for good.
     refused: Option<String>,
     /// Pause before the next attempt to open a session, doubled after each failure.
@@ -377,6 +382,12 @@ impl Writer {
         drop(ops);
         match outcome {
             Ok(()) => {
+                let changed: usize = group
+                    .iter()
+                    .filter(|(op, _)| !matches!(op, WriteOp::InsertMessages { .. }))
+                    .map(|(op, _)| op.message_count())
+                    .sum();
+                self.changes.fetch_add(changed as u64, Ordering::Relaxed);
                 for (_, done) in group.drain(..) {
                     if let Some(done) = done {
                         let _ = done.send(Ok(()));
@@ -389,12 +400,13 @@ impl Writer {
                 false
             }
             Err(Failure::Statement(error)) if group.len() == 1 => {
+                let error = statement_error(&error);
                 tracing::error!(%error, "storage commit failed");
-                fail_all(group, &statement_error(&error));
+                fail_all(group, &error);
                 false
             }
             Err(Failure::Statement(error)) => {
-                tracing::warn!(%error, ops = group.len(), "group commit failed; retrying one by one");
+                tracing::warn!(error = %statement_error(&error), ops = group.len(), "group commit failed; retrying one by one");
                 let mut rest = std::mem::take(group).into_iter();
                 while let Some((op, done)) = rest.next() {
                     let Some(session) = self.session.as_mut() else {
@@ -408,9 +420,10 @@ impl Writer {
                             }
                         }
                         Err(Failure::Statement(error)) => {
+                            let error = statement_error(&error);
                             tracing::error!(%error, "storage commit failed");
                             if let Some(done) = done {
-                                let _ = done.send(Err(statement_error(&error)));
+                                let _ = done.send(Err(error));
                             }
                         }
                         Err(Failure::Lost(why)) => {
