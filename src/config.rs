@@ -27,6 +27,8 @@ pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS: u64 = 30;
 pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS: u64 = 10;
 /// 0: connections are kept as long as the client keeps them.
 pub const DEFAULT_MAX_CONNECTION_AGE_SECONDS: u64 = 0;
+/// The PostgreSQL schema of Spool's tables when --postgres-url is set.
+pub const DEFAULT_POSTGRES_SCHEMA: &str = "spool";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +84,33 @@ pub struct Settings {
         DEFAULT_DATA_DIR,
     ))]
     pub data_dir: Option<PathBuf>,
+
+    #[arg(
+        long,
+        env = "SPOOL_POSTGRES_URL",
+        value_name = "URL",
+        help = "Keep the queues in PostgreSQL instead of the embedded database: a libpq URL or \
+                key=value string, e.g. postgres://spool@db:5432/spool or \
+                \"host=db user=spool sslmode=verify-full sslrootcert=/ca.pem\" (sslmode: \
+                disable, prefer, require, verify-ca, verify-full). With it, --data-dir is not \
+                used [default: the embedded database in --data-dir]"
+    )]
+    pub postgres_url: Option<String>,
+
+    #[arg(long, env = "SPOOL_POSTGRES_SCHEMA", help = with_default(
+        "PostgreSQL schema of Spool's tables, created on first start; one server per schema, so \
+         several deployments can share a database",
+        DEFAULT_POSTGRES_SCHEMA,
+    ))]
+    pub postgres_schema: Option<String>,
+
+    #[arg(
+        long,
+        env = "SPOOL_POSTGRES_PASSWORD_FILE",
+        help = "File whose first line is the PostgreSQL password (e.g. a mounted Kubernetes \
+                Secret), used when --postgres-url has none; PGPASSWORD is read last"
+    )]
+    pub postgres_password_file: Option<PathBuf>,
 
     #[arg(long, env = "SPOOL_MAX_QUEUES", help = with_default(
         "Most queues the server holds; creating more fails with RESOURCE_EXHAUSTED",
@@ -237,7 +266,8 @@ impl Settings {
             None => Settings::default(),
         };
         let settings = layer!(self, file;
-            listen, metrics_listen, data_dir, max_queues, max_database_bytes, body_cache_bytes,
+            listen, metrics_listen, data_dir, postgres_url, postgres_schema,
+            postgres_password_file, max_queues, max_database_bytes, body_cache_bytes,
             log, log_format, max_concurrent_streams, http2_keepalive_interval_seconds,
             http2_keepalive_timeout_seconds, max_connection_age_seconds, shutdown_grace_seconds,
             tls_cert, tls_key, tls_client_ca, auth_file, allow_unauthenticated,
@@ -261,6 +291,9 @@ impl Settings {
             listen: Some(self.listen()),
             metrics_listen: self.metrics_listen,
             data_dir: Some(self.data_dir()),
+            postgres_url: self.postgres_url.clone(),
+            postgres_schema: self.postgres_url.is_some().then(|| self.postgres_schema()),
+            postgres_password_file: self.postgres_password_file.clone(),
             max_queues: Some(self.max_queues()),
             max_database_bytes: self.max_database_bytes,
             body_cache_bytes: Some(self.body_cache_bytes()),
@@ -296,6 +329,15 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "max_queues is 0; it must be at least 1".into(),
             ));
+        }
+        crate::storage::postgres::schema::validate_schema_name(&self.postgres_schema())
+            .map_err(ConfigError::Invalid)?;
+        if let Some(url) = &self.postgres_url {
+            crate::storage::postgres::ConnectOptions::parse(
+                url,
+                self.postgres_password_file.as_deref(),
+            )
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         if self.max_concurrent_streams() == 0 {
             return Err(ConfigError::Invalid(
@@ -354,6 +396,21 @@ impl Settings {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    pub fn postgres_schema(&self) -> String {
+        self.postgres_schema
+            .clone()
+            .unwrap_or_else(|| DEFAULT_POSTGRES_SCHEMA.to_string())
+    }
+
+    /// The storage backend these settings select, as the metric and the log name it.
+    pub fn storage_backend(&self) -> &'static str {
+        if self.postgres_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
     }
 
     pub fn max_queues(&self) -> usize {
@@ -415,8 +472,8 @@ impl Settings {
 }
 
 /// Parts of a setting's name that mark its value as secret: the startup log shows
-/// [`REDACTED`] instead. None of today's settings is secret; a credential added later (a
-/// PostgreSQL password, a token file's contents) is masked by its name alone.
+/// [`REDACTED`] instead. A credential added later (a token file's contents) is masked by its
+/// name alone; a password inside `postgres_url` is masked by `to_redacted_json` itself.
 pub const SECRET_NAME_PARTS: &[&str] = &["password", "secret", "token", "credential"];
 
 /// What the startup log shows for a secret setting.
@@ -426,7 +483,11 @@ impl Settings {
     /// The settings as one JSON object (keys in name order), secrets redacted: the startup
     /// log's JSON form. Fails only for a value JSON cannot hold (a data_dir that is not UTF-8).
     pub fn to_redacted_json(&self) -> Result<serde_json::Value, serde_json::Error> {
-        serde_json::to_value(self.effective()).map(redact)
+        let mut effective = self.effective();
+        effective.postgres_url = effective
+            .postgres_url
+            .map(|url| crate::storage::postgres::connect::redact_password(&url, REDACTED));
+        serde_json::to_value(effective).map(redact)
     }
 
     /// The settings as `key = value` lines (TOML's syntax, so a line can be pasted into a
@@ -605,6 +666,33 @@ mod tests {
             .expect_err(expected);
             assert!(error.to_string().contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn a_password_in_the_postgres_url_is_redacted() {
+        let settings = Settings {
+            postgres_url: Some("postgres://spool:hunter2@db:5432/spool?sslmode=disable".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        let lines = settings.to_redacted_lines().expect("lines").join("\n");
+        assert!(!lines.contains("hunter2"), "{lines}");
+        assert!(
+            lines.contains(&format!(
+                "postgres_url = \"postgres://spool:{REDACTED}@db:5432/spool?sslmode=disable\""
+            )),
+            "{lines}"
+        );
+        assert!(lines.contains("postgres_schema = \"spool\""), "{lines}");
+        assert_eq!(settings.storage_backend(), "postgres");
+        let bad = Settings {
+            postgres_schema: Some("Bad-Name".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(bad.to_string().contains("Bad-Name"), "{bad}");
     }
 
     #[test]

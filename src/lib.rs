@@ -21,7 +21,8 @@
 //!   `Receiving` is one receive as a stream (the receive protocol). `queue::messages` is the
 //!   pure scheduling state (visible, delayed, in flight, kept, tombstones).
 //! - `storage`: the `Storage` trait (durable commits, lazy writes, body reads, recovery) and its
-//!   embedded SQLite backend with group commit; it reports commits through `CommitObserver`.
+//!   backends, embedded SQLite and PostgreSQL (each with one writer and group commit); it reports
+//!   commits through `CommitObserver`.
 //! - `attributes`, `limits`: queue attributes and their validation; the server's limits (the
 //!   API's ranges are `spool_client::limits`, re-exported). `receipt`: signed receipt handles.
 //!   [`clock`]: wall-clock time read off the monotonic clock. `error`: `QueueError`, each case
@@ -32,11 +33,12 @@
 //!   is `grpc::auth`, the layer that authenticates each call.
 //! - [`config`]: the one `Settings` struct of `spool serve` (flags, environment, TOML file).
 //! - `metrics`: Prometheus counters and histograms, and the /metrics endpoint.
+//! - [`migrate`]: `spool migrate`, a stopped server's embedded database moved into PostgreSQL.
 //! - [`cli`]: the client commands of the `spool` binary (`queue`, `send`, `receive`, ...), on
 //!   `spool_client::Client`.
 //!
 //! Only what the binary and the tests need is public: [`server`], [`config`], [`clock`],
-//! [`cli`] and [`pb`].
+//! [`cli`], [`migrate`] and [`pb`].
 
 mod attributes;
 mod auth;
@@ -47,6 +49,7 @@ mod error;
 mod grpc;
 mod limits;
 mod metrics;
+pub mod migrate;
 mod queue;
 mod receipt;
 mod registry;
@@ -59,6 +62,10 @@ mod tls;
 /// The generated protobuf types and gRPC stubs of `spool.v1`, server trait included: the client
 /// crate's, so the server and its clients share one set of types.
 pub use spool_client::pb;
+
+/// How the server reaches PostgreSQL (URL, password, TLS): public so tests can check a
+/// connection's TLS verification directly.
+pub use storage::postgres::ConnectOptions as PostgresConnectOptions;
 
 /// What one body kept in memory costs beyond its bytes (see `--body-cache-bytes`): the metric
 /// `spool_body_cache_bytes` counts it.

@@ -36,6 +36,10 @@ enum Command {
     /// variables, then flags: a flag wins.
     // Boxed: the settings are much larger than the client commands' flags.
     Serve(Box<Settings>),
+    /// Moves a stopped server's data directory (embedded database) into PostgreSQL: every
+    /// queue, message (in whatever state), the receipt key and the id counters. The target
+    /// schema must be new or empty; the counts are verified before the import commits.
+    Migrate(spool::migrate::MigrateArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -54,6 +58,23 @@ fn main() -> ExitCode {
                     .exit();
             }
             match serve(*args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    report(&error);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Migrate(args) => {
+            if before_command.is_some() {
+                Cli::command()
+                    .error(
+                        ErrorKind::ArgumentConflict,
+                        "--endpoint is for client commands; `spool migrate` talks to no server",
+                    )
+                    .exit();
+            }
+            match migrate(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     report(&error);
@@ -121,6 +142,19 @@ fn serve(args: Settings) -> anyhow::Result<()> {
             .await
             .context("spool server failed")
     })
+}
+
+/// Runs `spool migrate` and prints its summary as one JSON line on stdout.
+fn migrate(args: spool::migrate::MigrateArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = runtime
+        .block_on(spool::migrate::run(args))
+        .context("migration failed")?;
+    announce(&serde_json::to_value(&summary).context("cannot render the summary")?);
+    Ok(())
 }
 
 /// The machine-readable lines on stdout (the logs go to stderr), for supervisors and test

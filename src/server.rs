@@ -1,14 +1,16 @@
 //! The server as a function: the caller binds the listener (tests bind 127.0.0.1:0) and picks
 //! the shutdown trigger.
 //!
-//! Startup: open storage, recover every queue, then serve with health SERVING. Shutdown is
+//! Startup: open storage, recover every queue, then serve with health SERVING. The embedded
+//! database is opened before anything listens; PostgreSQL is connected to in the background
+//! (with backoff while it cannot be reached), the queue service NOT_SERVING meanwhile. Shutdown is
 //! decide → tell → wait: the trigger fires, health turns NOT_SERVING, the server stops
 //! accepting, open long polls end (empty, OK), in-flight calls finish, storage commits what is
 //! left, and `run` returns.
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -28,6 +30,7 @@ use crate::metrics::{self, Metrics};
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::registry::Registry;
 use crate::security::Security;
+use crate::storage::postgres::{self, ConnectOptions, PostgresStorage};
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Storage, StorageError};
 
@@ -89,26 +92,66 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     // Before storage: a wrong TLS or auth file stops the server before it opens anything.
     let security = Security::load(settings).map_err(ServerError::Security)?;
-    let data_dir = settings.data_dir();
-    let max_database_bytes = settings.max_database_bytes;
-    let storage_metrics = metrics.clone();
-    let storage = tokio::task::spawn_blocking(move || {
-        SqliteStorage::open(&data_dir, max_database_bytes, storage_metrics)
-    })
-    .await
-    .map_err(|e| StorageError::Io(format!("storage open task failed: {e}")))??;
-    let storage: Arc<dyn Storage> = Arc::new(storage);
+    metrics.set_storage_backend(settings.storage_backend());
+    let opener = match &settings.postgres_url {
+        // The embedded database is opened before serving: a data directory that cannot be
+        // used stops the process at once, before anything listens.
+        None => {
+            let data_dir = settings.data_dir();
+            let max_database_bytes = settings.max_database_bytes;
+            let storage_metrics = metrics.clone();
+            let storage = tokio::task::spawn_blocking(move || {
+                SqliteStorage::open(&data_dir, max_database_bytes, storage_metrics)
+            })
+            .await
+            .map_err(|e| StorageError::Io(format!("storage open task failed: {e}")))??;
+            tracing::info!(backend = "sqlite", data_dir = %settings.data_dir().display(), "storage");
+            Opener::Ready(Arc::new(storage))
+        }
+        // PostgreSQL may come later than the server (it is another process, often another
+        // machine): the server serves at once, NOT_SERVING, and connects in the background.
+        Some(url) => {
+            let options = ConnectOptions::parse(url, settings.postgres_password_file.as_deref())
+                .map_err(|e| StorageError::Refused(e.to_string()))?;
+            let schema = settings.postgres_schema();
+            tracing::info!(
+                backend = "postgres",
+                target = %postgres::describe_target(&options, &schema),
+                "storage"
+            );
+            if let Some(data_dir) = &settings.data_dir {
+                tracing::info!(
+                    data_dir = %data_dir.display(),
+                    "data_dir is not used: the queues are kept in PostgreSQL"
+                );
+            }
+            Opener::Postgres {
+                options: Box::new(options),
+                schema,
+            }
+        }
+    };
 
     // Serve at once, so probes get answers while the queues are recovered: the queue service
     // is NOT_SERVING (and its calls UNAVAILABLE) until the registry is in place.
     let registry: Arc<OnceLock<Arc<Registry>>> = Arc::default();
+    let storage_slot: Arc<Mutex<Option<Arc<dyn Storage>>>> = Arc::default();
     let (health, health_service) = health::health_service();
     health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
+    let stopping = CancellationToken::new();
+    // Told when storage can no longer be trusted after recovery (PostgreSQL's lock lost).
+    let (storage_lost, mut storage_lost_rx) = tokio::sync::mpsc::unbounded_channel();
     let recovery = tokio::spawn(recover(
-        storage.clone(),
-        config.clock.clone(),
-        settings.max_queues(),
-        settings.body_cache_bytes(),
+        Recovery {
+            opener,
+            metrics: metrics.clone(),
+            clock: config.clock.clone(),
+            max_queues: settings.max_queues(),
+            body_cache_bytes: settings.body_cache_bytes(),
+            stopping: stopping.clone(),
+            storage_lost,
+        },
+        storage_slot.clone(),
         registry.clone(),
         config.ready,
         health.clone(),
@@ -124,7 +167,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let stopping = CancellationToken::new();
     security.watch(&stopping, &metrics);
     // Observed outside the size limit, so it measures and logs the rewritten TOO_LARGE; the
     // auth layer between them, so a call is authenticated before its body is read, and its
@@ -142,6 +184,7 @@ pub async fn run(
 
     // Decide → tell: readiness drops first, so load balancers stop sending new calls.
     let trigger = stopping.clone();
+    let stop_health = health.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
@@ -152,7 +195,7 @@ pub async fn run(
     let local_addr = listener.local_addr().ok();
     tracing::info!(
         addr = %local_addr.map(|a| a.to_string()).unwrap_or_default(),
-        data_dir = %settings.data_dir().display(),
+        backend = settings.storage_backend(),
         tls = security.tls.is_some(),
         auth = security.auth.is_some(),
         "listening"
@@ -242,8 +285,16 @@ pub async fn run(
                 if let Err(error) = outcome {
                     tracing::error!(%error, "recovery failed; stopping");
                     recovery_error = Some(error);
+                    stop_health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
                     stopping.cancel();
                 }
+            }
+            Some(error) = storage_lost_rx.recv() => {
+                // Serving on would risk two writers on one schema: stop instead.
+                tracing::error!(%error, "storage lost; stopping");
+                recovery_error.get_or_insert(error);
+                stop_health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
+                stopping.cancel();
             }
         }
     }
@@ -253,9 +304,12 @@ pub async fn run(
     if let Some(registry) = registry.get() {
         registry.flush_all().await;
     }
-    let (closed, flushed) = oneshot::channel();
-    storage.close(closed);
-    let _ = flushed.await;
+    let storage = storage_slot.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(storage) = storage {
+        let (closed, flushed) = oneshot::channel();
+        storage.close(closed);
+        let _ = flushed.await;
+    }
     if let Some(error) = recovery_error {
         return Err(error.into());
     }
@@ -263,18 +317,100 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads every queue back from storage, then opens the queue service (health SERVING).
-async fn recover(
-    storage: Arc<dyn Storage>,
+/// How to get the storage: open already, or PostgreSQL to connect to.
+enum Opener {
+    Ready(Arc<dyn Storage>),
+    Postgres {
+        options: Box<ConnectOptions>,
+        schema: String,
+    },
+}
+
+/// What the recovery task needs besides the slots it fills.
+struct Recovery {
+    opener: Opener,
+    metrics: Arc<Metrics>,
     clock: Clock,
     max_queues: usize,
     body_cache_bytes: usize,
+    /// Ends the attempts to reach PostgreSQL when the server stops first.
+    stopping: CancellationToken,
+    storage_lost: tokio::sync::mpsc::UnboundedSender<StorageError>,
+}
+
+/// Opens the storage (for PostgreSQL, trying until it answers), reads every queue back from
+/// it, then opens the queue service (health SERVING).
+async fn recover(
+    recovery: Recovery,
+    storage_slot: Arc<Mutex<Option<Arc<dyn Storage>>>>,
     slot: Arc<OnceLock<Arc<Registry>>>,
     ready: Option<oneshot::Sender<()>>,
     health: HealthReporter,
 ) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
-    let registry = Registry::recover(storage, clock, max_queues, body_cache_bytes).await?;
+    let mut backoff = postgres::FIRST_BACKOFF;
+    let registry = loop {
+        let storage = match &recovery.opener {
+            Opener::Ready(storage) => storage.clone(),
+            Opener::Postgres { options, schema } => {
+                let opened = tokio::select! {
+                    opened = PostgresStorage::open(
+                        (**options).clone(),
+                        schema.clone(),
+                        recovery.metrics.clone(),
+                    ) => opened,
+                    () = recovery.stopping.cancelled() => return Ok(()),
+                };
+                match opened {
+                    Ok(storage) => {
+                        let lost = storage.lost();
+                        let storage_lost = recovery.storage_lost.clone();
+                        tokio::spawn(async move {
+                            let _ = storage_lost.send(lost.wait().await);
+                        });
+                        tracing::info!(target = %postgres::describe_target(options, schema), "connected to PostgreSQL; the schema's lock is held");
+                        Arc::new(storage)
+                    }
+                    Err(StorageError::Io(error)) => {
+                        // Once per backoff step, with the reason.
+                        tracing::warn!(%error, retry_in = ?backoff, "PostgreSQL is unreachable; the queue service stays NOT_SERVING");
+                        if wait_or_stop(&recovery.stopping, &mut backoff).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        };
+        if let Ok(mut stored) = storage_slot.lock() {
+            *stored = Some(storage.clone());
+        }
+        match Registry::recover(
+            storage.clone(),
+            recovery.clock.clone(),
+            recovery.max_queues,
+            recovery.body_cache_bytes,
+        )
+        .await
+        {
+            Ok(registry) => break registry,
+            // PostgreSQL went away during recovery: start over with a new connection.
+            Err(StorageError::Io(error)) if matches!(recovery.opener, Opener::Postgres { .. }) => {
+                tracing::warn!(%error, retry_in = ?backoff, "recovery from PostgreSQL failed");
+                let (closed, flushed) = oneshot::channel();
+                storage.close(closed);
+                let _ = flushed.await;
+                if let Ok(mut stored) = storage_slot.lock() {
+                    *stored = None;
+                }
+                if wait_or_stop(&recovery.stopping, &mut backoff).await {
+                    return Ok(());
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let queues = registry.len();
     // Only this task fills the slot, once.
     let _ = slot.set(Arc::new(registry));
@@ -284,4 +420,15 @@ async fn recover(
         let _ = ready.send(());
     }
     Ok(())
+}
+
+/// Sleeps for `backoff` (then doubles it, up to the longest); true if the server stops first.
+async fn wait_or_stop(stopping: &CancellationToken, backoff: &mut std::time::Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(*backoff) => {
+            *backoff = (*backoff * 2).min(postgres::MAX_BACKOFF);
+            false
+        }
+        () = stopping.cancelled() => true,
+    }
 }

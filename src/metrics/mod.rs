@@ -58,6 +58,9 @@ pub struct Metrics {
     auth_refusals: [AtomicU64; AUTH_REFUSAL_REASONS.len()],
     /// Per [`RELOADED_FILES`] entry: changes that could not be applied (the old stayed).
     reload_failures: [AtomicU64; RELOADED_FILES.len()],
+    /// Which storage backend the server runs on ("sqlite", "postgres"), set once at startup,
+    /// so dashboards can tell deployments apart.
+    storage_backend: std::sync::OnceLock<&'static str>,
 }
 
 impl Default for Metrics {
@@ -74,6 +77,7 @@ impl Default for Metrics {
             commit_failures: AtomicU64::new(0),
             auth_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             reload_failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            storage_backend: std::sync::OnceLock::new(),
         }
     }
 }
@@ -122,6 +126,11 @@ impl Metrics {
         if let Some(index) = RELOADED_FILES.iter().position(|f| *f == file) {
             self.reload_failures[index].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records the storage backend in use (the first call wins).
+    pub fn set_storage_backend(&self, backend: &'static str) {
+        let _ = self.storage_backend.set(backend);
     }
 
     /// The Prometheus text exposition of everything, with the queues' current state.
@@ -221,6 +230,15 @@ impl Metrics {
                 "spool_reload_failures_total{{file=\"{file}\"}} {}",
                 count.load(Ordering::Relaxed)
             );
+        }
+        if let Some(backend) = self.storage_backend.get() {
+            header(
+                &mut out,
+                "spool_storage_backend",
+                "gauge",
+                "The storage backend in use (1 for the backend named by the label).",
+            );
+            let _ = writeln!(out, "spool_storage_backend{{backend=\"{backend}\"}} 1");
         }
         out
     }

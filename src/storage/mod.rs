@@ -6,6 +6,7 @@
 
 #[cfg(test)]
 pub(crate) mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use bytes::Bytes;
@@ -19,6 +20,10 @@ pub enum StorageError {
     /// The data directory cannot be used; startup stops before touching it.
     #[error("{0}")]
     BadDataDir(String),
+    /// The database cannot be used and trying again will not help (a foreign or newer schema,
+    /// another server holding it): startup stops, or a running server stops serving.
+    #[error("{0}")]
+    Refused(String),
     /// A read or a commit failed (I/O error, disk full, ...).
     #[error("{0}")]
     Io(String),

@@ -1,5 +1,11 @@
 //! Test harness: a real Spool server on 127.0.0.1:0, in process (with a clock the test can move)
 //! or as a child process of the `spool` binary (for restarts, crashes and signals).
+//!
+//! The suite runs on either storage backend. With `SPOOL_TEST_BACKEND=postgres`, every server
+//! keeps its queues in PostgreSQL at `SPOOL_TEST_POSTGRES_URL` (scripts/test makes a database
+//! for the run and drops it afterwards), in a schema named after the server's data directory:
+//! a server started again on the same directory finds its queues again, and every test has
+//! its own schema. Tests that only make sense on one backend say why and return early.
 
 #![allow(dead_code)]
 
@@ -20,6 +26,161 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub type Client = QueueServiceClient<Channel>;
+
+/// The environment variable that selects the backend ("postgres"; anything else: SQLite).
+pub const BACKEND_VAR: &str = "SPOOL_TEST_BACKEND";
+/// The PostgreSQL database of the run (a libpq URL or key=value string).
+pub const POSTGRES_URL_VAR: &str = "SPOOL_TEST_POSTGRES_URL";
+
+/// Whether this run keeps its queues in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var(BACKEND_VAR).is_ok_and(|backend| backend == "postgres")
+}
+
+/// The run's PostgreSQL database.
+pub fn postgres_base_url() -> String {
+    std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{BACKEND_VAR}=postgres needs {POSTGRES_URL_VAR}, a database of this run's own \
+             (scripts/test makes one and drops it afterwards)"
+        )
+    })
+}
+
+/// `url` with one more option, in its own syntax (URL query or key=value).
+pub fn with_option(url: &str, key: &str, value: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}{key}={value}")
+    } else {
+        format!("{url} {key}={value}")
+    }
+}
+
+/// The schema of the server on `data_dir`: the same for every start on that directory.
+pub fn schema_for(data_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    format!("t_{:016x}", hasher.finish())
+}
+
+/// The URL a server on `data_dir` connects with: the run's database, and an application name
+/// of its own so a test can find (and terminate) exactly its sessions.
+pub fn postgres_url_for(data_dir: &Path) -> String {
+    with_option(
+        &postgres_base_url(),
+        "application_name",
+        &application_name(data_dir),
+    )
+}
+
+/// What `pg_stat_activity.application_name` shows for the server on `data_dir`.
+pub fn application_name(data_dir: &Path) -> String {
+    format!("spool_{}", schema_for(data_dir))
+}
+
+/// Points `settings` at PostgreSQL when the run is on it (and nothing else set a URL).
+pub fn use_backend(settings: &mut spool::config::Settings, data_dir: &Path) {
+    if on_postgres() && settings.postgres_url.is_none() {
+        settings.postgres_url = Some(postgres_url_for(data_dir));
+        settings.postgres_schema = Some(schema_for(data_dir));
+    }
+}
+
+/// True, after saying why, when this test is for SQLite only and the run is on PostgreSQL.
+pub fn sqlite_only(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    on_postgres()
+}
+
+/// True, after saying so, when this test is for PostgreSQL only and the run is on SQLite.
+pub fn postgres_only() -> bool {
+    if !on_postgres() {
+        eprintln!("skipped: a PostgreSQL test ({BACKEND_VAR}=postgres runs it)");
+    }
+    !on_postgres()
+}
+
+/// A connection to the run's database, for tests that look at or break what the server does.
+pub async fn postgres_client() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&postgres_base_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Runs `query` (one bigint result) against the server's storage on `data_dir`: `sqlite` on
+/// spool.db, `postgres` in the server's schema (`{s}` stands for it).
+fn stored_value(data_dir: &Path, sqlite: &str, postgres: &str, param: StoredParam) -> i64 {
+    if on_postgres() {
+        let query = postgres.replace("{s}", &format!("\"{}\"", schema_for(data_dir)));
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let client = postgres_client().await;
+                let row = match &param {
+                    StoredParam::None => client.query_one(&query, &[]).await,
+                    StoredParam::Id(id) => client.query_one(&query, &[id]).await,
+                    StoredParam::Name(name) => client.query_one(&query, &[name]).await,
+                };
+                row.expect("query the schema").get(0)
+            })
+        })
+    } else {
+        let conn = rusqlite::Connection::open_with_flags(
+            data_dir.join("spool.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open spool.db read-only");
+        match param {
+            StoredParam::None => conn.query_row(sqlite, [], |row| row.get(0)),
+            StoredParam::Id(id) => conn.query_row(sqlite, [id], |row| row.get(0)),
+            StoredParam::Name(name) => conn.query_row(sqlite, [name], |row| row.get(0)),
+        }
+        .expect("query spool.db")
+    }
+}
+
+enum StoredParam {
+    None,
+    Id(i64),
+    Name(String),
+}
+
+/// Stored message rows, of every queue, of the server on `data_dir`.
+pub fn message_rows(data_dir: &Path) -> i64 {
+    stored_value(
+        data_dir,
+        "SELECT count(*) FROM messages",
+        "SELECT count(*) FROM {s}.messages",
+        StoredParam::None,
+    )
+}
+
+/// Stored message rows of one queue.
+pub fn rows_of_queue(data_dir: &Path, queue_id: i64) -> i64 {
+    stored_value(
+        data_dir,
+        "SELECT count(*) FROM messages WHERE queue_id = ?1",
+        "SELECT count(*) FROM {s}.messages WHERE queue_id = $1",
+        StoredParam::Id(queue_id),
+    )
+}
+
+/// The stored id of the queue named `name`.
+pub fn queue_id(data_dir: &Path, name: &str) -> i64 {
+    stored_value(
+        data_dir,
+        "SELECT id FROM queues WHERE name = ?1",
+        "SELECT id FROM {s}.queues WHERE name = $1",
+        StoredParam::Name(name.to_string()),
+    )
+}
 
 /// A server running inside the test process.
 pub struct TestServer {
@@ -46,12 +207,26 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (which the caller keeps).
     pub async fn start_in(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_on(dir, adjust, on_postgres()).await
+    }
+
+    /// Starts a server on the embedded database in `dir`, whatever the run's backend (for
+    /// tests that move data between the two).
+    pub async fn start_in_sqlite(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_on(dir, adjust, false).await
+    }
+
+    async fn start_on(dir: &Path, adjust: impl FnOnce(&mut ServerConfig), postgres: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let mut config = ServerConfig::new(dir);
         adjust(&mut config);
+        // After the test's own adjustments, which may replace the settings whole.
+        if postgres {
+            use_backend(&mut config.settings, dir);
+        }
         let clock = config.clock.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(
@@ -148,10 +323,20 @@ impl ChildServer {
     /// Starts it with more flags and environment variables. The address and readiness come
     /// from the machine-readable lines `spool serve` writes on stdout, not from its logs.
     pub fn start_with(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut backend = Vec::new();
+        if on_postgres() && !args.contains(&"--postgres-url") {
+            backend.extend([
+                "--postgres-url".to_string(),
+                postgres_url_for(data_dir),
+                "--postgres-schema".to_string(),
+                schema_for(data_dir),
+            ]);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(&backend)
             .args(args)
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())

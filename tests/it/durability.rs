@@ -565,13 +565,6 @@ async fn in_flight_message_stays_in_flight_across_a_crash() {
 
 // ---- 4. retention removes rows from disk ----
 
-fn count_rows(db: &Path) -> i64 {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open spool.db read-only");
-    conn.query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
-        .expect("count messages")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_messages_and_their_rows() {
     const QUEUE: &str = "short-lived";
@@ -591,8 +584,8 @@ async fn retention_removes_messages_and_their_rows() {
     assert_eq!(receive(&mut client, QUEUE, 2).await.len(), 2);
     let before = stats(&mut client, QUEUE).await;
     assert_eq!((before.active_messages, before.inactive_messages), (3, 2));
-    let db = server.data_dir.join("spool.db");
-    assert_eq!(count_rows(&db), 5, "sent messages are on disk");
+    let dir = server.data_dir.clone();
+    assert_eq!(message_rows(&dir), 5, "sent messages are stored");
 
     server.clock.skip_ahead(Duration::from_secs(61));
 
@@ -603,7 +596,7 @@ async fn retention_removes_messages_and_their_rows() {
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let rows = count_rows(&db);
+        let rows = message_rows(&dir);
         if rows == 0 {
             break;
         }
@@ -648,6 +641,11 @@ fn dir_listing(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_data_directories_are_refused_untouched() {
+    if sqlite_only(
+        "checks data directories and the database file, which a PostgreSQL server does not use",
+    ) {
+        return;
+    }
     let temp = tempfile::tempdir().expect("temp dir");
 
     // (a) A regular file.
@@ -713,6 +711,10 @@ async fn bad_data_directories_are_refused_untouched() {
 /// serving what it can: receives, deletes, and sends again once deletes made room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_database_fails_sends_with_unavailable_and_keeps_serving() {
+    if sqlite_only("--max-database-bytes caps the SQLite file; PostgreSQL space is the operator's")
+    {
+        return;
+    }
     let server =
         TestServer::start_with(|config| config.settings.max_database_bytes = Some(512 * 1024))
             .await;
@@ -765,6 +767,9 @@ async fn a_full_database_fails_sends_with_unavailable_and_keeps_serving() {
 /// stops growing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_traffic_reuses_space() {
+    if sqlite_only("measures the size of spool.db") {
+        return;
+    }
     let server = TestServer::start().await;
     let mut client = server.client().await;
     create(&mut client, "q", attrs()).await;
@@ -920,7 +925,7 @@ fn index_names(db: &Path) -> Vec<String> {
         .expect("index names")
 }
 
-fn rows_of_queue(db: &Path, queue_id: i64) -> i64 {
+fn sqlite_rows_of_queue(db: &Path, queue_id: i64) -> i64 {
     read_only(db)
         .query_row(
             "SELECT count(*) FROM messages WHERE queue_id = ?1",
@@ -935,6 +940,9 @@ fn rows_of_queue(db: &Path, queue_id: i64) -> i64 {
 /// that does not exist is skipped and removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_is_migrated_and_keeps_its_messages() {
+    if sqlite_only("writes a SQLite database of schema version 1") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("spool.db");
     let (alpha_ids, beta_ids) = write_v1_database(&db);
@@ -975,7 +983,7 @@ async fn a_version_1_database_is_migrated_and_keeps_its_messages() {
     assert!(sent >= 200, "{sent}");
 
     // The orphan row is removed lazily, by a later group commit.
-    until_no_rows(&db, 9, "the orphan row").await;
+    until_no_rows(dir.path(), 9, "the orphan row").await;
     server.stop().await;
 
     assert_eq!(pragma(&db, "user_version"), 3);
@@ -989,22 +997,14 @@ async fn a_version_1_database_is_migrated_and_keeps_its_messages() {
         .expect("the receipt key");
     assert_eq!(secret.len(), 32);
     assert!(index_names(&db).is_empty(), "{:?}", index_names(&db));
-    assert_eq!(rows_of_queue(&db, 1), 7);
-    assert_eq!(rows_of_queue(&db, 2), 3);
+    assert_eq!(sqlite_rows_of_queue(&db, 1), 7);
+    assert_eq!(sqlite_rows_of_queue(&db, 2), 3);
 
     // And a version-2 database opens as it is.
     let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     assert_eq!(backlog(&stats(&mut client, "alpha").await), 7);
     server.stop().await;
-}
-
-fn queue_id(db: &Path, name: &str) -> i64 {
-    read_only(db)
-        .query_row("SELECT id FROM queues WHERE name = ?1", [name], |row| {
-            row.get(0)
-        })
-        .expect("queue id")
 }
 
 /// Sends batches until the queue is gone (or 200 batches).
@@ -1035,7 +1035,7 @@ async fn send_until_deleted(mut client: Client, queue: &'static str) {
 async fn deleting_a_queue_removes_all_of_its_rows() {
     const DOOMED: &str = "doomed";
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("spool.db");
+    let db = dir.path();
     let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let rewinding = pb::QueueAttributes {
@@ -1063,15 +1063,15 @@ async fn deleting_a_queue_removes_all_of_its_rows() {
             .await
             .expect("delete, kept for rewind");
     }
-    let doomed_id = queue_id(&db, DOOMED);
-    assert_eq!(rows_of_queue(&db, doomed_id), 21);
+    let doomed_id = queue_id(db, DOOMED);
+    assert_eq!(rows_of_queue(db, doomed_id), 21);
 
     // Sends racing the delete: some are committed just before it.
     let racers: Vec<_> = (0..4)
         .map(|_| tokio::spawn(send_until_deleted(client.clone(), DOOMED)))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while rows_of_queue(&db, doomed_id) == 21 {
+    while rows_of_queue(db, doomed_id) == 21 {
         assert!(Instant::now() < deadline, "the racing sends never landed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -1085,8 +1085,8 @@ async fn deleting_a_queue_removes_all_of_its_rows() {
         racer.await.expect("racer");
     }
 
-    assert_eq!(rows_of_queue(&db, doomed_id), 0);
-    assert_eq!(rows_of_queue(&db, queue_id(&db, "bystander")), 5);
+    assert_eq!(rows_of_queue(db, doomed_id), 0);
+    assert_eq!(rows_of_queue(db, queue_id(db, "bystander")), 5);
     create(&mut client, DOOMED, attrs()).await;
     let recreated = stats(&mut client, DOOMED).await;
     assert_eq!((backlog(&recreated), recreated.rewindable_messages), (0, 0));
@@ -1130,7 +1130,7 @@ async fn a_large_queue_is_deleted_in_slices_even_across_a_crash() {
     // Over two slices of 4,096 rows (spool::storage::REMOVE_SLICE).
     const MESSAGES: usize = 9_600;
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("spool.db");
+    let db = dir.path();
     let server = ChildServer::start(dir.path());
     let mut client = server.client().await;
     create(&mut client, "bystander", attrs()).await;
@@ -1140,8 +1140,8 @@ async fn a_large_queue_is_deleted_in_slices_even_across_a_crash() {
         let name = format!("large-{round}");
         create(&mut client, &name, attrs()).await;
         fill(&mut client, &name, MESSAGES).await;
-        let id = queue_id(&db, &name);
-        assert_eq!(rows_of_queue(&db, id), MESSAGES as i64);
+        let id = queue_id(db, &name);
+        assert_eq!(rows_of_queue(db, id), MESSAGES as i64);
         client
             .delete_queue(pb::DeleteQueueRequest {
                 queue_name: name.clone(),
@@ -1153,14 +1153,14 @@ async fn a_large_queue_is_deleted_in_slices_even_across_a_crash() {
             server.kill();
             let server = ChildServer::start(dir.path());
             let mut client = server.client().await;
-            until_no_rows(&db, id, "after the restart").await;
+            until_no_rows(db, id, "after the restart").await;
             create(&mut client, &name, attrs()).await;
             assert_eq!(backlog(&stats(&mut client, &name).await), 0);
             assert_eq!(backlog(&stats(&mut client, "bystander").await), 1);
             assert_eq!(server.terminate(), Some(0));
             return;
         }
-        until_no_rows(&db, id, "after the delete").await;
+        until_no_rows(db, id, "after the delete").await;
         assert_eq!(backlog(&stats(&mut client, "bystander").await), 1);
     }
 }

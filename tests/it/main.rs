@@ -11,6 +11,7 @@ mod error_table;
 mod layering;
 mod messages;
 mod operations;
+mod postgres;
 mod queues;
 mod receipts;
 mod rewind;

@@ -334,6 +334,11 @@ async fn no_message_stays_claimed_by_a_poll_whose_client_has_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_is_refused_without_the_lock_file_and_through_a_link() {
+    if sqlite_only(
+        "the lock of the SQLite database file (postgres::a_second_server_on_the_schema_is_refused checks the schema lock)",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let first = ChildServer::start(dir.path());
     // Deleting the side lock file must not let a second server in.
@@ -361,6 +366,9 @@ async fn a_second_server_is_refused_without_the_lock_file_and_through_a_link() {
 /// root (it mounts small tmpfs file systems); skipped otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_and_full_file_systems_are_named() {
+    if sqlite_only("file systems under the SQLite database") {
+        return;
+    }
     if !is_root() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;

@@ -5,6 +5,7 @@
 //! bodies are read through a small pool of read-only connections on tokio's blocking threads.
 
 mod checkpointer;
+pub mod export;
 mod readers;
 mod schema;
 mod writer;

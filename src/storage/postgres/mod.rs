@@ -1,0 +1,183 @@
+//! The PostgreSQL backend: the same queues in a database operators already run, back up and
+//! replicate, with the same promises as the embedded one (an acknowledged write is committed
+//! with `synchronous_commit` as the server has it, never lowered here).
+//!
+//! - [`connect`]: the connection string, the password's sources, TLS (rustls).
+//! - [`schema`]: the tables, their version and checks, the server lock, recovery reads.
+//! - [`writer`]: one writer task with one session (which holds the lock), group commit,
+//!   reconnection.
+//! - [`readers`]: a small pool of connections for body reads and recovery.
+//! - [`vacuum`]: vacuums the messages table once enough rows changed, autovacuum or not.
+//!
+//! Everything is async on tokio (tokio-postgres); the trait's blocking recovery calls, made on
+//! a blocking thread, drive the async reads with the runtime's handle.
+
+pub mod connect;
+pub mod import;
+mod readers;
+pub mod schema;
+mod vacuum;
+mod writer;
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    BodiesReply, CommitObserver, CommitReply, Recovered, Storage, StorageError, StoredMessage,
+    WriteOp,
+};
+pub use connect::ConnectOptions;
+use readers::ReaderPool;
+use writer::WriterRequest;
+pub use writer::{FIRST_BACKOFF, MAX_BACKOFF};
+
+/// `options` and `schema` as log lines and errors show them (never the password).
+pub fn describe_target(options: &ConnectOptions, schema: &str) -> String {
+    format!("{} schema {schema:?}", options.describe())
+}
+
+/// Raised when the backend can no longer be trusted to be the schema's only writer (the lock
+/// was lost and another server holds it): the server must stop serving.
+#[derive(Default)]
+pub struct Lost {
+    token: CancellationToken,
+    error: Mutex<Option<StorageError>>,
+}
+
+impl Lost {
+    fn signal(&self, error: StorageError) {
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(error);
+        }
+        self.token.cancel();
+    }
+
+    /// Completes once the backend is lost, with why.
+    pub async fn wait(&self) -> StorageError {
+        self.token.cancelled().await;
+        self.error
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .unwrap_or(StorageError::Closed)
+    }
+}
+
+pub struct PostgresStorage {
+    /// To the writer task. Unbounded for the reason the SQLite writer's channel is.
+    writer: mpsc::UnboundedSender<WriterRequest>,
+    readers: Arc<ReaderPool>,
+    schema: String,
+    /// Recovery is blocking in the trait; it runs this runtime's async reads with `block_on`.
+    runtime: tokio::runtime::Handle,
+    lost: Arc<Lost>,
+    /// Ends the vacuum task at close.
+    vacuum_stop: CancellationToken,
+}
+
+impl PostgresStorage {
+    /// Connects, takes the schema's lock, creates or checks the tables, and starts the writer.
+    /// `Refused` when retrying cannot help (another server holds the schema, or it is not
+    /// Spool's, or it is newer); `Io` when PostgreSQL cannot be reached.
+    pub async fn open(
+        options: ConnectOptions,
+        schema: String,
+        metrics: Arc<dyn CommitObserver>,
+    ) -> Result<Self, StorageError> {
+        schema::validate_schema_name(&schema).map_err(StorageError::Refused)?;
+        let session = writer::open_session(&options, &schema).await?;
+        let lost = Arc::new(Lost::default());
+        let readers = Arc::new(ReaderPool::new(options.clone(), schema.clone()));
+        let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let vacuum_stop = CancellationToken::new();
+        vacuum::spawn(
+            options.clone(),
+            schema.clone(),
+            changes.clone(),
+            vacuum_stop.clone(),
+        );
+        let writer = writer::spawn(
+            session,
+            options,
+            schema.clone(),
+            metrics,
+            lost.clone(),
+            changes,
+        );
+        Ok(Self {
+            writer,
+            readers,
+            schema,
+            runtime: tokio::runtime::Handle::current(),
+            lost,
+            vacuum_stop,
+        })
+    }
+
+    /// Tells when the backend is lost for good (see [`Lost`]).
+    pub fn lost(&self) -> Arc<Lost> {
+        self.lost.clone()
+    }
+
+    fn send(&self, request: WriterRequest) {
+        if let Err(mpsc::error::SendError(request)) = self.writer.send(request) {
+            request.fail(StorageError::Closed);
+        }
+    }
+
+    fn recovery_error(what: String) -> StorageError {
+        StorageError::Io(format!("recovery failed: {what}"))
+    }
+}
+
+impl Storage for PostgresStorage {
+    fn recover(&self) -> Result<Recovered, StorageError> {
+        self.runtime.block_on(async {
+            let reader = self.readers.get().await?;
+            let recovered = schema::recover(&reader.client, &self.schema)
+                .await
+                .map_err(Self::recovery_error)?;
+            self.readers.put(reader);
+            Ok(recovered)
+        })
+    }
+
+    fn recover_messages(
+        &self,
+        visit: &mut dyn FnMut(u64, StoredMessage),
+    ) -> Result<(), StorageError> {
+        self.runtime.block_on(async {
+            let mut reader = self.readers.get().await?;
+            schema::recover_messages(&mut reader.client, &self.schema, visit)
+                .await
+                .map_err(Self::recovery_error)?;
+            self.readers.put(reader);
+            Ok(())
+        })
+    }
+
+    fn commit(&self, op: WriteOp, done: CommitReply) {
+        self.send(WriterRequest::Write {
+            op,
+            done: Some(done),
+        });
+    }
+
+    fn record(&self, op: WriteOp) {
+        self.send(WriterRequest::Write { op, done: None });
+    }
+
+    fn read_bodies(&self, ids: Vec<u64>, reply: BodiesReply) {
+        let readers = self.readers.clone();
+        self.runtime.spawn(async move {
+            let _ = reply.send(readers.read_bodies(&ids).await);
+        });
+    }
+
+    fn close(&self, done: oneshot::Sender<()>) {
+        self.vacuum_stop.cancel();
+        self.send(WriterRequest::Close(done));
+    }
+}

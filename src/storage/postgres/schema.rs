@@ -1,0 +1,407 @@
+//! The tables in the server's schema, their version, the checks at open, and the server lock.
+//!
+//! Everything lives in one PostgreSQL schema (`--postgres-schema`), so several deployments can
+//! share a database. The layout is made for what comes next as much as for today:
+//! - `queues.owner_epoch`: the fencing token of the queue's owner once several replicas share
+//!   the schema; every write transaction of an owner will check it.
+//! - `messages` is keyed by the message id (ids are unique across queues, and the hot path finds
+//!   rows by id) and indexed by `(queue_id, id)`, which reads one queue's messages in delivery
+//!   order: what a takeover of one queue, and an actor that keeps only a window of a large
+//!   backlog, read.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::attributes::QueueAttributes;
+use crate::receipt::KEY_LEN;
+use crate::storage::{QueueRecord, Recovered, StorageError, StoredMessage, StoredState};
+
+/// The layout below. A database with a higher number was written by a newer Spool and is
+/// refused; a lower one would be migrated at open, step by step, each in its transaction.
+pub const SCHEMA_VERSION: i32 = 1;
+/// `schema_version.application`: tells Spool's tables from someone else's of the same names.
+const APPLICATION: &str = "spool";
+/// The names Spool creates; any of them in the schema without Spool's version row is foreign.
+const TABLES: [&str; 5] = [
+    "schema_version",
+    "queues",
+    "messages",
+    "secrets",
+    "counters",
+];
+/// First half of the advisory lock key that keeps a second server out of the schema ("SPOL");
+/// the second half is a hash of the schema's name.
+const LOCK_CLASS: i32 = 0x5350_4f4c;
+/// The receipt key's row in `secrets`.
+const RECEIPT_SECRET: &str = "receipt_key";
+/// Longest PostgreSQL identifier (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// The tables, `{s}` standing for the quoted schema. Autovacuum is tuned on `messages` because
+/// every row there is inserted, updated a few times and deleted within the retention: with the
+/// default thresholds (20% of the table dead before a vacuum), a steady run carries a fifth of
+/// a table of dead rows; at 1% the dead space is reused long before the table grows. The
+/// fillfactor leaves room on each page so the receive bookkeeping (no indexed column changes)
+/// is written as HOT updates, without new index entries.
+const CREATE: &str = "
+CREATE TABLE {s}.schema_version (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    application text NOT NULL,
+    version integer NOT NULL
+);
+CREATE TABLE {s}.queues (
+    id bigint PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    visibility_timeout_seconds bigint NOT NULL,
+    polling_wait_seconds bigint NOT NULL,
+    max_message_size bigint NOT NULL,
+    message_retention_seconds bigint NOT NULL,
+    rewind_seconds bigint NOT NULL,
+    max_backlog bigint NOT NULL,
+    create_time_ms bigint NOT NULL,
+    update_time_ms bigint NOT NULL,
+    -- The fencing token of the replica that owns the queue (replicas: one owner per queue).
+    owner_epoch bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE {s}.messages (
+    id bigint PRIMARY KEY,
+    queue_id bigint NOT NULL,
+    enqueue_ms bigint NOT NULL,
+    visible_at_ms bigint NOT NULL,
+    dequeue_count integer NOT NULL DEFAULT 0,
+    first_dequeue_ms bigint NOT NULL DEFAULT 0,
+    receipt_nonce bigint NOT NULL DEFAULT 0,
+    -- 0: live; 1: deleted, kept for rewind; 2: tombstone kept until visible_at_ms, its body
+    -- emptied (see StoredState).
+    state smallint NOT NULL DEFAULT 0,
+    body bytea NOT NULL
+) WITH (
+    fillfactor = 90,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_insert_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0,
+    toast.autovacuum_vacuum_scale_factor = 0.01,
+    toast.autovacuum_vacuum_cost_delay = 0
+);
+CREATE INDEX messages_by_queue ON {s}.messages (queue_id, id);
+CREATE TABLE {s}.secrets (
+    name text PRIMARY KEY,
+    value bytea NOT NULL
+);
+-- High-water marks of ids, so an id is never handed out twice, even after its row is gone.
+CREATE TABLE {s}.counters (
+    name text PRIMARY KEY,
+    value bigint NOT NULL
+);
+INSERT INTO {s}.counters (name, value) VALUES ('next_queue_id', 1), ('next_message_id', 1);
+";
+
+/// A schema name Spool accepts: lower-case letters, digits and underscores, starting with a
+/// letter or underscore, so that it never needs quoting rules beyond double quotes and reads
+/// the same in `psql`.
+pub fn validate_schema_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if !valid_start
+        || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || name.len() > MAX_IDENTIFIER_BYTES
+        || name.starts_with("pg_")
+    {
+        return Err(format!(
+            "postgres_schema {name:?} is not a valid schema name: use 1 to \
+             {MAX_IDENTIFIER_BYTES} lower-case letters, digits and underscores, starting with a \
+             letter or underscore (and not with pg_)"
+        ));
+    }
+    Ok(())
+}
+
+/// The schema's name as an SQL identifier.
+pub fn quoted(schema: &str) -> String {
+    format!("\"{schema}\"")
+}
+
+/// Takes the session advisory lock that makes this connection's session the only Spool server
+/// on `schema`; false when another session holds it.
+pub async fn try_lock(client: &Client, schema: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LOCK_CLASS, &schema],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+/// Creates the tables on first use, or checks that those there are Spool's, of a version this
+/// server knows. One transaction: a crash leaves either nothing or the whole layout.
+pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageError> {
+    let io = |e: tokio_postgres::Error| describe(schema, "cannot prepare the schema", &e);
+    let transaction = client.transaction().await.map_err(io)?;
+    let existing: Vec<String> = transaction
+        .query(
+            "SELECT c.relname FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = ANY($2)",
+            &[&schema, &&TABLES[..]],
+        )
+        .await
+        .map_err(io)?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    if existing.is_empty() {
+        let q = quoted(schema);
+        transaction
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {q}"))
+            .await
+            .map_err(io)?;
+        transaction
+            .batch_execute(&CREATE.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .execute(
+                &format!("INSERT INTO {q}.schema_version (application, version) VALUES ($1, $2)"),
+                &[&APPLICATION, &SCHEMA_VERSION],
+            )
+            .await
+            .map_err(io)?;
+        let secret = crate::receipt::ReceiptKey::generate_secret();
+        transaction
+            .execute(
+                &format!("INSERT INTO {q}.secrets (name, value) VALUES ($1, $2)"),
+                &[&RECEIPT_SECRET, &&secret[..]],
+            )
+            .await
+            .map_err(io)?;
+        transaction.commit().await.map_err(io)?;
+        tracing::info!(schema, version = SCHEMA_VERSION, "created Spool's tables");
+        return Ok(());
+    }
+    let foreign = |why: String| {
+        StorageError::Refused(format!(
+            "schema {schema:?} holds tables that are not Spool's ({}): {why}; use another \
+             --postgres-schema",
+            existing.join(", ")
+        ))
+    };
+    if !existing.iter().any(|name| name == "schema_version") {
+        return Err(foreign("it has no schema_version table".into()));
+    }
+    let version = transaction
+        .query_opt(
+            &format!(
+                "SELECT application, version FROM {}.schema_version",
+                quoted(schema)
+            ),
+            &[],
+        )
+        .await;
+    let (application, version): (String, i32) = match version {
+        Ok(Some(row)) => (
+            row.try_get(0).map_err(|e| foreign(e.to_string()))?,
+            row.try_get(1).map_err(|e| foreign(e.to_string()))?,
+        ),
+        Ok(None) => return Err(foreign("its schema_version table is empty".into())),
+        Err(error) if error.code() == Some(&SqlState::UNDEFINED_COLUMN) => {
+            return Err(foreign(format!(
+                "its schema_version table is not Spool's: {error}"
+            )));
+        }
+        Err(error) => return Err(io(error)),
+    };
+    if application != APPLICATION {
+        return Err(foreign(format!(
+            "its schema_version names the application {application:?}"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StorageError::Refused(format!(
+            "schema {schema:?} was written by a newer Spool (schema version {version}; this one \
+             knows {SCHEMA_VERSION}); run that version, or restore the database from before \
+             the upgrade"
+        )));
+    }
+    if existing.len() < TABLES.len() {
+        return Err(foreign(format!(
+            "Spool's version row is there but tables are missing (found only {})",
+            existing.join(", ")
+        )));
+    }
+    // Version 1 is the first; a later version migrates from `version` here, in this transaction.
+    transaction.commit().await.map_err(io)?;
+    Ok(())
+}
+
+/// A PostgreSQL error as the operator should read it.
+pub fn describe(schema: &str, what: &str, error: &tokio_postgres::Error) -> StorageError {
+    let text = match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    };
+    match error.code() {
+        Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => StorageError::Refused(format!(
+            "{what} in schema {schema:?}: permission denied ({text}); the PostgreSQL user needs \
+             CREATE on the database (first start) and USAGE on the schema"
+        )),
+        _ => StorageError::Io(format!("{what} (schema {schema:?}): {text}")),
+    }
+}
+
+fn u32_column(row: &tokio_postgres::Row, index: usize) -> Result<u32, String> {
+    let value: i64 = row.try_get(index).map_err(|e| e.to_string())?;
+    u32::try_from(value).map_err(|_| format!("column {index} holds {value}, out of range"))
+}
+
+/// Reads every queue, the receipt key and the id counters.
+pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recovered, String> {
+    let q = quoted(schema);
+    let counter = |rows: &[tokio_postgres::Row], name: &str| -> Result<u64, String> {
+        for row in rows {
+            let row_name: String = row.try_get(0).map_err(|e| e.to_string())?;
+            if row_name == name {
+                let value: i64 = row.try_get(1).map_err(|e| e.to_string())?;
+                return Ok(value as u64);
+            }
+        }
+        Err(format!("the counter {name} is missing"))
+    };
+    let counters = client
+        .query(&format!("SELECT name, value FROM {q}.counters"), &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let secret: Vec<u8> = client
+        .query_one(
+            &format!("SELECT value FROM {q}.secrets WHERE name = $1"),
+            &[&RECEIPT_SECRET],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| format!("the receipt key: {e}"))?;
+    let receipt_secret: [u8; KEY_LEN] = secret
+        .try_into()
+        .map_err(|value: Vec<u8>| format!("the receipt key has {} bytes, not 32", value.len()))?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, name, visibility_timeout_seconds, polling_wait_seconds,
+                        max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
+                        create_time_ms, update_time_ms
+                   FROM {q}.queues ORDER BY id"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut queues = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let get_i64 = |index: usize| row.try_get::<_, i64>(index).map_err(|e| e.to_string());
+        queues.push(QueueRecord {
+            id: get_i64(0)? as u64,
+            name: row.try_get(1).map_err(|e| e.to_string())?,
+            attributes: QueueAttributes {
+                visibility_timeout_seconds: u32_column(row, 2)?,
+                polling_wait_seconds: u32_column(row, 3)?,
+                max_message_size: u32_column(row, 4)?,
+                message_retention_seconds: u32_column(row, 5)?,
+                rewind_seconds: u32_column(row, 6)?,
+                max_backlog: get_i64(7)? as u64,
+            },
+            create_time_ms: get_i64(8)?,
+            update_time_ms: get_i64(9)?,
+        });
+    }
+    Ok(Recovered {
+        queues,
+        receipt_secret,
+        next_queue_id: counter(&counters, "next_queue_id")?,
+        next_message_id: counter(&counters, "next_message_id")?,
+    })
+}
+
+/// Rows fetched per round trip of the recovery scan: a large backlog is read in pieces, never
+/// held whole by the driver.
+const RECOVERY_FETCH_ROWS: i32 = 10_000;
+
+/// Visits every message's metadata (never its body) with its queue id, in id order (so each
+/// queue's messages come oldest first), through a cursor in one read-only snapshot.
+pub async fn recover_messages(
+    client: &mut Client,
+    schema: &str,
+    visit: &mut dyn FnMut(u64, StoredMessage),
+) -> Result<(), String> {
+    let text = |e: tokio_postgres::Error| e.to_string();
+    let transaction = client
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .map_err(text)?;
+    let statement = transaction
+        .prepare(&format!(
+            "SELECT queue_id, id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
+                    receipt_nonce, state
+               FROM {}.messages ORDER BY id",
+            quoted(schema)
+        ))
+        .await
+        .map_err(text)?;
+    let portal = transaction.bind(&statement, &[]).await.map_err(text)?;
+    loop {
+        let rows = transaction
+            .query_portal(&portal, RECOVERY_FETCH_ROWS)
+            .await
+            .map_err(text)?;
+        for row in &rows {
+            let state: i16 = row.try_get(7).map_err(text)?;
+            let state = StoredState::from_code(i64::from(state))
+                .ok_or_else(|| format!("a message has the unknown state {state}"))?;
+            let dequeue_count: i32 = row.try_get(4).map_err(text)?;
+            visit(
+                row.try_get::<_, i64>(0).map_err(text)? as u64,
+                StoredMessage {
+                    id: row.try_get::<_, i64>(1).map_err(text)? as u64,
+                    enqueue_ms: row.try_get(2).map_err(text)?,
+                    visible_at_ms: row.try_get(3).map_err(text)?,
+                    dequeue_count: dequeue_count.max(0) as u32,
+                    first_dequeue_ms: row.try_get(5).map_err(text)?,
+                    receipt_nonce: row.try_get::<_, i64>(6).map_err(text)? as u64,
+                    state,
+                },
+            );
+        }
+        if rows.len() < RECOVERY_FETCH_ROWS as usize {
+            break;
+        }
+    }
+    transaction.commit().await.map_err(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["spool", "_x", "spool_test_1", &"a".repeat(63)] {
+            assert!(validate_schema_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Spool",
+            "1abc",
+            "a-b",
+            "a\"b",
+            "pg_spool",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+}

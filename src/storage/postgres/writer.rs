@@ -1,0 +1,797 @@
+//! The writer task, its session and its group commit.
+//!
+//! Durability costs one WAL flush per commit, whatever the commit holds, plus one round trip.
+//! So the writer takes everything that is waiting (from every queue) and sends it as one
+//! pipelined transaction: BEGIN, one statement per run of operations (a run of sends is one
+//! INSERT of arrays), the counters, COMMIT, all written before the first answer is read. It
+//! answers the whole group once COMMIT has returned; `synchronous_commit` is never lowered, so
+//! that is after PostgreSQL has flushed the commit.
+//!
+//! The writer's session is also the one that holds the schema's advisory lock: every commit
+//! goes through the session that keeps other servers out, so no commit can slip in between a
+//! lost lock and its discovery. A broken session fails what it was committing (the outcome of
+//! a COMMIT cut off is unknown, so it is never acknowledged), and the next group opens a new
+//! one, lock first, with backoff while PostgreSQL cannot be reached.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::MaybeDone;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use super::connect::ConnectOptions;
+use super::schema::{self, quoted};
+use super::{Lost, describe_target};
+use crate::storage::{CommitObserver, CommitReply, StorageError, WriteOp};
+
+/// Most requests applied in one transaction; bounds how long a commit holds its callers.
+const MAX_GROUP: usize = 4_096;
+/// Most messages written in one transaction (see the SQLite writer: a large queue's deletion
+/// slices must not be gathered back into one long commit).
+const MAX_GROUP_MESSAGES: usize = 8_192;
+/// Message ids are reserved in the counters table this many at a time, so that most commits
+/// do not write the counter row (see the SQLite writer).
+const MESSAGE_ID_BLOCK: u64 = 1 << 16;
+/// Longest a group's transaction may take before its session is given up: a commit that hangs
+/// (PostgreSQL stalled, the network cut without a reset) must fail its callers, not hold them.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new session waits for the advisory lock before the schema is taken to be in use
+/// by another server. After a crash or `pg_terminate_backend`, the old session's lock goes with
+/// its backend, which PostgreSQL reaps within moments; a live server never lets go of it.
+pub const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// Pause between tries of the advisory lock within [`LOCK_WAIT`].
+const LOCK_RETRY: Duration = Duration::from_millis(100);
+/// First and longest pause between attempts to reach PostgreSQL after a failure.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+pub enum WriterRequest {
+    /// `done` is None for lazy writes nobody waits for.
+    Write {
+        op: WriteOp,
+        done: Option<CommitReply>,
+    },
+    /// Commit everything before this request, answer, and stop.
+    Close(oneshot::Sender<()>),
+}
+
+impl WriterRequest {
+    pub fn fail(self, error: StorageError) {
+        match self {
+            Self::Write {
+                done: Some(done), ..
+            } => {
+                let _ = done.send(Err(error));
+            }
+            Self::Write { done: None, .. } => {}
+            Self::Close(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// The statements of the write path, prepared once per session.
+struct Statements {
+    insert: Statement,
+    remove: Statement,
+    delete_queue_messages: Statement,
+    delete_queue: Statement,
+    keep: Statement,
+    tombstone: Statement,
+    restore: Statement,
+    receives: Statement,
+    create_queue: Statement,
+    update_queue: Statement,
+    raise_counter: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client, schema: &str) -> Result<Self, tokio_postgres::Error> {
+        let s = quoted(schema);
+        let prepare = |sql: String| async move { client.prepare(&sql).await };
+        Ok(Self {
+            insert: prepare(format!(
+                "INSERT INTO {s}.messages (queue_id, id, enqueue_ms, visible_at_ms, body)
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])"
+            ))
+            .await?,
+            remove: prepare(format!(
+                "DELETE FROM {s}.messages WHERE id = ANY($1::int8[])"
+            ))
+            .await?,
+            delete_queue_messages: prepare(format!(
+                "DELETE FROM {s}.messages WHERE queue_id = $1 AND id = ANY($2::int8[])"
+            ))
+            .await?,
+            delete_queue: prepare(format!("DELETE FROM {s}.queues WHERE id = $1")).await?,
+            keep: prepare(format!(
+                "UPDATE {s}.messages m SET state = 1, dequeue_count = u.dequeue_count,
+                        first_dequeue_ms = u.first_dequeue_ms, receipt_nonce = u.receipt_nonce
+                   FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[])
+                        AS u(id, dequeue_count, first_dequeue_ms, receipt_nonce)
+                  WHERE m.id = u.id"
+            ))
+            .await?,
+            tombstone: prepare(format!(
+                "UPDATE {s}.messages m SET state = 2, visible_at_ms = $4,
+                        dequeue_count = u.dequeue_count, receipt_nonce = u.receipt_nonce,
+                        body = ''::bytea
+                   FROM unnest($1::int8[], $2::int4[], $3::int8[])
+                        AS u(id, dequeue_count, receipt_nonce)
+                  WHERE m.id = u.id"
+            ))
+            .await?,
+            restore: prepare(format!(
+                "UPDATE {s}.messages SET state = 0, visible_at_ms = $2, receipt_nonce = 0
+                  WHERE id = ANY($1::int8[])"
+            ))
+            .await?,
+            receives: prepare(format!(
+                "UPDATE {s}.messages m SET visible_at_ms = u.visible_at_ms,
+                        dequeue_count = u.dequeue_count, first_dequeue_ms = u.first_dequeue_ms,
+                        receipt_nonce = u.receipt_nonce
+                   FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[], $5::int8[])
+                        AS u(id, visible_at_ms, dequeue_count, first_dequeue_ms, receipt_nonce)
+                  WHERE m.id = u.id AND m.state = 0"
+            ))
+            .await?,
+            create_queue: prepare(format!(
+                "INSERT INTO {s}.queues (id, name, visibility_timeout_seconds,
+                        polling_wait_seconds, max_message_size, message_retention_seconds,
+                        rewind_seconds, max_backlog, create_time_ms, update_time_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ))
+            .await?,
+            update_queue: prepare(format!(
+                "UPDATE {s}.queues SET visibility_timeout_seconds = $2, polling_wait_seconds = $3,
+                        max_message_size = $4, message_retention_seconds = $5,
+                        rewind_seconds = $6, max_backlog = $7, update_time_ms = $8
+                  WHERE id = $1"
+            ))
+            .await?,
+            raise_counter: prepare(format!(
+                "UPDATE {s}.counters SET value = greatest(value, $2) WHERE name = $1"
+            ))
+            .await?,
+        })
+    }
+}
+
+/// A connection that holds the schema's lock, with the write statements prepared on it.
+pub struct Session {
+    pub client: Client,
+    statements: Statements,
+    /// The message-id reservation in `counters`: raised by a block, in the same transaction,
+    /// when a commit uses an id beyond it.
+    reserved: u64,
+}
+
+/// Opens a session: connects, takes the schema's advisory lock, creates or checks the tables,
+/// prepares the write statements. `Refused` when retrying cannot help (the schema is another
+/// server's, or not Spool's); `Io` when PostgreSQL cannot be reached or fails.
+pub async fn open_session(options: &ConnectOptions, schema: &str) -> Result<Session, StorageError> {
+    let target = describe_target(options, schema);
+    let mut client = options
+        .connect()
+        .await
+        .map_err(|e| StorageError::Io(format!("cannot connect to PostgreSQL at {target}: {e}")))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let locked = schema::try_lock(&client, schema)
+            .await
+            .map_err(|e| schema::describe(schema, "cannot take the server lock", &e))?;
+        if locked {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(StorageError::Refused(format!(
+                "PostgreSQL schema {target} is in use by another Spool server (it holds the \
+                 schema's advisory lock); one server per schema: stop the other one, or give \
+                 this one another --postgres-schema"
+            )));
+        }
+        tokio::time::sleep(LOCK_RETRY).await;
+    }
+    schema::prepare(&mut client, schema).await?;
+    let statements = Statements::prepare(&client, schema)
+        .await
+        .map_err(|e| schema::describe(schema, "cannot prepare the write statements", &e))?;
+    let reserved = client
+        .query_one(
+            &format!(
+                "SELECT value FROM {}.counters WHERE name = 'next_message_id'",
+                quoted(schema)
+            ),
+            &[],
+        )
+        .await
+        .and_then(|row| row.try_get::<_, i64>(0))
+        .map_err(|e| schema::describe(schema, "cannot read the id counters", &e))?;
+    Ok(Session {
+        client,
+        statements,
+        reserved: reserved as u64,
+    })
+}
+
+/// Starts the writer task on the current runtime with an open session.
+pub fn spawn(
+    session: Session,
+    options: ConnectOptions,
+    schema: String,
+    metrics: Arc<dyn CommitObserver>,
+    lost: Arc<Lost>,
+    changes: Arc<AtomicU64>,
+) -> mpsc::UnboundedSender<WriterRequest> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let writer = Writer {
+        session: Some(session),
+        options,
+        schema,
+        metrics,
+        lost,
+        changes,
+        refused: None,
+        backoff: FIRST_BACKOFF,
+        retry_at: Instant::now(),
+        last_failure: String::new(),
+    };
+    tokio::spawn(writer.run(receiver));
+    sender
+}
+
+struct Writer {
+    /// None while PostgreSQL is unreachable (or after the session broke).
+    session: Option<Session>,
+    options: ConnectOptions,
+    schema: String,
+    metrics: Arc<dyn CommitObserver>,
+    /// Told when the lock cannot be taken back: the server must stop serving.
+    lost: Arc<Lost>,
+    /// Message rows deleted or updated by committed groups, for the vacuum task.
+    changes: Arc<AtomicU64>,
+    /// Set once a new session was refused (the lock is another server's): writes fail for good.
+    refused: Option<String>,
+    /// Pause before the next attempt to open a session, doubled after each failure.
+    backoff: Duration,
+    /// No attempt before this; groups that come earlier fail at once.
+    retry_at: Instant,
+    /// Why the last attempt failed, for the groups failed meanwhile.
+    last_failure: String,
+}
+
+/// How a group's transaction failed.
+enum Failure {
+    /// A statement failed and PostgreSQL rolled the transaction back; the session is fine.
+    Statement(tokio_postgres::Error),
+    /// The session broke or hung: the transaction's outcome may be unknown.
+    Lost(String),
+}
+
+type Group = Vec<(WriteOp, Option<CommitReply>)>;
+
+impl Writer {
+    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<WriterRequest>) {
+        let mut group: Group = Vec::new();
+        while let Some(first) = requests.recv().await {
+            let mut close = None;
+            let mut next = Some(first);
+            let mut group_messages = 0;
+            while let Some(request) = next.take() {
+                match request {
+                    WriterRequest::Write { op, done } => {
+                        group_messages += op.message_count();
+                        group.push((op, done));
+                    }
+                    WriterRequest::Close(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if group.len() < MAX_GROUP && group_messages < MAX_GROUP_MESSAGES {
+                    next = requests.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                let started = std::time::Instant::now();
+                let messages = group.iter().map(|(op, _)| op.message_count()).sum();
+                let succeeded = self.commit_group(&mut group).await;
+                self.metrics
+                    .observe_commit(started.elapsed(), messages, succeeded);
+            }
+            if let Some(done) = close {
+                // Later requests are refused: their senders hear that storage is closed. The
+                // session (and with it the lock) ends before the close is answered, so a server
+                // started again at once finds the schema free.
+                requests.close();
+                drop(self.session.take());
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// The open session, opening one if there is none and the backoff allows.
+    async fn session(&mut self) -> Result<&mut Session, StorageError> {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|session| session.client.is_closed())
+        {
+            tracing::warn!("the PostgreSQL session broke; reconnecting");
+            self.session = None;
+        }
+        if self.session.is_none() {
+            if let Some(refused) = &self.refused {
+                return Err(StorageError::Refused(refused.clone()));
+            }
+            if Instant::now() < self.retry_at {
+                return Err(StorageError::Io(format!(
+                    "PostgreSQL is unavailable: {}",
+                    self.last_failure
+                )));
+            }
+            match open_session(&self.options, &self.schema).await {
+                Ok(session) => {
+                    tracing::info!(target = %describe_target(&self.options, &self.schema), "reconnected to PostgreSQL; the schema's lock is held again");
+                    self.backoff = FIRST_BACKOFF;
+                    self.session = Some(session);
+                }
+                Err(StorageError::Refused(why)) => {
+                    tracing::error!(error = %why, "cannot take the schema's lock back; stopping");
+                    self.refused = Some(why.clone());
+                    self.lost.signal(StorageError::Refused(why.clone()));
+                    return Err(StorageError::Refused(why));
+                }
+                Err(error) => {
+                    // Once per backoff step, with the reason.
+                    tracing::warn!(%error, retry_in = ?self.backoff, "PostgreSQL is unreachable");
+                    self.last_failure = error.to_string();
+                    self.retry_at = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    return Err(error);
+                }
+            }
+        }
+        match self.session.as_mut() {
+            Some(session) => Ok(session),
+            // Set just above when it was None.
+            None => Err(StorageError::Closed),
+        }
+    }
+
+    /// Commits the group in one transaction; if a statement fails, retries each operation on
+    /// its own so that one bad write does not fail the others. Returns whether the group
+    /// commit succeeded.
+    async fn commit_group(&mut self, group: &mut Group) -> bool {
+        let session = match self.session().await {
+            Ok(session) => session,
+            Err(error) => {
+                fail_all(group, &error);
+                return false;
+            }
+        };
+        let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
+        let outcome = transaction(session, &ops).await;
+        drop(ops);
+        match outcome {
+            Ok(()) => {
+                let changed: usize = group
+                    .iter()
+                    .filter(|(op, _)| !matches!(op, WriteOp::InsertMessages { .. }))
+                    .map(|(op, _)| op.message_count())
+                    .sum();
+                self.changes.fetch_add(changed as u64, Ordering::Relaxed);
+                for (_, done) in group.drain(..) {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                true
+            }
+            Err(Failure::Lost(why)) => {
+                self.session_lost(group, &why);
+                false
+            }
+            Err(Failure::Statement(error)) if group.len() == 1 => {
+                let error = statement_error(&error);
+                tracing::error!(%error, "storage commit failed");
+                fail_all(group, &error);
+                false
+            }
+            Err(Failure::Statement(error)) => {
+                tracing::warn!(error = %statement_error(&error), ops = group.len(), "group commit failed; retrying one by one");
+                let mut rest = std::mem::take(group).into_iter();
+                while let Some((op, done)) = rest.next() {
+                    let Some(session) = self.session.as_mut() else {
+                        group.push((op, done));
+                        break;
+                    };
+                    match transaction(session, &[&op]).await {
+                        Ok(()) => {
+                            if let Some(done) = done {
+                                let _ = done.send(Ok(()));
+                            }
+                        }
+                        Err(Failure::Statement(error)) => {
+                            let error = statement_error(&error);
+                            tracing::error!(%error, "storage commit failed");
+                            if let Some(done) = done {
+                                let _ = done.send(Err(error));
+                            }
+                        }
+                        Err(Failure::Lost(why)) => {
+                            group.push((op, done));
+                            group.extend(rest.by_ref());
+                            self.session_lost(group, &why);
+                            break;
+                        }
+                    }
+                }
+                // Whatever is left here lost its session before it could be tried.
+                fail_all(
+                    group,
+                    &StorageError::Io("the PostgreSQL session was lost".into()),
+                );
+                false
+            }
+        }
+    }
+
+    /// The session broke during a commit: nothing of the group is acknowledged (its COMMIT may
+    /// or may not have happened), and the next group opens a new session.
+    fn session_lost(&mut self, group: &mut Group, why: &str) {
+        tracing::error!(error = %why, ops = group.len(), "PostgreSQL session lost during a commit; its outcome is unknown, so nothing of it is acknowledged");
+        self.session = None;
+        fail_all(
+            group,
+            &StorageError::Io(format!(
+                "the PostgreSQL session was lost during the commit ({why}); it may or may not \
+                 have been applied"
+            )),
+        );
+    }
+}
+
+fn fail_all(group: &mut Group, error: &StorageError) {
+    for (_, done) in group.drain(..) {
+        if let Some(done) = done {
+            let _ = done.send(Err(error.clone()));
+        }
+    }
+}
+
+fn statement_error(error: &tokio_postgres::Error) -> StorageError {
+    match error.as_db_error() {
+        Some(db) => StorageError::Io(format!(
+            "commit failed: {}: {}",
+            db.code().code(),
+            db.message()
+        )),
+        None => StorageError::Io(format!("commit failed: {error}")),
+    }
+}
+
+type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+
+/// One statement of a group's transaction with its parameters.
+struct Step<'a> {
+    statement: &'a Statement,
+    params: Vec<Param<'a>>,
+}
+
+fn ids(ids: impl IntoIterator<Item = u64>) -> Vec<i64> {
+    ids.into_iter().map(|id| id as i64).collect()
+}
+
+fn count(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// The statements for `ops`, in their order; consecutive inserts and removals (the bulk of a
+/// busy group, from many queues) are merged into one statement each.
+fn steps<'a>(
+    statements: &'a Statements,
+    ops: &[&'a WriteOp],
+    next_queue_id: &mut u64,
+    next_message_id: &mut u64,
+) -> Vec<Step<'a>> {
+    let mut steps = Vec::new();
+    let mut index = 0;
+    while index < ops.len() {
+        match ops[index] {
+            WriteOp::InsertMessages { .. } => {
+                let (mut queue_ids, mut message_ids, mut enqueue, mut visible, mut bodies) = (
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::<&[u8]>::new(),
+                );
+                while let Some(WriteOp::InsertMessages { queue_id, messages }) = ops.get(index) {
+                    for message in messages {
+                        queue_ids.push(*queue_id as i64);
+                        message_ids.push(message.id as i64);
+                        enqueue.push(message.enqueue_ms);
+                        visible.push(message.visible_at_ms);
+                        bodies.push(&message.body[..]);
+                        *next_message_id = (*next_message_id).max(message.id + 1);
+                    }
+                    index += 1;
+                }
+                steps.push(Step {
+                    statement: &statements.insert,
+                    params: vec![
+                        Box::new(queue_ids),
+                        Box::new(message_ids),
+                        Box::new(enqueue),
+                        Box::new(visible),
+                        Box::new(bodies),
+                    ],
+                });
+                continue;
+            }
+            WriteOp::RemoveMessages { .. } => {
+                let mut removed = Vec::new();
+                while let Some(WriteOp::RemoveMessages { ids: more }) = ops.get(index) {
+                    removed.extend(more.iter().map(|id| *id as i64));
+                    index += 1;
+                }
+                steps.push(Step {
+                    statement: &statements.remove,
+                    params: vec![Box::new(removed)],
+                });
+                continue;
+            }
+            WriteOp::CreateQueue(queue) => {
+                let a = &queue.attributes;
+                steps.push(Step {
+                    statement: &statements.create_queue,
+                    params: vec![
+                        Box::new(queue.id as i64),
+                        Box::new(queue.name.as_str()),
+                        Box::new(i64::from(a.visibility_timeout_seconds)),
+                        Box::new(i64::from(a.polling_wait_seconds)),
+                        Box::new(i64::from(a.max_message_size)),
+                        Box::new(i64::from(a.message_retention_seconds)),
+                        Box::new(i64::from(a.rewind_seconds)),
+                        Box::new(a.max_backlog as i64),
+                        Box::new(queue.create_time_ms),
+                        Box::new(queue.update_time_ms),
+                    ],
+                });
+                *next_queue_id = (*next_queue_id).max(queue.id + 1);
+            }
+            WriteOp::UpdateQueue(queue) => {
+                let a = &queue.attributes;
+                steps.push(Step {
+                    statement: &statements.update_queue,
+                    params: vec![
+                        Box::new(queue.id as i64),
+                        Box::new(i64::from(a.visibility_timeout_seconds)),
+                        Box::new(i64::from(a.polling_wait_seconds)),
+                        Box::new(i64::from(a.max_message_size)),
+                        Box::new(i64::from(a.message_retention_seconds)),
+                        Box::new(i64::from(a.rewind_seconds)),
+                        Box::new(a.max_backlog as i64),
+                        Box::new(queue.update_time_ms),
+                    ],
+                });
+            }
+            WriteOp::DeleteQueue {
+                queue_id,
+                message_ids,
+            } => {
+                steps.push(Step {
+                    statement: &statements.delete_queue_messages,
+                    params: vec![
+                        Box::new(*queue_id as i64),
+                        Box::new(ids(message_ids.iter().copied())),
+                    ],
+                });
+                steps.push(Step {
+                    statement: &statements.delete_queue,
+                    params: vec![Box::new(*queue_id as i64)],
+                });
+            }
+            WriteOp::DeleteMessages(deleted) => {
+                if !deleted.removed.is_empty() {
+                    steps.push(Step {
+                        statement: &statements.remove,
+                        params: vec![Box::new(ids(deleted.removed.iter().copied()))],
+                    });
+                }
+                if !deleted.kept.is_empty() {
+                    let kept = &deleted.kept;
+                    steps.push(Step {
+                        statement: &statements.keep,
+                        params: vec![
+                            Box::new(ids(kept.iter().map(|k| k.id))),
+                            Box::new(
+                                kept.iter()
+                                    .map(|k| count(k.dequeue_count))
+                                    .collect::<Vec<_>>(),
+                            ),
+                            Box::new(kept.iter().map(|k| k.first_dequeue_ms).collect::<Vec<_>>()),
+                            Box::new(ids(kept.iter().map(|k| k.receipt_nonce))),
+                        ],
+                    });
+                }
+                if !deleted.tombstones.is_empty() {
+                    let tombstones = &deleted.tombstones;
+                    steps.push(Step {
+                        statement: &statements.tombstone,
+                        params: vec![
+                            Box::new(ids(tombstones.iter().map(|k| k.id))),
+                            Box::new(
+                                tombstones
+                                    .iter()
+                                    .map(|k| count(k.dequeue_count))
+                                    .collect::<Vec<_>>(),
+                            ),
+                            Box::new(ids(tombstones.iter().map(|k| k.receipt_nonce))),
+                            Box::new(deleted.tombstone_until_ms),
+                        ],
+                    });
+                }
+            }
+            WriteOp::Restore {
+                ids: restored,
+                visible_at_ms,
+            } => {
+                steps.push(Step {
+                    statement: &statements.restore,
+                    params: vec![
+                        Box::new(ids(restored.iter().copied())),
+                        Box::new(*visible_at_ms),
+                    ],
+                });
+            }
+            WriteOp::RecordReceives(receives) => {
+                // One UPDATE ... FROM unnest applies at most one entry per row; should a message
+                // appear twice, its last receive is the one that counts.
+                let mut latest = std::collections::HashMap::with_capacity(receives.len());
+                for (position, receive) in receives.iter().enumerate() {
+                    latest.insert(receive.id, position);
+                }
+                let kept: Vec<_> = receives
+                    .iter()
+                    .enumerate()
+                    .filter(|(position, receive)| latest.get(&receive.id) == Some(position))
+                    .map(|(_, receive)| receive)
+                    .collect();
+                steps.push(Step {
+                    statement: &statements.receives,
+                    params: vec![
+                        Box::new(ids(kept.iter().map(|r| r.id))),
+                        Box::new(kept.iter().map(|r| r.visible_at_ms).collect::<Vec<_>>()),
+                        Box::new(
+                            kept.iter()
+                                .map(|r| count(r.dequeue_count))
+                                .collect::<Vec<_>>(),
+                        ),
+                        Box::new(kept.iter().map(|r| r.first_dequeue_ms).collect::<Vec<_>>()),
+                        Box::new(ids(kept.iter().map(|r| r.receipt_nonce))),
+                    ],
+                });
+            }
+        }
+        index += 1;
+    }
+    steps
+}
+
+type Reply<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Applies `ops` in one pipelined transaction. `session.reserved` is raised only once the
+/// transaction has committed.
+async fn transaction(session: &mut Session, ops: &[&WriteOp]) -> Result<(), Failure> {
+    let mut next_queue_id = 0u64;
+    let mut next_message_id = 0u64;
+    let mut steps = steps(
+        &session.statements,
+        ops,
+        &mut next_queue_id,
+        &mut next_message_id,
+    );
+    if next_queue_id > 0 {
+        steps.push(Step {
+            statement: &session.statements.raise_counter,
+            params: vec![Box::new("next_queue_id"), Box::new(next_queue_id as i64)],
+        });
+    }
+    let reservation =
+        (next_message_id > session.reserved).then(|| next_message_id + MESSAGE_ID_BLOCK);
+    if let Some(reservation) = reservation {
+        steps.push(Step {
+            statement: &session.statements.raise_counter,
+            params: vec![Box::new("next_message_id"), Box::new(reservation as i64)],
+        });
+    }
+    let client = &session.client;
+    let mut replies: Vec<Pin<Box<MaybeDone<Reply<'_>>>>> = Vec::with_capacity(steps.len() + 2);
+    replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
+        client.batch_execute("BEGIN").await.map(|()| 0)
+    }))));
+    for step in &steps {
+        replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
+            let params: Vec<&(dyn ToSql + Sync)> = step
+                .params
+                .iter()
+                .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            client.execute(step.statement, &params).await
+        }))));
+    }
+    // If a statement failed, PostgreSQL answers this COMMIT with a ROLLBACK (not an error);
+    // the statement's own error tells.
+    replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
+        client.batch_execute("COMMIT").await.map(|()| 0)
+    }))));
+    let exchange = async {
+        // The first poll of each reply sends its request, so polling them all once, in order,
+        // writes the whole transaction before waiting for any answer: one round trip.
+        std::future::poll_fn(|cx| {
+            for reply in replies.iter_mut() {
+                let _ = reply.as_mut().poll(cx);
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        let mut results = Vec::with_capacity(replies.len());
+        for reply in replies.iter_mut() {
+            reply.as_mut().await;
+            results.push(reply.as_mut().take_output());
+        }
+        results
+    };
+    let results = match tokio::time::timeout(COMMIT_TIMEOUT, exchange).await {
+        Ok(results) => results,
+        Err(_) => {
+            return Err(Failure::Lost(format!(
+                "no answer from PostgreSQL within {COMMIT_TIMEOUT:?}"
+            )));
+        }
+    };
+    let mut statement_failure = None;
+    for result in results {
+        match result {
+            Some(Ok(_)) => {}
+            Some(Err(error)) if ends_session(&error) || session.client.is_closed() => {
+                return Err(Failure::Lost(error.to_string()));
+            }
+            Some(Err(error)) => {
+                // The first one is the cause; the later ones say the transaction is aborted.
+                statement_failure.get_or_insert(error);
+            }
+            // Every reply was awaited above.
+            None => return Err(Failure::Lost("a reply went missing".into())),
+        }
+    }
+    if let Some(error) = statement_failure {
+        return Err(Failure::Statement(error));
+    }
+    if let Some(reservation) = reservation {
+        session.reserved = reservation;
+    }
+    Ok(())
+}
+
+/// Whether `error` ends the session rather than one statement: the connection broke, or the
+/// server ended the session (a FATAL error such as `pg_terminate_backend`'s 57P01, or a
+/// shutdown). Either way a COMMIT in flight may or may not have been applied.
+fn ends_session(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        None => true,
+        Some(db) => {
+            let class = &db.code().code()[..2];
+            matches!(db.severity(), "FATAL" | "PANIC") || class == "57" || class == "08"
+        }
+    }
+}
