@@ -172,6 +172,24 @@ pub fn rows_of_queue(data_dir: &Path, queue_id: i64) -> i64 {
     )
 }
 
+/// (dequeue_count, first_dequeue_ms, visible_at_ms) of the one stored message of the server on
+/// `data_dir`: its receive as it is on disk.
+pub fn stored_receive(data_dir: &Path) -> (i64, i64, i64) {
+    let column = |name: &str| {
+        stored_value(
+            data_dir,
+            &format!("SELECT {name} FROM messages"),
+            &format!("SELECT {name}::bigint FROM {{s}}.messages"),
+            StoredParam::None,
+        )
+    };
+    (
+        column("dequeue_count"),
+        column("first_dequeue_ms"),
+        column("visible_at_ms"),
+    )
+}
+
 /// The stored id of the queue named `name`.
 pub fn queue_id(data_dir: &Path, name: &str) -> i64 {
     stored_value(

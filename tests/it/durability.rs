@@ -542,18 +542,7 @@ async fn in_flight_message_stays_in_flight_across_a_crash() {
         "received {}ms before its next_visible_time",
         next_visible_ms - checked_at
     );
-    let conn = Connection::open_with_flags(
-        dir.path().join("spool.db"),
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open spool.db read-only");
-    let stored: (i64, i64, i64) = conn
-        .query_row(
-            "SELECT dequeue_count, first_dequeue_ms, visible_at_ms FROM messages",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .expect("the message's row");
+    let stored = stored_receive(dir.path());
     assert_eq!(
         stored,
         (1, ts_ms(first.first_dequeue_time.as_ref()), next_visible_ms),
