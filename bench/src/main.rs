@@ -32,7 +32,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::load::{
     BenchArgs, BenchError, BenchResult, Mode, Report, Workload, check_local, render_text,
-    run_spool, run_target,
+    run_spool, run_spool_target, run_target,
 };
 use crate::storage::StorageCommand;
 
@@ -40,6 +40,8 @@ use crate::storage::StorageCommand;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum TargetName {
     Spool,
+    /// A second `spool serve`, on PostgreSQL (`--postgres-url`), at --spool-postgres.
+    SpoolPostgres,
     Nats,
     Rabbitmq,
     Postgres,
@@ -67,6 +69,9 @@ struct Cli {
     /// A running `spool serve`.
     #[arg(long, env = "SPOOL_ENDPOINT", default_value = "http://127.0.0.1:50051")]
     spool: String,
+    /// A running `spool serve --postgres-url ...`, for the spool-postgres target.
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    spool_postgres: String,
     /// NATS with JetStream enabled.
     #[arg(long, default_value = "127.0.0.1:4222")]
     nats: String,
@@ -130,6 +135,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for target in &cli.targets {
         let result = match target {
             TargetName::Spool => run_spool(&cli.spool, &workload, runs).await,
+            TargetName::SpoolPostgres => {
+                let target = load::SpoolTarget::on_postgres(&cli.spool_postgres);
+                run_spool_target(target, &workload, runs).await
+            }
             _ if matches!(workload.mode, Mode::Idle | Mode::Echo) => {
                 eprintln!(
                     "spool-bench: {target:?} skipped: {:?} is Spool-only",

@@ -250,8 +250,17 @@ pub async fn run_target<T: Target>(
 
 /// Runs `workload` on the Spool server at `endpoint` `runs` times (every mode).
 pub async fn run_spool(endpoint: &str, workload: &Workload, runs: usize) -> BenchResult<Report> {
-    check_local(endpoint)?;
-    let target = Arc::new(SpoolTarget::new(endpoint));
+    run_spool_target(SpoolTarget::new(endpoint), workload, runs).await
+}
+
+/// [`run_spool`] against a given Spool server (SQLite or PostgreSQL behind it).
+pub async fn run_spool_target(
+    target: SpoolTarget,
+    workload: &Workload,
+    runs: usize,
+) -> BenchResult<Report> {
+    check_local(target.endpoint())?;
+    let target = Arc::new(target);
     match workload.mode {
         Mode::Steady | Mode::FillDrain => run_target(target, workload, runs).await,
         Mode::Idle | Mode::Echo => {

@@ -108,13 +108,26 @@ pub struct SpoolTarget {
     endpoint: String,
     /// One client (one HTTP/2 connection) per connection number, made on first use.
     connections: Mutex<HashMap<usize, Client>>,
+    /// The server at `endpoint` keeps its queues in PostgreSQL (`--postgres-url`), not SQLite:
+    /// only the report's name and durability differ, the workload is the same.
+    on_postgres: bool,
 }
 
 impl SpoolTarget {
+    /// A server on its embedded SQLite database.
     pub fn new(endpoint: &str) -> Self {
         Self {
             endpoint: endpoint.to_string(),
             connections: Mutex::new(HashMap::new()),
+            on_postgres: false,
+        }
+    }
+
+    /// A server on PostgreSQL.
+    pub fn on_postgres(endpoint: &str) -> Self {
+        Self {
+            on_postgres: true,
+            ..Self::new(endpoint)
         }
     }
 
@@ -142,12 +155,23 @@ impl Target for SpoolTarget {
     type Consumer = SpoolConsumer;
 
     fn name(&self) -> &str {
-        "spool"
+        if self.on_postgres {
+            "spool-postgres"
+        } else {
+            "spool"
+        }
     }
 
     fn durability(&self) -> String {
-        "SQLite WAL, synchronous=FULL: a send is acknowledged after its group commit is fsynced"
-            .into()
+        if self.on_postgres {
+            "PostgreSQL, synchronous_commit on: a send is acknowledged after its group's \
+             transaction commits"
+                .into()
+        } else {
+            "SQLite WAL, synchronous=FULL: a send is acknowledged after its group commit is \
+             fsynced"
+                .into()
+        }
     }
 
     fn server_port(&self) -> Option<u16> {
