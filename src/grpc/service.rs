@@ -22,6 +22,7 @@ use crate::limits::{
     DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, POLLING_WAIT_SECONDS,
     VISIBILITY_TIMEOUT_SECONDS,
 };
+use crate::logsafe::Shown;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::queue::{DeleteTarget, Outgoing, QueueHandle, ReceiveRequest, Receiving};
@@ -82,7 +83,7 @@ fn non_empty_body(field: &str, body: &[u8]) -> Result<(), QueueError> {
 
 #[tonic::async_trait]
 impl QueueService for QueueServiceImpl {
-    #[tracing::instrument(name = "CreateQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "CreateQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn create_queue(&self, request: Request<pb::CreateQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
             let caller = caller(&request)?;
@@ -101,7 +102,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "GetQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "GetQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
             let name = &request.get_ref().queue_name;
@@ -114,7 +115,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "UpdateQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "UpdateQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn update_queue(&self, request: Request<pb::UpdateQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
             let caller = caller(&request)?;
@@ -127,7 +128,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "DeleteQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "DeleteQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn delete_queue(&self, request: Request<pb::DeleteQueueRequest>) -> RpcResult<()> {
         let result: RpcResult<()> = async {
             let name = &request.get_ref().queue_name;
@@ -140,7 +141,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "ListQueues", skip_all, fields(prefix = %request.get_ref().prefix))]
+    #[tracing::instrument(name = "ListQueues", skip_all, fields(prefix = %Shown(&request.get_ref().prefix)))]
     async fn list_queues(
         &self,
         request: Request<pb::ListQueuesRequest>,
@@ -186,7 +187,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "RewindQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "RewindQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn rewind_queue(
         &self,
         request: Request<pb::RewindQueueRequest>,
@@ -206,7 +207,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "SendMessage", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "SendMessage", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,
@@ -230,7 +231,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "BatchSendMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "BatchSendMessages", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn batch_send_messages(
         &self,
         request: Request<pb::BatchSendMessagesRequest>,
@@ -259,7 +260,7 @@ impl QueueService for QueueServiceImpl {
 
     type ReceiveMessagesStream = ReceiveMessagesStream;
 
-    #[tracing::instrument(name = "ReceiveMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "ReceiveMessages", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn receive_messages(
         &self,
         request: Request<pb::ReceiveMessagesRequest>,
@@ -310,7 +311,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "DeleteMessage", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "DeleteMessage", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn delete_message(&self, request: Request<pb::DeleteMessageRequest>) -> RpcResult<()> {
         let result: RpcResult<()> = async {
             let caller = caller(&request)?;
@@ -332,7 +333,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "BatchDeleteMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "BatchDeleteMessages", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn batch_delete_messages(
         &self,
         request: Request<pb::BatchDeleteMessagesRequest>,

@@ -7,6 +7,7 @@ mod histogram;
 pub mod http;
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tonic::Code;
 pub use histogram::Histogram;
 use histogram::{COUNTS, LATENCY_SECONDS};
 
+use crate::net::ConnectionCounts;
 use crate::queue::QueueInfo;
 
 include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
@@ -43,6 +45,16 @@ pub const AUTH_REFUSAL_REASONS: [&str; 5] = [
 /// The `file` labels of `spool_reload_failures_total`: the files watched for changes.
 pub const RELOADED_FILES: [&str; 2] = ["auth", "tls"];
 
+/// The `limit` labels of `spool_limit_refusals_total`: what a limit of docs/security.md
+/// ("Limits") refused or ended. The connection limits have their own counters (`net`).
+pub const LIMITS: [&str; 5] = [
+    "max_waiting_receives",
+    "stalled_stream",
+    "response_buffer",
+    "request_body_timeout",
+    "disk",
+];
+
 /// gRPC status codes 0..=16.
 const CODES: usize = 17;
 
@@ -58,6 +70,10 @@ pub struct Metrics {
     auth_refusals: [AtomicU64; AUTH_REFUSAL_REASONS.len()],
     /// Per [`RELOADED_FILES`] entry: changes that could not be applied (the old stayed).
     reload_failures: [AtomicU64; RELOADED_FILES.len()],
+    /// Per [`LIMITS`] entry: calls refused or streams ended by that limit.
+    limit_refusals: [AtomicU64; LIMITS.len()],
+    /// The accept loop's counts (refused connections, handshake timeouts, accept errors).
+    pub connections: Arc<ConnectionCounts>,
 }
 
 impl Default for Metrics {
@@ -74,6 +90,8 @@ impl Default for Metrics {
             commit_failures: AtomicU64::new(0),
             auth_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             reload_failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            limit_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections: Arc::default(),
         }
     }
 }
@@ -121,6 +139,13 @@ impl Metrics {
     pub fn reload_failed(&self, file: &str) {
         if let Some(index) = RELOADED_FILES.iter().position(|f| *f == file) {
             self.reload_failures[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a call refused (or a stream ended) by a limit; `limit` is one of [`LIMITS`].
+    pub fn limit_refused(&self, limit: &str) {
+        if let Some(index) = LIMITS.iter().position(|l| *l == limit) {
+            self.limit_refusals[index].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -221,6 +246,41 @@ impl Metrics {
                 "spool_reload_failures_total{{file=\"{file}\"}} {}",
                 count.load(Ordering::Relaxed)
             );
+        }
+        header(
+            &mut out,
+            "spool_limit_refusals_total",
+            "counter",
+            "Calls refused or streams ended by a limit of docs/security.md: max_waiting_receives, \
+             stalled_stream (a client that read nothing), response_buffer, request_body_timeout, \
+             disk (free space or max_database_bytes).",
+        );
+        for (limit, count) in LIMITS.iter().zip(&self.limit_refusals) {
+            let _ = writeln!(
+                out,
+                "spool_limit_refusals_total{{limit=\"{limit}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, count) in [
+            (
+                "spool_connections_refused_total",
+                "Connections closed as soon as accepted because --max-connections were open.",
+                &self.connections.refused,
+            ),
+            (
+                "spool_connection_handshake_timeouts_total",
+                "Connections closed because their TLS handshake did not finish in time.",
+                &self.connections.handshake_timeouts,
+            ),
+            (
+                "spool_accept_errors_total",
+                "Failed accepts on the gRPC port (mostly: out of file descriptors).",
+                &self.connections.accept_errors,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", count.load(Ordering::Relaxed));
         }
         out
     }
