@@ -99,9 +99,9 @@ pub struct Settings {
     #[arg(
         long,
         env = "SPOOL_MAX_DATABASE_BYTES",
-        help = "Largest size of the database file, in bytes. Beyond it, sends fail with \
-                UNAVAILABLE as on a full disk; receives and deletes go on [default: as large as \
-                the disk allows]"
+        help = "Largest size, in bytes, of Spool's files in --data-dir (the database, its WAL \
+                and shm). Beyond it, sends fail with UNAVAILABLE as on a full disk; receives \
+                and deletes go on [default: as large as --min-free-disk-bytes allows]"
     )]
     pub max_database_bytes: Option<u64>,
 
@@ -227,7 +227,7 @@ pub struct Settings {
     pub handshake_timeout_seconds: Option<u64>,
 
     #[arg(long, env = "SPOOL_REQUEST_BODY_TIMEOUT_SECONDS", help = with_default(
-        "Seconds a call has to send its whole request; a slower one fails (CANCELLED) and \
+        "Seconds a call has to send its whole request; a slower one fails (DEADLINE_EXCEEDED) and \
          frees what it held",
         DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS,
     ))]

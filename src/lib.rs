@@ -43,6 +43,7 @@ mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+mod disk;
 mod error;
 mod grpc;
 mod limits;

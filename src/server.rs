@@ -20,7 +20,9 @@ use crate::config::Settings;
 use crate::grpc::QueueServiceImpl;
 use crate::grpc::auth::Authenticated;
 use crate::grpc::health::{self, HealthReporter};
+use crate::disk::{DiskGuard, DiskLimits};
 use crate::grpc::layer::RequestSizeLimit;
+use crate::grpc::receive_stream::ReceiveLimits;
 use crate::grpc::observe::Observed;
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::metrics::{self, Metrics};
@@ -139,9 +141,29 @@ pub async fn run(
     // refusals are measured too. Health stays open (probes); reflection needs a credential.
     let authenticated =
         |service| Authenticated::new(service, security.authenticator(), metrics.clone());
+    let receive_limits = ReceiveLimits::new(
+        settings.max_waiting_receives(),
+        settings.max_response_buffer_bytes(),
+        settings.stream_stall_timeout(),
+        metrics.clone(),
+    );
+    let disk = Arc::new(DiskGuard::new(metrics.clone()));
+    tokio::spawn(disk.clone().watch(
+        DiskLimits {
+            dir: settings.data_dir(),
+            min_free_bytes: settings.min_free_disk_bytes,
+            max_database_bytes: settings.max_database_bytes,
+        },
+        stopping.clone(),
+    ));
     let queue_service = Observed::new(
         authenticated(RequestSizeLimit::new(
-            QueueServiceServer::new(QueueServiceImpl::new(registry.clone(), stopping.clone()))
+            QueueServiceServer::new(QueueServiceImpl::new(
+                registry.clone(),
+                stopping.clone(),
+                receive_limits,
+                disk,
+            ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_REQUEST_BYTES),
             settings.request_body_timeout(),

@@ -3,7 +3,7 @@
 //! for the rest), and a request body must arrive whole within `--request-body-timeout-seconds`.
 //! A request over its limit is Spool's documented "too large" error (INVALID_ARGUMENT, reason
 //! TOO_LARGE, cmq_code 4400) rather than tonic's bare OUT_OF_RANGE; a body that stalls ends the
-//! call with CANCELLED, freeing the partial message it held.
+//! call with DEADLINE_EXCEEDED, freeing the partial message it held.
 //!
 //! The per-method limit is checked on each message's 5-byte gRPC length prefix as it streams
 //! in ([`LimitedBody`]), before tonic buffers the message: a 15 MiB SendMessage is refused when
@@ -200,7 +200,8 @@ impl http_body::Body for LimitedBody {
                             "refused a request whose body did not arrive in time"
                         );
                     }
-                    return Poll::Ready(Some(Err(tonic::Status::cancelled(format!(
+                    // Not CANCELLED: tonic reads a request body's CANCELLED as its end.
+                    return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
                         "the request body did not arrive within {:?} \
                          (--request-body-timeout-seconds)",
                         this.timeout
