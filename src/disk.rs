@@ -8,8 +8,8 @@
 //! they write in that time (about 150 MB at the fastest measured), far below the watermark.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -137,8 +137,14 @@ mod tests {
 
     #[test]
     fn the_default_watermark_is_the_larger_of_1_gib_and_5_percent() {
-        assert_eq!(default_min_free(10 * 1024 * 1024 * 1024), MIN_FREE_DISK_BYTES_FLOOR);
-        assert_eq!(default_min_free(1_000 * 1024 * 1024 * 1024), 50 * 1024 * 1024 * 1024);
+        assert_eq!(
+            default_min_free(10 * 1024 * 1024 * 1024),
+            MIN_FREE_DISK_BYTES_FLOOR
+        );
+        assert_eq!(
+            default_min_free(1_000 * 1024 * 1024 * 1024),
+            50 * 1024 * 1024 * 1024
+        );
     }
 
     #[test]

@@ -17,13 +17,13 @@ use tonic::transport::Server;
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::disk::{DiskGuard, DiskLimits};
 use crate::grpc::QueueServiceImpl;
 use crate::grpc::auth::Authenticated;
 use crate::grpc::health::{self, HealthReporter};
-use crate::disk::{DiskGuard, DiskLimits};
 use crate::grpc::layer::RequestSizeLimit;
-use crate::grpc::receive_stream::ReceiveLimits;
 use crate::grpc::observe::Observed;
+use crate::grpc::receive_stream::ReceiveLimits;
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::metrics::{self, Metrics};
 use crate::net::{self, ConnectionLimits};
@@ -164,8 +164,8 @@ pub async fn run(
                 receive_limits,
                 disk,
             ))
-                .max_decoding_message_size(MAX_REQUEST_BYTES)
-                .max_encoding_message_size(MAX_REQUEST_BYTES),
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES),
             settings.request_body_timeout(),
             metrics.clone(),
         )),
@@ -199,6 +199,7 @@ pub async fn run(
             metrics.clone(),
             registry.clone(),
             config.clock.clone(),
+            settings.metrics_max_connections(),
             stopping.clone(),
         ));
     }

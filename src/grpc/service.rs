@@ -16,9 +16,9 @@ use super::auth::caller;
 use super::convert;
 use super::deadline::client_budget;
 use super::receive_stream::{ReceiveLimits, ReceiveStream};
-use crate::disk::DiskGuard;
 use crate::attributes::{QueueAttributes, check_range, validate_queue_name};
 use crate::auth::{Action, Caller};
+use crate::disk::DiskGuard;
 use crate::error::QueueError;
 use crate::limits::{
     DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, POLLING_WAIT_SECONDS,

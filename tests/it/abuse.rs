@@ -82,7 +82,8 @@ async fn a_stalled_reader_is_ended_and_its_messages_released() {
     let (response, mut body) = h2
         .send_request(grpc_request(server.addr, "ReceiveMessages"), false)
         .expect("send request");
-    body.send_data(grpc_frame(&request), true).expect("send body");
+    body.send_data(grpc_frame(&request), true)
+        .expect("send body");
     let response = response.await.expect("response headers");
     assert_eq!(response.status(), 200);
     // The server claimed the four messages for that stream and cannot send them: the first
@@ -110,7 +111,10 @@ async fn a_stalled_reader_is_ended_and_its_messages_released() {
             received += 1;
         }
     }
-    assert!(start.elapsed() >= Duration::from_millis(500), "released before the stall timeout");
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "released before the stall timeout"
+    );
     drop(response);
     connection.abort();
     server.stop().await;
@@ -146,7 +150,10 @@ async fn waiting_receives_beyond_the_cap_are_resource_exhausted() {
         .await
         .expect_err("the third is refused");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("max_waiting_receives"), "{refused:?}");
+    assert!(
+        refused.message().contains("max_waiting_receives"),
+        "{refused:?}"
+    );
     // Other calls go on.
     send(&mut client, "parked", b"hello").await;
     drop(parked);
@@ -162,7 +169,10 @@ async fn waiting_receives_beyond_the_cap_are_resource_exhausted() {
         {
             Ok(_) => break,
             Err(status) if status.code() == Code::ResourceExhausted => {
-                assert!(start.elapsed() < Duration::from_secs(5), "slots never came back");
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "slots never came back"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(status) => panic!("{status:?}"),
@@ -333,7 +343,9 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 async fn raw_connection(addr: std::net::SocketAddr) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(PREFACE).await.expect("preface");
-    tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await.expect("settings");
+    tcp.write_all(&frame(SETTINGS, 0, 0, &[]))
+        .await
+        .expect("settings");
     tcp
 }
 
@@ -418,7 +430,10 @@ async fn http2_protocol_abuse_ends_the_connection() {
         .await
         .expect("the server reacts to a CONTINUATION flood");
     // h2 answers with GOAWAY (or closes at once) rather than buffering the block.
-    assert!(code.is_none_or(|code| code != 0), "GOAWAY NO_ERROR: {code:?}");
+    assert!(
+        code.is_none_or(|code| code != 0),
+        "GOAWAY NO_ERROR: {code:?}"
+    );
 
     // HPACK bomb: one 4 KiB header in the dynamic table, then referenced 10,000 times (one byte
     // each): 40 MB decoded from 14 KB sent.
@@ -516,11 +531,14 @@ async fn stalled_readers_of_large_messages_release_them() {
             visibility_timeout_seconds: Some(600),
             ..Default::default()
         };
-        std::future::poll_fn(|cx| h2.poll_ready(cx)).await.expect("ready");
+        std::future::poll_fn(|cx| h2.poll_ready(cx))
+            .await
+            .expect("ready");
         let (response, mut body) = h2
             .send_request(grpc_request(server.addr, "ReceiveMessages"), false)
             .expect("send request");
-        body.send_data(grpc_frame(&request), true).expect("send body");
+        body.send_data(grpc_frame(&request), true)
+            .expect("send body");
         responses.push(response);
     }
     let mut peak = 0;
@@ -564,4 +582,54 @@ async fn stalled_readers_of_large_messages_release_them() {
         after / 1_000_000
     );
     drop(responses);
+}
+
+/// The metrics endpoint caps its connections (more are closed at once), and concurrent
+/// scrapes share one rendering for a second instead of rendering the whole text each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_caps_connections_and_shares_its_snapshot() {
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let metrics_addr = metrics.local_addr().expect("addr");
+    let server = TestServer::start_with(|config| {
+        config.metrics_listener = Some(metrics);
+        config.settings.metrics_max_connections = Some(2);
+    })
+    .await;
+    async fn scrape(addr: std::net::SocketAddr) -> String {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        // A refused connection ends with no bytes, or reset (its request unread).
+        let mut text = String::new();
+        let _ = tcp.read_to_string(&mut text).await;
+        text
+    }
+    // Two slow clients that never finish their request hold the two slots.
+    let slow: Vec<TcpStream> = vec![
+        TcpStream::connect(metrics_addr).await.expect("connect"),
+        TcpStream::connect(metrics_addr).await.expect("connect"),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = scrape(metrics_addr).await;
+    assert!(
+        refused.is_empty(),
+        "a third connection is closed at once: {refused}"
+    );
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One rendering shared within the second: a call made between two scrapes shows in
+    // neither, though its counter moved.
+    let first = scrape(metrics_addr).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let mut client = server.client().await;
+    create(&mut client, "counted", attrs()).await;
+    let second = scrape(metrics_addr).await;
+    assert_eq!(first, second, "the snapshot is shared for a second");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let third = scrape(metrics_addr).await;
+    assert_ne!(first, third, "and rendered again after it");
+    server.stop().await;
 }
