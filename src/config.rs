@@ -30,6 +30,14 @@ pub const DEFAULT_MAX_CONNECTION_AGE_SECONDS: u64 = 0;
 /// The PostgreSQL schema of Spool's tables when --postgres-url is set.
 pub const DEFAULT_POSTGRES_SCHEMA: &str = "spool";
 
+// The limits that hold under abuse (docs/security.md, "Limits"): their defaults live beside the
+// code that enforces them, in `crate::limits`.
+use crate::limits::{
+    DEFAULT_HANDSHAKE_TIMEOUT_SECONDS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_BUFFER_BYTES,
+    DEFAULT_MAX_WAITING_RECEIVES, DEFAULT_METRICS_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS, DEFAULT_STREAM_STALL_TIMEOUT_SECONDS,
+};
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -121,9 +129,9 @@ pub struct Settings {
     #[arg(
         long,
         env = "SPOOL_MAX_DATABASE_BYTES",
-        help = "Largest size of the database file, in bytes. Beyond it, sends fail with \
-                UNAVAILABLE as on a full disk; receives and deletes go on [default: as large as \
-                the disk allows]"
+        help = "Largest size, in bytes, of Spool's files in --data-dir (the database, its WAL \
+                and shm). Beyond it, sends fail with UNAVAILABLE as on a full disk; receives \
+                and deletes go on [default: as large as --min-free-disk-bytes allows]"
     )]
     pub max_database_bytes: Option<u64>,
 
@@ -232,6 +240,65 @@ pub struct Settings {
                 [default: false]"
     )]
     pub allow_unauthenticated: Option<bool>,
+
+    // ---- limits that hold under abuse (docs/security.md, "Limits") ----
+    #[arg(long, env = "SPOOL_MAX_CONNECTIONS", help = with_default(
+        "Most client connections open at once (plaintext and TLS); more are closed as soon as \
+         they are accepted, not queued. Keep it below the open-files limit (ulimit -n)",
+        DEFAULT_MAX_CONNECTIONS,
+    ))]
+    pub max_connections: Option<usize>,
+
+    #[arg(long, env = "SPOOL_HANDSHAKE_TIMEOUT_SECONDS", help = with_default(
+        "Seconds a new connection has to finish its TLS handshake and send the HTTP/2 preface; \
+         one that does not is closed",
+        DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+    ))]
+    pub handshake_timeout_seconds: Option<u64>,
+
+    #[arg(long, env = "SPOOL_REQUEST_BODY_TIMEOUT_SECONDS", help = with_default(
+        "Seconds a call has to send its whole request; a slower one fails (DEADLINE_EXCEEDED) and \
+         frees what it held",
+        DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS,
+    ))]
+    pub request_body_timeout_seconds: Option<u64>,
+
+    #[arg(long, env = "SPOOL_STREAM_STALL_TIMEOUT_SECONDS", help = with_default(
+        "Seconds a ReceiveMessages stream may wait on a client that reads nothing (its HTTP/2 \
+         window full) before it is ended and the messages not yet handed out are released",
+        DEFAULT_STREAM_STALL_TIMEOUT_SECONDS,
+    ))]
+    pub stream_stall_timeout_seconds: Option<u64>,
+
+    #[arg(long, env = "SPOOL_MAX_RESPONSE_BUFFER_BYTES", help = with_default(
+        "Bytes of received messages handed to the network and not yet taken by their clients, \
+         in all; beyond it receives wait for room, then fail with RESOURCE_EXHAUSTED",
+        DEFAULT_MAX_RESPONSE_BUFFER_BYTES,
+    ))]
+    pub max_response_buffer_bytes: Option<usize>,
+
+    #[arg(long, env = "SPOOL_MAX_WAITING_RECEIVES", help = with_default(
+        "Most ReceiveMessages calls open at once (parked long polls and streams), in all; more \
+         fail with RESOURCE_EXHAUSTED",
+        DEFAULT_MAX_WAITING_RECEIVES,
+    ))]
+    pub max_waiting_receives: Option<usize>,
+
+    #[arg(
+        long,
+        env = "SPOOL_MIN_FREE_DISK_BYTES",
+        help = "Sends fail with UNAVAILABLE (as on a full disk) while the filesystem of \
+                --data-dir has less free space than this; 0 turns the check off. Not used with \
+                --postgres-url (PostgreSQL's disk is the database's) [default: the larger of \
+                1 GiB and 5% of the filesystem]"
+    )]
+    pub min_free_disk_bytes: Option<u64>,
+
+    #[arg(long, env = "SPOOL_METRICS_MAX_CONNECTIONS", help = with_default(
+        "Most connections to the metrics endpoint at once; more are closed at once",
+        DEFAULT_METRICS_MAX_CONNECTIONS,
+    ))]
+    pub metrics_max_connections: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +338,9 @@ impl Settings {
             log, log_format, max_concurrent_streams, http2_keepalive_interval_seconds,
             http2_keepalive_timeout_seconds, max_connection_age_seconds, shutdown_grace_seconds,
             tls_cert, tls_key, tls_client_ca, auth_file, allow_unauthenticated,
+            max_connections, handshake_timeout_seconds, request_body_timeout_seconds,
+            stream_stall_timeout_seconds, max_response_buffer_bytes, max_waiting_receives,
+            min_free_disk_bytes, metrics_max_connections,
         );
         settings.validate()?;
         Ok(settings)
@@ -321,6 +391,15 @@ impl Settings {
             tls_client_ca: self.tls_client_ca.clone(),
             auth_file: self.auth_file.clone(),
             allow_unauthenticated: Some(self.allow_unauthenticated()),
+            max_connections: Some(self.max_connections()),
+            handshake_timeout_seconds: Some(self.handshake_timeout().as_secs()),
+            request_body_timeout_seconds: Some(self.request_body_timeout().as_secs()),
+            stream_stall_timeout_seconds: Some(self.stream_stall_timeout().as_secs()),
+            max_response_buffer_bytes: Some(self.max_response_buffer_bytes()),
+            max_waiting_receives: Some(self.max_waiting_receives()),
+            // Its default depends on the filesystem; None says "the default".
+            min_free_disk_bytes: self.min_free_disk_bytes,
+            metrics_max_connections: Some(self.metrics_max_connections()),
         }
     }
 
@@ -349,6 +428,35 @@ impl Settings {
                 "http2_keepalive_timeout_seconds is 0; it must be at least 1 while keepalive pings are on"
                     .into(),
             ));
+        }
+        for (name, value) in [
+            ("max_connections", self.max_connections()),
+            ("max_waiting_receives", self.max_waiting_receives()),
+            ("metrics_max_connections", self.metrics_max_connections()),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} is 0; it must be at least 1"
+                )));
+            }
+        }
+        for (name, value) in [
+            ("handshake_timeout_seconds", self.handshake_timeout()),
+            ("request_body_timeout_seconds", self.request_body_timeout()),
+            ("stream_stall_timeout_seconds", self.stream_stall_timeout()),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} is 0; it must be at least 1"
+                )));
+            }
+        }
+        if self.max_response_buffer_bytes() < crate::limits::MAX_REQUEST_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "max_response_buffer_bytes is {}; it must hold a full receive, at least {} bytes",
+                self.max_response_buffer_bytes(),
+                crate::limits::MAX_REQUEST_BYTES
+            )));
         }
         self.validate_security()
     }
@@ -461,6 +569,46 @@ impl Settings {
 
     pub fn allow_unauthenticated(&self) -> bool {
         self.allow_unauthenticated.unwrap_or(false)
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(
+            self.handshake_timeout_seconds
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_SECONDS),
+        )
+    }
+
+    pub fn request_body_timeout(&self) -> Duration {
+        Duration::from_secs(
+            self.request_body_timeout_seconds
+                .unwrap_or(DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS),
+        )
+    }
+
+    pub fn stream_stall_timeout(&self) -> Duration {
+        Duration::from_secs(
+            self.stream_stall_timeout_seconds
+                .unwrap_or(DEFAULT_STREAM_STALL_TIMEOUT_SECONDS),
+        )
+    }
+
+    pub fn max_response_buffer_bytes(&self) -> usize {
+        self.max_response_buffer_bytes
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BUFFER_BYTES)
+    }
+
+    pub fn max_waiting_receives(&self) -> usize {
+        self.max_waiting_receives
+            .unwrap_or(DEFAULT_MAX_WAITING_RECEIVES)
+    }
+
+    pub fn metrics_max_connections(&self) -> usize {
+        self.metrics_max_connections
+            .unwrap_or(DEFAULT_METRICS_MAX_CONNECTIONS)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -16,17 +16,19 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::disk::{DiskGuard, DiskLimits};
 use crate::grpc::QueueServiceImpl;
 use crate::grpc::auth::Authenticated;
 use crate::grpc::health::{self, HealthReporter};
 use crate::grpc::layer::RequestSizeLimit;
 use crate::grpc::observe::Observed;
+use crate::grpc::receive_stream::ReceiveLimits;
 use crate::limits::MAX_REQUEST_BYTES;
 use crate::metrics::{self, Metrics};
+use crate::net::{self, ConnectionLimits};
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::registry::Registry;
 use crate::security::Security;
@@ -37,6 +39,13 @@ use crate::storage::{Storage, StorageError};
 /// Encoded descriptors of Spool's API, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/spool_descriptor.bin"));
+
+/// Streams a client may reset before the server accepted them, before the connection is closed
+/// with GOAWAY: h2's own default, stated so an upgrade cannot change it unnoticed.
+pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Largest decoded header block of a request, in bytes: gRPC metadata is a few hundred bytes
+/// (a bearer token, a timeout); hyper's default, stated.
+pub const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
 /// What `run` needs besides the listener: the settings, and the things that are not settings
 /// but objects the caller provides.
@@ -89,6 +98,7 @@ pub async fn run(
     config: ServerConfig,
 ) -> Result<(), ServerError> {
     let settings = &config.settings;
+    net::raise_open_files_limit(settings.max_connections());
     let metrics = Arc::new(Metrics::default());
     // Before storage: a wrong TLS or auth file stops the server before it opens anything.
     let security = Security::load(settings).map_err(ServerError::Security)?;
@@ -173,11 +183,37 @@ pub async fn run(
     // refusals are measured too. Health stays open (probes); reflection needs a credential.
     let authenticated =
         |service| Authenticated::new(service, security.authenticator(), metrics.clone());
+    let receive_limits = ReceiveLimits::new(
+        settings.max_waiting_receives(),
+        settings.max_response_buffer_bytes(),
+        settings.stream_stall_timeout(),
+        metrics.clone(),
+    );
+    let disk = Arc::new(DiskGuard::new(metrics.clone()));
+    // The embedded database's disk is the server's to watch; PostgreSQL's is the database's
+    // (its operator's monitoring, and its own errors, which fail commits as UNAVAILABLE).
+    if settings.postgres_url.is_none() {
+        tokio::spawn(disk.clone().watch(
+            DiskLimits {
+                dir: settings.data_dir(),
+                min_free_bytes: settings.min_free_disk_bytes,
+                max_database_bytes: settings.max_database_bytes,
+            },
+            stopping.clone(),
+        ));
+    }
     let queue_service = Observed::new(
         authenticated(RequestSizeLimit::new(
-            QueueServiceServer::new(QueueServiceImpl::new(registry.clone(), stopping.clone()))
-                .max_decoding_message_size(MAX_REQUEST_BYTES)
-                .max_encoding_message_size(MAX_REQUEST_BYTES),
+            QueueServiceServer::new(QueueServiceImpl::new(
+                registry.clone(),
+                stopping.clone(),
+                receive_limits,
+                disk,
+            ))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES),
+            settings.request_body_timeout(),
+            metrics.clone(),
         )),
         metrics.clone(),
     );
@@ -210,11 +246,18 @@ pub async fn run(
             metrics.clone(),
             registry.clone(),
             config.clock.clone(),
+            settings.metrics_max_connections(),
             stopping.clone(),
         ));
     }
     let mut builder = Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams())
+        // Stated rather than left to hyper's defaults, so an upgrade cannot loosen them (the
+        // tests in tests/it/abuse.rs hold them): rapid reset is answered with GOAWAY after
+        // this many streams reset before the server took them (CVE-2023-44487), and a header
+        // block may decode to at most this much (HPACK bombs, CONTINUATION floods).
+        .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_SIZE)
         .http2_keepalive_interval(settings.http2_keepalive_interval())
         .http2_keepalive_timeout(settings.http2_keepalive_timeout());
     if let Some(age) = settings.max_connection_age() {
@@ -233,21 +276,33 @@ pub async fn run(
             metrics.clone(),
         ))
         .add_service(queue_service);
+    // One accept loop for plaintext and TLS: the connection cap, the handshake and preface
+    // timeout, and the back-off on accept errors hold for both (`net`).
+    let limits = ConnectionLimits {
+        max_connections: settings.max_connections(),
+        handshake_timeout: settings.handshake_timeout(),
+    };
+    let counts = metrics.connections.clone();
     let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &security.tls {
             None => {
-                // The builder's tcp_nodelay does not reach a listener we bind ourselves;
-                // without it, Nagle holds each streamed message until the client's delayed
-                // ACK (~40 ms per ReceiveMessages).
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let incoming = net::incoming(listener, limits, counts, stopping.clone(), {
+                    |stream, _| std::future::ready(Some(stream))
+                });
                 Box::pin(
                     router
                         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned()),
                 )
             }
             Some(tls) => {
-                let incoming =
-                    crate::tls::incoming(listener, tls.configs.clone(), stopping.clone());
+                let configs = tls.configs.clone();
+                let incoming = net::incoming(
+                    listener,
+                    limits,
+                    counts,
+                    stopping.clone(),
+                    move |stream, peer| crate::tls::handshake(&configs, stream, peer),
+                );
                 Box::pin(
                     router
                         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned()),

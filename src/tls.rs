@@ -1,20 +1,17 @@
 //! gRPC over TLS (rustls, ring), with certificates reloaded in place and optional client
 //! certificates (mTLS).
 //!
-//! Spool accepts TCP connections itself and runs each TLS handshake with the server config in
+//! Spool accepts TCP connections itself (`net::incoming`) and runs each TLS handshake with the server config in
 //! force at that moment: a reload (see `reload`) swaps the config, so new handshakes present
 //! the new certificate while open connections keep the session they have. The handshaken
 //! streams go to tonic, whose `TlsConnectInfo` hands the client's certificate to the auth
 //! layer.
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -22,16 +19,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 
-/// How long a client has to finish its TLS handshake; a connection that stalls is closed, so
-/// it holds no task for long.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshaken connections waiting for the gRPC server to take them.
-const ACCEPTED_BACKLOG: usize = 64;
-/// Pause after a failed accept (e.g. out of file descriptors), so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// The first byte of a TLS record carrying a handshake: every TLS client's first byte.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -141,53 +129,19 @@ impl TlsConfigs {
     }
 }
 
-/// The TLS connections on `listener`, handshaken, until `stop`: the incoming stream of the
-/// gRPC server. Each handshake runs in its own task, so a slow client delays no other.
-pub fn incoming(
-    listener: TcpListener,
-    configs: Arc<TlsConfigs>,
-    stop: CancellationToken,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
-    let (accepted, incoming) = mpsc::channel(ACCEPTED_BACKLOG);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = stop.cancelled() => return,
-                result = listener.accept() => match result {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot accept a connection");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        continue;
-                    }
-                },
-            };
-            // Without it, Nagle holds each streamed message until the client's delayed ACK.
-            let _ = stream.set_nodelay(true);
-            let acceptor = configs.acceptor();
-            let accepted = accepted.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake(acceptor, stream, peer))
-                    .await
-                {
-                    Ok(Some(tls)) => {
-                        // The server is stopping when nobody takes it: the connection closes.
-                        let _ = accepted.send(Ok(tls)).await;
-                    }
-                    Ok(None) => {}
-                    Err(_) => {
-                        tracing::info!(%peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake timed out")
-                    }
-                }
-            });
-        }
-    });
-    ReceiverStream::new(incoming)
+/// Runs the TLS handshake of a new connection with the config in force now (the accept loop,
+/// `net::incoming`, bounds its time); `None` when it fails.
+pub fn handshake(
+    configs: &TlsConfigs,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = Option<TlsStream<TcpStream>>> + Send + use<> {
+    run_handshake(configs.acceptor(), stream, peer)
 }
 
 /// Runs one handshake; a failure is logged (it is the client's, so at INFO) and closes the
 /// connection.
-async fn handshake(
+async fn run_handshake(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,

@@ -25,6 +25,7 @@ use tonic::{Code, Request, Status};
 use crate::auth::cert::certificate_names;
 use crate::auth::{Authenticator, Caller, Refusal};
 use crate::error::QueueError;
+use crate::logsafe::REFUSALS;
 use crate::metrics::Metrics;
 
 /// The `reason` label of a PERMISSION_DENIED in `spool_auth_refusals_total`.
@@ -108,12 +109,14 @@ impl<S> Authenticated<S> {
     fn refuse(&self, path: &str, refusal: &Refusal) -> http::Response<Body> {
         self.metrics.auth_refused(refusal.reason());
         let message = refusal.message();
-        tracing::info!(
-            method = path,
-            reason = refusal.reason(),
-            message = cut(&message),
-            "refused: not authenticated"
-        );
+        if REFUSALS.allow("unauthenticated") {
+            tracing::info!(
+                method = path,
+                reason = refusal.reason(),
+                message = cut(&message),
+                "refused: not authenticated"
+            );
+        }
         Status::from(QueueError::Unauthenticated(message)).into_http()
     }
 }
@@ -146,6 +149,9 @@ fn note_permission_denied(
     let message = Status::from_header_map(response.headers())
         .map(|status| status.message().to_string())
         .unwrap_or_default();
+    if !REFUSALS.allow("not_granted") {
+        return;
+    }
     tracing::info!(
         method = path,
         principal = caller.name().unwrap_or(""),

@@ -7,6 +7,7 @@ mod deadline;
 pub mod health;
 pub mod layer;
 pub mod observe;
+pub mod receive_stream;
 mod service;
 pub mod status;
 

@@ -12,7 +12,8 @@
 //! calls are counted, not logged; so are refusals (UNAUTHENTICATED, PERMISSION_DENIED), which
 //! `grpc::auth` logs with the principal. The message is the client-facing text, which may carry
 //! client strings (queue names): it is cut to [`LOGGED_MESSAGE_CHARS`] and logged with Debug
-//! escaping, so it cannot forge a log line.
+//! escaping, so it cannot forge a log line; refusal lines are rate limited per kind
+//! (`logsafe::REFUSALS`).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -28,6 +29,7 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
+use crate::logsafe::REFUSALS;
 use crate::metrics::{Method, Metrics};
 
 /// Characters of a status message a log line keeps.
@@ -118,20 +120,29 @@ impl Call {
         let method = self.method.name();
         let message = status.map_or("the call ended before its status", Status::message);
         let message = cut(message, LOGGED_MESSAGE_CHARS);
+        // Rate limited: a client looping on a refused call (or on a full disk) must not
+        // flood the log.
         match code {
             Code::Unavailable | Code::Internal | Code::DataLoss | Code::Unknown => {
-                tracing::error!(method, ?code, ?elapsed, message, "request failed");
+                if REFUSALS.allow("request_failed") {
+                    tracing::error!(method, ?code, ?elapsed, message, "request failed");
+                }
             }
-            _ => tracing::info!(method, ?code, ?elapsed, message, "request refused"),
+            _ => {
+                if REFUSALS.allow("request_refused") {
+                    tracing::info!(method, ?code, ?elapsed, message, "request refused");
+                }
+            }
         }
     }
 }
 
-/// The first `max` characters of `text`, marked when cut.
+/// The first `max` characters of `text`, Debug-escaped (a client string inside cannot forge a
+/// log line), marked when cut.
 fn cut(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
-        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
-        None => text.to_string(),
+        Some((end, _)) => format!("{:?}… ({} bytes in all)", &text[..end], text.len()),
+        None => format!("{text:?}"),
     }
 }
 
@@ -191,10 +202,11 @@ mod tests {
 
     #[test]
     fn long_messages_are_cut_on_a_character_boundary() {
-        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("short", 10), "\"short\"");
+        assert_eq!(cut("a\nb", 10), "\"a\\nb\"");
         let long = "é".repeat(20);
         let shown = cut(&long, 4);
-        assert!(shown.starts_with("éééé… "), "{shown}");
+        assert!(shown.starts_with("\"éééé\"… "), "{shown}");
         assert!(shown.ends_with("(40 bytes in all)"), "{shown}");
     }
 }

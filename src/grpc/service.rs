@@ -15,17 +15,20 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert;
 use super::deadline::client_budget;
+use super::receive_stream::{ReceiveLimits, ReceiveStream};
 use crate::attributes::{QueueAttributes, check_range, validate_queue_name};
 use crate::auth::{Action, Caller};
+use crate::disk::DiskGuard;
 use crate::error::QueueError;
 use crate::limits::{
     DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, POLLING_WAIT_SECONDS,
     VISIBILITY_TIMEOUT_SECONDS,
 };
+use crate::logsafe::Shown;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
-use crate::queue::{DeleteTarget, Outgoing, QueueHandle, ReceiveRequest, Receiving};
-use crate::receipt::{Indexed, ReceiptKey};
+use crate::queue::{DeleteTarget, Outgoing, QueueHandle, ReceiveRequest};
+use crate::receipt::Indexed;
 use crate::registry::Registry;
 
 pub struct QueueServiceImpl {
@@ -33,11 +36,26 @@ pub struct QueueServiceImpl {
     registry: Arc<OnceLock<Arc<Registry>>>,
     /// Cancelled when the server shuts down: open long polls end, empty and OK.
     shutdown: CancellationToken,
+    /// Open receives and the bytes their streams hold, bounded server-wide.
+    receive_limits: ReceiveLimits,
+    /// Refuses sends while the disk is short of space (`--min-free-disk-bytes`,
+    /// `--max-database-bytes`).
+    disk: Arc<DiskGuard>,
 }
 
 impl QueueServiceImpl {
-    pub fn new(registry: Arc<OnceLock<Arc<Registry>>>, shutdown: CancellationToken) -> Self {
-        Self { registry, shutdown }
+    pub fn new(
+        registry: Arc<OnceLock<Arc<Registry>>>,
+        shutdown: CancellationToken,
+        receive_limits: ReceiveLimits,
+        disk: Arc<DiskGuard>,
+    ) -> Self {
+        Self {
+            registry,
+            shutdown,
+            receive_limits,
+            disk,
+        }
     }
 
     fn registry(&self) -> Result<&Arc<Registry>, QueueError> {
@@ -82,7 +100,7 @@ fn non_empty_body(field: &str, body: &[u8]) -> Result<(), QueueError> {
 
 #[tonic::async_trait]
 impl QueueService for QueueServiceImpl {
-    #[tracing::instrument(name = "CreateQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "CreateQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn create_queue(&self, request: Request<pb::CreateQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
             let caller = caller(&request)?;
@@ -101,7 +119,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "GetQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "GetQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
             let name = &request.get_ref().queue_name;
@@ -114,7 +132,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "UpdateQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "UpdateQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn update_queue(&self, request: Request<pb::UpdateQueueRequest>) -> RpcResult<pb::Queue> {
         let result: RpcResult<pb::Queue> = async {
             let caller = caller(&request)?;
@@ -127,7 +145,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "DeleteQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "DeleteQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn delete_queue(&self, request: Request<pb::DeleteQueueRequest>) -> RpcResult<()> {
         let result: RpcResult<()> = async {
             let name = &request.get_ref().queue_name;
@@ -140,7 +158,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "ListQueues", skip_all, fields(prefix = %request.get_ref().prefix))]
+    #[tracing::instrument(name = "ListQueues", skip_all, fields(prefix = %Shown(&request.get_ref().prefix)))]
     async fn list_queues(
         &self,
         request: Request<pb::ListQueuesRequest>,
@@ -186,7 +204,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "RewindQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "RewindQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn rewind_queue(
         &self,
         request: Request<pb::RewindQueueRequest>,
@@ -206,7 +224,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "SendMessage", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "SendMessage", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,
@@ -215,6 +233,7 @@ impl QueueService for QueueServiceImpl {
             let caller = caller(&request)?;
             let request = request.into_inner();
             let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
+            self.disk.check()?;
             non_empty_body("body", &request.body)?;
             let ids = handle
                 .send(vec![Outgoing {
@@ -230,7 +249,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "BatchSendMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "BatchSendMessages", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn batch_send_messages(
         &self,
         request: Request<pb::BatchSendMessagesRequest>,
@@ -239,6 +258,7 @@ impl QueueService for QueueServiceImpl {
             let caller = caller(&request)?;
             let request = request.into_inner();
             let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
+            self.disk.check()?;
             batch_size("entries", request.entries.len())?;
             let mut messages = Vec::with_capacity(request.entries.len());
             for (index, entry) in request.entries.into_iter().enumerate() {
@@ -259,7 +279,7 @@ impl QueueService for QueueServiceImpl {
 
     type ReceiveMessagesStream = ReceiveMessagesStream;
 
-    #[tracing::instrument(name = "ReceiveMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "ReceiveMessages", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn receive_messages(
         &self,
         request: Request<pb::ReceiveMessagesRequest>,
@@ -286,6 +306,7 @@ impl QueueService for QueueServiceImpl {
                     &VISIBILITY_TIMEOUT_SECONDS,
                 )?;
             }
+            let slot = self.receive_limits.open_slot()?;
             // Registering with the actor before returning keeps waiters in the order of arrival.
             let receiving = handle
                 .receive(
@@ -298,11 +319,8 @@ impl QueueService for QueueServiceImpl {
                     self.shutdown.clone(),
                 )
                 .await?;
-            let stream = ReceiveStream {
-                receiving,
-                receipt_key: self.registry()?.receipt_key().clone(),
-                ended: false,
-            };
+            let receipt_key = self.registry()?.receipt_key().clone();
+            let stream = self.receive_limits.stream(receiving, receipt_key, slot);
             let output: ReceiveMessagesStream = Box::pin(stream);
             Ok(Response::new(output))
         }
@@ -310,7 +328,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "DeleteMessage", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "DeleteMessage", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn delete_message(&self, request: Request<pb::DeleteMessageRequest>) -> RpcResult<()> {
         let result: RpcResult<()> = async {
             let caller = caller(&request)?;
@@ -332,7 +350,7 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
-    #[tracing::instrument(name = "BatchDeleteMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
+    #[tracing::instrument(name = "BatchDeleteMessages", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
     async fn batch_delete_messages(
         &self,
         request: Request<pb::BatchDeleteMessagesRequest>,
@@ -383,44 +401,4 @@ impl QueueService for QueueServiceImpl {
     }
 }
 
-/// The response stream of ReceiveMessages: the queue's [`Receiving`] in protobuf. (Its
-/// outcome is measured by `grpc::observe`, from the trailers.)
-pub struct ReceiveStream {
-    receiving: Receiving,
-    receipt_key: ReceiptKey,
-    /// Whether it has ended (an error is its last item).
-    ended: bool,
-}
-
 type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
-
-impl tokio_stream::Stream for ReceiveStream {
-    type Item = Result<pb::ReceivedMessage, Status>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        match std::pin::Pin::new(&mut this.receiving).poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(delivered))) => Poll::Ready(Some(Ok(convert::received(
-                &delivered.message,
-                delivered.body,
-                &this.receipt_key,
-            )))),
-            Poll::Ready(Some(Err(error))) => {
-                this.ended = true;
-                Poll::Ready(Some(Err(Status::from(error))))
-            }
-            Poll::Ready(None) => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
-        }
-    }
-}

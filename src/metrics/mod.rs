@@ -7,6 +7,7 @@ mod histogram;
 pub mod http;
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tonic::Code;
 pub use histogram::Histogram;
 use histogram::{COUNTS, LATENCY_SECONDS};
 
+use crate::net::ConnectionCounts;
 use crate::queue::QueueInfo;
 
 include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
@@ -43,6 +45,16 @@ pub const AUTH_REFUSAL_REASONS: [&str; 5] = [
 /// The `file` labels of `spool_reload_failures_total`: the files watched for changes.
 pub const RELOADED_FILES: [&str; 2] = ["auth", "tls"];
 
+/// The `limit` labels of `spool_limit_refusals_total`: what a limit of docs/security.md
+/// ("Limits") refused or ended. The connection limits have their own counters (`net`).
+pub const LIMITS: [&str; 5] = [
+    "max_waiting_receives",
+    "stalled_stream",
+    "response_buffer",
+    "request_body_timeout",
+    "disk",
+];
+
 /// gRPC status codes 0..=16.
 const CODES: usize = 17;
 
@@ -61,6 +73,10 @@ pub struct Metrics {
     /// Which storage backend the server runs on ("sqlite", "postgres"), set once at startup,
     /// so dashboards can tell deployments apart.
     storage_backend: std::sync::OnceLock<&'static str>,
+    /// Per [`LIMITS`] entry: calls refused or streams ended by that limit.
+    limit_refusals: [AtomicU64; LIMITS.len()],
+    /// The accept loop's counts (refused connections, handshake timeouts, accept errors).
+    pub connections: Arc<ConnectionCounts>,
 }
 
 impl Default for Metrics {
@@ -78,6 +94,8 @@ impl Default for Metrics {
             auth_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             reload_failures: std::array::from_fn(|_| AtomicU64::new(0)),
             storage_backend: std::sync::OnceLock::new(),
+            limit_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections: Arc::default(),
         }
     }
 }
@@ -131,6 +149,13 @@ impl Metrics {
     /// Records the storage backend in use (the first call wins).
     pub fn set_storage_backend(&self, backend: &'static str) {
         let _ = self.storage_backend.set(backend);
+    }
+
+    /// Counts a call refused (or a stream ended) by a limit; `limit` is one of [`LIMITS`].
+    pub fn limit_refused(&self, limit: &str) {
+        if let Some(index) = LIMITS.iter().position(|l| *l == limit) {
+            self.limit_refusals[index].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition of everything, with the queues' current state.
@@ -239,6 +264,41 @@ impl Metrics {
                 "The storage backend in use (1 for the backend named by the label).",
             );
             let _ = writeln!(out, "spool_storage_backend{{backend=\"{backend}\"}} 1");
+        }
+        header(
+            &mut out,
+            "spool_limit_refusals_total",
+            "counter",
+            "Calls refused or streams ended by a limit of docs/security.md: max_waiting_receives, \
+             stalled_stream (a client that read nothing), response_buffer, request_body_timeout, \
+             disk (free space or max_database_bytes).",
+        );
+        for (limit, count) in LIMITS.iter().zip(&self.limit_refusals) {
+            let _ = writeln!(
+                out,
+                "spool_limit_refusals_total{{limit=\"{limit}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, count) in [
+            (
+                "spool_connections_refused_total",
+                "Connections closed as soon as accepted because --max-connections were open.",
+                &self.connections.refused,
+            ),
+            (
+                "spool_connection_handshake_timeouts_total",
+                "Connections closed because their TLS handshake did not finish in time.",
+                &self.connections.handshake_timeouts,
+            ),
+            (
+                "spool_accept_errors_total",
+                "Failed accepts on the gRPC port (mostly: out of file descriptors).",
+                &self.connections.accept_errors,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", count.load(Ordering::Relaxed));
         }
         out
     }

@@ -8,7 +8,7 @@ mod actor;
 pub mod body_cache;
 pub mod messages;
 mod receive_log;
-mod receiving;
+pub mod receiving;
 #[cfg(test)]
 mod tests;
 mod tombstones;

@@ -119,6 +119,12 @@ impl Receiving {
         }
     }
 
+    /// Makes a message this stream handed out visible again at once: the caller could not pass
+    /// it on (the server's response buffer stayed full).
+    pub fn give_back_delivered(&self, delivered: &Delivered) {
+        self.queue.release_now(vec![delivered.message.handle]);
+    }
+
     fn fail(&mut self, error: QueueError) -> Poll<Option<Result<Delivered, QueueError>>> {
         self.give_back();
         Poll::Ready(Some(Err(error)))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{Buf as _, BufMut as _, Bytes};
 use serde_json::Value;
 use spool::pb;
-use spool_client::limits::MAX_REQUEST_BYTES;
+use spool_client::limits::{MAX_CONTROL_REQUEST_BYTES, MAX_REQUEST_BYTES, MAX_SEND_REQUEST_BYTES};
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -202,20 +202,33 @@ async fn requests_above_the_limit_are_too_large_with_error_info() {
     let text = assert_error(&refused, Code::InvalidArgument, 4400);
     assert_eq!(reason(&refused).as_deref(), Some("TOO_LARGE"));
     assert!(
-        text.contains(&MAX_REQUEST_BYTES.to_string()),
+        text.contains(&MAX_SEND_REQUEST_BYTES.to_string()),
         "the message names the limit: {text}"
     );
 
-    // The limit is exact: one byte more than the limit is refused, the limit itself is not.
+    // Each method has its own limit, the largest legal request of it, and it is exact: one
+    // byte more is refused, the limit itself is not.
     let status = raw_receive(
         &server.endpoint(),
-        send_request_of_size("big", MAX_REQUEST_BYTES + 1),
+        send_request_of_size("big", MAX_CONTROL_REQUEST_BYTES + 1),
     )
     .await;
-    assert_error(&status, Code::InvalidArgument, 4400);
+    let text = assert_error(&status, Code::InvalidArgument, 4400);
+    assert!(
+        text.contains(&MAX_CONTROL_REQUEST_BYTES.to_string()),
+        "{text}"
+    );
     let status = raw_unary(
         &server.endpoint(),
         "/spool.v1.QueueService/SendMessage",
+        send_request_of_size("big", MAX_SEND_REQUEST_BYTES + 1),
+    )
+    .await;
+    let text = assert_error(&status, Code::InvalidArgument, 4400);
+    assert!(text.contains(&MAX_SEND_REQUEST_BYTES.to_string()), "{text}");
+    let status = raw_unary(
+        &server.endpoint(),
+        "/spool.v1.QueueService/BatchSendMessages",
         send_request_of_size("big", MAX_REQUEST_BYTES + 1),
     )
     .await;
@@ -223,12 +236,12 @@ async fn requests_above_the_limit_are_too_large_with_error_info() {
     let mut grpc = raw_client(&server.endpoint()).await;
     grpc.ready().await.expect("ready");
     grpc.unary(
-        tonic::Request::new(send_request_of_size("big", MAX_REQUEST_BYTES)),
+        tonic::Request::new(send_request_of_size("big", MAX_SEND_REQUEST_BYTES)),
         PathAndQuery::from_static("/spool.v1.QueueService/SendMessage"),
         RawCodec,
     )
     .await
-    .expect("a request of exactly MAX_REQUEST_BYTES is decoded");
+    .expect("a SendMessage of exactly MAX_SEND_REQUEST_BYTES is decoded");
 
     // The largest legal batch still passes: 16 bodies of 1 MiB.
     let ids = client

@@ -1,5 +1,6 @@
 //! Integration tests: each talks to a real Spool server over gRPC.
 
+mod abuse;
 mod auth;
 mod certs;
 mod cli;

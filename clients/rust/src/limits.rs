@@ -48,6 +48,13 @@ pub const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 pub const MAX_REQUEST_BYTES: usize =
     MAX_BATCH * (*MAX_MESSAGE_SIZE.end() as usize) + REQUEST_OVERHEAD_BYTES;
 
+/// The largest SendMessage request (the server refuses larger ones as TOO_LARGE): one body of the largest size, plus the queue name and
+/// field tags (a few hundred bytes; 4 KiB leaves room).
+pub const MAX_SEND_REQUEST_BYTES: usize = *MAX_MESSAGE_SIZE.end() as usize + 4 * 1024;
+/// The largest request of every call that carries no bodies (queue administration, receive,
+/// delete): names, attributes and up to 16 receipt handles take a few KiB at most.
+pub const MAX_CONTROL_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Checks a queue name: 1 to 64 characters, a letter first, then letters, digits, '-' or '_'.
 /// The error is the whole message, naming the rule (the server answers it as INVALID_ARGUMENT).
 pub fn check_queue_name(name: &str) -> Result<(), String> {

@@ -1,0 +1,296 @@
+//! The response stream of ReceiveMessages, and the limits that keep what it holds bounded.
+//!
+//! A client that stops reading (its HTTP/2 window full, while it still answers pings) leaves
+//! hyper unable to send; hyper then stops polling the stream, so nothing inside the stream can
+//! notice. Three limits hold it:
+//!
+//! - **Open receives**: each call takes a slot of `--max-waiting-receives` for its lifetime
+//!   (parked long polls and streams alike); with none free the call is RESOURCE_EXHAUSTED.
+//! - **Response bytes**: a message handed to the network keeps its size in a server-wide budget
+//!   (`--max-response-buffer-bytes`) until the stream is polled again (the client took it and
+//!   made room) or dropped. A message that finds no room waits for it up to the stall timeout,
+//!   then the stream ends RESOURCE_EXHAUSTED and its messages go back to visible.
+//! - **Stalls**: a watchdog task per stream ends the receive when the stream has waited on its
+//!   client for `--stream-stall-timeout-seconds`: the [`Receiving`] is dropped, so the messages
+//!   claimed and not handed out are visible again at once, not at their visibility timeout.
+//!   The client, if it ever reads again, gets RESOURCE_EXHAUSTED after what was already sent.
+//!   (The HTTP/2 stream itself stays until the client resets it or the connection closes: hyper
+//!   offers no way to reset a stream it is not polling. What it still holds is at most one
+//!   message, counted in the budget above.)
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::Status;
+
+use super::convert;
+use crate::logsafe::REFUSALS;
+use crate::metrics::Metrics;
+use crate::pb;
+use crate::queue::Receiving;
+use crate::queue::receiving::Delivered;
+use crate::receipt::ReceiptKey;
+
+/// The server-wide limits of receive streams; one per server, shared by every call.
+pub struct ReceiveLimits {
+    /// Slots of `--max-waiting-receives`.
+    open: Arc<Semaphore>,
+    max_open: usize,
+    /// Bytes of `--max-response-buffer-bytes`.
+    buffer: Arc<Semaphore>,
+    /// `--stream-stall-timeout-seconds`.
+    stall_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl ReceiveLimits {
+    pub fn new(
+        max_open: usize,
+        buffer_bytes: usize,
+        stall_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            open: Arc::new(Semaphore::new(max_open)),
+            max_open,
+            buffer: Arc::new(Semaphore::new(buffer_bytes.min(Semaphore::MAX_PERMITS))),
+            stall_timeout,
+            metrics,
+        }
+    }
+
+    /// A slot for one receive, or RESOURCE_EXHAUSTED when `--max-waiting-receives` are open.
+    pub fn open_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.open.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.limit_refused("max_waiting_receives");
+            Status::resource_exhausted(format!(
+                "the server has {} receives open, its max_waiting_receives; retry later",
+                self.max_open
+            ))
+        })
+    }
+
+    /// The response stream of `receiving`, holding `slot` until it is dropped.
+    pub fn stream(
+        &self,
+        receiving: Receiving,
+        receipt_key: ReceiptKey,
+        slot: OwnedSemaphorePermit,
+    ) -> ReceiveStream {
+        let shared = Arc::new(Shared {
+            receiving: Mutex::new(Some(receiving)),
+            // Until hyper polls it first: a client whose window is shut from the start never
+            // lets it.
+            waiting_on_client: Mutex::new(Some(Instant::now())),
+            stalled: AtomicBool::new(false),
+        });
+        tokio::spawn(watchdog(
+            Arc::downgrade(&shared),
+            self.stall_timeout,
+            self.metrics.clone(),
+        ));
+        ReceiveStream {
+            shared,
+            receipt_key,
+            ended: false,
+            _slot: slot,
+            held: None,
+            buffer: self.buffer.clone(),
+            waiting: None,
+            stall_timeout: self.stall_timeout,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// What the stream and its watchdog share.
+struct Shared {
+    /// Taken (and dropped, releasing its messages) by the watchdog on a stall.
+    receiving: Mutex<Option<Receiving>>,
+    /// Since when the stream has handed out a message and not been polled again.
+    waiting_on_client: Mutex<Option<Instant>>,
+    /// Set by the watchdog when it ended the receive.
+    stalled: AtomicBool,
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// A message waiting for room in the response budget.
+struct Waiting {
+    delivered: Delivered,
+    acquire: Acquire,
+    give_up: Pin<Box<Sleep>>,
+}
+
+/// The response stream of ReceiveMessages: the queue's [`Receiving`] in protobuf, within the
+/// limits above. (Its outcome is measured by `grpc::observe`, from the trailers.)
+pub struct ReceiveStream {
+    shared: Arc<Shared>,
+    receipt_key: ReceiptKey,
+    /// Whether it has ended (an error is its last item).
+    ended: bool,
+    /// A slot of `--max-waiting-receives`, for the stream's lifetime.
+    _slot: OwnedSemaphorePermit,
+    /// The budget of the last message handed to the network, until the next poll.
+    held: Option<OwnedSemaphorePermit>,
+    buffer: Arc<Semaphore>,
+    waiting: Option<Waiting>,
+    stall_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic while swapping a value: the value is whole.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ReceiveStream {
+    fn end(&mut self, status: Status) -> Poll<Option<Result<pb::ReceivedMessage, Status>>> {
+        self.ended = true;
+        // Dropping the receive releases what it still holds.
+        drop(lock(&self.shared.receiving).take());
+        Poll::Ready(Some(Err(status)))
+    }
+
+    fn hand_out(
+        &mut self,
+        delivered: Delivered,
+        permit: OwnedSemaphorePermit,
+    ) -> Poll<Option<Result<pb::ReceivedMessage, Status>>> {
+        self.held = Some(permit);
+        *lock(&self.shared.waiting_on_client) = Some(Instant::now());
+        Poll::Ready(Some(Ok(convert::received(
+            &delivered.message,
+            delivered.body,
+            &self.receipt_key,
+        ))))
+    }
+}
+
+impl tokio_stream::Stream for ReceiveStream {
+    type Item = Result<pb::ReceivedMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // Polled again: the client took the last message (hyper had room to send it).
+        this.held = None;
+        *lock(&this.shared.waiting_on_client) = None;
+        if this.shared.stalled.load(Ordering::Acquire) {
+            return this.end(Status::resource_exhausted(format!(
+                "the stream was ended: its client read nothing for {:?} \
+                 (--stream-stall-timeout-seconds); its other messages were released",
+                this.stall_timeout
+            )));
+        }
+        if let Some(waiting) = &mut this.waiting {
+            match waiting.acquire.as_mut().poll(cx) {
+                Poll::Ready(Ok(permit)) => {
+                    let Some(waiting) = this.waiting.take() else {
+                        unreachable!("matched Some above");
+                    };
+                    return this.hand_out(waiting.delivered, permit);
+                }
+                // The semaphore is never closed.
+                Poll::Ready(Err(_)) | Poll::Pending => {}
+            }
+            if waiting.give_up.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some(waiting) = this.waiting.take()
+                && let Some(receiving) = lock(&this.shared.receiving).as_ref()
+            {
+                receiving.give_back_delivered(&waiting.delivered);
+            }
+            this.metrics.limit_refused("response_buffer");
+            if REFUSALS.allow("response_buffer") {
+                tracing::warn!(
+                    "ended a receive: the response buffer stayed full (clients not reading); \
+                     see --max-response-buffer-bytes"
+                );
+            }
+            return this.end(Status::resource_exhausted(
+                "the server's response buffer is full (--max-response-buffer-bytes); the \
+                 messages were released, retry later",
+            ));
+        }
+        let polled = {
+            let mut receiving = lock(&this.shared.receiving);
+            match receiving.as_mut() {
+                Some(receiving) => Pin::new(receiving).poll_next(cx),
+                None => Poll::Ready(None),
+            }
+        };
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(delivered))) => {
+                // At least 1: an empty body still holds its place.
+                let size = u32::try_from(delivered.body.len().max(1)).unwrap_or(u32::MAX);
+                match this.buffer.clone().try_acquire_many_owned(size) {
+                    Ok(permit) => this.hand_out(delivered, permit),
+                    Err(_) => {
+                        this.waiting = Some(Waiting {
+                            delivered,
+                            acquire: Box::pin(this.buffer.clone().acquire_many_owned(size)),
+                            give_up: Box::pin(tokio::time::sleep(this.stall_timeout)),
+                        });
+                        // Registers the waker with the semaphore and the timer.
+                        Pin::new(this).poll_next(cx)
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(Status::from(error))))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+/// Ends the receive of a stream that waits on its client for `timeout`; returns when the
+/// stream is gone or ended.
+async fn watchdog(shared: Weak<Shared>, timeout: Duration, metrics: Arc<Metrics>) {
+    let mut next_check = Instant::now() + timeout;
+    loop {
+        tokio::time::sleep_until(next_check).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let since = *lock(&shared.waiting_on_client);
+        match since {
+            Some(since) if since.elapsed() >= timeout => {
+                let receiving = lock(&shared.receiving).take();
+                if receiving.is_none() {
+                    return; // it ended by itself
+                }
+                shared.stalled.store(true, Ordering::Release);
+                drop(receiving);
+                metrics.limit_refused("stalled_stream");
+                if REFUSALS.allow("stalled_stream") {
+                    tracing::info!(
+                        ?timeout,
+                        "ended a receive whose client read nothing; its messages were released"
+                    );
+                }
+                return;
+            }
+            Some(since) => next_check = since + timeout,
+            None => next_check = Instant::now() + timeout,
+        }
+        if lock(&shared.receiving).is_none() {
+            return;
+        }
+    }
+}
