@@ -289,7 +289,7 @@ pub struct Settings {
         env = "SPOOL_MIN_FREE_DISK_BYTES",
         help = "Sends fail with UNAVAILABLE (as on a full disk) while the filesystem of \
                 --data-dir has less free space than this; 0 turns the check off. Not used with \
-                --postgres-url (PostgreSQL's disk is the database's) [default: the larger of \
+                --postgres-url (PostgreSQL's disk is the database's) [default: the smaller of \
                 1 GiB and 5% of the filesystem]"
     )]
     pub min_free_disk_bytes: Option<u64>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::QueueError;
-use crate::limits::{MIN_FREE_DISK_BYTES_FLOOR, MIN_FREE_DISK_FRACTION};
+use crate::limits::{MIN_FREE_DISK_BYTES_CAP, MIN_FREE_DISK_FRACTION};
 use crate::metrics::Metrics;
 
 /// How often free space and Spool's own bytes are measured.
@@ -33,7 +33,7 @@ pub struct DiskGuard {
 pub struct DiskLimits {
     /// The data directory: its filesystem and its files.
     pub dir: PathBuf,
-    /// `--min-free-disk-bytes`: `None` for the default (max(1 GiB, 5%)), `Some(0)` for off.
+    /// `--min-free-disk-bytes`: `None` for the default (min(1 GiB, 5%)), `Some(0)` for off.
     pub min_free_bytes: Option<u64>,
     /// `--max-database-bytes`: Spool's files in all, at most.
     pub max_database_bytes: Option<u64>,
@@ -113,9 +113,11 @@ pub fn refusal(limits: &DiskLimits) -> Option<String> {
     })
 }
 
-/// The default watermark of a filesystem of `total` bytes: the larger of 1 GiB and 5%.
+/// The default watermark of a filesystem of `total` bytes: the smaller of 1 GiB and 5%.
+/// Proportionate on a small volume (a 10 GiB PersistentVolume keeps 512 MiB), and bounded on a
+/// large shared disk, where 5% would refuse sends with tens of gigabytes still free.
 pub fn default_min_free(total: u64) -> u64 {
-    MIN_FREE_DISK_BYTES_FLOOR.max((total as f64 * MIN_FREE_DISK_FRACTION) as u64)
+    MIN_FREE_DISK_BYTES_CAP.min((total as f64 * MIN_FREE_DISK_FRACTION) as u64)
 }
 
 /// Bytes of the regular files directly in `dir` (the database, its WAL and shm, lock files).
@@ -136,14 +138,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_watermark_is_the_larger_of_1_gib_and_5_percent() {
-        assert_eq!(
-            default_min_free(10 * 1024 * 1024 * 1024),
-            MIN_FREE_DISK_BYTES_FLOOR
-        );
+    fn the_default_watermark_is_the_smaller_of_1_gib_and_5_percent() {
+        assert_eq!(default_min_free(10 * 1024 * 1024 * 1024), 512 * 1024 * 1024);
         assert_eq!(
             default_min_free(1_000 * 1024 * 1024 * 1024),
-            50 * 1024 * 1024 * 1024
+            MIN_FREE_DISK_BYTES_CAP
         );
     }
 

@@ -43,10 +43,10 @@ pub const DEFAULT_MAX_RESPONSE_BUFFER_BYTES: usize = 256 * 1024 * 1024;
 /// task, an HTTP/2 stream and a place in its queue's waiters.
 pub const DEFAULT_MAX_WAITING_RECEIVES: usize = 10_000;
 
-/// Free space below which sends are refused, when not configured: the larger of this and
+/// Free space below which sends are refused, when not configured: the smaller of this and
 /// [`MIN_FREE_DISK_FRACTION`] of the filesystem, so the database can still checkpoint, and the
 /// host (and its logs) keep working.
-pub const MIN_FREE_DISK_BYTES_FLOOR: u64 = 1024 * 1024 * 1024;
+pub const MIN_FREE_DISK_BYTES_CAP: u64 = 1024 * 1024 * 1024;
 /// The share of the filesystem kept free, when not configured (5%).
 pub const MIN_FREE_DISK_FRACTION: f64 = 0.05;
 
