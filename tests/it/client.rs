@@ -639,6 +639,30 @@ impl QueueService for Scripted {
     ) -> Answer<pb::BatchDeleteMessagesResponse> {
         self.answer("BatchDeleteMessages")
     }
+    async fn change_message_visibility(
+        &self,
+        _: Request<pb::ChangeMessageVisibilityRequest>,
+    ) -> Answer<pb::ChangeMessageVisibilityResponse> {
+        self.answer("ChangeMessageVisibility")
+    }
+    async fn batch_change_message_visibility(
+        &self,
+        _: Request<pb::BatchChangeMessageVisibilityRequest>,
+    ) -> Answer<pb::BatchChangeMessageVisibilityResponse> {
+        self.answer("BatchChangeMessageVisibility")
+    }
+    async fn purge_queue(
+        &self,
+        _: Request<pb::PurgeQueueRequest>,
+    ) -> Answer<pb::PurgeQueueResponse> {
+        self.answer("PurgeQueue")
+    }
+    async fn peek_messages(
+        &self,
+        _: Request<pb::PeekMessagesRequest>,
+    ) -> Answer<pb::PeekMessagesResponse> {
+        self.answer("PeekMessages")
+    }
 }
 
 async fn start_scripted() -> (Scripted, Client, oneshot::Sender<()>) {
