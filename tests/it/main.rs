@@ -18,4 +18,5 @@ mod rewind;
 mod streams;
 mod tls;
 mod version;
+mod visibility;
 mod walkthrough;
