@@ -516,6 +516,8 @@ async fn the_readme_command_line_block_runs_as_written() {
         "\"restored_messages\":1",
         "\"dequeue_count\":2",
         "\"rewind_seconds\":0",
+        "\"body\":\"slow work\"",
+        "\"purged_messages\":2",
         "exit code 1",
     ] {
         assert!(
