@@ -162,6 +162,17 @@ impl fmt::Display for Indexed<'_> {
     }
 }
 
+/// The name of a field of one entry of a list field, `list[index].field`, formatted only when
+/// an error needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexedField<'a>(pub &'a str, pub usize, pub &'a str);
+
+impl fmt::Display for IndexedField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}].{}", self.0, self.1, self.2)
+    }
+}
+
 /// How many nonces one call to the OS random source draws.
 const NONCES_PER_DRAW: usize = 64;
 

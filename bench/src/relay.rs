@@ -206,6 +206,34 @@ impl QueueService for Relay {
         Err(Status::unimplemented("the relay only relays messages"))
     }
 
+    async fn purge_queue(
+        &self,
+        _request: Request<pb::PurgeQueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn peek_messages(
+        &self,
+        _request: Request<pb::PeekMessagesRequest>,
+    ) -> Result<Response<pb::PeekMessagesResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn change_message_visibility(
+        &self,
+        _request: Request<pb::ChangeMessageVisibilityRequest>,
+    ) -> Result<Response<pb::ChangeMessageVisibilityResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn batch_change_message_visibility(
+        &self,
+        _request: Request<pb::BatchChangeMessageVisibilityRequest>,
+    ) -> Result<Response<pb::BatchChangeMessageVisibilityResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,

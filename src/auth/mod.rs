@@ -27,10 +27,11 @@ pub use file::AuthFileError;
 pub enum Action {
     /// SendMessage, BatchSendMessages.
     Send,
-    /// ReceiveMessages, DeleteMessage, BatchDeleteMessages (and the stream, visibility and
-    /// peek calls to come): everything a consumer does.
+    /// ReceiveMessages, DeleteMessage, BatchDeleteMessages, ChangeMessageVisibility,
+    /// BatchChangeMessageVisibility, PeekMessages (and the stream call to come): everything a
+    /// consumer does.
     Receive,
-    /// CreateQueue, UpdateQueue, DeleteQueue, RewindQueue (and purge and redrive to come).
+    /// CreateQueue, UpdateQueue, DeleteQueue, RewindQueue, PurgeQueue (and redrive to come).
     Admin,
 }
 

@@ -18,10 +18,14 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use tonic::Code;
 
-use self::output::{DeletedJson, MessageJson, QueueJson, RewoundJson, SentJson};
+use self::output::{
+    DeletedJson, MessageJson, PeekedJson, PurgedJson, QueueJson, RewoundJson, SentJson,
+    VisibilityJson,
+};
+use self::time::format_timestamp;
 use crate::limits::{
-    MAX_BACKLOG, MAX_BATCH, MAX_MESSAGE_SIZE, MESSAGE_RETENTION_SECONDS, POLLING_WAIT_SECONDS,
-    VISIBILITY_TIMEOUT_SECONDS,
+    CHANGE_VISIBILITY_SECONDS, MAX_BACKLOG, MAX_BATCH, MAX_MESSAGE_SIZE, MESSAGE_RETENTION_SECONDS,
+    POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS,
 };
 use spool_client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
 
@@ -154,6 +158,15 @@ pub enum ClientCommand {
     Delete(DeleteArgs),
     /// Makes the deleted messages enqueued since a time receivable again.
     Rewind(RewindArgs),
+    /// Prints up to --max visible messages (one JSON object each), in the order a receive would
+    /// get them, without receiving them.
+    Peek(PeekArgs),
+    /// Changes when a received message becomes visible again, counted from now: more time to
+    /// process it (a heartbeat), or 0 to make it visible at once.
+    ChangeVisibility(ChangeVisibilityArgs),
+    /// Makes a received message visible again at once, for the next receive (change-visibility
+    /// with a timeout of 0).
+    Nack(DeleteArgs),
 }
 
 /// `spool queue`: its subcommand, and the connection flags for all of them.
@@ -185,6 +198,9 @@ pub enum QueueCommand {
     },
     /// Deletes a queue and all its messages.
     Delete { name: String },
+    /// Removes every visible, delayed and in-flight message of a queue (with a rewind window
+    /// they stay rewindable) and prints how many.
+    Purge { name: String },
     /// Prints every queue (one JSON object per line), in name order.
     List {
         /// Only queues whose name starts with this.
@@ -296,6 +312,32 @@ pub struct RewindArgs {
     endpoint: EndpointArg,
 }
 
+#[derive(Args, Debug)]
+pub struct PeekArgs {
+    /// The queue.
+    name: String,
+    /// Most messages to show (1..=16).
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true,
+          value_parser = u32_in(1..=MAX_BATCH as u32))]
+    max: u32,
+    #[command(flatten)]
+    endpoint: EndpointArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ChangeVisibilityArgs {
+    /// The queue.
+    name: String,
+    /// The receipt handle of the message's newest receive.
+    handle: String,
+    /// Seconds from now until the message is visible again (0..=43200; 0 = at once).
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(CHANGE_VISIBILITY_SECONDS))]
+    timeout: u32,
+    #[command(flatten)]
+    endpoint: EndpointArg,
+}
+
 impl ClientCommand {
     /// The `--endpoint` given after the command, if any (see [`resolve_endpoint`]).
     pub fn endpoint(&self) -> Option<&str> {
@@ -310,6 +352,9 @@ impl ClientCommand {
             Self::Receive(args) => &args.endpoint,
             Self::Delete(args) => &args.endpoint,
             Self::Rewind(args) => &args.endpoint,
+            Self::Peek(args) => &args.endpoint,
+            Self::ChangeVisibility(args) => &args.endpoint,
+            Self::Nack(args) => &args.endpoint,
         }
     }
 }
@@ -451,7 +496,39 @@ async fn execute(
                 },
             )
         }
+        ClientCommand::Peek(args) => {
+            for message in client.peek_messages(&args.name, args.max).await? {
+                print(stdout, &PeekedJson::from(&message))?;
+            }
+            Ok(())
+        }
+        ClientCommand::ChangeVisibility(args) => {
+            change_visibility(&client, &args.name, &args.handle, args.timeout, stdout).await
+        }
+        ClientCommand::Nack(args) => {
+            change_visibility(&client, &args.name, &args.handle, 0, stdout).await
+        }
     }
+}
+
+async fn change_visibility(
+    client: &Client,
+    name: &str,
+    handle: &str,
+    timeout: u32,
+    stdout: &mut impl Write,
+) -> Result<(), CliError> {
+    let next_visible = client
+        .change_message_visibility(name, handle, timeout)
+        .await?;
+    print(
+        stdout,
+        &VisibilityJson {
+            queue_name: name,
+            receipt_handle: handle,
+            next_visible_time: format_timestamp(&next_visible),
+        },
+    )
 }
 
 async fn queue(
@@ -480,6 +557,16 @@ async fn queue(
                     queue_name: &name,
                     receipt_handle: None,
                     deleted: true,
+                },
+            )
+        }
+        QueueCommand::Purge { name } => {
+            let purged_messages = client.purge_queue(&name).await?;
+            print(
+                stdout,
+                &PurgedJson {
+                    queue_name: &name,
+                    purged_messages,
                 },
             )
         }

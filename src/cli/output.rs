@@ -124,6 +124,55 @@ pub struct RewoundJson<'a> {
     pub restored_messages: u64,
 }
 
+/// The answer to `queue purge`.
+#[derive(Serialize)]
+pub struct PurgedJson<'a> {
+    pub queue_name: &'a str,
+    pub purged_messages: u64,
+}
+
+/// The answer to `change-visibility` and `nack`.
+#[derive(Serialize)]
+pub struct VisibilityJson<'a> {
+    pub queue_name: &'a str,
+    pub receipt_handle: &'a str,
+    pub next_visible_time: String,
+}
+
+/// A peeked message: a received message's fields but the receive's own (handle, next visible
+/// time). Exactly one of `body` and `body_base64` is present.
+#[derive(Serialize)]
+pub struct PeekedJson<'a> {
+    pub message_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    pub enqueue_time: Option<String>,
+    pub first_dequeue_time: Option<String>,
+    pub dequeue_count: u32,
+}
+
+impl<'a> From<&'a pb::PeekedMessage> for PeekedJson<'a> {
+    fn from(message: &'a pb::PeekedMessage) -> Self {
+        let (body, body_base64) = match std::str::from_utf8(&message.body) {
+            Ok(text) => (Some(text), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(&message.body)),
+            ),
+        };
+        Self {
+            message_id: &message.message_id,
+            body,
+            body_base64,
+            enqueue_time: message.enqueue_time.as_ref().map(format_timestamp),
+            first_dequeue_time: message.first_dequeue_time.as_ref().map(format_timestamp),
+            dequeue_count: message.dequeue_count,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

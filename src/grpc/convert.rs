@@ -7,7 +7,7 @@ use crate::attributes::{AttributesPatch, QueueAttributes};
 use crate::clock::Millis;
 use crate::error::QueueError;
 use crate::pb;
-use crate::queue::{Claimed, QueueInfo};
+use crate::queue::{Claimed, PeekedMessage, QueueInfo};
 use crate::receipt::ReceiptKey;
 
 pub fn timestamp(ms: Millis) -> Timestamp {
@@ -81,6 +81,19 @@ pub fn received(message: &Claimed, body: bytes::Bytes, key: &ReceiptKey) -> pb::
         enqueue_time: Some(timestamp(message.enqueue_ms)),
         first_dequeue_time: Some(timestamp(message.first_dequeue_ms)),
         next_visible_time: Some(timestamp(message.visible_at_ms)),
+        dequeue_count: message.dequeue_count,
+    }
+}
+
+pub fn peeked(peeked: PeekedMessage) -> pb::PeekedMessage {
+    let message = peeked.message;
+    pb::PeekedMessage {
+        message_id: message.id.to_string(),
+        body: peeked.body,
+        enqueue_time: Some(timestamp(message.enqueue_ms)),
+        // 0 is "never received" inside; the API says so by leaving it unset.
+        first_dequeue_time: (message.dequeue_count > 0)
+            .then(|| timestamp(message.first_dequeue_ms)),
         dequeue_count: message.dequeue_count,
     }
 }

@@ -21,14 +21,14 @@ use crate::auth::{Action, Caller};
 use crate::disk::DiskGuard;
 use crate::error::QueueError;
 use crate::limits::{
-    DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, POLLING_WAIT_SECONDS,
-    VISIBILITY_TIMEOUT_SECONDS,
+    CHANGE_VISIBILITY_SECONDS, DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN,
+    POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS,
 };
 use crate::logsafe::Shown;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
-use crate::queue::{DeleteTarget, Outgoing, QueueHandle, ReceiveRequest};
-use crate::receipt::Indexed;
+use crate::queue::{DeleteTarget, Outgoing, QueueHandle, ReceiveRequest, VisibilityTarget};
+use crate::receipt::{Indexed, IndexedField};
 use crate::registry::Registry;
 
 pub struct QueueServiceImpl {
@@ -395,6 +395,149 @@ impl QueueService for QueueServiceImpl {
                 })
                 .collect();
             Ok(Response::new(pb::BatchDeleteMessagesResponse { failures }))
+        }
+        .await;
+        result
+    }
+
+    #[tracing::instrument(name = "ChangeMessageVisibility", skip_all, fields(queue = %request.get_ref().queue_name))]
+    async fn change_message_visibility(
+        &self,
+        request: Request<pb::ChangeMessageVisibilityRequest>,
+    ) -> RpcResult<pb::ChangeMessageVisibilityResponse> {
+        let result: RpcResult<pb::ChangeMessageVisibilityResponse> = async {
+            let caller = caller(&request)?;
+            let request = request.into_inner();
+            let handle = self.queue(&caller, Action::Receive, &request.queue_name)?;
+            check_range(
+                "visibility_timeout_seconds",
+                request.visibility_timeout_seconds,
+                &CHANGE_VISIBILITY_SECONDS,
+            )?;
+            let receipt = self
+                .registry()?
+                .receipt_key()
+                .decode(&request.receipt_handle, &"receipt_handle")?;
+            let target = VisibilityTarget {
+                handle: receipt,
+                visibility_timeout_seconds: request.visibility_timeout_seconds,
+                index: None,
+            };
+            let mut results = handle.change_visibility(vec![target]).await?;
+            // One target, one result: the actor answers every target it is given.
+            let next_visible_ms = results.pop().unwrap_or_else(|| {
+                Err(QueueError::Storage("the queue answered no result".into()))
+            })?;
+            Ok(Response::new(pb::ChangeMessageVisibilityResponse {
+                next_visible_time: Some(convert::timestamp(next_visible_ms)),
+            }))
+        }
+        .await;
+        result
+    }
+
+    #[tracing::instrument(name = "BatchChangeMessageVisibility", skip_all, fields(queue = %request.get_ref().queue_name))]
+    async fn batch_change_message_visibility(
+        &self,
+        request: Request<pb::BatchChangeMessageVisibilityRequest>,
+    ) -> RpcResult<pb::BatchChangeMessageVisibilityResponse> {
+        let result: RpcResult<pb::BatchChangeMessageVisibilityResponse> = async {
+            let caller = caller(&request)?;
+            let request = request.into_inner();
+            let handle = self.queue(&caller, Action::Receive, &request.queue_name)?;
+            batch_size("entries", request.entries.len())?;
+            // A timeout out of range is the request's fault, not one entry's: nothing changes.
+            for (index, entry) in request.entries.iter().enumerate() {
+                check_range(
+                    &format!("entries[{index}].visibility_timeout_seconds"),
+                    entry.visibility_timeout_seconds,
+                    &CHANGE_VISIBILITY_SECONDS,
+                )?;
+            }
+            let receipt_key = self.registry()?.receipt_key();
+            let mut failures = Vec::new();
+            let mut targets = Vec::with_capacity(request.entries.len());
+            for (index, entry) in request.entries.iter().enumerate() {
+                let field = IndexedField("entries", index, "receipt_handle");
+                match receipt_key.decode(&entry.receipt_handle, &field) {
+                    Ok(receipt) => targets.push(VisibilityTarget {
+                        handle: receipt,
+                        visibility_timeout_seconds: entry.visibility_timeout_seconds,
+                        index: Some(index),
+                    }),
+                    Err(error) => failures.push((index, error)),
+                }
+            }
+            let mut changed = Vec::with_capacity(targets.len());
+            if !targets.is_empty() {
+                let indexes: Vec<usize> = targets.iter().filter_map(|t| t.index).collect();
+                let results = handle.change_visibility(targets).await?;
+                for (index, result) in indexes.into_iter().zip(results) {
+                    match result {
+                        Ok(next_visible_ms) => changed.push(pb::ChangedVisibility {
+                            index: index as u32,
+                            next_visible_time: Some(convert::timestamp(next_visible_ms)),
+                        }),
+                        Err(error) => failures.push((index, error)),
+                    }
+                }
+            }
+            failures.sort_by_key(|(index, _)| *index);
+            let failures = failures
+                .into_iter()
+                .map(|(index, error)| pb::ChangeVisibilityFailure {
+                    index: index as u32,
+                    receipt_handle: request.entries[index].receipt_handle.clone(),
+                    code: super::status::code_of(&error) as i32,
+                    message: error.to_string(),
+                    cmq_code: error.cmq_code(),
+                })
+                .collect();
+            Ok(Response::new(pb::BatchChangeMessageVisibilityResponse {
+                changed,
+                failures,
+            }))
+        }
+        .await;
+        result
+    }
+
+    #[tracing::instrument(name = "PurgeQueue", skip_all, fields(queue = %request.get_ref().queue_name))]
+    async fn purge_queue(
+        &self,
+        request: Request<pb::PurgeQueueRequest>,
+    ) -> RpcResult<pb::PurgeQueueResponse> {
+        let result: RpcResult<pb::PurgeQueueResponse> = async {
+            let caller = caller(&request)?;
+            let request = request.into_inner();
+            let handle = self.queue(&caller, Action::Admin, &request.queue_name)?;
+            let purged_messages = handle.purge().await?;
+            Ok(Response::new(pb::PurgeQueueResponse { purged_messages }))
+        }
+        .await;
+        result
+    }
+
+    #[tracing::instrument(name = "PeekMessages", skip_all, fields(queue = %request.get_ref().queue_name))]
+    async fn peek_messages(
+        &self,
+        request: Request<pb::PeekMessagesRequest>,
+    ) -> RpcResult<pb::PeekMessagesResponse> {
+        let result: RpcResult<pb::PeekMessagesResponse> = async {
+            let caller = caller(&request)?;
+            let request = request.into_inner();
+            let handle = self.queue(&caller, Action::Receive, &request.queue_name)?;
+            let max_messages = match request.max_messages as usize {
+                0 => 1,
+                max => {
+                    check_range("max_messages", max, &(1..=MAX_BATCH))?;
+                    max
+                }
+            };
+            let peeked = handle.peek(max_messages).await?;
+            Ok(Response::new(pb::PeekMessagesResponse {
+                messages: peeked.into_iter().map(convert::peeked).collect(),
+            }))
         }
         .await;
         result

@@ -311,7 +311,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
     type Value = fn(&QueueInfo, i64) -> String;
-    let series: [(&str, &str, &str, Value); 12] = [
+    let series: [(&str, &str, &str, Value); 13] = [
         (
             "spool_queue_visible_messages",
             "gauge",
@@ -377,6 +377,12 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
             "counter",
             "Undeleted messages whose retention ended since the server started.",
             |q, _| q.totals.expired.to_string(),
+        ),
+        (
+            "spool_queue_messages_purged_total",
+            "counter",
+            "Messages removed by PurgeQueue (acknowledged) since the server started.",
+            |q, _| q.totals.purged.to_string(),
         ),
         (
             "spool_queue_empty_receives_total",

@@ -3,8 +3,8 @@
 //!
 //! Sends and message deletes wait for their storage commit without stalling the actor: the
 //! commit's completion is a future the actor polls beside its mailbox, and the reply goes out
-//! when it resolves. Rare administrative commands (update, rewind, drop) await their commit in
-//! line, which keeps their ordering simple.
+//! when it resolves; visibility changes do the same. Rare administrative commands (update,
+//! rewind, purge, drop) await their commit in line, which keeps their ordering simple.
 
 use std::sync::atomic::Ordering;
 
@@ -17,18 +17,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::body_cache::BodyCache;
-use super::messages::{Claimed, DeletePolicy, Deletion, MessageTable, Remains};
+use super::messages::{Claimed, DeletePolicy, Deletion, MessageTable, Remains, VisibilityChange};
 use super::receive_log::ReceiveLog;
 use super::tombstones::MIN_TOMBSTONE_MS;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
 use super::{
     Command, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueInfo, QueueTotals,
-    ReceiveRequest,
+    ReceiveRequest, VisibilityResult, VisibilityTarget,
 };
 use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
-use crate::receipt::{Indexed, Nonces};
+use crate::receipt::{Indexed, IndexedField, Nonces};
 use crate::storage::{
     DeletedMessages, NewMessage, QueueRecord, REMOVE_SLICE, StorageError, WriteOp, remove_in_slices,
 };
@@ -57,6 +57,12 @@ enum Pending {
         deletions: Vec<Deletion>,
         results: Vec<DeleteResult>,
         respond_to: oneshot::Sender<Result<Vec<DeleteResult>, QueueError>>,
+    },
+    VisibilityChanged {
+        /// In the order they were applied, so that a failed commit undoes them in reverse.
+        changes: Vec<VisibilityChange>,
+        results: Vec<VisibilityResult>,
+        respond_to: oneshot::Sender<Result<Vec<VisibilityResult>, QueueError>>,
     },
 }
 
@@ -245,6 +251,26 @@ impl QueueActor {
                 targets,
                 respond_to,
             } => self.delete_messages(targets, respond_to),
+            Command::ChangeVisibility {
+                targets,
+                respond_to,
+            } => self.change_visibility(targets, respond_to),
+            Command::Purge { respond_to } => {
+                let result = self.purge().await;
+                let _ = respond_to.send(result);
+            }
+            Command::Peek {
+                max_messages,
+                respond_to,
+            } => {
+                let peeked = self
+                    .table
+                    .peek(max_messages)
+                    .into_iter()
+                    .map(|message| (message, self.bodies.get(message.id)))
+                    .collect();
+                let _ = respond_to.send(peeked);
+            }
             Command::Rewind {
                 start_ms,
                 respond_to,
@@ -473,6 +499,22 @@ impl QueueActor {
                 };
                 let _ = respond_to.send(reply);
             }
+            Pending::VisibilityChanged {
+                changes,
+                results,
+                respond_to,
+            } => {
+                let reply = match result {
+                    Ok(()) => Ok(results),
+                    Err(error) => {
+                        for change in changes.into_iter().rev() {
+                            self.table.undo_visibility(change);
+                        }
+                        Err(error.into())
+                    }
+                };
+                let _ = respond_to.send(reply);
+            }
         }
     }
 
@@ -628,13 +670,8 @@ impl QueueActor {
                 }
                 None => &"receipt_handle",
             };
-            if handle.queue_id != self.record.id {
-                // Says nothing of the queue that did issue it, nor whether it still exists.
-                results.push(Err(QueueError::InvalidArgument(format!(
-                    "{field} was not issued by queue {:?}: delete a message through the queue it \
-                     was received from (a queue deleted and created again is a new queue)",
-                    self.record.name
-                ))));
+            if let Err(error) = self.check_issuer(&handle, field) {
+                results.push(Err(error));
                 continue;
             }
             match self.table.delete(handle, now, policy, field) {
@@ -660,22 +697,7 @@ impl QueueActor {
         let own_commit = if deletions.is_empty() {
             None
         } else {
-            let mut deleted = DeletedMessages::default();
-            for deletion in &deletions {
-                let (Deletion::Deleted { id, remains, .. }, Some(record)) =
-                    (deletion, deletion.kept_record())
-                else {
-                    continue;
-                };
-                match remains {
-                    Remains::Nothing => deleted.removed.push(*id),
-                    Remains::Kept => deleted.kept.push(record),
-                    Remains::Tombstone { until_ms } => {
-                        deleted.tombstone_until_ms = *until_ms;
-                        deleted.tombstones.push(record);
-                    }
-                }
-            }
+            let deleted = deleted_rows(&deletions);
             let ids: Vec<u64> = deletions
                 .iter()
                 .filter_map(|d| d.kept_record().map(|r| r.id))
@@ -709,6 +731,115 @@ impl QueueActor {
                 result,
             )
         }));
+    }
+
+    /// Checks that a receipt handle was issued by this queue incarnation.
+    fn check_issuer(
+        &self,
+        handle: &crate::receipt::ReceiptHandle,
+        field: &dyn std::fmt::Display,
+    ) -> Result<(), QueueError> {
+        if handle.queue_id != self.record.id {
+            // Says nothing of the queue that did issue it, nor whether it still exists.
+            return Err(QueueError::InvalidArgument(format!(
+                "{field} was not issued by queue {:?}: use a receipt handle with the queue it was \
+                 received from (a queue deleted and created again is a new queue)",
+                self.record.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies the changes at once (a nacked message goes to waiting polls straight away) and
+    /// answers once they are durable; a failed commit undoes them. Each change writes the
+    /// message's whole receive record, so a pending lazy record of the same receive, which still
+    /// holds the old time and would be written after it, is dropped.
+    fn change_visibility(
+        &mut self,
+        targets: Vec<VisibilityTarget>,
+        respond_to: oneshot::Sender<Result<Vec<VisibilityResult>, QueueError>>,
+    ) {
+        let now = self.now();
+        let mut changes = Vec::with_capacity(targets.len());
+        let mut results = Vec::with_capacity(targets.len());
+        for target in targets {
+            let indexed;
+            let field: &dyn std::fmt::Display = match target.index {
+                Some(index) => {
+                    indexed = IndexedField("entries", index, "receipt_handle");
+                    &indexed
+                }
+                None => &"receipt_handle",
+            };
+            let handle = target.handle;
+            let visibility_ms = secs_to_ms(target.visibility_timeout_seconds);
+            let result = self.check_issuer(&handle, field).and_then(|()| {
+                self.table
+                    .change_visibility(handle, now, visibility_ms, field)
+            });
+            match result {
+                Ok(change) => {
+                    self.receive_log.forget(change.id);
+                    results.push(Ok(change.after.visible_at_ms));
+                    changes.push(change);
+                }
+                Err(error) => results.push(Err(error)),
+            }
+        }
+        if changes.is_empty() {
+            let _ = respond_to.send(Ok(results));
+            return;
+        }
+        if changes
+            .iter()
+            .any(|change| change.after.visible_at_ms <= now)
+        {
+            self.serve_waiters(now);
+        }
+        let records = changes.iter().map(VisibilityChange::record).collect();
+        let committed = self.submit(WriteOp::RecordReceives(records));
+        self.commits.push(Box::pin(async move {
+            (
+                Pending::VisibilityChanged {
+                    changes,
+                    results,
+                    respond_to,
+                },
+                committed.await,
+            )
+        }));
+    }
+
+    /// Deletes every live message, in commits of at most [`REMOVE_SLICE`] so that a large
+    /// purge does not hold the writer (and every other queue's sends) in one long commit. It
+    /// answers once all are durable; should one commit fail, the messages of it and of the
+    /// slices after it are put back (those before stay purged: a retry purges the rest).
+    async fn purge(&mut self) -> Result<u64, QueueError> {
+        let now = self.now();
+        let deletions = self.table.purge(now, self.delete_policy());
+        for deletion in &deletions {
+            if let Deletion::Deleted { id, .. } = deletion {
+                self.receive_log.forget(*id);
+                self.bodies.remove(*id);
+            }
+        }
+        let mut committed = 0;
+        for slice in deletions.chunks(REMOVE_SLICE) {
+            let result = self
+                .submit(WriteOp::DeleteMessages(deleted_rows(slice)))
+                .await;
+            if let Err(error) = result {
+                for deletion in deletions[committed..].iter().rev() {
+                    self.table.undo_delete(*deletion);
+                }
+                self.totals.purged += committed as u64;
+                self.serve_waiters(self.now());
+                return Err(error.into());
+            }
+            committed += slice.len();
+        }
+        self.totals.purged += committed as u64;
+        Ok(committed as u64)
     }
 
     async fn rewind(&mut self, start_ms: Millis) -> Result<u64, QueueError> {
@@ -771,6 +902,29 @@ impl Sending {
             .iter()
             .flat_map(|(&first_id, &count)| first_id..first_id + count)
     }
+}
+
+/// The rows of deleted messages, as storage writes them: removed, kept for rewind, or
+/// tombstones.
+fn deleted_rows(deletions: &[Deletion]) -> DeletedMessages {
+    let mut deleted = DeletedMessages::default();
+    for deletion in deletions {
+        let (Deletion::Deleted { id, remains, .. }, Some(record)) =
+            (deletion, deletion.kept_record())
+        else {
+            continue;
+        };
+        match remains {
+            Remains::Nothing => deleted.removed.push(*id),
+            Remains::Kept => deleted.kept.push(record),
+            Remains::Tombstone { until_ms } => {
+                // Every tombstone of one request ends at the same time (see DeletedMessages).
+                deleted.tombstone_until_ms = *until_ms;
+                deleted.tombstones.push(record);
+            }
+        }
+    }
+    deleted
 }
 
 /// Resolves when the read-ahead in `slot` is done (never, when there is none).

@@ -102,6 +102,11 @@ impl BodyCache {
         Some(body)
     }
 
+    /// A cached body, left in the cache (a peek: the message's receive still wants it).
+    pub fn get(&self, id: u64) -> Option<Bytes> {
+        self.bodies.get(&id).cloned()
+    }
+
     /// Forgets a message's body (its message is gone).
     pub fn remove(&mut self, id: u64) {
         self.take(id);

@@ -129,6 +129,38 @@ impl Deletion {
     }
 }
 
+/// What a visibility change did, so that it can be undone if its commit fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VisibilityChange {
+    pub id: u64,
+    pub before: LiveMessage,
+    pub after: LiveMessage,
+}
+
+impl VisibilityChange {
+    /// The message's receive bookkeeping after the change, as storage keeps it: the same receive,
+    /// a new `visible_at_ms`.
+    pub fn record(&self) -> ReceiveRecord {
+        ReceiveRecord {
+            id: self.id,
+            visible_at_ms: self.after.visible_at_ms,
+            dequeue_count: self.after.dequeue_count,
+            first_dequeue_ms: self.after.first_dequeue_ms,
+            receipt_nonce: self.after.receipt_nonce,
+        }
+    }
+}
+
+/// A visible message as PeekMessages shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peeked {
+    pub id: u64,
+    pub enqueue_ms: Millis,
+    /// 0 when never received.
+    pub first_dequeue_ms: Millis,
+    pub dequeue_count: u32,
+}
+
 /// How a queue deletes: what its attributes say a deleted message leaves behind.
 #[derive(Clone, Copy, Debug)]
 pub struct DeletePolicy {
@@ -423,8 +455,15 @@ impl MessageTable {
                 "{field} has expired: message {id} became visible again at its next_visible_time"
             )));
         }
-        let before = *message;
-        self.take_live(id);
+        Ok(self
+            .remove_live(id, now, policy)
+            .unwrap_or(Deletion::AlreadyDeleted))
+    }
+
+    /// Removes a live message as a delete through its newest receive does; `None` if `id` is
+    /// not live.
+    fn remove_live(&mut self, id: u64, now: Millis, policy: DeletePolicy) -> Option<Deletion> {
+        let before = self.take_live(id)?;
         let remains = if policy.keep_for_rewind {
             self.keep(id, &before);
             Remains::Kept
@@ -443,11 +482,92 @@ impl MessageTable {
         } else {
             Remains::Nothing
         };
-        Ok(Deletion::Deleted {
+        Some(Deletion::Deleted {
             id,
             before,
             remains,
         })
+    }
+
+    /// Removes every live message (visible, delayed, in flight) as if each had been deleted
+    /// through its newest receive: so that receive's handle then deletes as a retry would, older
+    /// handles fail, and with rewind on they stay rewindable.
+    pub fn purge(&mut self, now: Millis, policy: DeletePolicy) -> Vec<Deletion> {
+        let ids: Vec<u64> = self.live.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| self.remove_live(id, now, policy))
+            .collect()
+    }
+
+    /// Makes the message named by `handle` visible again `visibility_ms` from now (at once for
+    /// 0), if the handle is its newest receive and has not expired: the rules of [`Self::delete`]
+    /// for a live message. The handle stays the newest; the receive's count does not change.
+    pub fn change_visibility(
+        &mut self,
+        handle: ReceiptHandle,
+        now: Millis,
+        visibility_ms: Millis,
+        field: &dyn std::fmt::Display,
+    ) -> Result<VisibilityChange, QueueError> {
+        let id = handle.message_id;
+        let Some(message) = self.live.get(&id) else {
+            return Err(QueueError::StaleReceipt(format!(
+                "{field} names message {id}, which is no longer in the queue (deleted, or its \
+                 retention ended)"
+            )));
+        };
+        if message.receipt_nonce != handle.nonce {
+            return Err(QueueError::StaleReceipt(format!(
+                "{field} is not the newest receipt handle of message {id}: it was received again, \
+                 or became visible again, since"
+            )));
+        }
+        if message.phase != Phase::InFlight || message.visible_at_ms <= now {
+            return Err(QueueError::StaleReceipt(format!(
+                "{field} has expired: message {id} became visible again at its next_visible_time"
+            )));
+        }
+        let before = *message;
+        let after = LiveMessage {
+            visible_at_ms: now + visibility_ms,
+            phase: if visibility_ms == 0 {
+                Phase::Visible
+            } else {
+                Phase::InFlight
+            },
+            ..before
+        };
+        self.take_live(id);
+        self.put_live(id, after);
+        // The old deadline's timer entry is stale now; long heartbeats must not pile them up.
+        self.compact_timers();
+        Ok(VisibilityChange { id, before, after })
+    }
+
+    /// Puts back a message whose visibility change could not be committed, unless something
+    /// changed it since (a receive after a nack): then that newer state stands.
+    pub fn undo_visibility(&mut self, change: VisibilityChange) {
+        if self.live.get(&change.id) == Some(&change.after) {
+            self.take_live(change.id);
+            self.put_live(change.id, change.before);
+        }
+    }
+
+    /// Up to `max` visible messages, in the order `claim` would take them; changes nothing.
+    pub fn peek(&self, max: usize) -> Vec<Peeked> {
+        self.visible
+            .iter()
+            .take(max)
+            .filter_map(|&id| {
+                let message = self.live.get(&id)?;
+                Some(Peeked {
+                    id,
+                    enqueue_ms: message.enqueue_ms,
+                    first_dequeue_ms: message.first_dequeue_ms,
+                    dequeue_count: message.dequeue_count,
+                })
+            })
+            .collect()
     }
 
     fn keep(&mut self, id: u64, message: &LiveMessage) {
@@ -967,5 +1087,139 @@ mod tests {
             Ok(Deletion::AlreadyDeleted)
         );
         assert_eq!(table.next_change_ms(RETENTION), Some(500));
+    }
+
+    #[test]
+    fn a_heartbeat_extends_and_the_handle_stays_the_newest() {
+        let mut table = MessageTable::new(1);
+        table.insert(1, 0, 0, 0);
+        let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
+        let change = table
+            .change_visibility(claimed.handle, 10, 5 * VIS, &"h")
+            .unwrap();
+        assert_eq!(change.after.visible_at_ms, 10 + 5 * VIS);
+        assert_eq!(change.record().receipt_nonce, claimed.handle.nonce);
+        // The original deadline passes: still in flight, the handle still works.
+        table.advance(VIS + 1, RETENTION);
+        assert_eq!(table.counts().in_flight, 1);
+        assert!(table.claim(1, VIS + 1, VIS, nonces()).is_empty());
+        assert!(
+            table
+                .change_visibility(claimed.handle, VIS + 2, VIS, &"h")
+                .is_ok()
+        );
+        assert!(matches!(
+            table.delete(claimed.handle, VIS + 3, DROP, &"h"),
+            Ok(Deletion::Deleted { .. })
+        ));
+    }
+
+    #[test]
+    fn a_nack_makes_visible_at_once_and_expires_the_handle() {
+        let mut table = MessageTable::new(1);
+        table.insert(1, 0, 0, 0);
+        let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
+        table.change_visibility(claimed.handle, 5, 0, &"h").unwrap();
+        assert_eq!(table.counts().visible, 1);
+        assert!(matches!(
+            table.change_visibility(claimed.handle, 5, VIS, &"h"),
+            Err(QueueError::StaleReceipt(m)) if m.contains("expired")
+        ));
+        assert!(table.delete(claimed.handle, 5, DROP, &"h").is_err());
+        let again = table.claim(1, 6, VIS, nonces());
+        assert_eq!(again[0].dequeue_count, 2);
+        // A shortened timeout fires at its new time, not the old one.
+        table
+            .change_visibility(again[0].handle, 7, 1_000, &"h")
+            .unwrap();
+        assert_eq!(table.next_change_ms(RETENTION), Some(1_007));
+        assert_eq!(table.advance(1_007, RETENTION).became_visible, 1);
+    }
+
+    #[test]
+    fn visibility_changes_follow_the_receipt_rules() {
+        let mut table = MessageTable::new(1);
+        let (first, second) = received_twice(&mut table);
+        assert!(matches!(
+            table.change_visibility(first.handle, VIS + 1, VIS, &"h"),
+            Err(QueueError::StaleReceipt(m)) if m.contains("newest")
+        ));
+        // Expired without `advance` having run yet.
+        assert!(
+            table
+                .change_visibility(second.handle, 2 * VIS, VIS, &"h")
+                .is_err()
+        );
+        table.delete(second.handle, VIS + 1, DROP, &"h").unwrap();
+        assert!(matches!(
+            table.change_visibility(second.handle, VIS + 2, VIS, &"h"),
+            Err(QueueError::StaleReceipt(m)) if m.contains("no longer")
+        ));
+    }
+
+    #[test]
+    fn undo_visibility_restores_unless_received_since() {
+        let mut table = MessageTable::new(1);
+        table.insert(1, 0, 0, 0);
+        let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
+        let change = table.change_visibility(claimed.handle, 1, 0, &"h").unwrap();
+        table.undo_visibility(change);
+        assert_eq!(table.counts().in_flight, 1);
+        assert_eq!(table.next_change_ms(RETENTION), Some(VIS));
+        // Nacked and received again before the undo: the new receive stands.
+        let change = table.change_visibility(claimed.handle, 1, 0, &"h").unwrap();
+        let again = table.claim(1, 2, VIS, || 77)[0].clone();
+        table.undo_visibility(change);
+        assert_eq!(table.live[&1].receipt_nonce, again.handle.nonce);
+        assert_eq!(table.live[&1].visible_at_ms, 2 + VIS);
+    }
+
+    #[test]
+    fn purge_removes_every_live_message_as_deletes_do() {
+        for policy in [DROP, KEEP] {
+            let mut table = MessageTable::new(1);
+            let (first, second) = received_twice(&mut table); // message 1, in flight
+            table.insert(2, 1, 1, 1); // visible
+            table.insert(3, 2, 10 * VIS, 2); // delayed
+            let deletions = table.purge(VIS + 1, policy);
+            assert_eq!(deletions.len(), 3);
+            assert_eq!(table.counts().backlog(), 0);
+            assert!(!table.has_visible());
+            // As after a delete through the newest receive.
+            assert_eq!(
+                table.delete(second.handle, VIS + 2, policy, &"h"),
+                Ok(Deletion::AlreadyDeleted)
+            );
+            assert!(table.delete(first.handle, VIS + 2, policy, &"h").is_err());
+            if policy.keep_for_rewind {
+                assert_eq!(table.counts().rewindable, 3);
+                assert_eq!(table.restore(&table.kept_since(0)), 3);
+                assert_eq!(table.counts().visible, 3);
+            } else {
+                assert_eq!(table.counts().rewindable, 0);
+            }
+            for deletion in deletions.into_iter().rev() {
+                table.undo_delete(deletion);
+            }
+        }
+    }
+
+    #[test]
+    fn peek_shows_the_receive_order_and_changes_nothing() {
+        let mut table = MessageTable::new(1);
+        table.insert(3, 30, 30, 30);
+        table.insert(1, 10, 10, 10);
+        table.insert(2, 20, 10_000, 20); // delayed
+        let before = table.counts();
+        let peeked = table.peek(16);
+        assert_eq!(peeked.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(peeked[0].dequeue_count, 0);
+        assert_eq!(table.peek(1).len(), 1);
+        assert_eq!(table.counts(), before);
+        let claimed = table.claim(16, 40, VIS, nonces());
+        assert_eq!(
+            claimed.iter().map(|c| c.id).collect::<Vec<_>>(),
+            peeked.iter().map(|p| p.id).collect::<Vec<_>>()
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
 use crate::receipt::ReceiptHandle;
 use crate::storage::{QueueRecord, Storage};
-pub use messages::{Claimed, Counts};
+pub use messages::{Claimed, Counts, Peeked};
 pub use receiving::Receiving;
 
 /// Commands waiting for a queue's actor; beyond this, callers wait (back-pressure).
@@ -59,6 +59,8 @@ pub struct QueueTotals {
     pub expired: u64,
     /// Receives answered with no message.
     pub empty_receives: u64,
+    /// Messages removed by acknowledged purges.
+    pub purged: u64,
 }
 
 /// A message to send.
@@ -90,6 +92,26 @@ pub struct DeleteTarget {
     pub index: Option<usize>,
 }
 
+/// One receipt handle whose message's visibility is to change, with its place in the caller's
+/// request (`entries[2].receipt_handle`; `None` for ChangeMessageVisibility's single one).
+#[derive(Clone, Copy, Debug)]
+pub struct VisibilityTarget {
+    pub handle: ReceiptHandle,
+    /// From now until the message is visible again: 0 makes it visible at once.
+    pub visibility_timeout_seconds: u32,
+    pub index: Option<usize>,
+}
+
+/// The result of one visibility change of a batch: the message's new `next_visible_time`.
+pub type VisibilityResult = Result<Millis, QueueError>;
+
+/// A visible message as PeekMessages returns it.
+#[derive(Clone, Debug)]
+pub struct PeekedMessage {
+    pub message: Peeked,
+    pub body: Bytes,
+}
+
 pub(crate) enum Command {
     Info {
         respond_to: oneshot::Sender<QueueInfo>,
@@ -115,6 +137,19 @@ pub(crate) enum Command {
     DeleteMessages {
         targets: Vec<DeleteTarget>,
         respond_to: oneshot::Sender<Result<Vec<DeleteResult>, QueueError>>,
+    },
+    ChangeVisibility {
+        targets: Vec<VisibilityTarget>,
+        respond_to: oneshot::Sender<Result<Vec<VisibilityResult>, QueueError>>,
+    },
+    /// Deletes every live message; answers how many.
+    Purge {
+        respond_to: oneshot::Sender<Result<u64, QueueError>>,
+    },
+    /// The first visible messages, with the bodies the queue has in memory.
+    Peek {
+        max_messages: usize,
+        respond_to: oneshot::Sender<Vec<(Peeked, Option<Bytes>)>>,
     },
     Rewind {
         start_ms: Millis,
@@ -259,5 +294,58 @@ impl QueueHandle {
             respond_to,
         })
         .await?
+    }
+
+    /// Changes when received messages become visible again; one result per target, in order,
+    /// once the changes are durable.
+    pub async fn change_visibility(
+        &self,
+        targets: Vec<VisibilityTarget>,
+    ) -> Result<Vec<VisibilityResult>, QueueError> {
+        self.ask(|respond_to| Command::ChangeVisibility {
+            targets,
+            respond_to,
+        })
+        .await?
+    }
+
+    /// Deletes every visible, delayed and in-flight message; returns how many, once durable.
+    pub async fn purge(&self) -> Result<u64, QueueError> {
+        self.ask(|respond_to| Command::Purge { respond_to }).await?
+    }
+
+    /// Up to `max_messages` visible messages, oldest first, without receiving them. Bodies the
+    /// queue no longer holds in memory are read from storage here, not in the actor; a message
+    /// deleted meanwhile (its body gone) is left out.
+    pub async fn peek(&self, max_messages: usize) -> Result<Vec<PeekedMessage>, QueueError> {
+        let peeked = self
+            .ask(|respond_to| Command::Peek {
+                max_messages,
+                respond_to,
+            })
+            .await?;
+        let missing: Vec<u64> = peeked
+            .iter()
+            .filter(|(_, body)| body.is_none())
+            .map(|(message, _)| message.id)
+            .collect();
+        let mut read: std::collections::HashMap<u64, Bytes> = if missing.is_empty() {
+            Default::default()
+        } else {
+            let (reply, bodies) = oneshot::channel();
+            self.storage.read_bodies(missing, reply);
+            bodies
+                .await
+                .unwrap_or(Err(crate::storage::StorageError::Closed))?
+                .into_iter()
+                .collect()
+        };
+        Ok(peeked
+            .into_iter()
+            .filter_map(|(message, body)| {
+                let body = body.or_else(|| read.remove(&message.id))?;
+                Some(PeekedMessage { message, body })
+            })
+            .collect())
     }
 }

@@ -22,7 +22,7 @@ use super::messages::MessageTable;
 use super::receiving::Delivered;
 use super::{
     Counts, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueHandle, ReceiveRequest,
-    Receiving,
+    Receiving, VisibilityResult, VisibilityTarget,
 };
 use crate::attributes::QueueAttributes;
 use crate::clock::{Clock, Millis};
@@ -176,6 +176,16 @@ impl Harness {
     async fn delete_one(&self, handle: ReceiptHandle) -> DeleteResult {
         let mut results = self.delete(&[handle]).await?;
         results.remove(0)
+    }
+
+    /// Changes one message's visibility; the error of that handle, or of the whole request.
+    async fn change_visibility(&self, handle: ReceiptHandle, seconds: u32) -> VisibilityResult {
+        let target = VisibilityTarget {
+            handle,
+            visibility_timeout_seconds: seconds,
+            index: None,
+        };
+        self.queue.change_visibility(vec![target]).await?.remove(0)
     }
 
     fn stored_states(&self) -> Vec<(u64, StoredState)> {
@@ -683,4 +693,214 @@ async fn a_restarted_queue_keeps_its_messages_and_the_meaning_of_their_handles()
     advance(SLACK * 2).await;
     assert_eq!(harness.counts().await, counts(2, 0, 0, 0));
     assert_eq!(bodies(&harness.receive(1, 0).await), [b"delayed"]);
+}
+
+/// A heartbeat keeps a message in flight past its first deadline, is answered only once durable,
+/// and holds across a restart; its handle still deletes the message.
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_extends_processing_time_durably() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("slow work").await;
+    let received = harness.receive(1, 0).await.remove(0).message;
+    advance(secs(20)).await;
+
+    harness.storage.hold_writes();
+    let mut change = Box::pin(harness.change_visibility(received.handle, 60));
+    assert!(poll_once(&mut change).is_none());
+    // The actor has taken it (it answers in order) and goes on serving meanwhile.
+    assert_eq!(harness.counts().await, counts(0, 1, 0, 0));
+    // The change's commit (and maybe the receive's lazy record) waits.
+    assert!(harness.storage.held_writes() >= 1);
+    assert!(poll_once(&mut change).is_none(), "answered before durable");
+    harness.storage.release_writes();
+    let next_visible_ms = change.await.expect("changed");
+    assert_about(
+        Duration::from_millis((next_visible_ms - received.visible_at_ms) as u64),
+        secs(50),
+    );
+
+    // Past the receive's own timeout: still in flight, after a restart too.
+    advance(secs(30)).await;
+    assert!(harness.receive(1, 0).await.is_empty());
+    let harness = harness.restart().await;
+    assert_eq!(harness.counts().await, counts(0, 1, 0, 0));
+    // The same handle extends again and then deletes.
+    harness
+        .change_visibility(received.handle, 5)
+        .await
+        .expect("changed again");
+    harness.delete_one(received.handle).await.expect("delete");
+    assert!(harness.stored_states().is_empty());
+}
+
+/// A nack (0) makes the message visible at once: a waiting poll gets it, as its next receive.
+/// The nacked handle has expired; an older or foreign handle changes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_nack_hands_the_message_to_the_next_receiver_at_once() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("retry me").await;
+    let received = harness.receive(1, 0).await.remove(0).message;
+    let mut waiting = harness.start_receive(1, 20).await;
+    assert!(poll_once(&mut waiting.next()).is_none());
+    let started = Instant::now();
+    let next_visible_ms = harness
+        .change_visibility(received.handle, 0)
+        .await
+        .expect("nack");
+    assert!(next_visible_ms <= harness.clock.now_ms());
+    let again = waiting.next().await.expect("woken").expect("delivered");
+    assert_eq!(started.elapsed(), Duration::ZERO, "not at once");
+    assert_eq!(
+        (again.message.id, again.message.dequeue_count),
+        (received.id, 2)
+    );
+    assert!(matches!(
+        harness.change_visibility(received.handle, 30).await,
+        Err(QueueError::StaleReceipt(_))
+    ));
+    let foreign = ReceiptHandle {
+        queue_id: QUEUE_ID + 1,
+        ..again.message.handle
+    };
+    assert!(matches!(
+        harness.change_visibility(foreign, 30).await,
+        Err(QueueError::InvalidArgument(m)) if m.contains("receipt_handle")
+    ));
+    // The nack is durable: after a restart the message is in flight under its second receive
+    // (recorded when the queue flushed), not under the first.
+    drop(waiting);
+    let harness = harness.restart().await;
+    assert_eq!(harness.counts().await, counts(0, 1, 0, 0));
+    harness
+        .delete_one(again.message.handle)
+        .await
+        .expect("the newest handle deletes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_visibility_change_whose_commit_fails_changes_nothing() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("m").await;
+    let started = Instant::now();
+    let received = harness.receive(1, 0).await.remove(0).message;
+    harness.storage.fail_writes(true);
+    let changed = harness.change_visibility(received.handle, 0).await;
+    assert!(
+        matches!(changed, Err(QueueError::Storage(_))),
+        "{changed:?}"
+    );
+    let extended = harness.change_visibility(received.handle, 600).await;
+    assert!(
+        matches!(extended, Err(QueueError::Storage(_))),
+        "{extended:?}"
+    );
+    harness.storage.fail_writes(false);
+    assert_eq!(harness.counts().await, counts(0, 1, 0, 0));
+    // Back at its own timeout, not the failed 600 s.
+    let back = harness.receive(1, 40).await.remove(0).message;
+    assert_about(started.elapsed(), secs(30));
+    assert_eq!(back.dequeue_count, 2);
+}
+
+/// A purge removes visible, delayed and in-flight messages as deletes through their newest
+/// receives would, durably; a waiting poll stays parked and gets the next message sent.
+#[tokio::test(start_paused = true)]
+async fn a_purge_removes_everything_and_leaves_waiters_parked() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("in flight").await;
+    let received = harness.receive(1, 0).await.remove(0).message;
+    harness.send("visible").await;
+    harness.send_delayed("delayed", 60).await;
+    assert_eq!(harness.counts().await, counts(1, 1, 1, 0));
+    assert_eq!(harness.queue.purge().await.expect("purge"), 3);
+    assert_eq!(harness.counts().await, Counts::default());
+    assert_eq!(harness.queue.info().await.expect("info").totals.purged, 3);
+    assert!(harness.stored_states().is_empty());
+
+    // A poll parked on the empty queue stays parked through a purge.
+    let mut waiting = harness.start_receive(1, 20).await;
+    assert!(poll_once(&mut waiting.next()).is_none());
+    harness.send_delayed("delayed too", 5).await;
+    assert_eq!(harness.queue.purge().await.expect("purge"), 1);
+    assert!(harness.stored_states().is_empty());
+    let after_purge = poll_once(&mut waiting.next());
+    assert!(after_purge.is_none(), "a waiter ended: {after_purge:?}");
+    // The newest handle of a purged message deletes as a retry would.
+    harness.delete_one(received.handle).await.expect("delete");
+    // The purged delay does not come back when it ends (the wait of 20 s is not over yet).
+    advance(secs(10)).await;
+    assert_eq!(harness.counts().await, Counts::default());
+    harness.send("after").await;
+    let got = waiting.next().await.expect("woken").expect("delivered");
+    assert_eq!(&got.body[..], b"after");
+    // It is in flight now, and in flight is purged too.
+    assert_eq!(harness.queue.purge().await.expect("purge"), 1);
+    assert_eq!(harness.queue.purge().await.expect("purge"), 0);
+    assert_eq!(harness.queue.info().await.expect("info").totals.purged, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_purge_with_rewind_on_can_be_rewound() {
+    let harness = Harness::start(QueueAttributes {
+        rewind_seconds: 3_600,
+        ..attributes()
+    })
+    .await;
+    let before = harness.clock.now_ms();
+    for body in ["a", "b", "c"] {
+        harness.send(body).await;
+    }
+    harness.receive(1, 0).await;
+    assert_eq!(harness.queue.purge().await.expect("purge"), 3);
+    assert_eq!(harness.counts().await, counts(0, 0, 0, 3));
+    let harness = harness.restart().await;
+    assert_eq!(harness.counts().await, counts(0, 0, 0, 3));
+    assert_eq!(harness.queue.rewind(before).await.expect("rewind"), 3);
+    let got = harness.receive(16, 0).await;
+    assert_eq!(bodies(&got), [b"a", b"b", b"c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_purge_whose_commit_fails_removes_nothing() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("a").await;
+    harness.send_delayed("b", 10).await;
+    harness.storage.fail_writes(true);
+    let purged = harness.queue.purge().await;
+    assert!(matches!(purged, Err(QueueError::Storage(_))), "{purged:?}");
+    harness.storage.fail_writes(false);
+    assert_eq!(harness.counts().await, counts(1, 0, 1, 0));
+    assert_eq!(harness.queue.info().await.expect("info").totals.purged, 0);
+    assert_eq!(bodies(&harness.receive(1, 0).await), [b"a"]);
+}
+
+/// A peek shows what a receive would get, bodies included (from storage after a restart), and
+/// changes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_peek_changes_nothing() {
+    let harness = Harness::start(attributes()).await;
+    for body in ["1", "2", "3"] {
+        harness.send(body).await;
+    }
+    harness.send_delayed("later", 60).await;
+    let first = harness.receive(1, 0).await.remove(0).message;
+    harness.queue.release_now(vec![first.handle]);
+    let peeked = harness.queue.peek(16).await.expect("peek");
+    assert_eq!(peeked[0].message.dequeue_count, 1);
+    assert_eq!(peeked[0].message.first_dequeue_ms, first.first_dequeue_ms);
+    assert_eq!(peeked[1].message.dequeue_count, 0);
+    // After a restart no body is in memory: they come from storage.
+    let harness = harness.restart().await;
+    let peeked = harness.queue.peek(16).await.expect("peek");
+    let peeked_bodies: Vec<&[u8]> = peeked.iter().map(|p| &p.body[..]).collect();
+    assert_eq!(peeked_bodies, [b"1", b"2", b"3"]);
+    assert_eq!(harness.queue.peek(2).await.expect("peek").len(), 2);
+    assert_eq!(harness.counts().await, counts(3, 0, 1, 0));
+    let got = harness.receive(16, 0).await;
+    assert_eq!(bodies(&got), [b"1", b"2", b"3"]);
+    assert_eq!(
+        got[0].message.dequeue_count, 1,
+        "the released receive was not recorded"
+    );
+    assert!(harness.queue.peek(16).await.expect("peek").is_empty());
 }

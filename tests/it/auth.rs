@@ -102,9 +102,13 @@ enum Rpc {
     ReceiveMessages,
     DeleteMessage,
     BatchDeleteMessages,
+    ChangeMessageVisibility,
+    BatchChangeMessageVisibility,
+    PurgeQueue,
+    PeekMessages,
 }
 
-const EVERY_RPC: [Rpc; 11] = [
+const EVERY_RPC: [Rpc; 15] = [
     Rpc::CreateQueue,
     Rpc::GetQueue,
     Rpc::UpdateQueue,
@@ -116,16 +120,27 @@ const EVERY_RPC: [Rpc; 11] = [
     Rpc::ReceiveMessages,
     Rpc::DeleteMessage,
     Rpc::BatchDeleteMessages,
+    Rpc::ChangeMessageVisibility,
+    Rpc::BatchChangeMessageVisibility,
+    Rpc::PurgeQueue,
+    Rpc::PeekMessages,
 ];
 
 /// What the grants of the matrix allow: the code each principal gets for each RPC.
 fn expected(rpc: Rpc, who: Who) -> Code {
     let action_of = |rpc| match rpc {
         Rpc::SendMessage | Rpc::BatchSendMessages => Some(Who::Sender),
-        Rpc::ReceiveMessages | Rpc::DeleteMessage | Rpc::BatchDeleteMessages => Some(Who::Receiver),
-        Rpc::CreateQueue | Rpc::UpdateQueue | Rpc::DeleteQueue | Rpc::RewindQueue => {
-            Some(Who::Admin)
-        }
+        Rpc::ReceiveMessages
+        | Rpc::DeleteMessage
+        | Rpc::BatchDeleteMessages
+        | Rpc::ChangeMessageVisibility
+        | Rpc::BatchChangeMessageVisibility
+        | Rpc::PeekMessages => Some(Who::Receiver),
+        Rpc::CreateQueue
+        | Rpc::UpdateQueue
+        | Rpc::DeleteQueue
+        | Rpc::RewindQueue
+        | Rpc::PurgeQueue => Some(Who::Admin),
         // Any grant on the queue (GetQueue); none needed (ListQueues filters).
         Rpc::GetQueue | Rpc::ListQueues => None,
     };
@@ -277,6 +292,50 @@ async fn call(
             assert!(failures.is_empty(), "{failures:?}");
             Ok(())
         }
+        Rpc::ChangeMessageVisibility => {
+            let message = pb::ChangeMessageVisibilityRequest {
+                queue_name,
+                receipt_handle: receipt.to_string(),
+                visibility_timeout_seconds: 60,
+            };
+            client
+                .change_message_visibility(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::BatchChangeMessageVisibility => {
+            let message = pb::BatchChangeMessageVisibilityRequest {
+                queue_name,
+                entries: vec![pb::ChangeVisibilityEntry {
+                    receipt_handle: receipt.to_string(),
+                    visibility_timeout_seconds: 60,
+                }],
+            };
+            let failures = client
+                .batch_change_message_visibility(with_token(message, token))
+                .await?
+                .into_inner()
+                .failures;
+            assert!(failures.is_empty(), "{failures:?}");
+            Ok(())
+        }
+        Rpc::PurgeQueue => {
+            let message = pb::PurgeQueueRequest { queue_name };
+            client
+                .purge_queue(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::PeekMessages => {
+            let message = pb::PeekMessagesRequest {
+                queue_name,
+                max_messages: 1,
+            };
+            client
+                .peek_messages(with_token(message, token))
+                .await
+                .map(drop)
+        }
     }
 }
 
@@ -347,7 +406,10 @@ async fn every_rpc_answers_each_principal_as_its_grants_say() {
             let mut queue = QUEUE.to_string();
             let mut receipt = "not-a-receipt-handle".to_string();
             match rpc {
-                Rpc::DeleteMessage | Rpc::BatchDeleteMessages => {
+                Rpc::DeleteMessage
+                | Rpc::BatchDeleteMessages
+                | Rpc::ChangeMessageVisibility
+                | Rpc::BatchChangeMessageVisibility => {
                     receipt = fresh_receipt(&mut client, QUEUE).await;
                 }
                 Rpc::DeleteQueue => {
@@ -388,12 +450,14 @@ async fn every_rpc_answers_each_principal_as_its_grants_say() {
 
     // Refusals are counted by reason, and as calls by code.
     let text = scrape(metrics).await;
+    let every = EVERY_RPC.len();
     for sample in [
-        "spool_auth_refusals_total{reason=\"no_credentials\"} 11",
-        "spool_auth_refusals_total{reason=\"unknown_token\"} 11",
-        "spool_grpc_requests_total{method=\"SendMessage\",code=\"PERMISSION_DENIED\"} 3",
+        format!("spool_auth_refusals_total{{reason=\"no_credentials\"}} {every}"),
+        format!("spool_auth_refusals_total{{reason=\"unknown_token\"}} {every}"),
+        "spool_grpc_requests_total{method=\"SendMessage\",code=\"PERMISSION_DENIED\"} 3".into(),
+        "spool_grpc_requests_total{method=\"PurgeQueue\",code=\"PERMISSION_DENIED\"} 3".into(),
     ] {
-        assert!(text.contains(sample), "no {sample} in:\n{text}");
+        assert!(text.contains(&sample), "no {sample} in:\n{text}");
     }
     let denied = EVERY_RPC
         .iter()

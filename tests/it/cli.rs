@@ -516,6 +516,8 @@ async fn the_readme_command_line_block_runs_as_written() {
         "\"restored_messages\":1",
         "\"dequeue_count\":2",
         "\"rewind_seconds\":0",
+        "\"body\":\"slow work\"",
+        "\"purged_messages\":2",
         "exit code 1",
     ] {
         assert!(
@@ -597,6 +599,14 @@ async fn flags_outside_their_range_are_refused_naming_the_flag_and_the_range() {
         (
             &["send", "q", "x", "--delay", "-1"],
             "'--delay <S>': -1 is not in",
+        ),
+        (
+            &["change-visibility", "q", "h", "--timeout", "43201"],
+            "'--timeout <S>': 43201 is not in 0..=43200",
+        ),
+        (
+            &["peek", "q", "--max", "17"],
+            "'--max <N>': 17 is not in 1..=16",
         ),
     ] {
         let (code, stderr) = fails(&endpoint, args).await;
@@ -694,4 +704,55 @@ async fn a_port_that_is_not_grpc_gets_a_hint() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_change_visibility_nack_and_purge() {
+    let server = TestServer::start().await;
+    let endpoint = server.endpoint();
+    one(&endpoint, &["queue", "create", "cv"]).await;
+    for body in ["first", "second"] {
+        one(&endpoint, &["send", "cv", body]).await;
+    }
+    let peeked = ok(&endpoint, &["peek", "cv", "--max", "16"]).await;
+    let bodies: Vec<&str> = peeked
+        .iter()
+        .map(|m| m["body"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(bodies, ["first", "second"]);
+    assert!(peeked[0].get("receipt_handle").is_none(), "{peeked:?}");
+    assert_eq!(peeked[0]["dequeue_count"], 0);
+
+    let received = one(&endpoint, &["receive", "cv"]).await;
+    let handle = received["receipt_handle"]
+        .as_str()
+        .expect("handle")
+        .to_string();
+    let changed = one(
+        &endpoint,
+        &["change-visibility", "cv", &handle, "--timeout", "600"],
+    )
+    .await;
+    assert_eq!(changed["receipt_handle"], handle.as_str());
+    let extended = changed["next_visible_time"].as_str().expect("time");
+    assert!(
+        extended > received["next_visible_time"].as_str().expect("time"),
+        "{changed} is not later than {received}"
+    );
+    // Only "second" is visible now; a nack brings "first" back, ahead of it.
+    assert_eq!(ok(&endpoint, &["peek", "cv", "--max", "16"]).await.len(), 1);
+    one(&endpoint, &["nack", "cv", &handle]).await;
+    let peeked = one(&endpoint, &["peek", "cv"]).await;
+    assert_eq!(
+        (peeked["body"].as_str(), peeked["dequeue_count"].as_u64()),
+        (Some("first"), Some(1))
+    );
+    let (code, stderr) = fails(&endpoint, &["nack", "cv", &handle]).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("FAILED_PRECONDITION"), "{stderr}");
+
+    let purged = one(&endpoint, &["queue", "purge", "cv"]).await;
+    assert_eq!(purged["purged_messages"], 2);
+    assert!(ok(&endpoint, &["peek", "cv"]).await.is_empty());
+    server.stop().await;
 }

@@ -639,6 +639,30 @@ impl QueueService for Scripted {
     ) -> Answer<pb::BatchDeleteMessagesResponse> {
         self.answer("BatchDeleteMessages")
     }
+    async fn change_message_visibility(
+        &self,
+        _: Request<pb::ChangeMessageVisibilityRequest>,
+    ) -> Answer<pb::ChangeMessageVisibilityResponse> {
+        self.answer("ChangeMessageVisibility")
+    }
+    async fn batch_change_message_visibility(
+        &self,
+        _: Request<pb::BatchChangeMessageVisibilityRequest>,
+    ) -> Answer<pb::BatchChangeMessageVisibilityResponse> {
+        self.answer("BatchChangeMessageVisibility")
+    }
+    async fn purge_queue(
+        &self,
+        _: Request<pb::PurgeQueueRequest>,
+    ) -> Answer<pb::PurgeQueueResponse> {
+        self.answer("PurgeQueue")
+    }
+    async fn peek_messages(
+        &self,
+        _: Request<pb::PeekMessagesRequest>,
+    ) -> Answer<pb::PeekMessagesResponse> {
+        self.answer("PeekMessages")
+    }
 }
 
 async fn start_scripted() -> (Scripted, Client, oneshot::Sender<()>) {
@@ -750,6 +774,25 @@ async fn safe_calls_are_retried_on_unavailable_and_sends_are_not() {
         .await
         .expect_err("not retried");
     assert_eq!(scripted.calls(), ["RewindQueue"]);
+    scripted.script([storage_failing()]);
+    client.purge_queue("q").await.expect_err("not retried");
+    assert_eq!(scripted.calls(), ["PurgeQueue"]);
+    // Peeks and visibility changes are retried.
+    scripted.script([storage_failing()]);
+    client.peek_messages("q", 1).await.expect("retried");
+    assert_eq!(scripted.calls(), ["PeekMessages"; 2]);
+    scripted.script([storage_failing()]);
+    client
+        .change_message_visibility("q", "h", 10)
+        .await
+        .expect("retried");
+    assert_eq!(scripted.calls(), ["ChangeMessageVisibility"; 2]);
+    scripted.script([storage_failing()]);
+    client
+        .batch_change_message_visibility("q", [])
+        .await
+        .expect("retried");
+    assert_eq!(scripted.calls(), ["BatchChangeMessageVisibility"; 2]);
     // ... but a server that is still starting did nothing: a send is retried then.
     scripted.script([errors::STARTING
         .status("the server is starting: its queues are being recovered from storage")]);
@@ -788,4 +831,70 @@ async fn opted_in_sends_are_retried_and_a_retried_delete_queue_that_finds_nothin
     let error = client.delete_queue("q").await.expect_err("not found");
     assert!(matches!(error, ClientError::QueueNotFound(_)), "{error:?}");
     let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visibility_changes_purge_and_peek_round_trip() {
+    let server = TestServer::start().await;
+    let client = client_of(&server).await;
+    client
+        .create_queue("vis", QueueAttributes::default())
+        .await
+        .expect("create");
+    client
+        .batch_send_messages("vis", ["a", "b", "c"])
+        .await
+        .expect("send");
+    let peeked = client.peek_messages("vis", 16).await.expect("peek");
+    let bodies: Vec<&[u8]> = peeked.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, [b"a", b"b", b"c"]);
+    let got = client
+        .receive("vis", no_wait().max_messages(2))
+        .await
+        .expect("receive");
+    let extended = client
+        .change_message_visibility("vis", &got[0].receipt_handle, 600)
+        .await
+        .expect("heartbeat");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+    assert!(
+        extended.seconds > now.as_secs() as i64 + 500,
+        "{extended:?}"
+    );
+    let answer = client
+        .batch_change_message_visibility(
+            "vis",
+            [
+                spool_client::ChangeVisibilityEntry {
+                    receipt_handle: got[1].receipt_handle.clone(),
+                    visibility_timeout_seconds: 0,
+                },
+                spool_client::ChangeVisibilityEntry {
+                    receipt_handle: "bad".into(),
+                    visibility_timeout_seconds: 0,
+                },
+            ],
+        )
+        .await
+        .expect("batch");
+    assert_eq!(answer.changed.len(), 1);
+    assert_eq!(answer.failures[0].index, 1);
+    let stale = client
+        .change_message_visibility("vis", &got[1].receipt_handle, 10)
+        .await
+        .expect_err("nacked: expired");
+    assert_client_error(&stale, "StaleReceipt", Code::FailedPrecondition, 4430);
+    assert_eq!(
+        client.peek_messages("vis", 16).await.expect("peek").len(),
+        2
+    );
+    assert_eq!(client.purge_queue("vis").await.expect("purge"), 3);
+    assert!(
+        client
+            .peek_messages("vis", 16)
+            .await
+            .expect("peek")
+            .is_empty()
+    );
+    server.stop().await;
 }

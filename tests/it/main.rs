@@ -19,4 +19,5 @@ mod rewind;
 mod streams;
 mod tls;
 mod version;
+mod visibility;
 mod walkthrough;

@@ -91,6 +91,12 @@ async fn readme_walkthrough_runs_as_written() {
         "\"delayedMessages\": \"1\"",
         "\"activeMessages\": \"0\"",
         "\"inactiveMessages\": \"0\"",
+        // The heartbeat and the nack answer with the new time; the peek shows the nacked
+        // message, received once; the purge takes it and the delayed one.
+        "\"nextVisibleTime\"",
+        "\"body\": \"c2xvdyB3b3Jr\"",
+        "\"dequeueCount\": 1",
+        "\"purgedMessages\": \"2\"",
     ] {
         assert!(
             stdout.contains(expected),
@@ -144,6 +150,10 @@ async fn grpcurl_lists_and_describes_by_reflection() {
         "BatchSendMessages",
         "DeleteMessage",
         "BatchDeleteMessages",
+        "ChangeMessageVisibility",
+        "BatchChangeMessageVisibility",
+        "PurgeQueue",
+        "PeekMessages",
     ] {
         assert!(
             described.contains(&format!("rpc {rpc} (")),

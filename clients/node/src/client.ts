@@ -7,12 +7,16 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 
 import { SpoolError, toSpoolError } from "./errors.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   BatchSendEntrySchema,
+  ChangeVisibilityEntrySchema,
   QueueAttributesSchema,
   QueueService,
+  type BatchChangeMessageVisibilityResponse,
   type DeleteFailure,
   type ListQueuesResponse,
+  type PeekedMessage,
   type Queue,
   type ReceivedMessage,
 } from "./gen/spool/v1/queue_pb.js";
@@ -319,6 +323,55 @@ export class SpoolClient {
       receiptHandles: [...receiptHandles],
     });
     return response.failures;
+  }
+
+  /**
+   * Changes when a received message becomes visible again, `visibilityTimeoutSeconds` from now
+   * (0..43200): 0 makes it visible at once (a nack), more extends the time to process it (a
+   * heartbeat). The handle must be the newest and unexpired, as for deleteMessage; it stays valid
+   * until the returned next_visible_time. Retried on UNAVAILABLE (a retried nack whose first
+   * attempt took effect may then fail as a stale handle).
+   */
+  async changeMessageVisibility(queue: string, receiptHandle: string, visibilityTimeoutSeconds: number): Promise<Timestamp | undefined> {
+    const response = await this.call("idempotent", "changeMessageVisibility", {
+      queueName: queue,
+      receiptHandle,
+      visibilityTimeoutSeconds,
+    });
+    return response.nextVisibleTime;
+  }
+
+  /**
+   * Changes the visibility of 1 to 16 messages, each as changeMessageVisibility does; resolves
+   * to the entries that changed and those that did not, each by its index. Retried on UNAVAILABLE.
+   */
+  async batchChangeMessageVisibility(
+    queue: string,
+    entries: ReadonlyArray<{ receiptHandle: string; visibilityTimeoutSeconds: number }>,
+  ): Promise<BatchChangeMessageVisibilityResponse> {
+    return await this.call("idempotent", "batchChangeMessageVisibility", {
+      queueName: queue,
+      entries: entries.map((entry) => create(ChangeVisibilityEntrySchema, entry)),
+    });
+  }
+
+  /**
+   * Removes every visible, delayed and in-flight message (with a rewind window they stay
+   * rewindable); resolves to how many. Not retried once the request may have reached the server
+   * (a second purge removes what was sent in between), unless retryNonIdempotent.
+   */
+  async purgeQueue(queue: string): Promise<bigint> {
+    const response = await this.call("not-idempotent", "purgeQueue", { queueName: queue });
+    return response.purgedMessages;
+  }
+
+  /**
+   * Up to `maxMessages` (1..16; default 1) visible messages in the order a receive would get
+   * them, without receiving them: no receipt handle, nothing changes. Retried on UNAVAILABLE.
+   */
+  async peekMessages(queue: string, maxMessages = 1): Promise<PeekedMessage[]> {
+    const response = await this.call("idempotent", "peekMessages", { queueName: queue, maxMessages });
+    return response.messages;
   }
 
   private async call<K extends UnaryName>(safety: Safety, name: K, input: Input<K>): Promise<Output<K>> {

@@ -20,10 +20,14 @@ export {
 export { CMQ_CODE_KEY, ERROR_CASES, ERROR_DOMAIN, SpoolError, codeName, type ErrorCase } from "./errors.js";
 export { RetryPolicy, notCarriedOut, type RetryOptions, type Safety } from "./retry.js";
 export type {
+  BatchChangeMessageVisibilityResponse,
+  ChangeVisibilityFailure,
+  ChangedVisibility,
   DeleteFailure,
   ListQueuesResponse,
   Queue,
   QueueAttributes,
+  PeekedMessage,
   QueueStats,
   ReceivedMessage,
 } from "./gen/spool/v1/queue_pb.js";

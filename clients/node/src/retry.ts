@@ -5,11 +5,13 @@
 // failed.
 // - Safe (retried): GetQueue and ListQueues read; CreateQueue is idempotent by design; UpdateQueue
 //   sets absolute values; DeleteMessage and BatchDeleteMessages succeed again on a message they
-//   deleted; DeleteQueue too (a retry that finds the queue gone reports success).
+//   deleted; DeleteQueue too (a retry that finds the queue gone reports success); PeekMessages
+//   reads; ChangeMessageVisibility and its batch set a time from now again.
 // - Not idempotent (retried only when the request certainly was not carried out: the client
 //   could not connect, or the server refused it while STARTING; or with retryNonIdempotent):
-//   SendMessage, BatchSendMessages (a retry could store a duplicate) and RewindQueue (a second
-//   rewind brings back what consumers deleted in between).
+//   SendMessage, BatchSendMessages (a retry could store a duplicate), RewindQueue (a second
+//   rewind brings back what consumers deleted in between) and PurgeQueue (a second purge removes
+//   what was sent in between).
 // - ReceiveMessages: opening it is retried like a safe call (messages of a lost answer come back
 //   after their visibility timeout); a stream that already delivered a message never is.
 

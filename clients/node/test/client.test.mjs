@@ -157,6 +157,28 @@ describe("against a real server", { skip: found.skip }, () => {
     assert.deepEqual([disabled.code, disabled.reason, disabled.cmqCode], [GrpcStatus.FAILED_PRECONDITION, "REWIND_DISABLED", 6050]);
   });
 
+  test("visibility changes (heartbeat, nack, batch), peek and purge", async () => {
+    const name = queueName();
+    await client.createQueue(name);
+    await client.batchSendMessages(name, ["a", "b"]);
+    const peeked = await client.peekMessages(name, 16);
+    assert.deepEqual(peeked.map((m) => [text(m), m.dequeueCount]), [["a", 0], ["b", 0]]);
+    const [first, second] = await client.receive(name, { maxMessages: 2 });
+    const extended = await client.changeMessageVisibility(name, first.receiptHandle, 600);
+    assert.ok(Number(extended.seconds) > Date.now() / 1000 + 500);
+    const answer = await client.batchChangeMessageVisibility(name, [
+      { receiptHandle: second.receiptHandle, visibilityTimeoutSeconds: 0 },
+      { receiptHandle: "bogus", visibilityTimeoutSeconds: 0 },
+    ]);
+    assert.deepEqual(answer.changed.map((c) => c.index), [0]);
+    assert.deepEqual(answer.failures.map((f) => [f.index, f.cmqCode]), [[1, 4000]]);
+    const stale = await failure(client.changeMessageVisibility(name, second.receiptHandle, 10));
+    assert.deepEqual([stale.code, stale.cmqCode], [GrpcStatus.FAILED_PRECONDITION, 4430]);
+    assert.deepEqual((await client.peekMessages(name)).map(text), ["b"]);
+    assert.equal(await client.purgeQueue(name), 2n);
+    assert.deepEqual(await client.peekMessages(name), []);
+  });
+
   test("a full backlog is BACKLOG_FULL (4410)", async () => {
     const name = queueName();
     await client.createQueue(name, { maxBacklog: 1n });

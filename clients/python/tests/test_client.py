@@ -390,3 +390,87 @@ def test_backlog_full(client, queue_name):
         client.send_message, grpc.StatusCode.RESOURCE_EXHAUSTED, 4410, queue_name, b"3"
     )
     assert error.reason == "BACKLOG_FULL"
+
+
+# -- visibility changes, purge, peek ----------------------------------------------------------
+
+
+def test_change_message_visibility_heartbeat_and_nack(client, queue_name):
+    client.create_queue(queue_name, visibility_timeout_seconds=30)
+    client.send_message(queue_name, b"work")
+    [first] = client.receive_messages(queue_name)
+    extended = client.change_message_visibility(queue_name, first.receipt_handle, 600)
+    assert extended.seconds > time.time() + 500
+    assert client.receive_messages(queue_name, wait_seconds=0) == []
+    client.change_message_visibility(queue_name, first.receipt_handle, 0)
+    [again] = client.receive_messages(queue_name)
+    assert (again.message_id, again.dequeue_count) == (first.message_id, 2)
+    expect_error(
+        client.change_message_visibility,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        4430,
+        queue_name,
+        first.receipt_handle,
+        10,
+    )
+    error = expect_error(
+        client.change_message_visibility,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        queue_name,
+        again.receipt_handle,
+        43201,
+    )
+    assert "visibility_timeout_seconds" in error.message
+
+
+def test_batch_change_message_visibility_reports_each_failure(client, queue_name):
+    client.create_queue(queue_name)
+    client.batch_send_messages(queue_name, [b"a", b"b"])
+    received = client.receive_messages(queue_name, max_messages=2)
+    answer = client.batch_change_message_visibility(
+        queue_name,
+        [
+            (received[0].receipt_handle, 0),
+            pb.ChangeVisibilityEntry(receipt_handle="bogus", visibility_timeout_seconds=5),
+            (received[1].receipt_handle, 120),
+        ],
+    )
+    assert [changed.index for changed in answer.changed] == [0, 2]
+    [failure] = answer.failures
+    assert (failure.index, failure.receipt_handle, failure.cmq_code) == (1, "bogus", 4000)
+    assert "entries[1].receipt_handle" in failure.message
+    stats = client.get_queue(queue_name).stats
+    assert (stats.active_messages, stats.inactive_messages) == (1, 1)
+
+
+def test_purge_queue_and_rewind_it(client, queue_name):
+    client.create_queue(queue_name, rewind_seconds=600)
+    before = time.time() - 1
+    client.batch_send_messages(queue_name, [b"a", b"b"])
+    client.send_message(queue_name, b"later", delay_seconds=600)
+    client.receive_messages(queue_name)
+    assert client.purge_queue(queue_name) == 3
+    stats = client.get_queue(queue_name).stats
+    assert (stats.active_messages, stats.inactive_messages, stats.delayed_messages) == (0, 0, 0)
+    assert stats.rewindable_messages == 3
+    assert client.rewind_queue(queue_name, before) == 3
+    expect_error(client.purge_queue, grpc.StatusCode.NOT_FOUND, 4440, queue_name + "-missing")
+
+
+def test_peek_messages_changes_nothing(client, queue_name):
+    client.create_queue(queue_name)
+    ids = client.batch_send_messages(queue_name, [b"1", b"2", b"3"])
+    peeked = client.peek_messages(queue_name, max_messages=2)
+    assert [(m.message_id, m.body, m.dequeue_count) for m in peeked] == [
+        (ids[0], b"1", 0),
+        (ids[1], b"2", 0),
+    ]
+    assert not peeked[0].HasField("first_dequeue_time")
+    assert client.get_queue(queue_name).stats.active_messages == 3
+    received = client.receive_messages(queue_name, max_messages=16)
+    assert [m.message_id for m in received] == ids
+    assert client.peek_messages(queue_name) == []
+    expect_error(
+        client.peek_messages, grpc.StatusCode.INVALID_ARGUMENT, 4000, queue_name, max_messages=17
+    )

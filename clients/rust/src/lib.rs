@@ -75,8 +75,9 @@ use self::retry::{Safety, jitter_seed, never_sent};
 use crate::limits::{MAX_REQUEST_BYTES, POLLING_WAIT_SECONDS};
 use crate::pb::queue_service_client::QueueServiceClient;
 pub use crate::pb::{
-    BatchSendEntry, DeleteFailure, ListQueuesResponse, Queue, QueueAttributes, QueueStats,
-    ReceivedMessage,
+    BatchChangeMessageVisibilityResponse, BatchSendEntry, ChangeVisibilityEntry,
+    ChangeVisibilityFailure, ChangedVisibility, DeleteFailure, ListQueuesResponse, PeekedMessage,
+    Queue, QueueAttributes, QueueStats, ReceivedMessage,
 };
 
 /// The endpoint of a server started with `spool serve` and no `--listen`.
@@ -887,6 +888,114 @@ impl Client {
         )
         .await
         .map(|response| response.failures)
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Changes when a received message becomes visible again: `visibility_timeout_seconds` from
+    /// now (0..=43200), 0 making it visible at once (a nack), more extending the time to process
+    /// it (a heartbeat). The receipt handle must be the newest and unexpired, as for
+    /// [`Client::delete_message`]; it stays valid until the new `next_visible_time`, which is
+    /// returned. Retried on UNAVAILABLE: a heartbeat sent twice extends from the later moment;
+    /// a nack whose first attempt took effect may then fail with
+    /// [`ClientError::StaleReceipt`] (the message was visible, or received again, already).
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool_client::Client, message: spool_client::ReceivedMessage) -> Result<(), spool_client::ClientError> {
+    /// // Still working: keep the message for 5 more minutes.
+    /// client.change_message_visibility("QueueForTest", &message.receipt_handle, 300).await?;
+    /// // Cannot handle it now: let another consumer have it at once.
+    /// client.change_message_visibility("QueueForTest", &message.receipt_handle, 0).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn change_message_visibility(
+        &self,
+        queue: &str,
+        receipt_handle: &str,
+        visibility_timeout_seconds: u32,
+    ) -> Result<prost_types::Timestamp, ClientError> {
+        let request = pb::ChangeMessageVisibilityRequest {
+            queue_name: queue.to_string(),
+            receipt_handle: receipt_handle.to_string(),
+            visibility_timeout_seconds,
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.change_message_visibility(request).await },
+        )
+        .await
+        // A Spool server always sets it; the default (the epoch) would only come from another.
+        .map(|response| response.next_visible_time.unwrap_or_default())
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Changes the visibility of 1 to 16 received messages, each entry as
+    /// [`Client::change_message_visibility`] does: the answer lists the entries that changed
+    /// (with their new `next_visible_time`) and those that did not (with why), each by its
+    /// index. Retried on UNAVAILABLE, with the same caveat for nacks.
+    pub async fn batch_change_message_visibility(
+        &self,
+        queue: &str,
+        entries: impl IntoIterator<Item = ChangeVisibilityEntry>,
+    ) -> Result<BatchChangeMessageVisibilityResponse, ClientError> {
+        let request = pb::BatchChangeMessageVisibilityRequest {
+            queue_name: queue.to_string(),
+            entries: entries.into_iter().collect(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move {
+                grpc.batch_change_message_visibility(request).await
+            },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Removes every visible, delayed and in-flight message of a queue, as if each had been
+    /// deleted (with a rewind window they stay rewindable: [`Client::rewind_queue`] undoes it);
+    /// returns how many. Not retried unless the request was certainly not carried out (or
+    /// [`RetryPolicy::retry_non_idempotent`] is on): a second purge would also remove what was
+    /// sent in between.
+    pub async fn purge_queue(&self, queue: &str) -> Result<u64, ClientError> {
+        let request = pb::PurgeQueueRequest {
+            queue_name: queue.to_string(),
+        };
+        self.unary(
+            Safety::NotIdempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.purge_queue(request).await },
+        )
+        .await
+        .map(|response| response.purged_messages)
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Up to `max_messages` (1..=16; 0 means 1) visible messages, in the order a receive would
+    /// get them, without receiving them: no receipt handle, nothing changes. Retried on
+    /// UNAVAILABLE.
+    pub async fn peek_messages(
+        &self,
+        queue: &str,
+        max_messages: u32,
+    ) -> Result<Vec<PeekedMessage>, ClientError> {
+        let request = pb::PeekMessagesRequest {
+            queue_name: queue.to_string(),
+            max_messages,
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.peek_messages(request).await },
+        )
+        .await
+        .map(|response| response.messages)
         .map_err(|failed| self.error(failed.status))
     }
 

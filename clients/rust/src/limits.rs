@@ -11,6 +11,8 @@ pub const MAX_QUEUE_NAME_LEN: usize = 64;
 /// Seconds a received message stays invisible.
 pub const VISIBILITY_TIMEOUT_SECONDS: RangeInclusive<u32> = 1..=43_200;
 pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: u32 = 30;
+/// ChangeMessageVisibility's timeout, from now: 0 makes the message visible at once (a nack).
+pub const CHANGE_VISIBILITY_SECONDS: RangeInclusive<u32> = 0..=43_200;
 
 /// Seconds a receive waits for a message.
 pub const POLLING_WAIT_SECONDS: RangeInclusive<u32> = 0..=30;

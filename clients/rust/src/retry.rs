@@ -5,13 +5,17 @@
 //!
 //! - **Safe** (retried): GetQueue and ListQueues read; CreateQueue is idempotent by design (the
 //!   same attributes return the existing queue); UpdateQueue sets absolute values; DeleteMessage
-//!   and BatchDeleteMessages succeed again on a deleted message; DeleteQueue too, see below.
+//!   and BatchDeleteMessages succeed again on a deleted message; DeleteQueue too, see below;
+//!   PeekMessages reads; ChangeMessageVisibility and its batch set a time from now again (a nack
+//!   whose first attempt took effect may then fail as a stale handle: the message was visible
+//!   already).
 //! - **Not idempotent** (retried only if the request was certainly not carried out: the
 //!   connection could not be made, or the server refused it because it is still starting;
 //!   or if [`RetryPolicy::retry_non_idempotent`] is on): SendMessage and
 //!   BatchSendMessages (a send whose answer was lost may have been stored: a retry would store a
-//!   duplicate), and RewindQueue (a second rewind brings back what a consumer deleted in between,
-//!   and its count would only cover the second attempt).
+//!   duplicate), RewindQueue (a second rewind brings back what a consumer deleted in between,
+//!   and its count would only cover the second attempt), and PurgeQueue (a second purge removes
+//!   what was sent in between).
 //! - **ReceiveMessages**: opening the stream is retried like a safe call (a receive whose answer
 //!   was lost leaves its messages in flight; they come back after their visibility timeout, as
 //!   for any consumer that fails). A stream that broke after it opened is never retried: its

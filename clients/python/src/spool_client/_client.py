@@ -391,3 +391,70 @@ class Client:
             queue_name=queue_name, receipt_handles=list(receipt_handles)
         )
         return list(self._call(self._stub.BatchDeleteMessages, request, timeout).failures)
+
+    def change_message_visibility(
+        self,
+        queue_name: str,
+        receipt_handle: str,
+        visibility_timeout_seconds: int,
+        *,
+        timeout=_DEFAULT,
+    ) -> Timestamp:
+        """Changes when a received message becomes visible again; returns that time.
+
+        `visibility_timeout_seconds` counts from now (0..43200): 0 makes the message visible at
+        once (a nack), more gives its consumer more time (a heartbeat). The receipt handle must
+        be the newest and unexpired, as for delete_message (else cmq_code 4430); it stays
+        valid until the returned next_visible_time.
+        """
+        request = pb.ChangeMessageVisibilityRequest(
+            queue_name=queue_name,
+            receipt_handle=receipt_handle,
+            visibility_timeout_seconds=visibility_timeout_seconds,
+        )
+        return self._call(self._stub.ChangeMessageVisibility, request, timeout).next_visible_time
+
+    def batch_change_message_visibility(
+        self,
+        queue_name: str,
+        entries: Iterable[Union[pb.ChangeVisibilityEntry, Tuple[str, int]]],
+        *,
+        timeout=_DEFAULT,
+    ) -> pb.BatchChangeMessageVisibilityResponse:
+        """Changes the visibility of 1 to 16 messages, each as change_message_visibility does.
+
+        Entries are ChangeVisibilityEntry messages or (receipt_handle, seconds) pairs. The
+        answer lists the entries that changed (`changed`, with their next_visible_time) and
+        those that did not (`failures`, with why), each by its index.
+        """
+        request = pb.BatchChangeMessageVisibilityRequest(
+            queue_name=queue_name,
+            entries=[
+                entry
+                if isinstance(entry, pb.ChangeVisibilityEntry)
+                else pb.ChangeVisibilityEntry(
+                    receipt_handle=entry[0], visibility_timeout_seconds=entry[1]
+                )
+                for entry in entries
+            ],
+        )
+        return self._call(self._stub.BatchChangeMessageVisibility, request, timeout)
+
+    def purge_queue(self, queue_name: str, *, timeout=_DEFAULT) -> int:
+        """Removes every visible, delayed and in-flight message; returns how many.
+
+        As if each had been deleted: with a rewind window they stay rewindable, so
+        rewind_queue undoes a purge.
+        """
+        request = pb.PurgeQueueRequest(queue_name=queue_name)
+        return self._call(self._stub.PurgeQueue, request, timeout).purged_messages
+
+    def peek_messages(
+        self, queue_name: str, *, max_messages: int = 1, timeout=_DEFAULT
+    ) -> List[pb.PeekedMessage]:
+        """Up to `max_messages` (1..16) visible messages, in the order a receive would get them.
+
+        Nothing changes: no receipt handle, no visibility change, no dequeue count.
+        """
+        request = pb.PeekMessagesRequest(queue_name=queue_name, max_messages=max_messages)
+        return list(self._call(self._stub.PeekMessages, request, timeout).messages)

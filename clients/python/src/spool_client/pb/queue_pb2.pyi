@@ -217,3 +217,105 @@ class BatchDeleteMessagesResponse(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     failures: _containers.RepeatedCompositeFieldContainer[DeleteFailure]
     def __init__(self, failures: _Optional[_Iterable[_Union[DeleteFailure, _Mapping]]] = ...) -> None: ...
+
+class ChangeMessageVisibilityRequest(_message.Message):
+    __slots__ = ("queue_name", "receipt_handle", "visibility_timeout_seconds")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    receipt_handle: str
+    visibility_timeout_seconds: int
+    def __init__(self, queue_name: _Optional[str] = ..., receipt_handle: _Optional[str] = ..., visibility_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class ChangeMessageVisibilityResponse(_message.Message):
+    __slots__ = ("next_visible_time",)
+    NEXT_VISIBLE_TIME_FIELD_NUMBER: _ClassVar[int]
+    next_visible_time: _timestamp_pb2.Timestamp
+    def __init__(self, next_visible_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ChangeVisibilityEntry(_message.Message):
+    __slots__ = ("receipt_handle", "visibility_timeout_seconds")
+    RECEIPT_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    receipt_handle: str
+    visibility_timeout_seconds: int
+    def __init__(self, receipt_handle: _Optional[str] = ..., visibility_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class BatchChangeMessageVisibilityRequest(_message.Message):
+    __slots__ = ("queue_name", "entries")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    entries: _containers.RepeatedCompositeFieldContainer[ChangeVisibilityEntry]
+    def __init__(self, queue_name: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[ChangeVisibilityEntry, _Mapping]]] = ...) -> None: ...
+
+class ChangedVisibility(_message.Message):
+    __slots__ = ("index", "next_visible_time")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NEXT_VISIBLE_TIME_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    next_visible_time: _timestamp_pb2.Timestamp
+    def __init__(self, index: _Optional[int] = ..., next_visible_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ChangeVisibilityFailure(_message.Message):
+    __slots__ = ("index", "receipt_handle", "code", "message", "cmq_code")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CMQ_CODE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    receipt_handle: str
+    code: int
+    message: str
+    cmq_code: int
+    def __init__(self, index: _Optional[int] = ..., receipt_handle: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., cmq_code: _Optional[int] = ...) -> None: ...
+
+class BatchChangeMessageVisibilityResponse(_message.Message):
+    __slots__ = ("changed", "failures")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    changed: _containers.RepeatedCompositeFieldContainer[ChangedVisibility]
+    failures: _containers.RepeatedCompositeFieldContainer[ChangeVisibilityFailure]
+    def __init__(self, changed: _Optional[_Iterable[_Union[ChangedVisibility, _Mapping]]] = ..., failures: _Optional[_Iterable[_Union[ChangeVisibilityFailure, _Mapping]]] = ...) -> None: ...
+
+class PurgeQueueRequest(_message.Message):
+    __slots__ = ("queue_name",)
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    def __init__(self, queue_name: _Optional[str] = ...) -> None: ...
+
+class PurgeQueueResponse(_message.Message):
+    __slots__ = ("purged_messages",)
+    PURGED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    purged_messages: int
+    def __init__(self, purged_messages: _Optional[int] = ...) -> None: ...
+
+class PeekMessagesRequest(_message.Message):
+    __slots__ = ("queue_name", "max_messages")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    max_messages: int
+    def __init__(self, queue_name: _Optional[str] = ..., max_messages: _Optional[int] = ...) -> None: ...
+
+class PeekedMessage(_message.Message):
+    __slots__ = ("message_id", "body", "enqueue_time", "first_dequeue_time", "dequeue_count")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    ENQUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FIRST_DEQUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DEQUEUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    body: bytes
+    enqueue_time: _timestamp_pb2.Timestamp
+    first_dequeue_time: _timestamp_pb2.Timestamp
+    dequeue_count: int
+    def __init__(self, message_id: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ...) -> None: ...
+
+class PeekMessagesResponse(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[PeekedMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[PeekedMessage, _Mapping]]] = ...) -> None: ...

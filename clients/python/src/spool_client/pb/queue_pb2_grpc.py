@@ -91,6 +91,26 @@ class QueueServiceStub(object):
                 request_serializer=spool_dot_v1_dot_queue__pb2.BatchDeleteMessagesRequest.SerializeToString,
                 response_deserializer=spool_dot_v1_dot_queue__pb2.BatchDeleteMessagesResponse.FromString,
                 _registered_method=True)
+        self.ChangeMessageVisibility = channel.unary_unary(
+                '/spool.v1.QueueService/ChangeMessageVisibility',
+                request_serializer=spool_dot_v1_dot_queue__pb2.ChangeMessageVisibilityRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.ChangeMessageVisibilityResponse.FromString,
+                _registered_method=True)
+        self.BatchChangeMessageVisibility = channel.unary_unary(
+                '/spool.v1.QueueService/BatchChangeMessageVisibility',
+                request_serializer=spool_dot_v1_dot_queue__pb2.BatchChangeMessageVisibilityRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.BatchChangeMessageVisibilityResponse.FromString,
+                _registered_method=True)
+        self.PurgeQueue = channel.unary_unary(
+                '/spool.v1.QueueService/PurgeQueue',
+                request_serializer=spool_dot_v1_dot_queue__pb2.PurgeQueueRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.PurgeQueueResponse.FromString,
+                _registered_method=True)
+        self.PeekMessages = channel.unary_unary(
+                '/spool.v1.QueueService/PeekMessages',
+                request_serializer=spool_dot_v1_dot_queue__pb2.PeekMessagesRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.PeekMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer(object):
@@ -195,6 +215,45 @@ class QueueServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangeMessageVisibility(self, request, context):
+        """Changes when a received message becomes visible again, counted from now: 0 makes it visible
+        at once (a nack: it is delivered again, to the next receive), more extends the time its
+        consumer has to process it (a heartbeat). The receipt handle must be the message's newest,
+        before its `next_visible_time`, by the same rules as DeleteMessage's (FAILED_PRECONDITION
+        4430 otherwise); it stays the newest, so it deletes the message or changes it again until
+        the new `next_visible_time` (after a nack it has expired). Acknowledged once the change is
+        durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchChangeMessageVisibility(self, request, context):
+        """Changes the visibility of 1 to 16 received messages, each as ChangeMessageVisibility does;
+        each entry that cannot be changed is reported in `failures`, the others in `changed`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeQueue(self, request, context):
+        """Removes every message of the queue, visible, delayed or in flight, as if each had been
+        deleted through its newest receive: with a rewind window they stay rewindable, so a rewind
+        undoes a purge. Messages whose send is acknowledged after the purge began are not removed.
+        Waiting long polls stay parked. Acknowledged once the removal is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeekMessages(self, request, context):
+        """Returns up to `max_messages` visible messages, in the order a receive would get them, without
+        receiving them: no receipt handle, no change to their visibility or dequeue count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +311,26 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.BatchDeleteMessages,
                     request_deserializer=spool_dot_v1_dot_queue__pb2.BatchDeleteMessagesRequest.FromString,
                     response_serializer=spool_dot_v1_dot_queue__pb2.BatchDeleteMessagesResponse.SerializeToString,
+            ),
+            'ChangeMessageVisibility': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeMessageVisibility,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.ChangeMessageVisibilityRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.ChangeMessageVisibilityResponse.SerializeToString,
+            ),
+            'BatchChangeMessageVisibility': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchChangeMessageVisibility,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.BatchChangeMessageVisibilityRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.BatchChangeMessageVisibilityResponse.SerializeToString,
+            ),
+            'PurgeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeQueue,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.PurgeQueueRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.PurgeQueueResponse.SerializeToString,
+            ),
+            'PeekMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeekMessages,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.PeekMessagesRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.PeekMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -552,6 +631,114 @@ class QueueService(object):
             '/spool.v1.QueueService/BatchDeleteMessages',
             spool_dot_v1_dot_queue__pb2.BatchDeleteMessagesRequest.SerializeToString,
             spool_dot_v1_dot_queue__pb2.BatchDeleteMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeMessageVisibility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/ChangeMessageVisibility',
+            spool_dot_v1_dot_queue__pb2.ChangeMessageVisibilityRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.ChangeMessageVisibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchChangeMessageVisibility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/BatchChangeMessageVisibility',
+            spool_dot_v1_dot_queue__pb2.BatchChangeMessageVisibilityRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.BatchChangeMessageVisibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/PurgeQueue',
+            spool_dot_v1_dot_queue__pb2.PurgeQueueRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.PurgeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeekMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/PeekMessages',
+            spool_dot_v1_dot_queue__pb2.PeekMessagesRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.PeekMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spool/v1/queue.proto.
  */
 export const file_spool_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRzcG9vbC92MS9xdWV1ZS5wcm90bxIIc3Bvb2wudjEi6QIKD1F1ZXVlQXR0cmlidXRlcxInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgBIAEoDUgAiAEBEiEKFHBvbGxpbmdfd2FpdF9zZWNvbmRzGAIgASgNSAGIAQESHQoQbWF4X21lc3NhZ2Vfc2l6ZRgDIAEoDUgCiAEBEiYKGW1lc3NhZ2VfcmV0ZW50aW9uX3NlY29uZHMYBCABKA1IA4gBARIbCg5yZXdpbmRfc2Vjb25kcxgFIAEoDUgEiAEBEhgKC21heF9iYWNrbG9nGAYgASgESAWIAQFCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzQhcKFV9wb2xsaW5nX3dhaXRfc2Vjb25kc0ITChFfbWF4X21lc3NhZ2Vfc2l6ZUIcChpfbWVzc2FnZV9yZXRlbnRpb25fc2Vjb25kc0IRCg9fcmV3aW5kX3NlY29uZHNCDgoMX21heF9iYWNrbG9nIrABCgpRdWV1ZVN0YXRzEhcKD2FjdGl2ZV9tZXNzYWdlcxgBIAEoBBIZChFpbmFjdGl2ZV9tZXNzYWdlcxgCIAEoBBIYChBkZWxheWVkX21lc3NhZ2VzGAMgASgEEhsKE3Jld2luZGFibGVfbWVzc2FnZXMYBCABKAQSNwoTb2xkZXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBVF1ZXVlEgwKBG5hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlF1ZXVlQXR0cmlidXRlcxIjCgVzdGF0cxgDIAEoCzIULnNwb29sLnYxLlF1ZXVlU3RhdHMSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJDcmVhdGVRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRItCgphdHRyaWJ1dGVzGAIgASgLMhkuc3Bvb2wudjEuUXVldWVBdHRyaWJ1dGVzIiUKD0dldFF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIlcKElVwZGF0ZVF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5RdWV1ZUF0dHJpYnV0ZXMiKAoSRGVsZXRlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiSgoRTGlzdFF1ZXVlc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImMKEkxpc3RRdWV1ZXNSZXNwb25zZRIfCgZxdWV1ZXMYASADKAsyDy5zcG9vbC52MS5RdWV1ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQiWAoSUmV3aW5kUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoTUmV3aW5kUXVldWVSZXNwb25zZRIZChFyZXN0b3JlZF9tZXNzYWdlcxgBIAEoBCJkChJTZW5kTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIMCgRib2R5GAIgASgMEhoKDWRlbGF5X3NlY29uZHMYAyABKA1IAIgBAUIQCg5fZGVsYXlfc2Vjb25kcyIpChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkiTAoOQmF0Y2hTZW5kRW50cnkSDAoEYm9keRgBIAEoDBIaCg1kZWxheV9zZWNvbmRzGAIgASgNSACIAQFCEAoOX2RlbGF5X3NlY29uZHMiWQoYQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSKQoHZW50cmllcxgCIAMoCzIYLnNwb29sLnYxLkJhdGNoU2VuZEVudHJ5IjAKGUJhdGNoU2VuZE1lc3NhZ2VzUmVzcG9uc2USEwoLbWVzc2FnZV9pZHMYASADKAkitgEKFlJlY2VpdmVNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIUCgxtYXhfbWVzc2FnZXMYAiABKA0SGQoMd2FpdF9zZWNvbmRzGAMgASgNSACIAQESJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYBCABKA1IAYgBAUIPCg1fd2FpdF9zZWNvbmRzQh0KG192aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcyKDAgoPUmVjZWl2ZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSDAoEYm9keRgDIAEoDBIwCgxlbnF1ZXVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbmV4dF92aXNpYmxlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRlcXVldWVfY291bnQYByABKA0iQgoURGVsZXRlTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCSJJChpCYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSJYCg1EZWxldGVGYWlsdXJlEhYKDnJlY2VpcHRfaGFuZGxlGAEgASgJEgwKBGNvZGUYAiABKAUSDwoHbWVzc2FnZRgDIAEoCRIQCghjbXFfY29kZRgEIAEoBSJIChtCYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USKQoIZmFpbHVyZXMYASADKAsyFy5zcG9vbC52MS5EZWxldGVGYWlsdXJlMsUGCgxRdWV1ZVNlcnZpY2USPAoLQ3JlYXRlUXVldWUSHC5zcG9vbC52MS5DcmVhdGVRdWV1ZVJlcXVlc3QaDy5zcG9vbC52MS5RdWV1ZRI2CghHZXRRdWV1ZRIZLnNwb29sLnYxLkdldFF1ZXVlUmVxdWVzdBoPLnNwb29sLnYxLlF1ZXVlEjwKC1VwZGF0ZVF1ZXVlEhwuc3Bvb2wudjEuVXBkYXRlUXVldWVSZXF1ZXN0Gg8uc3Bvb2wudjEuUXVldWUSQwoLRGVsZXRlUXVldWUSHC5zcG9vbC52MS5EZWxldGVRdWV1ZVJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSRwoKTGlzdFF1ZXVlcxIbLnNwb29sLnYxLkxpc3RRdWV1ZXNSZXF1ZXN0Ghwuc3Bvb2wudjEuTGlzdFF1ZXVlc1Jlc3BvbnNlEkoKC1Jld2luZFF1ZXVlEhwuc3Bvb2wudjEuUmV3aW5kUXVldWVSZXF1ZXN0Gh0uc3Bvb2wudjEuUmV3aW5kUXVldWVSZXNwb25zZRJKCgtTZW5kTWVzc2FnZRIcLnNwb29sLnYxLlNlbmRNZXNzYWdlUmVxdWVzdBodLnNwb29sLnYxLlNlbmRNZXNzYWdlUmVzcG9uc2USXAoRQmF0Y2hTZW5kTWVzc2FnZXMSIi5zcG9vbC52MS5CYXRjaFNlbmRNZXNzYWdlc1JlcXVlc3QaIy5zcG9vbC52MS5CYXRjaFNlbmRNZXNzYWdlc1Jlc3BvbnNlElAKD1JlY2VpdmVNZXNzYWdlcxIgLnNwb29sLnYxLlJlY2VpdmVNZXNzYWdlc1JlcXVlc3QaGS5zcG9vbC52MS5SZWNlaXZlZE1lc3NhZ2UwARJHCg1EZWxldGVNZXNzYWdlEh4uc3Bvb2wudjEuRGVsZXRlTWVzc2FnZVJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSYgoTQmF0Y2hEZWxldGVNZXNzYWdlcxIkLnNwb29sLnYxLkJhdGNoRGVsZXRlTWVzc2FnZXNSZXF1ZXN0GiUuc3Bvb2wudjEuQmF0Y2hEZWxldGVNZXNzYWdlc1Jlc3BvbnNlQnYKC2lvLnNwb29sLnYxQgpRdWV1ZVByb3RvUAFaMWdpdGh1Yi5jb20vc3Bvb2wtbXEvc3Bvb2wvZ2VuL2dvL3Nwb29sL3YxO3Nwb29sdjGiAgNTUEyqAghTcG9vbC5WMcoCCFNwb29sXFYx6gIJU3Bvb2w6OlYxYgZwcm90bzM", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
+  fileDesc("ChRzcG9vbC92MS9xdWV1ZS5wcm90bxIIc3Bvb2wudjEi6QIKD1F1ZXVlQXR0cmlidXRlcxInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgBIAEoDUgAiAEBEiEKFHBvbGxpbmdfd2FpdF9zZWNvbmRzGAIgASgNSAGIAQESHQoQbWF4X21lc3NhZ2Vfc2l6ZRgDIAEoDUgCiAEBEiYKGW1lc3NhZ2VfcmV0ZW50aW9uX3NlY29uZHMYBCABKA1IA4gBARIbCg5yZXdpbmRfc2Vjb25kcxgFIAEoDUgEiAEBEhgKC21heF9iYWNrbG9nGAYgASgESAWIAQFCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzQhcKFV9wb2xsaW5nX3dhaXRfc2Vjb25kc0ITChFfbWF4X21lc3NhZ2Vfc2l6ZUIcChpfbWVzc2FnZV9yZXRlbnRpb25fc2Vjb25kc0IRCg9fcmV3aW5kX3NlY29uZHNCDgoMX21heF9iYWNrbG9nIrABCgpRdWV1ZVN0YXRzEhcKD2FjdGl2ZV9tZXNzYWdlcxgBIAEoBBIZChFpbmFjdGl2ZV9tZXNzYWdlcxgCIAEoBBIYChBkZWxheWVkX21lc3NhZ2VzGAMgASgEEhsKE3Jld2luZGFibGVfbWVzc2FnZXMYBCABKAQSNwoTb2xkZXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBVF1ZXVlEgwKBG5hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlF1ZXVlQXR0cmlidXRlcxIjCgVzdGF0cxgDIAEoCzIULnNwb29sLnYxLlF1ZXVlU3RhdHMSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJDcmVhdGVRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRItCgphdHRyaWJ1dGVzGAIgASgLMhkuc3Bvb2wudjEuUXVldWVBdHRyaWJ1dGVzIiUKD0dldFF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIlcKElVwZGF0ZVF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5RdWV1ZUF0dHJpYnV0ZXMiKAoSRGVsZXRlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiSgoRTGlzdFF1ZXVlc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImMKEkxpc3RRdWV1ZXNSZXNwb25zZRIfCgZxdWV1ZXMYASADKAsyDy5zcG9vbC52MS5RdWV1ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQiWAoSUmV3aW5kUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoTUmV3aW5kUXVldWVSZXNwb25zZRIZChFyZXN0b3JlZF9tZXNzYWdlcxgBIAEoBCJkChJTZW5kTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIMCgRib2R5GAIgASgMEhoKDWRlbGF5X3NlY29uZHMYAyABKA1IAIgBAUIQCg5fZGVsYXlfc2Vjb25kcyIpChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkiTAoOQmF0Y2hTZW5kRW50cnkSDAoEYm9keRgBIAEoDBIaCg1kZWxheV9zZWNvbmRzGAIgASgNSACIAQFCEAoOX2RlbGF5X3NlY29uZHMiWQoYQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSKQoHZW50cmllcxgCIAMoCzIYLnNwb29sLnYxLkJhdGNoU2VuZEVudHJ5IjAKGUJhdGNoU2VuZE1lc3NhZ2VzUmVzcG9uc2USEwoLbWVzc2FnZV9pZHMYASADKAkitgEKFlJlY2VpdmVNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIUCgxtYXhfbWVzc2FnZXMYAiABKA0SGQoMd2FpdF9zZWNvbmRzGAMgASgNSACIAQESJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYBCABKA1IAYgBAUIPCg1fd2FpdF9zZWNvbmRzQh0KG192aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcyKDAgoPUmVjZWl2ZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSDAoEYm9keRgDIAEoDBIwCgxlbnF1ZXVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbmV4dF92aXNpYmxlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRlcXVldWVfY291bnQYByABKA0iQgoURGVsZXRlTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCSJJChpCYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSJYCg1EZWxldGVGYWlsdXJlEhYKDnJlY2VpcHRfaGFuZGxlGAEgASgJEgwKBGNvZGUYAiABKAUSDwoHbWVzc2FnZRgDIAEoCRIQCghjbXFfY29kZRgEIAEoBSJIChtCYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USKQoIZmFpbHVyZXMYASADKAsyFy5zcG9vbC52MS5EZWxldGVGYWlsdXJlInAKHkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEiIKGnZpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzGAMgASgNIlgKH0NoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USNQoRbmV4dF92aXNpYmxlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlMKFUNoYW5nZVZpc2liaWxpdHlFbnRyeRIWCg5yZWNlaXB0X2hhbmRsZRgBIAEoCRIiChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJrCiNCYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEjAKB2VudHJpZXMYAiADKAsyHy5zcG9vbC52MS5DaGFuZ2VWaXNpYmlsaXR5RW50cnkiWQoRQ2hhbmdlZFZpc2liaWxpdHkSDQoFaW5kZXgYASABKA0SNQoRbmV4dF92aXNpYmxlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInEKF0NoYW5nZVZpc2liaWxpdHlGYWlsdXJlEg0KBWluZGV4GAEgASgNEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEgwKBGNvZGUYAyABKAUSDwoHbWVzc2FnZRgEIAEoCRIQCghjbXFfY29kZRgFIAEoBSKJAQokQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEiwKB2NoYW5nZWQYASADKAsyGy5zcG9vbC52MS5DaGFuZ2VkVmlzaWJpbGl0eRIzCghmYWlsdXJlcxgCIAMoCzIhLnNwb29sLnYxLkNoYW5nZVZpc2liaWxpdHlGYWlsdXJlIicKEVB1cmdlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiLQoSUHVyZ2VRdWV1ZVJlc3BvbnNlEhcKD3B1cmdlZF9tZXNzYWdlcxgBIAEoBCI/ChNQZWVrTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFAoMbWF4X21lc3NhZ2VzGAIgASgNIrIBCg1QZWVrZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSDAoEYm9keRgCIAEoDBIwCgxlbnF1ZXVlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZGVxdWV1ZV9jb3VudBgFIAEoDSJBChRQZWVrTWVzc2FnZXNSZXNwb25zZRIpCghtZXNzYWdlcxgBIAMoCzIXLnNwb29sLnYxLlBlZWtlZE1lc3NhZ2UyzAkKDFF1ZXVlU2VydmljZRI8CgtDcmVhdGVRdWV1ZRIcLnNwb29sLnYxLkNyZWF0ZVF1ZXVlUmVxdWVzdBoPLnNwb29sLnYxLlF1ZXVlEjYKCEdldFF1ZXVlEhkuc3Bvb2wudjEuR2V0UXVldWVSZXF1ZXN0Gg8uc3Bvb2wudjEuUXVldWUSPAoLVXBkYXRlUXVldWUSHC5zcG9vbC52MS5VcGRhdGVRdWV1ZVJlcXVlc3QaDy5zcG9vbC52MS5RdWV1ZRJDCgtEZWxldGVRdWV1ZRIcLnNwb29sLnYxLkRlbGV0ZVF1ZXVlUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJHCgpMaXN0UXVldWVzEhsuc3Bvb2wudjEuTGlzdFF1ZXVlc1JlcXVlc3QaHC5zcG9vbC52MS5MaXN0UXVldWVzUmVzcG9uc2USSgoLUmV3aW5kUXVldWUSHC5zcG9vbC52MS5SZXdpbmRRdWV1ZVJlcXVlc3QaHS5zcG9vbC52MS5SZXdpbmRRdWV1ZVJlc3BvbnNlEkoKC1NlbmRNZXNzYWdlEhwuc3Bvb2wudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Gh0uc3Bvb2wudjEuU2VuZE1lc3NhZ2VSZXNwb25zZRJcChFCYXRjaFNlbmRNZXNzYWdlcxIiLnNwb29sLnYxLkJhdGNoU2VuZE1lc3NhZ2VzUmVxdWVzdBojLnNwb29sLnYxLkJhdGNoU2VuZE1lc3NhZ2VzUmVzcG9uc2USUAoPUmVjZWl2ZU1lc3NhZ2VzEiAuc3Bvb2wudjEuUmVjZWl2ZU1lc3NhZ2VzUmVxdWVzdBoZLnNwb29sLnYxLlJlY2VpdmVkTWVzc2FnZTABEkcKDURlbGV0ZU1lc3NhZ2USHi5zcG9vbC52MS5EZWxldGVNZXNzYWdlUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJiChNCYXRjaERlbGV0ZU1lc3NhZ2VzEiQuc3Bvb2wudjEuQmF0Y2hEZWxldGVNZXNzYWdlc1JlcXVlc3QaJS5zcG9vbC52MS5CYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USbgoXQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHkSKC5zcG9vbC52MS5DaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlcXVlc3QaKS5zcG9vbC52MS5DaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEn0KHEJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHkSLS5zcG9vbC52MS5CYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBouLnNwb29sLnYxLkJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXNwb25zZRJHCgpQdXJnZVF1ZXVlEhsuc3Bvb2wudjEuUHVyZ2VRdWV1ZVJlcXVlc3QaHC5zcG9vbC52MS5QdXJnZVF1ZXVlUmVzcG9uc2USTQoMUGVla01lc3NhZ2VzEh0uc3Bvb2wudjEuUGVla01lc3NhZ2VzUmVxdWVzdBoeLnNwb29sLnYxLlBlZWtNZXNzYWdlc1Jlc3BvbnNlQnYKC2lvLnNwb29sLnYxQgpRdWV1ZVByb3RvUAFaMWdpdGh1Yi5jb20vc3Bvb2wtbXEvc3Bvb2wvZ2VuL2dvL3Nwb29sL3YxO3Nwb29sdjGiAgNTUEyqAghTcG9vbC5WMcoCCFNwb29sXFYx6gIJU3Bvb2w6OlYxYgZwcm90bzM", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
 
 /**
  * A queue's settings. Every field is optional: unset means the default on create and "unchanged"
@@ -769,6 +769,365 @@ export const BatchDeleteMessagesResponseSchema: GenMessage<BatchDeleteMessagesRe
   messageDesc(file_spool_v1_queue, 21);
 
 /**
+ * The request of ChangeMessageVisibility.
+ *
+ * @generated from message spool.v1.ChangeMessageVisibilityRequest
+ */
+export type ChangeMessageVisibilityRequest = Message<"spool.v1.ChangeMessageVisibilityRequest"> & {
+  /**
+   * The queue's name.
+   *
+   * @generated from field: string queue_name = 1;
+   */
+  queueName: string;
+
+  /**
+   * The receipt handle of the message's newest receive.
+   *
+   * @generated from field: string receipt_handle = 2;
+   */
+  receiptHandle: string;
+
+  /**
+   * Seconds from now until the message becomes visible again: 0..43200. 0 makes it visible at
+   * once (a nack).
+   *
+   * @generated from field: uint32 visibility_timeout_seconds = 3;
+   */
+  visibilityTimeoutSeconds: number;
+};
+
+/**
+ * Describes the message spool.v1.ChangeMessageVisibilityRequest.
+ * Use `create(ChangeMessageVisibilityRequestSchema)` to create a new message.
+ */
+export const ChangeMessageVisibilityRequestSchema: GenMessage<ChangeMessageVisibilityRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 22);
+
+/**
+ * The answer of ChangeMessageVisibility.
+ *
+ * @generated from message spool.v1.ChangeMessageVisibilityResponse
+ */
+export type ChangeMessageVisibilityResponse = Message<"spool.v1.ChangeMessageVisibilityResponse"> & {
+  /**
+   * When the message becomes visible again unless deleted; the receipt handle expires then.
+   *
+   * @generated from field: google.protobuf.Timestamp next_visible_time = 1;
+   */
+  nextVisibleTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message spool.v1.ChangeMessageVisibilityResponse.
+ * Use `create(ChangeMessageVisibilityResponseSchema)` to create a new message.
+ */
+export const ChangeMessageVisibilityResponseSchema: GenMessage<ChangeMessageVisibilityResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 23);
+
+/**
+ * One message of a BatchChangeMessageVisibility request.
+ *
+ * @generated from message spool.v1.ChangeVisibilityEntry
+ */
+export type ChangeVisibilityEntry = Message<"spool.v1.ChangeVisibilityEntry"> & {
+  /**
+   * The receipt handle of the message's newest receive.
+   *
+   * @generated from field: string receipt_handle = 1;
+   */
+  receiptHandle: string;
+
+  /**
+   * Seconds from now until the message becomes visible again: 0..43200; 0 = at once.
+   *
+   * @generated from field: uint32 visibility_timeout_seconds = 2;
+   */
+  visibilityTimeoutSeconds: number;
+};
+
+/**
+ * Describes the message spool.v1.ChangeVisibilityEntry.
+ * Use `create(ChangeVisibilityEntrySchema)` to create a new message.
+ */
+export const ChangeVisibilityEntrySchema: GenMessage<ChangeVisibilityEntry> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 24);
+
+/**
+ * The request of BatchChangeMessageVisibility.
+ *
+ * @generated from message spool.v1.BatchChangeMessageVisibilityRequest
+ */
+export type BatchChangeMessageVisibilityRequest = Message<"spool.v1.BatchChangeMessageVisibilityRequest"> & {
+  /**
+   * The queue's name.
+   *
+   * @generated from field: string queue_name = 1;
+   */
+  queueName: string;
+
+  /**
+   * 1 to 16 entries, each handled as a ChangeMessageVisibility request.
+   *
+   * @generated from field: repeated spool.v1.ChangeVisibilityEntry entries = 2;
+   */
+  entries: ChangeVisibilityEntry[];
+};
+
+/**
+ * Describes the message spool.v1.BatchChangeMessageVisibilityRequest.
+ * Use `create(BatchChangeMessageVisibilityRequestSchema)` to create a new message.
+ */
+export const BatchChangeMessageVisibilityRequestSchema: GenMessage<BatchChangeMessageVisibilityRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 25);
+
+/**
+ * An entry whose visibility changed.
+ *
+ * @generated from message spool.v1.ChangedVisibility
+ */
+export type ChangedVisibility = Message<"spool.v1.ChangedVisibility"> & {
+  /**
+   * The entry's index in `entries`.
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * When the message becomes visible again unless deleted.
+   *
+   * @generated from field: google.protobuf.Timestamp next_visible_time = 2;
+   */
+  nextVisibleTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message spool.v1.ChangedVisibility.
+ * Use `create(ChangedVisibilitySchema)` to create a new message.
+ */
+export const ChangedVisibilitySchema: GenMessage<ChangedVisibility> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 26);
+
+/**
+ * An entry whose visibility could not be changed.
+ *
+ * @generated from message spool.v1.ChangeVisibilityFailure
+ */
+export type ChangeVisibilityFailure = Message<"spool.v1.ChangeVisibilityFailure"> & {
+  /**
+   * The entry's index in `entries`.
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The entry's receipt handle, as given.
+   *
+   * @generated from field: string receipt_handle = 2;
+   */
+  receiptHandle: string;
+
+  /**
+   * Why, as a google.rpc.Code number (FAILED_PRECONDITION = 9, INVALID_ARGUMENT = 3, ...).
+   *
+   * @generated from field: int32 code = 3;
+   */
+  code: number;
+
+  /**
+   * What went wrong.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+
+  /**
+   * CMQ's error number (4430, 4000, ...).
+   *
+   * @generated from field: int32 cmq_code = 5;
+   */
+  cmqCode: number;
+};
+
+/**
+ * Describes the message spool.v1.ChangeVisibilityFailure.
+ * Use `create(ChangeVisibilityFailureSchema)` to create a new message.
+ */
+export const ChangeVisibilityFailureSchema: GenMessage<ChangeVisibilityFailure> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 27);
+
+/**
+ * The answer of BatchChangeMessageVisibility: every entry is in `changed` or in `failures`.
+ *
+ * @generated from message spool.v1.BatchChangeMessageVisibilityResponse
+ */
+export type BatchChangeMessageVisibilityResponse = Message<"spool.v1.BatchChangeMessageVisibilityResponse"> & {
+  /**
+   * The entries whose visibility changed, in index order.
+   *
+   * @generated from field: repeated spool.v1.ChangedVisibility changed = 1;
+   */
+  changed: ChangedVisibility[];
+
+  /**
+   * The entries that did not change, in index order; empty when all did.
+   *
+   * @generated from field: repeated spool.v1.ChangeVisibilityFailure failures = 2;
+   */
+  failures: ChangeVisibilityFailure[];
+};
+
+/**
+ * Describes the message spool.v1.BatchChangeMessageVisibilityResponse.
+ * Use `create(BatchChangeMessageVisibilityResponseSchema)` to create a new message.
+ */
+export const BatchChangeMessageVisibilityResponseSchema: GenMessage<BatchChangeMessageVisibilityResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 28);
+
+/**
+ * The request of PurgeQueue.
+ *
+ * @generated from message spool.v1.PurgeQueueRequest
+ */
+export type PurgeQueueRequest = Message<"spool.v1.PurgeQueueRequest"> & {
+  /**
+   * The queue's name.
+   *
+   * @generated from field: string queue_name = 1;
+   */
+  queueName: string;
+};
+
+/**
+ * Describes the message spool.v1.PurgeQueueRequest.
+ * Use `create(PurgeQueueRequestSchema)` to create a new message.
+ */
+export const PurgeQueueRequestSchema: GenMessage<PurgeQueueRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 29);
+
+/**
+ * The answer of PurgeQueue.
+ *
+ * @generated from message spool.v1.PurgeQueueResponse
+ */
+export type PurgeQueueResponse = Message<"spool.v1.PurgeQueueResponse"> & {
+  /**
+   * How many messages (visible, delayed and in flight) were removed.
+   *
+   * @generated from field: uint64 purged_messages = 1;
+   */
+  purgedMessages: bigint;
+};
+
+/**
+ * Describes the message spool.v1.PurgeQueueResponse.
+ * Use `create(PurgeQueueResponseSchema)` to create a new message.
+ */
+export const PurgeQueueResponseSchema: GenMessage<PurgeQueueResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 30);
+
+/**
+ * The request of PeekMessages.
+ *
+ * @generated from message spool.v1.PeekMessagesRequest
+ */
+export type PeekMessagesRequest = Message<"spool.v1.PeekMessagesRequest"> & {
+  /**
+   * The queue's name.
+   *
+   * @generated from field: string queue_name = 1;
+   */
+  queueName: string;
+
+  /**
+   * Most messages to return: 0 means 1, else 1..16.
+   *
+   * @generated from field: uint32 max_messages = 2;
+   */
+  maxMessages: number;
+};
+
+/**
+ * Describes the message spool.v1.PeekMessagesRequest.
+ * Use `create(PeekMessagesRequestSchema)` to create a new message.
+ */
+export const PeekMessagesRequestSchema: GenMessage<PeekMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 31);
+
+/**
+ * A visible message, as PeekMessages shows it.
+ *
+ * @generated from message spool.v1.PeekedMessage
+ */
+export type PeekedMessage = Message<"spool.v1.PeekedMessage"> & {
+  /**
+   * The message's id.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+
+  /**
+   * The body, as sent.
+   *
+   * @generated from field: bytes body = 2;
+   */
+  body: Uint8Array;
+
+  /**
+   * When the message was sent.
+   *
+   * @generated from field: google.protobuf.Timestamp enqueue_time = 3;
+   */
+  enqueueTime?: Timestamp | undefined;
+
+  /**
+   * When the message was first received; unset when it never was.
+   *
+   * @generated from field: google.protobuf.Timestamp first_dequeue_time = 4;
+   */
+  firstDequeueTime?: Timestamp | undefined;
+
+  /**
+   * How many times the message has been received so far.
+   *
+   * @generated from field: uint32 dequeue_count = 5;
+   */
+  dequeueCount: number;
+};
+
+/**
+ * Describes the message spool.v1.PeekedMessage.
+ * Use `create(PeekedMessageSchema)` to create a new message.
+ */
+export const PeekedMessageSchema: GenMessage<PeekedMessage> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 32);
+
+/**
+ * The answer of PeekMessages.
+ *
+ * @generated from message spool.v1.PeekMessagesResponse
+ */
+export type PeekMessagesResponse = Message<"spool.v1.PeekMessagesResponse"> & {
+  /**
+   * Up to `max_messages` visible messages, the first the one a receive would get first; empty
+   * when none is visible.
+   *
+   * @generated from field: repeated spool.v1.PeekedMessage messages = 1;
+   */
+  messages: PeekedMessage[];
+};
+
+/**
+ * Describes the message spool.v1.PeekMessagesResponse.
+ * Use `create(PeekMessagesResponseSchema)` to create a new message.
+ */
+export const PeekMessagesResponseSchema: GenMessage<PeekMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 33);
+
+/**
  * Queues and their messages.
  *
  * @generated from service spool.v1.QueueService
@@ -904,6 +1263,57 @@ export const QueueService: GenService<{
     methodKind: "unary";
     input: typeof BatchDeleteMessagesRequestSchema;
     output: typeof BatchDeleteMessagesResponseSchema;
+  },
+  /**
+   * Changes when a received message becomes visible again, counted from now: 0 makes it visible
+   * at once (a nack: it is delivered again, to the next receive), more extends the time its
+   * consumer has to process it (a heartbeat). The receipt handle must be the message's newest,
+   * before its `next_visible_time`, by the same rules as DeleteMessage's (FAILED_PRECONDITION
+   * 4430 otherwise); it stays the newest, so it deletes the message or changes it again until
+   * the new `next_visible_time` (after a nack it has expired). Acknowledged once the change is
+   * durable.
+   *
+   * @generated from rpc spool.v1.QueueService.ChangeMessageVisibility
+   */
+  changeMessageVisibility: {
+    methodKind: "unary";
+    input: typeof ChangeMessageVisibilityRequestSchema;
+    output: typeof ChangeMessageVisibilityResponseSchema;
+  },
+  /**
+   * Changes the visibility of 1 to 16 received messages, each as ChangeMessageVisibility does;
+   * each entry that cannot be changed is reported in `failures`, the others in `changed`.
+   *
+   * @generated from rpc spool.v1.QueueService.BatchChangeMessageVisibility
+   */
+  batchChangeMessageVisibility: {
+    methodKind: "unary";
+    input: typeof BatchChangeMessageVisibilityRequestSchema;
+    output: typeof BatchChangeMessageVisibilityResponseSchema;
+  },
+  /**
+   * Removes every message of the queue, visible, delayed or in flight, as if each had been
+   * deleted through its newest receive: with a rewind window they stay rewindable, so a rewind
+   * undoes a purge. Messages whose send is acknowledged after the purge began are not removed.
+   * Waiting long polls stay parked. Acknowledged once the removal is durable.
+   *
+   * @generated from rpc spool.v1.QueueService.PurgeQueue
+   */
+  purgeQueue: {
+    methodKind: "unary";
+    input: typeof PurgeQueueRequestSchema;
+    output: typeof PurgeQueueResponseSchema;
+  },
+  /**
+   * Returns up to `max_messages` visible messages, in the order a receive would get them, without
+   * receiving them: no receipt handle, no change to their visibility or dequeue count.
+   *
+   * @generated from rpc spool.v1.QueueService.PeekMessages
+   */
+  peekMessages: {
+    methodKind: "unary";
+    input: typeof PeekMessagesRequestSchema;
+    output: typeof PeekMessagesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spool_v1_queue, 0);
