@@ -236,7 +236,14 @@ async fn no_message_stays_claimed_by_a_poll_whose_client_has_gone() {
     const CONNECTIONS: usize = 3;
     const POLLS_PER_CONNECTION: usize = 1_000;
     const BATCHES: usize = 150;
-    let server = TestServer::start().await;
+    let metrics_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let metrics_addr = metrics_listener.local_addr().expect("addr");
+    metrics_listener.set_nonblocking(true).expect("nonblocking");
+    let server = TestServer::start_with(move |config| {
+        config.metrics_listener =
+            Some(tokio::net::TcpListener::from_std(metrics_listener).expect("tokio listener"));
+    })
+    .await;
     let mut client = server.client().await;
     let attributes = pb::QueueAttributes {
         visibility_timeout_seconds: Some(3_600),
@@ -301,6 +308,24 @@ async fn no_message_stays_claimed_by_a_poll_whose_client_has_gone() {
         std::thread::spawn(move || drop(polls))
             .join()
             .expect("drop the polls' runtime");
+        // Sends go out once the server has seen the connections close (its waiting polls are
+        // gone): from then on nothing may be claimed for them. (A message written into a
+        // connection in the moment before the server learns it is dead is lost in transport, as
+        // a delivery to a consumer that crashes; it comes back after its visibility timeout.)
+        let waiting = "spool_queue_waiting_polls{queue=\"q\"}";
+        let mut gone = false;
+        for _ in 0..200 {
+            let (_, body) = http_get(metrics_addr, "/metrics").await;
+            if samples(&body).get(waiting) == Some(&0.0) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            gone,
+            "the server never noticed the polls' connections close"
+        );
         for _ in 0..BATCHES {
             batch_send(&mut client, "q", &[b"1", b"2", b"3", b"4"]).await;
         }
