@@ -102,9 +102,10 @@ enum Rpc {
     ReceiveMessages,
     DeleteMessage,
     BatchDeleteMessages,
+    StreamMessages,
 }
 
-const EVERY_RPC: [Rpc; 11] = [
+const EVERY_RPC: [Rpc; 12] = [
     Rpc::CreateQueue,
     Rpc::GetQueue,
     Rpc::UpdateQueue,
@@ -116,13 +117,17 @@ const EVERY_RPC: [Rpc; 11] = [
     Rpc::ReceiveMessages,
     Rpc::DeleteMessage,
     Rpc::BatchDeleteMessages,
+    Rpc::StreamMessages,
 ];
 
 /// What the grants of the matrix allow: the code each principal gets for each RPC.
 fn expected(rpc: Rpc, who: Who) -> Code {
     let action_of = |rpc| match rpc {
         Rpc::SendMessage | Rpc::BatchSendMessages => Some(Who::Sender),
-        Rpc::ReceiveMessages | Rpc::DeleteMessage | Rpc::BatchDeleteMessages => Some(Who::Receiver),
+        Rpc::ReceiveMessages
+        | Rpc::DeleteMessage
+        | Rpc::BatchDeleteMessages
+        | Rpc::StreamMessages => Some(Who::Receiver),
         Rpc::CreateQueue | Rpc::UpdateQueue | Rpc::DeleteQueue | Rpc::RewindQueue => {
             Some(Who::Admin)
         }
@@ -277,6 +282,23 @@ async fn call(
             assert!(failures.is_empty(), "{failures:?}");
             Ok(())
         }
+        Rpc::StreamMessages => {
+            // Half-closed after the start: an allowed stream ends OK at once (nothing to ack).
+            let start = pb::StreamMessagesRequest {
+                kind: Some(pb::stream_messages_request::Kind::Start(pb::StreamStart {
+                    queue_name,
+                    max_outstanding_messages: 0,
+                    visibility_timeout_seconds: None,
+                })),
+            };
+            let requests = tokio_stream::iter([start]);
+            let mut stream = client
+                .stream_messages(with_token(requests, token))
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
+        }
     }
 }
 
@@ -389,8 +411,8 @@ async fn every_rpc_answers_each_principal_as_its_grants_say() {
     // Refusals are counted by reason, and as calls by code.
     let text = scrape(metrics).await;
     for sample in [
-        "spool_auth_refusals_total{reason=\"no_credentials\"} 11",
-        "spool_auth_refusals_total{reason=\"unknown_token\"} 11",
+        "spool_auth_refusals_total{reason=\"no_credentials\"} 12",
+        "spool_auth_refusals_total{reason=\"unknown_token\"} 12",
         "spool_grpc_requests_total{method=\"SendMessage\",code=\"PERMISSION_DENIED\"} 3",
     ] {
         assert!(text.contains(sample), "no {sample} in:\n{text}");

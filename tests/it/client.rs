@@ -639,6 +639,15 @@ impl QueueService for Scripted {
     ) -> Answer<pb::BatchDeleteMessagesResponse> {
         self.answer("BatchDeleteMessages")
     }
+    type StreamMessagesStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<pb::StreamMessagesResponse, Status>>>;
+    async fn stream_messages(
+        &self,
+        _: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
+    ) -> Answer<Self::StreamMessagesStream> {
+        self.answer::<()>("StreamMessages")?;
+        Ok(Response::new(tokio_stream::iter(Vec::new())))
+    }
 }
 
 async fn start_scripted() -> (Scripted, Client, oneshot::Sender<()>) {

@@ -5,6 +5,7 @@ mod certs;
 mod cli;
 mod client;
 mod common;
+mod consume;
 mod durability;
 mod edges;
 mod error_table;
