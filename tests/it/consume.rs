@@ -333,3 +333,59 @@ async fn bad_stream_requests_are_refused_with_invalid_argument() {
     assert_eq!(status.code(), Code::InvalidArgument);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_consumes_with_batched_acks_answered_after_the_delete() {
+    use futures_util::StreamExt as _;
+    use spool_client::{ClientError, ConsumeOptions};
+
+    let server = TestServer::start().await;
+    let mut grpc = server.client().await;
+    create(&mut grpc, "q", attrs()).await;
+    for body in [b"m1", b"m2", b"m3"] {
+        send(&mut grpc, "q", body).await;
+    }
+    let client =
+        spool_client::Client::connect(&server.endpoint(), spool_client::ClientOptions::default())
+            .await
+            .expect("connect");
+    let options = ConsumeOptions::default().max_outstanding_messages(2);
+    let mut consumer = client.consume("q", options).await.expect("consume");
+    let first = consumer.next().await.expect("one").expect("delivered");
+    let second = consumer.next().await.expect("two").expect("delivered");
+    assert_eq!(&first.message().body[..], b"m1");
+    // Both acknowledgements go out together; each answer comes after its delete is durable.
+    let (one, two) = tokio::join!(first.ack(), second.ack());
+    one.expect("first ack");
+    two.expect("second ack");
+    let counters = stats(&mut grpc, "q").await;
+    assert_eq!(counters.inactive_messages + counters.active_messages, 1);
+    let third = consumer.next().await.expect("three").expect("delivered");
+    assert_eq!(&third.message().body[..], b"m3");
+
+    // An acknowledgement after its consumer was dropped fails (the message comes back after
+    // its visibility timeout).
+    create(&mut grpc, "other", attrs()).await;
+    send(&mut grpc, "other", b"x").await;
+    let mut elsewhere = client
+        .consume("other", ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let foreign = elsewhere.next().await.expect("one").expect("delivered");
+    drop(elsewhere);
+    assert!(
+        matches!(foreign.ack().await, Err(ClientError::Other(_))),
+        "acknowledged after its consumer ended"
+    );
+    third.nack();
+    // The server is told of nothing: the message stays in flight until its timeout.
+    assert_eq!(stats(&mut grpc, "q").await.inactive_messages, 1);
+
+    let missing = client.consume("nope", ConsumeOptions::default()).await;
+    assert!(
+        matches!(missing, Err(ClientError::QueueNotFound(_))),
+        "{missing:?}"
+    );
+    drop(consumer);
+    server.stop().await;
+}
