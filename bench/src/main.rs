@@ -136,7 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let result = match target {
             TargetName::Spool => run_spool(&cli.spool, &workload, runs).await,
             TargetName::SpoolPostgres => {
-                let target = load::SpoolTarget::on_postgres(&cli.spool_postgres);
+                let target = load::SpoolTarget::on_postgres(&cli.spool_postgres, workload.consume);
                 run_spool_target(target, &workload, runs).await
             }
             _ if matches!(workload.mode, Mode::Idle | Mode::Echo) => {

@@ -43,6 +43,7 @@ pub async fn serve(listen: &str, log: Option<&Path>) -> anyhow::Result<()> {
         log: log
             .map(|path| {
                 AppendLog::create(path, append_log::RING_BYTES)
+                    .map(Arc::new)
                     .with_context(|| format!("create {}", path.display()))
             })
             .transpose()?,
@@ -110,7 +111,7 @@ struct Relay {
     queues: Mutex<HashMap<String, Arc<Pending>>>,
     next_id: AtomicU64,
     /// The durable relay's log; `None` for the transport ceiling.
-    log: Option<AppendLog>,
+    log: Option<Arc<AppendLog>>,
 }
 
 impl Relay {
@@ -285,19 +286,7 @@ impl QueueService for Relay {
         let received: Vec<Result<pb::ReceivedMessage, Status>> = bodies
             .into_iter()
             .zip(ids)
-            .map(|(body, id)| {
-                // The fields Spool fills, of the same sizes (a receipt handle is 55 characters:
-                // 41 bytes in base64url).
-                Ok(pb::ReceivedMessage {
-                    receipt_handle: format!("{id:055x}"),
-                    message_id: id.to_string(),
-                    body,
-                    enqueue_time: Some(now()),
-                    first_dequeue_time: Some(now()),
-                    next_visible_time: Some(now()),
-                    dequeue_count: 1,
-                })
-            })
+            .map(|(body, id)| Ok(received(id, body)))
             .collect();
         Ok(Response::new(Box::pin(futures_util::stream::iter(
             received,
@@ -322,6 +311,100 @@ impl QueueService for Relay {
         self.persist(|| append_log::deleted(handles.iter().map(String::as_str)))
             .await?;
         Ok(Response::new(pb::BatchDeleteMessagesResponse::default()))
+    }
+
+    type StreamMessagesStream = ConsumeStream;
+
+    /// The consumer stream as cheaply as it can be served: pushes while fewer than
+    /// `max_outstanding_messages` are unacknowledged, answers each acknowledgement once it is
+    /// persisted (with a log), in order. A task per stream feeds a channel.
+    async fn stream_messages(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
+    ) -> Result<Response<ConsumeStream>, Status> {
+        use pb::stream_messages_request::Kind;
+        let mut requests = request.into_inner();
+        let Some(Kind::Start(start)) = requests.message().await?.and_then(|r| r.kind) else {
+            return Err(Status::invalid_argument(
+                "the first request must be a start",
+            ));
+        };
+        let queue = self.queue(&start.queue_name)?;
+        let max_outstanding = match start.max_outstanding_messages {
+            0 => 100,
+            max => max as usize,
+        };
+        let log = self.log.clone();
+        let next_id = self.next_id.fetch_add(1 << 40, Ordering::Relaxed);
+        let (responses, output) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut outstanding = 0usize;
+            let mut ids = next_id..;
+            loop {
+                let free = max_outstanding.saturating_sub(outstanding).min(16);
+                let pushed = async {
+                    if free == 0 {
+                        std::future::pending::<Vec<Bytes>>().await
+                    } else {
+                        queue.receive(free, Duration::from_secs(3_600)).await
+                    }
+                };
+                tokio::select! {
+                    request = requests.message() => {
+                        let Ok(Some(pb::StreamMessagesRequest {
+                            kind: Some(Kind::Acknowledge(acknowledge)),
+                        })) = request
+                        else {
+                            return;
+                        };
+                        let handles = &acknowledge.receipt_handles;
+                        if let Some(log) = &log {
+                            let record = append_log::deleted(handles.iter().map(String::as_str));
+                            if log.append(record).await.is_err() {
+                                return;
+                            }
+                        }
+                        outstanding = outstanding.saturating_sub(handles.len());
+                        let answer = pb::stream_messages_response::Kind::Acknowledged(
+                            pb::StreamAcknowledged { ack_id: acknowledge.ack_id, failures: Vec::new() },
+                        );
+                        if responses.send(Ok(pb::StreamMessagesResponse { kind: Some(answer) })).await.is_err() {
+                            return;
+                        }
+                    }
+                    bodies = pushed => {
+                        for body in bodies {
+                            let id = ids.next().unwrap_or_default();
+                            outstanding += 1;
+                            let message = pb::stream_messages_response::Kind::Message(received(id, body));
+                            if responses.send(Ok(pb::StreamMessagesResponse { kind: Some(message) })).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let output = futures_util::stream::unfold(output, |mut output| async move {
+            output.recv().await.map(|response| (response, output))
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+}
+
+type ConsumeStream = Pin<Box<dyn Stream<Item = Result<pb::StreamMessagesResponse, Status>> + Send>>;
+
+/// A message as Spool fills it, of the same sizes (a receipt handle is 55 characters: 41 bytes
+/// in base64url).
+fn received(id: u64, body: Bytes) -> pb::ReceivedMessage {
+    pb::ReceivedMessage {
+        receipt_handle: format!("{id:055x}"),
+        message_id: id.to_string(),
+        body,
+        enqueue_time: Some(now()),
+        first_dequeue_time: Some(now()),
+        next_visible_time: Some(now()),
+        dequeue_count: 1,
     }
 }
 

@@ -24,10 +24,13 @@ use self::output::{
 };
 use self::time::format_timestamp;
 use crate::limits::{
-    CHANGE_VISIBILITY_SECONDS, MAX_BACKLOG, MAX_BATCH, MAX_MESSAGE_SIZE, MESSAGE_RETENTION_SECONDS,
-    POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS,
+    CHANGE_VISIBILITY_SECONDS, DEFAULT_MAX_OUTSTANDING_MESSAGES, MAX_BACKLOG, MAX_BATCH,
+    MAX_MESSAGE_SIZE, MAX_OUTSTANDING_MESSAGES, MESSAGE_RETENTION_SECONDS, POLLING_WAIT_SECONDS,
+    VISIBILITY_TIMEOUT_SECONDS,
 };
-use spool_client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
+use spool_client::{
+    Client, ClientError, ClientOptions, ConsumeOptions, QueueAttributes, ReceiveOptions,
+};
 
 pub use spool_client::DEFAULT_ENDPOINT;
 
@@ -156,6 +159,9 @@ pub enum ClientCommand {
     Receive(ReceiveArgs),
     /// Deletes a received message by its receipt handle.
     Delete(DeleteArgs),
+    /// Opens a consumer stream and prints one JSON object per message as it arrives, until the
+    /// server ends the stream (or the command is interrupted).
+    Consume(ConsumeArgs),
     /// Makes the deleted messages enqueued since a time receivable again.
     Rewind(RewindArgs),
     /// Prints up to --max visible messages (one JSON object each), in the order a receive would
@@ -291,6 +297,28 @@ pub struct ReceiveArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    /// The queue.
+    name: String,
+    /// Most messages printed and not yet deleted (1..=1000). Without --delete, once this many
+    /// are printed the next come when their visibility timeout brings them back.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OUTSTANDING_MESSAGES as u32,
+          allow_negative_numbers = true,
+          value_parser = u32_in(1..=*MAX_OUTSTANDING_MESSAGES.end() as u32))]
+    max_outstanding: u32,
+    /// Seconds the messages stay invisible (1..=43200); the queue's visibility timeout if
+    /// absent.
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(VISIBILITY_TIMEOUT_SECONDS))]
+    visibility_timeout: Option<u32>,
+    /// Delete (acknowledge) each message once it is printed.
+    #[arg(long)]
+    delete: bool,
+    #[command(flatten)]
+    endpoint: EndpointArg,
+}
+
+#[derive(Args, Debug)]
 pub struct DeleteArgs {
     /// The queue.
     name: String,
@@ -351,6 +379,7 @@ impl ClientCommand {
             Self::Send(args) => &args.endpoint,
             Self::Receive(args) => &args.endpoint,
             Self::Delete(args) => &args.endpoint,
+            Self::Consume(args) => &args.endpoint,
             Self::Rewind(args) => &args.endpoint,
             Self::Peek(args) => &args.endpoint,
             Self::ChangeVisibility(args) => &args.endpoint,
@@ -475,6 +504,7 @@ async fn execute(
             )
         }
         ClientCommand::Receive(args) => receive(&client, args, stdout).await,
+        ClientCommand::Consume(args) => consume(&client, args, stdout).await,
         ClientCommand::Delete(args) => {
             client.delete_message(&args.name, &args.handle).await?;
             print(
@@ -613,6 +643,57 @@ async fn receive(
     if failed_deletes > 0 {
         return Err(CliError::Reported(format!(
             "{failed_deletes} received message(s) could not be deleted; they will be delivered again"
+        )));
+    }
+    Ok(())
+}
+
+/// Prints each message as it arrives; with `--delete`, acknowledges it once it is printed (the
+/// answers are awaited beside the stream). A failed acknowledgement is reported and the others
+/// go on; the command then fails.
+async fn consume(
+    client: &Client,
+    args: ConsumeArgs,
+    stdout: &mut impl Write,
+) -> Result<(), CliError> {
+    use futures_util::StreamExt as _;
+    let mut options = ConsumeOptions::default().max_outstanding_messages(args.max_outstanding);
+    if let Some(visibility) = args.visibility_timeout {
+        options = options.visibility_timeout_seconds(visibility);
+    }
+    let mut consumer = client.consume(&args.name, options).await?;
+    let mut answers = futures_util::stream::FuturesUnordered::new();
+    let mut failed_deletes = 0;
+    let mut report = |message_id: String, result: Result<(), ClientError>| {
+        if let Err(error) = result {
+            eprintln!("spool: cannot delete message {message_id}: {error}");
+            failed_deletes += 1;
+        }
+    };
+    loop {
+        tokio::select! {
+            delivery = consumer.next_delivery() => {
+                let Some(delivery) = delivery? else { break };
+                print(stdout, &MessageJson::from(delivery.message()))?;
+                if args.delete {
+                    let message_id = delivery.message().message_id.clone();
+                    let answer = delivery.ack();
+                    answers.push(async move { (message_id, answer.await) });
+                } else {
+                    delivery.nack();
+                }
+            }
+            Some((message_id, result)) = answers.next(), if !answers.is_empty() => {
+                report(message_id, result);
+            }
+        }
+    }
+    while let Some((message_id, result)) = answers.next().await {
+        report(message_id, result);
+    }
+    if failed_deletes > 0 {
+        return Err(CliError::Reported(format!(
+            "{failed_deletes} consumed message(s) could not be deleted; they will be delivered again"
         )));
     }
     Ok(())

@@ -21,14 +21,18 @@ use crate::auth::{Action, Caller};
 use crate::disk::DiskGuard;
 use crate::error::QueueError;
 use crate::limits::{
-    CHANGE_VISIBILITY_SECONDS, DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN,
+    CHANGE_VISIBILITY_SECONDS, DEFAULT_MAX_OUTSTANDING_MESSAGES, DEFAULT_PAGE_SIZE, MAX_BATCH,
+    MAX_OUTSTANDING_MESSAGES, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, MAX_REQUEST_BYTES,
     POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS,
 };
 use crate::logsafe::Shown;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
-use crate::queue::{DeleteTarget, Outgoing, QueueHandle, ReceiveRequest, VisibilityTarget};
-use crate::receipt::{Indexed, IndexedField};
+use crate::queue::{
+    ConsumeSettings, Consuming, DeleteResult, DeleteTarget, Event, Outgoing, QueueHandle,
+    ReceiveRequest, VisibilityTarget,
+};
+use crate::receipt::{Indexed, IndexedField, ReceiptKey};
 use crate::registry::Registry;
 
 pub struct QueueServiceImpl {
@@ -400,6 +404,70 @@ impl QueueService for QueueServiceImpl {
         result
     }
 
+    type StreamMessagesStream = StreamMessagesStream;
+
+    #[tracing::instrument(name = "StreamMessages", skip_all, fields(queue = tracing::field::Empty))]
+    async fn stream_messages(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
+    ) -> RpcResult<Self::StreamMessagesStream> {
+        let result: RpcResult<Self::StreamMessagesStream> = async {
+            let caller = caller(&request)?;
+            let mut requests = request.into_inner();
+            // Nothing is claimed before the first request names the queue.
+            let first = tokio::select! {
+                first = requests.message() => first?,
+                () = self.shutdown.cancelled() => return Err(QueueError::ShuttingDown.into()),
+            };
+            let Some(pb::stream_messages_request::Kind::Start(start)) =
+                first.and_then(|request| request.kind)
+            else {
+                return Err(QueueError::InvalidArgument(
+                    "the first request of StreamMessages must be a `start`".into(),
+                )
+                .into());
+            };
+            validate_queue_name(&start.queue_name)?;
+            tracing::Span::current().record("queue", start.queue_name.as_str());
+            let handle = self.queue(&caller, Action::Receive, &start.queue_name)?;
+            let max_outstanding = match start.max_outstanding_messages as usize {
+                0 => DEFAULT_MAX_OUTSTANDING_MESSAGES,
+                max => {
+                    check_range(
+                        "start.max_outstanding_messages",
+                        max,
+                        &MAX_OUTSTANDING_MESSAGES,
+                    )?;
+                    max
+                }
+            };
+            if let Some(visibility) = start.visibility_timeout_seconds {
+                check_range(
+                    "start.visibility_timeout_seconds",
+                    visibility,
+                    &VISIBILITY_TIMEOUT_SECONDS,
+                )?;
+            }
+            let consuming = handle.consume(
+                ConsumeSettings {
+                    max_outstanding,
+                    visibility_timeout_seconds: start.visibility_timeout_seconds,
+                },
+                self.shutdown.clone(),
+            );
+            let stream = ConsumeStream {
+                requests: Some(requests),
+                consuming,
+                receipt_key: self.registry()?.receipt_key().clone(),
+                ended: false,
+            };
+            let output: StreamMessagesStream = Box::pin(stream);
+            Ok(Response::new(output))
+        }
+        .await;
+        result
+    }
+
     #[tracing::instrument(name = "ChangeMessageVisibility", skip_all, fields(queue = %request.get_ref().queue_name))]
     async fn change_message_visibility(
         &self,
@@ -545,3 +613,182 @@ impl QueueService for QueueServiceImpl {
 }
 
 type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
+
+/// The response stream of StreamMessages: the queue's [`Consuming`] in protobuf, fed with the
+/// client's acknowledgements. Polling it polls the client's requests too, so it needs no task
+/// of its own; dropping it (the client went away) drops the [`Consuming`], which gives back
+/// whatever was claimed for it and not pushed.
+pub struct ConsumeStream {
+    /// The client's requests after the first; `None` once it half-closed.
+    requests: Option<tonic::Streaming<pb::StreamMessagesRequest>>,
+    consuming: Consuming<Acknowledgement>,
+    receipt_key: ReceiptKey,
+    /// Whether it has ended (an error is its last item).
+    ended: bool,
+}
+
+type StreamMessagesStream = std::pin::Pin<Box<ConsumeStream>>;
+
+/// What answering one acknowledgement needs besides the queue's results.
+struct Acknowledgement {
+    ack_id: u64,
+    /// The handles as the client wrote them.
+    receipt_handles: Vec<String>,
+    /// The index in `receipt_handles` of each handle handed to the queue, in order.
+    positions: Vec<usize>,
+    /// Handles that could not be decoded, by index.
+    failures: Vec<(usize, QueueError)>,
+}
+
+impl ConsumeStream {
+    /// Takes one request after the first; an error ends the stream.
+    fn take(&mut self, request: pb::StreamMessagesRequest) -> Result<(), QueueError> {
+        use pb::stream_messages_request::Kind;
+        let acknowledge = match request.kind {
+            Some(Kind::Acknowledge(acknowledge)) => acknowledge,
+            Some(Kind::Start(_)) => {
+                return Err(QueueError::InvalidArgument(
+                    "`start` comes only in the first request of a stream".into(),
+                ));
+            }
+            None => {
+                return Err(QueueError::InvalidArgument(
+                    "a request of StreamMessages after the first must be an `acknowledge`".into(),
+                ));
+            }
+        };
+        batch_size(
+            "acknowledge.receipt_handles",
+            acknowledge.receipt_handles.len(),
+        )?;
+        let mut targets = Vec::with_capacity(acknowledge.receipt_handles.len());
+        let mut positions = Vec::with_capacity(acknowledge.receipt_handles.len());
+        let mut failures = Vec::new();
+        for (index, text) in acknowledge.receipt_handles.iter().enumerate() {
+            match self
+                .receipt_key
+                .decode(text, &Indexed("receipt_handles", index))
+            {
+                Ok(handle) => {
+                    targets.push(DeleteTarget {
+                        handle,
+                        index: Some(index),
+                    });
+                    positions.push(index);
+                }
+                Err(error) => failures.push((index, error)),
+            }
+        }
+        let context = Acknowledgement {
+            ack_id: acknowledge.ack_id,
+            receipt_handles: acknowledge.receipt_handles,
+            positions,
+            failures,
+        };
+        self.consuming.acknowledge(context, targets);
+        Ok(())
+    }
+
+    fn acknowledged(
+        context: Acknowledgement,
+        results: Vec<DeleteResult>,
+    ) -> pb::StreamMessagesResponse {
+        let Acknowledgement {
+            ack_id,
+            mut receipt_handles,
+            positions,
+            mut failures,
+        } = context;
+        for (index, result) in positions.into_iter().zip(results) {
+            if let Err(error) = result {
+                failures.push((index, error));
+            }
+        }
+        failures.sort_by_key(|(index, _)| *index);
+        let failures = failures
+            .into_iter()
+            .map(|(index, error)| pb::DeleteFailure {
+                receipt_handle: std::mem::take(&mut receipt_handles[index]),
+                code: super::status::code_of(&error) as i32,
+                message: error.to_string(),
+                cmq_code: error.cmq_code(),
+            })
+            .collect();
+        pb::StreamMessagesResponse {
+            kind: Some(pb::stream_messages_response::Kind::Acknowledged(
+                pb::StreamAcknowledged { ack_id, failures },
+            )),
+        }
+    }
+
+    fn end(
+        &mut self,
+        status: Status,
+    ) -> std::task::Poll<Option<Result<pb::StreamMessagesResponse, Status>>> {
+        self.ended = true;
+        std::task::Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl tokio_stream::Stream for ConsumeStream {
+    type Item = Result<pb::StreamMessagesResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use futures_util::StreamExt as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            // Requests are read only while the queue takes acknowledgements: a client that sends
+            // them faster than they commit waits on the transport's flow control.
+            if this.consuming.takes_acknowledgements()
+                && let Some(requests) = &mut this.requests
+            {
+                match requests.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(request))) => {
+                        if let Err(error) = this.take(request) {
+                            return this.end(error.into());
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(status))) if status.code() == tonic::Code::OutOfRange => {
+                        // tonic's length check (see `grpc::layer`), in Spool's words.
+                        let too_large = QueueError::TooLarge(format!(
+                            "a request is larger than {MAX_REQUEST_BYTES} bytes"
+                        ));
+                        return this.end(too_large.into());
+                    }
+                    Poll::Ready(Some(Err(status))) => return this.end(status),
+                    Poll::Ready(None) => {
+                        this.requests = None;
+                        this.consuming.close();
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            return match this.consuming.poll_next_unpin(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(Event::Message(delivered)))) => {
+                    let message =
+                        convert::received(&delivered.message, delivered.body, &this.receipt_key);
+                    Poll::Ready(Some(Ok(pb::StreamMessagesResponse {
+                        kind: Some(pb::stream_messages_response::Kind::Message(message)),
+                    })))
+                }
+                Poll::Ready(Some(Ok(Event::Acknowledged { context, results }))) => {
+                    Poll::Ready(Some(Ok(Self::acknowledged(context, results))))
+                }
+                Poll::Ready(Some(Err(error))) => this.end(error.into()),
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    Poll::Ready(None)
+                }
+            };
+        }
+    }
+}

@@ -23,7 +23,7 @@ use super::tombstones::MIN_TOMBSTONE_MS;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
 use super::{
     Command, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueInfo, QueueTotals,
-    ReceiveRequest, VisibilityResult, VisibilityTarget,
+    ReceiveRequest, StreamClaim, VisibilityResult, VisibilityTarget,
 };
 use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
@@ -235,6 +235,9 @@ impl QueueActor {
                 request,
                 respond_to,
             } => self.receive(request, respond_to),
+            Command::StreamClaim { claim, respond_to } => {
+                self.claim_for_stream(claim, respond_to);
+            }
             Command::Release { handles } => {
                 let mut released = false;
                 for handle in handles {
@@ -552,7 +555,36 @@ impl QueueActor {
                 visibility_ms,
                 respond_to,
             },
-            now + secs_to_ms(wait_seconds),
+            Some(now + secs_to_ms(wait_seconds)),
+        );
+    }
+
+    /// A consumer stream's turn: claims at once what is visible, else waits in line with the
+    /// long polls, with no deadline (the stream's client decides how long it stays).
+    fn claim_for_stream(&mut self, claim: StreamClaim, respond_to: ReceiveReply) {
+        let visibility_ms = secs_to_ms(
+            claim
+                .visibility_timeout_seconds
+                .unwrap_or(self.record.attributes.visibility_timeout_seconds),
+        );
+        let now = self.now();
+        // As in `receive`: visible messages here mean nobody is waiting ahead.
+        if self.table.has_visible() {
+            let claimed = self
+                .table
+                .claim(claim.max_messages, now, visibility_ms, || {
+                    self.nonces.next_nonce()
+                });
+            self.hand_over(claimed, respond_to, now);
+            return;
+        }
+        self.waiters.park(
+            Waiter {
+                max_messages: claim.max_messages,
+                visibility_ms,
+                respond_to,
+            },
+            None,
         );
     }
 

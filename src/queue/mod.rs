@@ -6,6 +6,7 @@
 
 mod actor;
 pub mod body_cache;
+mod consuming;
 pub mod messages;
 mod receive_log;
 pub mod receiving;
@@ -25,6 +26,7 @@ use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
 use crate::receipt::ReceiptHandle;
 use crate::storage::{QueueRecord, Storage};
+pub use consuming::{ConsumeSettings, Consuming, Event};
 pub use messages::{Claimed, Counts, Peeked};
 pub use receiving::Receiving;
 
@@ -81,6 +83,15 @@ pub struct ReceiveRequest {
     pub visibility_timeout_seconds: Option<u32>,
 }
 
+/// What a consumer stream asks for on each turn.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamClaim {
+    /// 1..=16: the stream's free slots, at most a batch.
+    pub max_messages: usize,
+    /// None: the queue's visibility timeout.
+    pub visibility_timeout_seconds: Option<u32>,
+}
+
 /// The result of deleting one receipt handle of a batch.
 pub type DeleteResult = Result<(), QueueError>;
 
@@ -132,6 +143,11 @@ pub(crate) enum Command {
         request: ReceiveRequest,
         respond_to: waiters::ReceiveReply,
     },
+    /// A consumer stream's next turn (see `consuming`).
+    StreamClaim {
+        claim: StreamClaim,
+        respond_to: waiters::ReceiveReply,
+    },
     /// Gives back messages claimed for a receiver that has gone.
     Release { handles: Vec<ReceiptHandle> },
     DeleteMessages {
@@ -177,6 +193,8 @@ pub struct QueueHandle {
     mailbox: mpsc::Sender<Command>,
     /// For the bodies a receive reads itself (see `receiving`).
     storage: Arc<dyn Storage>,
+    /// The queue's clock: a consumer stream frees the slot of a message when it is visible again.
+    clock: Clock,
 }
 
 impl QueueHandle {
@@ -191,12 +209,14 @@ impl QueueHandle {
         let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
         let name: Arc<str> = record.name.as_str().into();
         let storage = context.storage.clone();
+        let clock = context.clock.clone();
         let actor = actor::QueueActor::new(record, table, context, inbox);
         tracker.spawn(actor.run());
         Self {
             name,
             mailbox,
             storage,
+            clock,
         }
     }
 

@@ -21,8 +21,8 @@ use super::body_cache::BodyBudget;
 use super::messages::MessageTable;
 use super::receiving::Delivered;
 use super::{
-    Counts, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueHandle, ReceiveRequest,
-    Receiving, VisibilityResult, VisibilityTarget,
+    ConsumeSettings, Consuming, Counts, DeleteResult, DeleteTarget, Event, Outgoing, QueueContext,
+    QueueHandle, ReceiveRequest, Receiving, VisibilityResult, VisibilityTarget,
 };
 use crate::attributes::QueueAttributes;
 use crate::clock::{Clock, Millis};
@@ -903,4 +903,156 @@ async fn a_peek_changes_nothing() {
         "the released receive was not recorded"
     );
     assert!(harness.queue.peek(16).await.expect("peek").is_empty());
+}
+
+fn consume(harness: &Harness, max_outstanding: usize) -> Consuming<u32> {
+    harness.queue.consume(
+        ConsumeSettings {
+            max_outstanding,
+            visibility_timeout_seconds: None,
+        },
+        harness.shutdown.clone(),
+    )
+}
+
+/// The next message a consumer stream pushes (panics on anything else).
+async fn pushed(stream: &mut Consuming<u32>) -> Delivered {
+    match stream.next().await {
+        Some(Ok(Event::Message(delivered))) => delivered,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_stream_pushes_no_more_than_its_free_slots() {
+    let harness = Harness::start(attributes()).await;
+    for body in ["a", "b", "c", "d"] {
+        harness.send(body).await;
+    }
+    let mut stream = consume(&harness, 2);
+    let first = pushed(&mut stream).await;
+    let second = pushed(&mut stream).await;
+    assert_eq!(bodies(&[first.clone(), second.clone()]), [b"a", b"b"]);
+    assert!(poll_once(&mut stream.next()).is_none(), "pushed a third");
+    assert_eq!(harness.counts().await, counts(2, 2, 0, 0));
+
+    // An acknowledgement is answered after its commit, per handle, and frees its slot.
+    // Not the handle `second` was pushed with: it fails, and `second` keeps its slot.
+    let stranger = ReceiptHandle {
+        nonce: second.message.handle.nonce ^ 1,
+        ..second.message.handle
+    };
+    stream.acknowledge(
+        41,
+        vec![
+            DeleteTarget {
+                handle: first.message.handle,
+                index: Some(0),
+            },
+            DeleteTarget {
+                handle: stranger,
+                index: Some(1),
+            },
+        ],
+    );
+    match stream.next().await {
+        Some(Ok(Event::Acknowledged { context, results })) => {
+            assert_eq!(context, 41);
+            assert_eq!(results.len(), 2);
+            assert!(results[0].is_ok(), "{results:?}");
+            assert!(is_stale(&results[1]), "{results:?}");
+        }
+        other => panic!("expected the acknowledgement, got {other:?}"),
+    }
+    assert_eq!(&pushed(&mut stream).await.body[..], b"c");
+    assert!(
+        poll_once(&mut stream.next()).is_none(),
+        "pushed past its slots"
+    );
+
+    // Unacknowledged messages give their slots back when they are visible again.
+    let started = Instant::now();
+    let again = pushed(&mut stream).await;
+    assert_about(started.elapsed(), secs(30));
+    assert_eq!(&again.body[..], b"b");
+    assert_eq!(again.message.dequeue_count, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn consumer_streams_and_long_polls_take_turns_in_arrival_order() {
+    let harness = Harness::start(attributes()).await;
+    let mut stream = consume(&harness, 10);
+    assert!(
+        poll_once(&mut stream.next()).is_none(),
+        "nothing to push yet"
+    );
+    let mut poll = harness.start_receive(1, 20).await;
+    let mut other = consume(&harness, 10);
+    assert!(
+        poll_once(&mut other.next()).is_none(),
+        "nothing to push yet"
+    );
+
+    // Longer than any long poll waits: a stream has no deadline.
+    advance(secs(120)).await;
+    assert!(poll_once(&mut stream.next()).is_none(), "a stream ended");
+    assert!(poll_once(&mut other.next()).is_none(), "a stream ended");
+    poll = {
+        assert!(poll.next().await.is_none(), "the poll's wait is over");
+        harness.start_receive(1, 20).await
+    };
+
+    for body in ["one", "two", "three", "four"] {
+        harness.send(body).await;
+    }
+    // The first stream was first in line, then the second (the poll parked again after it),
+    // then the poll; the first stream's next turn comes after them.
+    assert_eq!(&pushed(&mut stream).await.body[..], b"one");
+    assert_eq!(&pushed(&mut other).await.body[..], b"two");
+    let got = poll.next().await.expect("served").expect("delivered");
+    assert_eq!(&got.body[..], b"three");
+    assert_eq!(&pushed(&mut stream).await.body[..], b"four");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_stream_gives_back_what_it_claimed_and_had_not_pushed() {
+    let harness = Harness::start(attributes()).await;
+    for body in ["a", "b", "c"] {
+        harness.send(body).await;
+    }
+    let mut stream = consume(&harness, 3);
+    assert_eq!(&pushed(&mut stream).await.body[..], b"a");
+    drop(stream);
+    // The pushed one stays in flight; the two claimed with it are visible again at once.
+    assert_eq!(harness.counts().await, counts(2, 1, 0, 0));
+    assert_eq!(bodies(&harness.receive(16, 0).await), [b"b", b"c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_stream_ends_at_shutdown_and_after_its_client_half_closes() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("a").await;
+    let mut closing = consume(&harness, 1);
+    let delivered = pushed(&mut closing).await;
+    closing.acknowledge(
+        1,
+        vec![DeleteTarget {
+            handle: delivered.message.handle,
+            index: Some(0),
+        }],
+    );
+    closing.close();
+    // Its acknowledgement is still answered, then it ends.
+    assert!(matches!(
+        closing.next().await,
+        Some(Ok(Event::Acknowledged { context: 1, .. }))
+    ));
+    assert!(closing.next().await.is_none());
+
+    let mut waiting = consume(&harness, 1);
+    assert!(poll_once(&mut waiting.next()).is_none());
+    harness.shutdown.cancel();
+    assert!(waiting.next().await.is_none());
+    harness.send("b").await;
+    assert_eq!(harness.counts().await, counts(1, 0, 0, 0));
 }

@@ -1,4 +1,5 @@
-//! Long polls parked on a queue: served first come, first served, each until its deadline.
+//! Long polls and consumer streams parked on a queue: served first come, first served, a long
+//! poll until its deadline, a stream's claim until its client goes (it has no deadline).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -33,7 +34,9 @@ pub struct Waiters {
 const MIN_SWEEP: usize = 64;
 
 impl Waiters {
-    pub fn park(&mut self, waiter: Waiter, deadline_ms: Millis) {
+    /// Parks `waiter` behind every waiter parked before; `None`: it waits until served or its
+    /// receiver goes (a consumer stream's claim).
+    pub fn park(&mut self, waiter: Waiter, deadline_ms: Option<Millis>) {
         if self.parked.len() >= self.sweep_at.max(MIN_SWEEP) {
             self.parked.retain(|_, w| !w.respond_to.is_closed());
             self.sweep_at = self.parked.len() * 2;
@@ -46,7 +49,9 @@ impl Waiters {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.parked.insert(seq, waiter);
-        self.deadlines.push(Reverse((deadline_ms, seq)));
+        if let Some(deadline_ms) = deadline_ms {
+            self.deadlines.push(Reverse((deadline_ms, seq)));
+        }
     }
 
     /// The oldest waiter whose receiver is still there.

@@ -106,9 +106,10 @@ enum Rpc {
     BatchChangeMessageVisibility,
     PurgeQueue,
     PeekMessages,
+    StreamMessages,
 }
 
-const EVERY_RPC: [Rpc; 15] = [
+const EVERY_RPC: [Rpc; 16] = [
     Rpc::CreateQueue,
     Rpc::GetQueue,
     Rpc::UpdateQueue,
@@ -124,6 +125,7 @@ const EVERY_RPC: [Rpc; 15] = [
     Rpc::BatchChangeMessageVisibility,
     Rpc::PurgeQueue,
     Rpc::PeekMessages,
+    Rpc::StreamMessages,
 ];
 
 /// What the grants of the matrix allow: the code each principal gets for each RPC.
@@ -135,7 +137,8 @@ fn expected(rpc: Rpc, who: Who) -> Code {
         | Rpc::BatchDeleteMessages
         | Rpc::ChangeMessageVisibility
         | Rpc::BatchChangeMessageVisibility
-        | Rpc::PeekMessages => Some(Who::Receiver),
+        | Rpc::PeekMessages
+        | Rpc::StreamMessages => Some(Who::Receiver),
         Rpc::CreateQueue
         | Rpc::UpdateQueue
         | Rpc::DeleteQueue
@@ -335,6 +338,23 @@ async fn call(
                 .peek_messages(with_token(message, token))
                 .await
                 .map(drop)
+        }
+        Rpc::StreamMessages => {
+            // Half-closed after the start: an allowed stream ends OK at once (nothing to ack).
+            let start = pb::StreamMessagesRequest {
+                kind: Some(pb::stream_messages_request::Kind::Start(pb::StreamStart {
+                    queue_name,
+                    max_outstanding_messages: 0,
+                    visibility_timeout_seconds: None,
+                })),
+            };
+            let requests = tokio_stream::iter([start]);
+            let mut stream = client
+                .stream_messages(with_token(requests, token))
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
         }
     }
 }

@@ -756,3 +756,51 @@ async fn peek_change_visibility_nack_and_purge() {
     assert!(ok(&endpoint, &["peek", "cv"]).await.is_empty());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_prints_json_lines_deletes_them_and_exits_ok_when_the_server_stops() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let server = TestServer::start().await;
+    let endpoint = server.endpoint();
+    one(&endpoint, &["queue", "create", "q"]).await;
+    for body in ["one", "two", "three"] {
+        one(&endpoint, &["send", "q", body]).await;
+    }
+    let mut child = spool(
+        &endpoint,
+        &["consume", "q", "--max-outstanding", "2", "--delete"],
+    )
+    .spawn()
+    .expect("start spool consume");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut bodies = Vec::new();
+    while bodies.len() < 3 {
+        let line = tokio::time::timeout(RUN_LIMIT, lines.next_line())
+            .await
+            .expect("a line in time")
+            .expect("read")
+            .expect("a line before the end");
+        let message: Value = serde_json::from_str(&line).expect("JSON");
+        bodies.push(message["body"].as_str().expect("body").to_string());
+    }
+    assert_eq!(bodies, ["one", "two", "three"]);
+    // Deleted: with two outstanding at most, the third came only after an acknowledgement.
+    let mut deleted = false;
+    for _ in 0..50 {
+        let queue = one(&endpoint, &["queue", "get", "q"]).await;
+        if queue["stats"]["active_messages"] == 0 && queue["stats"]["inactive_messages"] == 0 {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(deleted, "the consumed messages were not all deleted");
+    server.stop().await;
+    let status = tokio::time::timeout(RUN_LIMIT, child.wait())
+        .await
+        .expect("spool consume ends with the server")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}

@@ -663,6 +663,16 @@ impl QueueService for Scripted {
     ) -> Answer<pb::PeekMessagesResponse> {
         self.answer("PeekMessages")
     }
+
+    type StreamMessagesStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<pb::StreamMessagesResponse, Status>>>;
+    async fn stream_messages(
+        &self,
+        _: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
+    ) -> Answer<Self::StreamMessagesStream> {
+        self.answer::<()>("StreamMessages")?;
+        Ok(Response::new(tokio_stream::iter(Vec::new())))
+    }
 }
 
 async fn start_scripted() -> (Scripted, Client, oneshot::Sender<()>) {

@@ -6,6 +6,7 @@ mod certs;
 mod cli;
 mod client;
 mod common;
+mod consume;
 mod durability;
 mod edges;
 mod error_table;

@@ -50,6 +50,17 @@ pub enum Mode {
     Echo,
 }
 
+/// Which API Spool's consumers (and the relays') take messages through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsumeApi {
+    /// ReceiveMessages, then DeleteMessage / BatchDeleteMessages: one call of each per batch.
+    #[default]
+    Receive,
+    /// StreamMessages: one stream per consumer, messages pushed, acknowledgements on the stream.
+    Stream,
+}
+
 /// The workload's flags of `spool-bench`.
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -81,6 +92,10 @@ pub struct BenchArgs {
     /// Long polls parked in the idle workload.
     #[arg(long, short = 'W', default_value_t = 1_000)]
     pub waiters: usize,
+    /// How Spool's consumers (and the relays') take messages; the peers keep their own way.
+    /// With `stream`, the idle workload parks consumer streams instead of long polls.
+    #[arg(long, value_enum, default_value = "receive")]
+    pub consume: ConsumeApi,
     /// Stop each run after this many seconds even if not every message was sent or consumed.
     #[arg(long, default_value_t = 60)]
     pub max_seconds: u64,
@@ -107,6 +122,7 @@ pub struct Workload {
     pub batch: usize,
     pub rate: Option<f64>,
     pub waiters: usize,
+    pub consume: ConsumeApi,
     pub max_seconds: u64,
     #[serde(skip)]
     pub max_duration: Duration,
@@ -188,6 +204,7 @@ impl TryFrom<&BenchArgs> for Workload {
             batch: args.batch,
             rate: args.rate,
             waiters: args.waiters,
+            consume: args.consume,
             max_seconds: args.max_seconds,
             max_duration: Duration::from_secs(args.max_seconds),
             queue_prefix: args.queue_prefix.clone(),
@@ -250,7 +267,7 @@ pub async fn run_target<T: Target>(
 
 /// Runs `workload` on the Spool server at `endpoint` `runs` times (every mode).
 pub async fn run_spool(endpoint: &str, workload: &Workload, runs: usize) -> BenchResult<Report> {
-    run_spool_target(SpoolTarget::new(endpoint), workload, runs).await
+    run_spool_target(SpoolTarget::new(endpoint, workload.consume), workload, runs).await
 }
 
 /// [`run_spool`] against a given Spool server (SQLite or PostgreSQL behind it).
@@ -310,10 +327,11 @@ pub fn render_text(report: &Report) -> String {
         w.rate
             .map(|rate| format!(", offered {rate} msg/s"))
             .unwrap_or_default(),
-        if w.mode == Mode::Idle {
-            format!(", {} waiters", w.waiters)
-        } else {
-            String::new()
+        match (w.mode, w.consume) {
+            (Mode::Idle, ConsumeApi::Receive) => format!(", {} waiters", w.waiters),
+            (Mode::Idle, ConsumeApi::Stream) => format!(", {} waiting consumer streams", w.waiters),
+            (_, ConsumeApi::Stream) => ", consumers on StreamMessages".into(),
+            (_, ConsumeApi::Receive) => String::new(),
         },
         report.runs.len(),
     );

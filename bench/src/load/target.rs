@@ -10,7 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use spool_client::{Client, ClientError, ClientOptions, QueueAttributes, ReceiveOptions};
+use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use spool_client::{
+    Client, ClientError, ClientOptions, ConsumeOptions, Delivery, QueueAttributes, ReceiveOptions,
+};
+
+use super::ConsumeApi;
 
 /// Why a bench run failed: a message for the user (peers' errors are all different types).
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +116,8 @@ pub struct SpoolTarget {
     endpoint: String,
     /// One client (one HTTP/2 connection) per connection number, made on first use.
     connections: Mutex<HashMap<usize, Client>>,
+    /// How its consumers take messages.
+    consume: ConsumeApi,
     /// The server at `endpoint` keeps its queues in PostgreSQL (`--postgres-url`), not SQLite:
     /// only the report's name and durability differ, the workload is the same.
     on_postgres: bool,
@@ -115,19 +125,20 @@ pub struct SpoolTarget {
 
 impl SpoolTarget {
     /// A server on its embedded SQLite database.
-    pub fn new(endpoint: &str) -> Self {
+    pub fn new(endpoint: &str, consume: ConsumeApi) -> Self {
         Self {
             endpoint: endpoint.to_string(),
             connections: Mutex::new(HashMap::new()),
+            consume,
             on_postgres: false,
         }
     }
 
     /// A server on PostgreSQL.
-    pub fn on_postgres(endpoint: &str) -> Self {
+    pub fn on_postgres(endpoint: &str, consume: ConsumeApi) -> Self {
         Self {
             on_postgres: true,
-            ..Self::new(endpoint)
+            ..Self::new(endpoint, consume)
         }
     }
 
@@ -221,10 +232,26 @@ impl Target for SpoolTarget {
     }
 
     async fn consumer(&self, queue: &str, connection: usize) -> BenchResult<SpoolConsumer> {
+        let client = self.client(connection)?;
+        let stream = match self.consume {
+            ConsumeApi::Receive => None,
+            ConsumeApi::Stream => Some(StreamConsumer {
+                consumer: client
+                    .consume(
+                        queue,
+                        ConsumeOptions::default()
+                            .max_outstanding_messages(STREAM_MAX_OUTSTANDING)
+                            .visibility_timeout_seconds(BENCH_VISIBILITY_SECONDS),
+                    )
+                    .await?,
+                answers: FuturesUnordered::new(),
+            }),
+        };
         Ok(SpoolConsumer {
             deletes: JoinSet::new(),
-            client: self.client(connection)?,
+            client,
             queue: queue.to_string(),
+            stream,
         })
     }
 }
@@ -253,26 +280,114 @@ pub struct SpoolConsumer {
     /// before its next receive would measure the fsync latency, not the server: like the
     /// peers' consumers (which do not wait for their acks), it keeps a few in flight.
     deletes: JoinSet<BenchResult<()>>,
+    /// With `--consume stream`: the consumer stream, instead of receives and deletes.
+    stream: Option<StreamConsumer>,
 }
+
+/// A consumer stream and the answers to its acknowledgements not yet seen.
+pub struct StreamConsumer {
+    consumer: spool_client::Consumer,
+    answers: FuturesUnordered<BoxFuture<'static, Result<(), ClientError>>>,
+}
+
+/// Messages a bench consumer stream may hold unacknowledged (the server's default).
+const STREAM_MAX_OUTSTANDING: u32 = 100;
 
 /// Delete batches a Spool consumer keeps in flight.
 const DELETES_IN_FLIGHT: usize = 4;
 
-impl Consumer for SpoolConsumer {
-    type Token = String;
+/// What acknowledges one message: a receipt handle, or a delivery of a consumer stream.
+pub enum SpoolToken {
+    Handle(String),
+    Delivery(Delivery),
+}
 
-    async fn receive(&mut self, max: usize, wait: Duration) -> BenchResult<Vec<(Bytes, String)>> {
+impl StreamConsumer {
+    /// Up to `max` deliveries: waits up to `wait` for the first, then takes what has arrived.
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BenchResult<Vec<(Bytes, SpoolToken)>> {
+        let mut received: Vec<Delivery> = Vec::with_capacity(max);
+        let first = match tokio::time::timeout(wait, self.consumer.next()).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(None) => return Err(BenchError("the consumer stream ended".into())),
+            Ok(Some(first)) => first?,
+        };
+        received.push(first);
+        while received.len() < max {
+            match self.consumer.next().now_or_never() {
+                Some(Some(delivery)) => received.push(delivery?),
+                _ => break,
+            }
+        }
+        Ok(received
+            .into_iter()
+            .map(|delivery| {
+                (
+                    delivery.message().body.clone(),
+                    SpoolToken::Delivery(delivery),
+                )
+            })
+            .collect())
+    }
+
+    /// Acknowledges on the stream; the answers are checked as they come and in `finish`.
+    fn ack(&mut self, deliveries: Vec<Delivery>) -> BenchResult<()> {
+        while let Some(Some(answer)) = self.answers.next().now_or_never() {
+            answer?;
+        }
+        for delivery in deliveries {
+            self.answers.push(delivery.ack().boxed());
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> BenchResult<()> {
+        while let Some(answer) = self.answers.next().await {
+            answer?;
+        }
+        Ok(())
+    }
+}
+
+impl Consumer for SpoolConsumer {
+    type Token = SpoolToken;
+
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BenchResult<Vec<(Bytes, SpoolToken)>> {
+        if let Some(stream) = &mut self.stream {
+            return stream.receive(max, wait).await;
+        }
         let options = ReceiveOptions::default()
             .max_messages(max as u32)
             .wait_seconds(wait.as_secs() as u32);
         let messages = self.client.receive(&self.queue, options).await?;
         Ok(messages
             .into_iter()
-            .map(|message| (message.body, message.receipt_handle))
+            .map(|message| (message.body, SpoolToken::Handle(message.receipt_handle)))
             .collect())
     }
 
-    async fn ack(&mut self, handles: Vec<String>) -> BenchResult<()> {
+    async fn ack(&mut self, tokens: Vec<SpoolToken>) -> BenchResult<()> {
+        let mut handles = Vec::with_capacity(tokens.len());
+        let mut deliveries = Vec::new();
+        for token in tokens {
+            match token {
+                SpoolToken::Handle(handle) => handles.push(handle),
+                SpoolToken::Delivery(delivery) => deliveries.push(delivery),
+            }
+        }
+        if let Some(stream) = &mut self.stream {
+            stream.ack(deliveries)?;
+        }
+        if handles.is_empty() {
+            return Ok(());
+        }
         while let Some(done) = self.deletes.try_join_next() {
             confirmed(done)?;
         }
@@ -291,6 +406,9 @@ impl Consumer for SpoolConsumer {
     async fn finish(&mut self) -> BenchResult<()> {
         while let Some(done) = self.deletes.join_next().await {
             confirmed(done)?;
+        }
+        if let Some(stream) = &mut self.stream {
+            stream.finish().await?;
         }
         Ok(())
     }

@@ -10,12 +10,12 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::Workload;
 use super::stats::{
     CpuMeter, Figures, Latencies, Progress, add_latencies, listening_pid, resident_bytes, round,
 };
 use super::target::{BenchError, BenchResult, Consumer, Producer, SpoolTarget, Target};
-use spool_client::ReceiveOptions;
+use super::{ConsumeApi, Workload};
+use spool_client::{ConsumeOptions, ReceiveOptions};
 
 /// How long a consumer's receive waits for a message when none is visible.
 const CONSUMER_WAIT: Duration = Duration::from_secs(1);
@@ -404,9 +404,42 @@ pub async fn idle(target: Arc<SpoolTarget>, workload: &Workload) -> BenchResult<
             received.clone(),
         );
         let total = workload.waiters;
+        let consume = workload.consume;
         waiters.spawn(async move {
             let mut wakeups = Latencies::new();
             let mut end_to_end = Latencies::new();
+            if consume == ConsumeApi::Stream {
+                let options = ConsumeOptions::default().max_outstanding_messages(1);
+                let mut consumer = tokio::select! {
+                    _ = stop.cancelled() => return Ok((wakeups, end_to_end)),
+                    consumer = client.consume(&queue, options) => consumer?,
+                };
+                if opened.fetch_add(1, Ordering::AcqRel) + 1 == total {
+                    all_open.notify_one();
+                }
+                loop {
+                    let delivery = tokio::select! {
+                        _ = stop.cancelled() => return Ok((wakeups, end_to_end)),
+                        delivery = consumer.next_delivery() => delivery?,
+                    };
+                    let Some(delivery) = delivery else {
+                        return Err(BenchError("a consumer stream ended".into()));
+                    };
+                    let now = Instant::now();
+                    if let Some((sent, seq)) = stamp(&delivery.message().body) {
+                        let sent_at = epoch + Duration::from_nanos(sent);
+                        end_to_end.record(now.saturating_duration_since(sent_at));
+                        let acked = acks.lock().ok().and_then(|acks| acks.get(&seq).copied());
+                        wakeups.record(
+                            acked.map_or(Duration::ZERO, |acked| {
+                                now.saturating_duration_since(acked)
+                            }),
+                        );
+                    }
+                    delivery.ack().await?;
+                    received.fetch_add(1, Ordering::AcqRel);
+                }
+            }
             let mut first = true;
             let options = ReceiveOptions::default()
                 .max_messages(1)

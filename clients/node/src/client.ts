@@ -55,6 +55,35 @@ export interface ClientOptions {
   retry?: RetryPolicy | RetryOptions;
 }
 
+/** Settings of a consumer stream (StreamMessages). */
+export interface ConsumeOptions {
+  /** Most messages delivered and not yet acknowledged (nor visible again), 1..1000. Unset: 100. */
+  maxOutstandingMessages?: number;
+  /** Seconds each delivered message stays invisible to others, 1..43200. Unset: the queue's. */
+  visibilityTimeoutSeconds?: number;
+  /** Ends the stream (the iteration ends without error). */
+  signal?: AbortSignal;
+}
+
+/** A message pushed on a consumer stream. */
+export interface Delivery {
+  readonly message: ReceivedMessage;
+  /**
+   * Deletes the message: the acknowledgement goes out on the stream at once (with others of the
+   * same tick, up to 16 a request); resolves when the server answers, after the delete is
+   * durable, and rejects with the delete's SpoolError (4430: the handle expired).
+   */
+  ack(): Promise<void>;
+  /**
+   * Gives the message up: it comes back when its visibility timeout ends, which also frees its
+   * slot. (Spool has no call that makes a message visible earlier yet.)
+   */
+  nack(): void;
+}
+
+/** Handles in one acknowledgement, at most (the server's limit). */
+const MAX_ACK_BATCH = 16;
+
 /** Settings of one ReceiveMessages call; unset ones take the queue's values. */
 export interface ReceiveOptions {
   /** Most messages to receive, 1..16 (0 or unset: 1). Fewer visible messages do not block. */
@@ -276,6 +305,117 @@ export class SpoolClient {
         if (delivered || options.signal?.aborted || !this.retry.shouldRetry("idempotent", attempt, error)) throw error;
         await sleep(this.retry.backoffMs(attempt));
       }
+    }
+  }
+
+  /**
+   * A consumer stream (StreamMessages) as an async iterator of deliveries: messages are pushed
+   * as they become visible while fewer than `maxOutstandingMessages` are unacknowledged. Answers
+   * to acknowledgements are read as they come, whether or not the loop is waiting. The stream has
+   * no deadline: it ends when the server shuts down or `options.signal` aborts, and throws if
+   * the server refuses it (NOT_FOUND, ...) or the connection fails. Not retried. Leaving the loop
+   * cancels it (messages delivered and not acknowledged come back after their timeout).
+   *
+   * ```ts
+   * for await (const delivery of client.consume("orders", { maxOutstandingMessages: 10 })) {
+   *   handle(delivery.message.body);
+   *   await delivery.ack();
+   * }
+   * ```
+   */
+  async *consume(queue: string, options: ConsumeOptions = {}): AsyncGenerator<Delivery, void, undefined> {
+    type Ack = { handle: string; resolve: () => void; reject: (error: SpoolError) => void };
+    const method = QueueService.method.streamMessages;
+    await this.connected(Date.now() + this.connectTimeoutMs);
+    const call = this.grpc.makeBidiStreamRequest(
+      path(method.name),
+      (message: MessageShape<typeof method.input>) => Buffer.from(toBinary(method.input, message)),
+      (buffer: Buffer) => fromBinary(method.output, buffer),
+      new grpc.Metadata(),
+      {},
+    );
+    const arrived: (Delivery | SpoolError | null)[] = [];
+    let wake: (() => void) | null = null;
+    const push = (item: Delivery | SpoolError | null) => {
+      arrived.push(item);
+      wake?.();
+      wake = null;
+    };
+    const answers = new Map<bigint, Ack[]>();
+    let waiting: Ack[] = [];
+    let nextAckId = 1n;
+    let ended = false;
+    const endedError = () => new SpoolError({ code: grpc.status.CANCELLED, details: "the consumer stream has ended; the message comes back after its visibility timeout" });
+    const failAll = () => {
+      ended = true;
+      for (const batch of answers.values()) for (const ack of batch) ack.reject(endedError());
+      answers.clear();
+      for (const ack of waiting) ack.reject(endedError());
+      waiting = [];
+    };
+    const flush = () => {
+      while (waiting.length > 0 && !ended) {
+        const batch = waiting.splice(0, MAX_ACK_BATCH);
+        const ackId = nextAckId++;
+        answers.set(ackId, batch);
+        call.write(create(method.input, { kind: { case: "acknowledge", value: { ackId, receiptHandles: batch.map((ack) => ack.handle) } } }));
+      }
+    };
+    call.on("data", (response: MessageShape<typeof method.output>) => {
+      if (response.kind.case === "message") {
+        const message = response.kind.value;
+        push({
+          message,
+          ack: () =>
+            new Promise<void>((resolve, reject) => {
+              if (ended) return reject(endedError());
+              if (waiting.length === 0) queueMicrotask(flush);
+              waiting.push({ handle: message.receiptHandle, resolve, reject });
+            }),
+          nack: () => {},
+        });
+      } else if (response.kind.case === "acknowledged") {
+        const answered = response.kind.value;
+        const failures = new Map(answered.failures.map((failure) => [failure.receiptHandle, failure]));
+        for (const ack of answers.get(answered.ackId) ?? []) {
+          const failure = failures.get(ack.handle);
+          if (failure === undefined) ack.resolve();
+          else ack.reject(new SpoolError({ code: failure.code, details: failure.message, cmqCode: failure.cmqCode }));
+        }
+        answers.delete(answered.ackId);
+      }
+    });
+    call.on("error", (error: unknown) => {
+      failAll();
+      push(options.signal?.aborted ? null : toSpoolError(error));
+    });
+    call.on("end", () => {
+      failAll();
+      push(null);
+    });
+    const abort = () => call.cancel();
+    options.signal?.addEventListener("abort", abort, { once: true });
+    call.write(create(method.input, {
+      kind: {
+        case: "start",
+        value: {
+          queueName: queue,
+          maxOutstandingMessages: options.maxOutstandingMessages ?? 0,
+          ...(options.visibilityTimeoutSeconds === undefined ? {} : { visibilityTimeoutSeconds: options.visibilityTimeoutSeconds }),
+        },
+      },
+    }));
+    try {
+      for (;;) {
+        if (arrived.length === 0) await new Promise<void>((resolve) => (wake = resolve));
+        const item = arrived.shift();
+        if (item === null || item === undefined) return;
+        if (item instanceof SpoolError) throw item;
+        yield item;
+      }
+    } finally {
+      options.signal?.removeEventListener("abort", abort);
+      call.cancel(); // a no-op once the stream ended; ends it when the loop left early
     }
   }
 

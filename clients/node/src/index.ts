@@ -14,6 +14,8 @@ export {
   type BatchEntry,
   type Body,
   type ClientOptions,
+  type ConsumeOptions,
+  type Delivery,
   type QueueAttributesInit,
   type ReceiveOptions,
 } from "./client.js";

@@ -179,6 +179,30 @@ describe("against a real server", { skip: found.skip }, () => {
     assert.deepEqual(await client.peekMessages(name), []);
   });
 
+  test("consume: pushes up to maxOutstandingMessages; acks are answered after the delete", async () => {
+    const name = queueName("consume");
+    await client.createQueue(name);
+    for (const body of ["m1", "m2", "m3"]) await client.sendMessage(name, body);
+    const stop = new AbortController();
+    const stream = client.consume(name, { maxOutstandingMessages: 2, signal: stop.signal });
+    const first = (await stream.next()).value;
+    const second = (await stream.next()).value;
+    assert.deepEqual([text(first.message), text(second.message)], ["m1", "m2"]);
+    let stats = (await client.getQueue(name)).stats;
+    assert.deepEqual([stats?.activeMessages, stats?.inactiveMessages], [1n, 2n], "no third before an ack");
+    await Promise.all([first.ack(), second.ack()]);
+    const third = (await stream.next()).value;
+    assert.equal(text(third.message), "m3");
+    third.nack();
+    stop.abort();
+    assert.equal((await stream.next()).done, true, "an aborted stream ends without error");
+    stats = (await client.getQueue(name)).stats;
+    assert.deepEqual([stats?.activeMessages, stats?.inactiveMessages], [0n, 1n]);
+    const missing = client.consume(queueName("missing"));
+    const error = await failure(missing.next());
+    assert.deepEqual([error.code, error.cmqCode], [GrpcStatus.NOT_FOUND, 4440]);
+  });
+
   test("a full backlog is BACKLOG_FULL (4410)", async () => {
     const name = queueName();
     await client.createQueue(name, { maxBacklog: 1n });

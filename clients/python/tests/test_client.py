@@ -474,3 +474,25 @@ def test_peek_messages_changes_nothing(client, queue_name):
     expect_error(
         client.peek_messages, grpc.StatusCode.INVALID_ARGUMENT, 4000, queue_name, max_messages=17
     )
+
+
+def test_consume_pushes_up_to_max_outstanding_and_acks_are_answered(server, queue_name):
+    with Client(server.endpoint, timeout=10) as client:
+        client.create_queue(queue_name)
+        for body in (b"m1", b"m2", b"m3"):
+            client.send_message(queue_name, body)
+        with client.consume(queue_name, max_outstanding_messages=2) as consumer:
+            first = next(consumer)
+            second = next(consumer)
+            assert (first.message.body, second.message.body) == (b"m1", b"m2")
+            stats = client.get_queue(queue_name).stats
+            assert (stats.active_messages, stats.inactive_messages) == (1, 2)
+            assert first.ack().result(timeout=10) is None
+            third = next(consumer)
+            assert third.message.body == b"m3"
+            second.ack().result(timeout=10)
+            third.nack()
+        stats = client.get_queue(queue_name).stats
+        # m3 was let go: it stays in flight until its visibility timeout.
+        assert (stats.active_messages, stats.inactive_messages) == (0, 1)
+        expect_error(client.consume, grpc.StatusCode.NOT_FOUND, 4440, queue_name + "-missing")

@@ -47,6 +47,7 @@
 //! The crate compiles none of the server: no SQLite, no queue actors.
 
 mod codec;
+mod consume;
 mod error;
 pub mod errors;
 pub mod limits;
@@ -68,6 +69,7 @@ use futures_util::Stream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
+pub use self::consume::{ConsumeOptions, Consumer, Delivery};
 pub use self::error::{ClientError, RpcError};
 pub use self::errors::code_name;
 pub use self::retry::RetryPolicy;

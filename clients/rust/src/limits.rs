@@ -36,6 +36,11 @@ pub const DEFAULT_MAX_BACKLOG: u64 = 100_000_000;
 /// Entries of a batch send, messages of a receive, handles of a batch delete.
 pub const MAX_BATCH: usize = 16;
 
+/// A consumer stream's messages pushed and not yet acknowledged (StreamMessages'
+/// `max_outstanding_messages`), and the default when the request says 0.
+pub const MAX_OUTSTANDING_MESSAGES: RangeInclusive<usize> = 1..=1_000;
+pub const DEFAULT_MAX_OUTSTANDING_MESSAGES: usize = 100;
+
 /// ListQueues page size when the request says 0, and the largest allowed.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1_000;

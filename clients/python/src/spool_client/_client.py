@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 import grpc
 
+from ._consume import Consumer, start_request
 from ._errors import SpoolError
 from .pb import queue_pb2 as pb
 from .pb import queue_pb2_grpc
@@ -458,3 +459,28 @@ class Client:
         """
         request = pb.PeekMessagesRequest(queue_name=queue_name, max_messages=max_messages)
         return list(self._call(self._stub.PeekMessages, request, timeout).messages)
+
+    def consume(
+        self,
+        queue_name: str,
+        *,
+        max_outstanding_messages: int = 0,
+        visibility_timeout_seconds: Optional[int] = None,
+    ) -> Consumer:
+        """Opens a consumer stream (StreamMessages): an iterator of Delivery objects, pushed as
+        messages become visible while fewer than `max_outstanding_messages` (1..1000; 0: 100)
+        are unacknowledged. `delivery.ack()` deletes one (batched on the stream) and returns a
+        future of the server's answer; `delivery.nack()` lets its visibility timeout bring it
+        back. Raises SpoolError at once if the server refuses the stream (NOT_FOUND, ...). The
+        stream has no deadline; the iteration ends when the server shuts down.
+
+            with client.consume("orders", max_outstanding_messages=10) as consumer:
+                for delivery in consumer:
+                    handle(delivery.message.body)
+                    delivery.ack()
+        """
+        start = start_request(queue_name, max_outstanding_messages, visibility_timeout_seconds)
+        return Consumer(self._stub, start, self._metadata)
+
+    # The RPC's name, for those who look for it.
+    stream_messages = consume

@@ -319,3 +319,45 @@ class PeekMessagesResponse(_message.Message):
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[PeekedMessage]
     def __init__(self, messages: _Optional[_Iterable[_Union[PeekedMessage, _Mapping]]] = ...) -> None: ...
+
+class StreamMessagesRequest(_message.Message):
+    __slots__ = ("start", "acknowledge")
+    START_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGE_FIELD_NUMBER: _ClassVar[int]
+    start: StreamStart
+    acknowledge: StreamAcknowledge
+    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., acknowledge: _Optional[_Union[StreamAcknowledge, _Mapping]] = ...) -> None: ...
+
+class StreamStart(_message.Message):
+    __slots__ = ("queue_name", "max_outstanding_messages", "visibility_timeout_seconds")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTSTANDING_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    max_outstanding_messages: int
+    visibility_timeout_seconds: int
+    def __init__(self, queue_name: _Optional[str] = ..., max_outstanding_messages: _Optional[int] = ..., visibility_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class StreamAcknowledge(_message.Message):
+    __slots__ = ("ack_id", "receipt_handles")
+    ACK_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_HANDLES_FIELD_NUMBER: _ClassVar[int]
+    ack_id: int
+    receipt_handles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ack_id: _Optional[int] = ..., receipt_handles: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StreamMessagesResponse(_message.Message):
+    __slots__ = ("message", "acknowledged")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    message: ReceivedMessage
+    acknowledged: StreamAcknowledged
+    def __init__(self, message: _Optional[_Union[ReceivedMessage, _Mapping]] = ..., acknowledged: _Optional[_Union[StreamAcknowledged, _Mapping]] = ...) -> None: ...
+
+class StreamAcknowledged(_message.Message):
+    __slots__ = ("ack_id", "failures")
+    ACK_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ack_id: int
+    failures: _containers.RepeatedCompositeFieldContainer[DeleteFailure]
+    def __init__(self, ack_id: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[DeleteFailure, _Mapping]]] = ...) -> None: ...

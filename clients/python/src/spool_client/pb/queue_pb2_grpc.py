@@ -111,6 +111,11 @@ class QueueServiceStub(object):
                 request_serializer=spool_dot_v1_dot_queue__pb2.PeekMessagesRequest.SerializeToString,
                 response_deserializer=spool_dot_v1_dot_queue__pb2.PeekMessagesResponse.FromString,
                 _registered_method=True)
+        self.StreamMessages = channel.stream_stream(
+                '/spool.v1.QueueService/StreamMessages',
+                request_serializer=spool_dot_v1_dot_queue__pb2.StreamMessagesRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.StreamMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer(object):
@@ -254,6 +259,33 @@ class QueueServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamMessages(self, request_iterator, context):
+        """A consumer stream: one long-lived call instead of a receive and a delete per message.
+        - The first request is a `start`: the queue and the consumer's settings. Errors in it (bad
+        settings, NOT_FOUND, PERMISSION_DENIED) end the call at once.
+        - The server pushes messages as they become visible while fewer than
+        `max_outstanding_messages` are outstanding (pushed on this stream and neither
+        acknowledged nor past their `next_visible_time`). Each is claimed exactly as
+        ReceiveMessages claims it: in flight for the visibility timeout, a new receipt handle,
+        `dequeue_count` counted. Streams and ReceiveMessages waiters on a queue are served together,
+        first come, first served; a stream takes its turn again after each delivery (at most 16
+        messages a turn).
+        - Later requests are `acknowledge`s: up to 16 receipt handles to delete, each as
+        DeleteMessage would. The server answers each with an `acknowledged` once the deletes are
+        durable, in the order of the requests, listing the handles that failed as
+        BatchDeleteMessages does; then their slots are free. A handle whose delete failed because
+        storage did (UNAVAILABLE) keeps its slot until acknowledged again or visible again.
+        - The stream waits as long as the client keeps it open. It ends OK when the server shuts
+        down, and OK once the client half-closes and its acknowledgements are answered (no
+        message is pushed after the half-close). Messages pushed on a stream that ends stay in
+        flight until their visibility timeout; none are claimed for it after it ends.
+        - A request that is not of the expected kind, or has more than 16 handles, ends the stream
+        with INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -331,6 +363,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.PeekMessages,
                     request_deserializer=spool_dot_v1_dot_queue__pb2.PeekMessagesRequest.FromString,
                     response_serializer=spool_dot_v1_dot_queue__pb2.PeekMessagesResponse.SerializeToString,
+            ),
+            'StreamMessages': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamMessages,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.StreamMessagesRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.StreamMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -739,6 +776,33 @@ class QueueService(object):
             '/spool.v1.QueueService/PeekMessages',
             spool_dot_v1_dot_queue__pb2.PeekMessagesRequest.SerializeToString,
             spool_dot_v1_dot_queue__pb2.PeekMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMessages(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/spool.v1.QueueService/StreamMessages',
+            spool_dot_v1_dot_queue__pb2.StreamMessagesRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.StreamMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

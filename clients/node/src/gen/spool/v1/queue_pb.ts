@@ -29,7 +29,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spool/v1/queue.proto.
  */
 export const file_spool_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRzcG9vbC92MS9xdWV1ZS5wcm90bxIIc3Bvb2wudjEi6QIKD1F1ZXVlQXR0cmlidXRlcxInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgBIAEoDUgAiAEBEiEKFHBvbGxpbmdfd2FpdF9zZWNvbmRzGAIgASgNSAGIAQESHQoQbWF4X21lc3NhZ2Vfc2l6ZRgDIAEoDUgCiAEBEiYKGW1lc3NhZ2VfcmV0ZW50aW9uX3NlY29uZHMYBCABKA1IA4gBARIbCg5yZXdpbmRfc2Vjb25kcxgFIAEoDUgEiAEBEhgKC21heF9iYWNrbG9nGAYgASgESAWIAQFCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzQhcKFV9wb2xsaW5nX3dhaXRfc2Vjb25kc0ITChFfbWF4X21lc3NhZ2Vfc2l6ZUIcChpfbWVzc2FnZV9yZXRlbnRpb25fc2Vjb25kc0IRCg9fcmV3aW5kX3NlY29uZHNCDgoMX21heF9iYWNrbG9nIrABCgpRdWV1ZVN0YXRzEhcKD2FjdGl2ZV9tZXNzYWdlcxgBIAEoBBIZChFpbmFjdGl2ZV9tZXNzYWdlcxgCIAEoBBIYChBkZWxheWVkX21lc3NhZ2VzGAMgASgEEhsKE3Jld2luZGFibGVfbWVzc2FnZXMYBCABKAQSNwoTb2xkZXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBVF1ZXVlEgwKBG5hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlF1ZXVlQXR0cmlidXRlcxIjCgVzdGF0cxgDIAEoCzIULnNwb29sLnYxLlF1ZXVlU3RhdHMSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJDcmVhdGVRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRItCgphdHRyaWJ1dGVzGAIgASgLMhkuc3Bvb2wudjEuUXVldWVBdHRyaWJ1dGVzIiUKD0dldFF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIlcKElVwZGF0ZVF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5RdWV1ZUF0dHJpYnV0ZXMiKAoSRGVsZXRlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiSgoRTGlzdFF1ZXVlc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImMKEkxpc3RRdWV1ZXNSZXNwb25zZRIfCgZxdWV1ZXMYASADKAsyDy5zcG9vbC52MS5RdWV1ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQiWAoSUmV3aW5kUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoTUmV3aW5kUXVldWVSZXNwb25zZRIZChFyZXN0b3JlZF9tZXNzYWdlcxgBIAEoBCJkChJTZW5kTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIMCgRib2R5GAIgASgMEhoKDWRlbGF5X3NlY29uZHMYAyABKA1IAIgBAUIQCg5fZGVsYXlfc2Vjb25kcyIpChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkiTAoOQmF0Y2hTZW5kRW50cnkSDAoEYm9keRgBIAEoDBIaCg1kZWxheV9zZWNvbmRzGAIgASgNSACIAQFCEAoOX2RlbGF5X3NlY29uZHMiWQoYQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSKQoHZW50cmllcxgCIAMoCzIYLnNwb29sLnYxLkJhdGNoU2VuZEVudHJ5IjAKGUJhdGNoU2VuZE1lc3NhZ2VzUmVzcG9uc2USEwoLbWVzc2FnZV9pZHMYASADKAkitgEKFlJlY2VpdmVNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIUCgxtYXhfbWVzc2FnZXMYAiABKA0SGQoMd2FpdF9zZWNvbmRzGAMgASgNSACIAQESJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYBCABKA1IAYgBAUIPCg1fd2FpdF9zZWNvbmRzQh0KG192aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcyKDAgoPUmVjZWl2ZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSDAoEYm9keRgDIAEoDBIwCgxlbnF1ZXVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbmV4dF92aXNpYmxlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRlcXVldWVfY291bnQYByABKA0iQgoURGVsZXRlTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCSJJChpCYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSJYCg1EZWxldGVGYWlsdXJlEhYKDnJlY2VpcHRfaGFuZGxlGAEgASgJEgwKBGNvZGUYAiABKAUSDwoHbWVzc2FnZRgDIAEoCRIQCghjbXFfY29kZRgEIAEoBSJIChtCYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USKQoIZmFpbHVyZXMYASADKAsyFy5zcG9vbC52MS5EZWxldGVGYWlsdXJlInAKHkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEiIKGnZpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzGAMgASgNIlgKH0NoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USNQoRbmV4dF92aXNpYmxlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlMKFUNoYW5nZVZpc2liaWxpdHlFbnRyeRIWCg5yZWNlaXB0X2hhbmRsZRgBIAEoCRIiChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJrCiNCYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEjAKB2VudHJpZXMYAiADKAsyHy5zcG9vbC52MS5DaGFuZ2VWaXNpYmlsaXR5RW50cnkiWQoRQ2hhbmdlZFZpc2liaWxpdHkSDQoFaW5kZXgYASABKA0SNQoRbmV4dF92aXNpYmxlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInEKF0NoYW5nZVZpc2liaWxpdHlGYWlsdXJlEg0KBWluZGV4GAEgASgNEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEgwKBGNvZGUYAyABKAUSDwoHbWVzc2FnZRgEIAEoCRIQCghjbXFfY29kZRgFIAEoBSKJAQokQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEiwKB2NoYW5nZWQYASADKAsyGy5zcG9vbC52MS5DaGFuZ2VkVmlzaWJpbGl0eRIzCghmYWlsdXJlcxgCIAMoCzIhLnNwb29sLnYxLkNoYW5nZVZpc2liaWxpdHlGYWlsdXJlIicKEVB1cmdlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiLQoSUHVyZ2VRdWV1ZVJlc3BvbnNlEhcKD3B1cmdlZF9tZXNzYWdlcxgBIAEoBCI/ChNQZWVrTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFAoMbWF4X21lc3NhZ2VzGAIgASgNIrIBCg1QZWVrZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSDAoEYm9keRgCIAEoDBIwCgxlbnF1ZXVlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZGVxdWV1ZV9jb3VudBgFIAEoDSJBChRQZWVrTWVzc2FnZXNSZXNwb25zZRIpCghtZXNzYWdlcxgBIAMoCzIXLnNwb29sLnYxLlBlZWtlZE1lc3NhZ2UyzAkKDFF1ZXVlU2VydmljZRI8CgtDcmVhdGVRdWV1ZRIcLnNwb29sLnYxLkNyZWF0ZVF1ZXVlUmVxdWVzdBoPLnNwb29sLnYxLlF1ZXVlEjYKCEdldFF1ZXVlEhkuc3Bvb2wudjEuR2V0UXVldWVSZXF1ZXN0Gg8uc3Bvb2wudjEuUXVldWUSPAoLVXBkYXRlUXVldWUSHC5zcG9vbC52MS5VcGRhdGVRdWV1ZVJlcXVlc3QaDy5zcG9vbC52MS5RdWV1ZRJDCgtEZWxldGVRdWV1ZRIcLnNwb29sLnYxLkRlbGV0ZVF1ZXVlUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJHCgpMaXN0UXVldWVzEhsuc3Bvb2wudjEuTGlzdFF1ZXVlc1JlcXVlc3QaHC5zcG9vbC52MS5MaXN0UXVldWVzUmVzcG9uc2USSgoLUmV3aW5kUXVldWUSHC5zcG9vbC52MS5SZXdpbmRRdWV1ZVJlcXVlc3QaHS5zcG9vbC52MS5SZXdpbmRRdWV1ZVJlc3BvbnNlEkoKC1NlbmRNZXNzYWdlEhwuc3Bvb2wudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Gh0uc3Bvb2wudjEuU2VuZE1lc3NhZ2VSZXNwb25zZRJcChFCYXRjaFNlbmRNZXNzYWdlcxIiLnNwb29sLnYxLkJhdGNoU2VuZE1lc3NhZ2VzUmVxdWVzdBojLnNwb29sLnYxLkJhdGNoU2VuZE1lc3NhZ2VzUmVzcG9uc2USUAoPUmVjZWl2ZU1lc3NhZ2VzEiAuc3Bvb2wudjEuUmVjZWl2ZU1lc3NhZ2VzUmVxdWVzdBoZLnNwb29sLnYxLlJlY2VpdmVkTWVzc2FnZTABEkcKDURlbGV0ZU1lc3NhZ2USHi5zcG9vbC52MS5EZWxldGVNZXNzYWdlUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJiChNCYXRjaERlbGV0ZU1lc3NhZ2VzEiQuc3Bvb2wudjEuQmF0Y2hEZWxldGVNZXNzYWdlc1JlcXVlc3QaJS5zcG9vbC52MS5CYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USbgoXQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHkSKC5zcG9vbC52MS5DaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlcXVlc3QaKS5zcG9vbC52MS5DaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEn0KHEJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHkSLS5zcG9vbC52MS5CYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBouLnNwb29sLnYxLkJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXNwb25zZRJHCgpQdXJnZVF1ZXVlEhsuc3Bvb2wudjEuUHVyZ2VRdWV1ZVJlcXVlc3QaHC5zcG9vbC52MS5QdXJnZVF1ZXVlUmVzcG9uc2USTQoMUGVla01lc3NhZ2VzEh0uc3Bvb2wudjEuUGVla01lc3NhZ2VzUmVxdWVzdBoeLnNwb29sLnYxLlBlZWtNZXNzYWdlc1Jlc3BvbnNlQnYKC2lvLnNwb29sLnYxQgpRdWV1ZVByb3RvUAFaMWdpdGh1Yi5jb20vc3Bvb2wtbXEvc3Bvb2wvZ2VuL2dvL3Nwb29sL3YxO3Nwb29sdjGiAgNTUEyqAghTcG9vbC5WMcoCCFNwb29sXFYx6gIJU3Bvb2w6OlYxYgZwcm90bzM", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
+  fileDesc("ChRzcG9vbC92MS9xdWV1ZS5wcm90bxIIc3Bvb2wudjEi6QIKD1F1ZXVlQXR0cmlidXRlcxInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgBIAEoDUgAiAEBEiEKFHBvbGxpbmdfd2FpdF9zZWNvbmRzGAIgASgNSAGIAQESHQoQbWF4X21lc3NhZ2Vfc2l6ZRgDIAEoDUgCiAEBEiYKGW1lc3NhZ2VfcmV0ZW50aW9uX3NlY29uZHMYBCABKA1IA4gBARIbCg5yZXdpbmRfc2Vjb25kcxgFIAEoDUgEiAEBEhgKC21heF9iYWNrbG9nGAYgASgESAWIAQFCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzQhcKFV9wb2xsaW5nX3dhaXRfc2Vjb25kc0ITChFfbWF4X21lc3NhZ2Vfc2l6ZUIcChpfbWVzc2FnZV9yZXRlbnRpb25fc2Vjb25kc0IRCg9fcmV3aW5kX3NlY29uZHNCDgoMX21heF9iYWNrbG9nIrABCgpRdWV1ZVN0YXRzEhcKD2FjdGl2ZV9tZXNzYWdlcxgBIAEoBBIZChFpbmFjdGl2ZV9tZXNzYWdlcxgCIAEoBBIYChBkZWxheWVkX21lc3NhZ2VzGAMgASgEEhsKE3Jld2luZGFibGVfbWVzc2FnZXMYBCABKAQSNwoTb2xkZXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBVF1ZXVlEgwKBG5hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlF1ZXVlQXR0cmlidXRlcxIjCgVzdGF0cxgDIAEoCzIULnNwb29sLnYxLlF1ZXVlU3RhdHMSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJDcmVhdGVRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRItCgphdHRyaWJ1dGVzGAIgASgLMhkuc3Bvb2wudjEuUXVldWVBdHRyaWJ1dGVzIiUKD0dldFF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIlcKElVwZGF0ZVF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5RdWV1ZUF0dHJpYnV0ZXMiKAoSRGVsZXRlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiSgoRTGlzdFF1ZXVlc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImMKEkxpc3RRdWV1ZXNSZXNwb25zZRIfCgZxdWV1ZXMYASADKAsyDy5zcG9vbC52MS5RdWV1ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQiWAoSUmV3aW5kUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoTUmV3aW5kUXVldWVSZXNwb25zZRIZChFyZXN0b3JlZF9tZXNzYWdlcxgBIAEoBCJkChJTZW5kTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIMCgRib2R5GAIgASgMEhoKDWRlbGF5X3NlY29uZHMYAyABKA1IAIgBAUIQCg5fZGVsYXlfc2Vjb25kcyIpChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkiTAoOQmF0Y2hTZW5kRW50cnkSDAoEYm9keRgBIAEoDBIaCg1kZWxheV9zZWNvbmRzGAIgASgNSACIAQFCEAoOX2RlbGF5X3NlY29uZHMiWQoYQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSKQoHZW50cmllcxgCIAMoCzIYLnNwb29sLnYxLkJhdGNoU2VuZEVudHJ5IjAKGUJhdGNoU2VuZE1lc3NhZ2VzUmVzcG9uc2USEwoLbWVzc2FnZV9pZHMYASADKAkitgEKFlJlY2VpdmVNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIUCgxtYXhfbWVzc2FnZXMYAiABKA0SGQoMd2FpdF9zZWNvbmRzGAMgASgNSACIAQESJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYBCABKA1IAYgBAUIPCg1fd2FpdF9zZWNvbmRzQh0KG192aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcyKDAgoPUmVjZWl2ZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSDAoEYm9keRgDIAEoDBIwCgxlbnF1ZXVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbmV4dF92aXNpYmxlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRlcXVldWVfY291bnQYByABKA0iQgoURGVsZXRlTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCSJJChpCYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSJYCg1EZWxldGVGYWlsdXJlEhYKDnJlY2VpcHRfaGFuZGxlGAEgASgJEgwKBGNvZGUYAiABKAUSDwoHbWVzc2FnZRgDIAEoCRIQCghjbXFfY29kZRgEIAEoBSJIChtCYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USKQoIZmFpbHVyZXMYASADKAsyFy5zcG9vbC52MS5EZWxldGVGYWlsdXJlInAKHkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEiIKGnZpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzGAMgASgNIlgKH0NoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USNQoRbmV4dF92aXNpYmxlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlMKFUNoYW5nZVZpc2liaWxpdHlFbnRyeRIWCg5yZWNlaXB0X2hhbmRsZRgBIAEoCRIiChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJrCiNCYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEjAKB2VudHJpZXMYAiADKAsyHy5zcG9vbC52MS5DaGFuZ2VWaXNpYmlsaXR5RW50cnkiWQoRQ2hhbmdlZFZpc2liaWxpdHkSDQoFaW5kZXgYASABKA0SNQoRbmV4dF92aXNpYmxlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInEKF0NoYW5nZVZpc2liaWxpdHlGYWlsdXJlEg0KBWluZGV4GAEgASgNEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEgwKBGNvZGUYAyABKAUSDwoHbWVzc2FnZRgEIAEoCRIQCghjbXFfY29kZRgFIAEoBSKJAQokQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEiwKB2NoYW5nZWQYASADKAsyGy5zcG9vbC52MS5DaGFuZ2VkVmlzaWJpbGl0eRIzCghmYWlsdXJlcxgCIAMoCzIhLnNwb29sLnYxLkNoYW5nZVZpc2liaWxpdHlGYWlsdXJlIicKEVB1cmdlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiLQoSUHVyZ2VRdWV1ZVJlc3BvbnNlEhcKD3B1cmdlZF9tZXNzYWdlcxgBIAEoBCI/ChNQZWVrTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFAoMbWF4X21lc3NhZ2VzGAIgASgNIrIBCg1QZWVrZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSDAoEYm9keRgCIAEoDBIwCgxlbnF1ZXVlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZGVxdWV1ZV9jb3VudBgFIAEoDSJBChRQZWVrTWVzc2FnZXNSZXNwb25zZRIpCghtZXNzYWdlcxgBIAMoCzIXLnNwb29sLnYxLlBlZWtlZE1lc3NhZ2UiewoVU3RyZWFtTWVzc2FnZXNSZXF1ZXN0EiYKBXN0YXJ0GAEgASgLMhUuc3Bvb2wudjEuU3RyZWFtU3RhcnRIABIyCgthY2tub3dsZWRnZRgCIAEoCzIbLnNwb29sLnYxLlN0cmVhbUFja25vd2xlZGdlSABCBgoEa2luZCKLAQoLU3RyZWFtU3RhcnQSEgoKcXVldWVfbmFtZRgBIAEoCRIgChhtYXhfb3V0c3RhbmRpbmdfbWVzc2FnZXMYAiABKA0SJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYAyABKA1IAIgBAUIdChtfdmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMiPAoRU3RyZWFtQWNrbm93bGVkZ2USDgoGYWNrX2lkGAEgASgEEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSKEAQoWU3RyZWFtTWVzc2FnZXNSZXNwb25zZRIsCgdtZXNzYWdlGAEgASgLMhkuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlSAASNAoMYWNrbm93bGVkZ2VkGAIgASgLMhwuc3Bvb2wudjEuU3RyZWFtQWNrbm93bGVkZ2VkSABCBgoEa2luZCJPChJTdHJlYW1BY2tub3dsZWRnZWQSDgoGYWNrX2lkGAEgASgEEikKCGZhaWx1cmVzGAIgAygLMhcuc3Bvb2wudjEuRGVsZXRlRmFpbHVyZTKlCgoMUXVldWVTZXJ2aWNlEjwKC0NyZWF0ZVF1ZXVlEhwuc3Bvb2wudjEuQ3JlYXRlUXVldWVSZXF1ZXN0Gg8uc3Bvb2wudjEuUXVldWUSNgoIR2V0UXVldWUSGS5zcG9vbC52MS5HZXRRdWV1ZVJlcXVlc3QaDy5zcG9vbC52MS5RdWV1ZRI8CgtVcGRhdGVRdWV1ZRIcLnNwb29sLnYxLlVwZGF0ZVF1ZXVlUmVxdWVzdBoPLnNwb29sLnYxLlF1ZXVlEkMKC0RlbGV0ZVF1ZXVlEhwuc3Bvb2wudjEuRGVsZXRlUXVldWVSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkcKCkxpc3RRdWV1ZXMSGy5zcG9vbC52MS5MaXN0UXVldWVzUmVxdWVzdBocLnNwb29sLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJKCgtSZXdpbmRRdWV1ZRIcLnNwb29sLnYxLlJld2luZFF1ZXVlUmVxdWVzdBodLnNwb29sLnYxLlJld2luZFF1ZXVlUmVzcG9uc2USSgoLU2VuZE1lc3NhZ2USHC5zcG9vbC52MS5TZW5kTWVzc2FnZVJlcXVlc3QaHS5zcG9vbC52MS5TZW5kTWVzc2FnZVJlc3BvbnNlElwKEUJhdGNoU2VuZE1lc3NhZ2VzEiIuc3Bvb2wudjEuQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0GiMuc3Bvb2wudjEuQmF0Y2hTZW5kTWVzc2FnZXNSZXNwb25zZRJQCg9SZWNlaXZlTWVzc2FnZXMSIC5zcG9vbC52MS5SZWNlaXZlTWVzc2FnZXNSZXF1ZXN0Ghkuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlMAESRwoNRGVsZXRlTWVzc2FnZRIeLnNwb29sLnYxLkRlbGV0ZU1lc3NhZ2VSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EmIKE0JhdGNoRGVsZXRlTWVzc2FnZXMSJC5zcG9vbC52MS5CYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBolLnNwb29sLnYxLkJhdGNoRGVsZXRlTWVzc2FnZXNSZXNwb25zZRJuChdDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eRIoLnNwb29sLnYxLkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBopLnNwb29sLnYxLkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USfQocQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eRItLnNwb29sLnYxLkJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXF1ZXN0Gi4uc3Bvb2wudjEuQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEkcKClB1cmdlUXVldWUSGy5zcG9vbC52MS5QdXJnZVF1ZXVlUmVxdWVzdBocLnNwb29sLnYxLlB1cmdlUXVldWVSZXNwb25zZRJNCgxQZWVrTWVzc2FnZXMSHS5zcG9vbC52MS5QZWVrTWVzc2FnZXNSZXF1ZXN0Gh4uc3Bvb2wudjEuUGVla01lc3NhZ2VzUmVzcG9uc2USVwoOU3RyZWFtTWVzc2FnZXMSHy5zcG9vbC52MS5TdHJlYW1NZXNzYWdlc1JlcXVlc3QaIC5zcG9vbC52MS5TdHJlYW1NZXNzYWdlc1Jlc3BvbnNlKAEwAUJ2Cgtpby5zcG9vbC52MUIKUXVldWVQcm90b1ABWjFnaXRodWIuY29tL3Nwb29sLW1xL3Nwb29sL2dlbi9nby9zcG9vbC92MTtzcG9vbHYxogIDU1BMqgIIU3Bvb2wuVjHKAghTcG9vbFxWMeoCCVNwb29sOjpWMWIGcHJvdG8z", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
 
 /**
  * A queue's settings. Every field is optional: unset means the default on create and "unchanged"
@@ -1128,6 +1128,174 @@ export const PeekMessagesResponseSchema: GenMessage<PeekMessagesResponse> = /*@_
   messageDesc(file_spool_v1_queue, 33);
 
 /**
+ * A request on a StreamMessages call: a `start` first, then `acknowledge`s. (Kinds added later,
+ * such as negative acknowledgements or visibility extensions, join the oneof.)
+ *
+ * @generated from message spool.v1.StreamMessagesRequest
+ */
+export type StreamMessagesRequest = Message<"spool.v1.StreamMessagesRequest"> & {
+  /**
+   * What the request does.
+   *
+   * @generated from oneof spool.v1.StreamMessagesRequest.kind
+   */
+  kind: {
+    /**
+     * The first request, and only the first.
+     *
+     * @generated from field: spool.v1.StreamStart start = 1;
+     */
+    value: StreamStart;
+    case: "start";
+  } | {
+    /**
+     * Receipt handles to delete; every later request.
+     *
+     * @generated from field: spool.v1.StreamAcknowledge acknowledge = 2;
+     */
+    value: StreamAcknowledge;
+    case: "acknowledge";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spool.v1.StreamMessagesRequest.
+ * Use `create(StreamMessagesRequestSchema)` to create a new message.
+ */
+export const StreamMessagesRequestSchema: GenMessage<StreamMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 34);
+
+/**
+ * Opens a consumer stream on a queue.
+ *
+ * @generated from message spool.v1.StreamStart
+ */
+export type StreamStart = Message<"spool.v1.StreamStart"> & {
+  /**
+   * The queue's name.
+   *
+   * @generated from field: string queue_name = 1;
+   */
+  queueName: string;
+
+  /**
+   * Most messages pushed and not yet acknowledged (or visible again): 0 means 100, else 1..1000.
+   *
+   * @generated from field: uint32 max_outstanding_messages = 2;
+   */
+  maxOutstandingMessages: number;
+
+  /**
+   * Visibility timeout of the messages pushed on this stream: 1..43200 seconds; unset means the
+   * queue's.
+   *
+   * @generated from field: optional uint32 visibility_timeout_seconds = 3;
+   */
+  visibilityTimeoutSeconds?: number | undefined;
+};
+
+/**
+ * Describes the message spool.v1.StreamStart.
+ * Use `create(StreamStartSchema)` to create a new message.
+ */
+export const StreamStartSchema: GenMessage<StreamStart> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 35);
+
+/**
+ * Deletes messages pushed on the stream (or received otherwise) by their receipt handles.
+ *
+ * @generated from message spool.v1.StreamAcknowledge
+ */
+export type StreamAcknowledge = Message<"spool.v1.StreamAcknowledge"> & {
+  /**
+   * Chosen by the client, echoed in the answer (`StreamAcknowledged.ack_id`); answers come in
+   * the order of the requests either way.
+   *
+   * @generated from field: uint64 ack_id = 1;
+   */
+  ackId: bigint;
+
+  /**
+   * 1 to 16 receipt handles, each handled as DeleteMessage's `receipt_handle`.
+   *
+   * @generated from field: repeated string receipt_handles = 2;
+   */
+  receiptHandles: string[];
+};
+
+/**
+ * Describes the message spool.v1.StreamAcknowledge.
+ * Use `create(StreamAcknowledgeSchema)` to create a new message.
+ */
+export const StreamAcknowledgeSchema: GenMessage<StreamAcknowledge> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 36);
+
+/**
+ * What the server sends on a StreamMessages call.
+ *
+ * @generated from message spool.v1.StreamMessagesResponse
+ */
+export type StreamMessagesResponse = Message<"spool.v1.StreamMessagesResponse"> & {
+  /**
+   * What the response carries.
+   *
+   * @generated from oneof spool.v1.StreamMessagesResponse.kind
+   */
+  kind: {
+    /**
+     * A message pushed to the consumer, claimed as ReceiveMessages claims it.
+     *
+     * @generated from field: spool.v1.ReceivedMessage message = 1;
+     */
+    value: ReceivedMessage;
+    case: "message";
+  } | {
+    /**
+     * The answer to an `acknowledge`, sent once its deletes are durable.
+     *
+     * @generated from field: spool.v1.StreamAcknowledged acknowledged = 2;
+     */
+    value: StreamAcknowledged;
+    case: "acknowledged";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message spool.v1.StreamMessagesResponse.
+ * Use `create(StreamMessagesResponseSchema)` to create a new message.
+ */
+export const StreamMessagesResponseSchema: GenMessage<StreamMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 37);
+
+/**
+ * The answer to one `acknowledge` request.
+ *
+ * @generated from message spool.v1.StreamAcknowledged
+ */
+export type StreamAcknowledged = Message<"spool.v1.StreamAcknowledged"> & {
+  /**
+   * The request's `ack_id`.
+   *
+   * @generated from field: uint64 ack_id = 1;
+   */
+  ackId: bigint;
+
+  /**
+   * The handles that were not deleted; empty when all were.
+   *
+   * @generated from field: repeated spool.v1.DeleteFailure failures = 2;
+   */
+  failures: DeleteFailure[];
+};
+
+/**
+ * Describes the message spool.v1.StreamAcknowledged.
+ * Use `create(StreamAcknowledgedSchema)` to create a new message.
+ */
+export const StreamAcknowledgedSchema: GenMessage<StreamAcknowledged> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 38);
+
+/**
  * Queues and their messages.
  *
  * @generated from service spool.v1.QueueService
@@ -1314,6 +1482,36 @@ export const QueueService: GenService<{
     methodKind: "unary";
     input: typeof PeekMessagesRequestSchema;
     output: typeof PeekMessagesResponseSchema;
+  },
+  /**
+   * A consumer stream: one long-lived call instead of a receive and a delete per message.
+   * - The first request is a `start`: the queue and the consumer's settings. Errors in it (bad
+   *   settings, NOT_FOUND, PERMISSION_DENIED) end the call at once.
+   * - The server pushes messages as they become visible while fewer than
+   *   `max_outstanding_messages` are outstanding (pushed on this stream and neither
+   *   acknowledged nor past their `next_visible_time`). Each is claimed exactly as
+   *   ReceiveMessages claims it: in flight for the visibility timeout, a new receipt handle,
+   *   `dequeue_count` counted. Streams and ReceiveMessages waiters on a queue are served together,
+   *   first come, first served; a stream takes its turn again after each delivery (at most 16
+   *   messages a turn).
+   * - Later requests are `acknowledge`s: up to 16 receipt handles to delete, each as
+   *   DeleteMessage would. The server answers each with an `acknowledged` once the deletes are
+   *   durable, in the order of the requests, listing the handles that failed as
+   *   BatchDeleteMessages does; then their slots are free. A handle whose delete failed because
+   *   storage did (UNAVAILABLE) keeps its slot until acknowledged again or visible again.
+   * - The stream waits as long as the client keeps it open. It ends OK when the server shuts
+   *   down, and OK once the client half-closes and its acknowledgements are answered (no
+   *   message is pushed after the half-close). Messages pushed on a stream that ends stay in
+   *   flight until their visibility timeout; none are claimed for it after it ends.
+   * - A request that is not of the expected kind, or has more than 16 handles, ends the stream
+   *   with INVALID_ARGUMENT.
+   *
+   * @generated from rpc spool.v1.QueueService.StreamMessages
+   */
+  streamMessages: {
+    methodKind: "bidi_streaming";
+    input: typeof StreamMessagesRequestSchema;
+    output: typeof StreamMessagesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spool_v1_queue, 0);

@@ -1,0 +1,391 @@
+//! StreamMessages, the consumer stream, against a real server: flow control, acknowledgements
+//! answered after their commit, fairness with other streams and long polls, its life (no
+//! deadline, shutdown, clients that leave) and bad input.
+
+use std::time::Duration;
+
+use spool::pb;
+use spool::pb::stream_messages_request::Kind as RequestKind;
+use spool::pb::stream_messages_response::Kind as ResponseKind;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+
+use crate::common::*;
+
+/// How long a test waits for something that should happen at once, before calling it missing.
+const PROMPTLY: Duration = Duration::from_secs(10);
+/// How long a test waits to be sure something does not happen.
+const A_WHILE: Duration = Duration::from_millis(300);
+
+/// One open consumer stream: its request side and its responses.
+struct Consumer {
+    requests: mpsc::Sender<pb::StreamMessagesRequest>,
+    responses: Streaming<pb::StreamMessagesResponse>,
+}
+
+fn start(queue: &str, max_outstanding: u32) -> pb::StreamMessagesRequest {
+    pb::StreamMessagesRequest {
+        kind: Some(RequestKind::Start(pb::StreamStart {
+            queue_name: queue.into(),
+            max_outstanding_messages: max_outstanding,
+            visibility_timeout_seconds: None,
+        })),
+    }
+}
+
+fn acknowledge(ack_id: u64, handles: &[&str]) -> pb::StreamMessagesRequest {
+    pb::StreamMessagesRequest {
+        kind: Some(RequestKind::Acknowledge(pb::StreamAcknowledge {
+            ack_id,
+            receipt_handles: handles.iter().map(|h| h.to_string()).collect(),
+        })),
+    }
+}
+
+/// Opens a stream whose first request is `first`; the error of the call if it is refused.
+async fn open_with(
+    client: &mut Client,
+    first: pb::StreamMessagesRequest,
+) -> Result<Consumer, Status> {
+    let (requests, outgoing) = mpsc::channel(16);
+    requests.send(first).await.expect("queue the first request");
+    let responses = client
+        .stream_messages(ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    Ok(Consumer {
+        requests,
+        responses,
+    })
+}
+
+async fn open(client: &mut Client, queue: &str, max_outstanding: u32) -> Consumer {
+    open_with(client, start(queue, max_outstanding))
+        .await
+        .expect("open the stream")
+}
+
+impl Consumer {
+    async fn next(&mut self) -> Option<ResponseKind> {
+        tokio::time::timeout(PROMPTLY, self.responses.message())
+            .await
+            .expect("a response in time")
+            .expect("the stream goes on")
+            .map(|response| response.kind.expect("a response has a kind"))
+    }
+
+    async fn message(&mut self) -> pb::ReceivedMessage {
+        match self.next().await {
+            Some(ResponseKind::Message(message)) => message,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    async fn acknowledged(&mut self) -> pb::StreamAcknowledged {
+        match self.next().await {
+            Some(ResponseKind::Acknowledged(acknowledged)) => acknowledged,
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    }
+
+    /// Whether nothing arrives for a while.
+    async fn is_quiet(&mut self) -> bool {
+        tokio::time::timeout(A_WHILE, self.responses.message())
+            .await
+            .is_err()
+    }
+
+    async fn ack(&self, ack_id: u64, handles: &[&str]) {
+        self.requests
+            .send(acknowledge(ack_id, handles))
+            .await
+            .expect("the request side is open");
+    }
+
+    /// The call's end: its status, once the server ends it.
+    async fn end(mut self) -> Result<(), Status> {
+        loop {
+            match tokio::time::timeout(PROMPTLY, self.responses.message())
+                .await
+                .expect("the stream ends in time")?
+            {
+                Some(_) => continue,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_pushes_up_to_max_outstanding_and_each_ack_answered_frees_a_slot() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    for body in [b"m1", b"m2", b"m3", b"m4", b"m5"] {
+        send(&mut client, "q", body).await;
+    }
+    let mut consumer = open(&mut client, "q", 2).await;
+    let first = consumer.message().await;
+    let second = consumer.message().await;
+    assert_eq!(
+        (&first.body[..], &second.body[..]),
+        (&b"m1"[..], &b"m2"[..])
+    );
+    assert_eq!(first.dequeue_count, 1);
+    assert!(consumer.is_quiet().await, "pushed past max_outstanding");
+    let counters = stats(&mut client, "q").await;
+    assert_eq!(
+        (counters.active_messages, counters.inactive_messages),
+        (3, 2)
+    );
+
+    // One good handle and one malformed: the answer reports the malformed one as
+    // BatchDeleteMessages does, and comes after the delete is durable.
+    consumer
+        .ack(7, &[&first.receipt_handle, "not-a-handle"])
+        .await;
+    let answer = consumer.acknowledged().await;
+    assert_eq!(answer.ack_id, 7);
+    assert_eq!(answer.failures.len(), 1, "{answer:?}");
+    assert_eq!(answer.failures[0].receipt_handle, "not-a-handle");
+    assert_eq!(answer.failures[0].code, Code::InvalidArgument as i32);
+    assert_eq!(answer.failures[0].cmq_code, 4000);
+    // The freed slot takes exactly one more.
+    assert_eq!(&consumer.message().await.body[..], b"m3");
+    assert!(consumer.is_quiet().await, "pushed past max_outstanding");
+    let counters = stats(&mut client, "q").await;
+    assert_eq!(
+        (counters.active_messages, counters.inactive_messages),
+        (2, 2),
+        "m1 deleted; m2 and m3 in flight"
+    );
+    // Acknowledging again with the same handle succeeds (as a retried delete does), and frees
+    // no slot it did not hold.
+    consumer.ack(8, &[&first.receipt_handle]).await;
+    assert!(consumer.acknowledged().await.failures.is_empty());
+    assert!(consumer.is_quiet().await, "pushed past max_outstanding");
+    drop(consumer);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_long_polls_share_a_queue_in_arrival_order() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    let mut first = open(&mut client, "q", 10).await;
+    tokio::time::sleep(A_WHILE).await;
+    let mut poller = client.clone();
+    let poll = tokio::spawn(async move {
+        receive_with(
+            &mut poller,
+            pb::ReceiveMessagesRequest {
+                queue_name: "q".into(),
+                max_messages: 1,
+                wait_seconds: Some(20),
+                visibility_timeout_seconds: None,
+            },
+        )
+        .await
+    });
+    tokio::time::sleep(A_WHILE).await;
+    let mut second = open(&mut client, "q", 10).await;
+    tokio::time::sleep(A_WHILE).await;
+
+    for body in [b"one", b"two", b"six", b"ten"] {
+        send(&mut client, "q", body).await;
+    }
+    // In line: the first stream, the poll, the second stream; then the first again.
+    assert_eq!(&first.message().await.body[..], b"one");
+    let polled = poll.await.expect("poll task").expect("poll");
+    assert_eq!(polled.len(), 1);
+    assert_eq!(&polled[0].body[..], b"two");
+    assert_eq!(&second.message().await.body[..], b"six");
+    assert_eq!(&first.message().await.body[..], b"ten");
+    drop((first, second));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_any_long_poll_wait_and_ends_ok_at_shutdown() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    let mut consumer = open(&mut client, "q", 1).await;
+    tokio::time::sleep(A_WHILE).await;
+    // A minute of queue time passes with the stream parked (past the 30 s a long poll may wait).
+    server.clock.skip_ahead(Duration::from_secs(60));
+    send(&mut client, "q", b"late").await;
+    assert_eq!(&consumer.message().await.body[..], b"late");
+    let waiting = tokio::spawn(async move { consumer.end().await });
+    tokio::time::sleep(A_WHILE).await;
+    server.stop().await;
+    waiting
+        .await
+        .expect("task")
+        .expect("the stream ends OK at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_leaves_what_it_pushed_in_flight_and_releases_the_rest() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let attributes = pb::QueueAttributes {
+        max_message_size: Some(1 << 20),
+        ..attrs()
+    };
+    create(&mut client, "q", attributes).await;
+    // Bodies large enough that the transport's windows and buffers take a few of 16 at most:
+    // the rest are claimed for the stream and not pushed when the client leaves.
+    let body = vec![b'x'; 512 << 10];
+    for _ in 0..16 {
+        send(&mut client, "q", &body).await;
+    }
+    let mut leaver = connect(&server.endpoint()).await;
+    let mut consumer = open(&mut leaver, "q", 16).await;
+    let read = consumer.message().await;
+    tokio::time::sleep(A_WHILE).await;
+    drop(consumer);
+    drop(leaver);
+    tokio::time::sleep(A_WHILE).await;
+
+    let counters = stats(&mut client, "q").await;
+    assert_eq!(counters.active_messages + counters.inactive_messages, 16);
+    assert!(
+        (1..16).contains(&counters.inactive_messages),
+        "pushed ones stay in flight, the others are released: {counters:?}"
+    );
+    // What it read is still in flight under its handle.
+    client
+        .delete_message(pb::DeleteMessageRequest {
+            queue_name: "q".into(),
+            receipt_handle: read.receipt_handle,
+        })
+        .await
+        .expect("the read message's handle still works");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_stream_answers_its_acks_and_ends_ok() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    send(&mut client, "q", b"only").await;
+    let mut consumer = open(&mut client, "q", 1).await;
+    let message = consumer.message().await;
+    consumer.ack(1, &[&message.receipt_handle]).await;
+    let Consumer {
+        requests,
+        mut responses,
+    } = consumer;
+    drop(requests);
+    let answer = tokio::time::timeout(PROMPTLY, responses.message())
+        .await
+        .expect("in time")
+        .expect("OK")
+        .and_then(|response| response.kind);
+    assert!(
+        matches!(answer, Some(ResponseKind::Acknowledged(ref a)) if a.failures.is_empty()),
+        "{answer:?}"
+    );
+    let end = tokio::time::timeout(PROMPTLY, responses.message()).await;
+    assert!(matches!(end, Ok(Ok(None))), "{end:?}");
+    assert_eq!(stats(&mut client, "q").await.inactive_messages, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_stream_requests_are_refused_with_invalid_argument() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+
+    let refused = open_with(&mut client, acknowledge(1, &["x"])).await.err();
+    assert_eq!(refused.map(|s| s.code()), Some(Code::InvalidArgument));
+    let refused = open_with(&mut client, start("q", 1_001)).await.err();
+    let status = refused.expect("max_outstanding_messages 1001 is refused");
+    let message = assert_error(&status, Code::InvalidArgument, 4000);
+    assert!(message.contains("max_outstanding_messages"), "{message}");
+    let refused = open_with(&mut client, start("nope", 1)).await.err();
+    assert_eq!(refused.map(|s| s.code()), Some(Code::NotFound));
+
+    // More than 16 handles in one acknowledgement ends the stream.
+    let consumer = open(&mut client, "q", 1).await;
+    let handles: Vec<String> = (0..17).map(|i| format!("h{i}")).collect();
+    let handles: Vec<&str> = handles.iter().map(String::as_str).collect();
+    consumer.ack(1, &handles).await;
+    let status = consumer.end().await.expect_err("17 handles end the stream");
+    assert_error(&status, Code::InvalidArgument, 4400);
+
+    // So does a second `start`.
+    let consumer = open(&mut client, "q", 1).await;
+    consumer
+        .requests
+        .send(start("q", 1))
+        .await
+        .expect("request side open");
+    let status = consumer
+        .end()
+        .await
+        .expect_err("a second start ends the stream");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_consumes_with_batched_acks_answered_after_the_delete() {
+    use futures_util::StreamExt as _;
+    use spool_client::{ClientError, ConsumeOptions};
+
+    let server = TestServer::start().await;
+    let mut grpc = server.client().await;
+    create(&mut grpc, "q", attrs()).await;
+    for body in [b"m1", b"m2", b"m3"] {
+        send(&mut grpc, "q", body).await;
+    }
+    let client =
+        spool_client::Client::connect(&server.endpoint(), spool_client::ClientOptions::default())
+            .await
+            .expect("connect");
+    let options = ConsumeOptions::default().max_outstanding_messages(2);
+    let mut consumer = client.consume("q", options).await.expect("consume");
+    let first = consumer.next().await.expect("one").expect("delivered");
+    let second = consumer.next().await.expect("two").expect("delivered");
+    assert_eq!(&first.message().body[..], b"m1");
+    // Both acknowledgements go out together; each answer comes after its delete is durable.
+    let (one, two) = tokio::join!(first.ack(), second.ack());
+    one.expect("first ack");
+    two.expect("second ack");
+    let counters = stats(&mut grpc, "q").await;
+    assert_eq!(counters.inactive_messages + counters.active_messages, 1);
+    let third = consumer.next().await.expect("three").expect("delivered");
+    assert_eq!(&third.message().body[..], b"m3");
+
+    // An acknowledgement after its consumer was dropped fails (the message comes back after
+    // its visibility timeout).
+    create(&mut grpc, "other", attrs()).await;
+    send(&mut grpc, "other", b"x").await;
+    let mut elsewhere = client
+        .consume("other", ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let foreign = elsewhere.next().await.expect("one").expect("delivered");
+    drop(elsewhere);
+    assert!(
+        matches!(foreign.ack().await, Err(ClientError::Other(_))),
+        "acknowledged after its consumer ended"
+    );
+    third.nack();
+    // The server is told of nothing: the message stays in flight until its timeout.
+    assert_eq!(stats(&mut grpc, "q").await.inactive_messages, 1);
+
+    let missing = client.consume("nope", ConsumeOptions::default()).await;
+    assert!(
+        matches!(missing, Err(ClientError::QueueNotFound(_))),
+        "{missing:?}"
+    );
+    drop(consumer);
+    server.stop().await;
+}
