@@ -218,6 +218,34 @@ impl From<StorageError> for crate::error::QueueError {
 }
 
 pub type CommitReply = oneshot::Sender<Result<(), StorageError>>;
+
+/// What a backend's one writer (SQLite's thread, PostgreSQL's task) is asked to do.
+pub enum WriterRequest {
+    /// `done` is None for lazy writes nobody waits for.
+    Write {
+        op: WriteOp,
+        done: Option<CommitReply>,
+    },
+    /// Commit everything before this request, answer, and stop.
+    Close(oneshot::Sender<()>),
+}
+
+impl WriterRequest {
+    pub fn fail(self, error: StorageError) {
+        match self {
+            Self::Write {
+                done: Some(done), ..
+            } => {
+                let _ = done.send(Err(error));
+            }
+            Self::Write { done: None, .. } => {}
+            Self::Close(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Bytes)>, StorageError>>;
 
 /// Rows removed per commit when many go at once (a deleted queue's): a few milliseconds of the

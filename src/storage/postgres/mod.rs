@@ -28,9 +28,9 @@ use super::{
     BodiesReply, CommitObserver, CommitReply, Recovered, Storage, StorageError, StoredMessage,
     WriteOp,
 };
+use crate::storage::WriterRequest;
 pub use connect::ConnectOptions;
 use readers::ReaderPool;
-use writer::WriterRequest;
 pub use writer::{FIRST_BACKOFF, MAX_BACKOFF};
 
 /// `options` and `schema` as log lines and errors show them (never the password).

@@ -20,14 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::MaybeDone;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::connect::ConnectOptions;
 use super::schema::{self, quoted};
 use super::{Lost, describe_target};
-use crate::storage::{CommitObserver, CommitReply, StorageError, WriteOp};
+use crate::storage::{CommitObserver, CommitReply, StorageError, WriteOp, WriterRequest};
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
 const MAX_GROUP: usize = 4_096;
@@ -49,32 +49,6 @@ const LOCK_RETRY: Duration = Duration::from_millis(100);
 /// First and longest pause between attempts to reach PostgreSQL after a failure.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
-
-pub enum WriterRequest {
-    /// `done` is None for lazy writes nobody waits for.
-    Write {
-        op: WriteOp,
-        done: Option<CommitReply>,
-    },
-    /// Commit everything before this request, answer, and stop.
-    Close(oneshot::Sender<()>),
-}
-
-impl WriterRequest {
-    pub fn fail(self, error: StorageError) {
-        match self {
-            Self::Write {
-                done: Some(done), ..
-            } => {
-                let _ = done.send(Err(error));
-            }
-            Self::Write { done: None, .. } => {}
-            Self::Close(done) => {
-                let _ = done.send(());
-            }
-        }
-    }
-}
 
 /// The statements of the write path, prepared once per session.
 struct Statements {

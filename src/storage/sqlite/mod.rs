@@ -21,8 +21,8 @@ use super::{
     BodiesReply, CommitObserver, CommitReply, Recovered, Storage, StorageError, StoredMessage,
     WriteOp,
 };
+use crate::storage::WriterRequest;
 use readers::ReaderPool;
-use writer::WriterRequest;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "spool.db";

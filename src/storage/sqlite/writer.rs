@@ -10,9 +10,10 @@ use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use rusqlite::{Connection, params};
-use tokio::sync::oneshot;
 
-use crate::storage::{CommitObserver, CommitReply, StorageError, StoredState, WriteOp};
+use crate::storage::{
+    CommitObserver, CommitReply, StorageError, StoredState, WriteOp, WriterRequest,
+};
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
 const MAX_GROUP: usize = 4_096;
@@ -25,32 +26,6 @@ const MAX_GROUP_MESSAGES: usize = 8_192;
 /// After a restart, ids continue after the reserved block, so an id is still never handed out
 /// twice (a restart skips at most this many).
 const MESSAGE_ID_BLOCK: u64 = 1 << 16;
-
-pub enum WriterRequest {
-    /// `done` is None for lazy writes nobody waits for.
-    Write {
-        op: WriteOp,
-        done: Option<CommitReply>,
-    },
-    /// Commit everything before this request, answer, and stop.
-    Close(oneshot::Sender<()>),
-}
-
-impl WriterRequest {
-    pub fn fail(self, error: StorageError) {
-        match self {
-            Self::Write {
-                done: Some(done), ..
-            } => {
-                let _ = done.send(Err(error));
-            }
-            Self::Write { done: None, .. } => {}
-            Self::Close(done) => {
-                let _ = done.send(());
-            }
-        }
-    }
-}
 
 /// Starts the writer thread. It owns `locks` (the flocks that keep other servers out) and
 /// releases them when it closes, before it answers the close: a server started again in the
