@@ -241,6 +241,29 @@ pub struct Settings {
     )]
     pub allow_unauthenticated: Option<bool>,
 
+    // ---- browsers (src/web; docs/console.md) ----
+    #[arg(
+        long,
+        env = "SPOOL_CORS_ALLOWED_ORIGINS",
+        value_name = "ORIGIN,...",
+        value_delimiter = ',',
+        help = "Web origins (scheme://host[:port], or *) whose pages may call the API with \
+                gRPC-Web, besides the console's own; calls from other origins get 403 \
+                [default: none]"
+    )]
+    pub cors_allowed_origins: Option<Vec<String>>,
+
+    #[arg(
+        long,
+        env = "SPOOL_CONSOLE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        help = "Serve the web console at /console/ on the gRPC port; its calls need the same \
+                credentials as any other [default: true]"
+    )]
+    pub console: Option<bool>,
+
     // ---- limits that hold under abuse (docs/security.md, "Limits") ----
     #[arg(long, env = "SPOOL_MAX_CONNECTIONS", help = with_default(
         "Most client connections open at once (plaintext and TLS); more are closed as soon as \
@@ -340,7 +363,7 @@ impl Settings {
             tls_cert, tls_key, tls_client_ca, auth_file, allow_unauthenticated,
             max_connections, handshake_timeout_seconds, request_body_timeout_seconds,
             stream_stall_timeout_seconds, max_response_buffer_bytes, max_waiting_receives,
-            min_free_disk_bytes, metrics_max_connections,
+            min_free_disk_bytes, metrics_max_connections, cors_allowed_origins, console,
         );
         settings.validate()?;
         Ok(settings)
@@ -400,6 +423,8 @@ impl Settings {
             // Its default depends on the filesystem; None says "the default".
             min_free_disk_bytes: self.min_free_disk_bytes,
             metrics_max_connections: Some(self.metrics_max_connections()),
+            cors_allowed_origins: Some(self.cors_allowed_origins.clone().unwrap_or_default()),
+            console: Some(self.console()),
         }
     }
 
@@ -458,6 +483,7 @@ impl Settings {
                 crate::limits::MAX_REQUEST_BYTES
             )));
         }
+        self.cors_origins().map_err(ConfigError::Invalid)?;
         self.validate_security()
     }
 
@@ -565,6 +591,15 @@ impl Settings {
             self.max_connection_age_seconds
                 .unwrap_or(DEFAULT_MAX_CONNECTION_AGE_SECONDS),
         )
+    }
+
+    /// The parsed `cors_allowed_origins`; an error names the bad one.
+    pub fn cors_origins(&self) -> Result<crate::web::AllowedOrigins, String> {
+        crate::web::AllowedOrigins::parse(self.cors_allowed_origins.as_deref().unwrap_or_default())
+    }
+
+    pub fn console(&self) -> bool {
+        self.console.unwrap_or(true)
     }
 
     pub fn allow_unauthenticated(&self) -> bool {

@@ -31,6 +31,8 @@
 //!   certificate reloads in place), `auth` (principals from the auth file, their grants, the
 //!   names of client certificates), `reload` (files re-read when they change). The gRPC side
 //!   is `grpc::auth`, the layer that authenticates each call.
+//! - `web`: the gRPC port's face for browsers: gRPC-Web (tonic-web) with CORS, and the web
+//!   console's files (built in `console/`, embedded).
 //! - [`config`]: the one `Settings` struct of `spool serve` (flags, environment, TOML file).
 //! - `metrics`: Prometheus counters and histograms, and the /metrics endpoint.
 //! - [`migrate`]: `spool migrate`, a stopped server's embedded database moved into PostgreSQL.
@@ -61,6 +63,7 @@ mod security;
 pub mod server;
 mod storage;
 mod tls;
+mod web;
 
 /// The generated protobuf types and gRPC stubs of `spool.v1`, server trait included: the client
 /// crate's, so the server and its clients share one set of types.

@@ -3,8 +3,9 @@
 //! Every connection takes a slot of `--max-connections` as it is accepted; with none free it is
 //! closed at once (refused, not queued), so a flood of connections cannot exhaust the file
 //! descriptors the database needs. A connection then has `--handshake-timeout-seconds` to finish
-//! its TLS handshake (when TLS is on) and send the HTTP/2 preface: one that sends nothing is
-//! closed rather than held forever. A failed accept (out of file descriptors: EMFILE, ENFILE) is
+//! its TLS handshake (when TLS is on) and send the HTTP/2 preface (or as many bytes of an
+//! HTTP/1.1 request, for gRPC-Web and the console): one that sends nothing is closed rather
+//! than held forever. A failed accept (out of file descriptors: EMFILE, ENFILE) is
 //! logged at WARN and retried after [`ACCEPT_ERROR_BACKOFF`], so the loop does not spin.
 
 use std::future::Future;

@@ -263,7 +263,16 @@ pub async fn run(
     if let Some(age) = settings.max_connection_age() {
         builder = builder.max_connection_age(age);
     }
+    // gRPC-Web, CORS and the console (src/web) in front of every service; HTTP/1.1 accepted
+    // for them, on the same listener (so TLS and the connection limits hold for them too).
+    let web = crate::web::WebLayer::new(
+        settings.cors_origins().map_err(ServerError::Security)?,
+        settings.console(),
+        security.tls.is_some(),
+    );
     let router = builder
+        .accept_http1(true)
+        .layer(web)
         .add_service(health_service)
         .add_service(Authenticated::new(
             reflection_v1,

@@ -74,8 +74,10 @@ pub fn server_config(files: &TlsFiles, contents: &[Vec<u8>]) -> Result<ServerCon
             files.key.display()
         )
     })?;
-    // gRPC is HTTP/2 only; clients such as grpc-core insist that ALPN says so.
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC is HTTP/2 only, and clients such as grpc-core insist that ALPN says so: h2 first
+    // (rustls picks the first of ours the client offers). HTTP/1.1 too, for browsers and
+    // tools that speak only it to the console and gRPC-Web (src/web).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

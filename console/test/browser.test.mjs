@@ -1,0 +1,158 @@
+// The console in a real headless Chromium (Debian's, driven by playwright-core), against a
+// real `spool serve` with an auth file: the token field, create a queue, send, watch the
+// counters change live when another client sends, peek, purge, delete. Any script error,
+// failed request or Content-Security-Policy violation in the page fails the test.
+//
+// Chromium: $CHROMIUM, else /usr/bin/chromium (apt-get install chromium). Without it the test
+// fails under CI=true and is skipped otherwise. SPOOL_CONSOLE_SCREENSHOT=path saves a
+// screenshot of a queue's page there (docs/console.png is made so).
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { promisify } from "node:util";
+
+import { chromium } from "playwright-core";
+
+import { serverBinary, startServer } from "../../clients/node/test/server.mjs";
+
+const TOKEN = "console-test-token";
+const QUEUE = "browser-test";
+/** Longest wait for something the page shows: counters refresh every 2 s. */
+const SHOWN_MS = 15_000;
+
+function browserBinary() {
+  const path = process.env.CHROMIUM ?? "/usr/bin/chromium";
+  if (existsSync(path)) return { path };
+  const reason = `no Chromium at ${path}: apt-get install chromium (or set CHROMIUM)`;
+  if (process.env.CI === "true") throw new Error(reason);
+  return { skip: reason };
+}
+
+const spool = serverBinary();
+const browserFound = browserBinary();
+const skip = spool.skip ?? browserFound.skip;
+
+test("the console creates, sends, shows live counters, peeks, purges and deletes", { skip }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "spool-console-test-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const authFile = join(dir, "principals.toml");
+  const digest = createHash("sha256").update(TOKEN).digest("hex");
+  writeFileSync(
+    authFile,
+    `[[principals]]\nname = "console"\ntoken_sha256 = "${digest}"\n` +
+      `[[principals.grants]]\nqueues = "*"\nactions = ["send", "receive", "admin"]\n`,
+  );
+  const server = await startServer(spool.binary, { extraArgs: ["--auth-file", authFile] });
+  t.after(() => server.stop());
+  const browser = await chromium.launch({
+    executablePath: browserFound.path,
+    // Root in CI containers: Chromium's sandbox needs user namespaces it may not have.
+    args: ["--no-sandbox"],
+  });
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  const troubles = [];
+  page.on("pageerror", (error) => troubles.push(`page error: ${error.message}`));
+  page.on("console", (message) => {
+    if (message.type() === "error") troubles.push(`console: ${message.text()}`);
+  });
+  page.on("requestfailed", (request) => troubles.push(`request failed: ${request.url()} ${request.failure()?.errorText}`));
+  page.setDefaultTimeout(SHOWN_MS);
+
+  await page.goto(`${server.endpoint}/`);
+  assert.equal(new URL(page.url()).pathname, "/console/", "/ leads to the console");
+  await page.getByRole("heading", { name: "Queues" }).waitFor();
+
+  // Without a token the server refuses, and the page says so.
+  await page.getByRole("alert").filter({ hasText: "Unauthenticated" }).waitFor();
+  await page.getByLabel("Bearer token").fill(TOKEN);
+  await page.getByRole("button", { name: "Use" }).click();
+  await page.getByRole("status").filter({ hasText: "Token set for this tab." }).waitFor();
+  assert.equal(await page.getByRole("alert").textContent(), "");
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("spool.token")), TOKEN);
+
+  // Create, with a rewind window so the purge stays undoable.
+  await page.getByText("Create a queue").click();
+  await page.locator("#create-form").getByLabel("Name").fill(QUEUE);
+  await page.locator("#create-form").getByLabel("Rewind window (s)").fill("3600");
+  await page.getByRole("button", { name: "Create" }).click();
+  await page.getByRole("heading", { name: QUEUE, level: 2 }).waitFor();
+  assert.equal(await page.locator("#update-form").getByLabel("Rewind window (s)").inputValue(), "3600");
+  assert.equal(await page.locator("#update-form").getByLabel("Visibility timeout (s)").inputValue(), "30");
+
+  const visible = page.locator('#queue-stats dd[data-term="Visible"]');
+  await page.getByLabel("Body (UTF-8 text)").fill("hello from the browser");
+  await page.getByRole("button", { name: "Send", exact: true }).click();
+  await page.getByRole("status").filter({ hasText: "Sent message" }).waitFor();
+  await waitForText(visible, "1");
+
+  // Another client sends: the counter follows with no action in the page.
+  await promisify(execFile)(spool.binary, ["send", "--endpoint", server.endpoint, QUEUE, "from the command line"], {
+    env: { ...process.env, SPOOL_TOKEN: TOKEN },
+  });
+  await waitForText(visible, "2");
+
+  await page.getByRole("button", { name: "Peek" }).click();
+  const peeked = page.locator("#peek-table tbody tr");
+  await waitForCount(peeked, 2);
+  assert.match(await peeked.nth(0).textContent(), /hello from the browser/);
+  assert.match(await peeked.nth(1).textContent(), /from the command line/);
+  if (process.env.SPOOL_CONSOLE_SCREENSHOT) {
+    await page.screenshot({ path: process.env.SPOOL_CONSOLE_SCREENSHOT, fullPage: true });
+  }
+
+  // The list shows the same counters.
+  await page.getByRole("link", { name: "Back to the queues" }).click();
+  const row = page.locator(`#queue-table tbody tr[data-queue="${QUEUE}"]`);
+  await waitForText(row.locator('td[data-field="visible"]'), "2");
+  await row.getByRole("link", { name: QUEUE }).click();
+
+  // Purge asks first; cancelling changes nothing, confirming needs the queue's name typed.
+  await page.getByRole("button", { name: "Purge…" }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  await dialog.getByRole("button", { name: "Cancel" }).click();
+  await dialog.waitFor({ state: "hidden" });
+  assert.equal(await visible.textContent(), "2");
+  await page.getByRole("button", { name: "Purge…" }).click();
+  const confirm = dialog.getByRole("button", { name: "Purge", exact: true });
+  assert.equal(await confirm.isDisabled(), true, "confirming needs the name typed");
+  await dialog.getByLabel("Type the queue name to confirm").fill(QUEUE);
+  await confirm.click();
+  await page.getByRole("status").filter({ hasText: `Purged ${QUEUE}: 2 messages removed.` }).waitFor();
+  await waitForText(visible, "0");
+  await waitForText(page.locator('#queue-stats dd[data-term="Rewindable"]'), "2");
+
+  await page.getByRole("button", { name: "Delete queue…" }).click();
+  await dialog.getByLabel("Type the queue name to confirm").fill(QUEUE);
+  await dialog.getByRole("button", { name: "Delete queue", exact: true }).click();
+  await page.getByRole("status").filter({ hasText: `Deleted ${QUEUE}.` }).waitFor();
+  await page.getByRole("heading", { name: "Queues" }).waitFor();
+  await row.waitFor({ state: "detached" });
+
+  assert.deepEqual(troubles, []);
+});
+
+async function waitForText(locator, text) {
+  const deadline = Date.now() + SHOWN_MS;
+  let seen;
+  while (Date.now() < deadline) {
+    seen = await locator.textContent();
+    if (seen === text) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.fail(`expected ${JSON.stringify(text)}, the page shows ${JSON.stringify(seen)}`);
+}
+
+async function waitForCount(locator, count) {
+  const deadline = Date.now() + SHOWN_MS;
+  while (Date.now() < deadline) {
+    if ((await locator.count()) === count) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.fail(`expected ${count} rows, the page shows ${await locator.count()}`);
+}
