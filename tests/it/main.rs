@@ -22,3 +22,4 @@ mod tls;
 mod version;
 mod visibility;
 mod walkthrough;
+mod web;
