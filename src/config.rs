@@ -273,7 +273,8 @@ pub struct Settings {
     pub max_connections: Option<usize>,
 
     #[arg(long, env = "SPOOL_HANDSHAKE_TIMEOUT_SECONDS", help = with_default(
-        "Seconds a new connection has to finish its TLS handshake and send the HTTP/2 preface; \
+        "Seconds a new connection has to finish its TLS handshake and send the HTTP/2 preface \
+         (or as many bytes of an HTTP/1.1 request); \
          one that does not is closed",
         DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
     ))]
@@ -763,6 +764,36 @@ mod tests {
         assert_eq!(settings.log_format(), LogFormat::Json);
         assert_eq!(settings.metrics_listen.map(|a| a.port()), Some(9191));
         assert_eq!(settings.max_connection_age(), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn cors_origins_and_the_console_come_from_the_file_and_are_checked() {
+        let config =
+            file("cors_allowed_origins = [\"https://ops.example.com\"]\nconsole = false\n");
+        let settings = Settings {
+            config: Some(config.path().to_path_buf()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        assert!(!settings.console());
+        let origins = settings.cors_origins().expect("origins");
+        let origin = |text: &'static str| tonic::codegen::http::HeaderValue::from_static(text);
+        assert!(origins.allows(&origin("https://ops.example.com"), None, true));
+        assert!(!origins.allows(&origin("https://other.example.com"), None, true));
+        assert!(Settings::default().resolve().expect("defaults").console());
+
+        let bad = Settings {
+            cors_allowed_origins: Some(vec!["ops.example.com".into()]),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("not an origin");
+        assert!(
+            bad.to_string()
+                .contains("\"ops.example.com\" is not an origin"),
+            "{bad}"
+        );
     }
 
     #[test]
