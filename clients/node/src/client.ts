@@ -5,6 +5,7 @@
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
+import { readFileSync } from "node:fs";
 
 import { SpoolError, toSpoolError } from "./errors.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -53,7 +54,24 @@ export interface ClientOptions {
   keepaliveTimeoutMs?: number;
   /** What is retried on UNAVAILABLE, and how (retry.ts). */
   retry?: RetryPolicy | RetryOptions;
+  /**
+   * Bearer token of a principal in the server's auth file (`--auth-file`), sent with every call
+   * as `authorization: Bearer <token>`. Printable ASCII without spaces.
+   */
+  token?: string;
+  /**
+   * For an `https://` endpoint: the CA certificate(s) to trust instead of the system's roots.
+   * PEM, as bytes, as text, or the path of a PEM file.
+   */
+  caCert?: Pem;
+  /** For servers that require client certificates (mTLS): the certificate, with `clientKey`. */
+  clientCert?: Pem;
+  /** The private key of `clientCert`. */
+  clientKey?: Pem;
 }
+
+/** PEM: bytes, text that starts with "-----BEGIN", or the path of a file holding it. */
+export type Pem = Uint8Array | string;
 
 /** Settings of a consumer stream (StreamMessages). */
 export interface ConsumeOptions {
@@ -139,8 +157,13 @@ export class SpoolClient {
   private readonly retry: RetryPolicy;
   private readonly connectTimeoutMs: number;
   private readonly requestTimeoutMs: number;
+  /** `Bearer <token>`, when the options give a token. */
+  private readonly token: string | undefined;
 
-  /** Connects lazily, on the first call, to `endpoint` (`http://host:port`, or `host:port`). */
+  /**
+   * Connects lazily, on the first call, to `endpoint`: `http://host:port` or `host:port`
+   * (plaintext), or `https://host:port` (TLS; see `caCert`, `clientCert`, `clientKey`).
+   */
   constructor(endpoint: string = DEFAULT_ENDPOINT, options: ClientOptions = {}) {
     this.endpoint = endpoint;
     this.retry = options.retry instanceof RetryPolicy ? options.retry : new RetryPolicy(options.retry);
@@ -159,7 +182,16 @@ export class SpoolClient {
       channelOptions["grpc.keepalive_time_ms"] = keepalive;
       channelOptions["grpc.keepalive_timeout_ms"] = options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS;
     }
-    this.grpc = new grpc.Client(target(endpoint), grpc.credentials.createInsecure(), channelOptions);
+    const { authority, secure } = target(endpoint);
+    this.token = bearer(options.token);
+    this.grpc = new grpc.Client(authority, credentials(endpoint, secure, options), channelOptions);
+  }
+
+  /** The metadata of one call: the bearer token, if any (grpc-js may keep it, so one per call). */
+  private metadata(): grpc.Metadata {
+    const metadata = new grpc.Metadata();
+    if (this.token !== undefined) metadata.set("authorization", this.token);
+    return metadata;
   }
 
   /** Closes the connection; calls still open fail with CANCELLED. */
@@ -285,7 +317,7 @@ export class SpoolClient {
           (message: MessageShape<typeof method.input>) => Buffer.from(toBinary(method.input, message)),
           (buffer: Buffer) => fromBinary(method.output, buffer),
           request,
-          new grpc.Metadata(),
+          this.metadata(),
           { deadline },
         );
         const abort = () => call.cancel();
@@ -331,7 +363,7 @@ export class SpoolClient {
       path(method.name),
       (message: MessageShape<typeof method.input>) => Buffer.from(toBinary(method.input, message)),
       (buffer: Buffer) => fromBinary(method.output, buffer),
-      new grpc.Metadata(),
+      this.metadata(),
       {},
     );
     const arrived: (Delivery | SpoolError | null)[] = [];
@@ -536,7 +568,7 @@ export class SpoolClient {
             (message: MessageShape<DescMessage>) => Buffer.from(toBinary(method.input as DescMessage, message)),
             (buffer: Buffer) => fromBinary(method.output, buffer) as Output<K>,
             request,
-            new grpc.Metadata(),
+            this.metadata(),
             { deadline },
             (error, response) => (error || response === undefined ? reject(error ?? new Error("no response")) : resolve(response)),
           );
@@ -587,17 +619,56 @@ export class SpoolClient {
 }
 
 /** grpc-js's target for an endpoint: `host:port`. Plaintext HTTP/2 only, as the Rust client. */
-function target(endpoint: string): string {
+function target(endpoint: string): { authority: string; secure: boolean } {
   const match = /^(?:([a-z][a-z0-9+.-]*):\/\/)?([^/]+)\/?$/i.exec(endpoint);
-  if (!match) throw new TypeError(`invalid endpoint ${JSON.stringify(endpoint)}: expected http://host:port`);
+  if (!match) throw new TypeError(`invalid endpoint ${JSON.stringify(endpoint)}: expected http://host:port or https://host:port`);
   const [, scheme, authority] = match;
-  if (scheme !== undefined && scheme.toLowerCase() !== "http") {
-    throw new TypeError(`invalid endpoint ${JSON.stringify(endpoint)}: this client speaks plaintext HTTP/2 only (use http://)`);
+  const lower = scheme?.toLowerCase();
+  if (lower !== undefined && lower !== "http" && lower !== "https") {
+    throw new TypeError(`invalid endpoint ${JSON.stringify(endpoint)}: use http:// (plaintext) or https:// (TLS)`);
   }
   if (authority === undefined || authority.startsWith(":")) {
     throw new TypeError(`invalid endpoint ${JSON.stringify(endpoint)}: it names no host`);
   }
-  return authority;
+  return { authority, secure: lower === "https" };
+}
+
+/** Plaintext, or TLS with the options' CA and client certificate; checks they fit together. */
+function credentials(endpoint: string, secure: boolean, options: ClientOptions): grpc.ChannelCredentials {
+  const given = [options.caCert, options.clientCert, options.clientKey].some((value) => value !== undefined);
+  if (!secure) {
+    if (given) throw new TypeError(`TLS files are given for ${endpoint}, which is plaintext: use https://`);
+    return grpc.credentials.createInsecure();
+  }
+  if ((options.clientCert === undefined) !== (options.clientKey === undefined)) {
+    throw new TypeError("clientCert and clientKey go together: give both, or neither");
+  }
+  return grpc.credentials.createSsl(
+    pem(options.caCert, "caCert"),
+    pem(options.clientKey, "clientKey"),
+    pem(options.clientCert, "clientCert"),
+  );
+}
+
+/** PEM bytes from bytes, PEM text, or a file path; null when not given. */
+function pem(value: Pem | undefined, name: string): Buffer | null {
+  if (value === undefined) return null;
+  if (typeof value !== "string") return Buffer.from(value);
+  if (value.trimStart().startsWith("-----BEGIN")) return Buffer.from(value);
+  try {
+    return readFileSync(value);
+  } catch (error) {
+    throw new TypeError(`${name}: cannot read ${value}: ${(error as Error).message}`);
+  }
+}
+
+/** The authorization value of a token; a token that cannot travel in a header is refused here. */
+function bearer(token: string | undefined): string | undefined {
+  if (token === undefined) return undefined;
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    throw new TypeError("the token is empty or not printable ASCII without spaces, so it cannot be sent");
+  }
+  return `Bearer ${token}`;
 }
 
 function path(method: string): string {

@@ -16,6 +16,7 @@ export {
   type ClientOptions,
   type ConsumeOptions,
   type Delivery,
+  type Pem,
   type QueueAttributesInit,
   type ReceiveOptions,
 } from "./client.js";

@@ -86,10 +86,21 @@ test("the backoff doubles within its jitter and is capped", () => {
   assert.equal(new RetryPolicy({ initialBackoffMs: 0 }).backoffMs(3, 0.5), 0);
 });
 
-test("endpoints: host:port or http://host:port; https and other schemes are refused", () => {
+test("endpoints: host:port, http:// or https://; other schemes are refused", () => {
   new SpoolClient("127.0.0.1:50051").close();
   new SpoolClient("http://localhost:1").close();
-  for (const bad of ["https://localhost:1", "ftp://localhost:1", "http://", "http://a/b/c"]) {
+  new SpoolClient("https://localhost:1").close();
+  for (const bad of ["ftp://localhost:1", "http://", "http://a/b/c"]) {
     assert.throws(() => new SpoolClient(bad), TypeError, bad);
   }
+});
+
+test("TLS files need https:// and a client certificate its key; tokens must be printable", () => {
+  assert.throws(() => new SpoolClient("http://127.0.0.1:1", { caCert: "-----BEGIN CERTIFICATE-----" }), /use https:\/\//);
+  assert.throws(() => new SpoolClient("https://127.0.0.1:1", { clientCert: Buffer.from("pem") }), /go together/);
+  assert.throws(() => new SpoolClient("https://127.0.0.1:1", { caCert: "/nonexistent/ca.crt" }), /caCert: cannot read \/nonexistent\/ca.crt/);
+  for (const token of ["two words", "", "caf\u00e9"]) {
+    assert.throws(() => new SpoolClient("127.0.0.1:1", { token }), /printable ASCII/, JSON.stringify(token));
+  }
+  new SpoolClient("127.0.0.1:1", { token: "AKID:key" }).close();
 });
