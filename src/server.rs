@@ -269,6 +269,7 @@ pub async fn run(
         settings.cors_origins().map_err(ServerError::Security)?,
         settings.console(),
         security.tls.is_some(),
+        metrics.clone(),
     );
     let router = builder
         .accept_http1(true)

@@ -34,12 +34,14 @@ fn method_labels() -> impl Iterator<Item = &'static str> {
 
 /// The `reason` labels of `spool_auth_refusals_total`: UNAUTHENTICATED (no credentials, a
 /// malformed authorization header, an unknown token or certificate) and PERMISSION_DENIED.
-pub const AUTH_REFUSAL_REASONS: [&str; 5] = [
+pub const AUTH_REFUSAL_REASONS: [&str; 6] = [
     "no_credentials",
     "malformed_authorization",
     "unknown_token",
     "unknown_certificate",
     "not_granted",
+    // A browser call from an origin not in --cors-allowed-origins (src/web), answered 403.
+    "origin_not_allowed",
 ];
 
 /// The `file` labels of `spool_reload_failures_total`: the files watched for changes.
@@ -233,7 +235,8 @@ impl Metrics {
             "spool_auth_refusals_total",
             "counter",
             "Calls refused: UNAUTHENTICATED (no_credentials, malformed_authorization, \
-             unknown_token, unknown_certificate) or PERMISSION_DENIED (not_granted).",
+             unknown_token, unknown_certificate), PERMISSION_DENIED (not_granted), or HTTP 403 \
+             to a browser's page of another origin (origin_not_allowed).",
         );
         for (reason, count) in AUTH_REFUSAL_REASONS.iter().zip(&self.auth_refusals) {
             let _ = writeln!(

@@ -29,23 +29,30 @@ use tower_layer::Layer;
 pub use cors::AllowedOrigins;
 
 use crate::logsafe::REFUSALS;
+use crate::metrics::Metrics;
+
+/// The `reason` label of `spool_auth_refusals_total` for a call from an origin not allowed.
+pub const ORIGIN_NOT_ALLOWED: &str = "origin_not_allowed";
 
 /// Wraps tonic's routes in a [`WebFront`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WebLayer {
     origins: Arc<AllowedOrigins>,
     /// Serve the console's files (`--console`).
     console: bool,
     /// The port speaks TLS: a page's own origin is https://.
     tls: bool,
+    /// Counts the refused origins.
+    metrics: Arc<Metrics>,
 }
 
 impl WebLayer {
-    pub fn new(origins: AllowedOrigins, console: bool, tls: bool) -> Self {
+    pub fn new(origins: AllowedOrigins, console: bool, tls: bool, metrics: Arc<Metrics>) -> Self {
         Self {
             origins: Arc::new(origins),
             console,
             tls,
+            metrics,
         }
     }
 }
@@ -62,7 +69,7 @@ impl<S> Layer<S> for WebLayer {
 }
 
 /// See the module's documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WebFront<S> {
     inner: GrpcWebService<S>,
     layer: WebLayer,
@@ -95,6 +102,7 @@ where
         };
         let host = cors::host_of(&request);
         if !self.layer.origins.allows(&origin, host, self.layer.tls) {
+            self.layer.metrics.auth_refused(ORIGIN_NOT_ALLOWED);
             if REFUSALS.allow("cors_origin") {
                 tracing::info!(
                     origin = ?origin,

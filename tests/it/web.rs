@@ -312,8 +312,13 @@ async fn grpc_web_over_http1_is_served_with_the_same_auth_as_grpc() {
 
 #[tokio::test]
 async fn cors_allows_the_pages_own_origin_and_the_configured_ones_and_refuses_others() {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let metrics_addr = metrics.local_addr().expect("addr");
+    metrics.set_nonblocking(true).expect("nonblocking");
     let server = TestServer::start_with(|config| {
         config.settings.cors_allowed_origins = Some(vec![ALLOWED_ORIGIN.to_string()]);
+        config.metrics_listener =
+            Some(tokio::net::TcpListener::from_std(metrics).expect("tokio listener"));
     })
     .await;
     let preflight = |origin: &'static str| async move {
@@ -414,6 +419,20 @@ async fn cors_allows_the_pages_own_origin_and_the_configured_ones_and_refuses_ot
 
     // Native gRPC (HTTP/2, no Origin) is untouched.
     create(&mut client, "web-native", attrs()).await;
+
+    // The refusals (a preflight, two calls) are counted. The endpoint renders at most once a
+    // second: wait for a rendering that has them.
+    let refused_origins = r#"spool_auth_refusals_total{reason="origin_not_allowed"}"#;
+    let mut counted = None;
+    for _ in 0..50 {
+        let (_, text) = crate::common::http_get(metrics_addr, "/metrics").await;
+        counted = crate::common::samples(&text).get(refused_origins).copied();
+        if counted == Some(3.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, Some(3.0));
     server.stop().await;
 }
 
