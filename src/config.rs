@@ -264,6 +264,17 @@ pub struct Settings {
     )]
     pub console: Option<bool>,
 
+    // ---- traces (src/otel; README, "Traces") ----
+    #[arg(
+        long,
+        env = "SPOOL_OTLP_ENDPOINT",
+        value_name = "URL",
+        help = "OpenTelemetry collector to send a span per API call to, as OTLP/HTTP with JSON: \
+                http://host[:port][/path] (spans go to <path>/v1/traces). Calls carrying a W3C \
+                traceparent join the caller's trace [default: no traces]"
+    )]
+    pub otlp_endpoint: Option<String>,
+
     // ---- limits that hold under abuse (docs/security.md, "Limits") ----
     #[arg(long, env = "SPOOL_MAX_CONNECTIONS", help = with_default(
         "Most client connections open at once (plaintext and TLS); more are closed as soon as \
@@ -365,6 +376,7 @@ impl Settings {
             max_connections, handshake_timeout_seconds, request_body_timeout_seconds,
             stream_stall_timeout_seconds, max_response_buffer_bytes, max_waiting_receives,
             min_free_disk_bytes, metrics_max_connections, cors_allowed_origins, console,
+            otlp_endpoint,
         );
         settings.validate()?;
         Ok(settings)
@@ -426,6 +438,7 @@ impl Settings {
             metrics_max_connections: Some(self.metrics_max_connections()),
             cors_allowed_origins: Some(self.cors_allowed_origins.clone().unwrap_or_default()),
             console: Some(self.console()),
+            otlp_endpoint: self.otlp_endpoint.clone(),
         }
     }
 
@@ -485,6 +498,9 @@ impl Settings {
             )));
         }
         self.cors_origins().map_err(ConfigError::Invalid)?;
+        if let Some(url) = &self.otlp_endpoint {
+            crate::otel::export::Endpoint::parse(url).map_err(ConfigError::Invalid)?;
+        }
         self.validate_security()
     }
 

@@ -34,6 +34,8 @@
 //! - `web`: the gRPC port's face for browsers: gRPC-Web (tonic-web) with CORS, and the web
 //!   console's files (built in `console/`, embedded).
 //! - [`config`]: the one `Settings` struct of `spool serve` (flags, environment, TOML file).
+//! - `otel`: a span per API call for OpenTelemetry (W3C `traceparent` in, OTLP/HTTP JSON out
+//!   with `--otlp-endpoint`), and the trace id on the call's log lines.
 //! - `metrics`: Prometheus counters and histograms, and the /metrics endpoint.
 //! - [`migrate`]: `spool migrate`, a stopped server's embedded database moved into PostgreSQL.
 //! - [`cli`]: the client commands of the `spool` binary (`queue`, `send`, `receive`, ...), on
@@ -55,6 +57,7 @@ mod logsafe;
 mod metrics;
 pub mod migrate;
 mod net;
+mod otel;
 mod queue;
 mod receipt;
 mod registry;

@@ -202,20 +202,35 @@ pub async fn run(
             stopping.clone(),
         ));
     }
-    let queue_service = Observed::new(
-        authenticated(RequestSizeLimit::new(
-            QueueServiceServer::new(QueueServiceImpl::new(
-                registry.clone(),
-                stopping.clone(),
-                receive_limits,
-                disk,
-            ))
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(MAX_REQUEST_BYTES),
-            settings.request_body_timeout(),
+    // One span per call for OpenTelemetry (src/otel), outside everything else so it sees the
+    // call's final status and its log lines carry the trace id.
+    let (exporter, export_task) = match &settings.otlp_endpoint {
+        Some(url) => {
+            let endpoint =
+                crate::otel::export::Endpoint::parse(url).map_err(ServerError::Security)?;
+            tracing::info!(endpoint = %url, "exporting a span per call (OTLP/HTTP, JSON)");
+            let (exporter, task) = crate::otel::export::Exporter::start(endpoint);
+            (Some(exporter), Some(task))
+        }
+        None => (None, None),
+    };
+    let queue_service = crate::otel::Traced::new(
+        Observed::new(
+            authenticated(RequestSizeLimit::new(
+                QueueServiceServer::new(QueueServiceImpl::new(
+                    registry.clone(),
+                    stopping.clone(),
+                    receive_limits,
+                    disk,
+                ))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_REQUEST_BYTES),
+                settings.request_body_timeout(),
+                metrics.clone(),
+            )),
             metrics.clone(),
-        )),
-        metrics.clone(),
+        ),
+        exporter,
     );
 
     // Decide → tell: readiness drops first, so load balancers stop sending new calls.
@@ -374,6 +389,10 @@ pub async fn run(
         let (closed, flushed) = oneshot::channel();
         storage.close(closed);
         let _ = flushed.await;
+    }
+    // The calls are over: the last spans go out.
+    if let Some(export_task) = export_task {
+        export_task.close().await;
     }
     if let Some(error) = recovery_error {
         return Err(error.into());

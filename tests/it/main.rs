@@ -13,6 +13,7 @@ mod error_table;
 mod layering;
 mod messages;
 mod operations;
+mod otel;
 mod postgres;
 mod queues;
 mod receipts;
