@@ -129,6 +129,7 @@ const RECEIVE_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
 const MISSING_TRACE: &str = "6bf92f3577b34da6a3ce929d0e0e4738";
 const UNSAMPLED_TRACE: &str = "7bf92f3577b34da6a3ce929d0e0e4739";
 const LAST_TRACE: &str = "8bf92f3577b34da6a3ce929d0e0e4730";
+const STOPPING_TRACE: &str = "9bf92f3577b34da6a3ce929d0e0e4731";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_call_is_a_span_in_the_callers_trace_with_its_queue_and_message_ids() {
@@ -273,5 +274,51 @@ async fn each_call_is_a_span_in_the_callers_trace_with_its_queue_and_message_ids
     assert!(line.contains("request refused"), "{line}");
     let logged: Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(logged["span"]["trace_id"], MISSING_TRACE, "{line}");
-    server.terminate();
+
+    // A span still waiting for its batch when the server stops is posted before it exits.
+    client
+        .get_queue(with_parent(
+            pb::GetQueueRequest {
+                queue_name: "traced".into(),
+            },
+            &format!("00-{STOPPING_TRACE}-{SEND_PARENT}-01"),
+        ))
+        .await
+        .expect("get");
+    assert_eq!(server.terminate(), Some(0));
+    assert!(
+        spans(&posts)
+            .iter()
+            .any(|span| span["traceId"] == STOPPING_TRACE),
+        "the last span was lost at shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_spans_not_calls() {
+    // A port nobody listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start_with(dir.path(), &["--otlp-endpoint", &url], &[]);
+    let mut client = server.client().await;
+    client
+        .create_queue(pb::CreateQueueRequest {
+            queue_name: "untraced".into(),
+            attributes: Some(attrs()),
+        })
+        .await
+        .expect("create");
+    client
+        .send_message(pb::SendMessageRequest {
+            queue_name: "untraced".into(),
+            body: b"still sent".to_vec().into(),
+            delay_seconds: None,
+        })
+        .await
+        .expect("send");
+    let line = server.log_line("could not export spans");
+    assert!(line.contains("WARN"), "{line}");
+    assert_eq!(server.terminate(), Some(0));
 }
