@@ -87,6 +87,15 @@ pub struct Settings {
     )]
     pub metrics_listen: Option<SocketAddr>,
 
+    #[arg(
+        long,
+        env = "SPOOL_HTTP_LISTEN",
+        help = "Address to serve the wire APIs of other SDKs on, over HTTP/1.1: Amazon SQS's \
+                JSON protocol and Tencent CMQ's HTTP API v2 at /v2/index.php (docs/compat.md) \
+                [default: not served]"
+    )]
+    pub http_listen: Option<SocketAddr>,
+
     #[arg(long, env = "SPOOL_DATA_DIR", help = with_default(
         "Directory of the embedded database; created if missing. Only one server may use it",
         DEFAULT_DATA_DIR,
@@ -368,7 +377,7 @@ impl Settings {
             None => Settings::default(),
         };
         let settings = layer!(self, file;
-            listen, metrics_listen, data_dir, postgres_url, postgres_schema,
+            listen, metrics_listen, http_listen, data_dir, postgres_url, postgres_schema,
             postgres_password_file, max_queues, max_database_bytes, body_cache_bytes,
             log, log_format, max_concurrent_streams, http2_keepalive_interval_seconds,
             http2_keepalive_timeout_seconds, max_connection_age_seconds, shutdown_grace_seconds,
@@ -396,6 +405,7 @@ impl Settings {
             config: self.config.clone(),
             listen: Some(self.listen()),
             metrics_listen: self.metrics_listen,
+            http_listen: self.http_listen,
             data_dir: Some(self.data_dir()),
             postgres_url: self.postgres_url.clone(),
             postgres_schema: self.postgres_url.is_some().then(|| self.postgres_schema()),
@@ -527,6 +537,17 @@ impl Settings {
             _ => {}
         }
         let listen = self.listen();
+        if let Some(http) = self.http_listen
+            && self.auth_file.is_none()
+            && !http.ip().is_loopback()
+            && !self.allow_unauthenticated()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve the HTTP APIs on {http} without authentication: other hosts \
+                 could read, send and delete in every queue. Give --auth-file FILE, or \
+                 --allow-unauthenticated to serve without it anyway; see docs/security.md"
+            )));
+        }
         if self.auth_file.is_none() && !listen.ip().is_loopback() && !self.allow_unauthenticated() {
             return Err(ConfigError::Invalid(format!(
                 "refusing to listen on {listen} without authentication: other hosts could read, \

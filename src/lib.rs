@@ -31,6 +31,8 @@
 //!   certificate reloads in place), `auth` (principals from the auth file, their grants, the
 //!   names of client certificates), `reload` (files re-read when they change). The gRPC side
 //!   is `grpc::auth`, the layer that authenticates each call.
+//! - `http`: the HTTP/1.1 port (`--http-listen`) speaking the wire APIs of other SDKs, Amazon
+//!   SQS's JSON protocol and Tencent CMQ's HTTP API v2, over the gRPC service implementation.
 //! - `web`: the gRPC port's face for browsers: gRPC-Web (tonic-web) with CORS, and the web
 //!   console's files (built in `console/`, embedded).
 //! - [`config`]: the one `Settings` struct of `spool serve` (flags, environment, TOML file).
@@ -52,6 +54,7 @@ pub mod config;
 mod disk;
 mod error;
 mod grpc;
+mod http;
 mod limits;
 mod logsafe;
 mod metrics;

@@ -126,7 +126,15 @@ fn serve(args: Settings) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        announce_listening(&listener, metrics_listener.as_ref());
+        let http_listener = match settings.http_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve the HTTP APIs on {addr}"))?,
+            ),
+            None => None,
+        };
+        announce_listening(&listener, metrics_listener.as_ref(), http_listener.as_ref());
         let (ready, recovered) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             if recovered.await.is_ok() {
@@ -135,6 +143,7 @@ fn serve(args: Settings) -> anyhow::Result<()> {
         });
         let config = ServerConfig {
             metrics_listener,
+            http_listener,
             ready: Some(ready),
             ..ServerConfig::from_settings(settings)
         };
@@ -158,11 +167,12 @@ fn migrate(args: spool::migrate::MigrateArgs) -> anyhow::Result<()> {
 }
 
 /// The machine-readable lines on stdout (the logs go to stderr), for supervisors and test
-/// harnesses: `{"event":"listening","grpc":ADDR,"metrics":ADDR|null}` once bound (ports
+/// harnesses: `{"event":"listening","grpc":ADDR,"metrics":ADDR|null,"http":ADDR|null}` once bound (ports
 /// chosen by the OS included), then `{"event":"ready"}` once the queues are recovered.
 fn announce_listening(
     listener: &tokio::net::TcpListener,
     metrics: Option<&tokio::net::TcpListener>,
+    http: Option<&tokio::net::TcpListener>,
 ) {
     let address = |listener: &tokio::net::TcpListener| {
         listener.local_addr().ok().map(|addr| addr.to_string())
@@ -171,6 +181,7 @@ fn announce_listening(
         "event": "listening",
         "grpc": address(listener),
         "metrics": metrics.and_then(address),
+        "http": http.and_then(address),
     }));
 }
 

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub clock: Clock,
     /// Where to serve Prometheus metrics (GET /metrics); None: nowhere.
     pub metrics_listener: Option<TcpListener>,
+    /// Where to serve the SQS and CMQ HTTP APIs (`--http-listen`); None: nowhere.
+    pub http_listener: Option<TcpListener>,
     /// Told once the queues are recovered and the queue service is SERVING.
     pub ready: Option<oneshot::Sender<()>>,
 }
@@ -73,6 +75,7 @@ impl ServerConfig {
             settings,
             clock: Clock::new(),
             metrics_listener: None,
+            http_listener: None,
             ready: None,
         }
     }
@@ -214,17 +217,19 @@ pub async fn run(
         }
         None => (None, None),
     };
+    // One implementation for both ports: the HTTP APIs (src/http) call it in process.
+    let service_impl = Arc::new(QueueServiceImpl::new(
+        registry.clone(),
+        stopping.clone(),
+        receive_limits,
+        disk,
+    ));
     let queue_service = crate::otel::Traced::new(
         Observed::new(
             authenticated(RequestSizeLimit::new(
-                QueueServiceServer::new(QueueServiceImpl::new(
-                    registry.clone(),
-                    stopping.clone(),
-                    receive_limits,
-                    disk,
-                ))
-                .max_decoding_message_size(MAX_REQUEST_BYTES)
-                .max_encoding_message_size(MAX_REQUEST_BYTES),
+                QueueServiceServer::from_arc(service_impl.clone())
+                    .max_decoding_message_size(MAX_REQUEST_BYTES)
+                    .max_encoding_message_size(MAX_REQUEST_BYTES),
                 settings.request_body_timeout(),
                 metrics.clone(),
             )),
@@ -263,6 +268,31 @@ pub async fn run(
             config.clock.clone(),
             settings.metrics_max_connections(),
             stopping.clone(),
+        ));
+    }
+    if let Some(http_listener) = config.http_listener {
+        tracing::info!(
+            addr = %http_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "serving the SQS and CMQ HTTP APIs"
+        );
+        let edge = crate::http::Edge::new(
+            service_impl.clone(),
+            security.authenticator(),
+            security.tls.is_some(),
+            settings.request_body_timeout(),
+        );
+        tokio::spawn(crate::http::serve(
+            http_listener,
+            crate::http::HttpPort {
+                edge: Arc::new(edge),
+                limits: ConnectionLimits {
+                    max_connections: settings.max_connections(),
+                    handshake_timeout: settings.handshake_timeout(),
+                },
+                counts: metrics.connections.clone(),
+                tls: security.tls.as_ref().map(|tls| tls.configs.clone()),
+                stopping: stopping.clone(),
+            },
         ));
     }
     let mut builder = Server::builder()
