@@ -5,6 +5,8 @@
 //! name = "orders-worker"
 //! token_sha256 = "<hex SHA-256 of the bearer token>"  # or a list: two during a rotation
 //! client_cert_name = "orders-worker"                   # mTLS: the certificate's DNS SAN or CN
+//! signing_key_id = "AKIDorders"                        # HTTP port: SQS's access key id,
+//! signing_secret = "<the secret of that key>"          #   CMQ's SecretId; and their secret
 //! [[principals.grants]]
 //! queues = "orders-*"                                  # one name, or a prefix ending in '*'
 //! actions = ["send", "receive"]                        # send | receive | admin
@@ -19,8 +21,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Action, Grant, Principal, Principals, QueuePattern, TokenHash};
+use super::{Action, Grant, Principal, Principals, QueuePattern, SigningSecret, TokenHash};
 use crate::limits::check_queue_name;
+
+/// The shortest signing secret accepted, in bytes: shorter ones can be guessed.
+pub const MIN_SIGNING_SECRET_LEN: usize = 16;
 
 /// Why an auth file was refused; the text names the principal and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +47,12 @@ struct PrincipalText {
     token_sha256: Option<OneOrMany>,
     #[serde(default)]
     client_cert_name: Option<String>,
+    /// The key id SQS (access key id) and CMQ (SecretId) requests are signed with, on the
+    /// HTTP port; the HMAC needs the secret itself, so the file holds it (keep it private).
+    #[serde(default)]
+    signing_key_id: Option<String>,
+    #[serde(default)]
+    signing_secret: Option<String>,
     #[serde(default)]
     grants: Vec<GrantText>,
 }
@@ -83,10 +94,38 @@ pub(super) fn parse(text: &str) -> Result<Principals, AuthFileError> {
             Some(OneOrMany::One(hash)) => vec![hash],
             Some(OneOrMany::Many(hashes)) => hashes,
         };
-        if hashes.is_empty() && text.client_cert_name.is_none() {
+        if hashes.is_empty() && text.client_cert_name.is_none() && text.signing_key_id.is_none() {
             return Err(invalid(
-                "neither token_sha256 nor client_cert_name: nothing could authenticate it".into(),
+                "neither token_sha256 nor client_cert_name (nor signing_key_id): nothing could \
+                 authenticate it"
+                    .into(),
             ));
+        }
+        match (text.signing_key_id, text.signing_secret) {
+            (None, None) => {}
+            (Some(key_id), Some(secret)) => {
+                let key_id = key_id.trim().to_string();
+                if key_id.is_empty() || secret.len() < MIN_SIGNING_SECRET_LEN {
+                    return Err(invalid(format!(
+                        "signing_key_id is empty or signing_secret is shorter than \
+                         {MIN_SIGNING_SECRET_LEN} bytes"
+                    )));
+                }
+                if principals
+                    .signing_keys
+                    .insert(key_id.clone(), (SigningSecret::new(&secret), index))
+                    .is_some()
+                {
+                    return Err(invalid(format!(
+                        "signing_key_id {key_id:?} is also another principal's"
+                    )));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "signing_key_id and signing_secret go together: give both or neither".into(),
+                ));
+            }
         }
         for hash in &hashes {
             let hash = parse_hash(hash).map_err(|why| invalid(format!("token_sha256: {why}")))?;

@@ -198,6 +198,27 @@ impl Refusal {
     }
 }
 
+/// The secret of a signing key, as the auth file gives it: never shown by Debug (the principals
+/// are), so it cannot reach a log.
+#[derive(Clone)]
+pub struct SigningSecret(Arc<str>);
+
+impl SigningSecret {
+    pub fn new(secret: &str) -> Self {
+        Self(Arc::from(secret))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningSecret(..)")
+    }
+}
+
 /// The SHA-256 of a bearer token, as the auth file stores it.
 pub type TokenHash = [u8; 32];
 
@@ -214,6 +235,9 @@ pub struct Principals {
     tokens: Vec<(TokenHash, usize)>,
     /// Client-certificate name → index of its principal.
     certificate_names: HashMap<String, usize>,
+    /// Signing key id (the HTTP port's SQS access key id and CMQ SecretId) → its secret and
+    /// the index of its principal.
+    signing_keys: HashMap<String, (SigningSecret, usize)>,
 }
 
 impl Principals {
@@ -237,6 +261,13 @@ impl Principals {
             }
         }
         found.and_then(|index| self.principals.get(index).cloned())
+    }
+
+    /// The principal a signing key id belongs to, with the key's secret (to check an HMAC
+    /// signature with).
+    pub fn by_signing_key(&self, key_id: &str) -> Option<(Arc<Principal>, SigningSecret)> {
+        let (secret, index) = self.signing_keys.get(key_id)?;
+        Some((self.principals.get(*index)?.clone(), secret.clone()))
     }
 
     /// The principal of the first of `names` (a certificate's DNS names, then its CN) that one

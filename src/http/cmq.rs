@@ -92,6 +92,13 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
         collect(&mut params, query.as_bytes())?;
     }
     let method = request.method().clone();
+    let host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let path = request.uri().path().to_string();
     if method != hyper::Method::GET && method != hyper::Method::POST {
         return Err(CmqError::invalid("CMQ requests are GET or POST"));
     }
@@ -100,7 +107,8 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
         .await
         .map_err(|error| CmqError::invalid(error.to_string()))?;
     collect(&mut params, &body)?;
-    let caller = super::cmq_signature::authenticate(edge, &params).map_err(|message| CmqError {
+    let caller = super::cmq_signature::authenticate(edge, method.as_str(), &host, &path, &params)
+        .map_err(|message| CmqError {
         code: AUTHENTICATION_FAILED,
         message,
     })?;

@@ -63,6 +63,18 @@ impl SqsError {
         }
     }
 
+    /// A refused signature or credential (403).
+    pub fn forbidden(code: &'static str, message: String) -> Self {
+        let mut error = Self::new(code, code, message);
+        error.status = StatusCode::FORBIDDEN;
+        error
+    }
+
+    /// A request without a signature where one is needed.
+    pub fn forbidden_missing(message: &str) -> Self {
+        Self::forbidden("MissingAuthenticationToken", message.to_string())
+    }
+
     fn invalid(message: impl Into<String>) -> Self {
         Self::new("InvalidParameterValue", "InvalidParameterValue", message)
     }
@@ -720,7 +732,15 @@ fn fifo_refused() -> SqsError {
 
 /// The queue a queue URL names (its last path segment).
 pub fn queue_of_url(url: &str) -> Result<String, SqsError> {
-    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    // The path: after the scheme's `://` and the authority.
+    let path = match url.split_once("://") {
+        Some((_, rest)) => rest
+            .split_once('/')
+            .map(|(_, path)| path)
+            .unwrap_or_default(),
+        None => url,
+    };
     let name = path
         .trim_end_matches('/')
         .rsplit('/')
