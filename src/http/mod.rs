@@ -123,6 +123,10 @@ impl Edge {
 
     /// The request's body, read whole within the size and time limits.
     async fn body(&self, body: Incoming) -> Result<Bytes, BodyError> {
+        // A declared length over the limit is refused before a byte of it is read.
+        if hyper::body::Body::size_hint(&body).lower() > MAX_BODY_BYTES as u64 {
+            return Err(BodyError::TooLarge);
+        }
         let limited = Limited::new(body, MAX_BODY_BYTES);
         match tokio::time::timeout(self.body_timeout, limited.collect()).await {
             Err(_) => Err(BodyError::TimedOut(self.body_timeout)),

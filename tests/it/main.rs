@@ -24,3 +24,4 @@ mod version;
 mod visibility;
 mod walkthrough;
 mod web;
+mod wire;
