@@ -56,11 +56,11 @@ async fn queue_calls_round_trip() {
         ..Default::default()
     };
     let created = client
-        .create_queue("orders", attributes)
+        .create_queue("orders", attributes.clone())
         .await
         .expect("create");
     assert_eq!(created.name, "orders");
-    let a = created.attributes.expect("attributes");
+    let a = created.attributes.clone().expect("attributes");
     assert_eq!(a.visibility_timeout_seconds, Some(10));
     assert_eq!(a.max_message_size, Some(65_536), "defaults are filled in");
     // Idempotent with the same attributes; QueueExists with others.
@@ -171,10 +171,12 @@ async fn message_calls_round_trip() {
         BatchSendEntry {
             body: "also later".into(),
             delay_seconds: Some(600),
+            ..Default::default()
         },
         BatchSendEntry {
             body: "now".into(),
             delay_seconds: None,
+            ..Default::default()
         },
     ];
     let mixed = client
@@ -662,6 +664,18 @@ impl QueueService for Scripted {
         _: Request<pb::PeekMessagesRequest>,
     ) -> Answer<pb::PeekMessagesResponse> {
         self.answer("PeekMessages")
+    }
+    async fn list_dead_letter_source_queues(
+        &self,
+        _: Request<pb::ListDeadLetterSourceQueuesRequest>,
+    ) -> Answer<pb::ListDeadLetterSourceQueuesResponse> {
+        self.answer("ListDeadLetterSourceQueues")
+    }
+    async fn redrive_messages(
+        &self,
+        _: Request<pb::RedriveMessagesRequest>,
+    ) -> Answer<pb::RedriveMessagesResponse> {
+        self.answer("RedriveMessages")
     }
 
     type StreamMessagesStream =

@@ -290,6 +290,7 @@ async fn produce(
                 .map(|body| pb::BatchSendEntry {
                     body: body.clone().into_bytes().into(),
                     delay_seconds: None,
+                    ..Default::default()
                 })
                 .collect(),
         };
@@ -415,6 +416,7 @@ async fn terminated_sessions_under_load_lose_nothing_acknowledged() {
                 queue_name: QUEUE.into(),
                 body: b"after-1".to_vec().into(),
                 delay_seconds: None,
+                ..Default::default()
             })
             .await
         {
