@@ -755,17 +755,19 @@ impl QueueActor {
                 .visibility_timeout_seconds
                 .unwrap_or(attributes.visibility_timeout_seconds),
         );
+        let polling_wait_seconds = attributes.polling_wait_seconds;
         let now = self.now();
         // Waiters are served as soon as anything becomes visible, so visible messages here
         // mean nobody is waiting ahead of this request.
         if self.table.has_visible() {
             let claimed = self.claim(request.max_messages, now, visibility_ms);
-            self.hand_over(claimed, respond_to, now);
-            return;
+            // Empty when every visible message went to the dead-letter queue: then it waits.
+            if !claimed.is_empty() {
+                self.hand_over(claimed, respond_to, now);
+                return;
+            }
         }
-        let wait_seconds = request
-            .wait_seconds
-            .unwrap_or(attributes.polling_wait_seconds);
+        let wait_seconds = request.wait_seconds.unwrap_or(polling_wait_seconds);
         if wait_seconds == 0 {
             if respond_to.send(Ok(Vec::new())).is_ok() {
                 self.totals.empty_receives += 1;
@@ -794,8 +796,10 @@ impl QueueActor {
         // As in `receive`: visible messages here mean nobody is waiting ahead.
         if self.table.has_visible() {
             let claimed = self.claim(claim.max_messages, now, visibility_ms);
-            self.hand_over(claimed, respond_to, now);
-            return;
+            if !claimed.is_empty() {
+                self.hand_over(claimed, respond_to, now);
+                return;
+            }
         }
         self.waiters.park(
             Waiter {
@@ -1029,10 +1033,15 @@ impl QueueActor {
     /// Serves parked polls, oldest first, while messages are visible.
     fn serve_waiters(&mut self, now: Millis) {
         while self.table.has_visible() {
-            let Some(waiter) = self.waiters.pop_first() else {
+            let Some((place, waiter)) = self.waiters.pop_first_in_line() else {
                 break;
             };
             let claimed = self.claim(waiter.max_messages, now, waiter.visibility_ms);
+            if claimed.is_empty() {
+                // What was visible went to the dead-letter queue: it waits on.
+                self.waiters.put_back(place, waiter);
+                continue;
+            }
             self.hand_over(claimed, waiter.respond_to, now);
         }
     }

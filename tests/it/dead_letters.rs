@@ -472,3 +472,37 @@ async fn a_crash_never_leaves_a_message_in_both_queues_or_in_neither() {
     );
     assert_eq!(server.terminate(), Some(0));
 }
+
+/// A long poll parked when its queue's only message goes to the dead-letter queue keeps
+/// waiting, and gets the next message sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_receive_outlasts_a_dead_letter_move() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "wait-dlq", attrs()).await;
+    create(&mut client, "wait", policy("wait-dlq", 1, 0)).await;
+    send(&mut client, "wait", b"poison").await;
+    assert_eq!(receive_briefly(&mut client, "wait", 1).await.len(), 1);
+    let mut poller = client.clone();
+    let poll = tokio::spawn(async move {
+        receive_with(
+            &mut poller,
+            pb::ReceiveMessagesRequest {
+                queue_name: "wait".into(),
+                max_messages: 1,
+                wait_seconds: Some(20),
+                visibility_timeout_seconds: None,
+            },
+        )
+        .await
+        .expect("long poll")
+    });
+    // The poison's visibility timeout (1 s) ends while the poll waits: it is moved, and the
+    // poll waits on.
+    wait_for_visible(&mut client, "wait-dlq", 1).await;
+    send(&mut client, "wait", b"next").await;
+    let got = poll.await.expect("poll task");
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].body[..], b"next");
+    server.stop().await;
+}
