@@ -18,6 +18,7 @@ export {
   type Delivery,
   type QueueAttributesInit,
   type ReceiveOptions,
+  type SendOptions,
 } from "./client.js";
 export { CMQ_CODE_KEY, ERROR_CASES, ERROR_DOMAIN, SpoolError, codeName, type ErrorCase } from "./errors.js";
 export { RetryPolicy, notCarriedOut, type RetryOptions, type Safety } from "./retry.js";
@@ -25,6 +26,7 @@ export type {
   BatchChangeMessageVisibilityResponse,
   ChangeVisibilityFailure,
   ChangedVisibility,
+  DeadLetterPolicy,
   DeleteFailure,
   ListQueuesResponse,
   Queue,
@@ -32,5 +34,6 @@ export type {
   PeekedMessage,
   QueueStats,
   ReceivedMessage,
+  RedriveMessagesResponse,
 } from "./gen/spool/v1/queue_pb.js";
 export { status as GrpcStatus } from "@grpc/grpc-js";
