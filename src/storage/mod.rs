@@ -248,6 +248,18 @@ pub struct Recovered {
     pub next_message_id: u64,
 }
 
+/// What a message's row holds besides its metadata, as stored, for `spool migrate` (see
+/// `payload` for what the columns mean).
+#[derive(Debug, Clone, Default)]
+pub struct ExportedPayload {
+    pub body: Vec<u8>,
+    /// The encoded attributes (`meta` column); None for none.
+    pub meta: Option<Vec<u8>>,
+    /// Where a dead-lettered message came from, and its receives there.
+    pub dead_letter_source: Option<String>,
+    pub dead_letter_receive_count: u32,
+}
+
 /// What a backend reports of each group commit (the server's metrics implement it). A narrow
 /// trait, so storage does not depend on the metrics module (which reads the queues).
 pub trait CommitObserver: Send + Sync + 'static {
