@@ -707,9 +707,10 @@ impl Client {
 
     /// Sends one message (any bytes); returns its id once it is stored durably.
     ///
-    /// Not retried once the request may have reached the server: the message may have been
-    /// stored, and a retry would store it twice. (Retried when the connection could not be
-    /// made; [`RetryPolicy::retry_non_idempotent`] retries always.)
+    /// Retried on UNAVAILABLE: the send carries a deduplication id the client makes for it
+    /// (see [`SendOptions::deduplication_id`] to give your own), the same on every attempt, so a
+    /// retry of an attempt that was stored stores nothing and returns the same id (within the
+    /// queue's `deduplication_window_seconds`).
     ///
     /// ```no_run
     /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
