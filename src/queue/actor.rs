@@ -814,17 +814,35 @@ impl QueueActor {
     /// Claims up to `max` visible messages for a receiver. Under a dead-letter policy, the
     /// messages it says are done are moved to the dead-letter queue instead (see
     /// `dead_letter`), so a claim may come back short, or empty.
+    ///
+    /// Every message a claim takes out for the dead-letter queue leaves the table, so a claim
+    /// that comes back empty while messages were visible has made progress (callers that loop
+    /// while something is visible end).
     fn claim(&mut self, max: usize, now: Millis, visibility_ms: Millis) -> Vec<Claimed> {
-        let rule = self
+        // The registry keeps a dead-letter queue from being deleted while a policy names it;
+        // should it be missing all the same (a policy changing at this moment), messages are
+        // delivered as without a policy rather than held.
+        let target = self
             .record
             .attributes
             .dead_letter_policy
             .as_ref()
-            .map(|policy| DeadLetterRule {
-                max_receive_count: policy.max_receive_count,
-                enqueued_by_ms: (policy.max_time_to_live_seconds > 0)
-                    .then(|| now - secs_to_ms(policy.max_time_to_live_seconds)),
+            .and_then(|policy| {
+                let target = self
+                    .context
+                    .directory
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&policy.dead_letter_queue)
+                    .cloned()?;
+                let rule = DeadLetterRule {
+                    max_receive_count: policy.max_receive_count,
+                    enqueued_by_ms: (policy.max_time_to_live_seconds > 0)
+                        .then(|| now - secs_to_ms(policy.max_time_to_live_seconds)),
+                };
+                Some((target, rule))
             });
+        let rule = target.as_ref().map(|(_, rule)| *rule);
         let claim = self.table.claim_or_dead_letter(
             max,
             now,
@@ -832,8 +850,10 @@ impl QueueActor {
             || self.nonces.next_nonce(),
             rule,
         );
-        if !claim.dead_letters.is_empty() {
-            self.dead_letter(claim.dead_letters, now);
+        if let Some((target, _)) = target
+            && !claim.dead_letters.is_empty()
+        {
+            self.dead_letter(claim.dead_letters, target, now);
         }
         claim.claimed
     }
@@ -843,26 +863,7 @@ impl QueueActor {
     /// once it is durable the dead-letter queue's actor is handed them (see `complete`). Until
     /// then they are in neither actor, only in storage, where recovery finds them in whichever
     /// queue the commit left them. Should the commit fail, they are visible here again.
-    fn dead_letter(&mut self, messages: Vec<(u64, LiveMessage)>, now: Millis) {
-        let Some(policy) = self.record.attributes.dead_letter_policy.clone() else {
-            return;
-        };
-        let target = self
-            .context
-            .directory
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&policy.dead_letter_queue)
-            .cloned();
-        let Some(target) = target else {
-            // The registry keeps a dead-letter queue from being deleted while a policy names
-            // it, so this is a policy changed a moment ago; deliver them as before.
-            tracing::warn!(queue = %self.record.name, dead_letter_queue = %policy.dead_letter_queue, "the dead-letter queue does not exist; messages stay");
-            for (id, message) in messages {
-                self.table.put_back(id, message);
-            }
-            return;
-        };
+    fn dead_letter(&mut self, messages: Vec<(u64, LiveMessage)>, target: QueueHandle, now: Millis) {
         let source: std::sync::Arc<str> = self.record.name.as_str().into();
         let mut moves = Vec::with_capacity(messages.len());
         let mut moved = Vec::with_capacity(messages.len());

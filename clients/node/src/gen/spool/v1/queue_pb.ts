@@ -6,7 +6,8 @@
 //   INVALID_ARGUMENT     4000 bad parameter, 4400 body or batch too large
 //   NOT_FOUND            4440 queue does not exist
 //   ALREADY_EXISTS       4460 queue exists with other attributes
-//   FAILED_PRECONDITION  4430 receipt handle superseded or expired; 6050 rewind not enabled
+//   FAILED_PRECONDITION  4430 receipt handle superseded or expired; 6050 rewind not enabled;
+//                        4000 queue is another queue's dead-letter queue (DeleteQueue)
 //   RESOURCE_EXHAUSTED   4410 backlog full; 4450 too many queues
 //   UNAUTHENTICATED      4100 no credentials, or unknown ones (with --auth-file)
 //   PERMISSION_DENIED    4101 the caller's grants do not allow this action on this queue
@@ -49,16 +50,16 @@ export type DeadLetterPolicy = Message<"spool.v1.DeadLetterPolicy"> & {
   deadLetterQueue: string;
 
   /**
-   * A message received this many times without being deleted is moved when its visibility
-   * timeout ends, instead of being delivered again. 1..1000.
+   * A message received this many times without being deleted is moved instead of being
+   * delivered again: when a receive (or consumer stream) would next get it. 1..1000.
    *
    * @generated from field: uint32 max_receive_count = 2;
    */
   maxReceiveCount: number;
 
   /**
-   * A message not deleted this many seconds after it was sent is moved too, received or not
-   * (when it is visible or its visibility timeout ends). 0 (off) or 300..43200; unset means 0.
+   * A message not deleted this many seconds after it was sent is moved too, received or not,
+   * when a receive would next get it (while it is in flight it stays). 0 (off) or 300..43200.
    *
    * @generated from field: uint32 max_time_to_live_seconds = 3;
    */
@@ -1498,7 +1499,8 @@ export type RedriveMessagesRequest = Message<"spool.v1.RedriveMessagesRequest"> 
 
   /**
    * Where to move them: empty moves each back to its `dead_letter_source_queue`; a name moves
-   * them all there (it must exist, and not be `queue_name`).
+   * them all there (it must exist, and not be `queue_name`; the caller needs the send grant on
+   * it as well as admin on `queue_name`).
    *
    * @generated from field: string destination_queue = 2;
    */
