@@ -1060,3 +1060,77 @@ async fn a_consumer_stream_ends_at_shutdown_and_after_its_client_half_closes() {
     harness.send("b").await;
     assert_eq!(harness.counts().await, counts(1, 0, 0, 0));
 }
+
+fn with_id(body: &'static str, deduplication_id: &str) -> Outgoing {
+    Outgoing {
+        payload: Payload::new(Bytes::from_static(body.as_bytes()), Default::default()),
+        delay_seconds: 0,
+        deduplication_id: Some(deduplication_id.into()),
+    }
+}
+
+/// A duplicate of a send whose commit is still in flight is answered with its id, and only
+/// once that commit is durable; it stores nothing of its own.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_of_a_send_being_committed_waits_for_it_and_gets_its_id() {
+    let harness = Harness::start(attributes()).await;
+    harness.storage.hold_writes();
+    let mut first = Box::pin(harness.queue.send(vec![with_id("a", "x")]));
+    assert!(poll_once(&mut first).is_none());
+    let mut duplicate = Box::pin(harness.queue.send(vec![with_id("a again", "x")]));
+    assert!(poll_once(&mut duplicate).is_none());
+    assert_eq!(harness.counts().await, Counts::default());
+    assert_eq!(
+        harness.storage.held_writes(),
+        1,
+        "the duplicate writes nothing"
+    );
+    assert!(
+        poll_once(&mut duplicate).is_none(),
+        "answered before the first send is durable"
+    );
+    harness.storage.release_writes();
+    let first = first.await.expect("send");
+    assert_eq!(duplicate.await.expect("duplicate"), first);
+    assert_eq!(harness.counts().await.visible, 1);
+    assert_eq!(
+        harness
+            .queue
+            .info()
+            .await
+            .expect("info")
+            .totals
+            .deduplicated,
+        1
+    );
+}
+
+/// When the first send's commit fails, its duplicate fails too (nothing was stored), and the id
+/// is not remembered: the next send with it is new.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_of_a_send_whose_commit_failed_fails_too() {
+    let harness = Harness::start(attributes()).await;
+    harness.storage.hold_writes();
+    let mut first = Box::pin(harness.queue.send(vec![with_id("a", "x")]));
+    assert!(poll_once(&mut first).is_none());
+    let mut duplicate = Box::pin(harness.queue.send(vec![with_id("a", "x")]));
+    assert!(poll_once(&mut duplicate).is_none());
+    harness.storage.fail_writes(true);
+    harness.storage.release_writes();
+    assert!(matches!(first.await, Err(QueueError::Storage(_))));
+    assert!(matches!(duplicate.await, Err(QueueError::Storage(_))));
+    harness.storage.fail_writes(false);
+    let retried = harness
+        .queue
+        .send(vec![with_id("a", "x")])
+        .await
+        .expect("a new send");
+    assert_eq!(harness.counts().await.visible, 1);
+    let again = harness
+        .queue
+        .send(vec![with_id("a", "x")])
+        .await
+        .expect("its duplicate");
+    assert_eq!(again, retried);
+    assert_eq!(harness.counts().await.visible, 1);
+}
