@@ -217,17 +217,27 @@ async fn a_message_received_too_often_is_moved_and_redriven() {
     let mut client = server.client().await;
     create(&mut client, "orders-dlq", attrs()).await;
     create(&mut client, "orders", policy("orders-dlq", 2, 0)).await;
+    let poison = pb::SendMessageRequest {
+        queue_name: "orders".into(),
+        body: b"poison".to_vec().into(),
+        attributes: HashMap::from([("traceparent".to_string(), "00-ab-cd-01".to_string())]),
+        deduplication_id: "poison-1".into(),
+        ..Default::default()
+    };
     let id = client
-        .send_message(pb::SendMessageRequest {
-            queue_name: "orders".into(),
-            body: b"poison".to_vec().into(),
-            attributes: HashMap::from([("traceparent".to_string(), "00-ab-cd-01".to_string())]),
-            ..Default::default()
-        })
+        .send_message(poison.clone())
         .await
         .expect("send")
         .into_inner()
         .message_id;
+    // Its retry is a duplicate (counted in spool_queue_sends_deduplicated_total).
+    let retried = client
+        .send_message(poison)
+        .await
+        .expect("send again")
+        .into_inner()
+        .message_id;
+    assert_eq!(retried, id);
     send(&mut client, "orders", b"fine").await;
     let mut enqueue_time = None;
     for round in 1..=2 {
@@ -319,6 +329,11 @@ async fn a_message_received_too_often_is_moved_and_redriven() {
     );
     assert_eq!(
         samples.get("spool_queue_messages_redriven_total{queue=\"orders-dlq\"}"),
+        Some(&1.0),
+        "{text}"
+    );
+    assert_eq!(
+        samples.get("spool_queue_sends_deduplicated_total{queue=\"orders\"}"),
         Some(&1.0),
         "{text}"
     );
