@@ -6,10 +6,12 @@
 //! looked up (`accepted_ms + window > now`), so a changed window applies to the ids already
 //! accepted; ids past it are dropped from memory as time passes and their rows removed lazily.
 //!
-//! Memory: one entry per send with an id in the last window (about 100 bytes plus the id), so
-//! at most the queue's send rate times its window (86,400 s at most).
+//! Memory: one entry per send with an id in the last window (about 80 bytes plus the id, held
+//! once for the map and the drop order), so the queue's rate of sends with ids times its
+//! window (86,400 s at most).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::clock::Millis;
 
@@ -22,10 +24,10 @@ struct Accepted {
 
 #[derive(Debug, Default)]
 pub struct Deduplication {
-    accepted: HashMap<String, Accepted>,
+    accepted: HashMap<Arc<str>, Accepted>,
     /// Ids in the order they were accepted (oldest first), to drop them as the window passes.
     /// An id accepted again (after its window) appears twice; the older entry is skipped.
-    order: VecDeque<(Millis, String)>,
+    order: VecDeque<(Millis, Arc<str>)>,
 }
 
 impl Deduplication {
@@ -39,6 +41,7 @@ impl Deduplication {
 
     /// Remembers an id whose send has committed (or was recovered from storage).
     pub fn accept(&mut self, id: String, message_id: u64, accepted_ms: Millis) {
+        let id: Arc<str> = id.into();
         self.order.push_back((accepted_ms, id.clone()));
         self.accepted.insert(
             id,
@@ -66,7 +69,7 @@ impl Deduplication {
                 .is_some_and(|accepted| accepted.accepted_ms == accepted_ms)
             {
                 self.accepted.remove(&id);
-                expired.push(id);
+                expired.push(id.to_string());
             }
         }
         expired
