@@ -3,8 +3,22 @@
 use crate::error::QueueError;
 use crate::limits::*;
 
+/// Where a queue moves the messages it cannot get processed (CMQ 3.0's deadLetterPolicy, SQS's
+/// redrive policy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterPolicy {
+    /// A queue of the same server, not this one; it must exist when the policy is set.
+    pub dead_letter_queue: String,
+    /// A message received this many times without being deleted is moved instead of being
+    /// delivered again (1..=1000).
+    pub max_receive_count: u32,
+    /// A message not deleted this long after it was sent is moved too (0 = off, else
+    /// 300..=43200).
+    pub max_time_to_live_seconds: u32,
+}
+
 /// Every attribute of a queue, defaults filled in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueAttributes {
     pub visibility_timeout_seconds: u32,
     pub polling_wait_seconds: u32,
@@ -13,6 +27,9 @@ pub struct QueueAttributes {
     /// 0 = rewind off; otherwise how far back a rewind may go, at most the retention.
     pub rewind_seconds: u32,
     pub max_backlog: u64,
+    /// 0 = deduplication off.
+    pub deduplication_window_seconds: u32,
+    pub dead_letter_policy: Option<DeadLetterPolicy>,
 }
 
 impl Default for QueueAttributes {
@@ -24,12 +41,14 @@ impl Default for QueueAttributes {
             message_retention_seconds: DEFAULT_MESSAGE_RETENTION_SECONDS,
             rewind_seconds: DEFAULT_REWIND_SECONDS,
             max_backlog: DEFAULT_MAX_BACKLOG,
+            deduplication_window_seconds: DEFAULT_DEDUPLICATION_WINDOW_SECONDS,
+            dead_letter_policy: None,
         }
     }
 }
 
 /// Attributes as a request gives them: each one set or not.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttributesPatch {
     pub visibility_timeout_seconds: Option<u32>,
     pub polling_wait_seconds: Option<u32>,
@@ -37,6 +56,9 @@ pub struct AttributesPatch {
     pub message_retention_seconds: Option<u32>,
     pub rewind_seconds: Option<u32>,
     pub max_backlog: Option<u64>,
+    pub deduplication_window_seconds: Option<u32>,
+    /// `Some(None)` removes the policy (the request's policy names no queue).
+    pub dead_letter_policy: Option<Option<DeadLetterPolicy>>,
 }
 
 impl QueueAttributes {
@@ -56,6 +78,13 @@ impl QueueAttributes {
                 .unwrap_or(self.message_retention_seconds),
             rewind_seconds: patch.rewind_seconds.unwrap_or(self.rewind_seconds),
             max_backlog: patch.max_backlog.unwrap_or(self.max_backlog),
+            deduplication_window_seconds: patch
+                .deduplication_window_seconds
+                .unwrap_or(self.deduplication_window_seconds),
+            dead_letter_policy: match &patch.dead_letter_policy {
+                Some(policy) => policy.clone(),
+                None => self.dead_letter_policy.clone(),
+            },
         };
         merged.validate()?;
         Ok(merged)
@@ -88,11 +117,47 @@ impl QueueAttributes {
                 self.rewind_seconds, self.message_retention_seconds
             )));
         }
-        check_range("attributes.max_backlog", self.max_backlog, &MAX_BACKLOG)
+        check_range("attributes.max_backlog", self.max_backlog, &MAX_BACKLOG)?;
+        check_range(
+            "attributes.deduplication_window_seconds",
+            self.deduplication_window_seconds,
+            &DEDUPLICATION_WINDOW_SECONDS,
+        )?;
+        if let Some(policy) = &self.dead_letter_policy {
+            policy.validate()?;
+        }
+        Ok(())
     }
 
     pub fn rewind_enabled(&self) -> bool {
         self.rewind_seconds > 0
+    }
+}
+
+impl DeadLetterPolicy {
+    /// The checks that need no other queue (the registry checks that the target exists and is
+    /// not the queue itself).
+    pub fn validate(&self) -> Result<(), QueueError> {
+        check_queue_name(&self.dead_letter_queue).map_err(|why| {
+            QueueError::InvalidArgument(format!(
+                "attributes.dead_letter_policy.dead_letter_queue: {why}"
+            ))
+        })?;
+        check_range(
+            "attributes.dead_letter_policy.max_receive_count",
+            self.max_receive_count,
+            &MAX_RECEIVE_COUNT,
+        )?;
+        let ttl = self.max_time_to_live_seconds;
+        if ttl != 0 && !DEAD_LETTER_TIME_TO_LIVE_SECONDS.contains(&ttl) {
+            return Err(QueueError::InvalidArgument(format!(
+                "attributes.dead_letter_policy.max_time_to_live_seconds is {ttl}; it must be 0 \
+                 (off) or {}..={}",
+                DEAD_LETTER_TIME_TO_LIVE_SECONDS.start(),
+                DEAD_LETTER_TIME_TO_LIVE_SECONDS.end()
+            )));
+        }
+        Ok(())
     }
 }
 

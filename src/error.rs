@@ -36,6 +36,11 @@ pub enum QueueError {
     PermissionDenied(String),
     #[error("rewind is not enabled on queue {0:?}: set rewind_seconds > 0 first")]
     RewindDisabled(String),
+    #[error(
+        "queue {name:?} is the dead-letter queue of {sources:?}: change or remove their \
+         dead_letter_policy first"
+    )]
+    DeadLetterTarget { name: String, sources: Vec<String> },
     /// Storage could not commit; nothing of the request was acknowledged.
     #[error("storage unavailable: {0}")]
     Storage(String),
@@ -57,6 +62,7 @@ impl QueueError {
             Self::BacklogFull { .. } => &errors::BACKLOG_FULL,
             Self::TooManyQueues { .. } => &errors::TOO_MANY_QUEUES,
             Self::RewindDisabled(_) => &errors::REWIND_DISABLED,
+            Self::DeadLetterTarget { .. } => &errors::DEAD_LETTER_TARGET,
             Self::Unauthenticated(_) => &errors::UNAUTHENTICATED,
             Self::PermissionDenied(_) => &errors::PERMISSION_DENIED,
             Self::Storage(_) => &errors::STORAGE_UNAVAILABLE,

@@ -23,6 +23,7 @@
 //! - `storage`: the `Storage` trait (durable commits, lazy writes, body reads, recovery) and its
 //!   backends, embedded SQLite and PostgreSQL (each with one writer and group commit); it reports
 //!   commits through `CommitObserver`.
+//! - `payload`: a message's body and attributes as stored and delivered.
 //! - `attributes`, `limits`: queue attributes and their validation; the server's limits (the
 //!   API's ranges are `spool_client::limits`, re-exported). `receipt`: signed receipt handles.
 //!   [`clock`]: wall-clock time read off the monotonic clock. `error`: `QueueError`, each case
@@ -61,6 +62,7 @@ mod metrics;
 pub mod migrate;
 mod net;
 mod otel;
+mod payload;
 mod queue;
 mod receipt;
 mod registry;

@@ -10,17 +10,22 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use crate::attributes::QueueAttributes;
+use crate::attributes::{AttributesPatch, DeadLetterPolicy, QueueAttributes};
 use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
 use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
-use crate::queue::{QueueContext, QueueHandle, QueueInfo};
+use crate::queue::{Directory, QueueContext, QueueHandle, QueueInfo, RecoveredIds};
 use crate::receipt::ReceiptKey;
 use crate::storage::{QueueRecord, Storage, StorageError, WriteOp, remove_in_slices};
 
 pub struct Registry {
-    queues: RwLock<BTreeMap<String, QueueHandle>>,
+    /// Shared with the queues (`QueueContext::directory`), which move messages to each other.
+    queues: Directory,
+    /// Each queue with a dead-letter policy → its dead-letter queue. Changed only under
+    /// `lifecycle`, with the policies themselves, so that a queue named by a policy cannot be
+    /// deleted and a policy cannot name a queue being deleted.
+    dead_letter_targets: RwLock<BTreeMap<String, String>>,
     /// Held while a queue is created or deleted, so two of them cannot interleave.
     lifecycle: tokio::sync::Mutex<()>,
     context: QueueContext,
@@ -58,24 +63,43 @@ impl Registry {
         })
         .await
         .map_err(|e| StorageError::Io(format!("recovery task failed: {e}")))??;
+        let directory: Directory = Default::default();
         let context = QueueContext {
             storage,
             clock,
             message_ids: Arc::new(AtomicU64::new(recovered.next_message_id)),
             body_budget: Arc::new(BodyBudget::new(body_cache_bytes)),
+            directory: directory.clone(),
         };
         let tracker = TaskTracker::new();
-        let mut queues = BTreeMap::new();
-        for record in recovered.queues {
-            let table = tables
-                .remove(&record.id)
-                .unwrap_or_else(|| MessageTable::new(record.id));
-            let name = record.name.clone();
-            let handle = QueueHandle::spawn(record, table, context.clone(), &tracker);
-            queues.insert(name, handle);
+        let mut deduplication_ids: HashMap<u64, RecoveredIds> = HashMap::new();
+        for record in recovered.deduplication_ids {
+            deduplication_ids.entry(record.queue_id).or_default().push((
+                record.deduplication_id,
+                record.message_id,
+                record.accepted_ms,
+            ));
+        }
+        let mut dead_letter_targets = BTreeMap::new();
+        {
+            let mut queues = directory.write().unwrap_or_else(|e| e.into_inner());
+            for record in recovered.queues {
+                let table = tables
+                    .remove(&record.id)
+                    .unwrap_or_else(|| MessageTable::new(record.id));
+                let ids = deduplication_ids.remove(&record.id).unwrap_or_default();
+                let name = record.name.clone();
+                if let Some(policy) = &record.attributes.dead_letter_policy {
+                    dead_letter_targets.insert(name.clone(), policy.dead_letter_queue.clone());
+                }
+                let handle =
+                    QueueHandle::spawn_recovered(record, table, ids, context.clone(), &tracker);
+                queues.insert(name, handle);
+            }
         }
         Ok(Self {
-            queues: RwLock::new(queues),
+            queues: directory,
+            dead_letter_targets: RwLock::new(dead_letter_targets),
             lifecycle: tokio::sync::Mutex::new(()),
             context,
             next_queue_id: AtomicU64::new(recovered.next_queue_id),
@@ -107,6 +131,78 @@ impl Registry {
         self.queues.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn targets(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, String>> {
+        self.dead_letter_targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_target(&self, name: &str, policy: Option<&DeadLetterPolicy>) {
+        let mut targets = self
+            .dead_letter_targets
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match policy {
+            Some(policy) => targets.insert(name.to_string(), policy.dead_letter_queue.clone()),
+            None => targets.remove(name),
+        };
+    }
+
+    /// Checks what a dead-letter policy needs of other queues: its queue exists and is not the
+    /// queue itself. Called under `lifecycle`.
+    fn check_dead_letter_queue(
+        &self,
+        name: &str,
+        policy: Option<&DeadLetterPolicy>,
+    ) -> Result<(), QueueError> {
+        let Some(policy) = policy else {
+            return Ok(());
+        };
+        let target = &policy.dead_letter_queue;
+        if target == name {
+            return Err(QueueError::InvalidArgument(format!(
+                "attributes.dead_letter_policy.dead_letter_queue is {target:?}, the queue \
+                 itself; name another queue"
+            )));
+        }
+        if !self.read().contains_key(target) {
+            return Err(QueueError::InvalidArgument(format!(
+                "attributes.dead_letter_policy.dead_letter_queue names queue {target:?}, which \
+                 does not exist; create it first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The queues whose dead-letter policy names `name`, in name order.
+    pub fn dead_letter_sources(&self, name: &str) -> Result<Vec<String>, QueueError> {
+        self.get(name)?;
+        Ok(self
+            .targets()
+            .iter()
+            .filter(|(_, target)| *target == name)
+            .map(|(source, _)| source.clone())
+            .collect())
+    }
+
+    /// Changes a queue's attributes; a dead-letter policy among them is checked against the
+    /// other queues first.
+    pub async fn update(
+        &self,
+        name: &str,
+        patch: AttributesPatch,
+    ) -> Result<QueueInfo, QueueError> {
+        let handle = self.get(name)?;
+        let Some(policy) = &patch.dead_letter_policy else {
+            return handle.update(patch).await;
+        };
+        let _guard = self.lifecycle.lock().await;
+        self.check_dead_letter_queue(name, policy.as_ref())?;
+        let info = handle.update(patch.clone()).await?;
+        self.set_target(name, info.attributes.dead_letter_policy.as_ref());
+        Ok(info)
+    }
+
     /// Creates a queue, or returns it if it exists with the same attributes.
     pub async fn create(
         &self,
@@ -128,7 +224,9 @@ impl Registry {
                 max: self.max_queues,
             });
         }
+        self.check_dead_letter_queue(name, attributes.dead_letter_policy.as_ref())?;
         let now = self.context.clock.now_ms();
+        let policy = attributes.dead_letter_policy.clone();
         let record = QueueRecord {
             id: self.next_queue_id.fetch_add(1, Ordering::Relaxed),
             name: name.to_string(),
@@ -149,6 +247,7 @@ impl Registry {
             &self.tracker,
         );
         self.write().insert(name.to_string(), handle.clone());
+        self.set_target(name, policy.as_ref());
         handle.info().await
     }
 
@@ -156,8 +255,16 @@ impl Registry {
     pub async fn delete(&self, name: &str) -> Result<(), QueueError> {
         let _guard = self.lifecycle.lock().await;
         let handle = self.get(name)?;
+        let sources = self.dead_letter_sources(name)?;
+        if !sources.is_empty() {
+            return Err(QueueError::DeadLetterTarget {
+                name: name.to_string(),
+                sources,
+            });
+        }
         handle.drop_queue().await?;
         self.write().remove(name);
+        self.set_target(name, None);
         Ok(())
     }
 

@@ -221,6 +221,20 @@ impl QueueService for Relay {
         Err(Status::unimplemented("the relay only relays messages"))
     }
 
+    async fn list_dead_letter_source_queues(
+        &self,
+        _request: Request<pb::ListDeadLetterSourceQueuesRequest>,
+    ) -> Result<Response<pb::ListDeadLetterSourceQueuesResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn redrive_messages(
+        &self,
+        _request: Request<pb::RedriveMessagesRequest>,
+    ) -> Result<Response<pb::RedriveMessagesResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
     async fn change_message_visibility(
         &self,
         _request: Request<pb::ChangeMessageVisibilityRequest>,
@@ -405,6 +419,7 @@ fn received(id: u64, body: Bytes) -> pb::ReceivedMessage {
         first_dequeue_time: Some(now()),
         next_visible_time: Some(now()),
         dequeue_count: 1,
+        ..Default::default()
     }
 }
 

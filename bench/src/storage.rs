@@ -95,6 +95,7 @@ fn batch_request(queue: &str, batch: usize, body: &[u8]) -> pb::BatchSendMessage
             .map(|_| pb::BatchSendEntry {
                 body: body.to_vec().into(),
                 delay_seconds: None,
+                ..Default::default()
             })
             .collect(),
     }

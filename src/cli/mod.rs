@@ -19,17 +19,19 @@ use serde::Serialize;
 use tonic::Code;
 
 use self::output::{
-    DeletedJson, MessageJson, PeekedJson, PurgedJson, QueueJson, RewoundJson, SentJson,
-    VisibilityJson,
+    DeletedJson, MessageJson, PeekedJson, PurgedJson, QueueJson, RedrivenJson, RewoundJson,
+    SentJson, SourcesJson, VisibilityJson,
 };
 use self::time::format_timestamp;
 use crate::limits::{
-    CHANGE_VISIBILITY_SECONDS, DEFAULT_MAX_OUTSTANDING_MESSAGES, MAX_BACKLOG, MAX_BATCH,
-    MAX_MESSAGE_SIZE, MAX_OUTSTANDING_MESSAGES, MESSAGE_RETENTION_SECONDS, POLLING_WAIT_SECONDS,
-    VISIBILITY_TIMEOUT_SECONDS,
+    CHANGE_VISIBILITY_SECONDS, DEAD_LETTER_TIME_TO_LIVE_SECONDS, DEDUPLICATION_WINDOW_SECONDS,
+    DEFAULT_MAX_OUTSTANDING_MESSAGES, MAX_BACKLOG, MAX_BATCH, MAX_MESSAGE_SIZE,
+    MAX_OUTSTANDING_MESSAGES, MAX_RECEIVE_COUNT, MAX_REDRIVE_MESSAGES, MESSAGE_RETENTION_SECONDS,
+    POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS,
 };
 use spool_client::{
-    Client, ClientError, ClientOptions, ConsumeOptions, QueueAttributes, ReceiveOptions,
+    Client, ClientError, ClientOptions, ConsumeOptions, DeadLetterPolicy, QueueAttributes,
+    ReceiveOptions, SendOptions,
 };
 
 pub use spool_client::DEFAULT_ENDPOINT;
@@ -173,6 +175,34 @@ pub enum ClientCommand {
     /// Makes a received message visible again at once, for the next receive (change-visibility
     /// with a timeout of 0).
     Nack(DeleteArgs),
+    /// Moves visible messages out of a dead-letter queue, oldest first: back to the queue each
+    /// was dead-lettered from, or to --to; prints how many moved.
+    Redrive(RedriveArgs),
+    /// Prints the queues whose dead-letter policy names a queue (one JSON object).
+    DeadLetterSources(NameArg),
+}
+
+#[derive(Args, Debug)]
+pub struct RedriveArgs {
+    /// The dead-letter queue.
+    name: String,
+    /// Move every message here instead of back to its source queue.
+    #[arg(long, value_name = "QUEUE")]
+    to: Option<String>,
+    /// Most messages to move (1..=100000); all the visible ones (up to 100000) if absent.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = u32_in(1..=MAX_REDRIVE_MESSAGES))]
+    max: Option<u32>,
+    #[command(flatten)]
+    endpoint: EndpointArg,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    /// The queue.
+    name: String,
+    #[command(flatten)]
+    endpoint: EndpointArg,
 }
 
 /// `spool queue`: its subcommand, and the connection flags for all of them.
@@ -242,10 +272,46 @@ pub struct AttributeArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = u64_in(MAX_BACKLOG))]
     max_backlog: Option<u64>,
+    /// Seconds a send's deduplication id is remembered (0 = deduplication off, up to 86400).
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+          value_parser = u32_in(DEDUPLICATION_WINDOW_SECONDS))]
+    dedup_window: Option<u32>,
+    /// Dead-letter queue: messages received --max-receive-count times (or older than
+    /// --dead-letter-ttl) move there instead of being delivered again. An existing queue, not
+    /// this one.
+    #[arg(
+        long,
+        value_name = "QUEUE",
+        requires = "max_receive_count",
+        conflicts_with = "no_dead_letter_queue"
+    )]
+    dead_letter_queue: Option<String>,
+    /// Receives before a message moves to the dead-letter queue (1..=1000).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, requires = "dead_letter_queue",
+          value_parser = u32_in(MAX_RECEIVE_COUNT))]
+    max_receive_count: Option<u32>,
+    /// Seconds after its send at which an undeleted message moves to the dead-letter queue
+    /// too (0 = off, else 300..=43200).
+    #[arg(long, value_name = "S", allow_negative_numbers = true, requires = "dead_letter_queue",
+          value_parser = u32_in(0..=*DEAD_LETTER_TIME_TO_LIVE_SECONDS.end()))]
+    dead_letter_ttl: Option<u32>,
+    /// Removes the queue's dead-letter policy (queue update).
+    #[arg(long)]
+    no_dead_letter_queue: bool,
 }
 
 impl From<&AttributeArgs> for QueueAttributes {
     fn from(args: &AttributeArgs) -> Self {
+        let dead_letter_policy = match &args.dead_letter_queue {
+            Some(queue) => Some(DeadLetterPolicy {
+                dead_letter_queue: queue.clone(),
+                max_receive_count: args.max_receive_count.unwrap_or_default(),
+                max_time_to_live_seconds: args.dead_letter_ttl.unwrap_or_default(),
+            }),
+            // A policy that names no queue removes it.
+            None if args.no_dead_letter_queue => Some(DeadLetterPolicy::default()),
+            None => None,
+        };
         Self {
             visibility_timeout_seconds: args.visibility_timeout,
             polling_wait_seconds: args.polling_wait,
@@ -253,7 +319,17 @@ impl From<&AttributeArgs> for QueueAttributes {
             message_retention_seconds: args.retention,
             rewind_seconds: args.rewind,
             max_backlog: args.max_backlog,
+            deduplication_window_seconds: args.dedup_window,
+            dead_letter_policy,
         }
+    }
+}
+
+/// A `--attr key=value` flag.
+fn attribute_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not key=value")),
     }
 }
 
@@ -268,6 +344,14 @@ pub struct SendArgs {
     #[arg(long, value_name = "S", allow_negative_numbers = true,
           value_parser = u32_in(0..=*MESSAGE_RETENTION_SECONDS.end()))]
     delay: Option<u32>,
+    /// A message attribute, key=value (repeat for more; at most 16).
+    #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = attribute_pair)]
+    attributes: Vec<(String, String)>,
+    /// The send's deduplication id (1..=128 printable ASCII characters): a send with an id the
+    /// queue accepted within its deduplication window enqueues nothing and prints the first
+    /// send's message id. Without it, the client makes one (so its own retries are safe).
+    #[arg(long, value_name = "ID")]
+    dedup_id: Option<String>,
     #[command(flatten)]
     endpoint: EndpointArg,
 }
@@ -384,6 +468,8 @@ impl ClientCommand {
             Self::Peek(args) => &args.endpoint,
             Self::ChangeVisibility(args) => &args.endpoint,
             Self::Nack(args) => &args.endpoint,
+            Self::Redrive(args) => &args.endpoint,
+            Self::DeadLetterSources(args) => &args.endpoint,
         }
     }
 }
@@ -492,10 +578,17 @@ async fn execute(
                     body
                 }
             };
-            let message_id = match args.delay {
-                Some(delay) => client.send_delayed_message(&args.name, body, delay).await?,
-                None => client.send_message(&args.name, body).await?,
-            };
+            let mut options = SendOptions::default();
+            if let Some(delay) = args.delay {
+                options = options.delay_seconds(delay);
+            }
+            for (key, value) in args.attributes {
+                options = options.attribute(key, value);
+            }
+            if let Some(id) = args.dedup_id {
+                options = options.deduplication_id(id);
+            }
+            let message_id = client.send_message_with(&args.name, body, options).await?;
             print(
                 stdout,
                 &SentJson {
@@ -537,6 +630,29 @@ async fn execute(
         }
         ClientCommand::Nack(args) => {
             change_visibility(&client, &args.name, &args.handle, 0, stdout).await
+        }
+        ClientCommand::Redrive(args) => {
+            let redriven = client
+                .redrive_messages(&args.name, args.to.as_deref(), args.max.unwrap_or(0))
+                .await?;
+            print(
+                stdout,
+                &RedrivenJson {
+                    queue_name: &args.name,
+                    redriven_messages: redriven.redriven_messages,
+                    skipped_messages: redriven.skipped_messages,
+                },
+            )
+        }
+        ClientCommand::DeadLetterSources(args) => {
+            let source_queues = client.list_dead_letter_source_queues(&args.name).await?;
+            print(
+                stdout,
+                &SourcesJson {
+                    queue_name: &args.name,
+                    source_queues,
+                },
+            )
         }
     }
 }

@@ -1,6 +1,8 @@
 //! What the client commands print: one JSON object per line, with field names as in the proto,
 //! times in RFC 3339 (UTC), and bodies as text or, when not UTF-8, as base64.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use serde::Serialize;
 
@@ -25,6 +27,17 @@ pub struct AttributesJson {
     pub message_retention_seconds: Option<u32>,
     pub rewind_seconds: Option<u32>,
     pub max_backlog: Option<u64>,
+    pub deduplication_window_seconds: Option<u32>,
+    /// Absent when the queue has no dead-letter policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_policy: Option<DeadLetterPolicyJson>,
+}
+
+#[derive(Serialize)]
+pub struct DeadLetterPolicyJson {
+    pub dead_letter_queue: String,
+    pub max_receive_count: u32,
+    pub max_time_to_live_seconds: u32,
 }
 
 #[derive(Serialize)]
@@ -38,7 +51,7 @@ pub struct StatsJson {
 
 impl<'a> From<&'a pb::Queue> for QueueJson<'a> {
     fn from(queue: &'a pb::Queue) -> Self {
-        let attributes = queue.attributes.unwrap_or_default();
+        let attributes = queue.attributes.clone().unwrap_or_default();
         let stats = queue.stats.unwrap_or_default();
         Self {
             name: &queue.name,
@@ -49,6 +62,14 @@ impl<'a> From<&'a pb::Queue> for QueueJson<'a> {
                 message_retention_seconds: attributes.message_retention_seconds,
                 rewind_seconds: attributes.rewind_seconds,
                 max_backlog: attributes.max_backlog,
+                deduplication_window_seconds: attributes.deduplication_window_seconds,
+                dead_letter_policy: attributes.dead_letter_policy.map(|policy| {
+                    DeadLetterPolicyJson {
+                        dead_letter_queue: policy.dead_letter_queue,
+                        max_receive_count: policy.max_receive_count,
+                        max_time_to_live_seconds: policy.max_time_to_live_seconds,
+                    }
+                }),
             },
             stats: StatsJson {
                 active_messages: stats.active_messages,
@@ -78,6 +99,25 @@ pub struct MessageJson<'a> {
     pub first_dequeue_time: Option<String>,
     pub next_visible_time: Option<String>,
     pub dequeue_count: u32,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<&'a str, &'a str>,
+    /// For a dead-lettered message: the queue it came from, and its receives there.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub dead_letter_source_queue: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dead_letter_receive_count: u32,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
+}
+
+/// Attributes in key order, so the output is the same from run to run.
+fn sorted(attributes: &std::collections::HashMap<String, String>) -> BTreeMap<&str, &str> {
+    attributes
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect()
 }
 
 impl<'a> From<&'a pb::ReceivedMessage> for MessageJson<'a> {
@@ -98,6 +138,9 @@ impl<'a> From<&'a pb::ReceivedMessage> for MessageJson<'a> {
             first_dequeue_time: message.first_dequeue_time.as_ref().map(format_timestamp),
             next_visible_time: message.next_visible_time.as_ref().map(format_timestamp),
             dequeue_count: message.dequeue_count,
+            attributes: sorted(&message.attributes),
+            dead_letter_source_queue: &message.dead_letter_source_queue,
+            dead_letter_receive_count: message.dead_letter_receive_count,
         }
     }
 }
@@ -151,6 +194,12 @@ pub struct PeekedJson<'a> {
     pub enqueue_time: Option<String>,
     pub first_dequeue_time: Option<String>,
     pub dequeue_count: u32,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub dead_letter_source_queue: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dead_letter_receive_count: u32,
 }
 
 impl<'a> From<&'a pb::PeekedMessage> for PeekedJson<'a> {
@@ -169,8 +218,26 @@ impl<'a> From<&'a pb::PeekedMessage> for PeekedJson<'a> {
             enqueue_time: message.enqueue_time.as_ref().map(format_timestamp),
             first_dequeue_time: message.first_dequeue_time.as_ref().map(format_timestamp),
             dequeue_count: message.dequeue_count,
+            attributes: sorted(&message.attributes),
+            dead_letter_source_queue: &message.dead_letter_source_queue,
+            dead_letter_receive_count: message.dead_letter_receive_count,
         }
     }
+}
+
+/// The answer to `redrive`.
+#[derive(Serialize)]
+pub struct RedrivenJson<'a> {
+    pub queue_name: &'a str,
+    pub redriven_messages: u64,
+    pub skipped_messages: u64,
+}
+
+/// The answer to `dead-letter-sources`.
+#[derive(Serialize)]
+pub struct SourcesJson<'a> {
+    pub queue_name: &'a str,
+    pub source_queues: Vec<String>,
 }
 
 #[cfg(test)]
@@ -189,6 +256,7 @@ mod tests {
             first_dequeue_time: None,
             next_visible_time: None,
             dequeue_count: 2,
+            ..Default::default()
         }
     }
 

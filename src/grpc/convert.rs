@@ -3,9 +3,10 @@
 
 use prost_types::Timestamp;
 
-use crate::attributes::{AttributesPatch, QueueAttributes};
+use crate::attributes::{AttributesPatch, DeadLetterPolicy, QueueAttributes};
 use crate::clock::Millis;
 use crate::error::QueueError;
+use crate::payload::{MessageAttributes, Payload};
 use crate::pb;
 use crate::queue::{Claimed, PeekedMessage, QueueInfo};
 use crate::receipt::ReceiptKey;
@@ -43,6 +44,15 @@ pub fn patch(attributes: Option<pb::QueueAttributes>) -> AttributesPatch {
         message_retention_seconds: a.message_retention_seconds,
         rewind_seconds: a.rewind_seconds,
         max_backlog: a.max_backlog,
+        deduplication_window_seconds: a.deduplication_window_seconds,
+        // A policy that names no queue removes it.
+        dead_letter_policy: a.dead_letter_policy.map(|policy| {
+            (!policy.dead_letter_queue.is_empty()).then_some(DeadLetterPolicy {
+                dead_letter_queue: policy.dead_letter_queue,
+                max_receive_count: policy.max_receive_count,
+                max_time_to_live_seconds: policy.max_time_to_live_seconds,
+            })
+        }),
     }
 }
 
@@ -54,7 +64,36 @@ pub fn attributes(a: &QueueAttributes) -> pb::QueueAttributes {
         message_retention_seconds: Some(a.message_retention_seconds),
         rewind_seconds: Some(a.rewind_seconds),
         max_backlog: Some(a.max_backlog),
+        deduplication_window_seconds: Some(a.deduplication_window_seconds),
+        dead_letter_policy: a
+            .dead_letter_policy
+            .as_ref()
+            .map(|policy| pb::DeadLetterPolicy {
+                dead_letter_queue: policy.dead_letter_queue.clone(),
+                max_receive_count: policy.max_receive_count,
+                max_time_to_live_seconds: policy.max_time_to_live_seconds,
+            }),
     }
+}
+
+/// A message's attributes and dead-letter origin, as every message the API returns has them.
+fn message_meta(payload: &Payload) -> (std::collections::HashMap<String, String>, String, u32) {
+    let attributes = payload
+        .meta
+        .as_ref()
+        .map(|meta| {
+            meta.attributes
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (source, receive_count) = payload
+        .dead_letter
+        .as_ref()
+        .map(|origin| (origin.source_queue.to_string(), origin.receive_count))
+        .unwrap_or_default();
+    (attributes, source, receive_count)
 }
 
 pub fn queue(info: QueueInfo) -> pb::Queue {
@@ -73,11 +112,15 @@ pub fn queue(info: QueueInfo) -> pb::Queue {
     }
 }
 
-pub fn received(message: &Claimed, body: bytes::Bytes, key: &ReceiptKey) -> pb::ReceivedMessage {
+pub fn received(message: &Claimed, payload: Payload, key: &ReceiptKey) -> pb::ReceivedMessage {
+    let (attributes, dead_letter_source_queue, dead_letter_receive_count) = message_meta(&payload);
     pb::ReceivedMessage {
         message_id: message.id.to_string(),
         receipt_handle: key.encode(&message.handle),
-        body,
+        body: payload.body,
+        attributes,
+        dead_letter_source_queue,
+        dead_letter_receive_count,
         enqueue_time: Some(timestamp(message.enqueue_ms)),
         first_dequeue_time: Some(timestamp(message.first_dequeue_ms)),
         next_visible_time: Some(timestamp(message.visible_at_ms)),
@@ -87,15 +130,52 @@ pub fn received(message: &Claimed, body: bytes::Bytes, key: &ReceiptKey) -> pb::
 
 pub fn peeked(peeked: PeekedMessage) -> pb::PeekedMessage {
     let message = peeked.message;
+    let (attributes, dead_letter_source_queue, dead_letter_receive_count) =
+        message_meta(&peeked.payload);
     pb::PeekedMessage {
         message_id: message.id.to_string(),
-        body: peeked.body,
+        body: peeked.payload.body,
+        attributes,
+        dead_letter_source_queue,
+        dead_letter_receive_count,
         enqueue_time: Some(timestamp(message.enqueue_ms)),
         // 0 is "never received" inside; the API says so by leaving it unset.
         first_dequeue_time: (message.dequeue_count > 0)
             .then(|| timestamp(message.first_dequeue_ms)),
         dequeue_count: message.dequeue_count,
     }
+}
+
+/// A message to send, from a request's fields; `field` prefixes the fields' names in errors
+/// (`""` for SendMessage, `entries[2].` for a batch entry).
+pub fn outgoing(
+    field: &str,
+    body: bytes::Bytes,
+    delay_seconds: Option<u32>,
+    attributes: std::collections::HashMap<String, String>,
+    deduplication_id: String,
+) -> Result<crate::queue::Outgoing, QueueError> {
+    if body.is_empty() {
+        return Err(QueueError::InvalidArgument(format!(
+            "{field}body is empty; a message body has 1..=max_message_size bytes"
+        )));
+    }
+    spool_client::limits::check_message_attributes(
+        &format!("{field}attributes"),
+        attributes.keys(),
+    )
+    .map_err(QueueError::InvalidArgument)?;
+    spool_client::limits::check_deduplication_id(
+        &format!("{field}deduplication_id"),
+        &deduplication_id,
+    )
+    .map_err(QueueError::InvalidArgument)?;
+    let attributes: MessageAttributes = attributes.into_iter().collect();
+    Ok(crate::queue::Outgoing {
+        payload: Payload::new(body, attributes),
+        delay_seconds: delay_seconds.unwrap_or(0),
+        deduplication_id: (!deduplication_id.is_empty()).then_some(deduplication_id),
+    })
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ impl ReceiveStream {
         *lock(&self.shared.waiting_on_client) = Some(Instant::now());
         Poll::Ready(Some(Ok(convert::received(
             &delivered.message,
-            delivered.body,
+            delivered.payload,
             &self.receipt_key,
         ))))
     }
@@ -233,7 +233,7 @@ impl tokio_stream::Stream for ReceiveStream {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(delivered))) => {
                 // At least 1: an empty body still holds its place.
-                let size = u32::try_from(delivered.body.len().max(1)).unwrap_or(u32::MAX);
+                let size = u32::try_from(delivered.payload.size().max(1)).unwrap_or(u32::MAX);
                 match this.buffer.clone().try_acquire_many_owned(size) {
                     Ok(permit) => this.hand_out(delivered, permit),
                     Err(_) => {

@@ -22,15 +22,15 @@ use crate::disk::DiskGuard;
 use crate::error::QueueError;
 use crate::limits::{
     CHANGE_VISIBILITY_SECONDS, DEFAULT_MAX_OUTSTANDING_MESSAGES, DEFAULT_PAGE_SIZE, MAX_BATCH,
-    MAX_OUTSTANDING_MESSAGES, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, MAX_REQUEST_BYTES,
-    POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS,
+    MAX_OUTSTANDING_MESSAGES, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, MAX_REDRIVE_MESSAGES,
+    MAX_REQUEST_BYTES, POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, check_queue_name,
 };
 use crate::logsafe::Shown;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::queue::{
-    ConsumeSettings, Consuming, DeleteResult, DeleteTarget, Event, Outgoing, QueueHandle,
-    ReceiveRequest, VisibilityTarget,
+    ConsumeSettings, Consuming, DeleteResult, DeleteTarget, Event, QueueHandle, ReceiveRequest,
+    VisibilityTarget,
 };
 use crate::receipt::{Indexed, IndexedField, ReceiptKey};
 use crate::registry::Registry;
@@ -93,15 +93,6 @@ fn batch_size(field: &str, len: usize) -> Result<(), QueueError> {
     Ok(())
 }
 
-fn non_empty_body(field: &str, body: &[u8]) -> Result<(), QueueError> {
-    if body.is_empty() {
-        return Err(QueueError::InvalidArgument(format!(
-            "{field} is empty; a message body has 1..=max_message_size bytes"
-        )));
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl QueueService for QueueServiceImpl {
     #[tracing::instrument(name = "CreateQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
@@ -141,8 +132,11 @@ impl QueueService for QueueServiceImpl {
         let result: RpcResult<pb::Queue> = async {
             let caller = caller(&request)?;
             let request = request.into_inner();
-            let handle = self.queue(&caller, Action::Admin, &request.queue_name)?;
-            let info = handle.update(convert::patch(request.attributes)).await?;
+            self.queue(&caller, Action::Admin, &request.queue_name)?;
+            let info = self
+                .registry()?
+                .update(&request.queue_name, convert::patch(request.attributes))
+                .await?;
             Ok(Response::new(convert::queue(info)))
         }
         .await;
@@ -238,13 +232,14 @@ impl QueueService for QueueServiceImpl {
             let request = request.into_inner();
             let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
             self.disk.check()?;
-            non_empty_body("body", &request.body)?;
-            let ids = handle
-                .send(vec![Outgoing {
-                    body: request.body,
-                    delay_seconds: request.delay_seconds.unwrap_or(0),
-                }])
-                .await?;
+            let message = convert::outgoing(
+                "",
+                request.body,
+                request.delay_seconds,
+                request.attributes,
+                request.deduplication_id,
+            )?;
+            let ids = handle.send(vec![message]).await?;
             Ok(Response::new(pb::SendMessageResponse {
                 message_id: ids.first().map(u64::to_string).unwrap_or_default(),
             }))
@@ -266,11 +261,13 @@ impl QueueService for QueueServiceImpl {
             batch_size("entries", request.entries.len())?;
             let mut messages = Vec::with_capacity(request.entries.len());
             for (index, entry) in request.entries.into_iter().enumerate() {
-                non_empty_body(&format!("entries[{index}].body"), &entry.body)?;
-                messages.push(Outgoing {
-                    body: entry.body,
-                    delay_seconds: entry.delay_seconds.unwrap_or(0),
-                });
+                messages.push(convert::outgoing(
+                    &format!("entries[{index}]."),
+                    entry.body,
+                    entry.delay_seconds,
+                    entry.attributes,
+                    entry.deduplication_id,
+                )?);
             }
             let ids = handle.send(messages).await?;
             Ok(Response::new(pb::BatchSendMessagesResponse {
@@ -610,6 +607,60 @@ impl QueueService for QueueServiceImpl {
         .await;
         result
     }
+
+    #[tracing::instrument(name = "ListDeadLetterSourceQueues", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
+    async fn list_dead_letter_source_queues(
+        &self,
+        request: Request<pb::ListDeadLetterSourceQueuesRequest>,
+    ) -> RpcResult<pb::ListDeadLetterSourceQueuesResponse> {
+        let result: RpcResult<pb::ListDeadLetterSourceQueuesResponse> = async {
+            let name = &request.get_ref().queue_name;
+            validate_queue_name(name)?;
+            caller(&request)?.authorize_any(name)?;
+            let queue_names = self.registry()?.dead_letter_sources(name)?;
+            Ok(Response::new(pb::ListDeadLetterSourceQueuesResponse {
+                queue_names,
+            }))
+        }
+        .await;
+        result
+    }
+
+    #[tracing::instrument(name = "RedriveMessages", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
+    async fn redrive_messages(
+        &self,
+        request: Request<pb::RedriveMessagesRequest>,
+    ) -> RpcResult<pb::RedriveMessagesResponse> {
+        let result: RpcResult<pb::RedriveMessagesResponse> = async {
+            let caller = caller(&request)?;
+            let request = request.into_inner();
+            let handle = self.queue(&caller, Action::Admin, &request.queue_name)?;
+            let destination = if request.destination_queue.is_empty() {
+                None
+            } else {
+                check_queue_name(&request.destination_queue).map_err(|why| {
+                    QueueError::InvalidArgument(format!("destination_queue: {why}"))
+                })?;
+                // Moving messages into a queue is sending to it.
+                caller.authorize(Action::Send, &request.destination_queue)?;
+                Some(request.destination_queue)
+            };
+            let max_messages = match request.max_messages {
+                0 => MAX_REDRIVE_MESSAGES,
+                max => {
+                    check_range("max_messages", max, &(1..=MAX_REDRIVE_MESSAGES))?;
+                    max
+                }
+            };
+            let redriven = handle.redrive(destination, max_messages as usize).await?;
+            Ok(Response::new(pb::RedriveMessagesResponse {
+                redriven_messages: redriven.moved,
+                skipped_messages: redriven.skipped,
+            }))
+        }
+        .await;
+        result
+    }
 }
 
 type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
@@ -775,7 +826,7 @@ impl tokio_stream::Stream for ConsumeStream {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(Event::Message(delivered)))) => {
                     let message =
-                        convert::received(&delivered.message, delivered.body, &this.receipt_key);
+                        convert::received(&delivered.message, delivered.payload, &this.receipt_key);
                     Poll::Ready(Some(Ok(pb::StreamMessagesResponse {
                         kind: Some(pb::stream_messages_response::Kind::Message(message)),
                     })))

@@ -314,7 +314,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
     type Value = fn(&QueueInfo, i64) -> String;
-    let series: [(&str, &str, &str, Value); 13] = [
+    let series: [(&str, &str, &str, Value); 16] = [
         (
             "spool_queue_visible_messages",
             "gauge",
@@ -386,6 +386,25 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
             "counter",
             "Messages removed by PurgeQueue (acknowledged) since the server started.",
             |q, _| q.totals.purged.to_string(),
+        ),
+        (
+            "spool_queue_messages_dead_lettered_total",
+            "counter",
+            "Messages moved to the queue's dead-letter queue since the server started.",
+            |q, _| q.totals.dead_lettered.to_string(),
+        ),
+        (
+            "spool_queue_messages_redriven_total",
+            "counter",
+            "Messages moved out of the queue by RedriveMessages since the server started.",
+            |q, _| q.totals.redriven.to_string(),
+        ),
+        (
+            "spool_queue_sends_deduplicated_total",
+            "counter",
+            "Sends (batch entries) that enqueued nothing, their deduplication id accepted \
+             before, since the server started.",
+            |q, _| q.totals.deduplicated.to_string(),
         ),
         (
             "spool_queue_empty_receives_total",

@@ -17,20 +17,27 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::body_cache::BodyCache;
-use super::messages::{Claimed, DeletePolicy, Deletion, MessageTable, Remains, VisibilityChange};
+use super::deduplication::Deduplication;
+use super::messages::{
+    Claimed, DeadLetterRule, DeletePolicy, Deletion, LiveMessage, MessageTable, Remains,
+    VisibilityChange,
+};
 use super::receive_log::ReceiveLog;
 use super::tombstones::MIN_TOMBSTONE_MS;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
 use super::{
-    Command, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueInfo, QueueTotals,
-    ReceiveRequest, StreamClaim, VisibilityResult, VisibilityTarget,
+    Adopted, Command, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueHandle, QueueInfo,
+    QueueTotals, ReceiveRequest, RecoveredIds, Redriven, StreamClaim, VisibilityResult,
+    VisibilityTarget,
 };
 use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
+use crate::payload::{DeadLetterOrigin, Payload};
 use crate::receipt::{Indexed, IndexedField, Nonces};
 use crate::storage::{
-    DeletedMessages, NewMessage, QueueRecord, REMOVE_SLICE, StorageError, WriteOp, remove_in_slices,
+    DeletedMessages, MovedMessage, NewMessage, QueueRecord, REMOVE_SLICE, StorageError, WriteOp,
+    remove_in_slices,
 };
 
 /// Bodies read ahead from storage for the visible messages the cache lacks, at most this many
@@ -42,16 +49,41 @@ const READ_AHEAD_LOW_WATER: usize = 64;
 /// A read-ahead only starts while the body budget has this much room left.
 const READ_AHEAD_MIN_ROOM: usize = 1 << 20;
 
-type BodiesRead = oneshot::Receiver<Result<Vec<(u64, bytes::Bytes)>, StorageError>>;
+/// Messages a redrive moves per commit, at most; with an empty destination their bodies are read
+/// (for their source queue), so this also bounds the memory one redrive holds.
+const REDRIVE_SLICE: usize = 64;
+
+type BodiesRead = oneshot::Receiver<Result<Vec<(u64, Payload)>, StorageError>>;
+
+/// A message of a send, as the actor schedules it once committed.
+struct SentMessage {
+    id: u64,
+    enqueue_ms: Millis,
+    visible_at_ms: Millis,
+    payload: Payload,
+    deduplication_id: Option<String>,
+}
 
 /// A commit the actor is waiting for, and what to do when it is done.
 enum Pending {
     Sent {
         /// The first id of the send (see `Sending`).
         first_id: u64,
-        /// (id, enqueue time, visible at, body) of each message.
-        messages: Vec<(u64, Millis, Millis, bytes::Bytes)>,
+        /// The messages the send enqueues (not its duplicates).
+        messages: Vec<SentMessage>,
+        /// The message id answered for each entry of the send, in order.
+        answer: Vec<u64>,
+        /// Entries that enqueued nothing, being duplicates.
+        deduplicated: u64,
+        /// The outcome of the earlier sends whose duplicates these are and whose commit was
+        /// still under way: an id is only answered once its message is durable.
+        waited: Result<(), StorageError>,
         respond_to: oneshot::Sender<Result<Vec<u64>, QueueError>>,
+    },
+    /// Messages moved to the dead-letter queue `target`, taken out of the table meanwhile.
+    DeadLettered {
+        target: QueueHandle,
+        moved: Vec<(u64, LiveMessage, Option<Payload>)>,
     },
     Deleted {
         deletions: Vec<Deletion>,
@@ -91,6 +123,11 @@ pub struct QueueActor {
     nonces: Nonces,
     /// The read-ahead of bodies under way, if any (see `read_ahead`).
     reading_ahead: Option<BodiesRead>,
+    /// Deduplication ids accepted within the window (committed).
+    deduplication: Deduplication,
+    /// Deduplication ids of sends being committed: the message id, and the commit a duplicate
+    /// waits for before it is answered.
+    deduplicating: HashMap<String, (u64, SharedCommit)>,
     inbox: mpsc::Receiver<Command>,
 }
 
@@ -104,10 +141,16 @@ impl QueueActor {
     pub fn new(
         record: QueueRecord,
         table: MessageTable,
+        deduplication_ids: RecoveredIds,
         context: QueueContext,
         inbox: mpsc::Receiver<Command>,
     ) -> Self {
         let bodies = BodyCache::new(context.body_budget.clone());
+        let mut deduplication = Deduplication::default();
+        for (id, message_id, accepted_ms) in deduplication_ids {
+            deduplication.accept(id, message_id, accepted_ms);
+        }
+        deduplication.finish_recovery();
         let mut actor = Self {
             record,
             table,
@@ -121,6 +164,8 @@ impl QueueActor {
             bodies,
             nonces: Nonces::new(),
             reading_ahead: None,
+            deduplication,
+            deduplicating: HashMap::new(),
             inbox,
         };
         if !actor.record.attributes.rewind_enabled() {
@@ -165,6 +210,10 @@ impl QueueActor {
         secs_to_ms(self.record.attributes.message_retention_seconds)
     }
 
+    fn deduplication_window_ms(&self) -> Millis {
+        secs_to_ms(self.record.attributes.deduplication_window_seconds)
+    }
+
     fn next_change(&self) -> Option<Millis> {
         let messages = self.table.next_change_ms(self.retention_ms());
         let waiters = self.waiters.next_deadline_ms();
@@ -188,6 +237,17 @@ impl QueueActor {
         }
         if advanced.became_visible > 0 {
             self.serve_waiters(now);
+        }
+        let forgotten = self
+            .deduplication
+            .expire(now, self.deduplication_window_ms());
+        if !forgotten.is_empty() {
+            self.context
+                .storage
+                .record(WriteOp::ForgetDeduplicationIds {
+                    queue_id: self.record.id,
+                    ids: forgotten,
+                });
         }
         for waiter in self.waiters.expire(now) {
             if waiter.respond_to.send(Ok(Vec::new())).is_ok() {
@@ -285,6 +345,15 @@ impl QueueActor {
                 self.flush_receives();
                 let _ = respond_to.send(());
             }
+            Command::Adopt { messages } => self.adopt(messages),
+            Command::Redrive {
+                destination,
+                max_messages,
+                respond_to,
+            } => {
+                let result = self.redrive(destination, max_messages).await;
+                let _ = respond_to.send(result);
+            }
         }
         Flow::Continue
     }
@@ -292,7 +361,7 @@ impl QueueActor {
     fn info(&self) -> QueueInfo {
         QueueInfo {
             name: self.record.name.clone(),
-            attributes: self.record.attributes,
+            attributes: self.record.attributes.clone(),
             counts: self.table.counts(),
             oldest_message_ms: self.table.oldest_live_enqueue_ms(),
             create_time_ms: self.record.create_time_ms,
@@ -308,6 +377,7 @@ impl QueueActor {
             return Ok(self.info());
         }
         self.flush_receives();
+        let rewind_enabled = attributes.rewind_enabled();
         let updated = QueueRecord {
             attributes,
             update_time_ms: self.now().max(self.record.update_time_ms),
@@ -315,7 +385,7 @@ impl QueueActor {
         };
         self.submit(WriteOp::UpdateQueue(updated.clone())).await?;
         self.record = updated;
-        if !attributes.rewind_enabled() {
+        if !rewind_enabled {
             self.forget_kept();
         }
         Ok(self.info())
@@ -372,36 +442,120 @@ impl QueueActor {
             let _ = respond_to.send(Err(error));
             return;
         }
-        let count = messages.len() as u64;
-        let first_id = self.context.message_ids.fetch_add(count, Ordering::Relaxed);
         let now = self.now();
-        let rows: Vec<NewMessage> = messages
-            .into_iter()
-            .zip(first_id..)
-            .map(|(message, id)| NewMessage {
-                id,
-                body: message.body,
-                enqueue_ms: now,
-                visible_at_ms: now + secs_to_ms(message.delay_seconds),
+        let window_ms = self.deduplication_window_ms();
+        // Each entry is a new message (its index among `fresh`) or a duplicate (the id of the
+        // first send with its deduplication id).
+        let mut entries: Vec<Result<usize, u64>> = Vec::with_capacity(messages.len());
+        let mut fresh: Vec<Outgoing> = Vec::with_capacity(messages.len());
+        let mut in_batch: HashMap<String, usize> = HashMap::new();
+        let mut earlier_commits: Vec<SharedCommit> = Vec::new();
+        let mut deduplicated = 0;
+        for mut message in messages {
+            if window_ms == 0 {
+                // Deduplication is off: ids are neither looked up nor remembered.
+                message.deduplication_id = None;
+            }
+            if let Some(id) = &message.deduplication_id {
+                let earlier = self
+                    .deduplication
+                    .lookup(id, now, window_ms)
+                    .map(|message_id| (message_id, None))
+                    .or_else(|| {
+                        self.deduplicating
+                            .get(id)
+                            .map(|(message_id, commit)| (*message_id, Some(commit.clone())))
+                    });
+                if let Some((message_id, commit)) = earlier {
+                    earlier_commits.extend(commit);
+                    entries.push(Err(message_id));
+                    deduplicated += 1;
+                    continue;
+                }
+                if let Some(&index) = in_batch.get(id) {
+                    entries.push(Ok(index));
+                    deduplicated += 1;
+                    continue;
+                }
+                in_batch.insert(id.clone(), fresh.len());
+            }
+            entries.push(Ok(fresh.len()));
+            fresh.push(message);
+        }
+        if let Err(error) = self.check_backlog(fresh.len()) {
+            let _ = respond_to.send(Err(error));
+            return;
+        }
+        let count = fresh.len() as u64;
+        let first_id = self.context.message_ids.fetch_add(count, Ordering::Relaxed);
+        let answer: Vec<u64> = entries
+            .iter()
+            .map(|entry| match entry {
+                Ok(index) => first_id + *index as u64,
+                Err(message_id) => *message_id,
             })
             .collect();
-        let scheduled = rows
-            .iter()
-            .map(|m| (m.id, m.enqueue_ms, m.visible_at_ms, m.body.clone()))
+        let sent: Vec<SentMessage> = fresh
+            .into_iter()
+            .zip(first_id..)
+            .map(|(message, id)| SentMessage {
+                id,
+                enqueue_ms: now,
+                visible_at_ms: now + secs_to_ms(message.delay_seconds),
+                payload: message.payload,
+                deduplication_id: message.deduplication_id,
+            })
             .collect();
-        self.sending.start(first_id, count);
-        let committed = self.submit(WriteOp::InsertMessages {
-            queue_id: self.record.id,
-            messages: rows,
-        });
+        let own_commit = if sent.is_empty() {
+            None
+        } else {
+            let rows = sent
+                .iter()
+                .map(|m| NewMessage {
+                    id: m.id,
+                    payload: m.payload.clone(),
+                    enqueue_ms: m.enqueue_ms,
+                    visible_at_ms: m.visible_at_ms,
+                    deduplication_id: m.deduplication_id.clone(),
+                })
+                .collect();
+            self.sending.start(first_id, count);
+            let commit = self
+                .submit(WriteOp::InsertMessages {
+                    queue_id: self.record.id,
+                    messages: rows,
+                })
+                .boxed()
+                .shared();
+            for message in &sent {
+                if let Some(id) = &message.deduplication_id {
+                    self.deduplicating
+                        .insert(id.clone(), (message.id, commit.clone()));
+                }
+            }
+            Some(commit)
+        };
         self.commits.push(Box::pin(async move {
+            let mut waited = Ok(());
+            for commit in earlier_commits {
+                if let Err(error) = commit.await {
+                    waited = Err(error);
+                }
+            }
+            let result = match own_commit {
+                Some(commit) => commit.await,
+                None => Ok(()),
+            };
             (
                 Pending::Sent {
                     first_id,
-                    messages: scheduled,
+                    messages: sent,
+                    answer,
+                    deduplicated,
+                    waited,
                     respond_to,
                 },
-                committed.await,
+                result,
             )
         }));
     }
@@ -417,11 +571,19 @@ impl QueueActor {
             }
         };
         for (index, message) in messages.iter().enumerate() {
-            if message.body.len() > attributes.max_message_size as usize {
+            let size = message.payload.body.len() + message.payload.attributes_size();
+            if size > attributes.max_message_size as usize {
+                let what = if message.payload.meta.is_some() {
+                    format!(
+                        "{} and {} together are {size} bytes",
+                        field(index, "body"),
+                        field(index, "attributes")
+                    )
+                } else {
+                    format!("{} is {size} bytes", field(index, "body"))
+                };
                 return Err(QueueError::TooLarge(format!(
-                    "{} is {} bytes; the queue's max_message_size is {}",
-                    field(index, "body"),
-                    message.body.len(),
+                    "{what}; the queue's max_message_size is {}",
                     attributes.max_message_size
                 )));
             }
@@ -434,12 +596,18 @@ impl QueueActor {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Refuses a send of `count` new messages that the backlog has no room for.
+    fn check_backlog(&self, count: usize) -> Result<(), QueueError> {
+        let max = self.record.attributes.max_backlog;
         let backlog = self.table.counts().backlog() + self.sending.messages;
-        if backlog + messages.len() as u64 > attributes.max_backlog {
+        if count > 0 && backlog + count as u64 > max {
             return Err(QueueError::BacklogFull {
                 name: self.record.name.clone(),
                 backlog,
-                max: attributes.max_backlog,
+                max,
             });
         }
         Ok(())
@@ -459,24 +627,83 @@ impl QueueActor {
             Pending::Sent {
                 first_id,
                 messages,
+                answer,
+                deduplicated,
+                waited,
                 respond_to,
             } => {
                 self.sending.finish(first_id, messages.len() as u64);
-                let reply = match result {
+                for message in &messages {
+                    if let Some(id) = &message.deduplication_id
+                        && self
+                            .deduplicating
+                            .get(id)
+                            .is_some_and(|(message_id, _)| *message_id == message.id)
+                    {
+                        self.deduplicating.remove(id);
+                    }
+                }
+                let reply = match result.clone().and(waited) {
                     Ok(()) => {
-                        let now = self.now();
-                        for (id, enqueue_ms, visible_at_ms, body) in &messages {
-                            self.table.insert(*id, *enqueue_ms, *visible_at_ms, now);
-                            self.bodies.insert_copy(*id, body);
-                        }
-                        self.totals.sent += messages.len() as u64;
-                        self.serve_waiters(now);
-                        Ok(messages.iter().map(|(id, ..)| *id).collect())
+                        self.totals.deduplicated += deduplicated;
+                        Ok(answer)
                     }
                     Err(error) => Err(error.into()),
                 };
+                if result.is_ok() {
+                    let now = self.now();
+                    for message in messages {
+                        self.table.insert(
+                            message.id,
+                            message.enqueue_ms,
+                            message.visible_at_ms,
+                            now,
+                        );
+                        self.bodies.insert_copy(message.id, &message.payload);
+                        if let Some(id) = message.deduplication_id {
+                            self.deduplication
+                                .accept(id, message.id, message.enqueue_ms);
+                        }
+                        self.totals.sent += 1;
+                    }
+                    self.serve_waiters(now);
+                }
                 let _ = respond_to.send(reply);
             }
+            Pending::DeadLettered { target, moved } => match result {
+                Ok(()) => {
+                    self.totals.dead_lettered += moved.len() as u64;
+                    let origin = DeadLetterOrigin {
+                        source_queue: self.record.name.as_str().into(),
+                        receive_count: 0,
+                    };
+                    let adopted = moved
+                        .into_iter()
+                        .map(|(id, message, payload)| Adopted {
+                            id,
+                            enqueue_ms: message.enqueue_ms,
+                            payload: payload.map(|payload| Payload {
+                                dead_letter: Some(DeadLetterOrigin {
+                                    receive_count: message.dequeue_count,
+                                    ..origin.clone()
+                                }),
+                                ..payload
+                            }),
+                        })
+                        .collect();
+                    target.adopt(adopted);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, queue = %self.record.name, "moving messages to the dead-letter queue failed; they stay");
+                    // Visible again; the next receive tries the move again.
+                    for (id, message, payload) in moved {
+                        self.table.put_back(id, message);
+                        if let Some(payload) = payload {
+                            self.bodies.insert(id, payload);
+                        }
+                    }
+                }
+            },
             Pending::Deleted {
                 deletions,
                 results,
@@ -528,21 +755,19 @@ impl QueueActor {
                 .visibility_timeout_seconds
                 .unwrap_or(attributes.visibility_timeout_seconds),
         );
+        let polling_wait_seconds = attributes.polling_wait_seconds;
         let now = self.now();
         // Waiters are served as soon as anything becomes visible, so visible messages here
         // mean nobody is waiting ahead of this request.
         if self.table.has_visible() {
-            let claimed = self
-                .table
-                .claim(request.max_messages, now, visibility_ms, || {
-                    self.nonces.next_nonce()
-                });
-            self.hand_over(claimed, respond_to, now);
-            return;
+            let claimed = self.claim(request.max_messages, now, visibility_ms);
+            // Empty when every visible message went to the dead-letter queue: then it waits.
+            if !claimed.is_empty() {
+                self.hand_over(claimed, respond_to, now);
+                return;
+            }
         }
-        let wait_seconds = request
-            .wait_seconds
-            .unwrap_or(attributes.polling_wait_seconds);
+        let wait_seconds = request.wait_seconds.unwrap_or(polling_wait_seconds);
         if wait_seconds == 0 {
             if respond_to.send(Ok(Vec::new())).is_ok() {
                 self.totals.empty_receives += 1;
@@ -570,13 +795,11 @@ impl QueueActor {
         let now = self.now();
         // As in `receive`: visible messages here mean nobody is waiting ahead.
         if self.table.has_visible() {
-            let claimed = self
-                .table
-                .claim(claim.max_messages, now, visibility_ms, || {
-                    self.nonces.next_nonce()
-                });
-            self.hand_over(claimed, respond_to, now);
-            return;
+            let claimed = self.claim(claim.max_messages, now, visibility_ms);
+            if !claimed.is_empty() {
+                self.hand_over(claimed, respond_to, now);
+                return;
+            }
         }
         self.waiters.park(
             Waiter {
@@ -588,17 +811,238 @@ impl QueueActor {
         );
     }
 
+    /// Claims up to `max` visible messages for a receiver. Under a dead-letter policy, the
+    /// messages it says are done are moved to the dead-letter queue instead (see
+    /// `dead_letter`), so a claim may come back short, or empty.
+    ///
+    /// Every message a claim takes out for the dead-letter queue leaves the table, so a claim
+    /// that comes back empty while messages were visible has made progress (callers that loop
+    /// while something is visible end).
+    fn claim(&mut self, max: usize, now: Millis, visibility_ms: Millis) -> Vec<Claimed> {
+        // The registry keeps a dead-letter queue from being deleted while a policy names it;
+        // should it be missing all the same (a policy changing at this moment), messages are
+        // delivered as without a policy rather than held.
+        let target = self
+            .record
+            .attributes
+            .dead_letter_policy
+            .as_ref()
+            .and_then(|policy| {
+                let target = self
+                    .context
+                    .directory
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&policy.dead_letter_queue)
+                    .cloned()?;
+                let rule = DeadLetterRule {
+                    max_receive_count: policy.max_receive_count,
+                    enqueued_by_ms: (policy.max_time_to_live_seconds > 0)
+                        .then(|| now - secs_to_ms(policy.max_time_to_live_seconds)),
+                };
+                Some((target, rule))
+            });
+        let rule = target.as_ref().map(|(_, rule)| *rule);
+        let claim = self.table.claim_or_dead_letter(
+            max,
+            now,
+            visibility_ms,
+            || self.nonces.next_nonce(),
+            rule,
+        );
+        if let Some((target, _)) = target
+            && !claim.dead_letters.is_empty()
+        {
+            self.dead_letter(claim.dead_letters, target, now);
+        }
+        claim.claimed
+    }
+
+    /// Moves messages taken out of the table to the dead-letter queue: one commit moves their
+    /// rows (each is then in the dead-letter queue and nowhere else, across any crash), and
+    /// once it is durable the dead-letter queue's actor is handed them (see `complete`). Until
+    /// then they are in neither actor, only in storage, where recovery finds them in whichever
+    /// queue the commit left them. Should the commit fail, they are visible here again.
+    fn dead_letter(&mut self, messages: Vec<(u64, LiveMessage)>, target: QueueHandle, now: Millis) {
+        let source: std::sync::Arc<str> = self.record.name.as_str().into();
+        let mut moves = Vec::with_capacity(messages.len());
+        let mut moved = Vec::with_capacity(messages.len());
+        for (id, message) in messages {
+            // Receive bookkeeping not yet written would land on the moved row: dropped.
+            self.receive_log.forget(id);
+            moves.push(MovedMessage {
+                id,
+                to_queue_id: target.id(),
+                visible_at_ms: now,
+                dead_letter: Some(DeadLetterOrigin {
+                    source_queue: source.clone(),
+                    receive_count: message.dequeue_count,
+                }),
+            });
+            moved.push((id, message, self.bodies.take(id)));
+        }
+        let committed = self.submit(WriteOp::MoveMessages {
+            from_queue_id: self.record.id,
+            moves,
+        });
+        self.commits.push(Box::pin(async move {
+            (Pending::DeadLettered { target, moved }, committed.await)
+        }));
+    }
+
+    /// Takes in messages another queue moved here (committed already): visible at once.
+    fn adopt(&mut self, messages: Vec<Adopted>) {
+        let now = self.now();
+        for message in messages {
+            self.table.adopt(message.id, message.enqueue_ms, now);
+            if let Some(payload) = message.payload {
+                self.bodies.insert(message.id, payload);
+            }
+        }
+        self.serve_waiters(now);
+    }
+
+    /// Moves up to `max_messages` visible messages, oldest first, to the queue each was
+    /// dead-lettered from (`destination` None) or to `destination`, in commits of at most
+    /// [`REDRIVE_SLICE`]; each committed slice is handed to its queues' actors at once. Awaits
+    /// in line, like the other administrative commands: the messages it looks at cannot
+    /// change meanwhile. A message without an existing source queue stays (`skipped`).
+    async fn redrive(
+        &mut self,
+        destination: Option<String>,
+        max_messages: usize,
+    ) -> Result<Redriven, QueueError> {
+        let directory = self.context.directory.clone();
+        let lookup = |name: &str| {
+            directory
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned()
+        };
+        let named = match &destination {
+            Some(name) if name == &self.record.name => {
+                return Err(QueueError::InvalidArgument(format!(
+                    "destination_queue is {name:?}, the queue itself: name another queue, or \
+                     leave it empty to move messages back to their source queues"
+                )));
+            }
+            Some(name) => {
+                Some(lookup(name).ok_or_else(|| QueueError::QueueNotFound(name.clone()))?)
+            }
+            None => None,
+        };
+        self.flush_receives();
+        let mut outcome = Redriven::default();
+        let candidates: Vec<u64> = self.table.visible_ids().take(max_messages).collect();
+        for slice in candidates.chunks(REDRIVE_SLICE) {
+            let mut payloads: HashMap<u64, Payload> = HashMap::new();
+            if named.is_none() {
+                let missing: Vec<u64> = slice
+                    .iter()
+                    .copied()
+                    .filter(|&id| !self.bodies.contains(id))
+                    .collect();
+                if !missing.is_empty() {
+                    let (reply, read) = oneshot::channel();
+                    self.context.storage.read_bodies(missing, reply);
+                    payloads = read
+                        .await
+                        .unwrap_or(Err(StorageError::Closed))?
+                        .into_iter()
+                        .collect();
+                }
+            }
+            let mut moves = Vec::with_capacity(slice.len());
+            let mut moved = Vec::with_capacity(slice.len());
+            for &id in slice {
+                let target = match &named {
+                    Some(target) => Some(target.clone()),
+                    None => {
+                        let cached = self.bodies.get(id);
+                        let payload = cached.as_ref().or_else(|| payloads.get(&id));
+                        payload
+                            .and_then(|payload| payload.dead_letter.as_ref())
+                            .map(|origin| origin.source_queue.clone())
+                            .filter(|source| **source != *self.record.name)
+                            .and_then(|source| lookup(&source))
+                    }
+                };
+                let Some(target) = target else {
+                    outcome.skipped += 1;
+                    continue;
+                };
+                let Some(message) = self.table.take_visible(id) else {
+                    continue;
+                };
+                moves.push(MovedMessage {
+                    id,
+                    to_queue_id: target.id(),
+                    visible_at_ms: self.now(),
+                    dead_letter: None,
+                });
+                let payload =
+                    self.bodies
+                        .take(id)
+                        .or_else(|| payloads.remove(&id))
+                        .map(|payload| Payload {
+                            dead_letter: None,
+                            ..payload
+                        });
+                moved.push((id, message, target, payload));
+            }
+            if moves.is_empty() {
+                continue;
+            }
+            let committed = self
+                .submit(WriteOp::MoveMessages {
+                    from_queue_id: self.record.id,
+                    moves,
+                })
+                .await;
+            if let Err(error) = committed {
+                for (id, message, _, payload) in moved {
+                    self.table.put_back(id, message);
+                    if let Some(payload) = payload {
+                        self.bodies.insert(id, payload);
+                    }
+                }
+                self.serve_waiters(self.now());
+                return Err(error.into());
+            }
+            outcome.moved += moved.len() as u64;
+            self.totals.redriven += moved.len() as u64;
+            let mut by_target: HashMap<u64, (QueueHandle, Vec<Adopted>)> = HashMap::new();
+            for (id, message, target, payload) in moved {
+                by_target
+                    .entry(target.id())
+                    .or_insert_with(|| (target.clone(), Vec::new()))
+                    .1
+                    .push(Adopted {
+                        id,
+                        enqueue_ms: message.enqueue_ms,
+                        payload,
+                    });
+            }
+            for (target, adopted) in by_target.into_values() {
+                target.adopt(adopted);
+            }
+        }
+        Ok(outcome)
+    }
+
     /// Serves parked polls, oldest first, while messages are visible.
     fn serve_waiters(&mut self, now: Millis) {
         while self.table.has_visible() {
-            let Some(waiter) = self.waiters.pop_first() else {
+            let Some((place, waiter)) = self.waiters.pop_first_in_line() else {
                 break;
             };
-            let claimed = self
-                .table
-                .claim(waiter.max_messages, now, waiter.visibility_ms, || {
-                    self.nonces.next_nonce()
-                });
+            let claimed = self.claim(waiter.max_messages, now, waiter.visibility_ms);
+            if claimed.is_empty() {
+                // What was visible went to the dead-letter queue: it waits on.
+                self.waiters.put_back(place, waiter);
+                continue;
+            }
             self.hand_over(claimed, waiter.respond_to, now);
         }
     }
@@ -631,7 +1075,7 @@ impl QueueActor {
     }
 
     /// Keeps the bodies read ahead of messages that are still waiting to be received.
-    fn keep_read_ahead(&mut self, read: Result<Vec<(u64, bytes::Bytes)>, StorageError>) {
+    fn keep_read_ahead(&mut self, read: Result<Vec<(u64, Payload)>, StorageError>) {
         match read {
             Ok(bodies) => {
                 for (id, body) in bodies {
@@ -875,7 +1319,7 @@ impl QueueActor {
     }
 
     async fn rewind(&mut self, start_ms: Millis) -> Result<u64, QueueError> {
-        let attributes = self.record.attributes;
+        let attributes = self.record.attributes.clone();
         if !attributes.rewind_enabled() {
             return Err(QueueError::RewindDisabled(self.record.name.clone()));
         }
@@ -960,9 +1404,7 @@ fn deleted_rows(deletions: &[Deletion]) -> DeletedMessages {
 }
 
 /// Resolves when the read-ahead in `slot` is done (never, when there is none).
-async fn read_finished(
-    slot: &mut Option<BodiesRead>,
-) -> Result<Vec<(u64, bytes::Bytes)>, StorageError> {
+async fn read_finished(slot: &mut Option<BodiesRead>) -> Result<Vec<(u64, Payload)>, StorageError> {
     match slot {
         Some(read) => read.await.unwrap_or(Err(StorageError::Closed)),
         None => std::future::pending().await,

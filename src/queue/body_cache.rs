@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
+use crate::payload::Payload;
 
 /// What one cached body costs beyond its bytes: the map entry and the allocation's header.
 pub const ENTRY_OVERHEAD: usize = 64;
@@ -56,12 +56,12 @@ impl BodyBudget {
 /// One queue's cached bodies, charged to the shared budget (and refunded when dropped).
 pub struct BodyCache {
     budget: Arc<BodyBudget>,
-    bodies: HashMap<u64, Bytes>,
+    bodies: HashMap<u64, Payload>,
     charged: usize,
 }
 
-fn cost(body: &Bytes) -> usize {
-    body.len() + ENTRY_OVERHEAD
+fn cost(body: &Payload) -> usize {
+    body.size() + ENTRY_OVERHEAD
 }
 
 impl BodyCache {
@@ -76,15 +76,15 @@ impl BodyCache {
     /// Keeps a copy of a body just sent, if the budget allows. It is copied because a decoded
     /// request's body is a slice of the connection's receive buffer: holding it would keep the
     /// whole buffer alive, which the budget would not see.
-    pub fn insert_copy(&mut self, id: u64, body: &Bytes) {
+    pub fn insert_copy(&mut self, id: u64, body: &Payload) {
         if self.budget.limit > 0 {
-            self.insert(id, Bytes::copy_from_slice(body));
+            self.insert(id, body.copied());
         }
     }
 
     /// Keeps a body that is already a copy of its own (one taken back from a receive that did
     /// not happen), if the budget allows.
-    pub fn insert(&mut self, id: u64, body: Bytes) {
+    pub fn insert(&mut self, id: u64, body: Payload) {
         let charge = cost(&body);
         if !self.budget.try_charge(charge) {
             return;
@@ -96,14 +96,14 @@ impl BodyCache {
     }
 
     /// Takes the body of a message out of the cache.
-    pub fn take(&mut self, id: u64) -> Option<Bytes> {
+    pub fn take(&mut self, id: u64) -> Option<Payload> {
         let body = self.bodies.remove(&id)?;
         self.uncharge(cost(&body));
         Some(body)
     }
 
     /// A cached body, left in the cache (a peek: the message's receive still wants it).
-    pub fn get(&self, id: u64) -> Option<Bytes> {
+    pub fn get(&self, id: u64) -> Option<Payload> {
         self.bodies.get(&id).cloned()
     }
 
@@ -143,8 +143,8 @@ impl Drop for BodyCache {
 mod tests {
     use super::*;
 
-    fn body(len: usize) -> Bytes {
-        Bytes::from(vec![7u8; len])
+    fn body(len: usize) -> Payload {
+        Payload::new(bytes::Bytes::from(vec![7u8; len]), Default::default())
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub struct Claimed {
     pub dequeue_count: u32,
     /// The body, when the queue still had it in memory (see `body_cache`); otherwise the
     /// receiver reads it from storage.
-    pub body: Option<bytes::Bytes>,
+    pub body: Option<crate::payload::Payload>,
 }
 
 impl Claimed {
@@ -159,6 +159,35 @@ pub struct Peeked {
     /// 0 when never received.
     pub first_dequeue_ms: Millis,
     pub dequeue_count: u32,
+}
+
+/// Messages a claim takes out for the dead-letter queue, at most (see `claim_or_dead_letter`).
+pub const MAX_DEAD_LETTERS_PER_CLAIM: usize = 1_024;
+
+/// When a visible message goes to the dead-letter queue instead of to a receiver.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadLetterRule {
+    /// Received this many times already: moved.
+    pub max_receive_count: u32,
+    /// Enqueued at or before this instant: moved (the policy's time to live); None when off.
+    pub enqueued_by_ms: Option<Millis>,
+}
+
+impl DeadLetterRule {
+    fn is_due(&self, message: &LiveMessage) -> bool {
+        message.dequeue_count >= self.max_receive_count
+            || self
+                .enqueued_by_ms
+                .is_some_and(|by| message.enqueue_ms <= by)
+    }
+}
+
+/// What a claim took: messages for the receiver, and messages for the dead-letter queue.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub claimed: Vec<Claimed>,
+    /// Taken out of the table; the caller moves them, or puts them back if it cannot.
+    pub dead_letters: Vec<(u64, LiveMessage)>,
 }
 
 /// How a queue deletes: what its attributes say a deleted message leaves behind.
@@ -347,18 +376,50 @@ impl MessageTable {
 
     /// Receives up to `max` visible messages, oldest first: each becomes in flight until
     /// `now + visibility_ms`, with a fresh nonce from `nonce`.
+    #[cfg(test)]
     pub fn claim(
         &mut self,
         max: usize,
         now: Millis,
         visibility_ms: Millis,
-        mut nonce: impl FnMut() -> u64,
+        nonce: impl FnMut() -> u64,
     ) -> Vec<Claimed> {
+        self.claim_or_dead_letter(max, now, visibility_ms, nonce, None)
+            .claimed
+    }
+
+    /// [`Self::claim`] under a dead-letter policy: a visible message the policy says is done
+    /// (received `max_receive_count` times, or older than its time to live) is taken out of
+    /// the table instead of being claimed, for its move to the dead-letter queue, and the claim
+    /// goes on with the next one. At most [`MAX_DEAD_LETTERS_PER_CLAIM`] are taken at once, so
+    /// that one move stays one short commit.
+    pub fn claim_or_dead_letter(
+        &mut self,
+        max: usize,
+        now: Millis,
+        visibility_ms: Millis,
+        mut nonce: impl FnMut() -> u64,
+        rule: Option<DeadLetterRule>,
+    ) -> Claim {
         let mut claimed = Vec::with_capacity(max.min(self.visible.len()));
+        let mut dead_letters = Vec::new();
         while claimed.len() < max {
-            let Some(id) = self.visible.pop_first() else {
+            let Some(&id) = self.visible.first() else {
                 break;
             };
+            if let Some(rule) = rule
+                && let Some(message) = self.live.get(&id)
+                && rule.is_due(message)
+            {
+                if dead_letters.len() >= MAX_DEAD_LETTERS_PER_CLAIM {
+                    break;
+                }
+                if let Some(message) = self.take_live(id) {
+                    dead_letters.push((id, message));
+                }
+                continue;
+            }
+            self.visible.pop_first();
             // Invariant: every id in `visible` is a live message (put_live/take_live keep them
             // together), so this lookup cannot miss.
             let Some(message) = self.live.get_mut(&id) else {
@@ -390,7 +451,40 @@ impl MessageTable {
             });
         }
         self.compact_timers();
-        claimed
+        Claim {
+            claimed,
+            dead_letters,
+        }
+    }
+
+    /// Adds a message moved here from another queue (dead-lettered or redriven): visible at
+    /// once, never received here.
+    pub fn adopt(&mut self, id: u64, enqueue_ms: Millis, now: Millis) {
+        if !self.live.contains_key(&id) {
+            self.insert(id, enqueue_ms, now, now);
+        }
+    }
+
+    /// Takes a visible message out, for a move to another queue (a redrive).
+    pub fn take_visible(&mut self, id: u64) -> Option<LiveMessage> {
+        if !self.visible.contains(&id) {
+            return None;
+        }
+        self.take_live(id)
+    }
+
+    /// Puts back a message taken out for a move whose commit failed: visible again.
+    pub fn put_back(&mut self, id: u64, message: LiveMessage) {
+        if !self.live.contains_key(&id) {
+            self.put_live(
+                id,
+                LiveMessage {
+                    phase: Phase::Visible,
+                    receipt_nonce: 0,
+                    ..message
+                },
+            );
+        }
     }
 
     /// Makes a message claimed for a receiver that has gone visible again at once. The receive

@@ -7,6 +7,7 @@
 mod actor;
 pub mod body_cache;
 mod consuming;
+mod deduplication;
 pub mod messages;
 mod receive_log;
 pub mod receiving;
@@ -15,15 +16,16 @@ mod tests;
 mod tombstones;
 mod waiters;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::attributes::{AttributesPatch, QueueAttributes};
 use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
+use crate::payload::Payload;
 use crate::receipt::ReceiptHandle;
 use crate::storage::{QueueRecord, Storage};
 pub use consuming::{ConsumeSettings, Consuming, Event};
@@ -63,13 +65,21 @@ pub struct QueueTotals {
     pub empty_receives: u64,
     /// Messages removed by acknowledged purges.
     pub purged: u64,
+    /// Messages moved to the dead-letter queue by the queue's policy.
+    pub dead_lettered: u64,
+    /// Messages moved out by RedriveMessages.
+    pub redriven: u64,
+    /// Sends (entries) that enqueued nothing: their deduplication id was accepted before.
+    pub deduplicated: u64,
 }
 
 /// A message to send.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
-    pub body: Bytes,
+    pub payload: Payload,
     pub delay_seconds: u32,
+    /// Checked already (`limits::check_deduplication_id`); None: no deduplication.
+    pub deduplication_id: Option<String>,
 }
 
 /// What a receive asks for.
@@ -116,11 +126,33 @@ pub struct VisibilityTarget {
 /// The result of one visibility change of a batch: the message's new `next_visible_time`.
 pub type VisibilityResult = Result<Millis, QueueError>;
 
+/// A message moved into a queue from another (a dead-letter move, a redrive), after the move
+/// committed.
+#[derive(Clone, Debug)]
+pub struct Adopted {
+    pub id: u64,
+    pub enqueue_ms: Millis,
+    /// Its body and attributes, when the queue it came from had them in memory.
+    pub payload: Option<Payload>,
+}
+
+/// What RedriveMessages did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Redriven {
+    pub moved: u64,
+    /// Visible messages left because they have no source queue that exists.
+    pub skipped: u64,
+}
+
+/// Every queue's handle by name: the registry's map, shared with the queues so that one can
+/// hand messages to another (dead-letter moves, redrives).
+pub type Directory = Arc<RwLock<BTreeMap<String, QueueHandle>>>;
+
 /// A visible message as PeekMessages returns it.
 #[derive(Clone, Debug)]
 pub struct PeekedMessage {
     pub message: Peeked,
-    pub body: Bytes,
+    pub payload: Payload,
 }
 
 pub(crate) enum Command {
@@ -165,7 +197,7 @@ pub(crate) enum Command {
     /// The first visible messages, with the bodies the queue has in memory.
     Peek {
         max_messages: usize,
-        respond_to: oneshot::Sender<Vec<(Peeked, Option<Bytes>)>>,
+        respond_to: oneshot::Sender<Vec<(Peeked, Option<Payload>)>>,
     },
     Rewind {
         start_ms: Millis,
@@ -173,6 +205,14 @@ pub(crate) enum Command {
     },
     /// Hands everything the actor holds back for storage (receive bookkeeping) to it now.
     Flush { respond_to: oneshot::Sender<()> },
+    /// Messages another queue moved here; their move is committed.
+    Adopt { messages: Vec<Adopted> },
+    /// Moves visible messages to their source queues or to `destination`.
+    Redrive {
+        destination: Option<String>,
+        max_messages: usize,
+        respond_to: oneshot::Sender<Result<Redriven, QueueError>>,
+    },
 }
 
 /// The shared things every queue actor needs.
@@ -184,12 +224,19 @@ pub struct QueueContext {
     pub message_ids: Arc<AtomicU64>,
     /// The memory all queues may use for bodies not yet received (see `body_cache`).
     pub body_budget: Arc<body_cache::BodyBudget>,
+    /// The other queues, for dead-letter moves and redrives.
+    pub directory: Directory,
 }
+
+/// Deduplication ids recovered from storage for one queue: (id, message id, accepted at).
+pub type RecoveredIds = Vec<(String, u64, Millis)>;
 
 /// A cheap, cloneable way to talk to one queue's actor.
 #[derive(Clone)]
 pub struct QueueHandle {
     name: Arc<str>,
+    /// The queue incarnation's id (storage's), which moves into it name.
+    id: u64,
     mailbox: mpsc::Sender<Command>,
     /// For the bodies a receive reads itself (see `receiving`).
     storage: Arc<dyn Storage>,
@@ -206,14 +253,27 @@ impl QueueHandle {
         context: QueueContext,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
+        Self::spawn_recovered(record, table, Vec::new(), context, tracker)
+    }
+
+    /// [`Self::spawn`] with the deduplication ids storage held for the queue.
+    pub fn spawn_recovered(
+        record: QueueRecord,
+        table: messages::MessageTable,
+        deduplication_ids: RecoveredIds,
+        context: QueueContext,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
         let name: Arc<str> = record.name.as_str().into();
+        let id = record.id;
         let storage = context.storage.clone();
         let clock = context.clock.clone();
-        let actor = actor::QueueActor::new(record, table, context, inbox);
+        let actor = actor::QueueActor::new(record, table, deduplication_ids, context, inbox);
         tracker.spawn(actor.run());
         Self {
             name,
+            id,
             mailbox,
             storage,
             clock,
@@ -222,6 +282,47 @@ impl QueueHandle {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Hands messages moved here (committed) to the actor, without waiting: the caller is
+    /// another queue's actor, which must not block on this one's mailbox (two queues may be
+    /// each other's dead-letter queues). With the mailbox full, a task delivers them. Should
+    /// the actor be gone (its queue deleted), the rows went with the queue.
+    pub(crate) fn adopt(&self, messages: Vec<Adopted>) {
+        if messages.is_empty() {
+            return;
+        }
+        match self.mailbox.try_send(Command::Adopt { messages }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                let mailbox = self.mailbox.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = mailbox.send(command).await;
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Moves up to `max_messages` visible messages, oldest first, to their source queues
+    /// (`destination` None) or to `destination`, durably.
+    pub async fn redrive(
+        &self,
+        destination: Option<String>,
+        max_messages: usize,
+    ) -> Result<Redriven, QueueError> {
+        self.ask(|respond_to| Command::Redrive {
+            destination,
+            max_messages,
+            respond_to,
+        })
+        .await?
     }
 
     /// Sends a command and waits for its reply. A closed mailbox or a dropped reply means the
@@ -349,7 +450,7 @@ impl QueueHandle {
             .filter(|(_, body)| body.is_none())
             .map(|(message, _)| message.id)
             .collect();
-        let mut read: std::collections::HashMap<u64, Bytes> = if missing.is_empty() {
+        let mut read: std::collections::HashMap<u64, Payload> = if missing.is_empty() {
             Default::default()
         } else {
             let (reply, bodies) = oneshot::channel();
@@ -363,8 +464,8 @@ impl QueueHandle {
         Ok(peeked
             .into_iter()
             .filter_map(|(message, body)| {
-                let body = body.or_else(|| read.remove(&message.id))?;
-                Some(PeekedMessage { message, body })
+                let payload = body.or_else(|| read.remove(&message.id))?;
+                Some(PeekedMessage { message, payload })
             })
             .collect())
     }

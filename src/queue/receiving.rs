@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -22,17 +21,18 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::messages::Claimed;
 use super::{Command, QueueHandle};
 use crate::error::QueueError;
+use crate::payload::Payload;
 use crate::storage::{Storage, StorageError};
 
 /// The actor's answer to a receive.
 pub(crate) type Reply = oneshot::Receiver<Result<Vec<Claimed>, QueueError>>;
-type BodiesRead = oneshot::Receiver<Result<Vec<(u64, Bytes)>, StorageError>>;
+type BodiesRead = oneshot::Receiver<Result<Vec<(u64, Payload)>, StorageError>>;
 
-/// A received message with its body.
+/// A received message with its body and attributes.
 #[derive(Debug, Clone)]
 pub struct Delivered {
     pub message: Claimed,
-    pub body: Bytes,
+    pub payload: Payload,
 }
 
 /// The messages of one receive. Ends (`None`) when they are all out, when the wait ends with
@@ -57,7 +57,7 @@ enum State {
     /// Handing out `claimed`, bodies in `bodies` where the message had none.
     Handing {
         claimed: VecDeque<Claimed>,
-        bodies: HashMap<u64, Bytes>,
+        bodies: HashMap<u64, Payload>,
     },
     Done,
 }
@@ -195,7 +195,10 @@ impl Stream for Receiving {
                     else {
                         continue;
                     };
-                    return Poll::Ready(Some(Ok(Delivered { message, body })));
+                    return Poll::Ready(Some(Ok(Delivered {
+                        message,
+                        payload: body,
+                    })));
                 }
                 State::Done => return Poll::Ready(None),
             }

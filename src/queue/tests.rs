@@ -27,6 +27,7 @@ use super::{
 use crate::attributes::QueueAttributes;
 use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
+use crate::payload::Payload;
 use crate::receipt::ReceiptHandle;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{QueueRecord, Storage, StoredState, WriteOp};
@@ -96,6 +97,7 @@ impl Harness {
             clock: clock.clone(),
             message_ids: Arc::new(AtomicU64::new(recovered.next_message_id)),
             body_budget: Arc::new(BodyBudget::new(body_budget)),
+            directory: Default::default(),
         };
         let tracker = TaskTracker::new();
         let queue = QueueHandle::spawn(record, table, context, &tracker);
@@ -137,8 +139,9 @@ impl Harness {
 
     async fn send_delayed(&self, body: &str, delay_seconds: u32) -> u64 {
         let outgoing = Outgoing {
-            body: Bytes::copy_from_slice(body.as_bytes()),
+            payload: Payload::new(Bytes::copy_from_slice(body.as_bytes()), Default::default()),
             delay_seconds,
+            deduplication_id: None,
         };
         self.queue.send(vec![outgoing]).await.expect("send")[0]
     }
@@ -205,7 +208,7 @@ async fn drain(receiving: Receiving) -> Vec<Delivered> {
 }
 
 fn bodies(delivered: &[Delivered]) -> Vec<&[u8]> {
-    delivered.iter().map(|d| &d.body[..]).collect()
+    delivered.iter().map(|d| &d.payload.body[..]).collect()
 }
 
 fn counts(visible: u64, in_flight: u64, delayed: u64, rewindable: u64) -> Counts {
@@ -380,7 +383,7 @@ async fn parked_polls_are_served_first_come_first_served() {
 
     harness.send("one").await;
     let got = first.next().await.expect("served").expect("delivered");
-    assert_eq!(&got.body[..], b"one");
+    assert_eq!(&got.payload.body[..], b"one");
     assert!(
         poll_once(&mut second.next()).is_none(),
         "served out of turn"
@@ -390,9 +393,9 @@ async fn parked_polls_are_served_first_come_first_served() {
     harness.send("two").await;
     harness.send("three").await;
     let got = third.next().await.expect("served").expect("delivered");
-    assert_eq!(&got.body[..], b"three");
+    assert_eq!(&got.payload.body[..], b"three");
     let got = second.next().await.expect("served").expect("delivered");
-    assert_eq!(&got.body[..], b"two");
+    assert_eq!(&got.payload.body[..], b"two");
     assert_eq!(harness.counts().await, counts(0, 3, 0, 0));
 }
 
@@ -482,7 +485,7 @@ async fn rewind_makes_messages_deleted_since_its_start_receivable_again_oldest_f
     let window_start = harness.clock.now_ms() - 3_599_000;
     assert_eq!(harness.queue.rewind(window_start).await.expect("rewind"), 2);
     let got = waiting.next().await.expect("woken").expect("delivered");
-    assert_eq!(&got.body[..], b"old-1");
+    assert_eq!(&got.payload.body[..], b"old-1");
 }
 
 /// A client that retries a delete whose commit has not finished must not hear OK before the
@@ -523,8 +526,9 @@ async fn a_failed_commit_acknowledges_nothing() {
     .await;
     harness.storage.fail_writes(true);
     let outgoing = Outgoing {
-        body: Bytes::from_static(b"lost"),
+        payload: Payload::new(Bytes::from_static(b"lost"), Default::default()),
         delay_seconds: 0,
+        deduplication_id: None,
     };
     let sent = harness.queue.send(vec![outgoing]).await;
     let error = sent.expect_err("a send whose commit failed");
@@ -832,7 +836,7 @@ async fn a_purge_removes_everything_and_leaves_waiters_parked() {
     assert_eq!(harness.counts().await, Counts::default());
     harness.send("after").await;
     let got = waiting.next().await.expect("woken").expect("delivered");
-    assert_eq!(&got.body[..], b"after");
+    assert_eq!(&got.payload.body[..], b"after");
     // It is in flight now, and in flight is purged too.
     assert_eq!(harness.queue.purge().await.expect("purge"), 1);
     assert_eq!(harness.queue.purge().await.expect("purge"), 0);
@@ -892,7 +896,7 @@ async fn a_peek_changes_nothing() {
     // After a restart no body is in memory: they come from storage.
     let harness = harness.restart().await;
     let peeked = harness.queue.peek(16).await.expect("peek");
-    let peeked_bodies: Vec<&[u8]> = peeked.iter().map(|p| &p.body[..]).collect();
+    let peeked_bodies: Vec<&[u8]> = peeked.iter().map(|p| &p.payload.body[..]).collect();
     assert_eq!(peeked_bodies, [b"1", b"2", b"3"]);
     assert_eq!(harness.queue.peek(2).await.expect("peek").len(), 2);
     assert_eq!(harness.counts().await, counts(3, 0, 1, 0));
@@ -964,7 +968,7 @@ async fn a_consumer_stream_pushes_no_more_than_its_free_slots() {
         }
         other => panic!("expected the acknowledgement, got {other:?}"),
     }
-    assert_eq!(&pushed(&mut stream).await.body[..], b"c");
+    assert_eq!(&pushed(&mut stream).await.payload.body[..], b"c");
     assert!(
         poll_once(&mut stream.next()).is_none(),
         "pushed past its slots"
@@ -974,7 +978,7 @@ async fn a_consumer_stream_pushes_no_more_than_its_free_slots() {
     let started = Instant::now();
     let again = pushed(&mut stream).await;
     assert_about(started.elapsed(), secs(30));
-    assert_eq!(&again.body[..], b"b");
+    assert_eq!(&again.payload.body[..], b"b");
     assert_eq!(again.message.dequeue_count, 2);
 }
 
@@ -1007,11 +1011,11 @@ async fn consumer_streams_and_long_polls_take_turns_in_arrival_order() {
     }
     // The first stream was first in line, then the second (the poll parked again after it),
     // then the poll; the first stream's next turn comes after them.
-    assert_eq!(&pushed(&mut stream).await.body[..], b"one");
-    assert_eq!(&pushed(&mut other).await.body[..], b"two");
+    assert_eq!(&pushed(&mut stream).await.payload.body[..], b"one");
+    assert_eq!(&pushed(&mut other).await.payload.body[..], b"two");
     let got = poll.next().await.expect("served").expect("delivered");
-    assert_eq!(&got.body[..], b"three");
-    assert_eq!(&pushed(&mut stream).await.body[..], b"four");
+    assert_eq!(&got.payload.body[..], b"three");
+    assert_eq!(&pushed(&mut stream).await.payload.body[..], b"four");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1021,7 +1025,7 @@ async fn a_dropped_stream_gives_back_what_it_claimed_and_had_not_pushed() {
         harness.send(body).await;
     }
     let mut stream = consume(&harness, 3);
-    assert_eq!(&pushed(&mut stream).await.body[..], b"a");
+    assert_eq!(&pushed(&mut stream).await.payload.body[..], b"a");
     drop(stream);
     // The pushed one stays in flight; the two claimed with it are visible again at once.
     assert_eq!(harness.counts().await, counts(2, 1, 0, 0));
@@ -1055,4 +1059,78 @@ async fn a_consumer_stream_ends_at_shutdown_and_after_its_client_half_closes() {
     assert!(waiting.next().await.is_none());
     harness.send("b").await;
     assert_eq!(harness.counts().await, counts(1, 0, 0, 0));
+}
+
+fn with_id(body: &'static str, deduplication_id: &str) -> Outgoing {
+    Outgoing {
+        payload: Payload::new(Bytes::from_static(body.as_bytes()), Default::default()),
+        delay_seconds: 0,
+        deduplication_id: Some(deduplication_id.into()),
+    }
+}
+
+/// A duplicate of a send whose commit is still in flight is answered with its id, and only
+/// once that commit is durable; it stores nothing of its own.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_of_a_send_being_committed_waits_for_it_and_gets_its_id() {
+    let harness = Harness::start(attributes()).await;
+    harness.storage.hold_writes();
+    let mut first = Box::pin(harness.queue.send(vec![with_id("a", "x")]));
+    assert!(poll_once(&mut first).is_none());
+    let mut duplicate = Box::pin(harness.queue.send(vec![with_id("a again", "x")]));
+    assert!(poll_once(&mut duplicate).is_none());
+    assert_eq!(harness.counts().await, Counts::default());
+    assert_eq!(
+        harness.storage.held_writes(),
+        1,
+        "the duplicate writes nothing"
+    );
+    assert!(
+        poll_once(&mut duplicate).is_none(),
+        "answered before the first send is durable"
+    );
+    harness.storage.release_writes();
+    let first = first.await.expect("send");
+    assert_eq!(duplicate.await.expect("duplicate"), first);
+    assert_eq!(harness.counts().await.visible, 1);
+    assert_eq!(
+        harness
+            .queue
+            .info()
+            .await
+            .expect("info")
+            .totals
+            .deduplicated,
+        1
+    );
+}
+
+/// When the first send's commit fails, its duplicate fails too (nothing was stored), and the id
+/// is not remembered: the next send with it is new.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_of_a_send_whose_commit_failed_fails_too() {
+    let harness = Harness::start(attributes()).await;
+    harness.storage.hold_writes();
+    let mut first = Box::pin(harness.queue.send(vec![with_id("a", "x")]));
+    assert!(poll_once(&mut first).is_none());
+    let mut duplicate = Box::pin(harness.queue.send(vec![with_id("a", "x")]));
+    assert!(poll_once(&mut duplicate).is_none());
+    harness.storage.fail_writes(true);
+    harness.storage.release_writes();
+    assert!(matches!(first.await, Err(QueueError::Storage(_))));
+    assert!(matches!(duplicate.await, Err(QueueError::Storage(_))));
+    harness.storage.fail_writes(false);
+    let retried = harness
+        .queue
+        .send(vec![with_id("a", "x")])
+        .await
+        .expect("a new send");
+    assert_eq!(harness.counts().await.visible, 1);
+    let again = harness
+        .queue
+        .send(vec![with_id("a", "x")])
+        .await
+        .expect("its duplicate");
+    assert_eq!(again, retried);
+    assert_eq!(harness.counts().await.visible, 1);
 }

@@ -54,14 +54,21 @@ impl Waiters {
         }
     }
 
-    /// The oldest waiter whose receiver is still there.
-    pub fn pop_first(&mut self) -> Option<Waiter> {
-        while let Some((_, waiter)) = self.parked.pop_first() {
+    /// The oldest waiter whose receiver is still there, with its place in line (for
+    /// [`Self::put_back`]).
+    pub fn pop_first_in_line(&mut self) -> Option<(u64, Waiter)> {
+        while let Some((seq, waiter)) = self.parked.pop_first() {
             if !waiter.respond_to.is_closed() {
-                return Some(waiter);
+                return Some((seq, waiter));
             }
         }
         None
+    }
+
+    /// Puts a waiter back in its place in line, its deadline unchanged: it was taken to be
+    /// served, but what was visible went to the dead-letter queue instead.
+    pub fn put_back(&mut self, seq: u64, waiter: Waiter) {
+        self.parked.insert(seq, waiter);
     }
 
     /// Waiters whose deadline is at or before `now`: their polls end empty.

@@ -16,9 +16,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
-    BodiesReply, CommitReply, DeletedMessages, QueueRecord, Recovered, Storage, StorageError,
-    StoredMessage, StoredState, WriteOp,
+    BodiesReply, CommitReply, DeduplicationRecord, DeletedMessages, QueueRecord, Recovered,
+    Storage, StorageError, StoredMessage, StoredState, WriteOp,
 };
+use crate::payload::Payload;
 use crate::receipt::{KEY_LEN, ReceiptKey};
 
 #[derive(Default)]
@@ -58,6 +59,8 @@ struct Tables {
     next_queue_id: u64,
     next_message_id: u64,
     receipt_secret: [u8; KEY_LEN],
+    /// (queue id, deduplication id) → (message id, accepted at).
+    deduplication: BTreeMap<(u64, String), (u64, i64)>,
 }
 
 /// One row of the `messages` table.
@@ -65,7 +68,7 @@ struct Tables {
 struct Row {
     queue_id: u64,
     meta: StoredMessage,
-    body: Bytes,
+    body: Payload,
 }
 
 impl Default for Tables {
@@ -77,6 +80,7 @@ impl Default for Tables {
             next_queue_id: 1,
             next_message_id: 1,
             receipt_secret: ReceiptKey::generate_secret(),
+            deduplication: BTreeMap::new(),
         }
     }
 }
@@ -198,7 +202,7 @@ impl Tables {
             }
             WriteOp::UpdateQueue(queue) => {
                 if let Some(stored) = self.queues.get_mut(&queue.id) {
-                    stored.attributes = queue.attributes;
+                    stored.attributes = queue.attributes.clone();
                     stored.update_time_ms = queue.update_time_ms;
                 }
             }
@@ -217,6 +221,7 @@ impl Tables {
                     }
                 }
                 self.queues.remove(queue_id);
+                self.deduplication.retain(|(queue, _), _| queue != queue_id);
             }
             WriteOp::InsertMessages { queue_id, messages } => {
                 if messages.iter().any(|m| self.messages.contains_key(&m.id)) {
@@ -235,9 +240,13 @@ impl Tables {
                     let row = Row {
                         queue_id: *queue_id,
                         meta,
-                        body: message.body.clone(),
+                        body: message.payload.clone(),
                     };
                     self.messages.insert(message.id, row);
+                    if let Some(id) = &message.deduplication_id {
+                        self.deduplication
+                            .insert((*queue_id, id.clone()), (message.id, message.enqueue_ms));
+                    }
                     self.next_message_id = self.next_message_id.max(message.id + 1);
                 }
             }
@@ -269,12 +278,35 @@ impl Tables {
                     }
                 }
             }
+            WriteOp::MoveMessages {
+                from_queue_id,
+                moves,
+            } => {
+                for moved in moves {
+                    if let Some(row) = self.messages.get_mut(&moved.id)
+                        && row.queue_id == *from_queue_id
+                        && row.meta.state == StoredState::Live
+                    {
+                        row.queue_id = moved.to_queue_id;
+                        row.meta.visible_at_ms = moved.visible_at_ms;
+                        row.meta.dequeue_count = 0;
+                        row.meta.first_dequeue_ms = 0;
+                        row.meta.receipt_nonce = 0;
+                        row.body.dead_letter = moved.dead_letter.clone();
+                    }
+                }
+            }
+            WriteOp::ForgetDeduplicationIds { queue_id, ids } => {
+                for id in ids {
+                    self.deduplication.remove(&(*queue_id, id.clone()));
+                }
+            }
         }
         Ok(())
     }
 
     /// The bodies of the rows in `ids` that exist, in the order of `ids`.
-    fn bodies(&self, ids: Vec<u64>) -> Vec<(u64, Bytes)> {
+    fn bodies(&self, ids: Vec<u64>) -> Vec<(u64, Payload)> {
         ids.into_iter()
             .filter_map(|id| Some((id, self.messages.get(&id)?.body.clone())))
             .collect()
@@ -298,7 +330,7 @@ impl Tables {
                 row.meta.visible_at_ms = deleted.tombstone_until_ms;
                 row.meta.dequeue_count = kept.dequeue_count;
                 row.meta.receipt_nonce = kept.receipt_nonce;
-                row.body = Bytes::new();
+                row.body = Payload::default();
             }
         }
     }
@@ -314,6 +346,18 @@ impl Storage for MemoryStorage {
         let tables = &state.tables;
         Ok(Recovered {
             queues: tables.queues.values().cloned().collect(),
+            deduplication_ids: tables
+                .deduplication
+                .iter()
+                .map(
+                    |((queue_id, id), (message_id, accepted_ms))| DeduplicationRecord {
+                        queue_id: *queue_id,
+                        deduplication_id: id.clone(),
+                        message_id: *message_id,
+                        accepted_ms: *accepted_ms,
+                    },
+                )
+                .collect(),
             receipt_secret: tables.receipt_secret,
             next_queue_id: tables.next_queue_id,
             next_message_id: tables.next_message_id,
@@ -393,7 +437,8 @@ mod tests {
     fn new_message(id: u64) -> NewMessage {
         NewMessage {
             id,
-            body: Bytes::from(format!("body {id}")),
+            payload: Payload::new(Bytes::from(format!("body {id}")), Default::default()),
+            deduplication_id: None,
             enqueue_ms: 1_000 + id as i64,
             visible_at_ms: 2_000,
         }
@@ -469,7 +514,7 @@ mod tests {
     ) -> (
         Vec<QueueRecord>,
         Vec<(u64, StoredMessage)>,
-        Vec<(u64, Bytes)>,
+        Vec<(u64, Payload)>,
     ) {
         let queues = storage.recover().expect("recover").queues;
         let mut messages = Vec::new();

@@ -9,11 +9,11 @@ pub(crate) mod memory;
 pub mod postgres;
 pub mod sqlite;
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::attributes::QueueAttributes;
 use crate::clock::Millis;
+use crate::payload::{DeadLetterOrigin, Payload};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
@@ -96,9 +96,12 @@ impl StoredState {
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub id: u64,
-    pub body: Bytes,
+    pub payload: Payload,
     pub enqueue_ms: Millis,
     pub visible_at_ms: Millis,
+    /// The send's deduplication id, remembered (with `enqueue_ms` as the time it was accepted)
+    /// in the same transaction as the message, so that an acknowledged id survives a crash.
+    pub deduplication_id: Option<String>,
 }
 
 /// The receive bookkeeping of one message.
@@ -141,6 +144,27 @@ impl DeletedMessages {
     }
 }
 
+/// A live message moved to another queue (see [`WriteOp::MoveMessages`]).
+#[derive(Debug, Clone)]
+pub struct MovedMessage {
+    pub id: u64,
+    pub to_queue_id: u64,
+    /// When it becomes visible in its new queue (now: a moved message is visible at once).
+    pub visible_at_ms: Millis,
+    /// Where it was dead-lettered from (a dead-letter move); None clears it (a redrive).
+    pub dead_letter: Option<DeadLetterOrigin>,
+}
+
+/// A send's deduplication id as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeduplicationRecord {
+    pub queue_id: u64,
+    pub deduplication_id: String,
+    /// The message the first send with this id enqueued.
+    pub message_id: u64,
+    pub accepted_ms: Millis,
+}
+
 /// One change to storage. A commit applies a group of them in one transaction.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -172,6 +196,21 @@ pub enum WriteOp {
         visible_at_ms: Millis,
     },
     RecordReceives(Vec<ReceiveRecord>),
+    /// Moves live messages of `from_queue_id` to other queues (each `to_queue_id`), as new
+    /// messages there: received never, visible at `visible_at_ms`, the dead-letter origin set
+    /// or cleared. One row update per message, so each is in exactly one queue whatever
+    /// happens; the writer applies it in one transaction with the rest of its group. Writes to
+    /// `from_queue_id` and to every `to_queue_id`.
+    MoveMessages {
+        from_queue_id: u64,
+        moves: Vec<MovedMessage>,
+    },
+    /// Forgets deduplication ids of `queue_id` whose window has passed (written lazily: an id
+    /// kept longer is ignored by the queue, which checks the window itself).
+    ForgetDeduplicationIds {
+        queue_id: u64,
+        ids: Vec<String>,
+    },
 }
 
 impl WriteOp {
@@ -187,6 +226,8 @@ impl WriteOp {
             | Self::Restore { ids, .. } => ids.len(),
             Self::DeleteMessages(deleted) => deleted.len(),
             Self::RecordReceives(receives) => receives.len(),
+            Self::MoveMessages { moves, .. } => moves.len(),
+            Self::ForgetDeduplicationIds { .. } => 0,
         }
     }
 }
@@ -199,9 +240,24 @@ pub struct Recovered {
     /// The secret that signs receipt handles; made once with the database, so handles survive
     /// restarts (and, with shared storage, hold on every replica).
     pub receipt_secret: [u8; crate::receipt::KEY_LEN],
+    /// The deduplication ids stored, of every queue (those past their window too: the queue
+    /// drops them).
+    pub deduplication_ids: Vec<DeduplicationRecord>,
     /// Ids at or above these were never handed out.
     pub next_queue_id: u64,
     pub next_message_id: u64,
+}
+
+/// What a message's row holds besides its metadata, as stored, for `spool migrate` (see
+/// `payload` for what the columns mean).
+#[derive(Debug, Clone, Default)]
+pub struct ExportedPayload {
+    pub body: Vec<u8>,
+    /// The encoded attributes (`meta` column); None for none.
+    pub meta: Option<Vec<u8>>,
+    /// Where a dead-lettered message came from, and its receives there.
+    pub dead_letter_source: Option<String>,
+    pub dead_letter_receive_count: u32,
 }
 
 /// What a backend reports of each group commit (the server's metrics implement it). A narrow
@@ -246,7 +302,7 @@ impl WriterRequest {
     }
 }
 
-pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Bytes)>, StorageError>>;
+pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Payload)>, StorageError>>;
 
 /// Rows removed per commit when many go at once (a deleted queue's): a few milliseconds of the
 /// writer, so that no one commit holds every other queue's writes for long.
@@ -281,7 +337,8 @@ pub trait Storage: Send + Sync + 'static {
     /// loss in a crash is harmless (receive counts, sweeping expired rows).
     fn record(&self, op: WriteOp);
 
-    /// The bodies of the messages in `ids` that still exist, in the order of `ids`.
+    /// The bodies and attributes of the messages in `ids` that still exist, in the order of
+    /// `ids`.
     fn read_bodies(&self, ids: Vec<u64>, reply: BodiesReply);
 
     /// Commits everything submitted so far, then refuses further writes.

@@ -516,6 +516,7 @@ async fn stalled_readers_of_large_messages_release_them() {
                     .map(|_| pb::BatchSendEntry {
                         body: vec![7u8; 1_000_000].into(),
                         delay_seconds: None,
+                        ..Default::default()
                     })
                     .collect(),
             })

@@ -107,9 +107,11 @@ enum Rpc {
     PurgeQueue,
     PeekMessages,
     StreamMessages,
+    ListDeadLetterSourceQueues,
+    RedriveMessages,
 }
 
-const EVERY_RPC: [Rpc; 16] = [
+const EVERY_RPC: [Rpc; 18] = [
     Rpc::CreateQueue,
     Rpc::GetQueue,
     Rpc::UpdateQueue,
@@ -126,6 +128,8 @@ const EVERY_RPC: [Rpc; 16] = [
     Rpc::PurgeQueue,
     Rpc::PeekMessages,
     Rpc::StreamMessages,
+    Rpc::ListDeadLetterSourceQueues,
+    Rpc::RedriveMessages,
 ];
 
 /// What the grants of the matrix allow: the code each principal gets for each RPC.
@@ -143,9 +147,11 @@ fn expected(rpc: Rpc, who: Who) -> Code {
         | Rpc::UpdateQueue
         | Rpc::DeleteQueue
         | Rpc::RewindQueue
-        | Rpc::PurgeQueue => Some(Who::Admin),
-        // Any grant on the queue (GetQueue); none needed (ListQueues filters).
-        Rpc::GetQueue | Rpc::ListQueues => None,
+        | Rpc::PurgeQueue
+        | Rpc::RedriveMessages => Some(Who::Admin),
+        // Any grant on the queue (GetQueue, ListDeadLetterSourceQueues); none needed
+        // (ListQueues filters).
+        Rpc::GetQueue | Rpc::ListDeadLetterSourceQueues | Rpc::ListQueues => None,
     };
     match (who, action_of(rpc)) {
         (Who::Stranger | Who::Nobody, _) => Code::Unauthenticated,
@@ -239,6 +245,7 @@ async fn call(
                 queue_name,
                 body: b"matrix".to_vec().into(),
                 delay_seconds: None,
+                ..Default::default()
             };
             client
                 .send_message(with_token(message, token))
@@ -251,6 +258,7 @@ async fn call(
                 entries: vec![pb::BatchSendEntry {
                     body: b"matrix".to_vec().into(),
                     delay_seconds: None,
+                    ..Default::default()
                 }],
             };
             client
@@ -355,6 +363,24 @@ async fn call(
                 .into_inner();
             while stream.message().await?.is_some() {}
             Ok(())
+        }
+        Rpc::ListDeadLetterSourceQueues => {
+            let message = pb::ListDeadLetterSourceQueuesRequest { queue_name };
+            client
+                .list_dead_letter_source_queues(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::RedriveMessages => {
+            let message = pb::RedriveMessagesRequest {
+                queue_name,
+                destination_queue: String::new(),
+                max_messages: 0,
+            };
+            client
+                .redrive_messages(with_token(message, token))
+                .await
+                .map(drop)
         }
     }
 }
@@ -716,6 +742,7 @@ async fn the_auth_file_is_reloaded_in_place_and_a_bad_one_keeps_the_previous() {
         queue_name: "q".into(),
         body: b"x".to_vec().into(),
         delay_seconds: None,
+        ..Default::default()
     };
     let denied = client
         .clone()

@@ -518,6 +518,11 @@ async fn the_readme_command_line_block_runs_as_written() {
         "\"rewind_seconds\":0",
         "\"body\":\"slow work\"",
         "\"purged_messages\":2",
+        "\"attributes\":{\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"}",
+        "\"dead_letter_policy\":{\"dead_letter_queue\":\"OrdersDLQ\",\"max_receive_count\":2,\"max_time_to_live_seconds\":0}",
+        "\"source_queues\":[\"Orders\"]",
+        "\"dead_letter_source_queue\":\"Orders\",\"dead_letter_receive_count\":2",
+        "\"redriven_messages\":1",
         "exit code 1",
     ] {
         assert!(
@@ -607,6 +612,30 @@ async fn flags_outside_their_range_are_refused_naming_the_flag_and_the_range() {
         (
             &["peek", "q", "--max", "17"],
             "'--max <N>': 17 is not in 1..=16",
+        ),
+        (
+            &["queue", "create", "q", "--dedup-window", "86401"],
+            "'--dedup-window <S>': 86401 is not in 0..=86400",
+        ),
+        (
+            &[
+                "queue",
+                "create",
+                "q",
+                "--dead-letter-queue",
+                "d",
+                "--max-receive-count",
+                "0",
+            ],
+            "'--max-receive-count <N>': 0 is not in 1..=1000",
+        ),
+        (
+            &["queue", "create", "q", "--dead-letter-queue", "d"],
+            "--max-receive-count <N>",
+        ),
+        (
+            &["redrive", "q", "--max", "100001"],
+            "'--max <N>': 100001 is not in 1..=100000",
         ),
     ] {
         let (code, stderr) = fails(&endpoint, args).await;

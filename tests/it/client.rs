@@ -56,11 +56,11 @@ async fn queue_calls_round_trip() {
         ..Default::default()
     };
     let created = client
-        .create_queue("orders", attributes)
+        .create_queue("orders", attributes.clone())
         .await
         .expect("create");
     assert_eq!(created.name, "orders");
-    let a = created.attributes.expect("attributes");
+    let a = created.attributes.clone().expect("attributes");
     assert_eq!(a.visibility_timeout_seconds, Some(10));
     assert_eq!(a.max_message_size, Some(65_536), "defaults are filled in");
     // Idempotent with the same attributes; QueueExists with others.
@@ -171,10 +171,12 @@ async fn message_calls_round_trip() {
         BatchSendEntry {
             body: "also later".into(),
             delay_seconds: Some(600),
+            ..Default::default()
         },
         BatchSendEntry {
             body: "now".into(),
             delay_seconds: None,
+            ..Default::default()
         },
     ];
     let mixed = client
@@ -558,6 +560,8 @@ async fn an_unreachable_server_is_unavailable_with_a_clear_message() {
 struct Scripted {
     failures: Arc<Mutex<VecDeque<Status>>>,
     calls: Arc<Mutex<Vec<&'static str>>>,
+    /// The deduplication ids of the sends since the last script, in order.
+    deduplication_ids: Arc<Mutex<Vec<String>>>,
 }
 
 impl Scripted {
@@ -571,11 +575,16 @@ impl Scripted {
 
     fn script(&self, failures: impl IntoIterator<Item = Status>) {
         self.calls.lock().expect("lock").clear();
+        self.deduplication_ids.lock().expect("lock").clear();
         *self.failures.lock().expect("lock") = failures.into_iter().collect();
     }
 
     fn calls(&self) -> Vec<&'static str> {
         self.calls.lock().expect("lock").clone()
+    }
+
+    fn deduplication_ids(&self) -> Vec<String> {
+        self.deduplication_ids.lock().expect("lock").clone()
     }
 }
 
@@ -609,14 +618,25 @@ impl QueueService for Scripted {
     }
     async fn send_message(
         &self,
-        _: Request<pb::SendMessageRequest>,
+        request: Request<pb::SendMessageRequest>,
     ) -> Answer<pb::SendMessageResponse> {
+        self.deduplication_ids
+            .lock()
+            .expect("lock")
+            .push(request.into_inner().deduplication_id);
         self.answer("SendMessage")
     }
     async fn batch_send_messages(
         &self,
-        _: Request<pb::BatchSendMessagesRequest>,
+        request: Request<pb::BatchSendMessagesRequest>,
     ) -> Answer<pb::BatchSendMessagesResponse> {
+        self.deduplication_ids.lock().expect("lock").extend(
+            request
+                .into_inner()
+                .entries
+                .into_iter()
+                .map(|entry| entry.deduplication_id),
+        );
         self.answer("BatchSendMessages")
     }
     type ReceiveMessagesStream =
@@ -662,6 +682,18 @@ impl QueueService for Scripted {
         _: Request<pb::PeekMessagesRequest>,
     ) -> Answer<pb::PeekMessagesResponse> {
         self.answer("PeekMessages")
+    }
+    async fn list_dead_letter_source_queues(
+        &self,
+        _: Request<pb::ListDeadLetterSourceQueuesRequest>,
+    ) -> Answer<pb::ListDeadLetterSourceQueuesResponse> {
+        self.answer("ListDeadLetterSourceQueues")
+    }
+    async fn redrive_messages(
+        &self,
+        _: Request<pb::RedriveMessagesRequest>,
+    ) -> Answer<pb::RedriveMessagesResponse> {
+        self.answer("RedriveMessages")
     }
 
     type StreamMessagesStream =
@@ -712,7 +744,7 @@ fn storage_failing() -> Status {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn safe_calls_are_retried_on_unavailable_and_sends_are_not() {
+async fn safe_calls_and_sends_are_retried_on_unavailable_and_rewinds_purges_and_redrives_are_not() {
     let (scripted, client, stop) = start_scripted().await;
 
     // Safe calls: retried until they succeed, within max_attempts.
@@ -764,20 +796,33 @@ async fn safe_calls_are_retried_on_unavailable_and_sends_are_not() {
     assert!(matches!(error, ClientError::Other(_)), "{error:?}");
     assert_eq!(scripted.calls().len(), 1);
 
-    // Sends and rewinds: once the request may have been carried out, not retried.
+    // Sends are retried: each carries a deduplication id, the same on every attempt (a
+    // retry of a send that was stored is a duplicate, which stores nothing).
     scripted.script([storage_failing()]);
-    let error = client
-        .send_message("q", "x")
-        .await
-        .expect_err("not retried");
-    assert!(matches!(error, ClientError::Unavailable(_)), "{error:?}");
-    assert_eq!(scripted.calls(), ["SendMessage"]);
+    client.send_message("q", "x").await.expect("retried");
+    assert_eq!(scripted.calls(), ["SendMessage"; 2]);
+    let ids = scripted.deduplication_ids();
+    assert_eq!(ids.len(), 2);
+    assert!(
+        ids[0].starts_with("spool-rs-") && ids[0] == ids[1],
+        "{ids:?}"
+    );
     scripted.script([storage_failing()]);
     client
-        .batch_send_messages("q", ["x"])
+        .batch_send_messages("q", ["x", "y"])
+        .await
+        .expect("retried");
+    assert_eq!(scripted.calls(), ["BatchSendMessages"; 2]);
+    let ids = scripted.deduplication_ids();
+    assert_eq!(ids.len(), 4);
+    assert!(ids[0] != ids[1] && ids[..2] == ids[2..], "{ids:?}");
+    // Rewinds, purges and redrives: once the request may have been carried out, not retried.
+    scripted.script([storage_failing()]);
+    client
+        .redrive_messages("q", None, 0)
         .await
         .expect_err("not retried");
-    assert_eq!(scripted.calls(), ["BatchSendMessages"]);
+    assert_eq!(scripted.calls(), ["RedriveMessages"]);
     scripted.script([storage_failing()]);
     client
         .rewind_queue("q", SystemTime::now())
@@ -905,6 +950,86 @@ async fn visibility_changes_purge_and_peek_round_trip() {
             .await
             .expect("peek")
             .is_empty()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_deduplication_and_dead_letters_round_trip() {
+    let server = TestServer::start().await;
+    let client = client_of(&server).await;
+    client
+        .create_queue("cl-dlq", QueueAttributes::default())
+        .await
+        .expect("create the dead-letter queue");
+    let attributes = QueueAttributes {
+        visibility_timeout_seconds: Some(1),
+        dead_letter_policy: Some(spool_client::DeadLetterPolicy {
+            dead_letter_queue: "cl-dlq".into(),
+            max_receive_count: 1,
+            max_time_to_live_seconds: 0,
+        }),
+        ..Default::default()
+    };
+    client
+        .create_queue("cl", attributes)
+        .await
+        .expect("create with a policy");
+    assert_eq!(
+        client
+            .list_dead_letter_source_queues("cl-dlq")
+            .await
+            .expect("sources"),
+        ["cl"]
+    );
+    let options = spool_client::SendOptions::default()
+        .attribute("traceparent", "00-ab-cd-01")
+        .deduplication_id("order-7");
+    let id = client
+        .send_message_with("cl", "order 7", options.clone())
+        .await
+        .expect("send");
+    let again = client
+        .send_message_with("cl", "order 7", options)
+        .await
+        .expect("send again");
+    assert_eq!(again, id);
+    let got = client.receive("cl", no_wait()).await.expect("receive");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attributes["traceparent"], "00-ab-cd-01");
+    server.clock.skip_ahead(Duration::from_secs(2));
+    assert!(
+        client
+            .receive("cl", no_wait())
+            .await
+            .expect("moves it")
+            .is_empty()
+    );
+    let mut dead = Vec::new();
+    for _ in 0..500 {
+        dead = client.peek_messages("cl-dlq", 1).await.expect("peek");
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (
+            dead[0].message_id.as_str(),
+            dead[0].dead_letter_source_queue.as_str(),
+            dead[0].dead_letter_receive_count
+        ),
+        (id.as_str(), "cl", 1)
+    );
+    let redriven = client
+        .redrive_messages("cl-dlq", None, 0)
+        .await
+        .expect("redrive");
+    assert_eq!(redriven.redriven_messages, 1);
+    let error = client.delete_queue("cl-dlq").await.expect_err("guarded");
+    assert!(
+        matches!(error, ClientError::DeadLetterTarget(_)),
+        "{error:?}"
     );
     server.stop().await;
 }

@@ -498,6 +498,7 @@ pub async fn send(client: &mut Client, queue: &str, body: &[u8]) -> String {
             queue_name: queue.into(),
             body: body.to_vec().into(),
             delay_seconds: None,
+            ..Default::default()
         })
         .await
         .expect("send")
@@ -511,6 +512,7 @@ pub async fn send_delayed(client: &mut Client, queue: &str, body: &[u8], delay: 
             queue_name: queue.into(),
             body: body.to_vec().into(),
             delay_seconds: Some(delay),
+            ..Default::default()
         })
         .await
         .expect("send")
@@ -527,6 +529,7 @@ pub async fn batch_send(client: &mut Client, queue: &str, bodies: &[&[u8]]) -> V
                 .map(|b| pb::BatchSendEntry {
                     body: b.to_vec().into(),
                     delay_seconds: None,
+                    ..Default::default()
                 })
                 .collect(),
         })

@@ -81,6 +81,7 @@ async fn restart_keeps_undeleted_messages_attributes_and_rewindable_deletes() {
         message_retention_seconds: Some(7_200),
         rewind_seconds: Some(0),
         max_backlog: Some(500),
+        ..Default::default()
     };
     let plain_before = create(&mut client, "plain", plain_attributes).await;
     let rewind_attributes = pb::QueueAttributes {
@@ -264,6 +265,7 @@ async fn send_until_killed(
                 .map(|body| pb::BatchSendEntry {
                     body: body.clone().into_bytes().into(),
                     delay_seconds: None,
+                    ..Default::default()
                 })
                 .collect(),
         };
@@ -725,6 +727,7 @@ async fn a_full_database_fails_sends_with_unavailable_and_keeps_serving() {
                 queue_name: "q".into(),
                 body: body.clone().into(),
                 delay_seconds: None,
+                ..Default::default()
             })
             .await
         {
@@ -975,7 +978,7 @@ async fn a_version_1_database_is_migrated_and_keeps_its_messages() {
     until_no_rows(dir.path(), 9, "the orphan row").await;
     server.stop().await;
 
-    assert_eq!(pragma(&db, "user_version"), 3);
+    assert_eq!(pragma(&db, "user_version"), 4);
     assert_eq!(pragma(&db, "application_id"), 0x5350_4f4c);
     let secret: Vec<u8> = read_only(&db)
         .query_row(
@@ -1003,6 +1006,7 @@ async fn send_until_deleted(mut client: Client, queue: &'static str) {
             .map(|_| pb::BatchSendEntry {
                 body: b"racing".to_vec().into(),
                 delay_seconds: None,
+                ..Default::default()
             })
             .collect();
         let sent = client

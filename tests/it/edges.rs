@@ -196,6 +196,7 @@ async fn requests_above_the_limit_are_too_large_with_error_info() {
             queue_name: "big".into(),
             body: vec![7u8; 17 * 1024 * 1024].into(),
             delay_seconds: None,
+            ..Default::default()
         })
         .await
         .expect_err("17 MiB is refused");
@@ -251,6 +252,7 @@ async fn requests_above_the_limit_are_too_large_with_error_info() {
                 .map(|i| pb::BatchSendEntry {
                     body: vec![i; 1_048_576].into(),
                     delay_seconds: Some(3_600),
+                    ..Default::default()
                 })
                 .collect(),
         })

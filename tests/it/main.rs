@@ -1,12 +1,15 @@
 //! Integration tests: each talks to a real Spool server over gRPC.
 
 mod abuse;
+mod attributes;
 mod auth;
 mod certs;
 mod cli;
 mod client;
 mod common;
 mod consume;
+mod dead_letters;
+mod deduplication;
 mod durability;
 mod edges;
 mod error_table;

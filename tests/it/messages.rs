@@ -153,6 +153,7 @@ async fn send_validates_body_and_delay() {
         queue_name: "q".into(),
         body: body.into(),
         delay_seconds: delay,
+        ..Default::default()
     };
     let status = client
         .send_message(attempt(vec![], None))
@@ -191,6 +192,7 @@ async fn send_validates_body_and_delay() {
             queue_name: "missing".into(),
             body: vec![1].into(),
             delay_seconds: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -216,6 +218,7 @@ async fn batch_send_is_all_or_nothing_with_per_entry_delay() {
     let entry = |body: Vec<u8>, delay: Option<u32>| pb::BatchSendEntry {
         body: body.into(),
         delay_seconds: delay,
+        ..Default::default()
     };
     let batch = |entries: Vec<pb::BatchSendEntry>| pb::BatchSendMessagesRequest {
         queue_name: "q".into(),
@@ -298,6 +301,7 @@ async fn full_batch_of_largest_bodies_is_accepted() {
         .map(|i| pb::BatchSendEntry {
             body: vec![i; 1_048_576].into(),
             delay_seconds: None,
+            ..Default::default()
         })
         .collect();
     let ids = client
@@ -340,6 +344,7 @@ async fn backlog_cap_refuses_sends() {
                 pb::BatchSendEntry {
                     body: vec![3].into(),
                     delay_seconds: None,
+                    ..Default::default()
                 };
                 2
             ],
@@ -354,6 +359,7 @@ async fn backlog_cap_refuses_sends() {
             queue_name: "q".into(),
             body: vec![4].into(),
             delay_seconds: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -365,6 +371,7 @@ async fn backlog_cap_refuses_sends() {
             queue_name: "q".into(),
             body: vec![4].into(),
             delay_seconds: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

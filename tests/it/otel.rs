@@ -152,6 +152,7 @@ async fn each_call_is_a_span_in_the_callers_trace_with_its_queue_and_message_ids
                 queue_name: "traced".into(),
                 body: b"followed".to_vec().into(),
                 delay_seconds: None,
+                ..Default::default()
             },
             &format!("00-{SEND_TRACE}-{SEND_PARENT}-01"),
         ))
@@ -315,6 +316,7 @@ async fn a_collector_that_is_down_costs_spans_not_calls() {
             queue_name: "untraced".into(),
             body: b"still sent".to_vec().into(),
             delay_seconds: None,
+            ..Default::default()
         })
         .await
         .expect("send");

@@ -290,6 +290,7 @@ async fn produce(
                 .map(|body| pb::BatchSendEntry {
                     body: body.clone().into_bytes().into(),
                     delay_seconds: None,
+                    ..Default::default()
                 })
                 .collect(),
         };
@@ -415,6 +416,7 @@ async fn terminated_sessions_under_load_lose_nothing_acknowledged() {
                 queue_name: QUEUE.into(),
                 body: b"after-1".to_vec().into(),
                 delay_seconds: None,
+                ..Default::default()
             })
             .await
         {
@@ -648,7 +650,7 @@ struct Before {
 /// visibility deadlines of new receives (which depend on when they happen).
 async fn transcript(client: &mut Client, before: &Before) -> Vec<String> {
     let mut lines = Vec::new();
-    for queue in ["plain", "rewinding"] {
+    for queue in ["plain", "rewinding", "dlq-target", "with-policy"] {
         let queue_info = get(client, queue).await;
         lines.push(format!(
             "{queue}: {:?} created {} {}",
@@ -679,6 +681,30 @@ async fn transcript(client: &mut Client, before: &Before) -> Vec<String> {
         .expect("rewind");
     for message in receive(client, "rewinding", 16).await {
         lines.push(format!("rewinding: {}", describe_message(&message)));
+    }
+    // Attributes, deduplication ids and dead-letter origins moved too.
+    let duplicate = client
+        .send_message(pb::SendMessageRequest {
+            queue_name: "with-policy".into(),
+            body: b"retried".to_vec().into(),
+            deduplication_id: "d-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send a duplicate")
+        .into_inner()
+        .message_id;
+    lines.push(format!("duplicate of d-1: {duplicate}"));
+    for queue in ["with-policy", "dlq-target"] {
+        for message in receive(client, queue, 16).await {
+            let attributes: std::collections::BTreeMap<_, _> = message.attributes.iter().collect();
+            lines.push(format!(
+                "{queue}: {} {attributes:?} from {:?} after {}",
+                describe_message(&message),
+                message.dead_letter_source_queue,
+                message.dead_letter_receive_count
+            ));
+        }
     }
     lines.push(format!(
         "next id: {}",
@@ -715,6 +741,27 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
         wait_seconds: Some(0),
         visibility_timeout_seconds: Some(visibility),
     };
+    // with-policy: a message with attributes and a deduplication id, and one moved to
+    // dlq-target by the policy (received once, visible again after 1 s, then moved).
+    create(&mut client, "dlq-target", attrs()).await;
+    create(
+        &mut client,
+        "with-policy",
+        pb::QueueAttributes {
+            deduplication_window_seconds: Some(3_600),
+            dead_letter_policy: Some(pb::DeadLetterPolicy {
+                dead_letter_queue: "dlq-target".into(),
+                max_receive_count: 1,
+                max_time_to_live_seconds: 0,
+            }),
+            ..attrs()
+        },
+    )
+    .await;
+    send(&mut client, "with-policy", b"poison").await;
+    receive_with(&mut client, receive_for("with-policy", 1, 1))
+        .await
+        .expect("receive the poison");
     // plain: a tombstone (deleted after two receives), one in flight, one visible, one delayed.
     send(&mut client, "plain", b"tombstone").await;
     let first = receive_with(&mut client, receive_for("plain", 1, 1))
@@ -746,6 +793,31 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
             .expect("delete");
     }
     send(&mut client, "rewinding", b"waiting").await;
+    // The poison's visibility ended with the sleep above: this receive moves it.
+    assert!(receive(&mut client, "with-policy", 1).await.is_empty());
+    client
+        .send_message(pb::SendMessageRequest {
+            queue_name: "with-policy".into(),
+            body: b"traced".to_vec().into(),
+            attributes: [("traceparent".to_string(), "00-ab-cd-01".to_string())].into(),
+            deduplication_id: "d-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send with attributes");
+    // The move is handed to dlq-target's actor just after its commit (a generous bound).
+    for _ in 0..500 {
+        if get(&mut client, "dlq-target")
+            .await
+            .stats
+            .expect("stats")
+            .active_messages
+            == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.stop().await;
     let before = Before {
         in_flight_handle: in_flight[0].receipt_handle.clone(),
@@ -768,8 +840,8 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
-    assert_eq!(summary["queues"], 2, "{summary}");
-    assert_eq!(summary["live"], 4, "{summary}");
+    assert_eq!(summary["queues"], 4, "{summary}");
+    assert_eq!(summary["live"], 6, "{summary}");
     assert_eq!(summary["kept_for_rewind"], 2, "{summary}");
     assert_eq!(summary["tombstones"], 1, "{summary}");
 
@@ -804,7 +876,81 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
         "\"kept-2\"",
         "\"waiting\"",
         "delayed 1",
+        "\"traced\"",
+        "\"traceparent\": \"00-ab-cd-01\"",
+        "from \"with-policy\" after 1",
     ] {
         assert!(all.contains(expected), "{expected} missing from:\n{all}");
     }
+}
+
+/// A schema of version 1 (before message attributes, deduplication and dead-letter policies)
+/// is migrated to version 2 when a server opens it, in one transaction: its queues and
+/// messages stay, queues get the default deduplication window and no policy, and the new
+/// features work on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_schema_is_migrated_to_version_2() {
+    if postgres_only() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    create(&mut client, "old", attrs()).await;
+    let id = send(&mut client, "old", b"from version 1").await;
+    assert_eq!(server.terminate(), Some(0));
+    let admin = postgres_client().await;
+    let schema = schema_for(dir.path());
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.messages DROP COLUMN meta, DROP COLUMN dead_letter_source,
+                 DROP COLUMN dead_letter_receive_count;
+             ALTER TABLE {schema}.queues DROP COLUMN deduplication_window_seconds,
+                 DROP COLUMN dead_letter_queue, DROP COLUMN max_receive_count,
+                 DROP COLUMN max_time_to_live_seconds;
+             DROP TABLE {schema}.deduplication;
+             UPDATE {schema}.schema_version SET version = 1;"
+        ))
+        .await
+        .expect("make it version 1");
+
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    let version: i32 = admin
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 2);
+    let queue = get(&mut client, "old").await;
+    let attributes = queue.attributes.expect("attributes");
+    assert_eq!(attributes.deduplication_window_seconds, Some(300));
+    assert_eq!(attributes.dead_letter_policy, None);
+    let message = receive(&mut client, "old", 1).await.remove(0);
+    assert_eq!(
+        (message.message_id, &message.body[..]),
+        (id, &b"from version 1"[..])
+    );
+    assert!(message.attributes.is_empty());
+    let send_once = |body: &'static [u8]| pb::SendMessageRequest {
+        queue_name: "old".into(),
+        body: body.to_vec().into(),
+        attributes: [("k".to_string(), "v".to_string())].into(),
+        deduplication_id: "once".into(),
+        ..Default::default()
+    };
+    let first = client
+        .send_message(send_once(b"new"))
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id;
+    let again = client
+        .send_message(send_once(b"new again"))
+        .await
+        .expect("send again")
+        .into_inner()
+        .message_id;
+    assert_eq!(first, again);
+    assert_eq!(server.terminate(), Some(0));
 }

@@ -279,6 +279,7 @@ async fn delete_drops_messages_and_the_name_can_be_reused() {
             queue_name: "q".into(),
             body: b"x".to_vec().into(),
             delay_seconds: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

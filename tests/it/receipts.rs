@@ -249,7 +249,7 @@ async fn no_message_stays_claimed_by_a_poll_whose_client_has_gone() {
         visibility_timeout_seconds: Some(3_600),
         ..attrs()
     };
-    create(&mut client, "q", attributes).await;
+    create(&mut client, "q", attributes.clone()).await;
 
     for _round in 0..2 {
         // The polls run on a runtime of their own, whose drop ends every one of their
@@ -352,7 +352,7 @@ async fn no_message_stays_claimed_by_a_poll_whose_client_has_gone() {
             })
             .await
             .expect("delete queue");
-        create(&mut client, "q", attributes).await;
+        create(&mut client, "q", attributes.clone()).await;
     }
     server.stop().await;
 }

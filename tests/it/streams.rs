@@ -112,6 +112,7 @@ async fn hostile_input_gets_errors_and_the_server_keeps_serving() {
                 queue_name: name.into(),
                 body: vec![1].into(),
                 delay_seconds: Some(u32::MAX),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -122,6 +123,7 @@ async fn hostile_input_gets_errors_and_the_server_keeps_serving() {
             queue_name: "q".into(),
             body: vec![1].into(),
             delay_seconds: Some(u32::MAX),
+            ..Default::default()
         })
         .await
         .unwrap_err();

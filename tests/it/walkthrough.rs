@@ -97,14 +97,34 @@ async fn readme_walkthrough_runs_as_written() {
         "\"body\": \"c2xvdyB3b3Jr\"",
         "\"dequeueCount\": 1",
         "\"purgedMessages\": \"2\"",
+        // Dead letters: the message moved after two receives, with its attributes and where
+        // it came from; the source listed; the redrive moves it back.
+        "\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"",
+        "\"deadLetterSourceQueue\": \"Orders\"",
+        "\"deadLetterReceiveCount\": 2",
+        "\"queueNames\": [\n    \"Orders\"\n  ]",
+        "\"redrivenMessages\": \"1\"",
     ] {
         assert!(
             stdout.contains(expected),
             "the walkthrough's output lacks {expected:?}\n{shown}"
         );
     }
-    // One receipt handle per received message: 1 + 3 + the rewound one.
-    assert_eq!(stdout.matches("\"receiptHandle\"").count(), 5, "{shown}");
+    // One receipt handle per received message: 1 + 3 + the rewound one, then the order's two
+    // failed receives and its receive from the dead-letter queue.
+    assert_eq!(stdout.matches("\"receiptHandle\"").count(), 8, "{shown}");
+    // The order was sent twice with one deduplication id: one message id, twice.
+    let ids: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("\"messageId\": "))
+        .map(|id| id.trim_end_matches(','))
+        .collect();
+    let order_sends = &ids[ids.len() - 6..ids.len() - 4];
+    assert_eq!(order_sends[0], order_sends[1], "{shown}");
+    assert!(
+        ids[ids.len() - 4..].iter().all(|id| *id == order_sends[0]),
+        "{shown}"
+    );
     assert!(
         !stdout.contains("failures"),
         "a batch delete failed\n{shown}"
@@ -154,6 +174,8 @@ async fn grpcurl_lists_and_describes_by_reflection() {
         "BatchChangeMessageVisibility",
         "PurgeQueue",
         "PeekMessages",
+        "ListDeadLetterSourceQueues",
+        "RedriveMessages",
     ] {
         assert!(
             described.contains(&format!("rpc {rpc} (")),

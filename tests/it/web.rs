@@ -256,6 +256,7 @@ async fn grpc_web_over_http1_is_served_with_the_same_auth_as_grpc() {
             queue_name: "web-1".into(),
             body: b"from a browser".to_vec().into(),
             delay_seconds: None,
+            ..Default::default()
         },
         &[("authorization", &admin)],
     )

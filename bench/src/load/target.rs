@@ -211,7 +211,7 @@ impl Target for SpoolTarget {
                     ClientError::QueueNotFound(_) => Ok(()),
                     error => Err(error),
                 })?;
-            client.create_queue(queue, attributes).await?;
+            client.create_queue(queue, attributes.clone()).await?;
         }
         Ok(())
     }
@@ -299,7 +299,7 @@ const DELETES_IN_FLIGHT: usize = 4;
 /// What acknowledges one message: a receipt handle, or a delivery of a consumer stream.
 pub enum SpoolToken {
     Handle(String),
-    Delivery(Delivery),
+    Delivery(Box<Delivery>),
 }
 
 impl StreamConsumer {
@@ -327,7 +327,7 @@ impl StreamConsumer {
             .map(|delivery| {
                 (
                     delivery.message().body.clone(),
-                    SpoolToken::Delivery(delivery),
+                    SpoolToken::Delivery(Box::new(delivery)),
                 )
             })
             .collect())
@@ -379,7 +379,7 @@ impl Consumer for SpoolConsumer {
         for token in tokens {
             match token {
                 SpoolToken::Handle(handle) => handles.push(handle),
-                SpoolToken::Delivery(delivery) => deliveries.push(delivery),
+                SpoolToken::Delivery(delivery) => deliveries.push(*delivery),
             }
         }
         if let Some(stream) = &mut self.stream {

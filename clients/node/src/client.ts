@@ -20,6 +20,7 @@ import {
   type PeekedMessage,
   type Queue,
   type ReceivedMessage,
+  type RedriveMessagesResponse,
 } from "./gen/spool/v1/queue_pb.js";
 import { RetryPolicy, type RetryOptions, type Safety } from "./retry.js";
 
@@ -119,6 +120,22 @@ export interface BatchEntry {
   body: Body;
   /** Seconds before the message becomes visible. */
   delaySeconds?: number;
+  /** Up to 16 attributes delivered with the message (counted toward max_message_size). */
+  attributes?: Record<string, string>;
+  /** 1..128 printable ASCII characters: a send with an id the queue accepted within its
+   * deduplication window enqueues nothing and gets the first send's id. */
+  deduplicationId?: string;
+}
+
+/** What sendMessage may say besides the body. */
+export interface SendOptions {
+  /** Seconds before the message becomes visible. */
+  delaySeconds?: number;
+  /** Up to 16 attributes delivered with the message (counted toward max_message_size). */
+  attributes?: Record<string, string>;
+  /** 1..128 printable ASCII characters: a send with an id the queue accepted within its
+   * deduplication window enqueues nothing and resolves to the first send's id. */
+  deduplicationId?: string;
 }
 
 type Methods = typeof QueueService.method;
@@ -270,11 +287,13 @@ export class SpoolClient {
    * Sends one message; resolves to its id once it is stored durably. Not retried once the
    * request may have reached the server (a retry could store it twice), unless retryNonIdempotent.
    */
-  async sendMessage(queue: string, body: Body, options: { delaySeconds?: number } = {}): Promise<string> {
+  async sendMessage(queue: string, body: Body, options: SendOptions = {}): Promise<string> {
     const response = await this.call("not-idempotent", "sendMessage", {
       queueName: queue,
       body: bytes(body),
       ...(options.delaySeconds === undefined ? {} : { delaySeconds: options.delaySeconds }),
+      attributes: options.attributes ?? {},
+      deduplicationId: options.deduplicationId ?? "",
     });
     return response.messageId;
   }
@@ -284,8 +303,14 @@ export class SpoolClient {
     const response = await this.call("not-idempotent", "batchSendMessages", {
       queueName: queue,
       entries: entries.map((entry) => {
-        const { body, delaySeconds } = typeof entry === "string" || entry instanceof Uint8Array ? { body: entry, delaySeconds: undefined } : entry;
-        return create(BatchSendEntrySchema, { body: bytes(body), ...(delaySeconds === undefined ? {} : { delaySeconds }) });
+        const { body, delaySeconds, attributes, deduplicationId }: BatchEntry =
+          typeof entry === "string" || entry instanceof Uint8Array ? { body: entry } : entry;
+        return create(BatchSendEntrySchema, {
+          body: bytes(body),
+          ...(delaySeconds === undefined ? {} : { delaySeconds }),
+          attributes: attributes ?? {},
+          deduplicationId: deduplicationId ?? "",
+        });
       }),
     });
     return response.messageIds;
@@ -544,6 +569,29 @@ export class SpoolClient {
   async peekMessages(queue: string, maxMessages = 1): Promise<PeekedMessage[]> {
     const response = await this.call("idempotent", "peekMessages", { queueName: queue, maxMessages });
     return response.messages;
+  }
+
+  /** The queues whose dead-letter policy names `queue`, in name order. Retried on UNAVAILABLE. */
+  async listDeadLetterSourceQueues(queue: string): Promise<string[]> {
+    const response = await this.call("idempotent", "listDeadLetterSourceQueues", { queueName: queue });
+    return response.queueNames;
+  }
+
+  /**
+   * Moves up to `maxMessages` (0, the default: all, up to 100000) visible messages out of a
+   * dead-letter queue, oldest first: back to the queue each came from, or all to
+   * `destinationQueue`. Not retried once the request may have reached the server (a second
+   * redrive would also move what was dead-lettered in between), unless retryNonIdempotent.
+   */
+  async redriveMessages(
+    queue: string,
+    options: { destinationQueue?: string; maxMessages?: number } = {},
+  ): Promise<RedriveMessagesResponse> {
+    return this.call("not-idempotent", "redriveMessages", {
+      queueName: queue,
+      destinationQueue: options.destinationQueue ?? "",
+      maxMessages: options.maxMessages ?? 0,
+    });
   }
 
   private async call<K extends UnaryName>(safety: Safety, name: K, input: Input<K>): Promise<Output<K>> {

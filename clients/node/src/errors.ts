@@ -34,6 +34,7 @@ export const ERROR_CASES: readonly ErrorCase[] = [
   { reason: "QUEUE_EXISTS", grpcCode: GrpcStatus.ALREADY_EXISTS, cmqCode: 4460 },
   { reason: "RECEIPT_HANDLE_STALE", grpcCode: GrpcStatus.FAILED_PRECONDITION, cmqCode: 4430 },
   { reason: "REWIND_DISABLED", grpcCode: GrpcStatus.FAILED_PRECONDITION, cmqCode: 6050 },
+  { reason: "DEAD_LETTER_TARGET", grpcCode: GrpcStatus.FAILED_PRECONDITION, cmqCode: 4000 },
   { reason: "BACKLOG_FULL", grpcCode: GrpcStatus.RESOURCE_EXHAUSTED, cmqCode: 4410 },
   { reason: "TOO_MANY_QUEUES", grpcCode: GrpcStatus.RESOURCE_EXHAUSTED, cmqCode: 4450 },
   { reason: "UNAUTHENTICATED", grpcCode: GrpcStatus.UNAUTHENTICATED, cmqCode: 4100 },

@@ -19,6 +19,7 @@ export {
   type Pem,
   type QueueAttributesInit,
   type ReceiveOptions,
+  type SendOptions,
 } from "./client.js";
 export { CMQ_CODE_KEY, ERROR_CASES, ERROR_DOMAIN, SpoolError, codeName, type ErrorCase } from "./errors.js";
 export { RetryPolicy, notCarriedOut, type RetryOptions, type Safety } from "./retry.js";
@@ -26,6 +27,7 @@ export type {
   BatchChangeMessageVisibilityResponse,
   ChangeVisibilityFailure,
   ChangedVisibility,
+  DeadLetterPolicy,
   DeleteFailure,
   ListQueuesResponse,
   Queue,
@@ -33,5 +35,6 @@ export type {
   PeekedMessage,
   QueueStats,
   ReceivedMessage,
+  RedriveMessagesResponse,
 } from "./gen/spool/v1/queue_pb.js";
 export { status as GrpcStatus } from "@grpc/grpc-js";

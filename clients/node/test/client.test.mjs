@@ -179,6 +179,34 @@ describe("against a real server", { skip: found.skip }, () => {
     assert.deepEqual(await client.peekMessages(name), []);
   });
 
+  test("attributes, deduplication ids, dead-letter policies and redrive", async () => {
+    const name = queueName();
+    const dlq = `${name}-dlq`;
+    await client.createQueue(dlq);
+    await client.createQueue(name, {
+      visibilityTimeoutSeconds: 1,
+      deadLetterPolicy: { deadLetterQueue: dlq, maxReceiveCount: 1 },
+    });
+    assert.deepEqual(await client.listDeadLetterSourceQueues(dlq), [name]);
+    const id = await client.sendMessage(name, "poison", { attributes: { k: "v" }, deduplicationId: "p-1" });
+    assert.equal(await client.sendMessage(name, "poison again", { deduplicationId: "p-1" }), id);
+    const ids = await client.batchSendMessages(name, [{ body: "dup", deduplicationId: "p-1" }]);
+    assert.deepEqual(ids, [id]);
+    const [first] = await client.receive(name);
+    assert.deepEqual([text(first), first.attributes], ["poison", { k: "v" }]);
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    assert.deepEqual(await client.receive(name, { waitSeconds: 1 }), []);
+    const [dead] = await client.receive(dlq, { waitSeconds: 5 });
+    assert.deepEqual([dead.messageId, dead.deadLetterSourceQueue, dead.deadLetterReceiveCount], [id, name, 1]);
+    await client.changeMessageVisibility(dlq, dead.receiptHandle, 0);
+    const redriven = await client.redriveMessages(dlq);
+    assert.deepEqual([redriven.redrivenMessages, redriven.skippedMessages], [1n, 0n]);
+    const [back] = await client.peekMessages(name);
+    assert.deepEqual([back.messageId, back.dequeueCount, back.deadLetterSourceQueue], [id, 0, ""]);
+    const guarded = await failure(client.deleteQueue(dlq));
+    assert.deepEqual([guarded.code, guarded.reason], [GrpcStatus.FAILED_PRECONDITION, "DEAD_LETTER_TARGET"]);
+  });
+
   test("consume: pushes up to maxOutstandingMessages; acks are answered after the delete", async () => {
     const name = queueName("consume");
     await client.createQueue(name);

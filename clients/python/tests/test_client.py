@@ -6,6 +6,7 @@ import datetime
 import time
 
 import pytest
+import spool_client
 from spool_client import Client, SpoolError, parse_endpoint
 from spool_client.pb import queue_pb2 as pb
 
@@ -496,3 +497,135 @@ def test_consume_pushes_up_to_max_outstanding_and_acks_are_answered(server, queu
         # m3 was let go: it stays in flight until its visibility timeout.
         assert (stats.active_messages, stats.inactive_messages) == (0, 1)
         expect_error(client.consume, grpc.StatusCode.NOT_FOUND, 4440, queue_name + "-missing")
+
+
+# -- attributes, idempotent sends, dead letters -------------------------------------------------
+
+
+def test_attributes_travel_with_the_message(client, queue_name):
+    client.create_queue(queue_name)
+    trace = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    client.send_message(queue_name, b"one", attributes=trace)
+    client.batch_send_messages(
+        queue_name, [pb.BatchSendEntry(body=b"two", attributes={"k": "v"}), b"three"]
+    )
+    peeked = client.peek_messages(queue_name, max_messages=16)
+    assert [dict(m.attributes) for m in peeked] == [trace, {"k": "v"}, {}]
+    received = client.receive_messages(queue_name, max_messages=16)
+    assert [(m.body, dict(m.attributes)) for m in received] == [
+        (b"one", trace),
+        (b"two", {"k": "v"}),
+        (b"three", {}),
+    ]
+    error = expect_error(
+        client.send_message,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        queue_name,
+        b"x",
+        attributes={"bad key": "v"},
+    )
+    assert "attributes" in error.message and "1..=64" in error.message
+
+
+def test_a_deduplication_id_makes_a_send_idempotent(client, queue_name):
+    client.create_queue(queue_name, deduplication_window_seconds=600)
+    assert client.get_queue(queue_name).attributes.deduplication_window_seconds == 600
+    first = client.send_message(queue_name, b"order", deduplication_id="order-1")
+    assert client.send_message(queue_name, b"order again", deduplication_id="order-1") == first
+    ids = client.batch_send_messages(
+        queue_name,
+        [
+            pb.BatchSendEntry(body=b"a", deduplication_id="a"),
+            pb.BatchSendEntry(body=b"a again", deduplication_id="a"),
+            pb.BatchSendEntry(body=b"order", deduplication_id="order-1"),
+        ],
+    )
+    assert ids[0] == ids[1] and ids[2] == first
+    # Without an id of the caller's, each send gets its own: equal bodies are two messages.
+    assert client.send_message(queue_name, b"same") != client.send_message(queue_name, b"same")
+    bodies = [m.body for m in client.receive_messages(queue_name, max_messages=16)]
+    assert bodies == [b"order", b"a", b"same", b"same"]
+    expect_error(
+        client.send_message,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        queue_name,
+        b"x",
+        deduplication_id="x" * 129,
+    )
+
+
+def test_a_send_whose_answer_is_lost_is_retried_without_a_duplicate(server, queue_name):
+    """The first attempt reaches the real server and is stored, but its answer is lost (as when
+    a connection breaks): the client's retry carries the same deduplication id, so the queue
+    holds the message once and the caller gets its id."""
+    with Client(server.endpoint, timeout=10) as client:
+        client.create_queue(queue_name)
+        real = client._stub.SendMessage
+        attempts = []
+
+        def lose_the_first_answer(request, **kwargs):
+            attempts.append(request.deduplication_id)
+            answer = real(request, **kwargs)
+            if len(attempts) == 1:
+                raise _Unavailable()
+            return answer
+
+        client._stub.SendMessage = lose_the_first_answer
+        message_id = client.send_message(queue_name, b"once")
+        assert len(attempts) == 2 and attempts[0] == attempts[1] and attempts[0]
+        received = client.receive_messages(queue_name, max_messages=16)
+        assert [(m.message_id, m.body) for m in received] == [(message_id, b"once")]
+
+
+class _Unavailable(grpc.RpcError):
+    """What grpc raises when a call's connection breaks."""
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "connection reset"
+
+    def trailing_metadata(self):
+        return ()
+
+
+def test_dead_letter_queue_and_redrive(client, queue_name):
+    dlq = queue_name + "-dlq"
+    expect_error(
+        client.create_queue,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        queue_name,
+        dead_letter_policy=spool_client.dead_letter_policy(dlq, 1),
+    )
+    client.create_queue(dlq)
+    client.create_queue(
+        queue_name,
+        visibility_timeout_seconds=1,
+        dead_letter_policy=spool_client.dead_letter_policy(dlq, 1),
+    )
+    assert client.list_dead_letter_source_queues(dlq) == [queue_name]
+    message_id = client.send_message(queue_name, b"poison", attributes={"k": "v"})
+    assert len(client.receive_messages(queue_name)) == 1
+    time.sleep(1.2)
+    # The second receive moves it instead of delivering it again, then waits for the next.
+    assert client.receive_messages(queue_name, wait_seconds=1) == []
+    [dead] = client.receive_messages(dlq, wait_seconds=5)
+    assert (dead.message_id, dead.body, dict(dead.attributes)) == (message_id, b"poison", {"k": "v"})
+    assert (dead.dead_letter_source_queue, dead.dead_letter_receive_count) == (queue_name, 1)
+    client.change_message_visibility(dlq, dead.receipt_handle, 0)
+    answer = client.redrive_messages(dlq)
+    assert (answer.redriven_messages, answer.skipped_messages) == (1, 0)
+    [back] = client.peek_messages(queue_name)
+    assert (back.message_id, back.dequeue_count, back.dead_letter_source_queue) == (
+        message_id,
+        0,
+        "",
+    )
+    error = expect_error(client.delete_queue, grpc.StatusCode.FAILED_PRECONDITION, 4000, dlq)
+    assert queue_name in error.message
+    client.update_queue(queue_name, dead_letter_policy=spool_client.dead_letter_policy("", 0))
+    client.delete_queue(dlq)

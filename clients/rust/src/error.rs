@@ -57,6 +57,10 @@ pub enum ClientError {
     /// The queue has no rewind window ([`errors::REWIND_DISABLED`]).
     #[error("{0}")]
     RewindDisabled(RpcError),
+    /// The queue is another queue's dead-letter queue, so it cannot be deleted
+    /// ([`errors::DEAD_LETTER_TARGET`]).
+    #[error("{0}")]
+    DeadLetterTarget(RpcError),
     /// The queue holds `max_backlog` messages ([`errors::BACKLOG_FULL`]).
     #[error("{0}")]
     BacklogFull(RpcError),
@@ -146,6 +150,7 @@ impl ClientError {
             | Self::QueueExists(rpc)
             | Self::StaleReceipt(rpc)
             | Self::RewindDisabled(rpc)
+            | Self::DeadLetterTarget(rpc)
             | Self::BacklogFull(rpc)
             | Self::TooManyQueues(rpc)
             | Self::Unauthenticated(rpc)
@@ -174,6 +179,7 @@ impl From<RpcError> for ClientError {
             Some(&errors::QUEUE_EXISTS) => Self::QueueExists(rpc),
             Some(&errors::RECEIPT_HANDLE_STALE) => Self::StaleReceipt(rpc),
             Some(&errors::REWIND_DISABLED) => Self::RewindDisabled(rpc),
+            Some(&errors::DEAD_LETTER_TARGET) => Self::DeadLetterTarget(rpc),
             Some(&errors::BACKLOG_FULL) => Self::BacklogFull(rpc),
             Some(&errors::TOO_MANY_QUEUES) => Self::TooManyQueues(rpc),
             Some(&errors::UNAUTHENTICATED) => Self::Unauthenticated(rpc),
@@ -208,6 +214,7 @@ mod tests {
             (errors::QUEUE_EXISTS, "QueueExists"),
             (errors::RECEIPT_HANDLE_STALE, "StaleReceipt"),
             (errors::REWIND_DISABLED, "RewindDisabled"),
+            (errors::DEAD_LETTER_TARGET, "DeadLetterTarget"),
             (errors::BACKLOG_FULL, "BacklogFull"),
             (errors::TOO_MANY_QUEUES, "TooManyQueues"),
             (errors::UNAUTHENTICATED, "Unauthenticated"),

@@ -97,6 +97,13 @@ pub const REWIND_DISABLED: ErrorCase = ErrorCase {
     cmq_code: 6050,
     meaning: "rewind not enabled on the queue",
 };
+/// A queue that some queue's dead-letter policy names cannot be deleted; the message names them.
+pub const DEAD_LETTER_TARGET: ErrorCase = ErrorCase {
+    reason: "DEAD_LETTER_TARGET",
+    grpc_code: Code::FailedPrecondition,
+    cmq_code: 4000,
+    meaning: "queue is another queue's dead-letter queue (delete: change their policies first)",
+};
 pub const BACKLOG_FULL: ErrorCase = ErrorCase {
     reason: "BACKLOG_FULL",
     grpc_code: Code::ResourceExhausted,
@@ -144,13 +151,14 @@ pub const SHUTTING_DOWN: ErrorCase = ErrorCase {
 };
 
 /// Every case, in the README's order.
-pub const ERROR_CASES: [ErrorCase; 13] = [
+pub const ERROR_CASES: [ErrorCase; 14] = [
     INVALID_ARGUMENT,
     TOO_LARGE,
     QUEUE_NOT_FOUND,
     QUEUE_EXISTS,
     RECEIPT_HANDLE_STALE,
     REWIND_DISABLED,
+    DEAD_LETTER_TARGET,
     BACKLOG_FULL,
     TOO_MANY_QUEUES,
     UNAUTHENTICATED,

@@ -78,9 +78,63 @@ use crate::limits::{MAX_REQUEST_BYTES, POLLING_WAIT_SECONDS};
 use crate::pb::queue_service_client::QueueServiceClient;
 pub use crate::pb::{
     BatchChangeMessageVisibilityResponse, BatchSendEntry, ChangeVisibilityEntry,
-    ChangeVisibilityFailure, ChangedVisibility, DeleteFailure, ListQueuesResponse, PeekedMessage,
-    Queue, QueueAttributes, QueueStats, ReceivedMessage,
+    ChangeVisibilityFailure, ChangedVisibility, DeadLetterPolicy, DeleteFailure,
+    ListQueuesResponse, PeekedMessage, Queue, QueueAttributes, QueueStats, ReceivedMessage,
+    RedriveMessagesResponse,
 };
+
+/// What a send may say besides its body (see [`Client::send_message_with`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    delay_seconds: Option<u32>,
+    attributes: std::collections::HashMap<String, String>,
+    deduplication_id: Option<String>,
+}
+
+impl SendOptions {
+    /// Seconds before the message becomes visible.
+    pub fn delay_seconds(self, seconds: u32) -> Self {
+        Self {
+            delay_seconds: Some(seconds),
+            ..self
+        }
+    }
+
+    /// Adds an attribute (at most 16; keys of letters, digits, '-', '_' and '.').
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// The send's deduplication id (1..=128 printable ASCII characters), instead of one the
+    /// client makes: a send with an id the queue accepted within its deduplication window
+    /// enqueues nothing and returns the first send's message id.
+    pub fn deduplication_id(self, id: impl Into<String>) -> Self {
+        Self {
+            deduplication_id: Some(id.into()),
+            ..self
+        }
+    }
+}
+
+/// A deduplication id for a send that has none of the caller's: 128 random bits, so two sends
+/// never share one, while the retries of one send do (they reuse its request).
+fn new_deduplication_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without the OS's randomness, time and a counter still tell sends apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&now.to_le_bytes());
+        bytes[8..].copy_from_slice(&count.to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("spool-rs-{hex}")
+}
 
 /// The endpoint of a server started with `spool serve` and no `--listen`.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
@@ -653,9 +707,10 @@ impl Client {
 
     /// Sends one message (any bytes); returns its id once it is stored durably.
     ///
-    /// Not retried once the request may have reached the server: the message may have been
-    /// stored, and a retry would store it twice. (Retried when the connection could not be
-    /// made; [`RetryPolicy::retry_non_idempotent`] retries always.)
+    /// Retried on UNAVAILABLE: the send carries a deduplication id the client makes for it
+    /// (see [`SendOptions::deduplication_id`] to give your own), the same on every attempt, so a
+    /// retry of an attempt that was stored stores nothing and returns the same id (within the
+    /// queue's `deduplication_window_seconds`).
     ///
     /// ```no_run
     /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
@@ -670,7 +725,30 @@ impl Client {
         queue: &str,
         body: impl Into<Bytes>,
     ) -> Result<String, ClientError> {
-        self.send(queue, body.into(), None).await
+        self.send_message_with(queue, body, SendOptions::default())
+            .await
+    }
+
+    /// Sends one message with attributes, a delay or a deduplication id of the caller's.
+    ///
+    /// ```no_run
+    /// # async fn example(client: spool_client::Client) -> Result<(), spool_client::ClientError> {
+    /// use spool_client::SendOptions;
+    ///
+    /// let options = SendOptions::default()
+    ///     .attribute("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    ///     .deduplication_id("order-1");
+    /// client.send_message_with("orders", "order 1", options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_message_with(
+        &self,
+        queue: &str,
+        body: impl Into<Bytes>,
+        options: SendOptions,
+    ) -> Result<String, ClientError> {
+        self.send(queue, body.into(), options).await
     }
 
     /// Sends one message that stays invisible for `delay_seconds` (CMQ's delayed message), e.g.
@@ -689,22 +767,27 @@ impl Client {
         body: impl Into<Bytes>,
         delay_seconds: u32,
     ) -> Result<String, ClientError> {
-        self.send(queue, body.into(), Some(delay_seconds)).await
+        let options = SendOptions::default().delay_seconds(delay_seconds);
+        self.send(queue, body.into(), options).await
     }
 
     async fn send(
         &self,
         queue: &str,
         body: Bytes,
-        delay_seconds: Option<u32>,
+        options: SendOptions,
     ) -> Result<String, ClientError> {
         let request = pb::SendMessageRequest {
             queue_name: queue.to_string(),
             body,
-            delay_seconds,
+            delay_seconds: options.delay_seconds,
+            attributes: options.attributes,
+            deduplication_id: options
+                .deduplication_id
+                .unwrap_or_else(new_deduplication_id),
         };
         self.unary(
-            Safety::NotIdempotent,
+            Safety::Idempotent,
             request,
             self.options.request_timeout,
             |mut grpc: Grpc, request| async move { grpc.send_message(request).await },
@@ -734,24 +817,31 @@ impl Client {
             .into_iter()
             .map(|body| BatchSendEntry {
                 body: body.into(),
-                delay_seconds: None,
+                ..Default::default()
             })
             .collect();
         self.batch_send_entries(queue, entries).await
     }
 
-    /// Sends 1 to 16 messages, each with its own delay, all or nothing.
+    /// Sends 1 to 16 messages, each with its own delay, attributes and deduplication id, all or
+    /// nothing. An entry without a deduplication id gets one of the client's (see
+    /// [`send_message`](Self::send_message)).
     pub async fn batch_send_entries(
         &self,
         queue: &str,
-        entries: Vec<BatchSendEntry>,
+        mut entries: Vec<BatchSendEntry>,
     ) -> Result<Vec<String>, ClientError> {
+        for entry in &mut entries {
+            if entry.deduplication_id.is_empty() {
+                entry.deduplication_id = new_deduplication_id();
+            }
+        }
         let request = pb::BatchSendMessagesRequest {
             queue_name: queue.to_string(),
             entries,
         };
         self.unary(
-            Safety::NotIdempotent,
+            Safety::Idempotent,
             request,
             self.options.request_timeout,
             |mut grpc: Grpc, request| async move { grpc.batch_send_messages(request).await },
@@ -998,6 +1088,53 @@ impl Client {
         )
         .await
         .map(|response| response.messages)
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// The queues whose dead-letter policy names `queue`, in name order. Retried on UNAVAILABLE.
+    pub async fn list_dead_letter_source_queues(
+        &self,
+        queue: &str,
+    ) -> Result<Vec<String>, ClientError> {
+        let request = pb::ListDeadLetterSourceQueuesRequest {
+            queue_name: queue.to_string(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move {
+                grpc.list_dead_letter_source_queues(request).await
+            },
+        )
+        .await
+        .map(|response| response.queue_names)
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Moves up to `max_messages` (0: all, up to 100,000) visible messages out of a
+    /// dead-letter queue, oldest first: back to the queue each came from (`destination`
+    /// None), or to `destination`. Returns how many moved, and how many stayed because their
+    /// source queue no longer exists. Not retried unless the request was certainly not
+    /// carried out (a second redrive would also move messages dead-lettered in between).
+    pub async fn redrive_messages(
+        &self,
+        queue: &str,
+        destination: Option<&str>,
+        max_messages: u32,
+    ) -> Result<RedriveMessagesResponse, ClientError> {
+        let request = pb::RedriveMessagesRequest {
+            queue_name: queue.to_string(),
+            destination_queue: destination.unwrap_or_default().to_string(),
+            max_messages,
+        };
+        self.unary(
+            Safety::NotIdempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.redrive_messages(request).await },
+        )
+        .await
         .map_err(|failed| self.error(failed.status))
     }
 

@@ -36,6 +36,24 @@ pub const DEFAULT_MAX_BACKLOG: u64 = 100_000_000;
 /// Entries of a batch send, messages of a receive, handles of a batch delete.
 pub const MAX_BATCH: usize = 16;
 
+/// Attributes of one message, at most.
+pub const MAX_MESSAGE_ATTRIBUTES: usize = 16;
+/// Length of an attribute's key, in characters (letters, digits, '-', '_', '.').
+pub const ATTRIBUTE_KEY_LEN: RangeInclusive<usize> = 1..=64;
+
+/// Length of a send's `deduplication_id`, in printable ASCII characters.
+pub const DEDUPLICATION_ID_LEN: RangeInclusive<usize> = 1..=128;
+/// Seconds a queue remembers a send's `deduplication_id`; 0 turns deduplication off.
+pub const DEDUPLICATION_WINDOW_SECONDS: RangeInclusive<u32> = 0..=86_400;
+pub const DEFAULT_DEDUPLICATION_WINDOW_SECONDS: u32 = 300;
+
+/// A dead-letter policy's receives before a message is moved to its dead-letter queue.
+pub const MAX_RECEIVE_COUNT: RangeInclusive<u32> = 1..=1_000;
+/// A dead-letter policy's time to live, in seconds, when not 0 (off).
+pub const DEAD_LETTER_TIME_TO_LIVE_SECONDS: RangeInclusive<u32> = 300..=43_200;
+/// Messages one RedriveMessages moves: 0 means all the visible ones, up to this many.
+pub const MAX_REDRIVE_MESSAGES: u32 = 100_000;
+
 /// A consumer stream's messages pushed and not yet acknowledged (StreamMessages'
 /// `max_outstanding_messages`), and the default when the request says 0.
 pub const MAX_OUTSTANDING_MESSAGES: RangeInclusive<usize> = 1..=1_000;
@@ -87,6 +105,69 @@ pub fn check_queue_name(name: &str) -> Result<(), String> {
     }
     if !chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(invalid("has a character that is not allowed"));
+    }
+    Ok(())
+}
+
+/// Checks the attributes of one message: how many, and each key's length and characters.
+/// `field` names them in the error (`attributes`, `entries[2].attributes`). Their size is the
+/// queue's to check (see [`attributes_size`]).
+pub fn check_message_attributes<'a>(
+    field: &str,
+    attributes: impl ExactSizeIterator<Item = &'a String>,
+) -> Result<(), String> {
+    let count = attributes.len();
+    if count > MAX_MESSAGE_ATTRIBUTES {
+        return Err(format!(
+            "{field} has {count} entries; a message has at most {MAX_MESSAGE_ATTRIBUTES}"
+        ));
+    }
+    for key in attributes {
+        let valid_chars = key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ATTRIBUTE_KEY_LEN.contains(&key.len()) || !valid_chars {
+            let shown: String = key.chars().take(*ATTRIBUTE_KEY_LEN.end()).collect();
+            return Err(format!(
+                "{field} has the key {shown:?}; a key is {}..={} characters of letters, digits, \
+                 '-', '_' and '.'",
+                ATTRIBUTE_KEY_LEN.start(),
+                ATTRIBUTE_KEY_LEN.end()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes attributes count toward a queue's `max_message_size`: every key and value, in
+/// UTF-8.
+pub fn attributes_size<'a>(
+    attributes: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> usize {
+    attributes
+        .into_iter()
+        .map(|(key, value)| key.len() + value.len())
+        .sum()
+}
+
+/// Checks a send's `deduplication_id` (empty means none): 1..=128 printable ASCII characters.
+pub fn check_deduplication_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Ok(());
+    }
+    let printable = id.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if !DEDUPLICATION_ID_LEN.contains(&id.len()) || !printable {
+        return Err(format!(
+            "{field} is {} bytes{}; it must be {}..={} printable ASCII characters (0x20..0x7E)",
+            id.len(),
+            if printable {
+                ""
+            } else {
+                " with a character that is not printable ASCII"
+            },
+            DEDUPLICATION_ID_LEN.start(),
+            DEDUPLICATION_ID_LEN.end()
+        ));
     }
     Ok(())
 }

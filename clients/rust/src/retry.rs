@@ -8,14 +8,17 @@
 //!   and BatchDeleteMessages succeed again on a deleted message; DeleteQueue too, see below;
 //!   PeekMessages reads; ChangeMessageVisibility and its batch set a time from now again (a nack
 //!   whose first attempt took effect may then fail as a stale handle: the message was visible
-//!   already).
+//!   already); SendMessage and BatchSendMessages carry a deduplication id (the caller's, or
+//!   one the client makes for each send), so a retry of a send that was stored returns the
+//!   first attempt's message id and stores nothing, as long as it comes within the queue's
+//!   `deduplication_window_seconds` (default 300; with 0 a retry may store a duplicate);
+//!   ListDeadLetterSourceQueues reads.
 //! - **Not idempotent** (retried only if the request was certainly not carried out: the
 //!   connection could not be made, or the server refused it because it is still starting;
-//!   or if [`RetryPolicy::retry_non_idempotent`] is on): SendMessage and
-//!   BatchSendMessages (a send whose answer was lost may have been stored: a retry would store a
-//!   duplicate), RewindQueue (a second rewind brings back what a consumer deleted in between,
-//!   and its count would only cover the second attempt), and PurgeQueue (a second purge removes
-//!   what was sent in between).
+//!   or if [`RetryPolicy::retry_non_idempotent`] is on): RewindQueue (a second rewind brings
+//!   back what a consumer deleted in between, and its count would only cover the second
+//!   attempt), PurgeQueue (a second purge removes what was sent in between), and
+//!   RedriveMessages (a second redrive moves what was dead-lettered in between).
 //! - **ReceiveMessages**: opening the stream is retried like a safe call (a receive whose answer
 //!   was lost leaves its messages in flight; they come back after their visibility timeout, as
 //!   for any consumer that fails). A stream that broke after it opened is never retried: its
@@ -115,9 +118,9 @@ impl RetryPolicy {
         }
     }
 
-    /// Also retry SendMessage, BatchSendMessages and RewindQueue when their request may have
-    /// reached the server. A retried send can store the message twice; use it when consumers
-    /// deduplicate anyway (delivery is at least once in any case). Off by default.
+    /// Also retry RewindQueue, PurgeQueue and RedriveMessages when their request may have
+    /// reached the server. Off by default. (Sends are retried anyway: they carry
+    /// deduplication ids.)
     pub fn retry_non_idempotent(self, retry: bool) -> Self {
         Self {
             retry_non_idempotent: retry,

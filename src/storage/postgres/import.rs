@@ -9,10 +9,10 @@ use tokio_postgres::{Client, Transaction};
 use super::connect::ConnectOptions;
 use super::schema::{self, quoted};
 use super::{describe_target, writer};
-use crate::storage::{QueueRecord, Recovered, StorageError, StoredMessage};
+use crate::storage::{ExportedPayload, QueueRecord, Recovered, StorageError, StoredMessage};
 
-/// A message as exported: its queue, its metadata, its body.
-pub type ExportedMessage = (u64, StoredMessage, Vec<u8>);
+/// A message as exported: its queue, its metadata, its body and the columns stored with it.
+pub type ExportedMessage = (u64, StoredMessage, ExportedPayload);
 
 /// A connection holding the target schema's lock (so no server starts on it meanwhile), with
 /// the schema created and found empty.
@@ -103,8 +103,10 @@ impl Import<'_> {
                     &format!(
                         "INSERT INTO {q}.queues (id, name, visibility_timeout_seconds,
                             polling_wait_seconds, max_message_size, message_retention_seconds,
-                            rewind_seconds, max_backlog, create_time_ms, update_time_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                            rewind_seconds, max_backlog, create_time_ms, update_time_ms,
+                            deduplication_window_seconds, dead_letter_queue, max_receive_count,
+                            max_time_to_live_seconds)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                     ),
                     &[
                         &(*id as i64),
@@ -117,10 +119,48 @@ impl Import<'_> {
                         &(a.max_backlog as i64),
                         create_time_ms,
                         update_time_ms,
+                        &i64::from(a.deduplication_window_seconds),
+                        &a.dead_letter_policy
+                            .as_ref()
+                            .map(|p| p.dead_letter_queue.as_str()),
+                        &i64::from(
+                            a.dead_letter_policy
+                                .as_ref()
+                                .map_or(0, |p| p.max_receive_count),
+                        ),
+                        &i64::from(
+                            a.dead_letter_policy
+                                .as_ref()
+                                .map_or(0, |p| p.max_time_to_live_seconds),
+                        ),
                     ],
                 )
                 .await
                 .map_err(self.error("cannot write a queue"))?;
+        }
+        // The deduplication ids of the queues that exist, so that a send retried across the
+        // move is still known.
+        let queues: std::collections::HashSet<u64> =
+            recovered.queues.iter().map(|queue| queue.id).collect();
+        for record in &recovered.deduplication_ids {
+            if !queues.contains(&record.queue_id) {
+                continue;
+            }
+            self.transaction
+                .execute(
+                    &format!(
+                        "INSERT INTO {q}.deduplication (queue_id, deduplication_id, message_id,
+                            accepted_ms) VALUES ($1, $2, $3, $4)"
+                    ),
+                    &[
+                        &(record.queue_id as i64),
+                        &record.deduplication_id,
+                        &(record.message_id as i64),
+                        &record.accepted_ms,
+                    ],
+                )
+                .await
+                .map_err(self.error("cannot write a deduplication id"))?;
         }
         self.transaction
             .execute(
@@ -162,15 +202,26 @@ impl Import<'_> {
             .iter()
             .map(|(_, m, _)| m.state.code() as i16)
             .collect();
-        let bodies: Vec<&[u8]> = batch.iter().map(|(_, _, body)| &body[..]).collect();
+        let bodies: Vec<&[u8]> = batch.iter().map(|(_, _, p)| &p.body[..]).collect();
+        let metas: Vec<Option<&[u8]>> = batch.iter().map(|(_, _, p)| p.meta.as_deref()).collect();
+        let sources: Vec<Option<&str>> = batch
+            .iter()
+            .map(|(_, _, p)| p.dead_letter_source.as_deref())
+            .collect();
+        let source_counts: Vec<i32> = batch
+            .iter()
+            .map(|(_, _, p)| i32::try_from(p.dead_letter_receive_count).unwrap_or(i32::MAX))
+            .collect();
         let max_id = ids.iter().copied().max().unwrap_or(0);
         self.transaction
             .execute(
                 &format!(
                     "INSERT INTO {q}.messages (queue_id, id, enqueue_ms, visible_at_ms,
-                        dequeue_count, first_dequeue_ms, receipt_nonce, state, body)
+                        dequeue_count, first_dequeue_ms, receipt_nonce, state, body, meta,
+                        dead_letter_source, dead_letter_receive_count)
                      SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[],
-                        $5::int4[], $6::int8[], $7::int8[], $8::int2[], $9::bytea[])"
+                        $5::int4[], $6::int8[], $7::int8[], $8::int2[], $9::bytea[],
+                        $10::bytea[], $11::text[], $12::int4[])"
                 ),
                 &[
                     &queue_ids,
@@ -182,6 +233,9 @@ impl Import<'_> {
                     &nonces,
                     &states,
                     &bodies,
+                    &metas,
+                    &sources,
+                    &source_counts,
                 ],
             )
             .await

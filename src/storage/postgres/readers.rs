@@ -11,6 +11,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::connect::ConnectOptions;
 use super::schema::quoted;
+use crate::payload::Payload;
 use crate::storage::StorageError;
 
 /// Idle connections kept for reuse; more are opened when all are busy and closed afterwards.
@@ -58,7 +59,8 @@ impl ReaderPool {
         let client = self.options.connect().await.map_err(unavailable)?;
         let bodies = client
             .prepare(&format!(
-                "SELECT id, body FROM {}.messages WHERE id = ANY($1::int8[])",
+                "SELECT id, body, meta, dead_letter_source, dead_letter_receive_count
+                   FROM {}.messages WHERE id = ANY($1::int8[])",
                 quoted(&self.schema)
             ))
             .await
@@ -79,7 +81,7 @@ impl ReaderPool {
     }
 
     /// The bodies of the messages in `ids` that still exist, in the order of `ids`.
-    pub async fn read_bodies(&self, ids: &[u64]) -> Result<Vec<(u64, Bytes)>, StorageError> {
+    pub async fn read_bodies(&self, ids: &[u64]) -> Result<Vec<(u64, Payload)>, StorageError> {
         let reader = self.get().await?;
         let wanted: Vec<i64> = ids.iter().map(|id| *id as i64).collect();
         let read = tokio::time::timeout(
@@ -107,10 +109,20 @@ impl ReaderPool {
             let id: i64 = row
                 .try_get(0)
                 .map_err(|e| StorageError::Io(format!("reading message bodies failed: {e}")))?;
-            let body: Vec<u8> = row
-                .try_get(1)
-                .map_err(|e| StorageError::Io(format!("reading message bodies failed: {e}")))?;
-            found.insert(id as u64, Bytes::from(body));
+            let failed =
+                |e: String| StorageError::Io(format!("reading message bodies failed: {e}"));
+            let body: Vec<u8> = row.try_get(1).map_err(|e| failed(e.to_string()))?;
+            let meta: Option<Vec<u8>> = row.try_get(2).map_err(|e| failed(e.to_string()))?;
+            let source: Option<String> = row.try_get(3).map_err(|e| failed(e.to_string()))?;
+            let receive_count: i32 = row.try_get(4).map_err(|e| failed(e.to_string()))?;
+            let payload = Payload::stored(
+                Bytes::from(body),
+                meta.as_deref(),
+                source,
+                receive_count.max(0) as u32,
+            )
+            .map_err(failed)?;
+            found.insert(id as u64, payload);
         }
         Ok(ids
             .iter()

@@ -12,23 +12,28 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::attributes::QueueAttributes;
+use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::receipt::KEY_LEN;
-use crate::storage::{QueueRecord, Recovered, StorageError, StoredMessage, StoredState};
+use crate::storage::{
+    DeduplicationRecord, QueueRecord, Recovered, StorageError, StoredMessage, StoredState,
+};
 
 /// The layout below. A database with a higher number was written by a newer Spool and is
 /// refused; a lower one would be migrated at open, step by step, each in its transaction.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 /// `schema_version.application`: tells Spool's tables from someone else's of the same names.
 const APPLICATION: &str = "spool";
 /// The names Spool creates; any of them in the schema without Spool's version row is foreign.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "schema_version",
     "queues",
     "messages",
     "secrets",
     "counters",
+    "deduplication",
 ];
+/// The tables version 1 had (all but `deduplication`).
+const VERSION_1_TABLES: usize = 5;
 /// First half of the advisory lock key that keeps a second server out of the schema ("SPOL");
 /// the second half is a hash of the schema's name.
 const LOCK_CLASS: i32 = 0x5350_4f4c;
@@ -95,6 +100,30 @@ CREATE TABLE {s}.counters (
     value bigint NOT NULL
 );
 INSERT INTO {s}.counters (name, value) VALUES ('next_queue_id', 1), ('next_message_id', 1);
+";
+
+/// Version 2: message attributes (`meta`, a `payload::MessageMeta`; NULL for none) and where a
+/// dead-lettered message came from (`dead_letter_source` NULL for others); the deduplication
+/// ids of recent sends; the queues' deduplication window (300 s for existing queues) and
+/// dead-letter policy (`dead_letter_queue` NULL: none). New columns with constant defaults, so
+/// adding them rewrites no table.
+const VERSION_2: &str = "
+ALTER TABLE {s}.messages ADD COLUMN meta bytea,
+    ADD COLUMN dead_letter_source text,
+    ADD COLUMN dead_letter_receive_count integer NOT NULL DEFAULT 0;
+ALTER TABLE {s}.queues ADD COLUMN deduplication_window_seconds bigint NOT NULL DEFAULT 300,
+    ADD COLUMN dead_letter_queue text,
+    ADD COLUMN max_receive_count bigint NOT NULL DEFAULT 0,
+    ADD COLUMN max_time_to_live_seconds bigint NOT NULL DEFAULT 0;
+-- A send's deduplication id, written in the transaction of its message; removed once the
+-- queue's window has passed (or with the queue).
+CREATE TABLE {s}.deduplication (
+    queue_id bigint NOT NULL,
+    deduplication_id text NOT NULL,
+    message_id bigint NOT NULL,
+    accepted_ms bigint NOT NULL,
+    PRIMARY KEY (queue_id, deduplication_id)
+);
 ";
 
 /// A schema name Spool accepts: lower-case letters, digits and underscores, starting with a
@@ -165,6 +194,10 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             .await
             .map_err(io)?;
         transaction
+            .batch_execute(&VERSION_2.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
             .execute(
                 &format!("INSERT INTO {q}.schema_version (application, version) VALUES ($1, $2)"),
                 &[&APPLICATION, &SCHEMA_VERSION],
@@ -227,13 +260,34 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
              the upgrade"
         )));
     }
-    if existing.len() < TABLES.len() {
+    let expected_tables = if version < 2 {
+        VERSION_1_TABLES
+    } else {
+        TABLES.len()
+    };
+    if existing.len() < expected_tables {
         return Err(foreign(format!(
             "Spool's version row is there but tables are missing (found only {})",
             existing.join(", ")
         )));
     }
-    // Version 1 is the first; a later version migrates from `version` here, in this transaction.
+    if version < 2 {
+        // Migrated in this transaction: a crash leaves version 1 or version 2, each whole.
+        let q = quoted(schema);
+        transaction
+            .batch_execute(&VERSION_2.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .execute(&format!("UPDATE {q}.schema_version SET version = 2"), &[])
+            .await
+            .map_err(io)?;
+        tracing::info!(
+            schema,
+            "migrated Spool's tables from version 1 to 2 (message attributes, deduplication, \
+             dead-letter policies)"
+        );
+    }
     transaction.commit().await.map_err(io)?;
     Ok(())
 }
@@ -291,7 +345,8 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             &format!(
                 "SELECT id, name, visibility_timeout_seconds, polling_wait_seconds,
                         max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
-                        create_time_ms, update_time_ms
+                        create_time_ms, update_time_ms, deduplication_window_seconds,
+                        dead_letter_queue, max_receive_count, max_time_to_live_seconds
                    FROM {q}.queues ORDER BY id"
             ),
             &[],
@@ -311,13 +366,46 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
                 message_retention_seconds: u32_column(row, 5)?,
                 rewind_seconds: u32_column(row, 6)?,
                 max_backlog: get_i64(7)? as u64,
+                deduplication_window_seconds: u32_column(row, 10)?,
+                dead_letter_policy: match row
+                    .try_get::<_, Option<String>>(11)
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(dead_letter_queue) => Some(DeadLetterPolicy {
+                        dead_letter_queue,
+                        max_receive_count: u32_column(row, 12)?,
+                        max_time_to_live_seconds: u32_column(row, 13)?,
+                    }),
+                    None => None,
+                },
             },
             create_time_ms: get_i64(8)?,
             update_time_ms: get_i64(9)?,
         });
     }
+    let deduplication_ids = client
+        .query(
+            &format!(
+                "SELECT queue_id, deduplication_id, message_id, accepted_ms
+                   FROM {q}.deduplication"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|row| {
+            Ok(DeduplicationRecord {
+                queue_id: row.try_get::<_, i64>(0).map_err(|e| e.to_string())? as u64,
+                deduplication_id: row.try_get(1).map_err(|e| e.to_string())?,
+                message_id: row.try_get::<_, i64>(2).map_err(|e| e.to_string())? as u64,
+                accepted_ms: row.try_get(3).map_err(|e| e.to_string())?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(Recovered {
         queues,
+        deduplication_ids,
         receipt_secret,
         next_queue_id: counter(&counters, "next_queue_id")?,
         next_message_id: counter(&counters, "next_message_id")?,

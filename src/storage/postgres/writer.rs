@@ -63,6 +63,10 @@ struct Statements {
     create_queue: Statement,
     update_queue: Statement,
     raise_counter: Statement,
+    remember_deduplication: Statement,
+    forget_deduplication: Statement,
+    delete_queue_deduplication: Statement,
+    move_messages: Statement,
 }
 
 impl Statements {
@@ -71,8 +75,9 @@ impl Statements {
         let prepare = |sql: String| async move { client.prepare(&sql).await };
         Ok(Self {
             insert: prepare(format!(
-                "INSERT INTO {s}.messages (queue_id, id, enqueue_ms, visible_at_ms, body)
-                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])"
+                "INSERT INTO {s}.messages (queue_id, id, enqueue_ms, visible_at_ms, body, meta)
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[],
+                                      $6::bytea[])"
             ))
             .await?,
             remove: prepare(format!(
@@ -95,7 +100,7 @@ impl Statements {
             tombstone: prepare(format!(
                 "UPDATE {s}.messages m SET state = 2, visible_at_ms = $4,
                         dequeue_count = u.dequeue_count, receipt_nonce = u.receipt_nonce,
-                        body = ''::bytea
+                        body = ''::bytea, meta = NULL, dead_letter_source = NULL
                    FROM unnest($1::int8[], $2::int4[], $3::int8[])
                         AS u(id, dequeue_count, receipt_nonce)
                   WHERE m.id = u.id"
@@ -118,19 +123,49 @@ impl Statements {
             create_queue: prepare(format!(
                 "INSERT INTO {s}.queues (id, name, visibility_timeout_seconds,
                         polling_wait_seconds, max_message_size, message_retention_seconds,
-                        rewind_seconds, max_backlog, create_time_ms, update_time_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                        rewind_seconds, max_backlog, create_time_ms, update_time_ms,
+                        deduplication_window_seconds, dead_letter_queue, max_receive_count,
+                        max_time_to_live_seconds)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ))
             .await?,
             update_queue: prepare(format!(
                 "UPDATE {s}.queues SET visibility_timeout_seconds = $2, polling_wait_seconds = $3,
                         max_message_size = $4, message_retention_seconds = $5,
-                        rewind_seconds = $6, max_backlog = $7, update_time_ms = $8
+                        rewind_seconds = $6, max_backlog = $7, update_time_ms = $8,
+                        deduplication_window_seconds = $9, dead_letter_queue = $10,
+                        max_receive_count = $11, max_time_to_live_seconds = $12
                   WHERE id = $1"
             ))
             .await?,
             raise_counter: prepare(format!(
                 "UPDATE {s}.counters SET value = greatest(value, $2) WHERE name = $1"
+            ))
+            .await?,
+            // An id whose window passed may still have its row (removed lazily): replaced.
+            remember_deduplication: prepare(format!(
+                "INSERT INTO {s}.deduplication (queue_id, deduplication_id, message_id, accepted_ms)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[])
+                 ON CONFLICT (queue_id, deduplication_id) DO UPDATE
+                    SET message_id = excluded.message_id, accepted_ms = excluded.accepted_ms"
+            ))
+            .await?,
+            forget_deduplication: prepare(format!(
+                "DELETE FROM {s}.deduplication
+                  WHERE queue_id = $1 AND deduplication_id = ANY($2::text[])"
+            ))
+            .await?,
+            delete_queue_deduplication: prepare(format!(
+                "DELETE FROM {s}.deduplication WHERE queue_id = $1"
+            ))
+            .await?,
+            move_messages: prepare(format!(
+                "UPDATE {s}.messages m SET queue_id = u.to_queue_id, visible_at_ms = u.visible_at_ms,
+                        dequeue_count = 0, first_dequeue_ms = 0, receipt_nonce = 0,
+                        dead_letter_source = u.source, dead_letter_receive_count = u.receive_count
+                   FROM unnest($2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int4[])
+                        AS u(id, to_queue_id, visible_at_ms, source, receive_count)
+                  WHERE m.id = u.id AND m.queue_id = $1 AND m.state = 0"
             ))
             .await?,
         })
@@ -460,6 +495,15 @@ struct Step<'a> {
     params: Vec<Param<'a>>,
 }
 
+/// The deduplication ids of a run of inserts, as the arrays of one INSERT.
+#[derive(Default)]
+struct DeduplicationRows<'a> {
+    queue_ids: Vec<i64>,
+    ids: Vec<&'a str>,
+    message_ids: Vec<i64>,
+    accepted_ms: Vec<i64>,
+}
+
 fn ids(ids: impl IntoIterator<Item = u64>) -> Vec<i64> {
     ids.into_iter().map(|id| id as i64).collect()
 }
@@ -488,13 +532,22 @@ fn steps<'a>(
                     Vec::new(),
                     Vec::<&[u8]>::new(),
                 );
+                let mut metas: Vec<Option<Vec<u8>>> = Vec::new();
+                let mut deduplication = DeduplicationRows::default();
                 while let Some(WriteOp::InsertMessages { queue_id, messages }) = ops.get(index) {
                     for message in messages {
                         queue_ids.push(*queue_id as i64);
                         message_ids.push(message.id as i64);
                         enqueue.push(message.enqueue_ms);
                         visible.push(message.visible_at_ms);
-                        bodies.push(&message.body[..]);
+                        bodies.push(&message.payload.body[..]);
+                        metas.push(message.payload.encoded_meta());
+                        if let Some(id) = &message.deduplication_id {
+                            deduplication.queue_ids.push(*queue_id as i64);
+                            deduplication.ids.push(id.as_str());
+                            deduplication.message_ids.push(message.id as i64);
+                            deduplication.accepted_ms.push(message.enqueue_ms);
+                        }
                         *next_message_id = (*next_message_id).max(message.id + 1);
                     }
                     index += 1;
@@ -507,8 +560,20 @@ fn steps<'a>(
                         Box::new(enqueue),
                         Box::new(visible),
                         Box::new(bodies),
+                        Box::new(metas),
                     ],
                 });
+                if !deduplication.ids.is_empty() {
+                    steps.push(Step {
+                        statement: &statements.remember_deduplication,
+                        params: vec![
+                            Box::new(deduplication.queue_ids),
+                            Box::new(deduplication.ids),
+                            Box::new(deduplication.message_ids),
+                            Box::new(deduplication.accepted_ms),
+                        ],
+                    });
+                }
                 continue;
             }
             WriteOp::RemoveMessages { .. } => {
@@ -538,6 +603,22 @@ fn steps<'a>(
                         Box::new(a.max_backlog as i64),
                         Box::new(queue.create_time_ms),
                         Box::new(queue.update_time_ms),
+                        Box::new(i64::from(a.deduplication_window_seconds)),
+                        Box::new(
+                            a.dead_letter_policy
+                                .as_ref()
+                                .map(|p| p.dead_letter_queue.clone()),
+                        ),
+                        Box::new(i64::from(
+                            a.dead_letter_policy
+                                .as_ref()
+                                .map_or(0, |p| p.max_receive_count),
+                        )),
+                        Box::new(i64::from(
+                            a.dead_letter_policy
+                                .as_ref()
+                                .map_or(0, |p| p.max_time_to_live_seconds),
+                        )),
                     ],
                 });
                 *next_queue_id = (*next_queue_id).max(queue.id + 1);
@@ -555,6 +636,22 @@ fn steps<'a>(
                         Box::new(i64::from(a.rewind_seconds)),
                         Box::new(a.max_backlog as i64),
                         Box::new(queue.update_time_ms),
+                        Box::new(i64::from(a.deduplication_window_seconds)),
+                        Box::new(
+                            a.dead_letter_policy
+                                .as_ref()
+                                .map(|p| p.dead_letter_queue.clone()),
+                        ),
+                        Box::new(i64::from(
+                            a.dead_letter_policy
+                                .as_ref()
+                                .map_or(0, |p| p.max_receive_count),
+                        )),
+                        Box::new(i64::from(
+                            a.dead_letter_policy
+                                .as_ref()
+                                .map_or(0, |p| p.max_time_to_live_seconds),
+                        )),
                     ],
                 });
             }
@@ -571,6 +668,10 @@ fn steps<'a>(
                 });
                 steps.push(Step {
                     statement: &statements.delete_queue,
+                    params: vec![Box::new(*queue_id as i64)],
+                });
+                steps.push(Step {
+                    statement: &statements.delete_queue_deduplication,
                     params: vec![Box::new(*queue_id as i64)],
                 });
             }
@@ -653,6 +754,40 @@ fn steps<'a>(
                         Box::new(kept.iter().map(|r| r.first_dequeue_ms).collect::<Vec<_>>()),
                         Box::new(ids(kept.iter().map(|r| r.receipt_nonce))),
                     ],
+                });
+            }
+            WriteOp::MoveMessages {
+                from_queue_id,
+                moves,
+            } => {
+                steps.push(Step {
+                    statement: &statements.move_messages,
+                    params: vec![
+                        Box::new(*from_queue_id as i64),
+                        Box::new(ids(moves.iter().map(|m| m.id))),
+                        Box::new(ids(moves.iter().map(|m| m.to_queue_id))),
+                        Box::new(moves.iter().map(|m| m.visible_at_ms).collect::<Vec<_>>()),
+                        Box::new(
+                            moves
+                                .iter()
+                                .map(|m| m.dead_letter.as_ref().map(|d| d.source_queue.to_string()))
+                                .collect::<Vec<_>>(),
+                        ),
+                        Box::new(
+                            moves
+                                .iter()
+                                .map(|m| {
+                                    m.dead_letter.as_ref().map_or(0, |d| count(d.receive_count))
+                                })
+                                .collect::<Vec<_>>(),
+                        ),
+                    ],
+                });
+            }
+            WriteOp::ForgetDeduplicationIds { queue_id, ids } => {
+                steps.push(Step {
+                    statement: &statements.forget_deduplication,
+                    params: vec![Box::new(*queue_id as i64), Box::new(ids.clone())],
                 });
             }
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{DATABASE_FILE, OLD_LOCK_FILE, lock_file, schema};
-use crate::storage::{Recovered, StorageError, StoredMessage, StoredState};
+use crate::storage::{ExportedPayload, Recovered, StorageError, StoredMessage, StoredState};
 
 /// A data directory opened for export: its database brought to the current schema (as a start
 /// of this version would), and locked, so no server can start on it while it is read.
@@ -44,17 +44,18 @@ impl Export {
         schema::recover(&self.conn).map_err(|e| StorageError::Io(format!("reading queues: {e}")))
     }
 
-    /// Every message with its queue id and body, in id order.
+    /// Every message with its queue id, body and the columns stored with it, in id order.
     pub fn messages(
         &self,
-        visit: &mut dyn FnMut(u64, StoredMessage, Vec<u8>) -> Result<(), StorageError>,
+        visit: &mut dyn FnMut(u64, StoredMessage, ExportedPayload) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         let io = |e: rusqlite::Error| StorageError::Io(format!("reading messages: {e}"));
         let mut statement = self
             .conn
             .prepare(
                 "SELECT queue_id, id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
-                        receipt_nonce, deleted, body
+                        receipt_nonce, deleted, body, meta, dead_letter_source,
+                        dead_letter_receive_count
                    FROM messages ORDER BY id",
             )
             .map_err(io)?;
@@ -73,11 +74,13 @@ impl Export {
                 receipt_nonce: row.get::<_, i64>(6).map_err(io)? as u64,
                 state,
             };
-            visit(
-                row.get::<_, i64>(0).map_err(io)? as u64,
-                message,
-                row.get(8).map_err(io)?,
-            )?;
+            let payload = ExportedPayload {
+                body: row.get(8).map_err(io)?,
+                meta: row.get(9).map_err(io)?,
+                dead_letter_source: row.get(10).map_err(io)?,
+                dead_letter_receive_count: row.get(11).map_err(io)?,
+            };
+            visit(row.get::<_, i64>(0).map_err(io)? as u64, message, payload)?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::payload::Payload;
 use crate::storage::{BodiesReply, StorageError};
 
 /// Idle connections kept for reuse; more are opened when all are busy and closed afterwards.
@@ -64,8 +65,11 @@ fn open(path: &PathBuf) -> Result<Connection, StorageError> {
     .map_err(|e| StorageError::Io(format!("cannot open {}: {e}", path.display())))
 }
 
-fn read(conn: &Connection, ids: &[u64]) -> rusqlite::Result<Vec<(u64, Bytes)>> {
-    let mut select = conn.prepare_cached("SELECT body FROM messages WHERE id = ?1")?;
+fn read(conn: &Connection, ids: &[u64]) -> rusqlite::Result<Vec<(u64, Payload)>> {
+    let mut select = conn.prepare_cached(
+        "SELECT body, meta, dead_letter_source, dead_letter_receive_count FROM messages
+         WHERE id = ?1",
+    )?;
     let mut bodies = Vec::with_capacity(ids.len());
     // One read transaction, so the bodies come from one snapshot.
     conn.execute_batch("BEGIN")?;
@@ -74,7 +78,17 @@ fn read(conn: &Connection, ids: &[u64]) -> rusqlite::Result<Vec<(u64, Bytes)>> {
             let mut rows = select.query([id as i64])?;
             if let Some(row) = rows.next()? {
                 let body: Vec<u8> = row.get(0)?;
-                bodies.push((id, Bytes::from(body)));
+                let meta: Option<Vec<u8>> = row.get(1)?;
+                let payload =
+                    Payload::stored(Bytes::from(body), meta.as_deref(), row.get(2)?, row.get(3)?)
+                        .map_err(|why| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            1,
+                            rusqlite::types::Type::Blob,
+                            why.into(),
+                        )
+                    })?;
+                bodies.push((id, payload));
             }
         }
         Ok(())

@@ -4,14 +4,17 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::attributes::QueueAttributes;
-use crate::storage::{QueueRecord, Recovered, StorageError, StoredMessage, StoredState};
+use crate::attributes::{DeadLetterPolicy, QueueAttributes};
+use crate::storage::{
+    DeduplicationRecord, QueueRecord, Recovered, StorageError, StoredMessage, StoredState,
+};
 
 /// `PRAGMA application_id` of a Spool database ("SPOL"), so a foreign database is refused.
 const APPLICATION_ID: i32 = 0x5350_4f4c;
 /// `PRAGMA user_version`: the layout below. Version 1 had the index `messages_by_queue`;
-/// version 2 had no `secrets` table and no tombstones (`deleted` = 2). `prepare` migrates both.
-const SCHEMA_VERSION: i32 = 3;
+/// version 2 had no `secrets` table and no tombstones (`deleted` = 2); version 3 had no message
+/// attributes, deduplication ids nor dead-letter policies. `prepare` migrates each.
+const SCHEMA_VERSION: i32 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE queues (
@@ -58,6 +61,31 @@ CREATE TABLE secrets (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) STRICT;
+";
+
+/// Added in version 4: message attributes (`messages.meta`, a `payload::MessageMeta`, NULL for
+/// a message with none) and where a dead-lettered message came from (`dead_letter_source` NULL
+/// for others): after the body, which is fine for columns only read with it; the
+/// deduplication ids of recent sends, and the queues' deduplication window and dead-letter
+/// policy (`dead_letter_queue` NULL: no policy).
+const VERSION_4: &str = "
+ALTER TABLE messages ADD COLUMN meta BLOB;
+ALTER TABLE messages ADD COLUMN dead_letter_source TEXT;
+ALTER TABLE messages ADD COLUMN dead_letter_receive_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queues ADD COLUMN deduplication_window_seconds INTEGER NOT NULL DEFAULT 300;
+ALTER TABLE queues ADD COLUMN dead_letter_queue TEXT;
+ALTER TABLE queues ADD COLUMN max_receive_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queues ADD COLUMN max_time_to_live_seconds INTEGER NOT NULL DEFAULT 0;
+-- A send's deduplication id, written in the transaction of its message; removed once the
+-- queue's window has passed (or with the queue). Keyed by queue, so ids are per queue and a
+-- queue's ids are one range of the key.
+CREATE TABLE deduplication (
+    queue_id INTEGER NOT NULL,
+    deduplication_id TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    accepted_ms INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, deduplication_id)
+) STRICT, WITHOUT ROWID;
 ";
 
 const RECEIPT_SECRET: &str = "receipt_key";
@@ -163,9 +191,14 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
         0 => create(conn),
         1 => {
             migrate_from_v1(conn)?;
-            migrate_from_v2(conn)
+            migrate_from_v2(conn)?;
+            migrate_from_v3(conn)
         }
-        2 => migrate_from_v2(conn),
+        2 => {
+            migrate_from_v2(conn)?;
+            migrate_from_v3(conn)
+        }
+        3 => migrate_from_v3(conn),
         // `check_existing` refused newer versions before the file was opened for writing.
         _ => Ok(()),
     }
@@ -175,6 +208,7 @@ fn create(conn: &Connection) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(SCHEMA)?;
     tx.execute_batch(SECRETS)?;
+    tx.execute_batch(VERSION_4)?;
     insert_receipt_secret(&tx)?;
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -203,6 +237,21 @@ fn migrate_from_v2(conn: &Connection) -> rusqlite::Result<()> {
     tx.pragma_update(None, "user_version", 3)?;
     tx.commit()?;
     tracing::info!("migrated the database from schema 2 to 3 (signed receipt handles)");
+    Ok(())
+}
+
+/// Version 3 → 4: message attributes, deduplication ids, deduplication windows (300 s, the
+/// default, for existing queues) and dead-letter policies (none). One transaction, like the
+/// others: a crash leaves version 3 or version 4, each whole.
+fn migrate_from_v3(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(VERSION_4)?;
+    tx.pragma_update(None, "user_version", 4)?;
+    tx.commit()?;
+    tracing::info!(
+        "migrated the database from schema 3 to 4 (message attributes, deduplication, \
+         dead-letter policies)"
+    );
     Ok(())
 }
 
@@ -254,13 +303,16 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
     let counter = |name: &str| stored_counter(conn, name);
     let mut recovered = Recovered {
         queues: Vec::new(),
+        deduplication_ids: recover_deduplication_ids(conn)?,
         receipt_secret: receipt_secret(conn)?,
         next_queue_id: counter("next_queue_id")?,
         next_message_id: counter("next_message_id")?,
     };
     let mut queues = conn.prepare(
         "SELECT id, name, visibility_timeout_seconds, polling_wait_seconds, max_message_size,
-                message_retention_seconds, rewind_seconds, max_backlog, create_time_ms, update_time_ms
+                message_retention_seconds, rewind_seconds, max_backlog, create_time_ms, update_time_ms,
+                deduplication_window_seconds, dead_letter_queue, max_receive_count,
+                max_time_to_live_seconds
          FROM queues ORDER BY id",
     )?;
     let records = queues
@@ -275,6 +327,15 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
                     message_retention_seconds: row.get(5)?,
                     rewind_seconds: row.get(6)?,
                     max_backlog: row.get::<_, i64>(7)? as u64,
+                    deduplication_window_seconds: row.get(10)?,
+                    dead_letter_policy: match row.get::<_, Option<String>>(11)? {
+                        Some(dead_letter_queue) => Some(DeadLetterPolicy {
+                            dead_letter_queue,
+                            max_receive_count: row.get(12)?,
+                            max_time_to_live_seconds: row.get(13)?,
+                        }),
+                        None => None,
+                    },
                 },
                 create_time_ms: row.get(8)?,
                 update_time_ms: row.get(9)?,
@@ -284,6 +345,21 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
 
     recovered.queues = records;
     Ok(recovered)
+}
+
+/// Every stored deduplication id.
+fn recover_deduplication_ids(conn: &Connection) -> rusqlite::Result<Vec<DeduplicationRecord>> {
+    let mut ids = conn
+        .prepare("SELECT queue_id, deduplication_id, message_id, accepted_ms FROM deduplication")?;
+    ids.query_map([], |row| {
+        Ok(DeduplicationRecord {
+            queue_id: row.get::<_, i64>(0)? as u64,
+            deduplication_id: row.get(1)?,
+            message_id: row.get::<_, i64>(2)? as u64,
+            accepted_ms: row.get(3)?,
+        })
+    })?
+    .collect()
 }
 
 /// The recovery scan: every message's queue and metadata (not its body), in id order. The id is
@@ -349,10 +425,9 @@ mod tests {
     #[test]
     fn a_version_1_database_loses_its_index() {
         let conn = Connection::open_in_memory().expect("open");
-        create(&conn).expect("create");
+        conn.execute_batch(SCHEMA).expect("version 1's tables");
         conn.execute_batch(
-            "CREATE INDEX messages_by_queue ON messages (queue_id, id); DROP TABLE secrets;
-             PRAGMA user_version = 1;",
+            "CREATE INDEX messages_by_queue ON messages (queue_id, id); PRAGMA user_version = 1;",
         )
         .expect("make it version 1");
         prepare(&conn).expect("prepare");
@@ -369,5 +444,38 @@ mod tests {
             )
             .expect("indexes");
         assert_eq!(indexes, 0);
+    }
+
+    /// Version 3 → 4 keeps every queue and message, gives queues the default deduplication
+    /// window and no dead-letter policy, and messages no attributes.
+    #[test]
+    fn a_version_3_database_gains_attributes_and_deduplication() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(SCHEMA).expect("tables");
+        conn.execute_batch(SECRETS).expect("secrets");
+        insert_receipt_secret(&conn).expect("secret");
+        conn.execute_batch(
+            "INSERT INTO queues VALUES (1, 'q', 30, 0, 65536, 345600, 0, 100, 5, 5);
+             INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body)
+                 VALUES (1, 1, 5, 5, x'6869');
+             PRAGMA user_version = 3;",
+        )
+        .expect("make it version 3");
+        prepare(&conn).expect("prepare");
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let recovered = recover(&conn).expect("recover");
+        let attributes = &recovered.queues[0].attributes;
+        assert_eq!(attributes.deduplication_window_seconds, 300);
+        assert_eq!(attributes.dead_letter_policy, None);
+        assert!(recovered.deduplication_ids.is_empty());
+        let meta: Option<Vec<u8>> = conn
+            .query_row("SELECT meta FROM messages WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .expect("meta");
+        assert_eq!(meta, None);
     }
 }

@@ -192,8 +192,9 @@ fn apply(
             conn.prepare_cached(
                 "INSERT INTO queues (id, name, visibility_timeout_seconds, polling_wait_seconds,
                     max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
-                    create_time_ms, update_time_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    create_time_ms, update_time_ms, deduplication_window_seconds,
+                    dead_letter_queue, max_receive_count, max_time_to_live_seconds)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 queue.id as i64,
@@ -206,6 +207,16 @@ fn apply(
                 a.max_backlog as i64,
                 queue.create_time_ms,
                 queue.update_time_ms,
+                a.deduplication_window_seconds,
+                a.dead_letter_policy
+                    .as_ref()
+                    .map(|p| p.dead_letter_queue.as_str()),
+                a.dead_letter_policy
+                    .as_ref()
+                    .map_or(0, |p| p.max_receive_count),
+                a.dead_letter_policy
+                    .as_ref()
+                    .map_or(0, |p| p.max_time_to_live_seconds),
             ])?;
             *next_queue_id = (*next_queue_id).max(queue.id + 1);
         }
@@ -214,7 +225,9 @@ fn apply(
             conn.prepare_cached(
                 "UPDATE queues SET visibility_timeout_seconds = ?2, polling_wait_seconds = ?3,
                     max_message_size = ?4, message_retention_seconds = ?5, rewind_seconds = ?6,
-                    max_backlog = ?7, update_time_ms = ?8
+                    max_backlog = ?7, update_time_ms = ?8, deduplication_window_seconds = ?9,
+                    dead_letter_queue = ?10, max_receive_count = ?11,
+                    max_time_to_live_seconds = ?12
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -226,6 +239,16 @@ fn apply(
                 a.rewind_seconds,
                 a.max_backlog as i64,
                 queue.update_time_ms,
+                a.deduplication_window_seconds,
+                a.dead_letter_policy
+                    .as_ref()
+                    .map(|p| p.dead_letter_queue.as_str()),
+                a.dead_letter_policy
+                    .as_ref()
+                    .map_or(0, |p| p.max_receive_count),
+                a.dead_letter_policy
+                    .as_ref()
+                    .map_or(0, |p| p.max_time_to_live_seconds),
             ])?;
         }
         WriteOp::DeleteQueue {
@@ -242,11 +265,20 @@ fn apply(
             }
             conn.prepare_cached("DELETE FROM queues WHERE id = ?1")?
                 .execute([*queue_id as i64])?;
+            conn.prepare_cached("DELETE FROM deduplication WHERE queue_id = ?1")?
+                .execute([*queue_id as i64])?;
         }
         WriteOp::InsertMessages { queue_id, messages } => {
             let mut insert = conn.prepare_cached(
-                "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            // An id whose window passed may still have its row (removed lazily): replaced.
+            let mut remember = conn.prepare_cached(
+                "INSERT INTO deduplication (queue_id, deduplication_id, message_id, accepted_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (queue_id, deduplication_id)
+                 DO UPDATE SET message_id = excluded.message_id, accepted_ms = excluded.accepted_ms",
             )?;
             for message in messages {
                 insert.execute(params![
@@ -254,8 +286,17 @@ fn apply(
                     *queue_id as i64,
                     message.enqueue_ms,
                     message.visible_at_ms,
-                    &message.body[..],
+                    &message.payload.body[..],
+                    message.payload.encoded_meta(),
                 ])?;
+                if let Some(deduplication_id) = &message.deduplication_id {
+                    remember.execute(params![
+                        *queue_id as i64,
+                        deduplication_id,
+                        message.id as i64,
+                        message.enqueue_ms,
+                    ])?;
+                }
                 *next_message_id = (*next_message_id).max(message.id + 1);
             }
         }
@@ -286,7 +327,7 @@ fn apply(
             }
             let mut tombstone = conn.prepare_cached(
                 "UPDATE messages SET deleted = ?5, visible_at_ms = ?2, dequeue_count = ?3,
-                    receipt_nonce = ?4, body = x''
+                    receipt_nonce = ?4, body = x'', meta = NULL, dead_letter_source = NULL
                  WHERE id = ?1",
             )?;
             for kept in &deleted.tombstones {
@@ -322,6 +363,35 @@ fn apply(
                     receive.first_dequeue_ms,
                     receive.receipt_nonce as i64,
                 ])?;
+            }
+        }
+        WriteOp::MoveMessages {
+            from_queue_id,
+            moves,
+        } => {
+            let mut move_one = conn.prepare_cached(
+                "UPDATE messages SET queue_id = ?2, visible_at_ms = ?3, dequeue_count = 0,
+                    first_dequeue_ms = 0, receipt_nonce = 0, dead_letter_source = ?4,
+                    dead_letter_receive_count = ?5
+                 WHERE id = ?1 AND queue_id = ?6 AND deleted = 0",
+            )?;
+            for moved in moves {
+                move_one.execute(params![
+                    moved.id as i64,
+                    moved.to_queue_id as i64,
+                    moved.visible_at_ms,
+                    moved.dead_letter.as_ref().map(|d| &*d.source_queue),
+                    moved.dead_letter.as_ref().map_or(0, |d| d.receive_count),
+                    *from_queue_id as i64,
+                ])?;
+            }
+        }
+        WriteOp::ForgetDeduplicationIds { queue_id, ids } => {
+            let mut forget = conn.prepare_cached(
+                "DELETE FROM deduplication WHERE queue_id = ?1 AND deduplication_id = ?2",
+            )?;
+            for id in ids {
+                forget.execute(params![*queue_id as i64, id])?;
             }
         }
     }

@@ -7,7 +7,20 @@
   written for CMQ runs against Spool with a changed import.
 """
 
-from ._client import DEFAULT_ENDPOINT, Client, parse_endpoint
+from ._client import (
+    DEFAULT_ENDPOINT,
+    Client,
+    dead_letter_policy,
+    new_deduplication_id,
+    parse_endpoint,
+)
 from ._errors import SpoolError
 
-__all__ = ["Client", "DEFAULT_ENDPOINT", "SpoolError", "parse_endpoint"]
+__all__ = [
+    "Client",
+    "DEFAULT_ENDPOINT",
+    "SpoolError",
+    "dead_letter_policy",
+    "new_deduplication_id",
+    "parse_endpoint",
+]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+import uuid
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -27,6 +28,17 @@ DEFAULT_ENDPOINT = "127.0.0.1:50051"
 
 # "Use the client's default timeout": None already means "no timeout" for a call.
 _DEFAULT = object()
+
+#: Attempts of a send in all when the server is UNAVAILABLE (unreachable, starting, shutting
+#: down, storage failing). Safe because every send carries a deduplication id.
+SEND_ATTEMPTS = 3
+#: Pause before the first retry of a send; it doubles for the next.
+SEND_RETRY_BACKOFF = 0.2
+
+
+def new_deduplication_id() -> str:
+    """A deduplication id for a send that has none of the caller's: 122 random bits."""
+    return f"spool-py-{uuid.uuid4().hex}"
 
 
 def parse_endpoint(endpoint: str) -> Tuple[str, bool]:
@@ -93,6 +105,8 @@ def _attributes(
     message_retention_seconds: Optional[int],
     rewind_seconds: Optional[int],
     max_backlog: Optional[int],
+    deduplication_window_seconds: Optional[int] = None,
+    dead_letter_policy: Optional[pb.DeadLetterPolicy] = None,
 ) -> pb.QueueAttributes:
     """QueueAttributes with the given fields set; None leaves a field unset."""
     given = {
@@ -102,8 +116,23 @@ def _attributes(
         "message_retention_seconds": message_retention_seconds,
         "rewind_seconds": rewind_seconds,
         "max_backlog": max_backlog,
+        "deduplication_window_seconds": deduplication_window_seconds,
+        "dead_letter_policy": dead_letter_policy,
     }
     return pb.QueueAttributes(**{name: value for name, value in given.items() if value is not None})
+
+
+def dead_letter_policy(
+    dead_letter_queue: str, max_receive_count: int, max_time_to_live_seconds: int = 0
+) -> pb.DeadLetterPolicy:
+    """A dead-letter policy for create_queue/update_queue: messages received
+    `max_receive_count` times (or, when not 0, older than `max_time_to_live_seconds`) move to
+    `dead_letter_queue`. `dead_letter_policy("", 0)` removes a queue's policy on update."""
+    return pb.DeadLetterPolicy(
+        dead_letter_queue=dead_letter_queue,
+        max_receive_count=max_receive_count,
+        max_time_to_live_seconds=max_time_to_live_seconds,
+    )
 
 
 class Client:
@@ -226,12 +255,15 @@ class Client:
         message_retention_seconds: Optional[int] = None,
         rewind_seconds: Optional[int] = None,
         max_backlog: Optional[int] = None,
+        deduplication_window_seconds: Optional[int] = None,
+        dead_letter_policy: Optional[pb.DeadLetterPolicy] = None,
         timeout=_DEFAULT,
     ) -> pb.Queue:
         """Creates a queue; attributes left None take the server's defaults.
 
         Creating a queue that exists with the same attributes returns it; with other attributes
-        it fails (ALREADY_EXISTS, cmq_code 4460).
+        it fails (ALREADY_EXISTS, cmq_code 4460). `dead_letter_policy`: see
+        `spool_client.dead_letter_policy`; its queue must exist.
         """
         attributes = _attributes(
             visibility_timeout_seconds,
@@ -240,6 +272,8 @@ class Client:
             message_retention_seconds,
             rewind_seconds,
             max_backlog,
+            deduplication_window_seconds,
+            dead_letter_policy,
         )
         request = pb.CreateQueueRequest(queue_name=queue_name, attributes=attributes)
         return self._call(self._stub.CreateQueue, request, timeout)
@@ -258,6 +292,8 @@ class Client:
         message_retention_seconds: Optional[int] = None,
         rewind_seconds: Optional[int] = None,
         max_backlog: Optional[int] = None,
+        deduplication_window_seconds: Optional[int] = None,
+        dead_letter_policy: Optional[pb.DeadLetterPolicy] = None,
         timeout=_DEFAULT,
     ) -> pb.Queue:
         """Changes the attributes given (not None); the others keep their value."""
@@ -268,6 +304,8 @@ class Client:
             message_retention_seconds,
             rewind_seconds,
             max_backlog,
+            deduplication_window_seconds,
+            dead_letter_policy,
         )
         request = pb.UpdateQueueRequest(queue_name=queue_name, attributes=attributes)
         return self._call(self._stub.UpdateQueue, request, timeout)
@@ -311,19 +349,48 @@ class Client:
 
     # -- messages -----------------------------------------------------------------------------
 
+    def _send(self, method, request, timeout):
+        """A send, tried up to SEND_ATTEMPTS times while the server is UNAVAILABLE. The same
+        request goes each time, with its deduplication ids: an attempt whose answer was lost
+        but whose messages were stored makes the next one a duplicate, which enqueues nothing
+        and answers the stored ids (within the queue's deduplication window)."""
+        backoff = SEND_RETRY_BACKOFF
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                return self._call(method, request, timeout)
+            except SpoolError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE or attempt == SEND_ATTEMPTS:
+                    raise
+            time.sleep(backoff)
+            backoff *= 2
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def send_message(
         self,
         queue_name: str,
         body: Body,
         *,
         delay_seconds: Optional[int] = None,
+        attributes: Optional[Mapping[str, str]] = None,
+        deduplication_id: Optional[str] = None,
         timeout=_DEFAULT,
     ) -> str:
-        """Sends a message (str bodies are sent as UTF-8) and returns its id."""
+        """Sends a message (str bodies are sent as UTF-8) and returns its id.
+
+        `attributes`: up to 16 key/value strings delivered with the message (a W3C
+        traceparent, ...). `deduplication_id`: 1..128 printable ASCII characters; a send whose id
+        the queue accepted within its deduplication window enqueues nothing and returns the
+        first send's id. Without one the client makes one for this call, so its own retries
+        (on UNAVAILABLE) never store the message twice.
+        """
         request = pb.SendMessageRequest(
-            queue_name=queue_name, body=_body_bytes(body), delay_seconds=delay_seconds
+            queue_name=queue_name,
+            body=_body_bytes(body),
+            delay_seconds=delay_seconds,
+            attributes=dict(attributes or {}),
+            deduplication_id=deduplication_id or new_deduplication_id(),
         )
-        return self._call(self._stub.SendMessage, request, timeout).message_id
+        return self._send(self._stub.SendMessage, request, timeout).message_id
 
     def batch_send_messages(
         self,
@@ -335,17 +402,22 @@ class Client:
     ) -> List[str]:
         """Sends 1 to 16 messages, all or nothing, and returns their ids in order.
 
-        Each item is a body, or a BatchSendEntry to give it a delay of its own; `delay_seconds`
-        applies to the plain bodies.
+        Each item is a body, or a BatchSendEntry to give it a delay, attributes or a
+        deduplication id of its own; `delay_seconds` applies to the plain bodies. Entries
+        without a deduplication id get one of the client's, as in send_message.
         """
-        entries = [
-            body
-            if isinstance(body, pb.BatchSendEntry)
-            else pb.BatchSendEntry(body=_body_bytes(body), delay_seconds=delay_seconds)
-            for body in bodies
-        ]
+        entries = []
+        for body in bodies:
+            if isinstance(body, pb.BatchSendEntry):
+                entry = pb.BatchSendEntry()
+                entry.CopyFrom(body)
+            else:
+                entry = pb.BatchSendEntry(body=_body_bytes(body), delay_seconds=delay_seconds)
+            if not entry.deduplication_id:
+                entry.deduplication_id = new_deduplication_id()
+            entries.append(entry)
         request = pb.BatchSendMessagesRequest(queue_name=queue_name, entries=entries)
-        return list(self._call(self._stub.BatchSendMessages, request, timeout).message_ids)
+        return list(self._send(self._stub.BatchSendMessages, request, timeout).message_ids)
 
     def receive_messages(
         self,
@@ -459,6 +531,29 @@ class Client:
         """
         request = pb.PeekMessagesRequest(queue_name=queue_name, max_messages=max_messages)
         return list(self._call(self._stub.PeekMessages, request, timeout).messages)
+
+    def list_dead_letter_source_queues(self, queue_name: str, *, timeout=_DEFAULT) -> List[str]:
+        """The queues whose dead-letter policy names `queue_name`, in name order."""
+        request = pb.ListDeadLetterSourceQueuesRequest(queue_name=queue_name)
+        return list(self._call(self._stub.ListDeadLetterSourceQueues, request, timeout).queue_names)
+
+    def redrive_messages(
+        self,
+        queue_name: str,
+        *,
+        destination_queue: str = "",
+        max_messages: int = 0,
+        timeout=_DEFAULT,
+    ) -> pb.RedriveMessagesResponse:
+        """Moves up to `max_messages` (0: all, up to 100000) visible messages out of a
+        dead-letter queue, oldest first: back to the queue each came from, or all to
+        `destination_queue`. The answer has `redriven_messages` and `skipped_messages` (those
+        whose source queue no longer exists). Not retried: a second redrive would also move
+        what was dead-lettered in between."""
+        request = pb.RedriveMessagesRequest(
+            queue_name=queue_name, destination_queue=destination_queue, max_messages=max_messages
+        )
+        return self._call(self._stub.RedriveMessages, request, timeout)
 
     def consume(
         self,

@@ -10,21 +10,35 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DeadLetterPolicy(_message.Message):
+    __slots__ = ("dead_letter_queue", "max_receive_count", "max_time_to_live_seconds")
+    DEAD_LETTER_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECEIVE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TIME_TO_LIVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    dead_letter_queue: str
+    max_receive_count: int
+    max_time_to_live_seconds: int
+    def __init__(self, dead_letter_queue: _Optional[str] = ..., max_receive_count: _Optional[int] = ..., max_time_to_live_seconds: _Optional[int] = ...) -> None: ...
+
 class QueueAttributes(_message.Message):
-    __slots__ = ("visibility_timeout_seconds", "polling_wait_seconds", "max_message_size", "message_retention_seconds", "rewind_seconds", "max_backlog")
+    __slots__ = ("visibility_timeout_seconds", "polling_wait_seconds", "max_message_size", "message_retention_seconds", "rewind_seconds", "max_backlog", "deduplication_window_seconds", "dead_letter_policy")
     VISIBILITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     POLLING_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_RETENTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REWIND_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATION_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_POLICY_FIELD_NUMBER: _ClassVar[int]
     visibility_timeout_seconds: int
     polling_wait_seconds: int
     max_message_size: int
     message_retention_seconds: int
     rewind_seconds: int
     max_backlog: int
-    def __init__(self, visibility_timeout_seconds: _Optional[int] = ..., polling_wait_seconds: _Optional[int] = ..., max_message_size: _Optional[int] = ..., message_retention_seconds: _Optional[int] = ..., rewind_seconds: _Optional[int] = ..., max_backlog: _Optional[int] = ...) -> None: ...
+    deduplication_window_seconds: int
+    dead_letter_policy: DeadLetterPolicy
+    def __init__(self, visibility_timeout_seconds: _Optional[int] = ..., polling_wait_seconds: _Optional[int] = ..., max_message_size: _Optional[int] = ..., message_retention_seconds: _Optional[int] = ..., rewind_seconds: _Optional[int] = ..., max_backlog: _Optional[int] = ..., deduplication_window_seconds: _Optional[int] = ..., dead_letter_policy: _Optional[_Union[DeadLetterPolicy, _Mapping]] = ...) -> None: ...
 
 class QueueStats(_message.Message):
     __slots__ = ("active_messages", "inactive_messages", "delayed_messages", "rewindable_messages", "oldest_message_time")
@@ -117,14 +131,25 @@ class RewindQueueResponse(_message.Message):
     def __init__(self, restored_messages: _Optional[int] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("queue_name", "body", "delay_seconds")
+    __slots__ = ("queue_name", "body", "delay_seconds", "attributes", "deduplication_id")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
     queue_name: str
     body: bytes
     delay_seconds: int
-    def __init__(self, queue_name: _Optional[str] = ..., body: _Optional[bytes] = ..., delay_seconds: _Optional[int] = ...) -> None: ...
+    attributes: _containers.ScalarMap[str, str]
+    deduplication_id: str
+    def __init__(self, queue_name: _Optional[str] = ..., body: _Optional[bytes] = ..., delay_seconds: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., deduplication_id: _Optional[str] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("message_id",)
@@ -133,12 +158,23 @@ class SendMessageResponse(_message.Message):
     def __init__(self, message_id: _Optional[str] = ...) -> None: ...
 
 class BatchSendEntry(_message.Message):
-    __slots__ = ("body", "delay_seconds")
+    __slots__ = ("body", "delay_seconds", "attributes", "deduplication_id")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BODY_FIELD_NUMBER: _ClassVar[int]
     DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
     body: bytes
     delay_seconds: int
-    def __init__(self, body: _Optional[bytes] = ..., delay_seconds: _Optional[int] = ...) -> None: ...
+    attributes: _containers.ScalarMap[str, str]
+    deduplication_id: str
+    def __init__(self, body: _Optional[bytes] = ..., delay_seconds: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., deduplication_id: _Optional[str] = ...) -> None: ...
 
 class BatchSendMessagesRequest(_message.Message):
     __slots__ = ("queue_name", "entries")
@@ -167,7 +203,14 @@ class ReceiveMessagesRequest(_message.Message):
     def __init__(self, queue_name: _Optional[str] = ..., max_messages: _Optional[int] = ..., wait_seconds: _Optional[int] = ..., visibility_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class ReceivedMessage(_message.Message):
-    __slots__ = ("message_id", "receipt_handle", "body", "enqueue_time", "first_dequeue_time", "next_visible_time", "dequeue_count")
+    __slots__ = ("message_id", "receipt_handle", "body", "enqueue_time", "first_dequeue_time", "next_visible_time", "dequeue_count", "attributes", "dead_letter_source_queue", "dead_letter_receive_count")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_HANDLE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +218,9 @@ class ReceivedMessage(_message.Message):
     FIRST_DEQUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
     NEXT_VISIBLE_TIME_FIELD_NUMBER: _ClassVar[int]
     DEQUEUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_SOURCE_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_RECEIVE_COUNT_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     receipt_handle: str
     body: bytes
@@ -182,7 +228,10 @@ class ReceivedMessage(_message.Message):
     first_dequeue_time: _timestamp_pb2.Timestamp
     next_visible_time: _timestamp_pb2.Timestamp
     dequeue_count: int
-    def __init__(self, message_id: _Optional[str] = ..., receipt_handle: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_visible_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ...) -> None: ...
+    attributes: _containers.ScalarMap[str, str]
+    dead_letter_source_queue: str
+    dead_letter_receive_count: int
+    def __init__(self, message_id: _Optional[str] = ..., receipt_handle: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_visible_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., dead_letter_source_queue: _Optional[str] = ..., dead_letter_receive_count: _Optional[int] = ...) -> None: ...
 
 class DeleteMessageRequest(_message.Message):
     __slots__ = ("queue_name", "receipt_handle")
@@ -301,18 +350,31 @@ class PeekMessagesRequest(_message.Message):
     def __init__(self, queue_name: _Optional[str] = ..., max_messages: _Optional[int] = ...) -> None: ...
 
 class PeekedMessage(_message.Message):
-    __slots__ = ("message_id", "body", "enqueue_time", "first_dequeue_time", "dequeue_count")
+    __slots__ = ("message_id", "body", "enqueue_time", "first_dequeue_time", "dequeue_count", "attributes", "dead_letter_source_queue", "dead_letter_receive_count")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     ENQUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
     FIRST_DEQUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
     DEQUEUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_SOURCE_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_RECEIVE_COUNT_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     body: bytes
     enqueue_time: _timestamp_pb2.Timestamp
     first_dequeue_time: _timestamp_pb2.Timestamp
     dequeue_count: int
-    def __init__(self, message_id: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ...) -> None: ...
+    attributes: _containers.ScalarMap[str, str]
+    dead_letter_source_queue: str
+    dead_letter_receive_count: int
+    def __init__(self, message_id: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., dead_letter_source_queue: _Optional[str] = ..., dead_letter_receive_count: _Optional[int] = ...) -> None: ...
 
 class PeekMessagesResponse(_message.Message):
     __slots__ = ("messages",)
@@ -361,3 +423,33 @@ class StreamAcknowledged(_message.Message):
     ack_id: int
     failures: _containers.RepeatedCompositeFieldContainer[DeleteFailure]
     def __init__(self, ack_id: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[DeleteFailure, _Mapping]]] = ...) -> None: ...
+
+class ListDeadLetterSourceQueuesRequest(_message.Message):
+    __slots__ = ("queue_name",)
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    def __init__(self, queue_name: _Optional[str] = ...) -> None: ...
+
+class ListDeadLetterSourceQueuesResponse(_message.Message):
+    __slots__ = ("queue_names",)
+    QUEUE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    queue_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queue_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RedriveMessagesRequest(_message.Message):
+    __slots__ = ("queue_name", "destination_queue", "max_messages")
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    queue_name: str
+    destination_queue: str
+    max_messages: int
+    def __init__(self, queue_name: _Optional[str] = ..., destination_queue: _Optional[str] = ..., max_messages: _Optional[int] = ...) -> None: ...
+
+class RedriveMessagesResponse(_message.Message):
+    __slots__ = ("redriven_messages", "skipped_messages")
+    REDRIVEN_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    redriven_messages: int
+    skipped_messages: int
+    def __init__(self, redriven_messages: _Optional[int] = ..., skipped_messages: _Optional[int] = ...) -> None: ...

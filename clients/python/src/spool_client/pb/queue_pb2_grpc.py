@@ -116,6 +116,16 @@ class QueueServiceStub(object):
                 request_serializer=spool_dot_v1_dot_queue__pb2.StreamMessagesRequest.SerializeToString,
                 response_deserializer=spool_dot_v1_dot_queue__pb2.StreamMessagesResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetterSourceQueues = channel.unary_unary(
+                '/spool.v1.QueueService/ListDeadLetterSourceQueues',
+                request_serializer=spool_dot_v1_dot_queue__pb2.ListDeadLetterSourceQueuesRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.ListDeadLetterSourceQueuesResponse.FromString,
+                _registered_method=True)
+        self.RedriveMessages = channel.unary_unary(
+                '/spool.v1.QueueService/RedriveMessages',
+                request_serializer=spool_dot_v1_dot_queue__pb2.RedriveMessagesRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.RedriveMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer(object):
@@ -286,6 +296,28 @@ class QueueServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetterSourceQueues(self, request, context):
+        """Lists the queues whose dead-letter policy names this queue, in name order. A queue in this
+        list cannot be deleted (FAILED_PRECONDITION) until their policies name another queue or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveMessages(self, request, context):
+        """Moves visible messages out of a (dead-letter) queue, oldest first: each back to the queue it
+        was dead-lettered from (`destination_queue` empty) or all to `destination_queue`. Each move
+        is one storage transaction, like the dead-letter move itself: a message is never in both
+        queues nor in neither, across crashes. A moved message is visible at once in its new queue,
+        with its id, body, attributes and enqueue time, and a dequeue count of 0. Messages that are
+        in flight or delayed stay (consumers may run meanwhile); so do messages whose source queue
+        no longer exists, or that were never dead-lettered, when `destination_queue` is empty: they
+        are counted in `skipped_messages`. Acknowledged once the moves are durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -368,6 +400,16 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.StreamMessages,
                     request_deserializer=spool_dot_v1_dot_queue__pb2.StreamMessagesRequest.FromString,
                     response_serializer=spool_dot_v1_dot_queue__pb2.StreamMessagesResponse.SerializeToString,
+            ),
+            'ListDeadLetterSourceQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetterSourceQueues,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.ListDeadLetterSourceQueuesRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.ListDeadLetterSourceQueuesResponse.SerializeToString,
+            ),
+            'RedriveMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveMessages,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.RedriveMessagesRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.RedriveMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -803,6 +845,60 @@ class QueueService(object):
             '/spool.v1.QueueService/StreamMessages',
             spool_dot_v1_dot_queue__pb2.StreamMessagesRequest.SerializeToString,
             spool_dot_v1_dot_queue__pb2.StreamMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetterSourceQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/ListDeadLetterSourceQueues',
+            spool_dot_v1_dot_queue__pb2.ListDeadLetterSourceQueuesRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.ListDeadLetterSourceQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/RedriveMessages',
+            spool_dot_v1_dot_queue__pb2.RedriveMessagesRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.RedriveMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

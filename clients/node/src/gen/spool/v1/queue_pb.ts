@@ -6,7 +6,8 @@
 //   INVALID_ARGUMENT     4000 bad parameter, 4400 body or batch too large
 //   NOT_FOUND            4440 queue does not exist
 //   ALREADY_EXISTS       4460 queue exists with other attributes
-//   FAILED_PRECONDITION  4430 receipt handle superseded or expired; 6050 rewind not enabled
+//   FAILED_PRECONDITION  4430 receipt handle superseded or expired; 6050 rewind not enabled;
+//                        4000 queue is another queue's dead-letter queue (DeleteQueue)
 //   RESOURCE_EXHAUSTED   4410 backlog full; 4450 too many queues
 //   UNAUTHENTICATED      4100 no credentials, or unknown ones (with --auth-file)
 //   PERMISSION_DENIED    4101 the caller's grants do not allow this action on this queue
@@ -29,7 +30,48 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spool/v1/queue.proto.
  */
 export const file_spool_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRzcG9vbC92MS9xdWV1ZS5wcm90bxIIc3Bvb2wudjEi6QIKD1F1ZXVlQXR0cmlidXRlcxInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgBIAEoDUgAiAEBEiEKFHBvbGxpbmdfd2FpdF9zZWNvbmRzGAIgASgNSAGIAQESHQoQbWF4X21lc3NhZ2Vfc2l6ZRgDIAEoDUgCiAEBEiYKGW1lc3NhZ2VfcmV0ZW50aW9uX3NlY29uZHMYBCABKA1IA4gBARIbCg5yZXdpbmRfc2Vjb25kcxgFIAEoDUgEiAEBEhgKC21heF9iYWNrbG9nGAYgASgESAWIAQFCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzQhcKFV9wb2xsaW5nX3dhaXRfc2Vjb25kc0ITChFfbWF4X21lc3NhZ2Vfc2l6ZUIcChpfbWVzc2FnZV9yZXRlbnRpb25fc2Vjb25kc0IRCg9fcmV3aW5kX3NlY29uZHNCDgoMX21heF9iYWNrbG9nIrABCgpRdWV1ZVN0YXRzEhcKD2FjdGl2ZV9tZXNzYWdlcxgBIAEoBBIZChFpbmFjdGl2ZV9tZXNzYWdlcxgCIAEoBBIYChBkZWxheWVkX21lc3NhZ2VzGAMgASgEEhsKE3Jld2luZGFibGVfbWVzc2FnZXMYBCABKAQSNwoTb2xkZXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBVF1ZXVlEgwKBG5hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlF1ZXVlQXR0cmlidXRlcxIjCgVzdGF0cxgDIAEoCzIULnNwb29sLnYxLlF1ZXVlU3RhdHMSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJDcmVhdGVRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRItCgphdHRyaWJ1dGVzGAIgASgLMhkuc3Bvb2wudjEuUXVldWVBdHRyaWJ1dGVzIiUKD0dldFF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIlcKElVwZGF0ZVF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5RdWV1ZUF0dHJpYnV0ZXMiKAoSRGVsZXRlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiSgoRTGlzdFF1ZXVlc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImMKEkxpc3RRdWV1ZXNSZXNwb25zZRIfCgZxdWV1ZXMYASADKAsyDy5zcG9vbC52MS5RdWV1ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQiWAoSUmV3aW5kUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoTUmV3aW5kUXVldWVSZXNwb25zZRIZChFyZXN0b3JlZF9tZXNzYWdlcxgBIAEoBCJkChJTZW5kTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIMCgRib2R5GAIgASgMEhoKDWRlbGF5X3NlY29uZHMYAyABKA1IAIgBAUIQCg5fZGVsYXlfc2Vjb25kcyIpChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkiTAoOQmF0Y2hTZW5kRW50cnkSDAoEYm9keRgBIAEoDBIaCg1kZWxheV9zZWNvbmRzGAIgASgNSACIAQFCEAoOX2RlbGF5X3NlY29uZHMiWQoYQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSKQoHZW50cmllcxgCIAMoCzIYLnNwb29sLnYxLkJhdGNoU2VuZEVudHJ5IjAKGUJhdGNoU2VuZE1lc3NhZ2VzUmVzcG9uc2USEwoLbWVzc2FnZV9pZHMYASADKAkitgEKFlJlY2VpdmVNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIUCgxtYXhfbWVzc2FnZXMYAiABKA0SGQoMd2FpdF9zZWNvbmRzGAMgASgNSACIAQESJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYBCABKA1IAYgBAUIPCg1fd2FpdF9zZWNvbmRzQh0KG192aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcyKDAgoPUmVjZWl2ZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSDAoEYm9keRgDIAEoDBIwCgxlbnF1ZXVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbmV4dF92aXNpYmxlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRlcXVldWVfY291bnQYByABKA0iQgoURGVsZXRlTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCSJJChpCYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSJYCg1EZWxldGVGYWlsdXJlEhYKDnJlY2VpcHRfaGFuZGxlGAEgASgJEgwKBGNvZGUYAiABKAUSDwoHbWVzc2FnZRgDIAEoCRIQCghjbXFfY29kZRgEIAEoBSJIChtCYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USKQoIZmFpbHVyZXMYASADKAsyFy5zcG9vbC52MS5EZWxldGVGYWlsdXJlInAKHkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEiIKGnZpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzGAMgASgNIlgKH0NoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USNQoRbmV4dF92aXNpYmxlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlMKFUNoYW5nZVZpc2liaWxpdHlFbnRyeRIWCg5yZWNlaXB0X2hhbmRsZRgBIAEoCRIiChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJrCiNCYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEjAKB2VudHJpZXMYAiADKAsyHy5zcG9vbC52MS5DaGFuZ2VWaXNpYmlsaXR5RW50cnkiWQoRQ2hhbmdlZFZpc2liaWxpdHkSDQoFaW5kZXgYASABKA0SNQoRbmV4dF92aXNpYmxlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInEKF0NoYW5nZVZpc2liaWxpdHlGYWlsdXJlEg0KBWluZGV4GAEgASgNEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEgwKBGNvZGUYAyABKAUSDwoHbWVzc2FnZRgEIAEoCRIQCghjbXFfY29kZRgFIAEoBSKJAQokQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEiwKB2NoYW5nZWQYASADKAsyGy5zcG9vbC52MS5DaGFuZ2VkVmlzaWJpbGl0eRIzCghmYWlsdXJlcxgCIAMoCzIhLnNwb29sLnYxLkNoYW5nZVZpc2liaWxpdHlGYWlsdXJlIicKEVB1cmdlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiLQoSUHVyZ2VRdWV1ZVJlc3BvbnNlEhcKD3B1cmdlZF9tZXNzYWdlcxgBIAEoBCI/ChNQZWVrTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFAoMbWF4X21lc3NhZ2VzGAIgASgNIrIBCg1QZWVrZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSDAoEYm9keRgCIAEoDBIwCgxlbnF1ZXVlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZGVxdWV1ZV9jb3VudBgFIAEoDSJBChRQZWVrTWVzc2FnZXNSZXNwb25zZRIpCghtZXNzYWdlcxgBIAMoCzIXLnNwb29sLnYxLlBlZWtlZE1lc3NhZ2UiewoVU3RyZWFtTWVzc2FnZXNSZXF1ZXN0EiYKBXN0YXJ0GAEgASgLMhUuc3Bvb2wudjEuU3RyZWFtU3RhcnRIABIyCgthY2tub3dsZWRnZRgCIAEoCzIbLnNwb29sLnYxLlN0cmVhbUFja25vd2xlZGdlSABCBgoEa2luZCKLAQoLU3RyZWFtU3RhcnQSEgoKcXVldWVfbmFtZRgBIAEoCRIgChhtYXhfb3V0c3RhbmRpbmdfbWVzc2FnZXMYAiABKA0SJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYAyABKA1IAIgBAUIdChtfdmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMiPAoRU3RyZWFtQWNrbm93bGVkZ2USDgoGYWNrX2lkGAEgASgEEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSKEAQoWU3RyZWFtTWVzc2FnZXNSZXNwb25zZRIsCgdtZXNzYWdlGAEgASgLMhkuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlSAASNAoMYWNrbm93bGVkZ2VkGAIgASgLMhwuc3Bvb2wudjEuU3RyZWFtQWNrbm93bGVkZ2VkSABCBgoEa2luZCJPChJTdHJlYW1BY2tub3dsZWRnZWQSDgoGYWNrX2lkGAEgASgEEikKCGZhaWx1cmVzGAIgAygLMhcuc3Bvb2wudjEuRGVsZXRlRmFpbHVyZTKlCgoMUXVldWVTZXJ2aWNlEjwKC0NyZWF0ZVF1ZXVlEhwuc3Bvb2wudjEuQ3JlYXRlUXVldWVSZXF1ZXN0Gg8uc3Bvb2wudjEuUXVldWUSNgoIR2V0UXVldWUSGS5zcG9vbC52MS5HZXRRdWV1ZVJlcXVlc3QaDy5zcG9vbC52MS5RdWV1ZRI8CgtVcGRhdGVRdWV1ZRIcLnNwb29sLnYxLlVwZGF0ZVF1ZXVlUmVxdWVzdBoPLnNwb29sLnYxLlF1ZXVlEkMKC0RlbGV0ZVF1ZXVlEhwuc3Bvb2wudjEuRGVsZXRlUXVldWVSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkcKCkxpc3RRdWV1ZXMSGy5zcG9vbC52MS5MaXN0UXVldWVzUmVxdWVzdBocLnNwb29sLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJKCgtSZXdpbmRRdWV1ZRIcLnNwb29sLnYxLlJld2luZFF1ZXVlUmVxdWVzdBodLnNwb29sLnYxLlJld2luZFF1ZXVlUmVzcG9uc2USSgoLU2VuZE1lc3NhZ2USHC5zcG9vbC52MS5TZW5kTWVzc2FnZVJlcXVlc3QaHS5zcG9vbC52MS5TZW5kTWVzc2FnZVJlc3BvbnNlElwKEUJhdGNoU2VuZE1lc3NhZ2VzEiIuc3Bvb2wudjEuQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0GiMuc3Bvb2wudjEuQmF0Y2hTZW5kTWVzc2FnZXNSZXNwb25zZRJQCg9SZWNlaXZlTWVzc2FnZXMSIC5zcG9vbC52MS5SZWNlaXZlTWVzc2FnZXNSZXF1ZXN0Ghkuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlMAESRwoNRGVsZXRlTWVzc2FnZRIeLnNwb29sLnYxLkRlbGV0ZU1lc3NhZ2VSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EmIKE0JhdGNoRGVsZXRlTWVzc2FnZXMSJC5zcG9vbC52MS5CYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBolLnNwb29sLnYxLkJhdGNoRGVsZXRlTWVzc2FnZXNSZXNwb25zZRJuChdDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eRIoLnNwb29sLnYxLkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBopLnNwb29sLnYxLkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USfQocQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eRItLnNwb29sLnYxLkJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXF1ZXN0Gi4uc3Bvb2wudjEuQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEkcKClB1cmdlUXVldWUSGy5zcG9vbC52MS5QdXJnZVF1ZXVlUmVxdWVzdBocLnNwb29sLnYxLlB1cmdlUXVldWVSZXNwb25zZRJNCgxQZWVrTWVzc2FnZXMSHS5zcG9vbC52MS5QZWVrTWVzc2FnZXNSZXF1ZXN0Gh4uc3Bvb2wudjEuUGVla01lc3NhZ2VzUmVzcG9uc2USVwoOU3RyZWFtTWVzc2FnZXMSHy5zcG9vbC52MS5TdHJlYW1NZXNzYWdlc1JlcXVlc3QaIC5zcG9vbC52MS5TdHJlYW1NZXNzYWdlc1Jlc3BvbnNlKAEwAUJ2Cgtpby5zcG9vbC52MUIKUXVldWVQcm90b1ABWjFnaXRodWIuY29tL3Nwb29sLW1xL3Nwb29sL2dlbi9nby9zcG9vbC92MTtzcG9vbHYxogIDU1BMqgIIU3Bvb2wuVjHKAghTcG9vbFxWMeoCCVNwb29sOjpWMWIGcHJvdG8z", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
+  fileDesc("ChRzcG9vbC92MS9xdWV1ZS5wcm90bxIIc3Bvb2wudjEiagoQRGVhZExldHRlclBvbGljeRIZChFkZWFkX2xldHRlcl9xdWV1ZRgBIAEoCRIZChFtYXhfcmVjZWl2ZV9jb3VudBgCIAEoDRIgChhtYXhfdGltZV90b19saXZlX3NlY29uZHMYAyABKA0i7QMKD1F1ZXVlQXR0cmlidXRlcxInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgBIAEoDUgAiAEBEiEKFHBvbGxpbmdfd2FpdF9zZWNvbmRzGAIgASgNSAGIAQESHQoQbWF4X21lc3NhZ2Vfc2l6ZRgDIAEoDUgCiAEBEiYKGW1lc3NhZ2VfcmV0ZW50aW9uX3NlY29uZHMYBCABKA1IA4gBARIbCg5yZXdpbmRfc2Vjb25kcxgFIAEoDUgEiAEBEhgKC21heF9iYWNrbG9nGAYgASgESAWIAQESKQocZGVkdXBsaWNhdGlvbl93aW5kb3dfc2Vjb25kcxgIIAEoDUgGiAEBEjYKEmRlYWRfbGV0dGVyX3BvbGljeRgHIAEoCzIaLnNwb29sLnYxLkRlYWRMZXR0ZXJQb2xpY3lCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzQhcKFV9wb2xsaW5nX3dhaXRfc2Vjb25kc0ITChFfbWF4X21lc3NhZ2Vfc2l6ZUIcChpfbWVzc2FnZV9yZXRlbnRpb25fc2Vjb25kc0IRCg9fcmV3aW5kX3NlY29uZHNCDgoMX21heF9iYWNrbG9nQh8KHV9kZWR1cGxpY2F0aW9uX3dpbmRvd19zZWNvbmRzIrABCgpRdWV1ZVN0YXRzEhcKD2FjdGl2ZV9tZXNzYWdlcxgBIAEoBBIZChFpbmFjdGl2ZV9tZXNzYWdlcxgCIAEoBBIYChBkZWxheWVkX21lc3NhZ2VzGAMgASgEEhsKE3Jld2luZGFibGVfbWVzc2FnZXMYBCABKAQSNwoTb2xkZXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBVF1ZXVlEgwKBG5hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlF1ZXVlQXR0cmlidXRlcxIjCgVzdGF0cxgDIAEoCzIULnNwb29sLnYxLlF1ZXVlU3RhdHMSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJDcmVhdGVRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRItCgphdHRyaWJ1dGVzGAIgASgLMhkuc3Bvb2wudjEuUXVldWVBdHRyaWJ1dGVzIiUKD0dldFF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIlcKElVwZGF0ZVF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5RdWV1ZUF0dHJpYnV0ZXMiKAoSRGVsZXRlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiSgoRTGlzdFF1ZXVlc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImMKEkxpc3RRdWV1ZXNSZXNwb25zZRIfCgZxdWV1ZXMYASADKAsyDy5zcG9vbC52MS5RdWV1ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQiWAoSUmV3aW5kUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoTUmV3aW5kUXVldWVSZXNwb25zZRIZChFyZXN0b3JlZF9tZXNzYWdlcxgBIAEoBCLzAQoSU2VuZE1lc3NhZ2VSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSDAoEYm9keRgCIAEoDBIaCg1kZWxheV9zZWNvbmRzGAMgASgNSACIAQESQAoKYXR0cmlidXRlcxgEIAMoCzIsLnNwb29sLnYxLlNlbmRNZXNzYWdlUmVxdWVzdC5BdHRyaWJ1dGVzRW50cnkSGAoQZGVkdXBsaWNhdGlvbl9pZBgFIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIQCg5fZGVsYXlfc2Vjb25kcyIpChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAki1wEKDkJhdGNoU2VuZEVudHJ5EgwKBGJvZHkYASABKAwSGgoNZGVsYXlfc2Vjb25kcxgCIAEoDUgAiAEBEjwKCmF0dHJpYnV0ZXMYAyADKAsyKC5zcG9vbC52MS5CYXRjaFNlbmRFbnRyeS5BdHRyaWJ1dGVzRW50cnkSGAoQZGVkdXBsaWNhdGlvbl9pZBgEIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIQCg5fZGVsYXlfc2Vjb25kcyJZChhCYXRjaFNlbmRNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIpCgdlbnRyaWVzGAIgAygLMhguc3Bvb2wudjEuQmF0Y2hTZW5kRW50cnkiMAoZQmF0Y2hTZW5kTWVzc2FnZXNSZXNwb25zZRITCgttZXNzYWdlX2lkcxgBIAMoCSK2AQoWUmVjZWl2ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhQKDG1heF9tZXNzYWdlcxgCIAEoDRIZCgx3YWl0X3NlY29uZHMYAyABKA1IAIgBARInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgEIAEoDUgBiAEBQg8KDV93YWl0X3NlY29uZHNCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzIroDCg9SZWNlaXZlZE1lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCRIMCgRib2R5GAMgASgMEjAKDGVucXVldWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSZmlyc3RfZGVxdWV1ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFuZXh0X3Zpc2libGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZGVxdWV1ZV9jb3VudBgHIAEoDRI9CgphdHRyaWJ1dGVzGAggAygLMikuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlLkF0dHJpYnV0ZXNFbnRyeRIgChhkZWFkX2xldHRlcl9zb3VyY2VfcXVldWUYCSABKAkSIQoZZGVhZF9sZXR0ZXJfcmVjZWl2ZV9jb3VudBgKIAEoDRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJCChREZWxldGVNZXNzYWdlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJIkkKGkJhdGNoRGVsZXRlTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFwoPcmVjZWlwdF9oYW5kbGVzGAIgAygJIlgKDURlbGV0ZUZhaWx1cmUSFgoOcmVjZWlwdF9oYW5kbGUYASABKAkSDAoEY29kZRgCIAEoBRIPCgdtZXNzYWdlGAMgASgJEhAKCGNtcV9jb2RlGAQgASgFIkgKG0JhdGNoRGVsZXRlTWVzc2FnZXNSZXNwb25zZRIpCghmYWlsdXJlcxgBIAMoCzIXLnNwb29sLnYxLkRlbGV0ZUZhaWx1cmUicAoeQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSIgoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYAyABKA0iWAofQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXNwb25zZRI1ChFuZXh0X3Zpc2libGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUwoVQ2hhbmdlVmlzaWJpbGl0eUVudHJ5EhYKDnJlY2VpcHRfaGFuZGxlGAEgASgJEiIKGnZpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzGAIgASgNImsKI0JhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSMAoHZW50cmllcxgCIAMoCzIfLnNwb29sLnYxLkNoYW5nZVZpc2liaWxpdHlFbnRyeSJZChFDaGFuZ2VkVmlzaWJpbGl0eRINCgVpbmRleBgBIAEoDRI1ChFuZXh0X3Zpc2libGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicQoXQ2hhbmdlVmlzaWJpbGl0eUZhaWx1cmUSDQoFaW5kZXgYASABKA0SFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSDAoEY29kZRgDIAEoBRIPCgdtZXNzYWdlGAQgASgJEhAKCGNtcV9jb2RlGAUgASgFIokBCiRCYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USLAoHY2hhbmdlZBgBIAMoCzIbLnNwb29sLnYxLkNoYW5nZWRWaXNpYmlsaXR5EjMKCGZhaWx1cmVzGAIgAygLMiEuc3Bvb2wudjEuQ2hhbmdlVmlzaWJpbGl0eUZhaWx1cmUiJwoRUHVyZ2VRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCSItChJQdXJnZVF1ZXVlUmVzcG9uc2USFwoPcHVyZ2VkX21lc3NhZ2VzGAEgASgEIj8KE1BlZWtNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIUCgxtYXhfbWVzc2FnZXMYAiABKA0i5wIKDVBlZWtlZE1lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRIMCgRib2R5GAIgASgMEjAKDGVucXVldWVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSZmlyc3RfZGVxdWV1ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1kZXF1ZXVlX2NvdW50GAUgASgNEjsKCmF0dHJpYnV0ZXMYBiADKAsyJy5zcG9vbC52MS5QZWVrZWRNZXNzYWdlLkF0dHJpYnV0ZXNFbnRyeRIgChhkZWFkX2xldHRlcl9zb3VyY2VfcXVldWUYByABKAkSIQoZZGVhZF9sZXR0ZXJfcmVjZWl2ZV9jb3VudBgIIAEoDRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJBChRQZWVrTWVzc2FnZXNSZXNwb25zZRIpCghtZXNzYWdlcxgBIAMoCzIXLnNwb29sLnYxLlBlZWtlZE1lc3NhZ2UiewoVU3RyZWFtTWVzc2FnZXNSZXF1ZXN0EiYKBXN0YXJ0GAEgASgLMhUuc3Bvb2wudjEuU3RyZWFtU3RhcnRIABIyCgthY2tub3dsZWRnZRgCIAEoCzIbLnNwb29sLnYxLlN0cmVhbUFja25vd2xlZGdlSABCBgoEa2luZCKLAQoLU3RyZWFtU3RhcnQSEgoKcXVldWVfbmFtZRgBIAEoCRIgChhtYXhfb3V0c3RhbmRpbmdfbWVzc2FnZXMYAiABKA0SJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYAyABKA1IAIgBAUIdChtfdmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMiPAoRU3RyZWFtQWNrbm93bGVkZ2USDgoGYWNrX2lkGAEgASgEEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSKEAQoWU3RyZWFtTWVzc2FnZXNSZXNwb25zZRIsCgdtZXNzYWdlGAEgASgLMhkuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlSAASNAoMYWNrbm93bGVkZ2VkGAIgASgLMhwuc3Bvb2wudjEuU3RyZWFtQWNrbm93bGVkZ2VkSABCBgoEa2luZCJPChJTdHJlYW1BY2tub3dsZWRnZWQSDgoGYWNrX2lkGAEgASgEEikKCGZhaWx1cmVzGAIgAygLMhcuc3Bvb2wudjEuRGVsZXRlRmFpbHVyZSI3CiFMaXN0RGVhZExldHRlclNvdXJjZVF1ZXVlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCSI5CiJMaXN0RGVhZExldHRlclNvdXJjZVF1ZXVlc1Jlc3BvbnNlEhMKC3F1ZXVlX25hbWVzGAEgAygJIl0KFlJlZHJpdmVNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIZChFkZXN0aW5hdGlvbl9xdWV1ZRgCIAEoCRIUCgxtYXhfbWVzc2FnZXMYAyABKA0iTgoXUmVkcml2ZU1lc3NhZ2VzUmVzcG9uc2USGQoRcmVkcml2ZW5fbWVzc2FnZXMYASABKAQSGAoQc2tpcHBlZF9tZXNzYWdlcxgCIAEoBDL2CwoMUXVldWVTZXJ2aWNlEjwKC0NyZWF0ZVF1ZXVlEhwuc3Bvb2wudjEuQ3JlYXRlUXVldWVSZXF1ZXN0Gg8uc3Bvb2wudjEuUXVldWUSNgoIR2V0UXVldWUSGS5zcG9vbC52MS5HZXRRdWV1ZVJlcXVlc3QaDy5zcG9vbC52MS5RdWV1ZRI8CgtVcGRhdGVRdWV1ZRIcLnNwb29sLnYxLlVwZGF0ZVF1ZXVlUmVxdWVzdBoPLnNwb29sLnYxLlF1ZXVlEkMKC0RlbGV0ZVF1ZXVlEhwuc3Bvb2wudjEuRGVsZXRlUXVldWVSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkcKCkxpc3RRdWV1ZXMSGy5zcG9vbC52MS5MaXN0UXVldWVzUmVxdWVzdBocLnNwb29sLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJKCgtSZXdpbmRRdWV1ZRIcLnNwb29sLnYxLlJld2luZFF1ZXVlUmVxdWVzdBodLnNwb29sLnYxLlJld2luZFF1ZXVlUmVzcG9uc2USSgoLU2VuZE1lc3NhZ2USHC5zcG9vbC52MS5TZW5kTWVzc2FnZVJlcXVlc3QaHS5zcG9vbC52MS5TZW5kTWVzc2FnZVJlc3BvbnNlElwKEUJhdGNoU2VuZE1lc3NhZ2VzEiIuc3Bvb2wudjEuQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0GiMuc3Bvb2wudjEuQmF0Y2hTZW5kTWVzc2FnZXNSZXNwb25zZRJQCg9SZWNlaXZlTWVzc2FnZXMSIC5zcG9vbC52MS5SZWNlaXZlTWVzc2FnZXNSZXF1ZXN0Ghkuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlMAESRwoNRGVsZXRlTWVzc2FnZRIeLnNwb29sLnYxLkRlbGV0ZU1lc3NhZ2VSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EmIKE0JhdGNoRGVsZXRlTWVzc2FnZXMSJC5zcG9vbC52MS5CYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBolLnNwb29sLnYxLkJhdGNoRGVsZXRlTWVzc2FnZXNSZXNwb25zZRJuChdDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eRIoLnNwb29sLnYxLkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBopLnNwb29sLnYxLkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USfQocQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eRItLnNwb29sLnYxLkJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXF1ZXN0Gi4uc3Bvb2wudjEuQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEkcKClB1cmdlUXVldWUSGy5zcG9vbC52MS5QdXJnZVF1ZXVlUmVxdWVzdBocLnNwb29sLnYxLlB1cmdlUXVldWVSZXNwb25zZRJNCgxQZWVrTWVzc2FnZXMSHS5zcG9vbC52MS5QZWVrTWVzc2FnZXNSZXF1ZXN0Gh4uc3Bvb2wudjEuUGVla01lc3NhZ2VzUmVzcG9uc2USVwoOU3RyZWFtTWVzc2FnZXMSHy5zcG9vbC52MS5TdHJlYW1NZXNzYWdlc1JlcXVlc3QaIC5zcG9vbC52MS5TdHJlYW1NZXNzYWdlc1Jlc3BvbnNlKAEwARJ3ChpMaXN0RGVhZExldHRlclNvdXJjZVF1ZXVlcxIrLnNwb29sLnYxLkxpc3REZWFkTGV0dGVyU291cmNlUXVldWVzUmVxdWVzdBosLnNwb29sLnYxLkxpc3REZWFkTGV0dGVyU291cmNlUXVldWVzUmVzcG9uc2USVgoPUmVkcml2ZU1lc3NhZ2VzEiAuc3Bvb2wudjEuUmVkcml2ZU1lc3NhZ2VzUmVxdWVzdBohLnNwb29sLnYxLlJlZHJpdmVNZXNzYWdlc1Jlc3BvbnNlQnYKC2lvLnNwb29sLnYxQgpRdWV1ZVByb3RvUAFaMWdpdGh1Yi5jb20vc3Bvb2wtbXEvc3Bvb2wvZ2VuL2dvL3Nwb29sL3YxO3Nwb29sdjGiAgNTUEyqAghTcG9vbC5WMcoCCFNwb29sXFYx6gIJU3Bvb2w6OlYxYgZwcm90bzM", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
+
+/**
+ * Where a queue moves the messages its consumers do not get processed (CMQ 3.0's
+ * deadLetterPolicy). A moved message leaves this queue and becomes visible in the dead-letter
+ * queue in one storage transaction; it keeps its id, body, attributes and enqueue time, and
+ * carries `dead_letter_source_queue` and `dead_letter_receive_count`.
+ *
+ * @generated from message spool.v1.DeadLetterPolicy
+ */
+export type DeadLetterPolicy = Message<"spool.v1.DeadLetterPolicy"> & {
+  /**
+   * The queue messages are moved to: a queue of the same server, not this one, which must exist
+   * when the policy is set (else INVALID_ARGUMENT). Empty on UpdateQueue removes the policy.
+   *
+   * @generated from field: string dead_letter_queue = 1;
+   */
+  deadLetterQueue: string;
+
+  /**
+   * A message received this many times without being deleted is moved instead of being
+   * delivered again: when a receive (or consumer stream) would next get it. 1..1000.
+   *
+   * @generated from field: uint32 max_receive_count = 2;
+   */
+  maxReceiveCount: number;
+
+  /**
+   * A message not deleted this many seconds after it was sent is moved too, received or not,
+   * when a receive would next get it (while it is in flight it stays). 0 (off) or 300..43200.
+   *
+   * @generated from field: uint32 max_time_to_live_seconds = 3;
+   */
+  maxTimeToLiveSeconds: number;
+};
+
+/**
+ * Describes the message spool.v1.DeadLetterPolicy.
+ * Use `create(DeadLetterPolicySchema)` to create a new message.
+ */
+export const DeadLetterPolicySchema: GenMessage<DeadLetterPolicy> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 0);
 
 /**
  * A queue's settings. Every field is optional: unset means the default on create and "unchanged"
@@ -85,6 +127,25 @@ export type QueueAttributes = Message<"spool.v1.QueueAttributes"> & {
    * @generated from field: optional uint64 max_backlog = 6;
    */
   maxBacklog?: bigint | undefined;
+
+  /**
+   * How long a send's `deduplication_id` is remembered: a send with an id accepted on this queue
+   * less than this long ago enqueues nothing and returns the first send's `message_id`.
+   * 0..86400 seconds; default 300. 0 turns deduplication off (every send enqueues). Shortening
+   * it forgets the ids older than the new window; lengthening it does not bring back ids
+   * already forgotten.
+   *
+   * @generated from field: optional uint32 deduplication_window_seconds = 8;
+   */
+  deduplicationWindowSeconds?: number | undefined;
+
+  /**
+   * Moves messages that are received too often, or kept too long, to a dead-letter queue.
+   * Unset on create: no policy; on update: unchanged (a policy naming no queue removes it).
+   *
+   * @generated from field: spool.v1.DeadLetterPolicy dead_letter_policy = 7;
+   */
+  deadLetterPolicy?: DeadLetterPolicy | undefined;
 };
 
 /**
@@ -92,7 +153,7 @@ export type QueueAttributes = Message<"spool.v1.QueueAttributes"> & {
  * Use `create(QueueAttributesSchema)` to create a new message.
  */
 export const QueueAttributesSchema: GenMessage<QueueAttributes> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 0);
+  messageDesc(file_spool_v1_queue, 1);
 
 /**
  * Message counters of a queue, at the time of the call.
@@ -141,7 +202,7 @@ export type QueueStats = Message<"spool.v1.QueueStats"> & {
  * Use `create(QueueStatsSchema)` to create a new message.
  */
 export const QueueStatsSchema: GenMessage<QueueStats> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 1);
+  messageDesc(file_spool_v1_queue, 2);
 
 /**
  * A queue.
@@ -190,7 +251,7 @@ export type Queue = Message<"spool.v1.Queue"> & {
  * Use `create(QueueSchema)` to create a new message.
  */
 export const QueueSchema: GenMessage<Queue> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 2);
+  messageDesc(file_spool_v1_queue, 3);
 
 /**
  * The request of CreateQueue.
@@ -218,7 +279,7 @@ export type CreateQueueRequest = Message<"spool.v1.CreateQueueRequest"> & {
  * Use `create(CreateQueueRequestSchema)` to create a new message.
  */
 export const CreateQueueRequestSchema: GenMessage<CreateQueueRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 3);
+  messageDesc(file_spool_v1_queue, 4);
 
 /**
  * The request of GetQueue.
@@ -239,7 +300,7 @@ export type GetQueueRequest = Message<"spool.v1.GetQueueRequest"> & {
  * Use `create(GetQueueRequestSchema)` to create a new message.
  */
 export const GetQueueRequestSchema: GenMessage<GetQueueRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 4);
+  messageDesc(file_spool_v1_queue, 5);
 
 /**
  * The request of UpdateQueue.
@@ -267,7 +328,7 @@ export type UpdateQueueRequest = Message<"spool.v1.UpdateQueueRequest"> & {
  * Use `create(UpdateQueueRequestSchema)` to create a new message.
  */
 export const UpdateQueueRequestSchema: GenMessage<UpdateQueueRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 5);
+  messageDesc(file_spool_v1_queue, 6);
 
 /**
  * The request of DeleteQueue.
@@ -288,7 +349,7 @@ export type DeleteQueueRequest = Message<"spool.v1.DeleteQueueRequest"> & {
  * Use `create(DeleteQueueRequestSchema)` to create a new message.
  */
 export const DeleteQueueRequestSchema: GenMessage<DeleteQueueRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 6);
+  messageDesc(file_spool_v1_queue, 7);
 
 /**
  * The request of ListQueues: one page of queues.
@@ -323,7 +384,7 @@ export type ListQueuesRequest = Message<"spool.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 7);
+  messageDesc(file_spool_v1_queue, 8);
 
 /**
  * One page of queues.
@@ -358,7 +419,7 @@ export type ListQueuesResponse = Message<"spool.v1.ListQueuesResponse"> & {
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 8);
+  messageDesc(file_spool_v1_queue, 9);
 
 /**
  * The request of RewindQueue.
@@ -387,7 +448,7 @@ export type RewindQueueRequest = Message<"spool.v1.RewindQueueRequest"> & {
  * Use `create(RewindQueueRequestSchema)` to create a new message.
  */
 export const RewindQueueRequestSchema: GenMessage<RewindQueueRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 9);
+  messageDesc(file_spool_v1_queue, 10);
 
 /**
  * The answer of RewindQueue.
@@ -408,7 +469,7 @@ export type RewindQueueResponse = Message<"spool.v1.RewindQueueResponse"> & {
  * Use `create(RewindQueueResponseSchema)` to create a new message.
  */
 export const RewindQueueResponseSchema: GenMessage<RewindQueueResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 10);
+  messageDesc(file_spool_v1_queue, 11);
 
 /**
  * The request of SendMessage.
@@ -436,6 +497,26 @@ export type SendMessageRequest = Message<"spool.v1.SendMessageRequest"> & {
    * @generated from field: optional uint32 delay_seconds = 3;
    */
   delaySeconds?: number | undefined;
+
+  /**
+   * Application-defined attributes (a W3C `traceparent`, a content type, ...), delivered with the
+   * message. At most 16 entries; keys are 1..64 characters of letters, digits, '-', '_' and '.';
+   * values are any text. The body plus every key and value (in UTF-8 bytes) must fit in the
+   * queue's max_message_size.
+   *
+   * @generated from field: map<string, string> attributes = 4;
+   */
+  attributes: { [key: string]: string };
+
+  /**
+   * Makes the send idempotent: 1..128 printable ASCII characters (0x20..0x7E), unique per
+   * message to the sender. A send whose id was accepted on this queue within the queue's
+   * `deduplication_window_seconds` enqueues nothing and returns the first send's `message_id`.
+   * Empty: no deduplication.
+   *
+   * @generated from field: string deduplication_id = 5;
+   */
+  deduplicationId: string;
 };
 
 /**
@@ -443,7 +524,7 @@ export type SendMessageRequest = Message<"spool.v1.SendMessageRequest"> & {
  * Use `create(SendMessageRequestSchema)` to create a new message.
  */
 export const SendMessageRequestSchema: GenMessage<SendMessageRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 11);
+  messageDesc(file_spool_v1_queue, 12);
 
 /**
  * The answer of SendMessage.
@@ -452,7 +533,7 @@ export const SendMessageRequestSchema: GenMessage<SendMessageRequest> = /*@__PUR
  */
 export type SendMessageResponse = Message<"spool.v1.SendMessageResponse"> & {
   /**
-   * The message's id, unique within the server.
+   * The message's id, unique within the server; for a duplicate send, the first send's.
    *
    * @generated from field: string message_id = 1;
    */
@@ -464,7 +545,7 @@ export type SendMessageResponse = Message<"spool.v1.SendMessageResponse"> & {
  * Use `create(SendMessageResponseSchema)` to create a new message.
  */
 export const SendMessageResponseSchema: GenMessage<SendMessageResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 12);
+  messageDesc(file_spool_v1_queue, 13);
 
 /**
  * One message of a BatchSendMessages request.
@@ -485,6 +566,27 @@ export type BatchSendEntry = Message<"spool.v1.BatchSendEntry"> & {
    * @generated from field: optional uint32 delay_seconds = 2;
    */
   delaySeconds?: number | undefined;
+
+  /**
+   * Application-defined attributes (a W3C `traceparent`, a content type, ...), delivered with the
+   * message. At most 16 entries; keys are 1..64 characters of letters, digits, '-', '_' and '.';
+   * values are any text. The body plus every key and value (in UTF-8 bytes) must fit in the
+   * queue's max_message_size.
+   *
+   * @generated from field: map<string, string> attributes = 3;
+   */
+  attributes: { [key: string]: string };
+
+  /**
+   * Makes the send idempotent: 1..128 printable ASCII characters (0x20..0x7E), unique per
+   * message to the sender. A send whose id was accepted on this queue within the queue's
+   * `deduplication_window_seconds` enqueues nothing and returns the first send's `message_id`.
+   * Entries of one batch with the same id count
+   * once: the first is enqueued, the others get its id. Empty: no deduplication.
+   *
+   * @generated from field: string deduplication_id = 4;
+   */
+  deduplicationId: string;
 };
 
 /**
@@ -492,7 +594,7 @@ export type BatchSendEntry = Message<"spool.v1.BatchSendEntry"> & {
  * Use `create(BatchSendEntrySchema)` to create a new message.
  */
 export const BatchSendEntrySchema: GenMessage<BatchSendEntry> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 13);
+  messageDesc(file_spool_v1_queue, 14);
 
 /**
  * The request of BatchSendMessages.
@@ -520,7 +622,7 @@ export type BatchSendMessagesRequest = Message<"spool.v1.BatchSendMessagesReques
  * Use `create(BatchSendMessagesRequestSchema)` to create a new message.
  */
 export const BatchSendMessagesRequestSchema: GenMessage<BatchSendMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 14);
+  messageDesc(file_spool_v1_queue, 15);
 
 /**
  * The answer of BatchSendMessages.
@@ -529,7 +631,7 @@ export const BatchSendMessagesRequestSchema: GenMessage<BatchSendMessagesRequest
  */
 export type BatchSendMessagesResponse = Message<"spool.v1.BatchSendMessagesResponse"> & {
   /**
-   * The ids of the messages, in the order of `entries`.
+   * The ids of the messages, in the order of `entries` (a duplicate's is the first send's).
    *
    * @generated from field: repeated string message_ids = 1;
    */
@@ -541,7 +643,7 @@ export type BatchSendMessagesResponse = Message<"spool.v1.BatchSendMessagesRespo
  * Use `create(BatchSendMessagesResponseSchema)` to create a new message.
  */
 export const BatchSendMessagesResponseSchema: GenMessage<BatchSendMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 15);
+  messageDesc(file_spool_v1_queue, 16);
 
 /**
  * The request of ReceiveMessages.
@@ -583,7 +685,7 @@ export type ReceiveMessagesRequest = Message<"spool.v1.ReceiveMessagesRequest"> 
  * Use `create(ReceiveMessagesRequestSchema)` to create a new message.
  */
 export const ReceiveMessagesRequestSchema: GenMessage<ReceiveMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 16);
+  messageDesc(file_spool_v1_queue, 17);
 
 /**
  * A received message.
@@ -640,6 +742,29 @@ export type ReceivedMessage = Message<"spool.v1.ReceivedMessage"> & {
    * @generated from field: uint32 dequeue_count = 7;
    */
   dequeueCount: number;
+
+  /**
+   * The attributes it was sent with.
+   *
+   * @generated from field: map<string, string> attributes = 8;
+   */
+  attributes: { [key: string]: string };
+
+  /**
+   * For a message moved here by a dead-letter policy: the queue it was moved from (the queue it
+   * was sent to, or the one it was dead-lettered from last). Empty for other messages.
+   *
+   * @generated from field: string dead_letter_source_queue = 9;
+   */
+  deadLetterSourceQueue: string;
+
+  /**
+   * For a message moved here by a dead-letter policy: how many times it had been received in
+   * `dead_letter_source_queue`. `dequeue_count` counts its receives since the move.
+   *
+   * @generated from field: uint32 dead_letter_receive_count = 10;
+   */
+  deadLetterReceiveCount: number;
 };
 
 /**
@@ -647,7 +772,7 @@ export type ReceivedMessage = Message<"spool.v1.ReceivedMessage"> & {
  * Use `create(ReceivedMessageSchema)` to create a new message.
  */
 export const ReceivedMessageSchema: GenMessage<ReceivedMessage> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 17);
+  messageDesc(file_spool_v1_queue, 18);
 
 /**
  * The request of DeleteMessage.
@@ -675,7 +800,7 @@ export type DeleteMessageRequest = Message<"spool.v1.DeleteMessageRequest"> & {
  * Use `create(DeleteMessageRequestSchema)` to create a new message.
  */
 export const DeleteMessageRequestSchema: GenMessage<DeleteMessageRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 18);
+  messageDesc(file_spool_v1_queue, 19);
 
 /**
  * The request of BatchDeleteMessages.
@@ -703,7 +828,7 @@ export type BatchDeleteMessagesRequest = Message<"spool.v1.BatchDeleteMessagesRe
  * Use `create(BatchDeleteMessagesRequestSchema)` to create a new message.
  */
 export const BatchDeleteMessagesRequestSchema: GenMessage<BatchDeleteMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 19);
+  messageDesc(file_spool_v1_queue, 20);
 
 /**
  * A receipt handle that could not be deleted.
@@ -745,7 +870,7 @@ export type DeleteFailure = Message<"spool.v1.DeleteFailure"> & {
  * Use `create(DeleteFailureSchema)` to create a new message.
  */
 export const DeleteFailureSchema: GenMessage<DeleteFailure> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 20);
+  messageDesc(file_spool_v1_queue, 21);
 
 /**
  * The answer of BatchDeleteMessages.
@@ -766,7 +891,7 @@ export type BatchDeleteMessagesResponse = Message<"spool.v1.BatchDeleteMessagesR
  * Use `create(BatchDeleteMessagesResponseSchema)` to create a new message.
  */
 export const BatchDeleteMessagesResponseSchema: GenMessage<BatchDeleteMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 21);
+  messageDesc(file_spool_v1_queue, 22);
 
 /**
  * The request of ChangeMessageVisibility.
@@ -802,7 +927,7 @@ export type ChangeMessageVisibilityRequest = Message<"spool.v1.ChangeMessageVisi
  * Use `create(ChangeMessageVisibilityRequestSchema)` to create a new message.
  */
 export const ChangeMessageVisibilityRequestSchema: GenMessage<ChangeMessageVisibilityRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 22);
+  messageDesc(file_spool_v1_queue, 23);
 
 /**
  * The answer of ChangeMessageVisibility.
@@ -823,7 +948,7 @@ export type ChangeMessageVisibilityResponse = Message<"spool.v1.ChangeMessageVis
  * Use `create(ChangeMessageVisibilityResponseSchema)` to create a new message.
  */
 export const ChangeMessageVisibilityResponseSchema: GenMessage<ChangeMessageVisibilityResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 23);
+  messageDesc(file_spool_v1_queue, 24);
 
 /**
  * One message of a BatchChangeMessageVisibility request.
@@ -851,7 +976,7 @@ export type ChangeVisibilityEntry = Message<"spool.v1.ChangeVisibilityEntry"> & 
  * Use `create(ChangeVisibilityEntrySchema)` to create a new message.
  */
 export const ChangeVisibilityEntrySchema: GenMessage<ChangeVisibilityEntry> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 24);
+  messageDesc(file_spool_v1_queue, 25);
 
 /**
  * The request of BatchChangeMessageVisibility.
@@ -879,7 +1004,7 @@ export type BatchChangeMessageVisibilityRequest = Message<"spool.v1.BatchChangeM
  * Use `create(BatchChangeMessageVisibilityRequestSchema)` to create a new message.
  */
 export const BatchChangeMessageVisibilityRequestSchema: GenMessage<BatchChangeMessageVisibilityRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 25);
+  messageDesc(file_spool_v1_queue, 26);
 
 /**
  * An entry whose visibility changed.
@@ -907,7 +1032,7 @@ export type ChangedVisibility = Message<"spool.v1.ChangedVisibility"> & {
  * Use `create(ChangedVisibilitySchema)` to create a new message.
  */
 export const ChangedVisibilitySchema: GenMessage<ChangedVisibility> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 26);
+  messageDesc(file_spool_v1_queue, 27);
 
 /**
  * An entry whose visibility could not be changed.
@@ -956,7 +1081,7 @@ export type ChangeVisibilityFailure = Message<"spool.v1.ChangeVisibilityFailure"
  * Use `create(ChangeVisibilityFailureSchema)` to create a new message.
  */
 export const ChangeVisibilityFailureSchema: GenMessage<ChangeVisibilityFailure> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 27);
+  messageDesc(file_spool_v1_queue, 28);
 
 /**
  * The answer of BatchChangeMessageVisibility: every entry is in `changed` or in `failures`.
@@ -984,7 +1109,7 @@ export type BatchChangeMessageVisibilityResponse = Message<"spool.v1.BatchChange
  * Use `create(BatchChangeMessageVisibilityResponseSchema)` to create a new message.
  */
 export const BatchChangeMessageVisibilityResponseSchema: GenMessage<BatchChangeMessageVisibilityResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 28);
+  messageDesc(file_spool_v1_queue, 29);
 
 /**
  * The request of PurgeQueue.
@@ -1005,7 +1130,7 @@ export type PurgeQueueRequest = Message<"spool.v1.PurgeQueueRequest"> & {
  * Use `create(PurgeQueueRequestSchema)` to create a new message.
  */
 export const PurgeQueueRequestSchema: GenMessage<PurgeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 29);
+  messageDesc(file_spool_v1_queue, 30);
 
 /**
  * The answer of PurgeQueue.
@@ -1026,7 +1151,7 @@ export type PurgeQueueResponse = Message<"spool.v1.PurgeQueueResponse"> & {
  * Use `create(PurgeQueueResponseSchema)` to create a new message.
  */
 export const PurgeQueueResponseSchema: GenMessage<PurgeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 30);
+  messageDesc(file_spool_v1_queue, 31);
 
 /**
  * The request of PeekMessages.
@@ -1054,7 +1179,7 @@ export type PeekMessagesRequest = Message<"spool.v1.PeekMessagesRequest"> & {
  * Use `create(PeekMessagesRequestSchema)` to create a new message.
  */
 export const PeekMessagesRequestSchema: GenMessage<PeekMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 31);
+  messageDesc(file_spool_v1_queue, 32);
 
 /**
  * A visible message, as PeekMessages shows it.
@@ -1096,6 +1221,28 @@ export type PeekedMessage = Message<"spool.v1.PeekedMessage"> & {
    * @generated from field: uint32 dequeue_count = 5;
    */
   dequeueCount: number;
+
+  /**
+   * The attributes it was sent with.
+   *
+   * @generated from field: map<string, string> attributes = 6;
+   */
+  attributes: { [key: string]: string };
+
+  /**
+   * For a dead-lettered message: the queue it was moved from; empty otherwise.
+   *
+   * @generated from field: string dead_letter_source_queue = 7;
+   */
+  deadLetterSourceQueue: string;
+
+  /**
+   * For a dead-lettered message: how many times it had been received in its source queue.
+   * `dequeue_count` counts its receives since the move.
+   *
+   * @generated from field: uint32 dead_letter_receive_count = 8;
+   */
+  deadLetterReceiveCount: number;
 };
 
 /**
@@ -1103,7 +1250,7 @@ export type PeekedMessage = Message<"spool.v1.PeekedMessage"> & {
  * Use `create(PeekedMessageSchema)` to create a new message.
  */
 export const PeekedMessageSchema: GenMessage<PeekedMessage> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 32);
+  messageDesc(file_spool_v1_queue, 33);
 
 /**
  * The answer of PeekMessages.
@@ -1125,7 +1272,7 @@ export type PeekMessagesResponse = Message<"spool.v1.PeekMessagesResponse"> & {
  * Use `create(PeekMessagesResponseSchema)` to create a new message.
  */
 export const PeekMessagesResponseSchema: GenMessage<PeekMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 33);
+  messageDesc(file_spool_v1_queue, 34);
 
 /**
  * A request on a StreamMessages call: a `start` first, then `acknowledge`s. (Kinds added later,
@@ -1163,7 +1310,7 @@ export type StreamMessagesRequest = Message<"spool.v1.StreamMessagesRequest"> & 
  * Use `create(StreamMessagesRequestSchema)` to create a new message.
  */
 export const StreamMessagesRequestSchema: GenMessage<StreamMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 34);
+  messageDesc(file_spool_v1_queue, 35);
 
 /**
  * Opens a consumer stream on a queue.
@@ -1199,7 +1346,7 @@ export type StreamStart = Message<"spool.v1.StreamStart"> & {
  * Use `create(StreamStartSchema)` to create a new message.
  */
 export const StreamStartSchema: GenMessage<StreamStart> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 35);
+  messageDesc(file_spool_v1_queue, 36);
 
 /**
  * Deletes messages pushed on the stream (or received otherwise) by their receipt handles.
@@ -1228,7 +1375,7 @@ export type StreamAcknowledge = Message<"spool.v1.StreamAcknowledge"> & {
  * Use `create(StreamAcknowledgeSchema)` to create a new message.
  */
 export const StreamAcknowledgeSchema: GenMessage<StreamAcknowledge> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 36);
+  messageDesc(file_spool_v1_queue, 37);
 
 /**
  * What the server sends on a StreamMessages call.
@@ -1265,7 +1412,7 @@ export type StreamMessagesResponse = Message<"spool.v1.StreamMessagesResponse"> 
  * Use `create(StreamMessagesResponseSchema)` to create a new message.
  */
 export const StreamMessagesResponseSchema: GenMessage<StreamMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 37);
+  messageDesc(file_spool_v1_queue, 38);
 
 /**
  * The answer to one `acknowledge` request.
@@ -1293,7 +1440,115 @@ export type StreamAcknowledged = Message<"spool.v1.StreamAcknowledged"> & {
  * Use `create(StreamAcknowledgedSchema)` to create a new message.
  */
 export const StreamAcknowledgedSchema: GenMessage<StreamAcknowledged> = /*@__PURE__*/
-  messageDesc(file_spool_v1_queue, 38);
+  messageDesc(file_spool_v1_queue, 39);
+
+/**
+ * The request of ListDeadLetterSourceQueues.
+ *
+ * @generated from message spool.v1.ListDeadLetterSourceQueuesRequest
+ */
+export type ListDeadLetterSourceQueuesRequest = Message<"spool.v1.ListDeadLetterSourceQueuesRequest"> & {
+  /**
+   * The dead-letter queue's name.
+   *
+   * @generated from field: string queue_name = 1;
+   */
+  queueName: string;
+};
+
+/**
+ * Describes the message spool.v1.ListDeadLetterSourceQueuesRequest.
+ * Use `create(ListDeadLetterSourceQueuesRequestSchema)` to create a new message.
+ */
+export const ListDeadLetterSourceQueuesRequestSchema: GenMessage<ListDeadLetterSourceQueuesRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 40);
+
+/**
+ * The answer of ListDeadLetterSourceQueues.
+ *
+ * @generated from message spool.v1.ListDeadLetterSourceQueuesResponse
+ */
+export type ListDeadLetterSourceQueuesResponse = Message<"spool.v1.ListDeadLetterSourceQueuesResponse"> & {
+  /**
+   * The queues whose dead-letter policy names the queue, in name order.
+   *
+   * @generated from field: repeated string queue_names = 1;
+   */
+  queueNames: string[];
+};
+
+/**
+ * Describes the message spool.v1.ListDeadLetterSourceQueuesResponse.
+ * Use `create(ListDeadLetterSourceQueuesResponseSchema)` to create a new message.
+ */
+export const ListDeadLetterSourceQueuesResponseSchema: GenMessage<ListDeadLetterSourceQueuesResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 41);
+
+/**
+ * The request of RedriveMessages.
+ *
+ * @generated from message spool.v1.RedriveMessagesRequest
+ */
+export type RedriveMessagesRequest = Message<"spool.v1.RedriveMessagesRequest"> & {
+  /**
+   * The queue to move messages out of (usually a dead-letter queue).
+   *
+   * @generated from field: string queue_name = 1;
+   */
+  queueName: string;
+
+  /**
+   * Where to move them: empty moves each back to its `dead_letter_source_queue`; a name moves
+   * them all there (it must exist, and not be `queue_name`; the caller needs the send grant on
+   * it as well as admin on `queue_name`).
+   *
+   * @generated from field: string destination_queue = 2;
+   */
+  destinationQueue: string;
+
+  /**
+   * Most messages to move: 0 means every visible one, up to 100000; else 1..100000.
+   *
+   * @generated from field: uint32 max_messages = 3;
+   */
+  maxMessages: number;
+};
+
+/**
+ * Describes the message spool.v1.RedriveMessagesRequest.
+ * Use `create(RedriveMessagesRequestSchema)` to create a new message.
+ */
+export const RedriveMessagesRequestSchema: GenMessage<RedriveMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 42);
+
+/**
+ * The answer of RedriveMessages.
+ *
+ * @generated from message spool.v1.RedriveMessagesResponse
+ */
+export type RedriveMessagesResponse = Message<"spool.v1.RedriveMessagesResponse"> & {
+  /**
+   * How many messages moved.
+   *
+   * @generated from field: uint64 redriven_messages = 1;
+   */
+  redrivenMessages: bigint;
+
+  /**
+   * How many visible messages stayed because their source queue no longer exists (or they had
+   * none), with an empty `destination_queue`.
+   *
+   * @generated from field: uint64 skipped_messages = 2;
+   */
+  skippedMessages: bigint;
+};
+
+/**
+ * Describes the message spool.v1.RedriveMessagesResponse.
+ * Use `create(RedriveMessagesResponseSchema)` to create a new message.
+ */
+export const RedriveMessagesResponseSchema: GenMessage<RedriveMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 43);
 
 /**
  * Queues and their messages.
@@ -1512,6 +1767,34 @@ export const QueueService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof StreamMessagesRequestSchema;
     output: typeof StreamMessagesResponseSchema;
+  },
+  /**
+   * Lists the queues whose dead-letter policy names this queue, in name order. A queue in this
+   * list cannot be deleted (FAILED_PRECONDITION) until their policies name another queue or none.
+   *
+   * @generated from rpc spool.v1.QueueService.ListDeadLetterSourceQueues
+   */
+  listDeadLetterSourceQueues: {
+    methodKind: "unary";
+    input: typeof ListDeadLetterSourceQueuesRequestSchema;
+    output: typeof ListDeadLetterSourceQueuesResponseSchema;
+  },
+  /**
+   * Moves visible messages out of a (dead-letter) queue, oldest first: each back to the queue it
+   * was dead-lettered from (`destination_queue` empty) or all to `destination_queue`. Each move
+   * is one storage transaction, like the dead-letter move itself: a message is never in both
+   * queues nor in neither, across crashes. A moved message is visible at once in its new queue,
+   * with its id, body, attributes and enqueue time, and a dequeue count of 0. Messages that are
+   * in flight or delayed stay (consumers may run meanwhile); so do messages whose source queue
+   * no longer exists, or that were never dead-lettered, when `destination_queue` is empty: they
+   * are counted in `skipped_messages`. Acknowledged once the moves are durable.
+   *
+   * @generated from rpc spool.v1.QueueService.RedriveMessages
+   */
+  redriveMessages: {
+    methodKind: "unary";
+    input: typeof RedriveMessagesRequestSchema;
+    output: typeof RedriveMessagesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spool_v1_queue, 0);

@@ -1,0 +1,138 @@
+//! What a message carries besides its scheduling state: its body and its attributes, stored
+//! together and delivered together.
+//!
+//! The attributes live in a column of their own beside the body (`meta`), encoded with
+//! protobuf so that fields can be added later without a new layout; a message without
+//! attributes stores nothing there, so the common case costs nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+
+/// A message's application-defined attributes (at most 16; see `limits`).
+pub type MessageAttributes = BTreeMap<String, String>;
+
+/// What the `meta` column holds: everything about a message that is delivered with it but is
+/// not its body or its scheduling.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MessageMeta {
+    /// The attributes it was sent with.
+    #[prost(btree_map = "string, string", tag = "1")]
+    pub attributes: MessageAttributes,
+}
+
+/// Where a dead-lettered message came from (stored in columns of its own, so that the move
+/// writes them without reading the message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterOrigin {
+    /// The queue it was moved from.
+    pub source_queue: Arc<str>,
+    /// How many times it had been received there.
+    pub receive_count: u32,
+}
+
+/// A message's body and attributes, and where it was dead-lettered from, if it was.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Payload {
+    pub body: Bytes,
+    /// None when the message has no attributes: most have none, and they then share nothing.
+    pub meta: Option<Arc<MessageMeta>>,
+    pub dead_letter: Option<DeadLetterOrigin>,
+}
+
+impl Payload {
+    pub fn new(body: Bytes, attributes: MessageAttributes) -> Self {
+        let meta = (!attributes.is_empty()).then(|| Arc::new(MessageMeta { attributes }));
+        Self {
+            body,
+            meta,
+            dead_letter: None,
+        }
+    }
+
+    /// Bytes it holds in memory, roughly: what a cache charges for it.
+    pub fn size(&self) -> usize {
+        self.body.len() + self.meta.as_ref().map_or(0, |meta| meta.encoded_len())
+    }
+
+    /// The bytes its attributes count toward `max_message_size` (keys and values).
+    pub fn attributes_size(&self) -> usize {
+        self.meta.as_ref().map_or(0, |meta| {
+            spool_client::limits::attributes_size(&meta.attributes)
+        })
+    }
+
+    #[cfg(test)]
+    pub fn attributes(&self) -> MessageAttributes {
+        self.meta
+            .as_ref()
+            .map(|meta| meta.attributes.clone())
+            .unwrap_or_default()
+    }
+
+    /// The `meta` column's value: None when there is nothing to store.
+    pub fn encoded_meta(&self) -> Option<Vec<u8>> {
+        self.meta.as_ref().map(|meta| meta.encode_to_vec())
+    }
+
+    /// A payload as stored: its body, its `meta` column (NULL for none) and its dead-letter
+    /// columns (`source` NULL for a message never dead-lettered).
+    pub fn stored(
+        body: Bytes,
+        meta: Option<&[u8]>,
+        source: Option<String>,
+        receive_count: u32,
+    ) -> Result<Self, String> {
+        let mut payload = Self::decode(body, meta)?;
+        payload.dead_letter = source.map(|source| DeadLetterOrigin {
+            source_queue: source.into(),
+            receive_count,
+        });
+        Ok(payload)
+    }
+
+    /// A payload as stored: its body and its `meta` column (NULL for none).
+    pub fn decode(body: Bytes, meta: Option<&[u8]>) -> Result<Self, String> {
+        let meta = match meta {
+            None | Some([]) => None,
+            Some(bytes) => Some(Arc::new(MessageMeta::decode(bytes).map_err(|error| {
+                format!("a message's stored attributes are corrupt: {error}")
+            })?)),
+        };
+        Ok(Self {
+            body,
+            meta,
+            dead_letter: None,
+        })
+    }
+
+    /// A copy that owns its bytes (see `body_cache::BodyCache::insert_copy`).
+    pub fn copied(&self) -> Self {
+        Self {
+            body: Bytes::copy_from_slice(&self.body),
+            meta: self.meta.clone(),
+            dead_letter: self.dead_letter.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_and_none_stores_nothing() {
+        let plain = Payload::new(Bytes::from_static(b"x"), MessageAttributes::new());
+        assert_eq!(plain.encoded_meta(), None);
+        let attributes: MessageAttributes = [("traceparent".to_string(), "00-ab".to_string())]
+            .into_iter()
+            .collect();
+        let with = Payload::new(Bytes::from_static(b"y"), attributes.clone());
+        let stored = with.encoded_meta().expect("attributes are stored");
+        let back = Payload::decode(Bytes::from_static(b"y"), Some(&stored)).expect("decodes");
+        assert_eq!(back.attributes(), attributes);
+        assert!(Payload::decode(Bytes::new(), Some(&[0xff, 0xff])).is_err());
+    }
+}
