@@ -199,6 +199,7 @@ impl Call<'_> {
             message_retention_seconds: self.number("msgRetentionSeconds")?,
             rewind_seconds: self.number("rewindSeconds")?,
             max_backlog,
+            ..Default::default()
         })
     }
 
@@ -347,6 +348,7 @@ impl Call<'_> {
                 queue_name: name,
                 body: body.into_bytes().into(),
                 delay_seconds: self.number("delaySeconds")?,
+                ..Default::default()
             }))
             .await?
             .into_inner();
@@ -371,6 +373,7 @@ impl Call<'_> {
                         .map(|body| pb::BatchSendEntry {
                             body: body.into_bytes().into(),
                             delay_seconds,
+                            ..Default::default()
                         })
                         .collect(),
                 }),

@@ -15,6 +15,7 @@ pub mod cmq;
 pub mod cmq_signature;
 pub mod sigv4;
 pub mod sqs;
+pub mod sqs_attributes;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use md5::{Digest as _, Md5};
 use serde_json::{Map, Value, json};
 use tonic::{Code, Status};
 
-use super::{Edge, hex, request_id};
+use super::{Edge, hex, request_id, sqs_attributes};
 use crate::auth::Caller;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
@@ -73,6 +73,11 @@ impl SqsError {
     /// A request without a signature where one is needed.
     pub fn forbidden_missing(message: &str) -> Self {
         Self::forbidden("MissingAuthenticationToken", message.to_string())
+    }
+
+    /// A message attribute SQS would refuse.
+    pub fn invalid_attribute(message: String) -> Self {
+        Self::invalid(message)
     }
 
     fn invalid(message: impl Into<String>) -> Self {
@@ -258,6 +263,8 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
         "DeleteMessageBatch" => call.delete_message_batch().await,
         "ChangeMessageVisibility" => call.change_message_visibility().await,
         "ChangeMessageVisibilityBatch" => call.change_message_visibility_batch().await,
+        "ListDeadLetterSourceQueues" => call.list_dead_letter_source_queues().await,
+        "StartMessageMoveTask" => call.start_message_move_task().await,
         other => Err(SqsError::new(
             "UnsupportedOperation",
             "AWS.SimpleQueueService.UnsupportedOperation",
@@ -467,6 +474,8 @@ impl Call<'_> {
                 queue_name: name,
                 body: entry.body.clone().into_bytes().into(),
                 delay_seconds: entry.delay_seconds,
+                attributes: entry.attributes.clone(),
+                deduplication_id: String::new(),
             }))
             .await?
             .into_inner();
@@ -498,6 +507,8 @@ impl Call<'_> {
                             .map(|(_, message)| pb::BatchSendEntry {
                                 body: message.body.clone().into_bytes().into(),
                                 delay_seconds: message.delay_seconds,
+                                attributes: message.attributes.clone(),
+                                deduplication_id: String::new(),
                             })
                             .collect(),
                     }),
@@ -661,6 +672,50 @@ impl Call<'_> {
         Ok(json!({ "Successful": successful, "Failed": failed }))
     }
 
+    async fn list_dead_letter_source_queues(&self) -> Answer {
+        let name = self.queue()?;
+        let sources = self
+            .edge
+            .service
+            .list_dead_letter_source_queues(
+                self.request(pb::ListDeadLetterSourceQueuesRequest { queue_name: name }),
+            )
+            .await?
+            .into_inner();
+        let urls: Vec<Value> = sources
+            .queue_names
+            .iter()
+            .map(|queue| Value::String(self.url(queue)))
+            .collect();
+        // SQS spells this member in lower camel case.
+        Ok(json!({ "queueUrls": urls }))
+    }
+
+    /// SQS's redrive: moves the messages of a dead-letter queue (`SourceArn`) back to the
+    /// queues they came from, or to `DestinationArn`. Spool's RedriveMessages does it at once
+    /// (each move durable before the answer); the task handle names what was done.
+    async fn start_message_move_task(&self) -> Answer {
+        let source = self.required("SourceArn")?;
+        let queue = arn_queue(source)?;
+        let destination = match self.string("DestinationArn")? {
+            Some(arn) => arn_queue(arn)?,
+            None => String::new(),
+        };
+        let moved = self
+            .edge
+            .service
+            .redrive_messages(self.request(pb::RedriveMessagesRequest {
+                queue_name: queue.clone(),
+                destination_queue: destination,
+                max_messages: 0,
+            }))
+            .await?
+            .into_inner();
+        Ok(json!({
+            "TaskHandle": format!("spool-redrive:{queue}:{}", moved.redriven_messages),
+        }))
+    }
+
     async fn change_message_visibility(&self) -> Answer {
         let name = self.queue()?;
         let receipt_handle = self.required("ReceiptHandle")?.to_string();
@@ -728,6 +783,14 @@ fn fifo_refused() -> SqsError {
         "FIFO queues (FifoQueue, a .fifo name) are not supported: Spool has no message groups \
          (see docs/compat.md)",
     )
+}
+
+/// The queue an SQS ARN names (`arn:aws:sqs:<region>:<account>:<queue>`).
+fn arn_queue(arn: &str) -> Result<String, SqsError> {
+    match arn.strip_prefix("arn:").map(|rest| rest.rsplit(':').next()) {
+        Some(Some(queue)) if !queue.is_empty() => Ok(queue.to_string()),
+        _ => Err(SqsError::invalid(format!("{arn:?} is not a queue ARN"))),
+    }
 }
 
 /// The queue a queue URL names (its last path segment).
@@ -901,6 +964,7 @@ fn queue_attributes(given: &BTreeMap<String, String>) -> Result<pb::QueueAttribu
                     return Err(fifo_refused());
                 }
             }
+            "RedrivePolicy" => attributes.dead_letter_policy = Some(redrive_policy(value)?),
             // Encryption at rest is the disk's; SQS's managed SSE flag is accepted as said.
             "SqsManagedSseEnabled" => {}
             _ => {
@@ -915,9 +979,50 @@ fn queue_attributes(given: &BTreeMap<String, String>) -> Result<pb::QueueAttribu
     Ok(attributes)
 }
 
+/// SQS's RedrivePolicy (`{"deadLetterTargetArn":"arn:...:<queue>","maxReceiveCount":n}`, the
+/// count as a number or a string) as Spool's dead-letter policy; an empty value removes it.
+fn redrive_policy(value: &str) -> Result<pb::DeadLetterPolicy, SqsError> {
+    let refused = |why: &str| {
+        SqsError::new(
+            "InvalidAttributeValue",
+            "InvalidAttributeValue",
+            format!("Value {value} for parameter RedrivePolicy is invalid. Reason: {why}."),
+        )
+    };
+    if value.trim().is_empty() {
+        return Ok(pb::DeadLetterPolicy::default());
+    }
+    let policy: Value = serde_json::from_str(value).map_err(|_| refused("Invalid JSON"))?;
+    let target = policy
+        .get("deadLetterTargetArn")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            refused("Redrive policy does not contain mandatory attribute: deadLetterTargetArn")
+        })?;
+    let queue = target
+        .rsplit(':')
+        .next()
+        .filter(|name| !name.is_empty() && target.starts_with("arn:"))
+        .ok_or_else(|| refused("Invalid value for deadLetterTargetArn"))?;
+    let count = integer(policy.get("maxReceiveCount"), "maxReceiveCount")
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            refused("Redrive policy does not contain mandatory attribute: maxReceiveCount")
+        })?;
+    if !(1..=1000).contains(&count) {
+        return Err(refused("Invalid value for maxReceiveCount: 1..=1000"));
+    }
+    Ok(pb::DeadLetterPolicy {
+        dead_letter_queue: queue.to_string(),
+        max_receive_count: count as u32,
+        ..Default::default()
+    })
+}
+
 /// A queue's attributes as GetQueueAttributes shows them (all strings).
 fn describe_queue(queue: &pb::Queue) -> Map<String, Value> {
-    let attributes = queue.attributes.unwrap_or_default();
+    let attributes = queue.attributes.clone().unwrap_or_default();
     let stats = queue.stats.unwrap_or_default();
     let seconds = |time: &Option<prost_types::Timestamp>| {
         time.as_ref()
@@ -969,10 +1074,21 @@ fn describe_queue(queue: &pb::Queue) -> Map<String, Value> {
             .to_string(),
     );
     put("DelaySeconds", "0".to_string());
-    put(
-        "QueueArn",
-        format!("arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{}", queue.name),
-    );
+    put("QueueArn", arn(&queue.name));
+    if let Some(policy) = attributes
+        .dead_letter_policy
+        .as_ref()
+        .filter(|policy| !policy.dead_letter_queue.is_empty())
+    {
+        put(
+            "RedrivePolicy",
+            json!({
+                "deadLetterTargetArn": arn(&policy.dead_letter_queue),
+                "maxReceiveCount": policy.max_receive_count,
+            })
+            .to_string(),
+        );
+    }
     put("SqsManagedSseEnabled", "false".to_string());
     map
 }
@@ -1064,6 +1180,8 @@ fn visibility_timeout(object: &Map<String, Value>) -> Result<u32, SqsError> {
 struct Outgoing {
     body: String,
     delay_seconds: Option<u32>,
+    /// Its SQS message attributes in Spool's map (`sqs_attributes`).
+    attributes: std::collections::HashMap<String, String>,
     /// MD5OfMessageAttributes, when it has attributes.
     attributes_md5: Option<String>,
 }
@@ -1108,25 +1226,20 @@ fn outgoing(object: &Map<String, Value>, _prefix: &str) -> Result<Outgoing, SqsE
             )));
         }
     };
-    if object.contains_key("MessageGroupId") {
-        return Err(SqsError::invalid(
-            "The request include parameter that is not valid for this queue type: \
-             MessageGroupId (Spool has no FIFO queues)",
-        ));
-    }
-    let attributes_md5 = match object.get("MessageAttributes") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(map)) if map.is_empty() => None,
-        Some(_) => {
-            return Err(SqsError::invalid(
-                "MessageAttributes are not supported by this server yet",
-            ));
+    for fifo_only in ["MessageGroupId", "MessageDeduplicationId"] {
+        if object.contains_key(fifo_only) {
+            return Err(SqsError::invalid(format!(
+                "The request include parameter that is not valid for this queue type: \
+                 {fifo_only} (Spool has no FIFO queues)"
+            )));
         }
-    };
+    }
+    let attributes = sqs_attributes::parse(object.get("MessageAttributes"))?;
     Ok(Outgoing {
         body: body.to_string(),
         delay_seconds,
-        attributes_md5,
+        attributes: sqs_attributes::to_map(&attributes),
+        attributes_md5: sqs_attributes::md5_of(&attributes),
     })
 }
 
@@ -1146,7 +1259,7 @@ fn millis(time: &Option<prost_types::Timestamp>) -> i64 {
 }
 
 /// A received message as ReceiveMessage answers it, with the system attributes asked for.
-fn received(message: &pb::ReceivedMessage, system: &[String], _wanted: &[String]) -> Value {
+fn received(message: &pb::ReceivedMessage, system: &[String], wanted: &[String]) -> Value {
     let body = String::from_utf8_lossy(&message.body).into_owned();
     let mut answer = json!({
         "MessageId": message.message_id,
@@ -1178,10 +1291,26 @@ fn received(message: &pb::ReceivedMessage, system: &[String], _wanted: &[String]
     if wants("SenderId") {
         attributes.insert("SenderId".into(), Value::String(ACCOUNT_ID.into()));
     }
+    if wants("DeadLetterQueueSourceArn") && !message.dead_letter_source_queue.is_empty() {
+        attributes.insert(
+            "DeadLetterQueueSourceArn".into(),
+            Value::String(arn(&message.dead_letter_source_queue)),
+        );
+    }
     if !attributes.is_empty() {
         answer["Attributes"] = Value::Object(attributes);
     }
+    let shown = sqs_attributes::select(sqs_attributes::from_map(&message.attributes), wanted);
+    if let Some(md5) = sqs_attributes::md5_of(&shown) {
+        answer["MessageAttributes"] = sqs_attributes::to_json(&shown);
+        answer["MD5OfMessageAttributes"] = Value::String(md5);
+    }
     answer
+}
+
+/// A queue's ARN.
+fn arn(queue: &str) -> String {
+    format!("arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{queue}")
 }
 
 #[cfg(test)]

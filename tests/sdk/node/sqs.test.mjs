@@ -45,10 +45,20 @@ test("send, receive and delete through @aws-sdk/client-sqs", async (t) => {
   const name = `js-${Date.now()}`;
   const { QueueUrl } = await sqs.send(new CreateQueueCommand({ QueueName: name }));
   assert.equal(QueueUrl, `http://${server.http}/000000000000/${name}`);
-  const sent = await sqs.send(new SendMessageCommand({ QueueUrl, MessageBody: "hello from js ✓" }));
+  const attributes = {
+    trace: { DataType: "String", StringValue: "00-abc-01" },
+    blob: { DataType: "Binary", BinaryValue: new Uint8Array([0, 1, 254, 255]) },
+  };
+  const sent = await sqs.send(new SendMessageCommand({
+    QueueUrl, MessageBody: "hello from js ✓", MessageAttributes: attributes,
+  }));
+  assert.ok(sent.MD5OfMessageAttributes);
   const { Messages } = await sqs.send(new ReceiveMessageCommand({
     QueueUrl, WaitTimeSeconds: 5, MessageSystemAttributeNames: ["ApproximateReceiveCount"],
+    MessageAttributeNames: ["All"],
   }));
+  assert.deepEqual(Messages[0].MessageAttributes, attributes);
+  assert.equal(Messages[0].MD5OfMessageAttributes, sent.MD5OfMessageAttributes);
   assert.equal(Messages.length, 1);
   assert.equal(Messages[0].MessageId, sent.MessageId);
   assert.equal(Messages[0].Body, "hello from js ✓");

@@ -198,9 +198,14 @@ def test_messages_cross_between_grpc_sqs_and_cmq(sqs, grpc, server):
     name = fresh("cross")
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     # gRPC → SQS
-    message_id = grpc.send_message(name, "from grpc")
-    [received] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
+    message_id = grpc.send_message(name, "from grpc", attributes={"origin": "grpc"})
+    [received] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5,
+                                     MessageAttributeNames=["All"])["Messages"]
     assert (received["MessageId"], received["Body"]) == (message_id, "from grpc")
+    # A gRPC sender's attributes read as String attributes, with their MD5.
+    expected = {"origin": {"DataType": "String", "StringValue": "grpc"}}
+    assert received["MessageAttributes"] == expected
+    assert received["MD5OfMessageAttributes"] == sqs_attributes_md5(expected)
     sqs.delete_message(QueueUrl=url, ReceiptHandle=received["ReceiptHandle"])
     # SQS → CMQ
     queue = Account(server.endpoint, "id", "key").get_queue(name)
@@ -213,3 +218,103 @@ def test_messages_cross_between_grpc_sqs_and_cmq(sqs, grpc, server):
     [back] = grpc.receive_messages(name, wait_seconds=5)
     assert (back.message_id, back.body) == (cmq_id, b"from cmq")
     grpc.delete_message(name, back.receipt_handle)
+
+
+def sqs_attributes_md5(attributes: dict) -> str:
+    """MD5OfMessageAttributes as the AWS SDKs compute it (written here from SQS's description,
+    independently of the server)."""
+    digest = hashlib.md5()
+
+    def put(data: bytes) -> None:
+        digest.update(len(data).to_bytes(4, "big"))
+        digest.update(data)
+
+    for name in sorted(attributes):
+        attribute = attributes[name]
+        put(name.encode())
+        put(attribute["DataType"].encode())
+        if "StringValue" in attribute:
+            digest.update(b"\x01")
+            put(attribute["StringValue"].encode())
+        else:
+            digest.update(b"\x02")
+            put(attribute["BinaryValue"])
+    return digest.hexdigest()
+
+
+def test_message_attributes_round_trip_with_sqs_md5(sqs, grpc):
+    name = fresh()
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    attributes = {
+        "trace": {"DataType": "String", "StringValue": "00-abc-01"},
+        "price": {"DataType": "Number.float", "StringValue": "12.50"},
+        "blob": {"DataType": "Binary", "BinaryValue": bytes([0, 1, 254, 255])},
+        "note": {"DataType": "String.utf8", "StringValue": "ünïcode"},
+    }
+    sent = sqs.send_message(QueueUrl=url, MessageBody="with attributes", MessageAttributes=attributes)
+    assert sent["MD5OfMessageAttributes"] == sqs_attributes_md5(attributes)
+    batch = sqs.send_message_batch(QueueUrl=url, Entries=[
+        {"Id": "a", "MessageBody": "batch", "MessageAttributes": {"trace": attributes["trace"]}}])
+    assert batch["Successful"][0]["MD5OfMessageAttributes"] == sqs_attributes_md5(
+        {"trace": attributes["trace"]})
+    # A gRPC consumer sees name → value.
+    [peeked] = [m for m in grpc.peek_messages(name, max_messages=2) if m.body == b"batch"]
+    assert dict(peeked.attributes) == {"trace": "00-abc-01"}
+    got = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"], MaxNumberOfMessages=2,
+                              WaitTimeSeconds=1)["Messages"]
+    first = next(m for m in got if m["Body"] == "with attributes")
+    assert first["MessageAttributes"] == attributes
+    assert first["MD5OfMessageAttributes"] == sqs_attributes_md5(attributes)
+    # Only the names asked for, and the digest of those.
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"],
+                                  VisibilityTimeout=0)
+    again = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["price", "blob"],
+                                WaitTimeSeconds=5)["Messages"][0]
+    wanted = {k: attributes[k] for k in ("price", "blob")}
+    assert again["MessageAttributes"] == wanted
+    assert again["MD5OfMessageAttributes"] == sqs_attributes_md5(wanted)
+    for bad in ({"AWS.x": {"DataType": "String", "StringValue": "v"}},
+                {"n": {"DataType": "Number", "StringValue": "not a number"}},
+                {f"k{i}": {"DataType": "String", "StringValue": "v"} for i in range(11)}):
+        with pytest.raises(ClientError) as excinfo:
+            sqs.send_message(QueueUrl=url, MessageBody="x", MessageAttributes=bad)
+        assert error_code(excinfo) == "InvalidParameterValue"
+
+
+def test_dead_letter_queue_redrive_policy_and_redrive(sqs):
+    dlq_name = fresh("dlq")
+    dlq = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    policy = '{"deadLetterTargetArn":"%s","maxReceiveCount":"1"}' % dlq_arn
+    source = sqs.create_queue(QueueName=fresh("src"), Attributes={"RedrivePolicy": policy})[
+        "QueueUrl"]
+    shown = sqs.get_queue_attributes(QueueUrl=source, AttributeNames=["RedrivePolicy"])
+    assert json_loads(shown["Attributes"]["RedrivePolicy"]) == {
+        "deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1}
+    assert sqs.list_dead_letter_source_queues(QueueUrl=dlq)["queueUrls"] == [source]
+    sqs.send_message(QueueUrl=source, MessageBody="poison",
+                     MessageAttributes={"k": {"DataType": "String", "StringValue": "v"}})
+    first = sqs.receive_message(QueueUrl=source, VisibilityTimeout=1)["Messages"][0]
+    # Received once and not deleted: the next receive moves it to the dead-letter queue.
+    time.sleep(1.5)
+    assert "Messages" not in sqs.receive_message(QueueUrl=source, WaitTimeSeconds=1)
+    dead = sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=5, AttributeNames=["All"],
+                               MessageAttributeNames=["All"], VisibilityTimeout=1)["Messages"][0]
+    assert (dead["MessageId"], dead["Body"]) == (first["MessageId"], "poison")
+    assert dead["Attributes"]["DeadLetterQueueSourceArn"].endswith(":" + source.rsplit("/", 1)[1])
+    assert dead["MessageAttributes"] == {"k": {"DataType": "String", "StringValue": "v"}}
+    # The redrive (SQS's StartMessageMoveTask) moves it back once it is visible again.
+    time.sleep(1.5)
+    assert sqs.start_message_move_task(SourceArn=dlq_arn)["TaskHandle"]
+    back = sqs.receive_message(QueueUrl=source, WaitTimeSeconds=5)["Messages"][0]
+    assert (back["MessageId"], back["Body"]) == (first["MessageId"], "poison")
+    # Removing the policy.
+    sqs.set_queue_attributes(QueueUrl=source, Attributes={"RedrivePolicy": ""})
+    assert sqs.list_dead_letter_source_queues(QueueUrl=dlq)["queueUrls"] == []
+
+
+def json_loads(text: str):
+    import json
+
+    return json.loads(text)
