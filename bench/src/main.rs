@@ -13,6 +13,7 @@
 //!
 //! - `load`: the workloads, their figures and reports, and Spool as a [`load::Target`].
 //! - `nats`, `rabbitmq`, `postgres`: the peers as targets.
+//! - `sqs`: the same server through its SQS JSON API (`--http-listen`), as a target.
 //! - `relay`, `append_log`: the transport and durable ceilings (a relay serving Spool's API).
 //! - `storage`: `spool-bench storage`, the durable-send figures of docs/storage.md.
 
@@ -22,6 +23,7 @@ mod nats;
 mod postgres;
 mod rabbitmq;
 mod relay;
+mod sqs;
 mod storage;
 
 use std::collections::BTreeMap;
@@ -45,6 +47,9 @@ enum TargetName {
     Nats,
     Rabbitmq,
     Postgres,
+    /// The same `spool serve` as `spool`, through its SQS JSON API (`--http-listen`) at
+    /// --spool-sqs: the cost of the HTTP/JSON edge. Batches of at most 10 (SQS's).
+    SpoolSqs,
     /// The transport ceiling: Spool's gRPC API served by a relay that stores nothing.
     Relay,
     /// The durable ceiling: the relay, answering sends and deletes once appended to a file and
@@ -72,6 +77,9 @@ struct Cli {
     /// A running `spool serve --postgres-url ...`, for the spool-postgres target.
     #[arg(long, default_value = "http://127.0.0.1:50052")]
     spool_postgres: String,
+    /// The HTTP port (`--http-listen`) of the `spool` target's server, for spool-sqs.
+    #[arg(long, default_value = "http://127.0.0.1:9324")]
+    spool_sqs: String,
     /// NATS with JetStream enabled.
     #[arg(long, default_value = "127.0.0.1:4222")]
     nats: String,
@@ -145,6 +153,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     workload.mode
                 );
                 continue;
+            }
+            TargetName::SpoolSqs => {
+                check_local(&cli.spool_sqs)?;
+                run_target(
+                    Arc::new(sqs::SqsTarget::new(&cli.spool_sqs)),
+                    &workload,
+                    runs,
+                )
+                .await
             }
             TargetName::Nats => {
                 run_target(Arc::new(nats::NatsTarget::new(&cli.nats)), &workload, runs).await
