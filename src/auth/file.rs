@@ -221,6 +221,33 @@ mod tests {
     }
 
     #[test]
+    fn signing_keys_name_their_principal_and_are_checked() {
+        let principals = parse(
+            "[[principals]]\nname = \"app\"\nsigning_key_id = \"AKID1\"\n\
+             signing_secret = \"0123456789abcdef\"\n",
+        )
+        .expect("a principal with only a signing key");
+        let (principal, secret) = principals.by_signing_key("AKID1").expect("known key");
+        assert_eq!(principal.name, "app");
+        assert_eq!(secret.expose(), b"0123456789abcdef");
+        assert_eq!(format!("{secret:?}"), "SigningSecret(..)");
+        assert!(principals.by_signing_key("AKID2").is_none());
+        let alone = refused("[[principals]]\nname = \"a\"\nsigning_key_id = \"K\"\n");
+        assert!(alone.contains("go together"), "{alone}");
+        let short = refused(
+            "[[principals]]\nname = \"a\"\nsigning_key_id = \"K\"\nsigning_secret = \"short\"\n",
+        );
+        assert!(short.contains("16 bytes"), "{short}");
+        let twice = refused(
+            "[[principals]]\nname = \"a\"\nsigning_key_id = \"K\"\n\
+             signing_secret = \"0123456789abcdef\"\n\
+             [[principals]]\nname = \"b\"\nsigning_key_id = \"K\"\n\
+             signing_secret = \"0123456789abcdef\"\n",
+        );
+        assert!(twice.contains("also another principal's"), "{twice}");
+    }
+
+    #[test]
     fn an_empty_file_has_no_principals() {
         assert_eq!(parse("").expect("empty").len(), 0);
     }
