@@ -35,6 +35,8 @@ pub const MAX_PARAMETERS: usize = 256;
 pub struct CmqError {
     code: i32,
     message: String,
+    /// BatchDeleteMessage's `errorList`: each failed handle with its own code.
+    error_list: Option<Vec<Value>>,
 }
 
 impl CmqError {
@@ -42,6 +44,7 @@ impl CmqError {
         Self {
             code: INVALID_PARAMETER,
             message: message.into(),
+            error_list: None,
         }
     }
 }
@@ -52,6 +55,7 @@ impl From<Status> for CmqError {
         Self {
             code: client.cmq_code().unwrap_or(6000),
             message: status.message().to_string(),
+            error_list: None,
         }
     }
 }
@@ -73,6 +77,9 @@ pub async fn answer(edge: &Edge, request: Request<Incoming>) -> Response<Full<By
             let mut body = Map::new();
             body.insert("code".into(), json!(error.code));
             body.insert("message".into(), json!(error.message));
+            if let Some(list) = error.error_list {
+                body.insert("errorList".into(), Value::Array(list));
+            }
             body
         }
     };
@@ -111,6 +118,7 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
         .map_err(|message| CmqError {
         code: AUTHENTICATION_FAILED,
         message,
+        error_list: None,
     })?;
     let call = Call {
         edge,
@@ -412,6 +420,7 @@ impl Call<'_> {
             return Err(CmqError {
                 code: NO_MESSAGE,
                 message: "(10200)no message".into(),
+                error_list: None,
             });
         }
         let mut infos: Vec<Map<String, Value>> = messages.iter().map(message_info).collect();
@@ -469,10 +478,10 @@ impl Call<'_> {
         Err(CmqError {
             code: BATCH_DELETE_FAILED,
             message: format!(
-                "{} of the messages could not be deleted: {}",
-                errors.len(),
-                Value::Array(errors)
+                "{} of the messages could not be deleted (see errorList)",
+                errors.len()
             ),
+            error_list: Some(errors),
         })
     }
 }

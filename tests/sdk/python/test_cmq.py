@@ -99,6 +99,12 @@ def test_list_and_errors(account):
     with pytest.raises(CMQServerException) as excinfo:
         queue.delete_message(old.receiptHandle)
     assert excinfo.value.code == 4430
+    # A batch with a stale handle: 6010, and each failure with its own code in errorList.
+    with pytest.raises(CMQServerException) as excinfo:
+        queue.batch_delete_message([new.receiptHandle, old.receiptHandle])
+    assert excinfo.value.code == 6010
+    assert [(e["code"], e["receiptHandle"]) for e in excinfo.value.data["errorList"]] == [
+        (4430, old.receiptHandle)]
     with pytest.raises(CMQServerException) as excinfo:
         queue.batch_send_message([Message("x")] * 17)
     assert excinfo.value.code in (4000, 4400)
