@@ -26,6 +26,7 @@ use crate::limits::{
     MAX_REQUEST_BYTES, POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, check_queue_name,
 };
 use crate::logsafe::Shown;
+use crate::otel::SendTrace;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::queue::{
@@ -229,16 +230,20 @@ impl QueueService for QueueServiceImpl {
     ) -> RpcResult<pb::SendMessageResponse> {
         let result: RpcResult<pb::SendMessageResponse> = async {
             let caller = caller(&request)?;
+            let trace = request.extensions().get::<SendTrace>().copied();
             let request = request.into_inner();
             let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
             self.disk.check()?;
-            let message = convert::outgoing(
+            let mut message = convert::outgoing(
                 "",
                 request.body,
                 request.delay_seconds,
                 request.attributes,
                 request.deduplication_id,
             )?;
+            if let Some(trace) = trace {
+                message.payload = message.payload.with_trace_parent(trace.header());
+            }
             let ids = handle.send(vec![message]).await?;
             Ok(Response::new(pb::SendMessageResponse {
                 message_id: ids.first().map(u64::to_string).unwrap_or_default(),
@@ -255,19 +260,24 @@ impl QueueService for QueueServiceImpl {
     ) -> RpcResult<pb::BatchSendMessagesResponse> {
         let result: RpcResult<pb::BatchSendMessagesResponse> = async {
             let caller = caller(&request)?;
+            let trace = request.extensions().get::<SendTrace>().copied();
             let request = request.into_inner();
             let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
             self.disk.check()?;
             batch_size("entries", request.entries.len())?;
             let mut messages = Vec::with_capacity(request.entries.len());
             for (index, entry) in request.entries.into_iter().enumerate() {
-                messages.push(convert::outgoing(
+                let mut message = convert::outgoing(
                     &format!("entries[{index}]."),
                     entry.body,
                     entry.delay_seconds,
                     entry.attributes,
                     entry.deduplication_id,
-                )?);
+                )?;
+                if let Some(trace) = trace {
+                    message.payload = message.payload.with_trace_parent(trace.header());
+                }
+                messages.push(message);
             }
             let ids = handle.send(messages).await?;
             Ok(Response::new(pb::BatchSendMessagesResponse {

@@ -573,7 +573,7 @@ impl QueueActor {
         for (index, message) in messages.iter().enumerate() {
             let size = message.payload.body.len() + message.payload.attributes_size();
             if size > attributes.max_message_size as usize {
-                let what = if message.payload.meta.is_some() {
+                let what = if message.payload.attributes_size() > 0 {
                     format!(
                         "{} and {} together are {size} bytes",
                         field(index, "body"),

@@ -502,7 +502,8 @@ export type SendMessageRequest = Message<"spool.v1.SendMessageRequest"> & {
    * Application-defined attributes (a W3C `traceparent`, a content type, ...), delivered with the
    * message. At most 16 entries; keys are 1..64 characters of letters, digits, '-', '_' and '.';
    * values are any text. The body plus every key and value (in UTF-8 bytes) must fit in the
-   * queue's max_message_size.
+   * queue's max_message_size. Without a `traceparent` attribute, a send whose call carries
+   * `traceparent` metadata stores the call's trace context as one (see ReceivedMessage).
    *
    * @generated from field: map<string, string> attributes = 4;
    */
@@ -744,7 +745,10 @@ export type ReceivedMessage = Message<"spool.v1.ReceivedMessage"> & {
   dequeueCount: number;
 
   /**
-   * The attributes it was sent with.
+   * The attributes it was sent with. When the send's call carried W3C `traceparent` metadata
+   * and its attributes had no `traceparent`, Spool adds one (not counted toward
+   * max_message_size): the send's server span when traces are exported (--otlp-endpoint), else
+   * the caller's context, so the consumer's span can link to the producer's.
    *
    * @generated from field: map<string, string> attributes = 8;
    */
@@ -1223,7 +1227,7 @@ export type PeekedMessage = Message<"spool.v1.PeekedMessage"> & {
   dequeueCount: number;
 
   /**
-   * The attributes it was sent with.
+   * The attributes it was sent with, and the `traceparent` Spool added (as on ReceivedMessage).
    *
    * @generated from field: map<string, string> attributes = 6;
    */
