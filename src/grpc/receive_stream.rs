@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
 use super::convert;
+use crate::error::QueueError;
 use crate::logsafe::REFUSALS;
 use crate::metrics::Metrics;
 use crate::pb;
@@ -69,22 +70,24 @@ impl ReceiveLimits {
     pub fn open_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.open.clone().try_acquire_owned().map_err(|_| {
             self.metrics.limit_refused("max_waiting_receives");
-            Status::resource_exhausted(format!(
-                "the server has {} receives open, its max_waiting_receives; retry later",
+            Status::from(QueueError::ReceiveLimit(format!(
+                "the server has {} receives and consumer streams open, its \
+                 --max-waiting-receives; retry later",
                 self.max_open
-            ))
+            )))
         })
     }
 
-    /// The response stream of `receiving`, holding `slot` until it is dropped.
-    pub fn stream(
+    /// The response stream of `deliveries` (a receive, a consumer stream), holding `slot`
+    /// until it is dropped.
+    pub fn stream<D: Deliveries>(
         &self,
-        receiving: Receiving,
+        deliveries: D,
         receipt_key: ReceiptKey,
         slot: OwnedSemaphorePermit,
-    ) -> ReceiveStream {
+    ) -> GuardedStream<D> {
         let shared = Arc::new(Shared {
-            receiving: Mutex::new(Some(receiving)),
+            deliveries: Mutex::new(Some(deliveries)),
             // Until hyper polls it first: a client whose window is shut from the start never
             // lets it.
             waiting_on_client: Mutex::new(Some(Instant::now())),
@@ -95,7 +98,7 @@ impl ReceiveLimits {
             self.stall_timeout,
             self.metrics.clone(),
         ));
-        ReceiveStream {
+        GuardedStream {
             shared,
             receipt_key,
             ended: false,
@@ -109,10 +112,53 @@ impl ReceiveLimits {
     }
 }
 
+/// What a [`GuardedStream`] hands to the network: the queue-side stream of a receive
+/// ([`Received`]) or of a consumer stream (`grpc::service::ConsumeStream`). Dropping it must
+/// release what it claimed and has not handed out.
+pub trait Deliveries: Send + 'static {
+    /// What it yields, before conversion to protobuf.
+    type Item: Send + Unpin + 'static;
+    /// The response message of the call.
+    type Message;
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Self::Item, Status>>>;
+    /// The bytes an item holds while the network has it (at least 1).
+    fn held_bytes(item: &Self::Item) -> usize;
+    /// Makes the messages of an item that could not be handed out visible again at once.
+    fn give_back(&self, item: &Self::Item);
+    fn message(item: Self::Item, receipt_key: &ReceiptKey) -> Self::Message;
+}
+
+/// The messages of one ReceiveMessages call.
+pub struct Received(pub Receiving);
+
+impl Deliveries for Received {
+    type Item = Delivered;
+    type Message = pb::ReceivedMessage;
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivered, Status>>> {
+        use futures_util::StreamExt as _;
+        self.0
+            .poll_next_unpin(cx)
+            .map(|item| item.map(|result| result.map_err(Status::from)))
+    }
+
+    fn held_bytes(item: &Delivered) -> usize {
+        item.body.len().max(1)
+    }
+
+    fn give_back(&self, item: &Delivered) {
+        self.0.give_back_delivered(item);
+    }
+
+    fn message(item: Delivered, receipt_key: &ReceiptKey) -> pb::ReceivedMessage {
+        convert::received(&item.message, item.body, receipt_key)
+    }
+}
+
 /// What the stream and its watchdog share.
-struct Shared {
+struct Shared<D> {
     /// Taken (and dropped, releasing its messages) by the watchdog on a stall.
-    receiving: Mutex<Option<Receiving>>,
+    deliveries: Mutex<Option<D>>,
     /// Since when the stream has handed out a message and not been polled again.
     waiting_on_client: Mutex<Option<Instant>>,
     /// Set by the watchdog when it ended the receive.
@@ -122,16 +168,17 @@ struct Shared {
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// A message waiting for room in the response budget.
-struct Waiting {
-    delivered: Delivered,
+struct Waiting<T> {
+    item: T,
     acquire: Acquire,
     give_up: Pin<Box<Sleep>>,
 }
 
-/// The response stream of ReceiveMessages: the queue's [`Receiving`] in protobuf, within the
-/// limits above. (Its outcome is measured by `grpc::observe`, from the trailers.)
-pub struct ReceiveStream {
-    shared: Arc<Shared>,
+/// The response stream of ReceiveMessages and StreamMessages: the queue's deliveries in
+/// protobuf, within the limits above. (Its outcome is measured by `grpc::observe`, from the
+/// trailers.)
+pub struct GuardedStream<D: Deliveries> {
+    shared: Arc<Shared<D>>,
     receipt_key: ReceiptKey,
     /// Whether it has ended (an error is its last item).
     ended: bool,
@@ -140,41 +187,40 @@ pub struct ReceiveStream {
     /// The budget of the last message handed to the network, until the next poll.
     held: Option<OwnedSemaphorePermit>,
     buffer: Arc<Semaphore>,
-    waiting: Option<Waiting>,
+    waiting: Option<Waiting<D::Item>>,
     stall_timeout: Duration,
     metrics: Arc<Metrics>,
 }
+
+/// The response stream of ReceiveMessages.
+pub type ReceiveStream = GuardedStream<Received>;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock means a panic while swapping a value: the value is whole.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl ReceiveStream {
-    fn end(&mut self, status: Status) -> Poll<Option<Result<pb::ReceivedMessage, Status>>> {
+impl<D: Deliveries> GuardedStream<D> {
+    fn end(&mut self, status: Status) -> Poll<Option<Result<D::Message, Status>>> {
         self.ended = true;
-        // Dropping the receive releases what it still holds.
-        drop(lock(&self.shared.receiving).take());
+        // Dropping the deliveries releases what they still hold.
+        drop(lock(&self.shared.deliveries).take());
         Poll::Ready(Some(Err(status)))
     }
 
     fn hand_out(
         &mut self,
-        delivered: Delivered,
+        item: D::Item,
         permit: OwnedSemaphorePermit,
-    ) -> Poll<Option<Result<pb::ReceivedMessage, Status>>> {
+    ) -> Poll<Option<Result<D::Message, Status>>> {
         self.held = Some(permit);
         *lock(&self.shared.waiting_on_client) = Some(Instant::now());
-        Poll::Ready(Some(Ok(convert::received(
-            &delivered.message,
-            delivered.body,
-            &self.receipt_key,
-        ))))
+        Poll::Ready(Some(Ok(D::message(item, &self.receipt_key))))
     }
 }
 
-impl tokio_stream::Stream for ReceiveStream {
-    type Item = Result<pb::ReceivedMessage, Status>;
+impl<D: Deliveries> tokio_stream::Stream for GuardedStream<D> {
+    type Item = Result<D::Message, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -185,11 +231,11 @@ impl tokio_stream::Stream for ReceiveStream {
         this.held = None;
         *lock(&this.shared.waiting_on_client) = None;
         if this.shared.stalled.load(Ordering::Acquire) {
-            return this.end(Status::resource_exhausted(format!(
+            return this.end(Status::from(QueueError::ReceiveLimit(format!(
                 "the stream was ended: its client read nothing for {:?} \
                  (--stream-stall-timeout-seconds); its other messages were released",
                 this.stall_timeout
-            )));
+            ))));
         }
         if let Some(waiting) = &mut this.waiting {
             match waiting.acquire.as_mut().poll(cx) {
@@ -197,7 +243,7 @@ impl tokio_stream::Stream for ReceiveStream {
                     let Some(waiting) = this.waiting.take() else {
                         unreachable!("matched Some above");
                     };
-                    return this.hand_out(waiting.delivered, permit);
+                    return this.hand_out(waiting.item, permit);
                 }
                 // The semaphore is never closed.
                 Poll::Ready(Err(_)) | Poll::Pending => {}
@@ -206,9 +252,9 @@ impl tokio_stream::Stream for ReceiveStream {
                 return Poll::Pending;
             }
             if let Some(waiting) = this.waiting.take()
-                && let Some(receiving) = lock(&this.shared.receiving).as_ref()
+                && let Some(deliveries) = lock(&this.shared.deliveries).as_ref()
             {
-                receiving.give_back_delivered(&waiting.delivered);
+                deliveries.give_back(&waiting.item);
             }
             this.metrics.limit_refused("response_buffer");
             if REFUSALS.allow("response_buffer") {
@@ -217,28 +263,28 @@ impl tokio_stream::Stream for ReceiveStream {
                      see --max-response-buffer-bytes"
                 );
             }
-            return this.end(Status::resource_exhausted(
+            return this.end(Status::from(QueueError::ReceiveLimit(
                 "the server's response buffer is full (--max-response-buffer-bytes); the \
-                 messages were released, retry later",
-            ));
+                 messages were released, retry later"
+                    .into(),
+            )));
         }
         let polled = {
-            let mut receiving = lock(&this.shared.receiving);
-            match receiving.as_mut() {
-                Some(receiving) => Pin::new(receiving).poll_next(cx),
+            let mut deliveries = lock(&this.shared.deliveries);
+            match deliveries.as_mut() {
+                Some(deliveries) => deliveries.poll_item(cx),
                 None => Poll::Ready(None),
             }
         };
         match polled {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(delivered))) => {
-                // At least 1: an empty body still holds its place.
-                let size = u32::try_from(delivered.body.len().max(1)).unwrap_or(u32::MAX);
+            Poll::Ready(Some(Ok(item))) => {
+                let size = u32::try_from(D::held_bytes(&item).max(1)).unwrap_or(u32::MAX);
                 match this.buffer.clone().try_acquire_many_owned(size) {
-                    Ok(permit) => this.hand_out(delivered, permit),
+                    Ok(permit) => this.hand_out(item, permit),
                     Err(_) => {
                         this.waiting = Some(Waiting {
-                            delivered,
+                            item,
                             acquire: Box::pin(this.buffer.clone().acquire_many_owned(size)),
                             give_up: Box::pin(tokio::time::sleep(this.stall_timeout)),
                         });
@@ -247,9 +293,9 @@ impl tokio_stream::Stream for ReceiveStream {
                     }
                 }
             }
-            Poll::Ready(Some(Err(error))) => {
+            Poll::Ready(Some(Err(status))) => {
                 this.ended = true;
-                Poll::Ready(Some(Err(Status::from(error))))
+                Poll::Ready(Some(Err(status)))
             }
             Poll::Ready(None) => {
                 this.ended = true;
@@ -261,7 +307,7 @@ impl tokio_stream::Stream for ReceiveStream {
 
 /// Ends the receive of a stream that waits on its client for `timeout`; returns when the
 /// stream is gone or ended.
-async fn watchdog(shared: Weak<Shared>, timeout: Duration, metrics: Arc<Metrics>) {
+async fn watchdog<D>(shared: Weak<Shared<D>>, timeout: Duration, metrics: Arc<Metrics>) {
     let mut next_check = Instant::now() + timeout;
     loop {
         tokio::time::sleep_until(next_check).await;
@@ -271,12 +317,12 @@ async fn watchdog(shared: Weak<Shared>, timeout: Duration, metrics: Arc<Metrics>
         let since = *lock(&shared.waiting_on_client);
         match since {
             Some(since) if since.elapsed() >= timeout => {
-                let receiving = lock(&shared.receiving).take();
-                if receiving.is_none() {
+                let deliveries = lock(&shared.deliveries).take();
+                if deliveries.is_none() {
                     return; // it ended by itself
                 }
                 shared.stalled.store(true, Ordering::Release);
-                drop(receiving);
+                drop(deliveries);
                 metrics.limit_refused("stalled_stream");
                 if REFUSALS.allow("stalled_stream") {
                     tracing::info!(
@@ -289,7 +335,7 @@ async fn watchdog(shared: Weak<Shared>, timeout: Duration, metrics: Arc<Metrics>
             Some(since) => next_check = since + timeout,
             None => next_check = Instant::now() + timeout,
         }
-        if lock(&shared.receiving).is_none() {
+        if lock(&shared.deliveries).is_none() {
             return;
         }
     }

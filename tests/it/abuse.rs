@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::codegen::http;
 
-use crate::common::{ChildServer, TestServer, attrs, create, send};
+use crate::common::{ChildServer, TestServer, assert_error, attrs, create, send};
 
 /// A gRPC message: the 5-byte prefix and the protobuf.
 fn grpc_frame(message: &impl prost::Message) -> Bytes {
@@ -120,10 +120,11 @@ async fn a_stalled_reader_is_ended_and_its_messages_released() {
     server.stop().await;
 }
 
-/// Open receives are capped server-wide: beyond `max_waiting_receives`, RESOURCE_EXHAUSTED,
-/// and the slots come back when the receives end.
+/// Open receives are capped server-wide, parked long polls and consumer streams together:
+/// beyond `max_waiting_receives`, RESOURCE_EXHAUSTED with Spool's ErrorInfo (SERVER_BUSY,
+/// 4420), and the slots come back when the receives end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_receives_beyond_the_cap_are_resource_exhausted() {
+async fn waiting_receives_and_streams_beyond_the_cap_are_resource_exhausted() {
     let server = TestServer::start_with(|config| {
         config.settings.max_waiting_receives = Some(2);
     })
@@ -135,39 +136,35 @@ async fn waiting_receives_beyond_the_cap_are_resource_exhausted() {
         wait_seconds: Some(30),
         ..Default::default()
     };
-    let mut parked = Vec::new();
-    for _ in 0..2 {
-        parked.push(
-            client
-                .receive_messages(long_poll())
-                .await
-                .expect("a parked receive")
-                .into_inner(),
-        );
-    }
+    // One parked long poll and one consumer stream hold the two slots.
+    let parked = client
+        .receive_messages(long_poll())
+        .await
+        .expect("a parked receive")
+        .into_inner();
+    let (consumer, consumer_requests) = consume(&mut client, "parked")
+        .await
+        .expect("a consumer stream");
     let refused = client
         .receive_messages(long_poll())
         .await
         .expect_err("the third is refused");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused.message().contains("max_waiting_receives"),
-        "{refused:?}"
-    );
+    let message = assert_error(&refused, Code::ResourceExhausted, 4420);
+    assert!(message.contains("max-waiting-receives"), "{message}");
+    let refused = consume(&mut client, "parked")
+        .await
+        .expect_err("a consumer stream is refused too");
+    let message = assert_error(&refused, Code::ResourceExhausted, 4420);
+    assert!(message.contains("max-waiting-receives"), "{message}");
     // Other calls go on.
     send(&mut client, "parked", b"hello").await;
-    drop(parked);
+    drop((parked, consumer, consumer_requests));
     // The slots are back once the streams are gone (the server sees the resets).
     let start = Instant::now();
-    loop {
-        match client
-            .receive_messages(pb::ReceiveMessagesRequest {
-                wait_seconds: Some(0),
-                ..long_poll()
-            })
-            .await
-        {
-            Ok(_) => break,
+    let mut streams = Vec::new();
+    while streams.len() < 2 {
+        match consume(&mut client, "parked").await {
+            Ok(stream) => streams.push(stream),
             Err(status) if status.code() == Code::ResourceExhausted => {
                 assert!(
                     start.elapsed() < Duration::from_secs(5),
@@ -178,6 +175,95 @@ async fn waiting_receives_beyond_the_cap_are_resource_exhausted() {
             Err(status) => panic!("{status:?}"),
         }
     }
+    server.stop().await;
+}
+
+/// Opens a consumer stream on `queue`; its responses and the sender of its requests (the
+/// stream stays open while the sender lives).
+async fn consume(
+    client: &mut crate::common::Client,
+    queue: &str,
+) -> Result<
+    (
+        tonic::Streaming<pb::StreamMessagesResponse>,
+        tokio::sync::mpsc::Sender<pb::StreamMessagesRequest>,
+    ),
+    tonic::Status,
+> {
+    let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+    requests
+        .send(stream_start(queue, 0))
+        .await
+        .expect("queue the start");
+    let responses = client
+        .stream_messages(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    Ok((responses, requests))
+}
+
+fn stream_start(queue: &str, max_outstanding: u32) -> pb::StreamMessagesRequest {
+    pb::StreamMessagesRequest {
+        kind: Some(pb::stream_messages_request::Kind::Start(pb::StreamStart {
+            queue_name: queue.into(),
+            max_outstanding_messages: max_outstanding,
+            visibility_timeout_seconds: Some(600),
+        })),
+    }
+}
+
+/// A consumer stream whose client stops reading (its HTTP/2 window shut) is ended after the
+/// stall timeout like a receive, and the messages claimed for it and not sent are visible to
+/// others at once, not at their visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_stream_is_ended_and_its_messages_released() {
+    let server = TestServer::start_with(|config| {
+        config.settings.stream_stall_timeout_seconds = Some(1);
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "stalled", attrs()).await;
+    // Each larger than tonic's 32 KiB encoding chunk, so it hands them to hyper one by one.
+    for i in 0..4u8 {
+        send(&mut client, "stalled", &[i; 60_000]).await;
+    }
+    let (mut h2, connection) = h2_connection(server.addr, 0).await;
+    let (response, mut body) = h2
+        .send_request(grpc_request(server.addr, "StreamMessages"), false)
+        .expect("send request");
+    // The request side stays open, as a consumer's does.
+    body.send_data(grpc_frame(&stream_start("stalled", 4)), false)
+        .expect("send start");
+    let response = response.await.expect("response headers");
+    assert_eq!(response.status(), 200);
+    let start = Instant::now();
+    let mut received = 0;
+    while received < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the stalled stream's messages were not released ({received} of 3 received)"
+        );
+        let mut stream = client
+            .receive_messages(pb::ReceiveMessagesRequest {
+                queue_name: "stalled".into(),
+                max_messages: 4,
+                wait_seconds: Some(1),
+                ..Default::default()
+            })
+            .await
+            .expect("receive")
+            .into_inner();
+        while let Some(message) = stream.message().await.expect("message") {
+            assert_eq!(message.body.len(), 60_000);
+            received += 1;
+        }
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "released before the stall timeout"
+    );
+    drop((response, body));
+    connection.abort();
     server.stop().await;
 }
 
