@@ -10,6 +10,10 @@
 //!   (`--max-response-buffer-bytes`) until the stream is polled again (the client took it and
 //!   made room) or dropped. A message that finds no room waits for it up to the stall timeout,
 //!   then the stream ends RESOURCE_EXHAUSTED and its messages go back to visible.
+//! - **Slow clients**: a receive that has waited on its client for [`RELEASE_UNSENT_AFTER`]
+//!   gives back the messages it claimed and has not sent (their bodies freed) and ends after
+//!   what it sent, so a stalled reader holds their bodies for seconds, not for the stall
+//!   timeout. (A consumer stream keeps its turn's messages until the stall timeout.)
 //! - **Stalls**: a watchdog task per stream ends the receive when the stream has waited on its
 //!   client for `--stream-stall-timeout-seconds`: the [`Receiving`] is dropped, so the messages
 //!   claimed and not handed out are visible again at once, not at their visibility timeout.
@@ -37,6 +41,13 @@ use crate::pb;
 use crate::queue::Receiving;
 use crate::queue::receiving::Delivered;
 use crate::receipt::ReceiptKey;
+
+/// How long a receive may wait on its client before the messages it claimed and has not sent
+/// are given back (visible again, their bodies freed), the receive then ending after what it
+/// sent: a client that cannot take one message in this time is not keeping up, and others can
+/// take those messages meanwhile. (The stall timeout, later, ends the stream.) A receive is
+/// "up to max_messages", so this changes no promise.
+pub const RELEASE_UNSENT_AFTER: Duration = Duration::from_secs(2);
 
 /// The server-wide limits of receive streams; one per server, shared by every call.
 pub struct ReceiveLimits {
@@ -126,6 +137,10 @@ pub trait Deliveries: Send + 'static {
     /// Makes the messages of an item that could not be handed out visible again at once.
     fn give_back(&self, item: &Self::Item);
     fn message(item: Self::Item, receipt_key: &ReceiptKey) -> Self::Message;
+    /// Gives back what was claimed and not handed out, if it can do so and go on (the client
+    /// has stopped reading for [`RELEASE_UNSENT_AFTER`]). By default it cannot: the stall
+    /// timeout releases them.
+    fn release_unsent(&mut self) {}
 }
 
 /// The messages of one ReceiveMessages call.
@@ -152,6 +167,12 @@ impl Deliveries for Received {
 
     fn message(item: Delivered, receipt_key: &ReceiptKey) -> pb::ReceivedMessage {
         convert::received(&item.message, item.body, receipt_key)
+    }
+
+    /// The receive ends after what was handed out; the rest is visible again and its bodies
+    /// are freed.
+    fn release_unsent(&mut self) {
+        self.0.release_unsent();
     }
 }
 
@@ -305,10 +326,17 @@ impl<D: Deliveries> tokio_stream::Stream for GuardedStream<D> {
     }
 }
 
-/// Ends the receive of a stream that waits on its client for `timeout`; returns when the
-/// stream is gone or ended.
-async fn watchdog<D>(shared: Weak<Shared<D>>, timeout: Duration, metrics: Arc<Metrics>) {
-    let mut next_check = Instant::now() + timeout;
+/// Watches a stream that waits on its client: after [`RELEASE_UNSENT_AFTER`] (or the stall
+/// timeout, if shorter) it gives back what the receive has not sent, and after `timeout` it
+/// ends the receive; returns when the stream is gone or ended.
+async fn watchdog<D: Deliveries>(
+    shared: Weak<Shared<D>>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let release_after = RELEASE_UNSENT_AFTER.min(timeout);
+    let mut released = false;
+    let mut next_check = Instant::now() + release_after;
     loop {
         tokio::time::sleep_until(next_check).await;
         let Some(shared) = shared.upgrade() else {
@@ -332,8 +360,17 @@ async fn watchdog<D>(shared: Weak<Shared<D>>, timeout: Duration, metrics: Arc<Me
                 }
                 return;
             }
-            Some(since) => next_check = since + timeout,
-            None => next_check = Instant::now() + timeout,
+            Some(since) if since.elapsed() >= release_after => {
+                if !released {
+                    released = true;
+                    if let Some(deliveries) = lock(&shared.deliveries).as_mut() {
+                        deliveries.release_unsent();
+                    }
+                }
+                next_check = since + timeout;
+            }
+            Some(since) => next_check = since + release_after,
+            None => next_check = Instant::now() + release_after,
         }
         if lock(&shared.deliveries).is_none() {
             return;

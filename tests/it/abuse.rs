@@ -120,6 +120,61 @@ async fn a_stalled_reader_is_ended_and_its_messages_released() {
     server.stop().await;
 }
 
+/// The bodies a stalled reader's receive claimed and has not sent are not held until the stall
+/// timeout: after a couple of seconds without progress they are given back (visible to others
+/// at once), long before the (here one-minute) stall timeout ends the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_readers_unsent_messages_are_released_before_the_stall_timeout() {
+    let server = TestServer::start_with(|config| {
+        config.settings.stream_stall_timeout_seconds = Some(60);
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "slow", attrs()).await;
+    for i in 0..4u8 {
+        send(&mut client, "slow", &[i; 60_000]).await;
+    }
+    let (mut h2, connection) = h2_connection(server.addr, 0).await;
+    let request = pb::ReceiveMessagesRequest {
+        queue_name: "slow".into(),
+        max_messages: 4,
+        visibility_timeout_seconds: Some(600),
+        ..Default::default()
+    };
+    let (response, mut body) = h2
+        .send_request(grpc_request(server.addr, "ReceiveMessages"), false)
+        .expect("send request");
+    body.send_data(grpc_frame(&request), true)
+        .expect("send body");
+    let response = response.await.expect("response headers");
+    assert_eq!(response.status(), 200);
+    let start = Instant::now();
+    let mut received = 0;
+    while received < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the unsent messages were held ({received} of 3 received)"
+        );
+        let mut stream = client
+            .receive_messages(pb::ReceiveMessagesRequest {
+                queue_name: "slow".into(),
+                max_messages: 4,
+                wait_seconds: Some(1),
+                ..Default::default()
+            })
+            .await
+            .expect("receive")
+            .into_inner();
+        while let Some(message) = stream.message().await.expect("message") {
+            assert_eq!(message.body.len(), 60_000);
+            received += 1;
+        }
+    }
+    drop(response);
+    connection.abort();
+    server.stop().await;
+}
+
 /// Open receives are capped server-wide, parked long polls and consumer streams together:
 /// beyond `max_waiting_receives`, RESOURCE_EXHAUSTED with Spool's ErrorInfo (SERVER_BUSY,
 /// 4420), and the slots come back when the receives end.
