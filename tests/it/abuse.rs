@@ -936,3 +936,64 @@ async fn metrics_scrapers_that_never_read_stay_bounded_and_are_cut_off() {
         peak / 1_000_000
     );
 }
+
+/// A client looping on a refused call with a huge, hostile queue name (a newline, an ANSI
+/// escape) grows the log by a few short lines a second, not by its names: each line is
+/// bounded and escaped, and repeated refusals are rate limited. (Before: one 8 MiB name made an
+/// 8.4 MB line, a client grew the log by 1.9 GB in 10 s, and a newline forged a line.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_with_hostile_names_make_few_short_escaped_log_lines() {
+    const CALLS: usize = 300;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = ChildServer::start_with(dir.path(), &[], &[]);
+    let mut client = server.client().await;
+    // Near the 64 KiB limit of a GetQueue request.
+    let name = format!("evil\nINFO forged line\u{1b}[31m{}", "x".repeat(60_000));
+    let started = Instant::now();
+    for _ in 0..CALLS {
+        let status = client
+            .get_queue(pb::GetQueueRequest {
+                queue_name: name.clone(),
+            })
+            .await
+            .expect_err("an invalid name is refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // The next second's first refusal says how many were held back.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    client
+        .get_queue(pb::GetQueueRequest {
+            queue_name: name.clone(),
+        })
+        .await
+        .expect_err("refused");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = server.log_lines();
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("refused") || line.contains("suppressed"))
+        .collect();
+    assert!(!refused.is_empty(), "the refusals are logged");
+    // 10 a second per kind, plus the line that says how many were held back.
+    let allowed = 2 * 10 * (seconds.ceil() as usize + 2);
+    assert!(
+        refused.len() <= allowed,
+        "{} refusal lines for {CALLS} calls in {seconds:.1} s",
+        refused.len()
+    );
+    for line in &lines {
+        assert!(line.len() < 4_096, "a {}-byte log line", line.len());
+        assert!(!line.contains('\u{1b}'), "a raw escape in {line:.200}");
+        assert!(
+            !line.starts_with("INFO forged"),
+            "a forged line: {line:.200}"
+        );
+    }
+    let total: usize = lines.iter().map(String::len).sum();
+    assert!(
+        total < 200_000,
+        "{CALLS} calls with {} KB names grew the log by {total} bytes",
+        name.len() / 1000
+    );
+}

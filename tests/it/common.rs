@@ -415,6 +415,11 @@ impl ChildServer {
             .unwrap_or(false)
     }
 
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
+    }
+
     /// The first log line containing `needle`, waiting up to 10 s for it.
     pub fn log_line(&self, needle: &str) -> String {
         for _ in 0..1_000 {
