@@ -997,3 +997,61 @@ async fn refusals_with_hostile_names_make_few_short_escaped_log_lines() {
         name.len() / 1000
     );
 }
+
+/// Below the free-space watermark sends are refused, UNAVAILABLE (STORAGE_UNAVAILABLE, 6000)
+/// naming the setting, while receives and administration go on so queues can drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_watermark_sends_are_refused_and_the_rest_goes_on() {
+    if crate::common::sqlite_only("the watermark watches the embedded database's disk") {
+        return;
+    }
+    let server = TestServer::start_with(|config| {
+        // More than any disk has free.
+        config.settings.min_free_disk_bytes = Some(1 << 60);
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "full", attrs()).await;
+    let start = Instant::now();
+    let refused = loop {
+        // Measured at startup, then every second.
+        match client
+            .send_message(pb::SendMessageRequest {
+                queue_name: "full".into(),
+                body: b"x".to_vec().into(),
+                delay_seconds: None,
+            })
+            .await
+        {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "sends are still accepted below the watermark"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let message = assert_error(&refused, Code::Unavailable, 6000);
+    assert!(message.contains("min_free_disk_bytes"), "{message}");
+    // Receives and administration go on.
+    let mut stream = client
+        .receive_messages(pb::ReceiveMessagesRequest {
+            queue_name: "full".into(),
+            max_messages: 16,
+            ..Default::default()
+        })
+        .await
+        .expect("receive")
+        .into_inner();
+    while stream.message().await.expect("message").is_some() {}
+    create(&mut client, "another", attrs()).await;
+    client
+        .purge_queue(pb::PurgeQueueRequest {
+            queue_name: "full".into(),
+        })
+        .await
+        .expect("purge");
+    server.stop().await;
+}
