@@ -382,6 +382,17 @@ impl Settings {
         Ok(settings)
     }
 
+    /// A config file's text, parsed and checked as `resolve` checks a file with no flags over
+    /// it (the fuzz target of config files reads them this way).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// Settings for a server on `data_dir`, everything else at its default (tests, embedding).
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         Self {

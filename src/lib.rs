@@ -52,6 +52,9 @@ pub mod clock;
 pub mod config;
 mod disk;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod limits;
 mod logsafe;

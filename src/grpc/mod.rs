@@ -2,7 +2,7 @@
 //! the health service, the auth layer, and the request size limit's answer.
 
 pub mod auth;
-mod convert;
+pub(crate) mod convert;
 mod deadline;
 pub mod health;
 pub mod layer;

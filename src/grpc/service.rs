@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert;
 use super::deadline::client_budget;
-use super::receive_stream::{ReceiveLimits, ReceiveStream};
+use super::receive_stream::{Deliveries, GuardedStream, ReceiveLimits, ReceiveStream, Received};
 use crate::attributes::{QueueAttributes, check_range, validate_queue_name};
 use crate::auth::{Action, Caller};
 use crate::disk::DiskGuard;
@@ -331,7 +331,9 @@ impl QueueService for QueueServiceImpl {
                 )
                 .await?;
             let receipt_key = self.registry()?.receipt_key().clone();
-            let stream = self.receive_limits.stream(receiving, receipt_key, slot);
+            let stream = self
+                .receive_limits
+                .stream(Received(receiving), receipt_key, slot);
             let output: ReceiveMessagesStream = Box::pin(stream);
             Ok(Response::new(output))
         }
@@ -455,6 +457,11 @@ impl QueueService for QueueServiceImpl {
                     &VISIBILITY_TIMEOUT_SECONDS,
                 )?;
             }
+            // A consumer stream is an open receive: it counts against --max-waiting-receives,
+            // its messages against the response budget, and it is ended when its client
+            // stops reading (`receive_stream`).
+            let slot = self.receive_limits.open_slot()?;
+            let receipt_key = self.registry()?.receipt_key().clone();
             let consuming = handle.consume(
                 ConsumeSettings {
                     max_outstanding,
@@ -465,10 +472,12 @@ impl QueueService for QueueServiceImpl {
             let stream = ConsumeStream {
                 requests: Some(requests),
                 consuming,
-                receipt_key: self.registry()?.receipt_key().clone(),
+                queue: handle,
+                receipt_key: receipt_key.clone(),
                 ended: false,
             };
-            let output: StreamMessagesStream = Box::pin(stream);
+            let output: StreamMessagesStream =
+                Box::pin(self.receive_limits.stream(stream, receipt_key, slot));
             Ok(Response::new(output))
         }
         .await;
@@ -683,12 +692,21 @@ pub struct ConsumeStream {
     /// The client's requests after the first; `None` once it half-closed.
     requests: Option<tonic::Streaming<pb::StreamMessagesRequest>>,
     consuming: Consuming<Acknowledgement>,
+    /// The queue, to give back a message the response budget had no room for.
+    queue: QueueHandle,
     receipt_key: ReceiptKey,
     /// Whether it has ended (an error is its last item).
     ended: bool,
 }
 
-type StreamMessagesStream = std::pin::Pin<Box<ConsumeStream>>;
+type StreamMessagesStream = std::pin::Pin<Box<GuardedStream<ConsumeStream>>>;
+
+/// What a consumer stream yields before it is protobuf: a message is converted (and its
+/// receipt handle signed) only once the response budget has room for it.
+pub enum ConsumeItem {
+    Message(crate::queue::receiving::Delivered),
+    Acknowledged(pb::StreamMessagesResponse),
+}
 
 /// What answering one acknowledgement needs besides the queue's results.
 struct Acknowledgement {
@@ -782,25 +800,23 @@ impl ConsumeStream {
         }
     }
 
-    fn end(
-        &mut self,
-        status: Status,
-    ) -> std::task::Poll<Option<Result<pb::StreamMessagesResponse, Status>>> {
+    fn end(&mut self, status: Status) -> std::task::Poll<Option<Result<ConsumeItem, Status>>> {
         self.ended = true;
         std::task::Poll::Ready(Some(Err(status)))
     }
 }
 
-impl tokio_stream::Stream for ConsumeStream {
-    type Item = Result<pb::StreamMessagesResponse, Status>;
+impl Deliveries for ConsumeStream {
+    type Item = ConsumeItem;
+    type Message = pb::StreamMessagesResponse;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
+    fn poll_item(
+        &mut self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
+    ) -> std::task::Poll<Option<Result<ConsumeItem, Status>>> {
         use futures_util::StreamExt as _;
         use std::task::Poll;
-        let this = &mut *self;
+        let this = self;
         loop {
             if this.ended {
                 return Poll::Ready(None);
@@ -835,14 +851,12 @@ impl tokio_stream::Stream for ConsumeStream {
             return match this.consuming.poll_next_unpin(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(Event::Message(delivered)))) => {
-                    let message =
-                        convert::received(&delivered.message, delivered.payload, &this.receipt_key);
-                    Poll::Ready(Some(Ok(pb::StreamMessagesResponse {
-                        kind: Some(pb::stream_messages_response::Kind::Message(message)),
-                    })))
+                    Poll::Ready(Some(Ok(ConsumeItem::Message(delivered))))
                 }
                 Poll::Ready(Some(Ok(Event::Acknowledged { context, results }))) => {
-                    Poll::Ready(Some(Ok(Self::acknowledged(context, results))))
+                    Poll::Ready(Some(Ok(ConsumeItem::Acknowledged(Self::acknowledged(
+                        context, results,
+                    )))))
                 }
                 Poll::Ready(Some(Err(error))) => this.end(error.into()),
                 Poll::Ready(None) => {
@@ -850,6 +864,30 @@ impl tokio_stream::Stream for ConsumeStream {
                     Poll::Ready(None)
                 }
             };
+        }
+    }
+
+    fn held_bytes(item: &ConsumeItem) -> usize {
+        match item {
+            ConsumeItem::Message(delivered) => delivered.payload.size().max(1),
+            ConsumeItem::Acknowledged(_) => 1,
+        }
+    }
+
+    fn give_back(&self, item: &ConsumeItem) {
+        if let ConsumeItem::Message(delivered) = item {
+            self.queue.release_now(vec![delivered.message.handle]);
+        }
+    }
+
+    fn message(item: ConsumeItem, receipt_key: &ReceiptKey) -> pb::StreamMessagesResponse {
+        match item {
+            ConsumeItem::Message(delivered) => pb::StreamMessagesResponse {
+                kind: Some(pb::stream_messages_response::Kind::Message(
+                    convert::received(&delivered.message, delivered.payload, receipt_key),
+                )),
+            },
+            ConsumeItem::Acknowledged(response) => response,
         }
     }
 }

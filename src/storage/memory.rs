@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
@@ -410,6 +409,7 @@ impl Storage for MemoryStorage {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use std::sync::Arc;
 
     use super::*;

@@ -4,7 +4,9 @@
 //! lazy writes it does not wait for, body reads, and recovery at startup. Replies travel through
 //! oneshot channels so the trait stays object-safe and no backend call blocks an async task.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
+// The fuzz targets use only part of what the tests do.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod memory;
 pub mod postgres;
 pub mod sqlite;

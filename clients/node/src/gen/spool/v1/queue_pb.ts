@@ -8,7 +8,8 @@
 //   ALREADY_EXISTS       4460 queue exists with other attributes
 //   FAILED_PRECONDITION  4430 receipt handle superseded or expired; 6050 rewind not enabled;
 //                        4000 queue is another queue's dead-letter queue (DeleteQueue)
-//   RESOURCE_EXHAUSTED   4410 backlog full; 4450 too many queues
+//   RESOURCE_EXHAUSTED   4410 backlog full; 4450 too many queues; 4420 the server's receive
+//                             limits reached (open receives, response buffer, stalled client)
 //   UNAUTHENTICATED      4100 no credentials, or unknown ones (with --auth-file)
 //   PERMISSION_DENIED    4101 the caller's grants do not allow this action on this queue
 //   UNAVAILABLE          6000 starting (recovering its queues), shutting down, or storage
