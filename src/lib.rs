@@ -44,6 +44,7 @@ mod attributes;
 mod auth;
 pub mod cli;
 pub mod clock;
+mod cluster;
 pub mod config;
 mod disk;
 mod error;

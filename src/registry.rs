@@ -17,7 +17,7 @@ use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
 use crate::queue::{QueueContext, QueueHandle, QueueInfo};
 use crate::receipt::ReceiptKey;
-use crate::storage::{QueueRecord, Storage, StorageError, WriteOp, remove_in_slices};
+use crate::storage::{QueueRecord, Recovered, Storage, StorageError, WriteOp, remove_in_slices};
 
 pub struct Registry {
     queues: RwLock<BTreeMap<String, QueueHandle>>,
@@ -51,13 +51,34 @@ impl Registry {
     ) -> Result<Self, StorageError> {
         let reader = storage.clone();
         let recovery_clock = clock.clone();
-        let (recovered, mut tables) = tokio::task::spawn_blocking(move || {
+        let (recovered, tables) = tokio::task::spawn_blocking(move || {
             let recovered = reader.recover()?;
             let tables = recover_tables(&*reader, &recovered.queues, recovery_clock.now_ms())?;
             Ok::<_, StorageError>((recovered, tables))
         })
         .await
         .map_err(|e| StorageError::Io(format!("recovery task failed: {e}")))??;
+        Ok(Self::start(
+            storage,
+            clock,
+            max_queues,
+            body_cache_bytes,
+            recovered,
+            tables,
+        ))
+    }
+
+    /// Starts the actors of `recovered`'s queues with their tables. Cluster mode starts with no
+    /// queue (they are taken over one by one, see [`Self::adopt`]) and with the id counters at
+    /// the blocks this replica reserved.
+    pub fn start(
+        storage: Arc<dyn Storage>,
+        clock: Clock,
+        max_queues: usize,
+        body_cache_bytes: usize,
+        recovered: Recovered,
+        mut tables: HashMap<u64, MessageTable>,
+    ) -> Self {
         let context = QueueContext {
             storage,
             clock,
@@ -74,7 +95,7 @@ impl Registry {
             let handle = QueueHandle::spawn(record, table, context.clone(), &tracker);
             queues.insert(name, handle);
         }
-        Ok(Self {
+        Self {
             queues: RwLock::new(queues),
             lifecycle: tokio::sync::Mutex::new(()),
             context,
@@ -82,7 +103,37 @@ impl Registry {
             max_queues,
             receipt_key: ReceiptKey::new(&recovered.receipt_secret),
             tracker,
-        })
+        }
+    }
+
+    /// Cluster mode: starts the actor of a queue this replica has just taken over, with its
+    /// state recovered from storage. False (nothing started) if the name is here already.
+    pub async fn adopt(&self, record: QueueRecord, table: MessageTable) -> bool {
+        let _guard = self.lifecycle.lock().await;
+        if self.read().contains_key(&record.name) {
+            return false;
+        }
+        let name = record.name.clone();
+        let handle = QueueHandle::spawn(record, table, self.context.clone(), &self.tracker);
+        self.write().insert(name, handle);
+        true
+    }
+
+    /// Cluster mode: takes a queue out of the set (it moves to another replica); the caller
+    /// stops its actor with [`QueueHandle::hand_off`].
+    pub async fn take(&self, name: &str) -> Option<QueueHandle> {
+        let _guard = self.lifecycle.lock().await;
+        self.write().remove(name)
+    }
+
+    /// Whether the queue `name` is served here.
+    pub fn contains(&self, name: &str) -> bool {
+        self.read().contains_key(name)
+    }
+
+    /// The names of the queues served here.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     /// How many queues exist.
@@ -253,7 +304,7 @@ fn recover_tables(
             messages = ids.len(),
             "stored messages of a deleted queue; skipped, and removed"
         );
-        remove_in_slices(storage, &ids);
+        remove_in_slices(storage, queue_id, &ids);
     }
     Ok(tables)
 }

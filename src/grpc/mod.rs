@@ -3,7 +3,7 @@
 
 pub mod auth;
 mod convert;
-mod deadline;
+pub mod deadline;
 pub mod health;
 pub mod layer;
 pub mod observe;

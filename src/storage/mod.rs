@@ -124,6 +124,8 @@ pub struct KeptRecord {
 /// The deletes of one request, by what each message leaves behind.
 #[derive(Debug, Clone, Default)]
 pub struct DeletedMessages {
+    /// The queue of every message here (what cluster mode fences the write by).
+    pub queue_id: u64,
     /// Rows removed.
     pub removed: Vec<u64>,
     /// Rows marked deleted but kept for rewind, with their receive counts (which may not have
@@ -161,6 +163,7 @@ pub enum WriteOp {
     },
     /// Removes messages for good (deleted without rewind, expired, or no longer rewindable).
     RemoveMessages {
+        queue_id: u64,
         ids: Vec<u64>,
     },
     /// Applies the deletes of one request (by receipt handles): some rows go, some stay as
@@ -168,10 +171,14 @@ pub enum WriteOp {
     DeleteMessages(DeletedMessages),
     /// Makes rewound messages visible again.
     Restore {
+        queue_id: u64,
         ids: Vec<u64>,
         visible_at_ms: Millis,
     },
-    RecordReceives(Vec<ReceiveRecord>),
+    RecordReceives {
+        queue_id: u64,
+        receives: Vec<ReceiveRecord>,
+    },
 }
 
 impl WriteOp {
@@ -183,10 +190,25 @@ impl WriteOp {
             Self::DeleteQueue {
                 message_ids: ids, ..
             }
-            | Self::RemoveMessages { ids }
+            | Self::RemoveMessages { ids, .. }
             | Self::Restore { ids, .. } => ids.len(),
             Self::DeleteMessages(deleted) => deleted.len(),
-            Self::RecordReceives(receives) => receives.len(),
+            Self::RecordReceives { receives, .. } => receives.len(),
+        }
+    }
+
+    /// The queue this writes to. Every operation names its queue, so that in cluster mode the
+    /// writer can check, in the operation's own transaction, that this replica still owns it
+    /// (see `storage::postgres::fence`).
+    pub fn queue_id(&self) -> u64 {
+        match self {
+            Self::CreateQueue(queue) | Self::UpdateQueue(queue) => queue.id,
+            Self::DeleteQueue { queue_id, .. }
+            | Self::InsertMessages { queue_id, .. }
+            | Self::RemoveMessages { queue_id, .. }
+            | Self::Restore { queue_id, .. }
+            | Self::RecordReceives { queue_id, .. } => *queue_id,
+            Self::DeleteMessages(deleted) => deleted.queue_id,
         }
     }
 }
@@ -252,10 +274,12 @@ pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Bytes)>, StorageError>>;
 /// writer, so that no one commit holds every other queue's writes for long.
 pub const REMOVE_SLICE: usize = 4_096;
 
-/// Removes these messages' rows lazily, in commits of at most [`REMOVE_SLICE`].
-pub fn remove_in_slices(storage: &dyn Storage, ids: &[u64]) {
+/// Removes these messages' rows (of the queue `queue_id`) lazily, in commits of at most
+/// [`REMOVE_SLICE`].
+pub fn remove_in_slices(storage: &dyn Storage, queue_id: u64, ids: &[u64]) {
     for slice in ids.chunks(REMOVE_SLICE) {
         storage.record(WriteOp::RemoveMessages {
+            queue_id,
             ids: slice.to_vec(),
         });
     }
