@@ -99,6 +99,7 @@ pub async fn join(
         fence,
         queues.clock,
         schema.to_string(),
+        options.clone(),
     ));
     tracing::info!(
         member = membership.id(),

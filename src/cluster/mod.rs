@@ -78,7 +78,7 @@ impl Cluster {
     }
 
     /// Where a call for `queue` that has made `hops` hops goes.
-    pub fn route(&self, queue: &str, hops: u32, served_here: bool) -> Route {
+    pub async fn route(&self, queue: &str, hops: u32, served_here: bool) -> Route {
         if !self.membership.lease_valid() {
             return Route::Refuse(QueueError::Storage(
                 "this replica has lost its membership of the cluster (PostgreSQL unreachable \
@@ -96,7 +96,11 @@ impl Cluster {
                 Route::Refuse(moving(queue))
             }
         };
-        match self.ownership.owner_of(queue) {
+        let owned = match self.ownership.owner_of(queue) {
+            Some(owned) => Some(owned),
+            None => self.ownership.look_up(queue).await,
+        };
+        match owned {
             Some(owned) => match owned.owner.as_deref() {
                 // Claimed by this replica, its state being recovered (or to be claimed again).
                 Some(owner) if owner == self.membership.id() => Route::Refuse(moving(queue)),

@@ -30,6 +30,9 @@ use crate::storage::postgres::PostgresStorage;
 use crate::storage::postgres::fence::Fence;
 use crate::storage::postgres::schema::{QUEUE_COLUMNS, queue_record_at, quoted};
 
+/// Longest a directory miss waits for PostgreSQL before the call goes by placement alone.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A queue as the directory knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owned {
@@ -48,6 +51,9 @@ pub struct Ownership {
     schema: String,
     /// Every queue's owner as of the last round: where calls for it are routed.
     directory: RwLock<HashMap<String, Owned>>,
+    /// A connection for [`Self::look_up`]: queues created since the last round.
+    lookups: tokio::sync::Mutex<Option<Arc<Client>>>,
+    options: crate::storage::postgres::ConnectOptions,
 }
 
 impl Ownership {
@@ -58,8 +64,11 @@ impl Ownership {
         fence: Arc<Fence>,
         clock: Clock,
         schema: String,
+        options: crate::storage::postgres::ConnectOptions,
     ) -> Self {
         Self {
+            lookups: tokio::sync::Mutex::default(),
+            options,
             membership,
             registry,
             storage,
@@ -77,6 +86,48 @@ impl Ownership {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// The queue `name` as PostgreSQL has it now, for a name the last round did not see (a
+    /// queue created since, through another replica); None if it does not exist, or if
+    /// PostgreSQL cannot tell (the caller then goes by placement).
+    pub async fn look_up(&self, name: &str) -> Option<Owned> {
+        let client = {
+            let mut slot = self.lookups.lock().await;
+            match slot.as_ref() {
+                Some(client) if !client.is_closed() => client.clone(),
+                _ => {
+                    let connected = tokio::time::timeout(LOOKUP_TIMEOUT, self.options.connect())
+                        .await
+                        .ok()?
+                        .ok()?;
+                    let client = Arc::new(connected);
+                    *slot = Some(client.clone());
+                    client
+                }
+            }
+        };
+        let q = quoted(&self.schema);
+        let row = tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            client.query_opt(
+                &format!("SELECT id, owner, owner_epoch FROM {q}.queues WHERE name = $1"),
+                &[&name],
+            ),
+        )
+        .await
+        .ok()?
+        .ok()??;
+        let owned = Owned {
+            id: row.try_get::<_, i64>(0).ok()? as u64,
+            owner: row.try_get(1).ok()?,
+            epoch: row.try_get(2).ok()?,
+        };
+        self.directory
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), owned.clone());
+        Some(owned)
     }
 
     fn me(&self) -> &str {

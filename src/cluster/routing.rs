@@ -53,7 +53,7 @@ impl Routed {
     /// Where the call for `queue` goes. A refusal is answered only to a caller the queue is
     /// visible to: to the others, the local service's checks answer (bad name, no grant), so
     /// a refusal tells nothing about whether the queue exists.
-    fn route<T>(&self, queue: &str, request: &Request<T>) -> Result<Route, Status> {
+    async fn route<T>(&self, queue: &str, request: &Request<T>) -> Result<Route, Status> {
         let Some(cluster) = self.cluster.get() else {
             return Ok(Route::Local);
         };
@@ -61,7 +61,10 @@ impl Routed {
             .registry
             .get()
             .is_some_and(|registry| registry.contains(queue));
-        match cluster.route(queue, hops(request.metadata()), served_here) {
+        match cluster
+            .route(queue, hops(request.metadata()), served_here)
+            .await
+        {
             Route::Refuse(error) => {
                 if validate_queue_name(queue).is_err() {
                     return Ok(Route::Local);
@@ -93,7 +96,7 @@ impl Routed {
 macro_rules! routed {
     ($self:ident, $request:ident, $method:ident) => {{
         let queue = $request.get_ref().queue_name.clone();
-        match $self.route(&queue, &$request)? {
+        match $self.route(&queue, &$request).await? {
             Route::Local => $self.local.$method($request).await,
             Route::Forward(address) => {
                 let mut client = $self.client(&address)?;
@@ -194,7 +197,7 @@ impl QueueService for Routed {
         request: Request<pb::ReceiveMessagesRequest>,
     ) -> RpcResult<Self::ReceiveMessagesStream> {
         let queue = request.get_ref().queue_name.clone();
-        match self.route(&queue, &request)? {
+        match self.route(&queue, &request).await? {
             Route::Local => {
                 let stream = self.local.receive_messages(request).await?.into_inner();
                 let stream: ReceiveStream = Box::pin(stream);

@@ -1,0 +1,205 @@
+//! An owner that dies (kill -9) or stops answering (SIGSTOP beyond the TTL): its queues are
+//! taken over, and nothing acknowledged is lost or undone.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spool::pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::checker::{self, Log, VISIBILITY_SECONDS};
+use crate::common::{self, signal};
+use crate::harness::{Database, TTL_SECONDS, client_of, epoch, owner_address, replicas, split};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_killed_under_load_loses_nothing_acknowledged() {
+    let Some(database) = Database::create("kill").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut replicas = replicas(dir.path(), &database.url(), 3);
+    const QUEUE: &str = "load";
+    common::create(&mut client_of(&replicas[0]).await, QUEUE, common::attrs()).await;
+    let db = database.client().await;
+    let owner = owner_address(&db, QUEUE).await;
+    let epoch_before = epoch(&db, QUEUE).await;
+    let (_, others) = split(&replicas, &owner);
+    let (producer_at, consumer_at) = (others[0].endpoint(), others[1].endpoint());
+
+    let log: checker::Shared = Arc::new(Mutex::new(Log::default()));
+    let stop_producing = CancellationToken::new();
+    let stop_consuming = CancellationToken::new();
+    let producer = checker::producer(
+        producer_at,
+        QUEUE,
+        "kill",
+        log.clone(),
+        stop_producing.clone(),
+    );
+    let consumer = checker::consumer(consumer_at, QUEUE, log.clone(), stop_consuming.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent_before = log.lock().expect("log").sent.len();
+    assert!(sent_before > 0, "the workload runs before the kill");
+
+    let index = replicas
+        .iter()
+        .position(|replica| replica.addr.to_string() == owner)
+        .expect("owner");
+    let killed_at = Instant::now();
+    replicas.remove(index).kill();
+
+    // Until the queue serves again elsewhere, then a little more.
+    let deadline = killed_at + Duration::from_secs(60);
+    let served_again = loop {
+        if let Some(at) = checker::first_receive_after(&log, killed_at)
+            && checker::first_send_after(&log, killed_at).is_some()
+        {
+            break at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue never served again after its owner died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failover = served_again - killed_at;
+    eprintln!(
+        "failover (kill -9 of the owner to the first receive through another replica, TTL {TTL_SECONDS} s): {failover:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_producing.cancel();
+    producer.await.expect("producer");
+    checker::drain(
+        &log,
+        Duration::from_secs(30 + u64::from(VISIBILITY_SECONDS)),
+    )
+    .await;
+    stop_consuming.cancel();
+    consumer.await.expect("consumer");
+    checker::check(&log);
+
+    let new_owner = owner_address(&db, QUEUE).await;
+    assert_ne!(new_owner, owner);
+    assert!(epoch(&db, QUEUE).await > epoch_before);
+    // Generous: the member TTL, a round, the takeover; a bound, not a benchmark.
+    assert!(
+        failover < Duration::from_secs(TTL_SECONDS * 5),
+        "failover took {failover:?}"
+    );
+    let log = log.lock().expect("log");
+    eprintln!(
+        "kill -9: {} sends acknowledged, {} deleted, {} errors seen (retried)",
+        log.sent.len(),
+        log.deleted.len(),
+        log.errors.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_paused_beyond_the_ttl_acknowledges_nothing_for_the_queue_it_lost() {
+    let Some(database) = Database::create("pause").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replicas = replicas(dir.path(), &database.url(), 3);
+    const QUEUE: &str = "paused";
+    common::create(&mut client_of(&replicas[0]).await, QUEUE, common::attrs()).await;
+    let db = database.client().await;
+    let owner_addr = owner_address(&db, QUEUE).await;
+    let epoch_before = epoch(&db, QUEUE).await;
+    let (owner, others) = split(&replicas, &owner_addr);
+
+    // A producer and a consumer talking to the owner itself, and another pair elsewhere.
+    let log: checker::Shared = Arc::new(Mutex::new(Log::default()));
+    let stop_producing = CancellationToken::new();
+    let stop_consuming = CancellationToken::new();
+    let producers = [
+        checker::producer(
+            owner.endpoint(),
+            QUEUE,
+            "direct",
+            log.clone(),
+            stop_producing.clone(),
+        ),
+        checker::producer(
+            others[0].endpoint(),
+            QUEUE,
+            "forwarded",
+            log.clone(),
+            stop_producing.clone(),
+        ),
+    ];
+    let consumers = [
+        checker::consumer(owner.endpoint(), QUEUE, log.clone(), stop_consuming.clone()),
+        checker::consumer(
+            others[1].endpoint(),
+            QUEUE,
+            log.clone(),
+            stop_consuming.clone(),
+        ),
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    signal(&owner.child, "STOP");
+    tokio::time::sleep(Duration::from_secs(TTL_SECONDS * 3)).await;
+    // Taken over while the owner was paused.
+    let taken_by = owner_address(&db, QUEUE).await;
+    assert_ne!(
+        taken_by, owner_addr,
+        "the paused owner's queue was not taken over"
+    );
+    assert!(epoch(&db, QUEUE).await > epoch_before);
+    signal(&owner.child, "CONT");
+    // The woken replica keeps being talked to directly for a while.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop_producing.cancel();
+    for producer in producers {
+        producer.await.expect("producer");
+    }
+    checker::drain(
+        &log,
+        Duration::from_secs(30 + u64::from(VISIBILITY_SECONDS)),
+    )
+    .await;
+    stop_consuming.cancel();
+    for consumer in consumers {
+        consumer.await.expect("consumer");
+    }
+    checker::check(&log);
+    // It noticed it had lost its lease, rather than serving on from memory.
+    assert!(
+        owner.log_contains("no heartbeat reached PostgreSQL within the member TTL"),
+        "the woken replica did not drop its queues"
+    );
+    // Still a working replica: it forwards to the new owner.
+    let mut direct = client_of(owner).await;
+    let mut sent = None;
+    for _ in 0..100 {
+        match direct
+            .send_message(pb::SendMessageRequest {
+                queue_name: QUEUE.into(),
+                body: b"after".to_vec().into(),
+                delay_seconds: None,
+            })
+            .await
+        {
+            Ok(response) => {
+                sent = Some(response.into_inner());
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sent.is_some(),
+        "the woken replica never served the queue again"
+    );
+    let log = log.lock().expect("log");
+    eprintln!(
+        "SIGSTOP: {} sends acknowledged, {} deleted, {} errors seen (retried)",
+        log.sent.len(),
+        log.deleted.len(),
+        log.errors.len()
+    );
+}

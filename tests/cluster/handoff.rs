@@ -1,0 +1,1 @@
+//! Graceful scale-down: SIGTERM to an owner moves its queues after draining them.
