@@ -42,6 +42,11 @@ use routing::Routed;
 /// Longest pause between two rounds of heartbeat and ownership; shorter for short TTLs (a
 /// quarter of it), so a member renews its lease several times within one TTL.
 const MAX_ROUND: Duration = Duration::from_millis(1_000);
+/// How long a call for a queue between two owners waits for the new one before it is answered
+/// UNAVAILABLE; a graceful hand-off takes about one round.
+const MOVE_WAIT: Duration = Duration::from_secs(2);
+/// How often such a call reads the queue's owner again meanwhile.
+const MOVE_POLL: Duration = Duration::from_millis(100);
 /// The replicas' own session settings on the cluster connection: a takeover waits this long
 /// at most for the old owner's transactions in flight, then tries again next round.
 const LOCK_TIMEOUT_MS: u64 = 5_000;
@@ -77,8 +82,26 @@ impl Cluster {
         &self.peers
     }
 
-    /// Where a call for `queue` that has made `hops` hops goes.
+    /// Where a call for `queue` that has made `hops` hops goes. A queue that is moving (handed
+    /// off, or its owner dead and not yet replaced) is waited for a moment, reading its owner
+    /// from PostgreSQL again, so that a graceful hand-off costs callers a pause rather than an
+    /// error.
     pub async fn route(&self, queue: &str, hops: u32, served_here: bool) -> Route {
+        let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+        let mut fresh = false;
+        loop {
+            let route = self.route_once(queue, hops, served_here, fresh).await;
+            let moving =
+                matches!(&route, Route::Refuse(QueueError::Storage(text)) if text.contains(MOVING));
+            if !moving || tokio::time::Instant::now() >= deadline {
+                return route;
+            }
+            tokio::time::sleep(MOVE_POLL).await;
+            fresh = true;
+        }
+    }
+
+    async fn route_once(&self, queue: &str, hops: u32, served_here: bool, fresh: bool) -> Route {
         if !self.membership.lease_valid() {
             return Route::Refuse(QueueError::Storage(
                 "this replica has lost its membership of the cluster (PostgreSQL unreachable \
@@ -97,8 +120,8 @@ impl Cluster {
             }
         };
         let owned = match self.ownership.owner_of(queue) {
-            Some(owned) => Some(owned),
-            None => self.ownership.look_up(queue).await,
+            Some(owned) if !fresh => Some(owned),
+            _ => self.ownership.look_up(queue).await,
         };
         match owned {
             Some(owned) => match owned.owner.as_deref() {
@@ -111,7 +134,7 @@ impl Cluster {
                 },
                 None => Route::Refuse(moving(queue)),
             },
-            // Not in the directory (yet): the replica the name is placed on answers, and
+            // Not in PostgreSQL: the replica the name is placed on answers (NOT_FOUND), and
             // creates it there.
             None => {
                 let placement = self.membership.placement();
@@ -139,10 +162,11 @@ impl Cluster {
     }
 }
 
+/// Words of the refusal for a queue between two owners (see [`moving`]).
+const MOVING: &str = "is moving between replicas";
+
 fn moving(queue: &str) -> QueueError {
-    QueueError::Storage(format!(
-        "queue {queue:?} is moving between replicas; retry the call"
-    ))
+    QueueError::Storage(format!("queue {queue:?} {MOVING}; retry the call"))
 }
 
 /// What the cluster's task needs.
