@@ -949,6 +949,38 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_needs_postgres_and_a_dialable_address() {
+        let cluster = |address: &str, postgres: bool| Settings {
+            advertise_address: Some(address.into()),
+            postgres_url: postgres.then(|| "host=db user=spool".into()),
+            ..Settings::default()
+        };
+        cluster("10.0.0.7", true).validate().expect("a pod IP");
+        cluster("spool-0.spool:50051", true)
+            .validate()
+            .expect("host:port");
+        let alone = cluster("10.0.0.7", false)
+            .validate()
+            .expect_err("no PostgreSQL");
+        assert!(alone.to_string().contains("--postgres-url"), "{alone}");
+        let bad = cluster("http://x/y", true).validate().expect_err("a URL");
+        assert!(bad.to_string().contains("advertise_address"), "{bad}");
+        let ttl = Settings {
+            member_ttl_seconds: Some(1),
+            ..cluster("10.0.0.7", true)
+        };
+        let short = ttl.validate().expect_err("TTL too short");
+        assert!(
+            short.to_string().contains("member_ttl_seconds is 1"),
+            "{short}"
+        );
+        assert_eq!(advertised("10.0.0.7", 50051), "10.0.0.7:50051");
+        assert_eq!(advertised("10.0.0.7:6000", 50051), "10.0.0.7:6000");
+        assert_eq!(advertised("fd00::7", 50051), "[fd00::7]:50051");
+        assert_eq!(advertised("[fd00::7]:6000", 50051), "[fd00::7]:6000");
+    }
+
+    #[test]
     fn bad_files_are_clear_errors() {
         let unknown = file("max_queus = 5\n");
         let err = Settings {
