@@ -3,23 +3,22 @@
 //! otherwise hands the call to the local service unchanged. Outside cluster mode every call is
 //! local.
 //!
-//! Calls that name no queue: ListQueues asks every live member for its page and merges them;
-//! StreamMessages (whose queue is in its first message, which the local service reads) is served
-//! by the replica it reaches, so consumers stream from the queue's owner (a limitation for now:
-//! elsewhere it ends NOT_FOUND).
+//! ListQueues names no queue: it asks every live member for its page and merges them.
+//! StreamMessages names its queue in its first request, which is read here before the stream is
+//! served or forwarded.
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::forwarding::{hops, onward, unreachable};
 use super::{Cluster, Route};
 use crate::attributes::validate_queue_name;
-use crate::grpc::QueueServiceImpl;
 use crate::grpc::auth::caller;
+use crate::grpc::{ConsumerRequests, QueueServiceImpl};
 use crate::limits::DEFAULT_PAGE_SIZE;
 use crate::pb;
 use crate::pb::queue_service_client::QueueServiceClient;
@@ -54,6 +53,18 @@ impl Routed {
     /// visible to: to the others, the local service's checks answer (bad name, no grant), so
     /// a refusal tells nothing about whether the queue exists.
     async fn route<T>(&self, queue: &str, request: &Request<T>) -> Result<Route, Status> {
+        let visible = caller(request)
+            .and_then(|caller| caller.authorize_any(queue))
+            .is_ok();
+        self.route_by(queue, request.metadata(), visible).await
+    }
+
+    async fn route_by(
+        &self,
+        queue: &str,
+        metadata: &MetadataMap,
+        visible: bool,
+    ) -> Result<Route, Status> {
         let Some(cluster) = self.cluster.get() else {
             return Ok(Route::Local);
         };
@@ -61,18 +72,9 @@ impl Routed {
             .registry
             .get()
             .is_some_and(|registry| registry.contains(queue));
-        match cluster
-            .route(queue, hops(request.metadata()), served_here)
-            .await
-        {
+        match cluster.route(queue, hops(metadata), served_here).await {
             Route::Refuse(error) => {
-                if validate_queue_name(queue).is_err() {
-                    return Ok(Route::Local);
-                }
-                if caller(request)
-                    .and_then(|caller| caller.authorize_any(queue))
-                    .is_err()
-                {
+                if validate_queue_name(queue).is_err() || !visible {
                     return Ok(Route::Local);
                 }
                 Err(error.into())
@@ -113,6 +115,7 @@ macro_rules! routed {
 }
 
 type ReceiveStream = Pin<Box<dyn Stream<Item = Result<pb::ReceivedMessage, Status>> + Send>>;
+type ConsumeStream = Pin<Box<dyn Stream<Item = Result<pb::StreamMessagesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl QueueService for Routed {
@@ -229,13 +232,51 @@ impl QueueService for Routed {
         routed!(self, request, batch_delete_messages)
     }
 
-    type StreamMessagesStream = <QueueServiceImpl as QueueService>::StreamMessagesStream;
+    type StreamMessagesStream = ConsumeStream;
 
+    /// The queue is named by the first request: it is read here, then the whole stream goes to
+    /// the local service or to the owner.
     async fn stream_messages(
         &self,
         request: Request<Streaming<pb::StreamMessagesRequest>>,
     ) -> RpcResult<Self::StreamMessagesStream> {
-        self.local.stream_messages(request).await
+        let caller = caller(&request)?;
+        let metadata = request.metadata().clone();
+        let mut requests = request.into_inner();
+        let first = requests.message().await?;
+        let queue = match first.as_ref().and_then(|first| first.kind.as_ref()) {
+            Some(pb::stream_messages_request::Kind::Start(start)) => start.queue_name.clone(),
+            _ => String::new(),
+        };
+        let requests: ConsumerRequests =
+            Box::pin(futures_util::stream::iter(first.map(Ok)).chain(requests));
+        let visible = caller.authorize_any(&queue).is_ok();
+        let route = if queue.is_empty() {
+            Route::Local
+        } else {
+            self.route_by(&queue, &metadata, visible).await?
+        };
+        match route {
+            Route::Local => {
+                let stream = self.local.consume(caller, requests).await?.into_inner();
+                let stream: ConsumeStream = Box::pin(stream);
+                Ok(Response::new(stream))
+            }
+            Route::Forward(address) => {
+                let mut client = self.client(&address)?;
+                // The client's requests go on as they come; an error reading them ends the
+                // owner's side (half-close), as the client's going away would.
+                let onward_requests = UntilError(requests);
+                let stream = client
+                    .stream_messages(onward(&metadata, onward_requests))
+                    .await
+                    .map_err(|status| unreachable(&address, status))?
+                    .into_inner();
+                let stream: ConsumeStream = Box::pin(stream);
+                Ok(Response::new(stream))
+            }
+            Route::Refuse(error) => Err(error.into()),
+        }
     }
 
     async fn change_message_visibility(
@@ -264,6 +305,22 @@ impl QueueService for Routed {
         request: Request<pb::PeekMessagesRequest>,
     ) -> RpcResult<pb::PeekMessagesResponse> {
         routed!(self, request, peek_messages)
+    }
+}
+
+/// The client's requests, ending at the first error (which ends the client's stream anyway).
+struct UntilError(ConsumerRequests);
+
+impl Stream for UntilError {
+    type Item = pb::StreamMessagesRequest;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0
+            .poll_next_unpin(cx)
+            .map(|request| request.and_then(Result::ok))
     }
 }
 

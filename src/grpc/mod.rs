@@ -11,4 +11,4 @@ pub mod receive_stream;
 mod service;
 pub mod status;
 
-pub use service::QueueServiceImpl;
+pub use service::{ConsumerRequests, QueueServiceImpl};

@@ -133,6 +133,66 @@ async fn every_call_works_through_a_replica_that_does_not_own_the_queue() {
         .into_inner();
     assert!(deleted.failures.is_empty(), "{deleted:?}");
 
+    // A consumer stream through a non-owner: messages pushed, acknowledged on the stream.
+    common::batch_send(&mut other, queue, &[b"s1", b"s2"]).await;
+    let (requests, outbound) = tokio::sync::mpsc::channel(4);
+    requests
+        .send(pb::StreamMessagesRequest {
+            kind: Some(pb::stream_messages_request::Kind::Start(pb::StreamStart {
+                queue_name: queue.into(),
+                max_outstanding_messages: 10,
+                visibility_timeout_seconds: None,
+            })),
+        })
+        .await
+        .expect("start");
+    let mut responses = client
+        .stream_messages(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .expect("stream through a non-owner")
+        .into_inner();
+    let mut handles = Vec::new();
+    while handles.len() < 2 {
+        match responses
+            .message()
+            .await
+            .expect("pushed")
+            .expect("open")
+            .kind
+        {
+            Some(pb::stream_messages_response::Kind::Message(message)) => {
+                handles.push(message.receipt_handle)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    requests
+        .send(pb::StreamMessagesRequest {
+            kind: Some(pb::stream_messages_request::Kind::Acknowledge(
+                pb::StreamAcknowledge {
+                    ack_id: 7,
+                    receipt_handles: handles,
+                },
+            )),
+        })
+        .await
+        .expect("acknowledge");
+    match responses
+        .message()
+        .await
+        .expect("answer")
+        .expect("open")
+        .kind
+    {
+        Some(pb::stream_messages_response::Kind::Acknowledged(acknowledged)) => {
+            assert_eq!(acknowledged.ack_id, 7);
+            assert!(acknowledged.failures.is_empty(), "{acknowledged:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(requests);
+    drop(responses);
+
     let rewound = client
         .rewind_queue(pb::RewindQueueRequest {
             queue_name: queue.into(),
