@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checker::{self, Log, VISIBILITY_SECONDS};
 use crate::common::{self, signal};
-use crate::harness::{Database, TTL_SECONDS, client_of, epoch, owner_address, replicas, split};
+use crate::harness::{Database, client_of, epoch, owner_address, replicas, split, ttl_seconds};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_owner_killed_under_load_loses_nothing_acknowledged() {
@@ -64,7 +64,8 @@ async fn an_owner_killed_under_load_loses_nothing_acknowledged() {
     };
     let failover = served_again - killed_at;
     eprintln!(
-        "failover (kill -9 of the owner to the first receive through another replica, TTL {TTL_SECONDS} s): {failover:?}"
+        "failover (kill -9 of the owner to the first receive through another replica, TTL {} s): {failover:?}",
+        ttl_seconds()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop_producing.cancel();
@@ -83,7 +84,7 @@ async fn an_owner_killed_under_load_loses_nothing_acknowledged() {
     assert!(epoch(&db, QUEUE).await > epoch_before);
     // Generous: the member TTL, a round, the takeover; a bound, not a benchmark.
     assert!(
-        failover < Duration::from_secs(TTL_SECONDS * 5),
+        failover < Duration::from_secs(ttl_seconds() * 5),
         "failover took {failover:?}"
     );
     let log = log.lock().expect("log");
@@ -141,7 +142,7 @@ async fn an_owner_paused_beyond_the_ttl_acknowledges_nothing_for_the_queue_it_lo
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     signal(&owner.child, "STOP");
-    tokio::time::sleep(Duration::from_secs(TTL_SECONDS * 3)).await;
+    tokio::time::sleep(Duration::from_secs(ttl_seconds() * 3)).await;
     // Taken over while the owner was paused.
     let taken_by = owner_address(&db, QUEUE).await;
     assert_ne!(

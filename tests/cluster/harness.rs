@@ -7,8 +7,14 @@ use tokio_postgres::NoTls;
 
 use crate::common::{ChildServer, Client, connect};
 
-/// The member TTL of the tests' replicas: short, so deaths are noticed in seconds.
-pub const TTL_SECONDS: u64 = 3;
+/// The member TTL of the tests' replicas: short (3 s), so deaths are noticed in seconds;
+/// `SPOOL_CLUSTER_TEST_TTL` sets another, e.g. the default 10 to measure failover as deployed.
+pub fn ttl_seconds() -> u64 {
+    std::env::var("SPOOL_CLUSTER_TEST_TTL")
+        .ok()
+        .and_then(|ttl| ttl.parse().ok())
+        .unwrap_or(3)
+}
 
 fn pg_host() -> String {
     std::env::var("SPOOL_TEST_PGHOST").unwrap_or_else(|_| "127.0.0.1".into())
@@ -116,7 +122,7 @@ pub fn replica(dir: &Path, url: &str, extra: &[&str]) -> ChildServer {
         "127.0.0.1",
         "--member-ttl-seconds",
     ];
-    let ttl = TTL_SECONDS.to_string();
+    let ttl = ttl_seconds().to_string();
     args.push(&ttl);
     args.extend_from_slice(extra);
     ChildServer::start_with(dir, &args, &[])
@@ -133,7 +139,7 @@ pub fn replicas(dir: &Path, url: &str, count: usize) -> Vec<ChildServer> {
             replica(&data_dir, url, &[])
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(TTL_SECONDS * 1_000 / 2));
+    std::thread::sleep(Duration::from_millis(ttl_seconds().min(4) * 1_000 / 2));
     replicas
 }
 

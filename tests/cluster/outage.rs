@@ -15,7 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::checker::{self, Log, VISIBILITY_SECONDS};
 use crate::common::{self, ChildServer};
-use crate::harness::{TTL_SECONDS, client_of, replica};
+use crate::harness::{client_of, replica, ttl_seconds};
 
 /// A PostgreSQL server of the test's own.
 struct PrivatePostgres {
@@ -198,12 +198,12 @@ async fn replicas_stop_serving_without_postgres_and_resume_when_it_is_back() {
     wait_for_status(
         &replicas,
         ServingStatus::NotServing,
-        Duration::from_secs(TTL_SECONDS * 4),
+        Duration::from_secs(ttl_seconds() * 4),
     )
     .await;
     let not_serving_after = stopped_at.elapsed();
     assert!(
-        not_serving_after >= Duration::from_secs(TTL_SECONDS) / 2,
+        not_serving_after >= Duration::from_secs(ttl_seconds()) / 2,
         "NOT_SERVING before the lease could end: {not_serving_after:?}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
