@@ -204,3 +204,77 @@ async fn an_owner_paused_beyond_the_ttl_acknowledges_nothing_for_the_queue_it_lo
         log.errors.len()
     );
 }
+
+/// The fence itself: once the queue's epoch has moved on in PostgreSQL (as a takeover moves
+/// it), the owner's next write commits nothing and answers UNAVAILABLE, whether the write
+/// reaches the writer before the owner notices or after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_after_the_epoch_moved_on_commits_nothing() {
+    let Some(database) = Database::create("fence").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replicas = replicas(dir.path(), &database.url(), 1);
+    const QUEUE: &str = "fenced";
+    let mut client = client_of(&replicas[0]).await;
+    common::create(&mut client, QUEUE, common::attrs()).await;
+    common::send(&mut client, QUEUE, b"before").await;
+    let db = database.client().await;
+    // Another member, alive (its heartbeat kept fresh) but unreachable, takes the queue.
+    db.execute(
+        "INSERT INTO spool.members (id, address, heartbeat_at) VALUES ('usurper', '127.0.0.1:9', now())",
+        &[],
+    )
+    .await
+    .expect("a member");
+    let beating = tokio::spawn({
+        let db = database.client().await;
+        async move {
+            loop {
+                let _ = db
+                    .execute(
+                        "UPDATE spool.members SET heartbeat_at = now() WHERE id = 'usurper'",
+                        &[],
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    db.execute(
+        "UPDATE spool.queues SET owner = 'usurper', owner_epoch = owner_epoch + 1 WHERE name = $1",
+        &[&QUEUE],
+    )
+    .await
+    .expect("take the queue");
+    assert_eq!(rows_of(&db, QUEUE).await, 1);
+    for attempt in 0..20 {
+        let status = client
+            .send_message(pb::SendMessageRequest {
+                queue_name: QUEUE.into(),
+                body: format!("after-{attempt}").into_bytes().into(),
+                delay_seconds: None,
+            })
+            .await
+            .expect_err("the queue is another's");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rows_of(&db, QUEUE).await,
+        1,
+        "a write committed after the epoch moved on"
+    );
+    beating.abort();
+}
+
+async fn rows_of(db: &tokio_postgres::Client, queue: &str) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM spool.messages m JOIN spool.queues q ON q.id = m.queue_id
+          WHERE q.name = $1",
+        &[&queue],
+    )
+    .await
+    .expect("count")
+    .get(0)
+}

@@ -72,6 +72,10 @@ struct Statements {
     epochs: Statement,
     /// Cluster mode: this member, the owner of the queues it creates.
     owner: Option<String>,
+    /// Cluster mode: fails (division by zero) unless every (queue id, epoch) pair given is
+    /// current, the rows share-locked until the transaction ends. The division is by a CASE on
+    /// the rows found, which the planner cannot fold into a constant error.
+    assert_epochs: Statement,
 }
 
 impl Statements {
@@ -164,6 +168,14 @@ impl Statements {
             ))
             .await?,
             owner: member.map(str::to_string),
+            assert_epochs: prepare(format!(
+                "SELECT 1 / (CASE WHEN count(*) = $3 THEN 1 ELSE 0 END)
+                   FROM (SELECT 1 FROM {s}.queues q
+                           JOIN unnest($1::int8[], $2::int8[]) AS u(id, epoch)
+                             ON q.id = u.id AND q.owner_epoch = u.epoch
+                            FOR SHARE OF q) AS current"
+            ))
+            .await?,
         })
     }
 }
@@ -771,29 +783,72 @@ type Reply<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>>
 /// Applies `ops` in one pipelined transaction. `session.reserved` is raised only once the
 /// transaction has committed.
 ///
-/// In cluster mode (`fence`), the transaction first reads its queues' epochs under a share lock
-/// (one more round trip), and applies only the operations the fence lets through; the verdicts
-/// say which, one per operation.
+/// In cluster mode (`fence`), the transaction checks its queues' epochs under a share lock a
+/// takeover must wait for: asserted within the same pipelined round trip when every queue is
+/// held here, else (or when the assertion fails) read first, one more round trip, and only the
+/// operations the fence lets through are applied; the verdicts say which, one per operation.
 async fn transaction(
     session: &mut Session,
     ops: &[&WriteOp],
     fence: Option<&Fence>,
 ) -> Result<Vec<Verdict>, Failure> {
-    let mut verdicts = vec![Verdict::Apply; ops.len()];
-    let begun = match fence {
-        Some(fence) => {
-            verdicts = fenced(session, ops, fence).await?;
-            true
-        }
-        None => false,
+    let Some(fence) = fence else {
+        apply(session, ops, None).await?;
+        return Ok(vec![Verdict::Apply; ops.len()]);
     };
+    // The common case, in one round trip: every queue written is held here, and the epochs are
+    // asserted in the pipelined transaction itself. Only if the assertion fails (a queue was
+    // lost) does the transaction run again, epochs read first, to apply what is still ours.
+    if let Some(expected) = expected_epochs(fence, ops)
+        && apply(session, ops, Some(Begin::Asserting(expected))).await?
+    {
+        return Ok(vec![Verdict::Apply; ops.len()]);
+    }
+    let verdicts = fenced(session, ops, fence).await?;
     let applied: Vec<&WriteOp> = ops
         .iter()
         .zip(&verdicts)
         .filter(|(_, verdict)| **verdict == Verdict::Apply)
         .map(|(op, _)| *op)
         .collect();
-    let ops = &applied[..];
+    apply(session, &applied, Some(Begin::Begun)).await?;
+    Ok(verdicts)
+}
+
+/// How a transaction of [`apply`] starts in cluster mode.
+enum Begin {
+    /// `BEGIN` was sent already (with the epochs read, see [`fenced`]).
+    Begun,
+    /// `BEGIN`, then these (queue id, epoch) pairs asserted under a share lock.
+    Asserting((Vec<i64>, Vec<i64>)),
+}
+
+/// The epochs to assert for `ops`, if every queue they write is held here (creating a queue,
+/// or cleaning up after a deleted one, takes the slower path of [`fenced`]).
+fn expected_epochs(fence: &Fence, ops: &[&WriteOp]) -> Option<(Vec<i64>, Vec<i64>)> {
+    let mut held = std::collections::BTreeMap::new();
+    for op in ops {
+        if matches!(op, WriteOp::CreateQueue(_)) {
+            return None;
+        }
+        let queue_id = op.queue_id();
+        held.insert(queue_id as i64, fence.held(queue_id)?);
+    }
+    Some(held.into_iter().unzip())
+}
+
+/// Applies `ops` in one pipelined transaction; false if the epochs asserted (cluster mode)
+/// were not all current, in which case nothing was applied.
+async fn apply(
+    session: &mut Session,
+    ops: &[&WriteOp],
+    begin: Option<Begin>,
+) -> Result<bool, Failure> {
+    let begun = matches!(begin, Some(Begin::Begun));
+    let asserted = match begin {
+        Some(Begin::Asserting(expected)) => Some(expected),
+        _ => None,
+    };
     let mut next_queue_id = 0u64;
     let mut next_message_id = 0u64;
     let mut steps = steps(
@@ -821,6 +876,15 @@ async fn transaction(
     if !begun {
         replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
             client.batch_execute("BEGIN").await.map(|()| 0)
+        }))));
+    }
+    // The assertion's reply, by its place among the replies.
+    let assertion = asserted.as_ref().map(|_| replies.len());
+    if let Some((ids, epochs)) = &asserted {
+        let statement = &session.statements.assert_epochs;
+        let count = ids.len() as i64;
+        replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
+            client.execute(statement, &[ids, epochs, &count]).await
         }))));
     }
     for step in &steps {
@@ -864,7 +928,14 @@ async fn transaction(
         }
     };
     let mut statement_failure = None;
-    for result in results {
+    for (index, result) in results.into_iter().enumerate() {
+        if Some(index) == assertion
+            && let Some(Err(error)) = &result
+            && error.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+        {
+            // PostgreSQL rolled the transaction back (its COMMIT answered ROLLBACK).
+            return Ok(false);
+        }
         match result {
             Some(Ok(_)) => {}
             Some(Err(error)) if ends_session(&error) || session.client.is_closed() => {
@@ -884,7 +955,7 @@ async fn transaction(
     if let Some(reservation) = reservation {
         session.reserved = reservation;
     }
-    Ok(verdicts)
+    Ok(true)
 }
 
 /// Cluster mode: opens the transaction and reads the epochs of the queues `ops` write, under a
