@@ -31,6 +31,11 @@
 //!   certificate reloads in place), `auth` (principals from the auth file, their grants, the
 //!   names of client certificates), `reload` (files re-read when they change). The gRPC side
 //!   is `grpc::auth`, the layer that authenticates each call.
+//! - `cluster`: cluster mode, replicas sharing one PostgreSQL schema: `membership` (the
+//!   members table, heartbeat, lease), `placement` (rendezvous hashing), `ownership`
+//!   (takeovers, hand-offs, the directory of owners), `forwarding` and `routing` (calls for
+//!   queues owned elsewhere sent to their owner). The fence every commit checks is the
+//!   PostgreSQL writer's (`storage::postgres::fence`).
 //! - [`config`]: the one `Settings` struct of `spool serve` (flags, environment, TOML file).
 //! - `metrics`: Prometheus counters and histograms, and the /metrics endpoint.
 //! - [`migrate`]: `spool migrate`, a stopped server's embedded database moved into PostgreSQL.

@@ -152,3 +152,89 @@ impl Fence {
 
 /// The epoch a queue's creator holds it at.
 pub const FIRST_EPOCH: i64 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::NewMessage;
+
+    fn fence() -> (Fence, mpsc::UnboundedReceiver<u64>) {
+        let (lost, told) = mpsc::unbounded_channel();
+        let fence = Fence::new("me".into(), lost);
+        fence.set_id_ends(100, 1_000);
+        (fence, told)
+    }
+
+    fn insert(queue_id: u64, id: u64) -> WriteOp {
+        WriteOp::InsertMessages {
+            queue_id,
+            messages: vec![NewMessage {
+                id,
+                body: bytes::Bytes::from_static(b"x"),
+                enqueue_ms: 0,
+                visible_at_ms: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn only_writes_at_the_epoch_held_are_applied() {
+        let (fence, mut told) = fence();
+        fence.hold(7, 3);
+        let stored = HashMap::from([(7, 3), (8, 1)]);
+        assert_eq!(fence.judge(&insert(7, 10), &stored), Verdict::Apply);
+        // Another replica's takeover raised the epoch.
+        let moved = HashMap::from([(7, 4)]);
+        assert_eq!(fence.judge(&insert(7, 10), &moved), Verdict::Fenced);
+        // Never held here, or deleted by another replica.
+        assert_eq!(fence.judge(&insert(8, 11), &stored), Verdict::Fenced);
+        assert_eq!(
+            fence.judge(&insert(7, 12), &HashMap::new()),
+            Verdict::Fenced
+        );
+        // Rows left of a queue deleted everywhere may go from anywhere.
+        let orphans = WriteOp::RemoveMessages {
+            queue_id: 9,
+            ids: vec![1],
+        };
+        assert_eq!(fence.judge(&orphans, &stored), Verdict::Apply);
+        // A lost queue is told once, and no longer held.
+        fence.report_lost([7].into());
+        assert_eq!(told.try_recv().ok(), Some(7));
+        assert_eq!(fence.held(7), None);
+        fence.report_lost([7].into());
+        assert!(told.try_recv().is_err());
+    }
+
+    #[test]
+    fn ids_beyond_the_reserved_blocks_are_refused() {
+        let (fence, _told) = fence();
+        fence.hold(7, 1);
+        let stored = HashMap::from([(7, 1)]);
+        assert_eq!(fence.judge(&insert(7, 999), &stored), Verdict::Apply);
+        assert_eq!(fence.judge(&insert(7, 1_000), &stored), Verdict::OutOfIds);
+        let queue = |id| crate::storage::QueueRecord {
+            id,
+            name: "q".into(),
+            attributes: crate::attributes::QueueAttributes::default(),
+            create_time_ms: 0,
+            update_time_ms: 0,
+        };
+        assert_eq!(
+            fence.judge(&WriteOp::CreateQueue(queue(99)), &stored),
+            Verdict::Apply
+        );
+        assert_eq!(
+            fence.judge(&WriteOp::CreateQueue(queue(100)), &stored),
+            Verdict::OutOfIds
+        );
+        // Created: held at the first epoch; deleted: no longer.
+        fence.committed(&WriteOp::CreateQueue(queue(42)));
+        assert_eq!(fence.held(42), Some(FIRST_EPOCH));
+        fence.committed(&WriteOp::DeleteQueue {
+            queue_id: 42,
+            message_ids: vec![],
+        });
+        assert_eq!(fence.held(42), None);
+    }
+}
