@@ -211,8 +211,17 @@ impl Driver {
             if let Some(connected) = &client {
                 match self.membership.heartbeat(connected, &self.schema).await {
                     Ok(()) => {
-                        if let Err(error) = self.ownership.reconcile(connected).await {
-                            tracing::warn!(%error, "ownership round failed");
+                        // Bounded, so a stalled PostgreSQL cannot hold the lease check above.
+                        let round_limit = self.membership.ttl();
+                        match tokio::time::timeout(round_limit, self.ownership.reconcile(connected))
+                            .await
+                        {
+                            Ok(Ok(())) => {}
+                            Ok(Err(error)) => tracing::warn!(%error, "ownership round failed"),
+                            Err(_) => {
+                                tracing::warn!(limit = ?round_limit, "ownership round took too long");
+                                client = None;
+                            }
                         }
                         let valid = self.membership.lease_valid();
                         self.set_serving(&mut serving, valid);
@@ -257,7 +266,14 @@ impl Driver {
     }
 
     async fn connect(&self) -> Option<Client> {
-        match self.options.connect().await {
+        // Bounded by half the TTL: a connection attempt that hangs (a partition) must not keep
+        // the loop from noticing that the lease ended.
+        let attempt = tokio::time::timeout(self.membership.ttl() / 2, self.options.connect()).await;
+        let Ok(connected) = attempt else {
+            tracing::warn!("connecting to PostgreSQL for the cluster's heartbeat timed out");
+            return None;
+        };
+        match connected {
             Ok(client) => {
                 let settings = format!("SET lock_timeout = {LOCK_TIMEOUT_MS}");
                 if let Err(error) = client.batch_execute(&settings).await {
