@@ -113,17 +113,16 @@ pub fn onward<T>(metadata: &MetadataMap, message: T) -> Request<T> {
     request
 }
 
-/// A forward's failure to reach the owner, as the caller should read it.
+/// A forward's failure, as the caller should read it: the owner's own answers pass through as
+/// they are; a failure of the connection to it (it died, or cannot be reached; such a status
+/// carries its transport error as its source, which an answer of the peer never does) is a
+/// retryable UNAVAILABLE that says so. A long poll on an owner that dies ends this way too.
 pub fn unreachable(address: &str, status: Status) -> Status {
-    match status.code() {
-        // The peer's own answers pass through as they are; a transport failure is this
-        // replica's to explain.
-        tonic::Code::Unavailable if status.message().contains("transport") => {
-            Status::unavailable(format!(
-                "the queue's owner at {address} cannot be reached ({}); retry the call",
-                status.message()
-            ))
-        }
-        _ => status,
+    if std::error::Error::source(&status).is_none() {
+        return status;
     }
+    Status::unavailable(format!(
+        "the queue's owner at {address} cannot be reached or went away ({}); retry the call",
+        status.message()
+    ))
 }

@@ -278,3 +278,47 @@ async fn rows_of(db: &tokio_postgres::Client, queue: &str) -> i64 {
     .expect("count")
     .get(0)
 }
+
+/// A long poll forwarded to an owner that dies ends UNAVAILABLE (retryable) at once, not when
+/// its wait is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_on_an_owner_that_dies_ends_unavailable() {
+    let Some(database) = Database::create("dying_poll").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut replicas = replicas(dir.path(), &database.url(), 2);
+    const QUEUE: &str = "quiet";
+    common::create(&mut client_of(&replicas[0]).await, QUEUE, common::attrs()).await;
+    let db = database.client().await;
+    let owner = owner_address(&db, QUEUE).await;
+    let (_, others) = split(&replicas, &owner);
+    let mut client = client_of(others[0]).await;
+    let poll = tokio::spawn(async move {
+        let started = Instant::now();
+        let outcome = common::receive_with(
+            &mut client,
+            pb::ReceiveMessagesRequest {
+                queue_name: QUEUE.into(),
+                max_messages: 1,
+                wait_seconds: Some(25),
+                visibility_timeout_seconds: None,
+            },
+        )
+        .await;
+        (outcome, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let index = replicas
+        .iter()
+        .position(|replica| replica.addr.to_string() == owner)
+        .expect("owner");
+    replicas.remove(index).kill();
+    let (outcome, elapsed) = poll.await.expect("join");
+    let status = outcome.expect_err("the owner died under the poll");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "ended only after {elapsed:?}"
+    );
+}
