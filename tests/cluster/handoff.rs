@@ -91,3 +91,42 @@ async fn sigterm_hands_the_queues_off_with_nothing_but_retryable_errors() {
     );
     assert!(gap < Duration::from_secs(10), "sends stalled for {gap:?}");
 }
+
+/// A receipt handle made by one owner deletes its message on the next: the key that signs
+/// handles is the schema's, and a hand-off commits the receive that made the handle.
+#[tokio::test(flavor = "multi_thread")]
+async fn receipt_handles_stay_valid_across_a_hand_off() {
+    let Some(database) = Database::create("handles").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut replicas = replicas(dir.path(), &database.url(), 3);
+    const QUEUE: &str = "handles";
+    let mut first = client_of(&replicas[0]).await;
+    common::create(&mut first, QUEUE, common::attrs()).await;
+    common::batch_send(&mut first, QUEUE, &[b"a", b"b"]).await;
+    let db = database.client().await;
+    let owner = owner_address(&db, QUEUE).await;
+    let received = {
+        let (owner_replica, _) = split(&replicas, &owner);
+        common::receive(&mut client_of(owner_replica).await, QUEUE, 2).await
+    };
+    assert_eq!(received.len(), 2);
+    let index = replicas
+        .iter()
+        .position(|replica| replica.addr.to_string() == owner)
+        .expect("owner");
+    assert_eq!(replicas.remove(index).terminate(), Some(0));
+    let new_owner = owner_address(&db, QUEUE).await;
+    assert_ne!(new_owner, owner);
+    let mut client = client_of(&replicas[0]).await;
+    // Still in flight at the new owner: nothing to receive before their visibility timeout.
+    assert!(common::receive(&mut client, QUEUE, 2).await.is_empty());
+    for message in &received {
+        common::delete(&mut client, QUEUE, &message.receipt_handle)
+            .await
+            .expect("a handle of the old owner deletes on the new one");
+    }
+    let stats = common::stats(&mut client, QUEUE).await;
+    assert_eq!((stats.active_messages, stats.inactive_messages), (0, 0));
+}
