@@ -62,6 +62,13 @@ pub enum Route {
     Refuse(QueueError),
 }
 
+/// One look at where a queue is.
+enum Found {
+    Route(Route),
+    /// Between two owners (handed off, or its owner dead and not yet replaced).
+    Moving,
+}
+
 /// This replica's part in the cluster.
 pub struct Cluster {
     membership: Arc<Membership>,
@@ -90,33 +97,36 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + MOVE_WAIT;
         let mut fresh = false;
         loop {
-            let route = self.route_once(queue, hops, served_here, fresh).await;
-            let moving =
-                matches!(&route, Route::Refuse(QueueError::Storage(text)) if text.contains(MOVING));
-            if !moving || tokio::time::Instant::now() >= deadline {
-                return route;
+            match self.find(queue, hops, served_here, fresh).await {
+                Found::Route(route) => return route,
+                Found::Moving if tokio::time::Instant::now() >= deadline => {
+                    return Route::Refuse(moving(queue));
+                }
+                Found::Moving => {}
             }
             tokio::time::sleep(MOVE_POLL).await;
             fresh = true;
         }
     }
 
-    async fn route_once(&self, queue: &str, hops: u32, served_here: bool, fresh: bool) -> Route {
+    /// Where `queue` is, from the directory, or from PostgreSQL when the directory does not know
+    /// it or `fresh` is asked for.
+    async fn find(&self, queue: &str, hops: u32, served_here: bool, fresh: bool) -> Found {
         if !self.membership.lease_valid() {
-            return Route::Refuse(QueueError::Storage(
+            return Found::Route(Route::Refuse(QueueError::Storage(
                 "this replica has lost its membership of the cluster (PostgreSQL unreachable \
                  for longer than the member TTL); retry the call on another replica"
                     .into(),
-            ));
+            )));
         }
         if served_here {
-            return Route::Local;
+            return Found::Route(Route::Local);
         }
         let forward = |address: String| {
             if hops < MAX_HOPS {
-                Route::Forward(address)
+                Found::Route(Route::Forward(address))
             } else {
-                Route::Refuse(moving(queue))
+                Found::Moving
             }
         };
         let owned = match self.ownership.owner_of(queue) {
@@ -126,27 +136,29 @@ impl Cluster {
         match owned {
             Some(owned) => match owned.owner.as_deref() {
                 // Claimed by this replica, its state being recovered (or to be claimed again).
-                Some(owner) if owner == self.membership.id() => Route::Refuse(moving(queue)),
+                Some(owner) if owner == self.membership.id() => Found::Moving,
                 Some(owner) => match self.membership.member(owner) {
                     Some(member) => forward(member.address),
                     // Its owner is dead; the queue is about to be taken over.
-                    None => Route::Refuse(moving(queue)),
+                    None => Found::Moving,
                 },
-                None => Route::Refuse(moving(queue)),
+                None => Found::Moving,
             },
             // Not in PostgreSQL: the replica the name is placed on answers (NOT_FOUND), and
             // creates it there.
             None => {
                 let placement = self.membership.placement();
-                match placement::place(queue, placement.iter().map(String::as_str)) {
-                    Some(target) if target != self.membership.id() && hops < MAX_HOPS => {
-                        match self.membership.member(target) {
-                            Some(member) => Route::Forward(member.address),
-                            None => Route::Local,
+                Found::Route(
+                    match placement::place(queue, placement.iter().map(String::as_str)) {
+                        Some(target) if target != self.membership.id() && hops < MAX_HOPS => {
+                            match self.membership.member(target) {
+                                Some(member) => Route::Forward(member.address),
+                                None => Route::Local,
+                            }
                         }
-                    }
-                    _ => Route::Local,
-                }
+                        _ => Route::Local,
+                    },
+                )
             }
         }
     }
@@ -162,11 +174,10 @@ impl Cluster {
     }
 }
 
-/// Words of the refusal for a queue between two owners (see [`moving`]).
-const MOVING: &str = "is moving between replicas";
-
 fn moving(queue: &str) -> QueueError {
-    QueueError::Storage(format!("queue {queue:?} {MOVING}; retry the call"))
+    QueueError::Storage(format!(
+        "queue {queue:?} is moving between replicas; retry the call"
+    ))
 }
 
 /// What the cluster's task needs.
