@@ -30,8 +30,8 @@ pub struct Log {
     pub receives_done: Vec<Instant>,
     /// Every error, by code.
     pub errors: Vec<(Instant, Code, String)>,
-    /// Bodies whose delete ended without an answer (a timeout): it may or may not have been
-    /// applied.
+    /// Bodies whose delete ended without a definite answer (a timeout, UNAVAILABLE): it may or
+    /// may not have been applied.
     pub delete_unknown: HashSet<String>,
 }
 
@@ -148,9 +148,15 @@ pub fn consumer(
                     }
                     Err(status) => {
                         log_error(&log, &status);
+                        // Its outcome is unknown: a timeout, or the owner's connection or its
+                        // commit cut off (UNAVAILABLE, as when a PostgreSQL session breaks
+                        // during a commit). The owner may have applied it.
                         if matches!(
                             status.code(),
-                            Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+                            Code::DeadlineExceeded
+                                | Code::Cancelled
+                                | Code::Unknown
+                                | Code::Unavailable
                         ) {
                             log.lock().expect("log").delete_unknown.insert(body);
                         }
@@ -162,7 +168,7 @@ pub fn consumer(
 }
 
 /// Whether `body` is settled: its delete was acknowledged, or its delete's outcome is
-/// unknown (a timeout: the owner may have applied it).
+/// unknown (a timeout, or UNAVAILABLE: the owner may have applied it before it died).
 fn settled(log: &Log, body: &str) -> bool {
     log.deleted.contains_key(body) || log.delete_unknown.contains(body)
 }
@@ -183,7 +189,7 @@ pub async fn drain(log: &Shared, limit: Duration) {
 }
 
 /// The checker: every acknowledged send was delivered, and delivered again until a delete of it
-/// was acknowledged (or timed out, its outcome unknown); no message was delivered by a receive
+/// was acknowledged (or failed with its outcome unknown); no message was delivered by a receive
 /// sent after its delete was acknowledged.
 pub fn check(log: &Shared) {
     let log = log.lock().expect("log");
