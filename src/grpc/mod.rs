@@ -3,7 +3,7 @@
 
 pub mod auth;
 pub(crate) mod convert;
-mod deadline;
+pub mod deadline;
 pub mod health;
 pub mod layer;
 pub mod observe;
@@ -11,4 +11,4 @@ pub mod receive_stream;
 mod service;
 pub mod status;
 
-pub use service::QueueServiceImpl;
+pub use service::{ConsumerRequests, QueueServiceImpl};

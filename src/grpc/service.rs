@@ -415,73 +415,12 @@ impl QueueService for QueueServiceImpl {
 
     type StreamMessagesStream = StreamMessagesStream;
 
-    #[tracing::instrument(name = "StreamMessages", skip_all, fields(queue = tracing::field::Empty))]
     async fn stream_messages(
         &self,
         request: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
     ) -> RpcResult<Self::StreamMessagesStream> {
-        let result: RpcResult<Self::StreamMessagesStream> = async {
-            let caller = caller(&request)?;
-            let mut requests = request.into_inner();
-            // Nothing is claimed before the first request names the queue.
-            let first = tokio::select! {
-                first = requests.message() => first?,
-                () = self.shutdown.cancelled() => return Err(QueueError::ShuttingDown.into()),
-            };
-            let Some(pb::stream_messages_request::Kind::Start(start)) =
-                first.and_then(|request| request.kind)
-            else {
-                return Err(QueueError::InvalidArgument(
-                    "the first request of StreamMessages must be a `start`".into(),
-                )
-                .into());
-            };
-            validate_queue_name(&start.queue_name)?;
-            tracing::Span::current().record("queue", start.queue_name.as_str());
-            let handle = self.queue(&caller, Action::Receive, &start.queue_name)?;
-            let max_outstanding = match start.max_outstanding_messages as usize {
-                0 => DEFAULT_MAX_OUTSTANDING_MESSAGES,
-                max => {
-                    check_range(
-                        "start.max_outstanding_messages",
-                        max,
-                        &MAX_OUTSTANDING_MESSAGES,
-                    )?;
-                    max
-                }
-            };
-            if let Some(visibility) = start.visibility_timeout_seconds {
-                check_range(
-                    "start.visibility_timeout_seconds",
-                    visibility,
-                    &VISIBILITY_TIMEOUT_SECONDS,
-                )?;
-            }
-            // A consumer stream is an open receive: it counts against --max-waiting-receives,
-            // its messages against the response budget, and it is ended when its client
-            // stops reading (`receive_stream`).
-            let slot = self.receive_limits.open_slot()?;
-            let receipt_key = self.registry()?.receipt_key().clone();
-            let consuming = handle.consume(
-                ConsumeSettings {
-                    max_outstanding,
-                    visibility_timeout_seconds: start.visibility_timeout_seconds,
-                },
-                self.shutdown.clone(),
-            );
-            let stream = ConsumeStream {
-                requests: Some(requests),
-                consuming,
-                queue: handle,
-                receipt_key: receipt_key.clone(),
-                ended: false,
-            };
-            let output: StreamMessagesStream =
-                Box::pin(self.receive_limits.stream(stream, receipt_key, slot));
-            Ok(Response::new(output))
-        }
-        .await;
-        result
+        let caller = caller(&request)?;
+        self.consume(caller, Box::pin(request.into_inner())).await
     }
 
     #[tracing::instrument(name = "ChangeMessageVisibility", skip_all, fields(queue = %request.get_ref().queue_name))]
@@ -682,6 +621,78 @@ impl QueueService for QueueServiceImpl {
     }
 }
 
+impl QueueServiceImpl {
+    /// StreamMessages on the client's requests (cluster mode hands them over after reading the
+    /// first one itself, to find the queue).
+    #[tracing::instrument(name = "StreamMessages", skip_all, fields(queue = tracing::field::Empty))]
+    pub async fn consume(
+        &self,
+        caller: Caller,
+        mut requests: ConsumerRequests,
+    ) -> RpcResult<StreamMessagesStream> {
+        let result: RpcResult<StreamMessagesStream> = async {
+            // Nothing is claimed before the first request names the queue.
+            let first = tokio::select! {
+                first = futures_util::StreamExt::next(&mut requests) => first.transpose()?,
+                () = self.shutdown.cancelled() => return Err(QueueError::ShuttingDown.into()),
+            };
+            let Some(pb::stream_messages_request::Kind::Start(start)) =
+                first.and_then(|request| request.kind)
+            else {
+                return Err(QueueError::InvalidArgument(
+                    "the first request of StreamMessages must be a `start`".into(),
+                )
+                .into());
+            };
+            validate_queue_name(&start.queue_name)?;
+            tracing::Span::current().record("queue", start.queue_name.as_str());
+            let handle = self.queue(&caller, Action::Receive, &start.queue_name)?;
+            let max_outstanding = match start.max_outstanding_messages as usize {
+                0 => DEFAULT_MAX_OUTSTANDING_MESSAGES,
+                max => {
+                    check_range(
+                        "start.max_outstanding_messages",
+                        max,
+                        &MAX_OUTSTANDING_MESSAGES,
+                    )?;
+                    max
+                }
+            };
+            if let Some(visibility) = start.visibility_timeout_seconds {
+                check_range(
+                    "start.visibility_timeout_seconds",
+                    visibility,
+                    &VISIBILITY_TIMEOUT_SECONDS,
+                )?;
+            }
+            // A consumer stream is an open receive: it counts against --max-waiting-receives,
+            // its messages against the response budget, and it is ended when its client
+            // stops reading (`receive_stream`).
+            let slot = self.receive_limits.open_slot()?;
+            let receipt_key = self.registry()?.receipt_key().clone();
+            let consuming = handle.consume(
+                ConsumeSettings {
+                    max_outstanding,
+                    visibility_timeout_seconds: start.visibility_timeout_seconds,
+                },
+                self.shutdown.clone(),
+            );
+            let stream = ConsumeStream {
+                requests: Some(requests),
+                consuming,
+                queue: handle,
+                receipt_key: receipt_key.clone(),
+                ended: false,
+            };
+            let output: StreamMessagesStream =
+                Box::pin(self.receive_limits.stream(stream, receipt_key, slot));
+            Ok(Response::new(output))
+        }
+        .await;
+        result
+    }
+}
+
 type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
 
 /// The response stream of StreamMessages: the queue's [`Consuming`] in protobuf, fed with the
@@ -690,7 +701,7 @@ type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
 /// whatever was claimed for it and not pushed.
 pub struct ConsumeStream {
     /// The client's requests after the first; `None` once it half-closed.
-    requests: Option<tonic::Streaming<pb::StreamMessagesRequest>>,
+    requests: Option<ConsumerRequests>,
     consuming: Consuming<Acknowledgement>,
     /// The queue, to give back a message the response budget had no room for.
     queue: QueueHandle,
@@ -699,7 +710,7 @@ pub struct ConsumeStream {
     ended: bool,
 }
 
-type StreamMessagesStream = std::pin::Pin<Box<GuardedStream<ConsumeStream>>>;
+pub type StreamMessagesStream = std::pin::Pin<Box<GuardedStream<ConsumeStream>>>;
 
 /// What a consumer stream yields before it is protobuf: a message is converted (and its
 /// receipt handle signed) only once the response budget has room for it.
@@ -707,6 +718,11 @@ pub enum ConsumeItem {
     Message(crate::queue::receiving::Delivered),
     Acknowledged(pb::StreamMessagesResponse),
 }
+
+/// The client's requests of a StreamMessages call.
+pub type ConsumerRequests = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<pb::StreamMessagesRequest, Status>> + Send>,
+>;
 
 /// What answering one acknowledgement needs besides the queue's results.
 struct Acknowledgement {

@@ -159,11 +159,10 @@ impl Stream for Receiving {
                             this.state = State::Done;
                             return Poll::Ready(Some(Err(error)));
                         }
-                        // The actor ended without answering: its queue was deleted.
+                        // The actor ended without answering: its queue was deleted (or moved).
                         Poll::Ready(Err(_)) => {
                             this.state = State::Done;
-                            let gone = QueueError::QueueNotFound(this.queue.name().to_string());
-                            return Poll::Ready(Some(Err(gone)));
+                            return Poll::Ready(Some(Err(this.queue.gone())));
                         }
                         Poll::Pending => {}
                     }
