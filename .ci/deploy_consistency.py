@@ -3,7 +3,8 @@
 Usage: deploy_consistency.py SPOOL_TOML RENDERED_YAML
 
 Schema validation cannot see these: the ports of `listen` and `metrics_listen` against the
-container ports, probes, Services and scrape annotations; `data_dir` against the volume mount;
+container ports, probes, Services and scrape annotations; `data_dir` against the volume mount
+(embedded storage; with `postgres_url`, as in the cluster overlay, there is no volume);
 the config file's path against the ConfigMap mount; the auth file against its Secret's mount;
 and terminationGracePeriodSeconds against
 the longest long poll plus shutdown_grace_seconds. Run by .ci/deploy-check.
@@ -57,11 +58,16 @@ def main() -> int:
     by_kind: dict[str, list[dict]] = {}
     for o in objects:
         by_kind.setdefault(o["kind"], []).append(o)
-    (statefulset,) = by_kind["StatefulSet"]
-    pod = statefulset["spec"]["template"]
+    # The base runs a StatefulSet (embedded storage on a volume); the cluster overlay replaces it
+    # with a Deployment of replicas sharing PostgreSQL.
+    (workload,) = by_kind.get("StatefulSet", []) + by_kind.get("Deployment", [])
+    pod = workload["spec"]["template"]
     (container,) = pod["spec"]["containers"]
+    embedded = "postgres_url" not in config and not any(
+        e.get("name") == "SPOOL_POSTGRES_URL" for e in container.get("env", [])
+    )
 
-    for key in ("listen", "metrics_listen", "data_dir"):
+    for key in ("listen", "metrics_listen") + (("data_dir",) if embedded else ()):
         expect(key in config, f"{toml_path}: set {key} (the manifests depend on it)")
     if errors:
         return report(errors)
@@ -105,10 +111,23 @@ def main() -> int:
             )
 
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    expect(
-        mounts.get("data") == config["data_dir"],
-        f"volume data is mounted at {mounts.get('data')}, data_dir is {config['data_dir']}",
-    )
+    if embedded:
+        expect(
+            mounts.get("data") == config["data_dir"],
+            f"volume data is mounted at {mounts.get('data')}, data_dir is {config['data_dir']}",
+        )
+    else:
+        env = {e["name"]: e for e in container.get("env", [])}
+        expect(
+            "SPOOL_ADVERTISE_ADDRESS" in env
+            and env["SPOOL_ADVERTISE_ADDRESS"].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            == "status.podIP",
+            "a replica must advertise its pod IP (SPOOL_ADVERTISE_ADDRESS from status.podIP)",
+        )
+        expect(
+            "secretKeyRef" in env.get("SPOOL_POSTGRES_URL", {}).get("valueFrom", {}),
+            "the PostgreSQL URL must come from a Secret (SPOOL_POSTGRES_URL, secretKeyRef)",
+        )
 
     args = container.get("args", [])
     expect(args[:1] == ["serve"] and "--config" in args, f"args {args} must be: serve --config PATH")

@@ -27,6 +27,30 @@ pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL_SECONDS: u64 = 30;
 pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_SECONDS: u64 = 10;
 /// 0: connections are kept as long as the client keeps them.
 pub const DEFAULT_MAX_CONNECTION_AGE_SECONDS: u64 = 0;
+/// The address the other replicas dial: `address` as given when it has a port, else with the
+/// port the server listens on (so `--advertise-address $(POD_IP)` is enough).
+pub fn advertised(address: &str, listen_port: u16) -> String {
+    let has_port = if let Some(rest) = address.strip_prefix('[') {
+        rest.contains("]:")
+    } else {
+        address.matches(':').count() == 1
+    };
+    if has_port {
+        address.to_string()
+    } else if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]:{listen_port}")
+    } else {
+        format!("{address}:{listen_port}")
+    }
+}
+
+/// Cluster mode: a member silent this long is dead (`--member-ttl-seconds`).
+pub const DEFAULT_MEMBER_TTL_SECONDS: u64 = 10;
+/// The member TTLs cluster mode accepts: a second is shorter than a heartbeat round trip under
+/// load; past five minutes a dead replica's queues wait too long.
+pub const MEMBER_TTL_SECONDS: std::ops::RangeInclusive<u64> = 2..=300;
+/// Longest advertised address (a DNS name is at most 253 bytes, plus the port).
+pub const MAX_ADVERTISE_ADDRESS_LEN: usize = 260;
 /// The PostgreSQL schema of Spool's tables when --postgres-url is set.
 pub const DEFAULT_POSTGRES_SCHEMA: &str = "spool";
 
@@ -343,6 +367,26 @@ pub struct Settings {
         DEFAULT_METRICS_MAX_CONNECTIONS,
     ))]
     pub metrics_max_connections: Option<usize>,
+
+    #[arg(
+        long,
+        env = "SPOOL_ADVERTISE_ADDRESS",
+        value_name = "HOST[:PORT]",
+        help = "Cluster mode: run as one of several replicas sharing --postgres-url, reachable \
+                by the others at this address (in Kubernetes, the pod IP; the port defaults to \
+                the one --listen binds). \
+                Each queue is owned by one replica; any replica accepts every call and forwards \
+                it to the owner [default: a single server, alone on its schema]"
+    )]
+    pub advertise_address: Option<String>,
+
+    #[arg(long, env = "SPOOL_MEMBER_TTL_SECONDS", help = with_default(
+        "Cluster mode: a replica whose heartbeat is older than this is dead, and its queues are \
+         taken over by the others; a replica that cannot reach PostgreSQL this long stops \
+         serving its queues",
+        DEFAULT_MEMBER_TTL_SECONDS,
+    ))]
+    pub member_ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -385,8 +429,19 @@ impl Settings {
             max_connections, handshake_timeout_seconds, request_body_timeout_seconds,
             stream_stall_timeout_seconds, max_response_buffer_bytes, max_waiting_receives,
             min_free_disk_bytes, metrics_max_connections, cors_allowed_origins, console,
-            otlp_endpoint,
+            otlp_endpoint, advertise_address, member_ttl_seconds,
         );
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// A config file's text, parsed and checked as `resolve` checks a file with no flags over
+    /// it (the fuzz target of config files reads them this way).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
         settings.validate()?;
         Ok(settings)
     }
@@ -449,6 +504,11 @@ impl Settings {
             cors_allowed_origins: Some(self.cors_allowed_origins.clone().unwrap_or_default()),
             console: Some(self.console()),
             otlp_endpoint: self.otlp_endpoint.clone(),
+            advertise_address: self.advertise_address.clone(),
+            member_ttl_seconds: self
+                .advertise_address
+                .is_some()
+                .then(|| self.member_ttl().as_secs()),
         }
     }
 
@@ -511,7 +571,62 @@ impl Settings {
         if let Some(url) = &self.otlp_endpoint {
             crate::otel::export::Endpoint::parse(url).map_err(ConfigError::Invalid)?;
         }
+        self.validate_cluster()?;
         self.validate_security()
+    }
+
+    /// Cluster mode needs PostgreSQL, an address the peers can dial, and a sane TTL.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let ttl = self.member_ttl().as_secs();
+        if !(MEMBER_TTL_SECONDS.contains(&ttl)) {
+            return Err(ConfigError::Invalid(format!(
+                "member_ttl_seconds is {ttl}; it must be {}..={}",
+                MEMBER_TTL_SECONDS.start(),
+                MEMBER_TTL_SECONDS.end()
+            )));
+        }
+        let Some(address) = &self.advertise_address else {
+            return Ok(());
+        };
+        if self.postgres_url.is_none() {
+            return Err(ConfigError::Invalid(
+                "advertise_address (cluster mode) needs --postgres-url: the replicas share one \
+                 PostgreSQL schema"
+                    .into(),
+            ));
+        }
+        let valid = !address.is_empty()
+            && address.len() <= MAX_ADVERTISE_ADDRESS_LEN
+            && address
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]_".contains(c));
+        if !valid
+            || format!("http://{}", advertised(address, 1))
+                .parse::<tonic::codegen::http::Uri>()
+                .is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "advertise_address {address:?} is not a host or host:port (e.g. 10.0.3.7 or \
+                 10.0.3.7:50051), at most {MAX_ADVERTISE_ADDRESS_LEN} bytes"
+            )));
+        }
+        if self.tls_cert.is_some() {
+            return Err(ConfigError::Invalid(
+                "cluster mode (advertise_address) does not support --tls-cert yet: replicas \
+                 forward calls to each other in plaintext; terminate TLS in front of the \
+                 replicas (a service mesh or an ingress) instead"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Cluster mode's member TTL.
+    pub fn member_ttl(&self) -> Duration {
+        Duration::from_secs(
+            self.member_ttl_seconds
+                .unwrap_or(DEFAULT_MEMBER_TTL_SECONDS),
+        )
     }
 
     /// TLS files come as a pair (a CA only with them), and a server other hosts can reach
@@ -944,6 +1059,38 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(bad.to_string().contains("Bad-Name"), "{bad}");
+    }
+
+    #[test]
+    fn cluster_mode_needs_postgres_and_a_dialable_address() {
+        let cluster = |address: &str, postgres: bool| Settings {
+            advertise_address: Some(address.into()),
+            postgres_url: postgres.then(|| "host=db user=spool".into()),
+            ..Settings::default()
+        };
+        cluster("10.0.0.7", true).validate().expect("a pod IP");
+        cluster("spool-0.spool:50051", true)
+            .validate()
+            .expect("host:port");
+        let alone = cluster("10.0.0.7", false)
+            .validate()
+            .expect_err("no PostgreSQL");
+        assert!(alone.to_string().contains("--postgres-url"), "{alone}");
+        let bad = cluster("http://x/y", true).validate().expect_err("a URL");
+        assert!(bad.to_string().contains("advertise_address"), "{bad}");
+        let ttl = Settings {
+            member_ttl_seconds: Some(1),
+            ..cluster("10.0.0.7", true)
+        };
+        let short = ttl.validate().expect_err("TTL too short");
+        assert!(
+            short.to_string().contains("member_ttl_seconds is 1"),
+            "{short}"
+        );
+        assert_eq!(advertised("10.0.0.7", 50051), "10.0.0.7:50051");
+        assert_eq!(advertised("10.0.0.7:6000", 50051), "10.0.0.7:6000");
+        assert_eq!(advertised("fd00::7", 50051), "[fd00::7]:50051");
+        assert_eq!(advertised("[fd00::7]:6000", 50051), "[fd00::7]:6000");
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum QueueError {
     },
     #[error("the server holds {max} queues, its max_queues setting; delete one first")]
     TooManyQueues { max: usize },
+    /// A server-wide limit on open receives refused or ended one (`--max-waiting-receives`,
+    /// the response budget, a stalled client); the text names the limit.
+    #[error("{0}")]
+    ReceiveLimit(String),
     /// No or unknown credentials; the text says which, never the token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -61,6 +65,7 @@ impl QueueError {
             Self::StaleReceipt(_) => &errors::RECEIPT_HANDLE_STALE,
             Self::BacklogFull { .. } => &errors::BACKLOG_FULL,
             Self::TooManyQueues { .. } => &errors::TOO_MANY_QUEUES,
+            Self::ReceiveLimit(_) => &errors::SERVER_BUSY,
             Self::RewindDisabled(_) => &errors::REWIND_DISABLED,
             Self::DeadLetterTarget { .. } => &errors::DEAD_LETTER_TARGET,
             Self::Unauthenticated(_) => &errors::UNAUTHENTICATED,

@@ -36,6 +36,11 @@
 //!   SQS's JSON protocol and Tencent CMQ's HTTP API v2, over the gRPC service implementation.
 //! - `web`: the gRPC port's face for browsers: gRPC-Web (tonic-web) with CORS, and the web
 //!   console's files (built in `console/`, embedded).
+//! - `cluster`: cluster mode, replicas sharing one PostgreSQL schema: `membership` (the
+//!   members table, heartbeat, lease), `placement` (rendezvous hashing), `ownership`
+//!   (takeovers, hand-offs, the directory of owners), `forwarding` and `routing` (calls for
+//!   queues owned elsewhere sent to their owner). The fence every commit checks is the
+//!   PostgreSQL writer's (`storage::postgres::fence`).
 //! - [`config`]: the one `Settings` struct of `spool serve` (flags, environment, TOML file).
 //! - `otel`: a span per API call for OpenTelemetry (W3C `traceparent` in, OTLP/HTTP JSON out
 //!   with `--otlp-endpoint`), and the trace id on the call's log lines.
@@ -51,9 +56,13 @@ mod attributes;
 mod auth;
 pub mod cli;
 pub mod clock;
+mod cluster;
 pub mod config;
 mod disk;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod http;
 mod limits;

@@ -21,7 +21,16 @@ pub struct MessageMeta {
     /// The attributes it was sent with.
     #[prost(btree_map = "string, string", tag = "1")]
     pub attributes: MessageAttributes,
+    /// The W3C `traceparent` of the send that enqueued it (Spool's own span of that call, in the
+    /// producer's trace), when the send was traced and its attributes carried none. Delivered as
+    /// the attribute `traceparent`, so a consumer's span can link to the producer's. Not counted
+    /// toward `max_message_size`: the producer did not write it, and it is 55 bytes at most.
+    #[prost(string, optional, tag = "2")]
+    pub trace_parent: Option<String>,
 }
+
+/// The attribute a message's trace context is delivered under (W3C Trace Context's name).
+pub const TRACEPARENT_ATTRIBUTE: &str = "traceparent";
 
 /// Where a dead-lettered message came from (stored in columns of its own, so that the move
 /// writes them without reading the message).
@@ -44,12 +53,42 @@ pub struct Payload {
 
 impl Payload {
     pub fn new(body: Bytes, attributes: MessageAttributes) -> Self {
-        let meta = (!attributes.is_empty()).then(|| Arc::new(MessageMeta { attributes }));
+        let meta = (!attributes.is_empty()).then(|| {
+            Arc::new(MessageMeta {
+                attributes,
+                trace_parent: None,
+            })
+        });
         Self {
             body,
             meta,
             dead_letter: None,
         }
+    }
+
+    /// Records the trace context of the send that enqueues it, unless the producer put a
+    /// `traceparent` attribute there itself (then that one is the context to follow).
+    pub fn with_trace_parent(mut self, trace_parent: String) -> Self {
+        let meta = self.meta.get_or_insert_with(Default::default);
+        if !meta.attributes.contains_key(TRACEPARENT_ATTRIBUTE) {
+            Arc::make_mut(meta).trace_parent = Some(trace_parent);
+        }
+        self
+    }
+
+    /// The attributes delivered with it: the producer's, and the send's `traceparent` if Spool
+    /// recorded one.
+    pub fn delivered_attributes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.meta.iter().flat_map(|meta| {
+            meta.attributes
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str()))
+                .chain(
+                    meta.trace_parent
+                        .as_deref()
+                        .map(|value| (TRACEPARENT_ATTRIBUTE, value)),
+                )
+        })
     }
 
     /// Bytes it holds in memory, roughly: what a cache charges for it.
@@ -134,5 +173,28 @@ mod tests {
         let back = Payload::decode(Bytes::from_static(b"y"), Some(&stored)).expect("decodes");
         assert_eq!(back.attributes(), attributes);
         assert!(Payload::decode(Bytes::new(), Some(&[0xff, 0xff])).is_err());
+    }
+
+    #[test]
+    fn a_send_trace_context_is_stored_and_delivered_unless_the_producer_set_one() {
+        let traced = Payload::new(Bytes::from_static(b"x"), MessageAttributes::new())
+            .with_trace_parent("00-a-b-01".into());
+        assert_eq!(
+            traced.attributes_size(),
+            0,
+            "not counted toward max_message_size"
+        );
+        let stored = traced.encoded_meta().expect("stored");
+        let back = Payload::decode(Bytes::from_static(b"x"), Some(&stored)).expect("decodes");
+        assert_eq!(
+            back.delivered_attributes().collect::<Vec<_>>(),
+            [("traceparent", "00-a-b-01")]
+        );
+        let own = MessageAttributes::from([("traceparent".to_string(), "mine".to_string())]);
+        let kept = Payload::new(Bytes::from_static(b"x"), own).with_trace_parent("theirs".into());
+        assert_eq!(
+            kept.delivered_attributes().collect::<Vec<_>>(),
+            [("traceparent", "mine")]
+        );
     }
 }

@@ -17,7 +17,7 @@ use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
 use crate::queue::{Directory, QueueContext, QueueHandle, QueueInfo, RecoveredIds};
 use crate::receipt::ReceiptKey;
-use crate::storage::{QueueRecord, Storage, StorageError, WriteOp, remove_in_slices};
+use crate::storage::{QueueRecord, Recovered, Storage, StorageError, WriteOp, remove_in_slices};
 
 pub struct Registry {
     /// Shared with the queues (`QueueContext::directory`), which move messages to each other.
@@ -26,6 +26,10 @@ pub struct Registry {
     /// `lifecycle`, with the policies themselves, so that a queue named by a policy cannot be
     /// deleted and a policy cannot name a queue being deleted.
     dead_letter_targets: RwLock<BTreeMap<String, String>>,
+    /// Cluster mode: each replica knows only the queues it owns, so a dead-letter policy's
+    /// checks (its queue exists; a target is not deleted) and its moves, which need both
+    /// queues' actors in this process, are not available; policies are refused.
+    cluster_mode: std::sync::atomic::AtomicBool,
     /// Held while a queue is created or deleted, so two of them cannot interleave.
     lifecycle: tokio::sync::Mutex<()>,
     context: QueueContext,
@@ -56,13 +60,34 @@ impl Registry {
     ) -> Result<Self, StorageError> {
         let reader = storage.clone();
         let recovery_clock = clock.clone();
-        let (recovered, mut tables) = tokio::task::spawn_blocking(move || {
+        let (recovered, tables) = tokio::task::spawn_blocking(move || {
             let recovered = reader.recover()?;
             let tables = recover_tables(&*reader, &recovered.queues, recovery_clock.now_ms())?;
             Ok::<_, StorageError>((recovered, tables))
         })
         .await
         .map_err(|e| StorageError::Io(format!("recovery task failed: {e}")))??;
+        Ok(Self::start(
+            storage,
+            clock,
+            max_queues,
+            body_cache_bytes,
+            recovered,
+            tables,
+        ))
+    }
+
+    /// Starts the actors of `recovered`'s queues with their tables. Cluster mode starts with no
+    /// queue (they are taken over one by one, see [`Self::adopt`]) and with the id counters at
+    /// the blocks this replica reserved.
+    pub fn start(
+        storage: Arc<dyn Storage>,
+        clock: Clock,
+        max_queues: usize,
+        body_cache_bytes: usize,
+        recovered: Recovered,
+        mut tables: HashMap<u64, MessageTable>,
+    ) -> Self {
         let directory: Directory = Default::default();
         let context = QueueContext {
             storage,
@@ -97,16 +122,64 @@ impl Registry {
                 queues.insert(name, handle);
             }
         }
-        Ok(Self {
+        Self {
             queues: directory,
             dead_letter_targets: RwLock::new(dead_letter_targets),
+            cluster_mode: std::sync::atomic::AtomicBool::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
             context,
             next_queue_id: AtomicU64::new(recovered.next_queue_id),
             max_queues,
             receipt_key: ReceiptKey::new(&recovered.receipt_secret),
             tracker,
-        })
+        }
+    }
+
+    /// Cluster mode: from now on dead-letter policies are refused (see `cluster_mode`).
+    pub fn enter_cluster_mode(&self) {
+        self.cluster_mode
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Cluster mode: starts the actor of a queue this replica has just taken over, with its
+    /// state recovered from storage. False (nothing started) if the name is here already.
+    pub async fn adopt(
+        &self,
+        record: QueueRecord,
+        table: MessageTable,
+        deduplication_ids: RecoveredIds,
+    ) -> bool {
+        let _guard = self.lifecycle.lock().await;
+        if self.read().contains_key(&record.name) {
+            return false;
+        }
+        let name = record.name.clone();
+        let handle = QueueHandle::spawn_recovered(
+            record,
+            table,
+            deduplication_ids,
+            self.context.clone(),
+            &self.tracker,
+        );
+        self.write().insert(name, handle);
+        true
+    }
+
+    /// Cluster mode: takes a queue out of the set (it moves to another replica); the caller
+    /// stops its actor with [`QueueHandle::hand_off`].
+    pub async fn take(&self, name: &str) -> Option<QueueHandle> {
+        let _guard = self.lifecycle.lock().await;
+        self.write().remove(name)
+    }
+
+    /// Whether the queue `name` is served here.
+    pub fn contains(&self, name: &str) -> bool {
+        self.read().contains_key(name)
+    }
+
+    /// The names of the queues served here.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     /// How many queues exist.
@@ -158,6 +231,14 @@ impl Registry {
         let Some(policy) = policy else {
             return Ok(());
         };
+        if self.cluster_mode.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(QueueError::InvalidArgument(
+                "attributes.dead_letter_policy: dead-letter queues are not available in cluster \
+                 mode yet (a queue and its dead-letter queue may have different owners); see \
+                 docs/deploy.md"
+                    .into(),
+            ));
+        }
         let target = &policy.dead_letter_queue;
         if target == name {
             return Err(QueueError::InvalidArgument(format!(
@@ -360,7 +441,7 @@ fn recover_tables(
             messages = ids.len(),
             "stored messages of a deleted queue; skipped, and removed"
         );
-        remove_in_slices(storage, &ids);
+        remove_in_slices(storage, queue_id, &ids);
     }
     Ok(tables)
 }

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::clock::Clock;
+use crate::cluster::Cluster;
+use crate::cluster::join::{ClusterSettings, DriverControls, QueueSettings, join};
+use crate::cluster::routing::Routed;
 use crate::config::Settings;
 use crate::disk::{DiskGuard, DiskLimits};
 use crate::grpc::QueueServiceImpl;
@@ -138,9 +141,18 @@ pub async fn run(
                     "data_dir is not used: the queues are kept in PostgreSQL"
                 );
             }
+            let listen_port = listener.local_addr().map(|addr| addr.port()).unwrap_or(0);
+            let cluster = settings
+                .advertise_address
+                .as_deref()
+                .map(|address| ClusterSettings {
+                    advertise_address: crate::config::advertised(address, listen_port),
+                    member_ttl: settings.member_ttl(),
+                });
             Opener::Postgres {
                 options: Box::new(options),
                 schema,
+                cluster,
             }
         }
     };
@@ -148,9 +160,11 @@ pub async fn run(
     // Serve at once, so probes get answers while the queues are recovered: the queue service
     // is NOT_SERVING (and its calls UNAVAILABLE) until the registry is in place.
     let registry: Arc<OnceLock<Arc<Registry>>> = Arc::default();
+    let cluster: Arc<OnceLock<Arc<Cluster>>> = Arc::default();
+    let cluster_controls: Arc<Mutex<Option<DriverControls>>> = Arc::default();
     let storage_slot: Arc<Mutex<Option<Arc<dyn Storage>>>> = Arc::default();
     let (health, health_service) = health::health_service();
-    health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
+    health.set_not_serving::<QueueServiceServer<Routed>>();
     let stopping = CancellationToken::new();
     // Told when storage can no longer be trusted after recovery (PostgreSQL's lock lost).
     let (storage_lost, mut storage_lost_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -163,6 +177,8 @@ pub async fn run(
             body_cache_bytes: settings.body_cache_bytes(),
             stopping: stopping.clone(),
             storage_lost,
+            cluster: cluster.clone(),
+            cluster_controls: cluster_controls.clone(),
         },
         storage_slot.clone(),
         registry.clone(),
@@ -217,12 +233,12 @@ pub async fn run(
         }
         None => (None, None),
     };
-    // One implementation for both ports: the HTTP APIs (src/http) call it in process.
-    let service_impl = Arc::new(QueueServiceImpl::new(
+    // One implementation for both ports: the HTTP APIs (src/http) call it in process, routed
+    // (cluster mode: forwarded to a queue's owner) as gRPC calls are.
+    let service_impl = Arc::new(Routed::new(
+        QueueServiceImpl::new(registry.clone(), stopping.clone(), receive_limits, disk),
+        cluster.clone(),
         registry.clone(),
-        stopping.clone(),
-        receive_limits,
-        disk,
     ));
     let queue_service = crate::otel::Traced::new(
         Observed::new(
@@ -241,10 +257,26 @@ pub async fn run(
     // Decide → tell: readiness drops first, so load balancers stop sending new calls.
     let trigger = stopping.clone();
     let stop_health = health.clone();
+    let shutdown_grace = settings.shutdown_grace();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
-        health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
+        // Cluster mode: the queues move to the other replicas first, this one still serving
+        // (and forwarding) meanwhile, so clients see at most a retryable UNAVAILABLE.
+        let controls = cluster_controls
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        health.set_not_serving::<QueueServiceServer<Routed>>();
+        if let Some(controls) = controls {
+            controls.leaving.cancel();
+            if tokio::time::timeout(shutdown_grace, controls.left)
+                .await
+                .is_err()
+            {
+                tracing::warn!(grace = ?shutdown_grace, "queues still being handed off after the shutdown grace; stopping anyway");
+            }
+        }
         trigger.cancel();
     });
 
@@ -395,7 +427,7 @@ pub async fn run(
                 if let Err(error) = outcome {
                     tracing::error!(%error, "recovery failed; stopping");
                     recovery_error = Some(error);
-                    stop_health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
+                    stop_health.set_not_serving::<QueueServiceServer<Routed>>();
                     stopping.cancel();
                 }
             }
@@ -403,7 +435,7 @@ pub async fn run(
                 // Serving on would risk two writers on one schema: stop instead.
                 tracing::error!(%error, "storage lost; stopping");
                 recovery_error.get_or_insert(error);
-                stop_health.set_not_serving::<QueueServiceServer<QueueServiceImpl>>();
+                stop_health.set_not_serving::<QueueServiceServer<Routed>>();
                 stopping.cancel();
             }
         }
@@ -437,6 +469,8 @@ enum Opener {
     Postgres {
         options: Box<ConnectOptions>,
         schema: String,
+        /// Set in cluster mode.
+        cluster: Option<ClusterSettings>,
     },
 }
 
@@ -450,6 +484,9 @@ struct Recovery {
     /// Ends the attempts to reach PostgreSQL when the server stops first.
     stopping: CancellationToken,
     storage_lost: tokio::sync::mpsc::UnboundedSender<StorageError>,
+    /// Cluster mode: filled once this replica has joined.
+    cluster: Arc<OnceLock<Arc<Cluster>>>,
+    cluster_controls: Arc<Mutex<Option<DriverControls>>>,
 }
 
 /// Opens the storage (for PostgreSQL, trying until it answers), reads every queue back from
@@ -463,15 +500,36 @@ async fn recover(
 ) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
     let mut backoff = postgres::FIRST_BACKOFF;
+    if let Opener::Postgres {
+        options,
+        schema,
+        cluster: Some(cluster),
+    } = &recovery.opener
+    {
+        return join_cluster(
+            &recovery,
+            options,
+            schema,
+            cluster,
+            storage_slot,
+            slot,
+            ready,
+            health,
+        )
+        .await;
+    }
     let registry = loop {
         let storage = match &recovery.opener {
             Opener::Ready(storage) => storage.clone(),
-            Opener::Postgres { options, schema } => {
+            Opener::Postgres {
+                options, schema, ..
+            } => {
                 let opened = tokio::select! {
                     opened = PostgresStorage::open(
                         (**options).clone(),
                         schema.clone(),
                         recovery.metrics.clone(),
+                        None,
                     ) => opened,
                     () = recovery.stopping.cancelled() => return Ok(()),
                 };
@@ -528,11 +586,73 @@ async fn recover(
     let queues = registry.len();
     // Only this task fills the slot, once.
     let _ = slot.set(Arc::new(registry));
-    health.set_serving::<QueueServiceServer<QueueServiceImpl>>();
+    health.set_serving::<QueueServiceServer<Routed>>();
     tracing::info!(queues, elapsed = ?started.elapsed(), "recovered; serving");
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
+    Ok(())
+}
+
+/// Cluster mode's start: joins (trying until PostgreSQL answers), then starts the heartbeat
+/// and ownership task, which turns the queue service SERVING once this replica is a member.
+#[allow(clippy::too_many_arguments)]
+async fn join_cluster(
+    recovery: &Recovery,
+    options: &ConnectOptions,
+    schema: &str,
+    settings: &ClusterSettings,
+    storage_slot: Arc<Mutex<Option<Arc<dyn Storage>>>>,
+    slot: Arc<OnceLock<Arc<Registry>>>,
+    ready: Option<oneshot::Sender<()>>,
+    health: HealthReporter,
+) -> Result<(), StorageError> {
+    let mut backoff = postgres::FIRST_BACKOFF;
+    let (joined, controls) = loop {
+        let joining = join(
+            options,
+            schema,
+            settings,
+            recovery.metrics.clone(),
+            QueueSettings {
+                clock: recovery.clock.clone(),
+                max_queues: recovery.max_queues,
+                body_cache_bytes: recovery.body_cache_bytes,
+            },
+            health.clone(),
+        );
+        let joined = tokio::select! {
+            joined = joining => joined,
+            () = recovery.stopping.cancelled() => return Ok(()),
+        };
+        match joined {
+            Ok(joined) => break joined,
+            Err(StorageError::Io(error)) => {
+                tracing::warn!(%error, retry_in = ?backoff, "cannot join the cluster yet; the queue service stays NOT_SERVING");
+                if wait_or_stop(&recovery.stopping, &mut backoff).await {
+                    return Ok(());
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let lost = joined.storage.lost();
+    let storage_lost = recovery.storage_lost.clone();
+    tokio::spawn(async move {
+        let _ = storage_lost.send(lost.wait().await);
+    });
+    if let Ok(mut stored) = storage_slot.lock() {
+        *stored = Some(joined.storage.clone());
+    }
+    let _ = recovery.cluster.set(joined.cluster);
+    let _ = slot.set(joined.registry);
+    if let Ok(mut stored) = recovery.cluster_controls.lock() {
+        *stored = Some(controls);
+    }
+    // The driver says ready once this replica is a member and SERVING.
+    let mut driver = joined.driver;
+    driver.ready = ready;
+    tokio::spawn(driver.run());
     Ok(())
 }
 

@@ -5,7 +5,7 @@ import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/prot
 
 import { describe, setToken, spool, token } from "./api.js";
 import { fillFields, readFields, renderFields } from "./attributes.js";
-import type { Queue } from "./gen/spool/v1/queue_pb.js";
+import type { PeekedMessage, Queue } from "./gen/spool/v1/queue_pb.js";
 
 /** How often the counters refresh while the page is visible. */
 const REFRESH_MS = 2_000;
@@ -148,12 +148,54 @@ function renderQueue(queue: Queue): void {
 }
 
 /**
- * Where the queue's dead letters go and which queues send theirs here. The API does not
- * describe dead-letter policies yet; once `Queue` carries one, this fills #dead-letter with
- * links (`#queue/<name>`) and shows it.
+ * Where the queue's dead letters go, and which queues send theirs here (then it is a dead-letter
+ * queue, and the redrive form is shown). Queue names are links to their pages.
  */
-function renderDeadLetter(_queue: Queue): void {
-  element<HTMLElement>("dead-letter").hidden = true;
+function renderDeadLetter(queue: Queue): void {
+  const section = element<HTMLElement>("dead-letter");
+  const target = element<HTMLParagraphElement>("dead-letter-target");
+  const policy = queue.attributes?.deadLetterPolicy;
+  if (policy && policy.deadLetterQueue !== "") {
+    const rules = [`after ${policy.maxReceiveCount} receive${policy.maxReceiveCount === 1 ? "" : "s"}`];
+    if (policy.maxTimeToLiveSeconds > 0) rules.push(`${policy.maxTimeToLiveSeconds} s after the send`);
+    replaceWithLinks(target, "Messages not processed go to ", [policy.deadLetterQueue], ` (${rules.join(", or ")}).`);
+  } else {
+    target.textContent = "No dead-letter policy: messages are delivered again until deleted or expired.";
+  }
+  section.hidden = false;
+  const name = queue.name;
+  spool
+    .listDeadLetterSourceQueues({ queueName: name })
+    .then((answer) => {
+      if (selected() !== name) return;
+      const sources = element<HTMLParagraphElement>("dead-letter-sources");
+      const redrive = element<HTMLFormElement>("redrive-form");
+      if (answer.queueNames.length === 0) {
+        sources.textContent = "No queue sends its dead letters here.";
+        redrive.hidden = true;
+      } else {
+        replaceWithLinks(sources, "Dead letters of ", answer.queueNames, " arrive here.");
+        redrive.hidden = false;
+      }
+    })
+    .catch(complain);
+}
+
+/** Sets `paragraph` to `before`, the queue names as links (comma-separated), then `after`. */
+function replaceWithLinks(paragraph: HTMLElement, before: string, names: string[], after: string): void {
+  const parts: (string | Node)[] = [before];
+  names.forEach((name, index) => {
+    if (index > 0) parts.push(", ");
+    const link = document.createElement("a");
+    link.href = `#queue/${encodeURIComponent(name)}`;
+    link.textContent = name;
+    parts.push(link);
+  });
+  parts.push(after);
+  const same =
+    paragraph.textContent === parts.map((part) => (typeof part === "string" ? part : part.textContent)).join("");
+  // Left alone when unchanged, so a focused link keeps its focus across refreshes.
+  if (!same) paragraph.replaceChildren(...parts);
 }
 
 /** Shows the list or one queue, as the hash says; a queue's fields are filled on arrival. */
@@ -323,13 +365,27 @@ onSubmit("peek-form", async () => {
     const body = document.createElement("td");
     body.className = "body";
     body.textContent = showBody(message.body);
-    row.append(id, enqueued, dequeues, body);
+    const details = document.createElement("td");
+    details.className = "details";
+    details.textContent = describeMessage(message);
+    row.append(id, enqueued, dequeues, body, details);
     return row;
   });
   (table.tBodies[0] as HTMLTableSectionElement).replaceChildren(...rows);
   table.hidden = false;
   return rows.length === 0 ? "No visible message to peek at." : `Peeked at ${rows.length} message${rows.length === 1 ? "" : "s"}.`;
 });
+
+/** A peeked message's attributes and, once dead-lettered, where it came from. */
+function describeMessage(message: PeekedMessage): string {
+  const parts = Object.entries(message.attributes)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([key, value]) => `${key}=${value}`);
+  if (message.deadLetterSourceQueue !== "") {
+    parts.push(`dead-lettered from ${message.deadLetterSourceQueue} after ${message.deadLetterReceiveCount} receives`);
+  }
+  return parts.join("; ");
+}
 
 /** A body as text when it is UTF-8, else its size and first bytes in hex; cut when long. */
 function showBody(body: Uint8Array): string {
@@ -366,6 +422,22 @@ onSubmit("rewind-form", async () => {
   const rewound = await spool.rewindQueue({ queueName: name, startTime: timestampFromDate(start) });
   void refresh();
   return `Rewound ${name}: ${rewound.restoredMessages} message${rewound.restoredMessages === 1n ? "" : "s"} receivable again.`;
+});
+
+onSubmit("redrive-form", async () => {
+  const name = currentQueue();
+  const destination = element<HTMLInputElement>("redrive-destination").value.trim();
+  const where = destination === "" ? "back to the queue each came from" : `to ${destination}`;
+  const sure = await confirmAction(
+    `Redrive ${name}?`,
+    `Every visible message of ${name} moves ${where}, oldest first, and consumers there will receive it again.`,
+    "Redrive",
+  );
+  if (!sure) return null;
+  const moved = await spool.redriveMessages({ queueName: name, destinationQueue: destination, maxMessages: 0 });
+  void refresh();
+  const skipped = moved.skippedMessages > 0n ? `; ${moved.skippedMessages} stayed (their source queue is gone)` : "";
+  return `Redrove ${moved.redrivenMessages} message${moved.redrivenMessages === 1n ? "" : "s"} from ${name}${skipped}.`;
 });
 
 element("purge").addEventListener("click", () => {

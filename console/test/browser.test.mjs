@@ -37,31 +37,7 @@ const browserFound = browserBinary();
 const skip = spool.skip ?? browserFound.skip;
 
 test("the console creates, sends, shows live counters, peeks, purges and deletes", { skip }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "spool-console-test-"));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const authFile = join(dir, "principals.toml");
-  const digest = createHash("sha256").update(TOKEN).digest("hex");
-  writeFileSync(
-    authFile,
-    `[[principals]]\nname = "console"\ntoken_sha256 = "${digest}"\n` +
-      `[[principals.grants]]\nqueues = "*"\nactions = ["send", "receive", "admin"]\n`,
-  );
-  const server = await startServer(spool.binary, { extraArgs: ["--auth-file", authFile] });
-  t.after(() => server.stop());
-  const browser = await chromium.launch({
-    executablePath: browserFound.path,
-    // Root in CI containers: Chromium's sandbox needs user namespaces it may not have.
-    args: ["--no-sandbox"],
-  });
-  t.after(() => browser.close());
-  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
-  const troubles = [];
-  page.on("pageerror", (error) => troubles.push(`page error: ${error.message}`));
-  page.on("console", (message) => {
-    if (message.type() === "error") troubles.push(`console: ${message.text()}`);
-  });
-  page.on("requestfailed", (request) => troubles.push(`request failed: ${request.url()} ${request.failure()?.errorText}`));
-  page.setDefaultTimeout(SHOWN_MS);
+  const { server, page, troubles } = await openConsole(t, { token: false });
 
   await page.goto(`${server.endpoint}/`);
   assert.equal(new URL(page.url()).pathname, "/console/", "/ leads to the console");
@@ -137,6 +113,88 @@ test("the console creates, sends, shows live counters, peeks, purges and deletes
 
   assert.deepEqual(troubles, []);
 });
+
+test("the console sets a dead-letter policy, links the queues and redrives", { skip }, async (t) => {
+  const { server, page, troubles } = await openConsole(t);
+  const run = (...args) =>
+    promisify(execFile)(spool.binary, [args[0], "--endpoint", server.endpoint, ...args.slice(1)], {
+      env: { ...process.env, SPOOL_TOKEN: TOKEN },
+    });
+  const runQueue = (...args) =>
+    promisify(execFile)(spool.binary, ["queue", args[0], "--endpoint", server.endpoint, ...args.slice(1)], {
+      env: { ...process.env, SPOOL_TOKEN: TOKEN },
+    });
+  await runQueue("create", "orders");
+  await runQueue("create", "orders-dead");
+
+  // The policy is set in the attributes form, and the page links both ways.
+  await page.goto(`${server.endpoint}/console/#queue/orders`);
+  await page.getByRole("heading", { name: "orders", level: 2 }).waitFor();
+  const form = page.locator("#update-form");
+  await form.getByLabel("Dead-letter queue").fill("orders-dead");
+  await form.getByLabel("Max receives").fill("1");
+  await form.getByRole("button", { name: "Update" }).click();
+  await page.getByRole("status").filter({ hasText: "Updated orders." }).waitFor();
+  await page.locator("#dead-letter-target").getByRole("link", { name: "orders-dead" }).waitFor();
+
+  // One receive without a delete, then the next receive moves the message instead.
+  await run("send", "orders", "will fail");
+  await run("receive", "orders", "--visibility-timeout", "1");
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  await run("receive", "orders", "--wait", "0");
+
+  await page.locator("#dead-letter-target").getByRole("link", { name: "orders-dead" }).click();
+  await page.getByRole("heading", { name: "orders-dead", level: 2 }).waitFor();
+  await page.locator("#dead-letter-sources").getByRole("link", { name: "orders" }).waitFor();
+  await waitForText(page.locator('#queue-stats dd[data-term="Visible"]'), "1");
+  await page.getByRole("button", { name: "Peek" }).click();
+  const peeked = page.locator("#peek-table tbody tr");
+  await waitForCount(peeked, 1);
+  assert.match(await peeked.nth(0).textContent(), /dead-lettered from orders after 1 receives/);
+
+  // Redrive asks first, then moves it back where it came from.
+  await page.getByRole("button", { name: "Redrive…" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Redrive", exact: true }).click();
+  await page.getByRole("status").filter({ hasText: "Redrove 1 message from orders-dead." }).waitFor();
+  await waitForText(page.locator('#queue-stats dd[data-term="Visible"]'), "0");
+  const back = JSON.parse((await run("receive", "orders", "--wait", "5")).stdout.trim().split("\n")[0]);
+  assert.equal(back.body, "will fail");
+
+  assert.deepEqual(troubles, []);
+});
+
+/**
+ * A server with an auth file, and a Chromium page on its console (with the token in the tab's
+ * session storage unless `token: false`), its script errors and failed requests collected.
+ */
+async function openConsole(t, { token = true } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), "spool-console-test-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const authFile = join(dir, "principals.toml");
+  const digest = createHash("sha256").update(TOKEN).digest("hex");
+  writeFileSync(
+    authFile,
+    `[[principals]]\nname = "console"\ntoken_sha256 = "${digest}"\n` +
+      `[[principals.grants]]\nqueues = "*"\nactions = ["send", "receive", "admin"]\n`,
+  );
+  const server = await startServer(spool.binary, { extraArgs: ["--auth-file", authFile] });
+  t.after(() => server.stop());
+  const browser = await chromium.launch({ executablePath: browserFound.path, args: ["--no-sandbox"] });
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  const troubles = [];
+  page.on("pageerror", (error) => troubles.push(`page error: ${error.message}`));
+  page.on("console", (message) => {
+    if (message.type() === "error") troubles.push(`console: ${message.text()}`);
+  });
+  page.on("requestfailed", (request) => troubles.push(`request failed: ${request.url()} ${request.failure()?.errorText}`));
+  page.setDefaultTimeout(SHOWN_MS);
+  if (token) {
+    await page.goto(`${server.endpoint}/console/`);
+    await page.evaluate((value) => sessionStorage.setItem("spool.token", value), TOKEN);
+  }
+  return { server, page, troubles };
+}
 
 async function waitForText(locator, text) {
   const deadline = Date.now() + SHOWN_MS;

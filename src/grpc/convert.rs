@@ -79,15 +79,9 @@ pub fn attributes(a: &QueueAttributes) -> pb::QueueAttributes {
 /// A message's attributes and dead-letter origin, as every message the API returns has them.
 fn message_meta(payload: &Payload) -> (std::collections::HashMap<String, String>, String, u32) {
     let attributes = payload
-        .meta
-        .as_ref()
-        .map(|meta| {
-            meta.attributes
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+        .delivered_attributes()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
     let (source, receive_count) = payload
         .dead_letter
         .as_ref()

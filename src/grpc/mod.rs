@@ -2,8 +2,8 @@
 //! the health service, the auth layer, and the request size limit's answer.
 
 pub mod auth;
-mod convert;
-mod deadline;
+pub(crate) mod convert;
+pub mod deadline;
 pub mod health;
 pub mod layer;
 pub mod observe;
@@ -11,4 +11,4 @@ pub mod receive_stream;
 mod service;
 pub mod status;
 
-pub use service::QueueServiceImpl;
+pub use service::{ConsumerRequests, QueueServiceImpl};

@@ -10,6 +10,10 @@
 //!   (`--max-response-buffer-bytes`) until the stream is polled again (the client took it and
 //!   made room) or dropped. A message that finds no room waits for it up to the stall timeout,
 //!   then the stream ends RESOURCE_EXHAUSTED and its messages go back to visible.
+//! - **Slow clients**: a receive that has waited on its client for [`RELEASE_UNSENT_AFTER`]
+//!   gives back the messages it claimed and has not sent (their bodies freed) and ends after
+//!   what it sent, so a stalled reader holds their bodies for seconds, not for the stall
+//!   timeout. (A consumer stream keeps its turn's messages until the stall timeout.)
 //! - **Stalls**: a watchdog task per stream ends the receive when the stream has waited on its
 //!   client for `--stream-stall-timeout-seconds`: the [`Receiving`] is dropped, so the messages
 //!   claimed and not handed out are visible again at once, not at their visibility timeout.
@@ -30,12 +34,20 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
 use super::convert;
+use crate::error::QueueError;
 use crate::logsafe::REFUSALS;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::queue::Receiving;
 use crate::queue::receiving::Delivered;
 use crate::receipt::ReceiptKey;
+
+/// How long a receive may wait on its client before the messages it claimed and has not sent
+/// are given back (visible again, their bodies freed), the receive then ending after what it
+/// sent: a client that cannot take one message in this time is not keeping up, and others can
+/// take those messages meanwhile. (The stall timeout, later, ends the stream.) A receive is
+/// "up to max_messages", so this changes no promise.
+pub const RELEASE_UNSENT_AFTER: Duration = Duration::from_secs(2);
 
 /// The server-wide limits of receive streams; one per server, shared by every call.
 pub struct ReceiveLimits {
@@ -69,22 +81,24 @@ impl ReceiveLimits {
     pub fn open_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.open.clone().try_acquire_owned().map_err(|_| {
             self.metrics.limit_refused("max_waiting_receives");
-            Status::resource_exhausted(format!(
-                "the server has {} receives open, its max_waiting_receives; retry later",
+            Status::from(QueueError::ReceiveLimit(format!(
+                "the server has {} receives and consumer streams open, its \
+                 --max-waiting-receives; retry later",
                 self.max_open
-            ))
+            )))
         })
     }
 
-    /// The response stream of `receiving`, holding `slot` until it is dropped.
-    pub fn stream(
+    /// The response stream of `deliveries` (a receive, a consumer stream), holding `slot`
+    /// until it is dropped.
+    pub fn stream<D: Deliveries>(
         &self,
-        receiving: Receiving,
+        deliveries: D,
         receipt_key: ReceiptKey,
         slot: OwnedSemaphorePermit,
-    ) -> ReceiveStream {
+    ) -> GuardedStream<D> {
         let shared = Arc::new(Shared {
-            receiving: Mutex::new(Some(receiving)),
+            deliveries: Mutex::new(Some(deliveries)),
             // Until hyper polls it first: a client whose window is shut from the start never
             // lets it.
             waiting_on_client: Mutex::new(Some(Instant::now())),
@@ -95,7 +109,7 @@ impl ReceiveLimits {
             self.stall_timeout,
             self.metrics.clone(),
         ));
-        ReceiveStream {
+        GuardedStream {
             shared,
             receipt_key,
             ended: false,
@@ -109,10 +123,63 @@ impl ReceiveLimits {
     }
 }
 
+/// What a [`GuardedStream`] hands to the network: the queue-side stream of a receive
+/// ([`Received`]) or of a consumer stream (`grpc::service::ConsumeStream`). Dropping it must
+/// release what it claimed and has not handed out.
+pub trait Deliveries: Send + 'static {
+    /// What it yields, before conversion to protobuf.
+    type Item: Send + Unpin + 'static;
+    /// The response message of the call.
+    type Message;
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Self::Item, Status>>>;
+    /// The bytes an item holds while the network has it (at least 1).
+    fn held_bytes(item: &Self::Item) -> usize;
+    /// Makes the messages of an item that could not be handed out visible again at once.
+    fn give_back(&self, item: &Self::Item);
+    fn message(item: Self::Item, receipt_key: &ReceiptKey) -> Self::Message;
+    /// Gives back what was claimed and not handed out, if it can do so and go on (the client
+    /// has stopped reading for [`RELEASE_UNSENT_AFTER`]). By default it cannot: the stall
+    /// timeout releases them.
+    fn release_unsent(&mut self) {}
+}
+
+/// The messages of one ReceiveMessages call.
+pub struct Received(pub Receiving);
+
+impl Deliveries for Received {
+    type Item = Delivered;
+    type Message = pb::ReceivedMessage;
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivered, Status>>> {
+        use futures_util::StreamExt as _;
+        self.0
+            .poll_next_unpin(cx)
+            .map(|item| item.map(|result| result.map_err(Status::from)))
+    }
+
+    fn held_bytes(item: &Delivered) -> usize {
+        item.payload.size().max(1)
+    }
+
+    fn give_back(&self, item: &Delivered) {
+        self.0.give_back_delivered(item);
+    }
+
+    fn message(item: Delivered, receipt_key: &ReceiptKey) -> pb::ReceivedMessage {
+        convert::received(&item.message, item.payload, receipt_key)
+    }
+
+    /// The receive ends after what was handed out; the rest is visible again and its bodies
+    /// are freed.
+    fn release_unsent(&mut self) {
+        self.0.release_unsent();
+    }
+}
+
 /// What the stream and its watchdog share.
-struct Shared {
+struct Shared<D> {
     /// Taken (and dropped, releasing its messages) by the watchdog on a stall.
-    receiving: Mutex<Option<Receiving>>,
+    deliveries: Mutex<Option<D>>,
     /// Since when the stream has handed out a message and not been polled again.
     waiting_on_client: Mutex<Option<Instant>>,
     /// Set by the watchdog when it ended the receive.
@@ -122,16 +189,17 @@ struct Shared {
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// A message waiting for room in the response budget.
-struct Waiting {
-    delivered: Delivered,
+struct Waiting<T> {
+    item: T,
     acquire: Acquire,
     give_up: Pin<Box<Sleep>>,
 }
 
-/// The response stream of ReceiveMessages: the queue's [`Receiving`] in protobuf, within the
-/// limits above. (Its outcome is measured by `grpc::observe`, from the trailers.)
-pub struct ReceiveStream {
-    shared: Arc<Shared>,
+/// The response stream of ReceiveMessages and StreamMessages: the queue's deliveries in
+/// protobuf, within the limits above. (Its outcome is measured by `grpc::observe`, from the
+/// trailers.)
+pub struct GuardedStream<D: Deliveries> {
+    shared: Arc<Shared<D>>,
     receipt_key: ReceiptKey,
     /// Whether it has ended (an error is its last item).
     ended: bool,
@@ -140,41 +208,40 @@ pub struct ReceiveStream {
     /// The budget of the last message handed to the network, until the next poll.
     held: Option<OwnedSemaphorePermit>,
     buffer: Arc<Semaphore>,
-    waiting: Option<Waiting>,
+    waiting: Option<Waiting<D::Item>>,
     stall_timeout: Duration,
     metrics: Arc<Metrics>,
 }
+
+/// The response stream of ReceiveMessages.
+pub type ReceiveStream = GuardedStream<Received>;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock means a panic while swapping a value: the value is whole.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl ReceiveStream {
-    fn end(&mut self, status: Status) -> Poll<Option<Result<pb::ReceivedMessage, Status>>> {
+impl<D: Deliveries> GuardedStream<D> {
+    fn end(&mut self, status: Status) -> Poll<Option<Result<D::Message, Status>>> {
         self.ended = true;
-        // Dropping the receive releases what it still holds.
-        drop(lock(&self.shared.receiving).take());
+        // Dropping the deliveries releases what they still hold.
+        drop(lock(&self.shared.deliveries).take());
         Poll::Ready(Some(Err(status)))
     }
 
     fn hand_out(
         &mut self,
-        delivered: Delivered,
+        item: D::Item,
         permit: OwnedSemaphorePermit,
-    ) -> Poll<Option<Result<pb::ReceivedMessage, Status>>> {
+    ) -> Poll<Option<Result<D::Message, Status>>> {
         self.held = Some(permit);
         *lock(&self.shared.waiting_on_client) = Some(Instant::now());
-        Poll::Ready(Some(Ok(convert::received(
-            &delivered.message,
-            delivered.payload,
-            &self.receipt_key,
-        ))))
+        Poll::Ready(Some(Ok(D::message(item, &self.receipt_key))))
     }
 }
 
-impl tokio_stream::Stream for ReceiveStream {
-    type Item = Result<pb::ReceivedMessage, Status>;
+impl<D: Deliveries> tokio_stream::Stream for GuardedStream<D> {
+    type Item = Result<D::Message, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -185,11 +252,11 @@ impl tokio_stream::Stream for ReceiveStream {
         this.held = None;
         *lock(&this.shared.waiting_on_client) = None;
         if this.shared.stalled.load(Ordering::Acquire) {
-            return this.end(Status::resource_exhausted(format!(
+            return this.end(Status::from(QueueError::ReceiveLimit(format!(
                 "the stream was ended: its client read nothing for {:?} \
                  (--stream-stall-timeout-seconds); its other messages were released",
                 this.stall_timeout
-            )));
+            ))));
         }
         if let Some(waiting) = &mut this.waiting {
             match waiting.acquire.as_mut().poll(cx) {
@@ -197,7 +264,7 @@ impl tokio_stream::Stream for ReceiveStream {
                     let Some(waiting) = this.waiting.take() else {
                         unreachable!("matched Some above");
                     };
-                    return this.hand_out(waiting.delivered, permit);
+                    return this.hand_out(waiting.item, permit);
                 }
                 // The semaphore is never closed.
                 Poll::Ready(Err(_)) | Poll::Pending => {}
@@ -206,9 +273,9 @@ impl tokio_stream::Stream for ReceiveStream {
                 return Poll::Pending;
             }
             if let Some(waiting) = this.waiting.take()
-                && let Some(receiving) = lock(&this.shared.receiving).as_ref()
+                && let Some(deliveries) = lock(&this.shared.deliveries).as_ref()
             {
-                receiving.give_back_delivered(&waiting.delivered);
+                deliveries.give_back(&waiting.item);
             }
             this.metrics.limit_refused("response_buffer");
             if REFUSALS.allow("response_buffer") {
@@ -217,28 +284,28 @@ impl tokio_stream::Stream for ReceiveStream {
                      see --max-response-buffer-bytes"
                 );
             }
-            return this.end(Status::resource_exhausted(
+            return this.end(Status::from(QueueError::ReceiveLimit(
                 "the server's response buffer is full (--max-response-buffer-bytes); the \
-                 messages were released, retry later",
-            ));
+                 messages were released, retry later"
+                    .into(),
+            )));
         }
         let polled = {
-            let mut receiving = lock(&this.shared.receiving);
-            match receiving.as_mut() {
-                Some(receiving) => Pin::new(receiving).poll_next(cx),
+            let mut deliveries = lock(&this.shared.deliveries);
+            match deliveries.as_mut() {
+                Some(deliveries) => deliveries.poll_item(cx),
                 None => Poll::Ready(None),
             }
         };
         match polled {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(delivered))) => {
-                // At least 1: an empty body still holds its place.
-                let size = u32::try_from(delivered.payload.size().max(1)).unwrap_or(u32::MAX);
+            Poll::Ready(Some(Ok(item))) => {
+                let size = u32::try_from(D::held_bytes(&item).max(1)).unwrap_or(u32::MAX);
                 match this.buffer.clone().try_acquire_many_owned(size) {
-                    Ok(permit) => this.hand_out(delivered, permit),
+                    Ok(permit) => this.hand_out(item, permit),
                     Err(_) => {
                         this.waiting = Some(Waiting {
-                            delivered,
+                            item,
                             acquire: Box::pin(this.buffer.clone().acquire_many_owned(size)),
                             give_up: Box::pin(tokio::time::sleep(this.stall_timeout)),
                         });
@@ -247,9 +314,9 @@ impl tokio_stream::Stream for ReceiveStream {
                     }
                 }
             }
-            Poll::Ready(Some(Err(error))) => {
+            Poll::Ready(Some(Err(status))) => {
                 this.ended = true;
-                Poll::Ready(Some(Err(Status::from(error))))
+                Poll::Ready(Some(Err(status)))
             }
             Poll::Ready(None) => {
                 this.ended = true;
@@ -259,10 +326,17 @@ impl tokio_stream::Stream for ReceiveStream {
     }
 }
 
-/// Ends the receive of a stream that waits on its client for `timeout`; returns when the
-/// stream is gone or ended.
-async fn watchdog(shared: Weak<Shared>, timeout: Duration, metrics: Arc<Metrics>) {
-    let mut next_check = Instant::now() + timeout;
+/// Watches a stream that waits on its client: after [`RELEASE_UNSENT_AFTER`] (or the stall
+/// timeout, if shorter) it gives back what the receive has not sent, and after `timeout` it
+/// ends the receive; returns when the stream is gone or ended.
+async fn watchdog<D: Deliveries>(
+    shared: Weak<Shared<D>>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let release_after = RELEASE_UNSENT_AFTER.min(timeout);
+    let mut released = false;
+    let mut next_check = Instant::now() + release_after;
     loop {
         tokio::time::sleep_until(next_check).await;
         let Some(shared) = shared.upgrade() else {
@@ -271,12 +345,12 @@ async fn watchdog(shared: Weak<Shared>, timeout: Duration, metrics: Arc<Metrics>
         let since = *lock(&shared.waiting_on_client);
         match since {
             Some(since) if since.elapsed() >= timeout => {
-                let receiving = lock(&shared.receiving).take();
-                if receiving.is_none() {
+                let deliveries = lock(&shared.deliveries).take();
+                if deliveries.is_none() {
                     return; // it ended by itself
                 }
                 shared.stalled.store(true, Ordering::Release);
-                drop(receiving);
+                drop(deliveries);
                 metrics.limit_refused("stalled_stream");
                 if REFUSALS.allow("stalled_stream") {
                     tracing::info!(
@@ -286,10 +360,19 @@ async fn watchdog(shared: Weak<Shared>, timeout: Duration, metrics: Arc<Metrics>
                 }
                 return;
             }
-            Some(since) => next_check = since + timeout,
-            None => next_check = Instant::now() + timeout,
+            Some(since) if since.elapsed() >= release_after => {
+                if !released {
+                    released = true;
+                    if let Some(deliveries) = lock(&shared.deliveries).as_mut() {
+                        deliveries.release_unsent();
+                    }
+                }
+                next_check = since + timeout;
+            }
+            Some(since) => next_check = since + release_after,
+            None => next_check = Instant::now() + release_after,
         }
-        if lock(&shared.receiving).is_none() {
+        if lock(&shared.deliveries).is_none() {
             return;
         }
     }

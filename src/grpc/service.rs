@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert;
 use super::deadline::client_budget;
-use super::receive_stream::{ReceiveLimits, ReceiveStream};
+use super::receive_stream::{Deliveries, GuardedStream, ReceiveLimits, ReceiveStream, Received};
 use crate::attributes::{QueueAttributes, check_range, validate_queue_name};
 use crate::auth::{Action, Caller};
 use crate::disk::DiskGuard;
@@ -26,6 +26,7 @@ use crate::limits::{
     MAX_REQUEST_BYTES, POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, check_queue_name,
 };
 use crate::logsafe::Shown;
+use crate::otel::SendTrace;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::queue::{
@@ -229,16 +230,20 @@ impl QueueService for QueueServiceImpl {
     ) -> RpcResult<pb::SendMessageResponse> {
         let result: RpcResult<pb::SendMessageResponse> = async {
             let caller = caller(&request)?;
+            let trace = request.extensions().get::<SendTrace>().copied();
             let request = request.into_inner();
             let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
             self.disk.check()?;
-            let message = convert::outgoing(
+            let mut message = convert::outgoing(
                 "",
                 request.body,
                 request.delay_seconds,
                 request.attributes,
                 request.deduplication_id,
             )?;
+            if let Some(trace) = trace {
+                message.payload = message.payload.with_trace_parent(trace.header());
+            }
             let ids = handle.send(vec![message]).await?;
             Ok(Response::new(pb::SendMessageResponse {
                 message_id: ids.first().map(u64::to_string).unwrap_or_default(),
@@ -255,19 +260,24 @@ impl QueueService for QueueServiceImpl {
     ) -> RpcResult<pb::BatchSendMessagesResponse> {
         let result: RpcResult<pb::BatchSendMessagesResponse> = async {
             let caller = caller(&request)?;
+            let trace = request.extensions().get::<SendTrace>().copied();
             let request = request.into_inner();
             let handle = self.queue(&caller, Action::Send, &request.queue_name)?;
             self.disk.check()?;
             batch_size("entries", request.entries.len())?;
             let mut messages = Vec::with_capacity(request.entries.len());
             for (index, entry) in request.entries.into_iter().enumerate() {
-                messages.push(convert::outgoing(
+                let mut message = convert::outgoing(
                     &format!("entries[{index}]."),
                     entry.body,
                     entry.delay_seconds,
                     entry.attributes,
                     entry.deduplication_id,
-                )?);
+                )?;
+                if let Some(trace) = trace {
+                    message.payload = message.payload.with_trace_parent(trace.header());
+                }
+                messages.push(message);
             }
             let ids = handle.send(messages).await?;
             Ok(Response::new(pb::BatchSendMessagesResponse {
@@ -321,7 +331,9 @@ impl QueueService for QueueServiceImpl {
                 )
                 .await?;
             let receipt_key = self.registry()?.receipt_key().clone();
-            let stream = self.receive_limits.stream(receiving, receipt_key, slot);
+            let stream = self
+                .receive_limits
+                .stream(Received(receiving), receipt_key, slot);
             let output: ReceiveMessagesStream = Box::pin(stream);
             Ok(Response::new(output))
         }
@@ -403,66 +415,12 @@ impl QueueService for QueueServiceImpl {
 
     type StreamMessagesStream = StreamMessagesStream;
 
-    #[tracing::instrument(name = "StreamMessages", skip_all, fields(queue = tracing::field::Empty))]
     async fn stream_messages(
         &self,
         request: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
     ) -> RpcResult<Self::StreamMessagesStream> {
-        let result: RpcResult<Self::StreamMessagesStream> = async {
-            let caller = caller(&request)?;
-            let mut requests = request.into_inner();
-            // Nothing is claimed before the first request names the queue.
-            let first = tokio::select! {
-                first = requests.message() => first?,
-                () = self.shutdown.cancelled() => return Err(QueueError::ShuttingDown.into()),
-            };
-            let Some(pb::stream_messages_request::Kind::Start(start)) =
-                first.and_then(|request| request.kind)
-            else {
-                return Err(QueueError::InvalidArgument(
-                    "the first request of StreamMessages must be a `start`".into(),
-                )
-                .into());
-            };
-            validate_queue_name(&start.queue_name)?;
-            tracing::Span::current().record("queue", start.queue_name.as_str());
-            let handle = self.queue(&caller, Action::Receive, &start.queue_name)?;
-            let max_outstanding = match start.max_outstanding_messages as usize {
-                0 => DEFAULT_MAX_OUTSTANDING_MESSAGES,
-                max => {
-                    check_range(
-                        "start.max_outstanding_messages",
-                        max,
-                        &MAX_OUTSTANDING_MESSAGES,
-                    )?;
-                    max
-                }
-            };
-            if let Some(visibility) = start.visibility_timeout_seconds {
-                check_range(
-                    "start.visibility_timeout_seconds",
-                    visibility,
-                    &VISIBILITY_TIMEOUT_SECONDS,
-                )?;
-            }
-            let consuming = handle.consume(
-                ConsumeSettings {
-                    max_outstanding,
-                    visibility_timeout_seconds: start.visibility_timeout_seconds,
-                },
-                self.shutdown.clone(),
-            );
-            let stream = ConsumeStream {
-                requests: Some(requests),
-                consuming,
-                receipt_key: self.registry()?.receipt_key().clone(),
-                ended: false,
-            };
-            let output: StreamMessagesStream = Box::pin(stream);
-            Ok(Response::new(output))
-        }
-        .await;
-        result
+        let caller = caller(&request)?;
+        self.consume(caller, Box::pin(request.into_inner())).await
     }
 
     #[tracing::instrument(name = "ChangeMessageVisibility", skip_all, fields(queue = %request.get_ref().queue_name))]
@@ -663,6 +621,78 @@ impl QueueService for QueueServiceImpl {
     }
 }
 
+impl QueueServiceImpl {
+    /// StreamMessages on the client's requests (cluster mode hands them over after reading the
+    /// first one itself, to find the queue).
+    #[tracing::instrument(name = "StreamMessages", skip_all, fields(queue = tracing::field::Empty))]
+    pub async fn consume(
+        &self,
+        caller: Caller,
+        mut requests: ConsumerRequests,
+    ) -> RpcResult<StreamMessagesStream> {
+        let result: RpcResult<StreamMessagesStream> = async {
+            // Nothing is claimed before the first request names the queue.
+            let first = tokio::select! {
+                first = futures_util::StreamExt::next(&mut requests) => first.transpose()?,
+                () = self.shutdown.cancelled() => return Err(QueueError::ShuttingDown.into()),
+            };
+            let Some(pb::stream_messages_request::Kind::Start(start)) =
+                first.and_then(|request| request.kind)
+            else {
+                return Err(QueueError::InvalidArgument(
+                    "the first request of StreamMessages must be a `start`".into(),
+                )
+                .into());
+            };
+            validate_queue_name(&start.queue_name)?;
+            tracing::Span::current().record("queue", start.queue_name.as_str());
+            let handle = self.queue(&caller, Action::Receive, &start.queue_name)?;
+            let max_outstanding = match start.max_outstanding_messages as usize {
+                0 => DEFAULT_MAX_OUTSTANDING_MESSAGES,
+                max => {
+                    check_range(
+                        "start.max_outstanding_messages",
+                        max,
+                        &MAX_OUTSTANDING_MESSAGES,
+                    )?;
+                    max
+                }
+            };
+            if let Some(visibility) = start.visibility_timeout_seconds {
+                check_range(
+                    "start.visibility_timeout_seconds",
+                    visibility,
+                    &VISIBILITY_TIMEOUT_SECONDS,
+                )?;
+            }
+            // A consumer stream is an open receive: it counts against --max-waiting-receives,
+            // its messages against the response budget, and it is ended when its client
+            // stops reading (`receive_stream`).
+            let slot = self.receive_limits.open_slot()?;
+            let receipt_key = self.registry()?.receipt_key().clone();
+            let consuming = handle.consume(
+                ConsumeSettings {
+                    max_outstanding,
+                    visibility_timeout_seconds: start.visibility_timeout_seconds,
+                },
+                self.shutdown.clone(),
+            );
+            let stream = ConsumeStream {
+                requests: Some(requests),
+                consuming,
+                queue: handle,
+                receipt_key: receipt_key.clone(),
+                ended: false,
+            };
+            let output: StreamMessagesStream =
+                Box::pin(self.receive_limits.stream(stream, receipt_key, slot));
+            Ok(Response::new(output))
+        }
+        .await;
+        result
+    }
+}
+
 type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
 
 /// The response stream of StreamMessages: the queue's [`Consuming`] in protobuf, fed with the
@@ -671,14 +701,28 @@ type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
 /// whatever was claimed for it and not pushed.
 pub struct ConsumeStream {
     /// The client's requests after the first; `None` once it half-closed.
-    requests: Option<tonic::Streaming<pb::StreamMessagesRequest>>,
+    requests: Option<ConsumerRequests>,
     consuming: Consuming<Acknowledgement>,
+    /// The queue, to give back a message the response budget had no room for.
+    queue: QueueHandle,
     receipt_key: ReceiptKey,
     /// Whether it has ended (an error is its last item).
     ended: bool,
 }
 
-type StreamMessagesStream = std::pin::Pin<Box<ConsumeStream>>;
+pub type StreamMessagesStream = std::pin::Pin<Box<GuardedStream<ConsumeStream>>>;
+
+/// What a consumer stream yields before it is protobuf: a message is converted (and its
+/// receipt handle signed) only once the response budget has room for it.
+pub enum ConsumeItem {
+    Message(crate::queue::receiving::Delivered),
+    Acknowledged(pb::StreamMessagesResponse),
+}
+
+/// The client's requests of a StreamMessages call.
+pub type ConsumerRequests = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<pb::StreamMessagesRequest, Status>> + Send>,
+>;
 
 /// What answering one acknowledgement needs besides the queue's results.
 struct Acknowledgement {
@@ -772,25 +816,23 @@ impl ConsumeStream {
         }
     }
 
-    fn end(
-        &mut self,
-        status: Status,
-    ) -> std::task::Poll<Option<Result<pb::StreamMessagesResponse, Status>>> {
+    fn end(&mut self, status: Status) -> std::task::Poll<Option<Result<ConsumeItem, Status>>> {
         self.ended = true;
         std::task::Poll::Ready(Some(Err(status)))
     }
 }
 
-impl tokio_stream::Stream for ConsumeStream {
-    type Item = Result<pb::StreamMessagesResponse, Status>;
+impl Deliveries for ConsumeStream {
+    type Item = ConsumeItem;
+    type Message = pb::StreamMessagesResponse;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
+    fn poll_item(
+        &mut self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
+    ) -> std::task::Poll<Option<Result<ConsumeItem, Status>>> {
         use futures_util::StreamExt as _;
         use std::task::Poll;
-        let this = &mut *self;
+        let this = self;
         loop {
             if this.ended {
                 return Poll::Ready(None);
@@ -825,14 +867,12 @@ impl tokio_stream::Stream for ConsumeStream {
             return match this.consuming.poll_next_unpin(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(Event::Message(delivered)))) => {
-                    let message =
-                        convert::received(&delivered.message, delivered.payload, &this.receipt_key);
-                    Poll::Ready(Some(Ok(pb::StreamMessagesResponse {
-                        kind: Some(pb::stream_messages_response::Kind::Message(message)),
-                    })))
+                    Poll::Ready(Some(Ok(ConsumeItem::Message(delivered))))
                 }
                 Poll::Ready(Some(Ok(Event::Acknowledged { context, results }))) => {
-                    Poll::Ready(Some(Ok(Self::acknowledged(context, results))))
+                    Poll::Ready(Some(Ok(ConsumeItem::Acknowledged(Self::acknowledged(
+                        context, results,
+                    )))))
                 }
                 Poll::Ready(Some(Err(error))) => this.end(error.into()),
                 Poll::Ready(None) => {
@@ -840,6 +880,30 @@ impl tokio_stream::Stream for ConsumeStream {
                     Poll::Ready(None)
                 }
             };
+        }
+    }
+
+    fn held_bytes(item: &ConsumeItem) -> usize {
+        match item {
+            ConsumeItem::Message(delivered) => delivered.payload.size().max(1),
+            ConsumeItem::Acknowledged(_) => 1,
+        }
+    }
+
+    fn give_back(&self, item: &ConsumeItem) {
+        if let ConsumeItem::Message(delivered) = item {
+            self.queue.release_now(vec![delivered.message.handle]);
+        }
+    }
+
+    fn message(item: ConsumeItem, receipt_key: &ReceiptKey) -> pb::StreamMessagesResponse {
+        match item {
+            ConsumeItem::Message(delivered) => pb::StreamMessagesResponse {
+                kind: Some(pb::stream_messages_response::Kind::Message(
+                    convert::received(&delivered.message, delivered.payload, receipt_key),
+                )),
+            },
+            ConsumeItem::Acknowledged(response) => response,
         }
     }
 }

@@ -44,6 +44,7 @@ mod tests {
                 max: 1,
             },
             QueueError::TooManyQueues { max: 1 },
+            QueueError::ReceiveLimit("busy".into()),
             QueueError::Unauthenticated("who".into()),
             QueueError::PermissionDenied("no".into()),
             QueueError::Storage("disk".into()),

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::auth::{Authenticator, Caller};
-use crate::grpc::QueueServiceImpl;
+use crate::cluster::routing::Routed;
 use crate::net::{self, ConnectionCounts, ConnectionLimits};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
@@ -53,8 +53,9 @@ pub const CMQ_PATH: &str = "/v2/index.php";
 
 /// The queue service as the HTTP edges call it, and who may call.
 pub struct Edge {
-    /// The gRPC service implementation, shared with the gRPC port.
-    service: Arc<QueueServiceImpl>,
+    /// The gRPC service implementation (routed: in cluster mode a call for a queue another
+    /// replica owns is forwarded there), shared with the gRPC port.
+    service: Arc<Routed>,
     /// `None`: no auth file, every caller may do everything (as on the gRPC port).
     authenticator: Option<Arc<Authenticator>>,
     /// Nonces of CMQ requests seen within the timestamp window, refused when reused.
@@ -67,7 +68,7 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(
-        service: Arc<QueueServiceImpl>,
+        service: Arc<Routed>,
         authenticator: Option<Arc<Authenticator>>,
         secure: bool,
         body_timeout: Duration,

@@ -79,6 +79,13 @@ pub struct Metrics {
     limit_refusals: [AtomicU64; LIMITS.len()],
     /// The accept loop's counts (refused connections, handshake timeouts, accept errors).
     pub connections: Arc<ConnectionCounts>,
+    /// Texts rendered by the metrics endpoint: with its shared snapshot, at most one a
+    /// second however many scrapers there are.
+    metrics_renders: AtomicU64,
+    /// Metrics connections closed as soon as accepted (`--metrics-max-connections`).
+    metrics_refused: AtomicU64,
+    /// Metrics connections cut off at their deadline (a slow client, one that never reads).
+    metrics_timeouts: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -98,6 +105,9 @@ impl Default for Metrics {
             storage_backend: std::sync::OnceLock::new(),
             limit_refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             connections: Arc::default(),
+            metrics_renders: AtomicU64::new(0),
+            metrics_refused: AtomicU64::new(0),
+            metrics_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -151,6 +161,21 @@ impl Metrics {
     /// Records the storage backend in use (the first call wins).
     pub fn set_storage_backend(&self, backend: &'static str) {
         let _ = self.storage_backend.set(backend);
+    }
+
+    /// Counts a rendering of the metrics text.
+    pub fn metrics_rendered(&self) {
+        self.metrics_renders.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a metrics connection refused at the cap.
+    pub fn metrics_refused(&self) {
+        self.metrics_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a metrics connection cut off at its deadline.
+    pub fn metrics_timed_out(&self) {
+        self.metrics_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a call refused (or a stream ended) by a limit; `limit` is one of [`LIMITS`].
@@ -298,6 +323,22 @@ impl Metrics {
                 "spool_accept_errors_total",
                 "Failed accepts on the gRPC port (mostly: out of file descriptors).",
                 &self.connections.accept_errors,
+            ),
+            (
+                "spool_metrics_renders_total",
+                "Texts rendered by this endpoint (scrapes within a second share one).",
+                &self.metrics_renders,
+            ),
+            (
+                "spool_metrics_connections_refused_total",
+                "Metrics connections closed as soon as accepted because \
+                 --metrics-max-connections were open.",
+                &self.metrics_refused,
+            ),
+            (
+                "spool_metrics_request_timeouts_total",
+                "Metrics connections cut off at their 10 s deadline (slow or non-reading clients).",
+                &self.metrics_timeouts,
             ),
         ] {
             header(&mut out, name, "counter", help);

@@ -34,6 +34,19 @@ use wire::{FieldOne, Shape};
 /// The metadata key of W3C Trace Context.
 const TRACEPARENT: &str = "traceparent";
 
+/// The trace context a call passes on to the messages it sends (a request extension the send
+/// handlers read): Spool's span of the call when that span is exported, else the caller's own
+/// context. The handlers store it with each message, delivered as its `traceparent` attribute.
+#[derive(Clone, Copy, Debug)]
+pub struct SendTrace(pub TraceContext);
+
+impl SendTrace {
+    /// The `traceparent` value to store with the messages.
+    pub fn header(&self) -> String {
+        self.0.header()
+    }
+}
+
 /// Wraps a gRPC service with a span per call; see the module's documentation.
 #[derive(Clone)]
 pub struct Traced<S> {
@@ -68,7 +81,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let parent = request
             .headers()
             .get(TRACEPARENT)
@@ -89,8 +102,17 @@ where
             _ => self.exporter.clone(),
         };
         let Some(exporter) = exporter else {
+            // Not recorded here: the messages carry the caller's own context on.
+            if let Some(parent) = parent {
+                request.extensions_mut().insert(SendTrace(parent));
+            }
             return Box::pin(self.inner.call(request).instrument(log_span));
         };
+        request.extensions_mut().insert(SendTrace(TraceContext {
+            trace_id,
+            span_id,
+            sampled: true,
+        }));
         let name = request.uri().path().trim_start_matches('/').to_string();
         let method = name.rsplit('/').next().unwrap_or_default().to_string();
         let span = Arc::new(Mutex::new(OpenSpan {

@@ -45,8 +45,7 @@ impl TraceContext {
         })
     }
 
-    /// The `traceparent` of this context (tests; Spool sends no calls of its own).
-    #[cfg(test)]
+    /// The `traceparent` of this context: what a message sent in this call carries on.
     pub fn header(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",

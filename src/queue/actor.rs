@@ -232,6 +232,7 @@ impl QueueActor {
         }
         if !advanced.expired.is_empty() {
             self.context.storage.record(WriteOp::RemoveMessages {
+                queue_id: self.record.id,
                 ids: advanced.expired,
             });
         }
@@ -264,9 +265,10 @@ impl QueueActor {
     fn flush_receives(&mut self) {
         let records = self.receive_log.take();
         if !records.is_empty() {
-            self.context
-                .storage
-                .record(WriteOp::RecordReceives(records));
+            self.context.storage.record(WriteOp::RecordReceives {
+                queue_id: self.record.id,
+                receives: records,
+            });
         }
     }
 
@@ -354,6 +356,11 @@ impl QueueActor {
                 let result = self.redrive(destination, max_messages).await;
                 let _ = respond_to.send(result);
             }
+            Command::HandOff { respond_to } => {
+                self.hand_off().await;
+                let _ = respond_to.send(());
+                return Flow::Stop;
+            }
         }
         Flow::Continue
     }
@@ -396,7 +403,10 @@ impl QueueActor {
     fn forget_kept(&mut self) {
         let ids = self.table.drop_kept();
         if !ids.is_empty() {
-            self.context.storage.record(WriteOp::RemoveMessages { ids });
+            self.context.storage.record(WriteOp::RemoveMessages {
+                queue_id: self.record.id,
+                ids,
+            });
         }
     }
 
@@ -413,12 +423,35 @@ impl QueueActor {
         // writer (and every other queue's sends) for long: 1M rows in one took 1.5 s. Should
         // the server stop before they are all removed, recovery removes the rows of a queue that
         // no longer exists, and a queue created again under the name has a new id.
-        remove_in_slices(&*self.context.storage, &rest);
+        remove_in_slices(&*self.context.storage, self.record.id, &rest);
         let gone = QueueError::QueueNotFound(self.record.name.clone());
         for waiter in self.waiters.drain() {
             let _ = waiter.respond_to.send(Err(gone.clone()));
         }
         Ok(())
+    }
+
+    /// Cluster mode: the queue moves to another replica, which recovers it from storage. What
+    /// was acknowledged is committed already; the commits in flight are answered; the receive
+    /// bookkeeping is committed (not just recorded), so the next owner keeps received messages
+    /// invisible until their timeouts; parked receives end empty, as at shutdown.
+    async fn hand_off(&mut self) {
+        while let Some((pending, result)) = self.commits.next().await {
+            self.complete(pending, result);
+        }
+        let receives = self.receive_log.take();
+        if !receives.is_empty() {
+            let committed = self.submit(WriteOp::RecordReceives {
+                queue_id: self.record.id,
+                receives,
+            });
+            if let Err(error) = committed.await {
+                tracing::warn!(queue = %self.record.name, %error, "the receive bookkeeping of a queue handed off was not committed; its next owner may deliver received messages again early");
+            }
+        }
+        for waiter in self.waiters.drain() {
+            let _ = waiter.respond_to.send(Ok(Vec::new()));
+        }
     }
 
     /// Every message of the queue that may have a row: live and kept ones, and those whose send
@@ -573,7 +606,7 @@ impl QueueActor {
         for (index, message) in messages.iter().enumerate() {
             let size = message.payload.body.len() + message.payload.attributes_size();
             if size > attributes.max_message_size as usize {
-                let what = if message.payload.meta.is_some() {
+                let what = if message.payload.attributes_size() > 0 {
                     format!(
                         "{} and {} together are {size} bytes",
                         field(index, "body"),
@@ -1173,7 +1206,7 @@ impl QueueActor {
         let own_commit = if deletions.is_empty() {
             None
         } else {
-            let deleted = deleted_rows(&deletions);
+            let deleted = deleted_rows(self.record.id, &deletions);
             let ids: Vec<u64> = deletions
                 .iter()
                 .filter_map(|d| d.kept_record().map(|r| r.id))
@@ -1273,7 +1306,10 @@ impl QueueActor {
             self.serve_waiters(now);
         }
         let records = changes.iter().map(VisibilityChange::record).collect();
-        let committed = self.submit(WriteOp::RecordReceives(records));
+        let committed = self.submit(WriteOp::RecordReceives {
+            queue_id: self.record.id,
+            receives: records,
+        });
         self.commits.push(Box::pin(async move {
             (
                 Pending::VisibilityChanged {
@@ -1302,7 +1338,7 @@ impl QueueActor {
         let mut committed = 0;
         for slice in deletions.chunks(REMOVE_SLICE) {
             let result = self
-                .submit(WriteOp::DeleteMessages(deleted_rows(slice)))
+                .submit(WriteOp::DeleteMessages(deleted_rows(self.record.id, slice)))
                 .await;
             if let Err(error) = result {
                 for deletion in deletions[committed..].iter().rev() {
@@ -1338,6 +1374,7 @@ impl QueueActor {
         }
         self.flush_receives();
         self.submit(WriteOp::Restore {
+            queue_id: self.record.id,
             ids: ids.clone(),
             visible_at_ms: now,
         })
@@ -1382,8 +1419,11 @@ impl Sending {
 
 /// The rows of deleted messages, as storage writes them: removed, kept for rewind, or
 /// tombstones.
-fn deleted_rows(deletions: &[Deletion]) -> DeletedMessages {
-    let mut deleted = DeletedMessages::default();
+fn deleted_rows(queue_id: u64, deletions: &[Deletion]) -> DeletedMessages {
+    let mut deleted = DeletedMessages {
+        queue_id,
+        ..DeletedMessages::default()
+    };
     for deletion in deletions {
         let (Deletion::Deleted { id, remains, .. }, Some(record)) =
             (deletion, deletion.kept_record())

@@ -17,7 +17,7 @@ mod tombstones;
 mod waiters;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
@@ -213,6 +213,9 @@ pub(crate) enum Command {
         max_messages: usize,
         respond_to: oneshot::Sender<Result<Redriven, QueueError>>,
     },
+    /// Cluster mode: the queue moves to another replica. The actor answers its commits in
+    /// flight, commits its receive bookkeeping, ends parked receives empty, and stops.
+    HandOff { respond_to: oneshot::Sender<()> },
 }
 
 /// The shared things every queue actor needs.
@@ -242,6 +245,9 @@ pub struct QueueHandle {
     storage: Arc<dyn Storage>,
     /// The queue's clock: a consumer stream frees the slot of a message when it is visible again.
     clock: Clock,
+    /// Set when the queue leaves this replica (cluster mode), so that calls finding its actor
+    /// gone hear a retryable UNAVAILABLE rather than NOT_FOUND.
+    moved: Arc<AtomicBool>,
 }
 
 impl QueueHandle {
@@ -277,6 +283,7 @@ impl QueueHandle {
             mailbox,
             storage,
             clock,
+            moved: Arc::default(),
         }
     }
 
@@ -339,8 +346,25 @@ impl QueueHandle {
         reply.await.map_err(|_| self.gone())
     }
 
-    fn gone(&self) -> QueueError {
-        QueueError::QueueNotFound(self.name.to_string())
+    /// Why the actor is not there: the queue was deleted, or it moved to another replica.
+    pub(crate) fn gone(&self) -> QueueError {
+        if self.moved.load(Ordering::Relaxed) {
+            QueueError::Storage(format!(
+                "queue {:?} moved to another replica; retry the call",
+                &*self.name
+            ))
+        } else {
+            QueueError::QueueNotFound(self.name.to_string())
+        }
+    }
+
+    /// Cluster mode: hands the queue off (see [`Command::HandOff`]); returns once the actor has
+    /// stopped, everything it acknowledged committed.
+    pub async fn hand_off(&self) {
+        self.moved.store(true, Ordering::Relaxed);
+        let _ = self.ask(|respond_to| Command::HandOff { respond_to }).await;
+        // The actor is gone once its mailbox is closed, whatever answered first.
+        self.mailbox.closed().await;
     }
 
     pub async fn info(&self) -> Result<QueueInfo, QueueError> {

@@ -119,6 +119,13 @@ impl Receiving {
         }
     }
 
+    /// Gives back at once what was claimed and not handed out (visible again, its bodies freed)
+    /// and ends the receive after what was handed out: the caller's client stopped taking
+    /// messages, and others can take these meanwhile.
+    pub fn release_unsent(&mut self) {
+        self.give_back();
+    }
+
     /// Makes a message this stream handed out visible again at once: the caller could not pass
     /// it on (the server's response buffer stayed full).
     pub fn give_back_delivered(&self, delivered: &Delivered) {
@@ -152,11 +159,10 @@ impl Stream for Receiving {
                             this.state = State::Done;
                             return Poll::Ready(Some(Err(error)));
                         }
-                        // The actor ended without answering: its queue was deleted.
+                        // The actor ended without answering: its queue was deleted (or moved).
                         Poll::Ready(Err(_)) => {
                             this.state = State::Done;
-                            let gone = QueueError::QueueNotFound(this.queue.name().to_string());
-                            return Poll::Ready(Some(Err(gone)));
+                            return Poll::Ready(Some(Err(this.queue.gone())));
                         }
                         Poll::Pending => {}
                     }

@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
@@ -250,13 +249,15 @@ impl Tables {
                     self.next_message_id = self.next_message_id.max(message.id + 1);
                 }
             }
-            WriteOp::RemoveMessages { ids } => {
+            WriteOp::RemoveMessages { ids, .. } => {
                 for id in ids {
                     self.messages.remove(id);
                 }
             }
             WriteOp::DeleteMessages(deleted) => self.delete_messages(deleted),
-            WriteOp::Restore { ids, visible_at_ms } => {
+            WriteOp::Restore {
+                ids, visible_at_ms, ..
+            } => {
                 for id in ids {
                     if let Some(row) = self.messages.get_mut(id) {
                         row.meta.state = StoredState::Live;
@@ -265,7 +266,7 @@ impl Tables {
                     }
                 }
             }
-            WriteOp::RecordReceives(receives) => {
+            WriteOp::RecordReceives { receives, .. } => {
                 for receive in receives {
                     // Only undeleted rows: a delete committed first has the last word.
                     if let Some(row) = self.messages.get_mut(&receive.id)
@@ -410,6 +411,7 @@ impl Storage for MemoryStorage {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use std::sync::Arc;
 
     use super::*;
@@ -485,21 +487,32 @@ mod tests {
                 queue_id: 1,
                 messages: vec![new_message(9), new_message(5)],
             },
-            WriteOp::RecordReceives((1..=5).map(|id| receive(id, 10 + id)).collect()),
+            WriteOp::RecordReceives {
+                queue_id: 1,
+                receives: (1..=5).map(|id| receive(id, 10 + id)).collect(),
+            },
             WriteOp::DeleteMessages(DeletedMessages {
+                queue_id: 1,
                 removed: vec![1],
                 kept: vec![kept(2)],
                 tombstones: vec![kept(3)],
                 tombstone_until_ms: 90_000,
             }),
             // Deleted rows keep what their delete wrote.
-            WriteOp::RecordReceives(vec![receive(2, 99), receive(3, 99), receive(6, 16)]),
+            WriteOp::RecordReceives {
+                queue_id: 1,
+                receives: vec![receive(2, 99), receive(3, 99), receive(6, 16)],
+            },
             WriteOp::Restore {
+                queue_id: 1,
                 ids: vec![2],
                 visible_at_ms: 50_000,
             },
             WriteOp::UpdateQueue(updated),
-            WriteOp::RemoveMessages { ids: vec![4] },
+            WriteOp::RemoveMessages {
+                queue_id: 1,
+                ids: vec![4],
+            },
             // Only the rows of queue 2 go with it, whatever ids are named.
             WriteOp::DeleteQueue {
                 queue_id: 2,
@@ -570,7 +583,13 @@ mod tests {
             messages: vec![new_message(1)],
         });
         let (removed, remove_done) = oneshot::channel();
-        storage.commit(WriteOp::RemoveMessages { ids: vec![1] }, removed);
+        storage.commit(
+            WriteOp::RemoveMessages {
+                queue_id: 1,
+                ids: vec![1],
+            },
+            removed,
+        );
         assert_eq!(storage.held_writes(), 3);
         assert!(storage.recover().expect("recover").queues.is_empty());
         let mut create_done = create_done;

@@ -4,7 +4,9 @@
 //! lazy writes it does not wait for, body reads, and recovery at startup. Replies travel through
 //! oneshot channels so the trait stays object-safe and no backend call blocks an async task.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
+// The fuzz targets use only part of what the tests do.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod memory;
 pub mod postgres;
 pub mod sqlite;
@@ -127,6 +129,8 @@ pub struct KeptRecord {
 /// The deletes of one request, by what each message leaves behind.
 #[derive(Debug, Clone, Default)]
 pub struct DeletedMessages {
+    /// The queue of every message here (what cluster mode fences the write by).
+    pub queue_id: u64,
     /// Rows removed.
     pub removed: Vec<u64>,
     /// Rows marked deleted but kept for rewind, with their receive counts (which may not have
@@ -185,6 +189,7 @@ pub enum WriteOp {
     },
     /// Removes messages for good (deleted without rewind, expired, or no longer rewindable).
     RemoveMessages {
+        queue_id: u64,
         ids: Vec<u64>,
     },
     /// Applies the deletes of one request (by receipt handles): some rows go, some stay as
@@ -192,10 +197,14 @@ pub enum WriteOp {
     DeleteMessages(DeletedMessages),
     /// Makes rewound messages visible again.
     Restore {
+        queue_id: u64,
         ids: Vec<u64>,
         visible_at_ms: Millis,
     },
-    RecordReceives(Vec<ReceiveRecord>),
+    RecordReceives {
+        queue_id: u64,
+        receives: Vec<ReceiveRecord>,
+    },
     /// Moves live messages of `from_queue_id` to other queues (each `to_queue_id`), as new
     /// messages there: received never, visible at `visible_at_ms`, the dead-letter origin set
     /// or cleared. One row update per message, so each is in exactly one queue whatever
@@ -222,12 +231,31 @@ impl WriteOp {
             Self::DeleteQueue {
                 message_ids: ids, ..
             }
-            | Self::RemoveMessages { ids }
+            | Self::RemoveMessages { ids, .. }
             | Self::Restore { ids, .. } => ids.len(),
             Self::DeleteMessages(deleted) => deleted.len(),
-            Self::RecordReceives(receives) => receives.len(),
+            Self::RecordReceives { receives, .. } => receives.len(),
             Self::MoveMessages { moves, .. } => moves.len(),
             Self::ForgetDeduplicationIds { .. } => 0,
+        }
+    }
+
+    /// The queue this writes to, or for a move the queue it moves messages out of. Every
+    /// operation names its queue, so that in cluster mode the writer can check, in the
+    /// operation's own transaction, that this replica still owns it (see
+    /// `storage::postgres::fence`). A move is fenced by its source alone: the source's owner
+    /// decides what leaves its queue, and the rows it moves in are new to their target.
+    pub fn queue_id(&self) -> u64 {
+        match self {
+            Self::CreateQueue(queue) | Self::UpdateQueue(queue) => queue.id,
+            Self::DeleteQueue { queue_id, .. }
+            | Self::InsertMessages { queue_id, .. }
+            | Self::RemoveMessages { queue_id, .. }
+            | Self::Restore { queue_id, .. }
+            | Self::RecordReceives { queue_id, .. }
+            | Self::ForgetDeduplicationIds { queue_id, .. } => *queue_id,
+            Self::MoveMessages { from_queue_id, .. } => *from_queue_id,
+            Self::DeleteMessages(deleted) => deleted.queue_id,
         }
     }
 }
@@ -308,10 +336,12 @@ pub type BodiesReply = oneshot::Sender<Result<Vec<(u64, Payload)>, StorageError>
 /// writer, so that no one commit holds every other queue's writes for long.
 pub const REMOVE_SLICE: usize = 4_096;
 
-/// Removes these messages' rows lazily, in commits of at most [`REMOVE_SLICE`].
-pub fn remove_in_slices(storage: &dyn Storage, ids: &[u64]) {
+/// Removes these messages' rows (of the queue `queue_id`) lazily, in commits of at most
+/// [`REMOVE_SLICE`].
+pub fn remove_in_slices(storage: &dyn Storage, queue_id: u64, ids: &[u64]) {
     for slice in ids.chunks(REMOVE_SLICE) {
         storage.record(WriteOp::RemoveMessages {
+            queue_id,
             ids: slice.to_vec(),
         });
     }

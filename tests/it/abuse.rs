@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::codegen::http;
 
-use crate::common::{ChildServer, TestServer, attrs, create, send};
+use crate::common::{ChildServer, TestServer, assert_error, attrs, create, send};
 
 /// A gRPC message: the 5-byte prefix and the protobuf.
 fn grpc_frame(message: &impl prost::Message) -> Bytes {
@@ -120,10 +120,66 @@ async fn a_stalled_reader_is_ended_and_its_messages_released() {
     server.stop().await;
 }
 
-/// Open receives are capped server-wide: beyond `max_waiting_receives`, RESOURCE_EXHAUSTED,
-/// and the slots come back when the receives end.
+/// The bodies a stalled reader's receive claimed and has not sent are not held until the stall
+/// timeout: after a couple of seconds without progress they are given back (visible to others
+/// at once), long before the (here one-minute) stall timeout ends the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_receives_beyond_the_cap_are_resource_exhausted() {
+async fn a_stalled_readers_unsent_messages_are_released_before_the_stall_timeout() {
+    let server = TestServer::start_with(|config| {
+        config.settings.stream_stall_timeout_seconds = Some(60);
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "slow", attrs()).await;
+    for i in 0..4u8 {
+        send(&mut client, "slow", &[i; 60_000]).await;
+    }
+    let (mut h2, connection) = h2_connection(server.addr, 0).await;
+    let request = pb::ReceiveMessagesRequest {
+        queue_name: "slow".into(),
+        max_messages: 4,
+        visibility_timeout_seconds: Some(600),
+        ..Default::default()
+    };
+    let (response, mut body) = h2
+        .send_request(grpc_request(server.addr, "ReceiveMessages"), false)
+        .expect("send request");
+    body.send_data(grpc_frame(&request), true)
+        .expect("send body");
+    let response = response.await.expect("response headers");
+    assert_eq!(response.status(), 200);
+    let start = Instant::now();
+    let mut received = 0;
+    while received < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the unsent messages were held ({received} of 3 received)"
+        );
+        let mut stream = client
+            .receive_messages(pb::ReceiveMessagesRequest {
+                queue_name: "slow".into(),
+                max_messages: 4,
+                wait_seconds: Some(1),
+                ..Default::default()
+            })
+            .await
+            .expect("receive")
+            .into_inner();
+        while let Some(message) = stream.message().await.expect("message") {
+            assert_eq!(message.body.len(), 60_000);
+            received += 1;
+        }
+    }
+    drop(response);
+    connection.abort();
+    server.stop().await;
+}
+
+/// Open receives are capped server-wide, parked long polls and consumer streams together:
+/// beyond `max_waiting_receives`, RESOURCE_EXHAUSTED with Spool's ErrorInfo (SERVER_BUSY,
+/// 4420), and the slots come back when the receives end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_receives_and_streams_beyond_the_cap_are_resource_exhausted() {
     let server = TestServer::start_with(|config| {
         config.settings.max_waiting_receives = Some(2);
     })
@@ -135,39 +191,35 @@ async fn waiting_receives_beyond_the_cap_are_resource_exhausted() {
         wait_seconds: Some(30),
         ..Default::default()
     };
-    let mut parked = Vec::new();
-    for _ in 0..2 {
-        parked.push(
-            client
-                .receive_messages(long_poll())
-                .await
-                .expect("a parked receive")
-                .into_inner(),
-        );
-    }
+    // One parked long poll and one consumer stream hold the two slots.
+    let parked = client
+        .receive_messages(long_poll())
+        .await
+        .expect("a parked receive")
+        .into_inner();
+    let (consumer, consumer_requests) = consume(&mut client, "parked")
+        .await
+        .expect("a consumer stream");
     let refused = client
         .receive_messages(long_poll())
         .await
         .expect_err("the third is refused");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused.message().contains("max_waiting_receives"),
-        "{refused:?}"
-    );
+    let message = assert_error(&refused, Code::ResourceExhausted, 4420);
+    assert!(message.contains("max-waiting-receives"), "{message}");
+    let refused = consume(&mut client, "parked")
+        .await
+        .expect_err("a consumer stream is refused too");
+    let message = assert_error(&refused, Code::ResourceExhausted, 4420);
+    assert!(message.contains("max-waiting-receives"), "{message}");
     // Other calls go on.
     send(&mut client, "parked", b"hello").await;
-    drop(parked);
+    drop((parked, consumer, consumer_requests));
     // The slots are back once the streams are gone (the server sees the resets).
     let start = Instant::now();
-    loop {
-        match client
-            .receive_messages(pb::ReceiveMessagesRequest {
-                wait_seconds: Some(0),
-                ..long_poll()
-            })
-            .await
-        {
-            Ok(_) => break,
+    let mut streams = Vec::new();
+    while streams.len() < 2 {
+        match consume(&mut client, "parked").await {
+            Ok(stream) => streams.push(stream),
             Err(status) if status.code() == Code::ResourceExhausted => {
                 assert!(
                     start.elapsed() < Duration::from_secs(5),
@@ -178,6 +230,95 @@ async fn waiting_receives_beyond_the_cap_are_resource_exhausted() {
             Err(status) => panic!("{status:?}"),
         }
     }
+    server.stop().await;
+}
+
+/// Opens a consumer stream on `queue`; its responses and the sender of its requests (the
+/// stream stays open while the sender lives).
+async fn consume(
+    client: &mut crate::common::Client,
+    queue: &str,
+) -> Result<
+    (
+        tonic::Streaming<pb::StreamMessagesResponse>,
+        tokio::sync::mpsc::Sender<pb::StreamMessagesRequest>,
+    ),
+    tonic::Status,
+> {
+    let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+    requests
+        .send(stream_start(queue, 0))
+        .await
+        .expect("queue the start");
+    let responses = client
+        .stream_messages(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    Ok((responses, requests))
+}
+
+fn stream_start(queue: &str, max_outstanding: u32) -> pb::StreamMessagesRequest {
+    pb::StreamMessagesRequest {
+        kind: Some(pb::stream_messages_request::Kind::Start(pb::StreamStart {
+            queue_name: queue.into(),
+            max_outstanding_messages: max_outstanding,
+            visibility_timeout_seconds: Some(600),
+        })),
+    }
+}
+
+/// A consumer stream whose client stops reading (its HTTP/2 window shut) is ended after the
+/// stall timeout like a receive, and the messages claimed for it and not sent are visible to
+/// others at once, not at their visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_stream_is_ended_and_its_messages_released() {
+    let server = TestServer::start_with(|config| {
+        config.settings.stream_stall_timeout_seconds = Some(1);
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "stalled", attrs()).await;
+    // Each larger than tonic's 32 KiB encoding chunk, so it hands them to hyper one by one.
+    for i in 0..4u8 {
+        send(&mut client, "stalled", &[i; 60_000]).await;
+    }
+    let (mut h2, connection) = h2_connection(server.addr, 0).await;
+    let (response, mut body) = h2
+        .send_request(grpc_request(server.addr, "StreamMessages"), false)
+        .expect("send request");
+    // The request side stays open, as a consumer's does.
+    body.send_data(grpc_frame(&stream_start("stalled", 4)), false)
+        .expect("send start");
+    let response = response.await.expect("response headers");
+    assert_eq!(response.status(), 200);
+    let start = Instant::now();
+    let mut received = 0;
+    while received < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the stalled stream's messages were not released ({received} of 3 received)"
+        );
+        let mut stream = client
+            .receive_messages(pb::ReceiveMessagesRequest {
+                queue_name: "stalled".into(),
+                max_messages: 4,
+                wait_seconds: Some(1),
+                ..Default::default()
+            })
+            .await
+            .expect("receive")
+            .into_inner();
+        while let Some(message) = stream.message().await.expect("message") {
+            assert_eq!(message.body.len(), 60_000);
+            received += 1;
+        }
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "released before the stall timeout"
+    );
+    drop((response, body));
+    connection.abort();
     server.stop().await;
 }
 
@@ -636,5 +777,286 @@ async fn the_metrics_endpoint_caps_connections_and_shares_its_snapshot() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let third = scrape(metrics_addr).await;
     assert_ne!(first, third, "and rendered again after it");
+    server.stop().await;
+}
+
+/// One scrape on a new connection: the whole answer, or what came before the server closed it
+/// (nothing, for a connection refused at the cap).
+async fn scrape_once(addr: std::net::SocketAddr) -> String {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let _ = tcp
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A sample's value in a scrape's text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}"))
+}
+
+/// Scrapers that never read a large text (2,000 queues, about 2 MB) and many concurrent
+/// scrapers: one rendering is shared rather than copied per connection, so memory stays
+/// bounded; a connection over the cap is closed at once; a client that never reads is cut
+/// off at the deadline, after which scrapes get through again; gRPC is served throughout.
+/// (Before: 100 connections that never read a 6.3 MB scrape took RSS to 1.49 GB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scrapers_that_never_read_stay_bounded_and_are_cut_off() {
+    const QUEUES: usize = 2_000;
+    const CAP: usize = 100;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = ChildServer::start_with(
+        dir.path(),
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-max-connections",
+            &CAP.to_string(),
+            "--max-queues",
+            "5000",
+        ],
+        &[],
+    );
+    let metrics = server.metrics.expect("the metrics address");
+    let client = server.client().await;
+    // 32 creators at a time, so group commit makes this quick.
+    let creators: Vec<_> = (0..32)
+        .map(|first| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                for i in (first..QUEUES).step_by(32) {
+                    create(&mut client, &format!("queue-{i:05}"), attrs()).await;
+                }
+            })
+        })
+        .collect();
+    for creator in creators {
+        creator.await.expect("creator");
+    }
+    let text = scrape_once(metrics).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..100.min(text.len())]
+    );
+    assert!(text.len() > 1_000_000, "a large text: {} bytes", text.len());
+    let pid = server.child.id();
+    let before = rss_bytes(pid);
+
+    // CAP clients send their request and never read, with small receive buffers.
+    let mut stalled = Vec::new();
+    for _ in 0..CAP {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer size");
+        let mut tcp = socket.connect(metrics).await.expect("connect");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        stalled.push(tcp);
+    }
+    let stalled_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // One more connection is closed at once, unanswered.
+    let refused = tokio::time::timeout(Duration::from_secs(5), scrape_once(metrics))
+        .await
+        .expect("a refused connection is closed, not held");
+    assert!(refused.is_empty(), "refused at the cap: {refused:.100}");
+
+    // gRPC is served meanwhile.
+    let mut grpc = client.clone();
+    for _ in 0..20 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            grpc.get_queue(pb::GetQueueRequest {
+                queue_name: "queue-00001".into(),
+            }),
+        )
+        .await
+        .expect("GetQueue answered while the metrics port is full")
+        .expect("GetQueue");
+    }
+    let peak = rss_bytes(pid);
+    // A copy of the text per connection would be CAP × 2 MB = 200 MB and more.
+    assert!(
+        peak.saturating_sub(before) < 100_000_000,
+        "RSS grew from {} MB to {} MB with {CAP} non-reading scrapers",
+        before / 1_000_000,
+        peak / 1_000_000
+    );
+
+    // They are cut off at the deadline (10 s): then a scrape gets through again.
+    let served = loop {
+        let text = scrape_once(metrics).await;
+        if text.starts_with("HTTP/1.1 200") {
+            break text;
+        }
+        assert!(
+            stalled_at.elapsed() < Duration::from_secs(40),
+            "the non-reading scrapers still hold every slot"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        sample(&served, "spool_metrics_request_timeouts_total") >= 1.0,
+        "non-reading scrapers are cut off at the deadline"
+    );
+    assert!(sample(&served, "spool_metrics_connections_refused_total") >= 1.0);
+    drop(stalled);
+
+    // Many concurrent scrapers share renderings: at most about one a second.
+    let renders_before = sample(&served, "spool_metrics_renders_total");
+    let started = Instant::now();
+    let scrapers: Vec<_> = (0..CAP - 1)
+        .map(|_| tokio::spawn(scrape_once(metrics)))
+        .collect();
+    let mut answered = 0;
+    for scraper in scrapers {
+        // A connection may meet the cap while the last cut-off ones are being closed.
+        if scraper.await.expect("scraper").starts_with("HTTP/1.1 200") {
+            answered += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = scrape_once(metrics).await;
+    let renders = sample(&after, "spool_metrics_renders_total") - renders_before;
+    assert!(
+        answered >= CAP / 2,
+        "{answered} of {} scrapes answered",
+        CAP - 1
+    );
+    assert!(
+        renders <= seconds.ceil() + 2.0,
+        "{renders} renderings for {answered} scrapes in {seconds:.1} s"
+    );
+    eprintln!(
+        "RSS before {} MB, with {CAP} non-reading scrapers {} MB; {answered} concurrent \
+         scrapes in {seconds:.1} s took {renders} renderings",
+        before / 1_000_000,
+        peak / 1_000_000
+    );
+}
+
+/// A client looping on a refused call with a huge, hostile queue name (a newline, an ANSI
+/// escape) grows the log by a few short lines a second, not by its names: each line is
+/// bounded and escaped, and repeated refusals are rate limited. (Before: one 8 MiB name made an
+/// 8.4 MB line, a client grew the log by 1.9 GB in 10 s, and a newline forged a line.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_with_hostile_names_make_few_short_escaped_log_lines() {
+    const CALLS: usize = 300;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = ChildServer::start_with(dir.path(), &[], &[]);
+    let mut client = server.client().await;
+    // Near the 64 KiB limit of a GetQueue request.
+    let name = format!("evil\nINFO forged line\u{1b}[31m{}", "x".repeat(60_000));
+    let started = Instant::now();
+    for _ in 0..CALLS {
+        let status = client
+            .get_queue(pb::GetQueueRequest {
+                queue_name: name.clone(),
+            })
+            .await
+            .expect_err("an invalid name is refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // The next second's first refusal says how many were held back.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    client
+        .get_queue(pb::GetQueueRequest {
+            queue_name: name.clone(),
+        })
+        .await
+        .expect_err("refused");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = server.log_lines();
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("refused") || line.contains("suppressed"))
+        .collect();
+    assert!(!refused.is_empty(), "the refusals are logged");
+    // 10 a second per kind, plus the line that says how many were held back.
+    let allowed = 2 * 10 * (seconds.ceil() as usize + 2);
+    assert!(
+        refused.len() <= allowed,
+        "{} refusal lines for {CALLS} calls in {seconds:.1} s",
+        refused.len()
+    );
+    for line in &lines {
+        assert!(line.len() < 4_096, "a {}-byte log line", line.len());
+        assert!(!line.contains('\u{1b}'), "a raw escape in {line:.200}");
+        assert!(
+            !line.starts_with("INFO forged"),
+            "a forged line: {line:.200}"
+        );
+    }
+    let total: usize = lines.iter().map(String::len).sum();
+    assert!(
+        total < 200_000,
+        "{CALLS} calls with {} KB names grew the log by {total} bytes",
+        name.len() / 1000
+    );
+}
+
+/// Below the free-space watermark sends are refused, UNAVAILABLE (STORAGE_UNAVAILABLE, 6000)
+/// naming the setting, while receives and administration go on so queues can drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_watermark_sends_are_refused_and_the_rest_goes_on() {
+    if crate::common::sqlite_only("the watermark watches the embedded database's disk") {
+        return;
+    }
+    let server = TestServer::start_with(|config| {
+        // More than any disk has free.
+        config.settings.min_free_disk_bytes = Some(1 << 60);
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "full", attrs()).await;
+    let start = Instant::now();
+    let refused = loop {
+        // Measured at startup, then every second.
+        match client
+            .send_message(pb::SendMessageRequest {
+                queue_name: "full".into(),
+                body: b"x".to_vec().into(),
+                delay_seconds: None,
+                ..Default::default()
+            })
+            .await
+        {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "sends are still accepted below the watermark"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let message = assert_error(&refused, Code::Unavailable, 6000);
+    assert!(message.contains("min_free_disk_bytes"), "{message}");
+    // Receives and administration go on.
+    let mut stream = client
+        .receive_messages(pb::ReceiveMessagesRequest {
+            queue_name: "full".into(),
+            max_messages: 16,
+            ..Default::default()
+        })
+        .await
+        .expect("receive")
+        .into_inner();
+    while stream.message().await.expect("message").is_some() {}
+    create(&mut client, "another", attrs()).await;
+    client
+        .purge_queue(pb::PurgeQueueRequest {
+            queue_name: "full".into(),
+        })
+        .await
+        .expect("purge");
     server.stop().await;
 }

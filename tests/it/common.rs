@@ -330,6 +330,8 @@ pub async fn connect(endpoint: &str) -> Client {
 pub struct ChildServer {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The metrics endpoint's address, when the flags asked for one.
+    pub metrics: Option<SocketAddr>,
     /// Its log lines (stderr) so far, gathered by a thread.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -377,6 +379,7 @@ impl ChildServer {
         let stdout = child.stdout.take().expect("stdout");
         let mut events = BufReader::new(stdout).lines();
         let mut addr = None;
+        let mut metrics = None;
         loop {
             let Some(Ok(line)) = events.next() else {
                 // Give the log thread a moment to gather the last lines.
@@ -389,6 +392,7 @@ impl ChildServer {
                 Some("listening") => {
                     let grpc = event["grpc"].as_str().expect("the gRPC address");
                     addr = Some(grpc.parse().expect("addr"));
+                    metrics = event["metrics"].as_str().map(|a| a.parse().expect("addr"));
                 }
                 Some("ready") => break,
                 other => panic!("unknown event {other:?} in {line}"),
@@ -398,6 +402,7 @@ impl ChildServer {
         Self {
             child,
             addr: addr.expect("a listening event before the ready one"),
+            metrics,
             log,
         }
     }
@@ -408,6 +413,11 @@ impl ChildServer {
             .lock()
             .map(|log| log.iter().any(|line| line.contains(needle)))
             .unwrap_or(false)
+    }
+
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 
     /// The first log line containing `needle`, waiting up to 10 s for it.

@@ -306,6 +306,7 @@ fn shipped_config_files_parse() {
     };
     for (file, auth_file) in [
         ("deploy/base/spool.toml", None),
+        ("deploy/overlays/cluster/spool.toml", None),
         (
             "deploy/docker/spool.toml",
             Some("/run/secrets/principals.toml"),

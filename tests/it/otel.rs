@@ -174,8 +174,10 @@ async fn each_call_is_a_span_in_the_callers_trace_with_its_queue_and_message_ids
         .expect("receive")
         .into_inner();
     let mut received = Vec::new();
+    let mut carried = Vec::new();
     while let Some(message) = stream.message().await.expect("a message") {
         received.push(message.message_id);
+        carried.push(message.attributes.get("traceparent").cloned());
     }
     assert_eq!(received, std::slice::from_ref(&sent));
     let missing = client
@@ -213,6 +215,12 @@ async fn each_call_is_a_span_in_the_callers_trace_with_its_queue_and_message_ids
     assert_eq!(send["kind"], 2, "a server span");
     let span_id = send["spanId"].as_str().expect("a span id");
     assert!(span_id.len() == 16 && span_id != SEND_PARENT, "{span_id}");
+    // The message carries the send's span on, for its consumer to link to.
+    assert_eq!(
+        carried,
+        [Some(format!("00-{SEND_TRACE}-{span_id}-01"))],
+        "the delivered message's traceparent attribute"
+    );
     assert_eq!(attribute(&send, "spool.queue")["stringValue"], "traced");
     assert_eq!(
         attribute(&send, "spool.message_ids")["arrayValue"]["values"][0]["stringValue"],
@@ -292,6 +300,84 @@ async fn each_call_is_a_span_in_the_callers_trace_with_its_queue_and_message_ids
             .iter()
             .any(|span| span["traceId"] == STOPPING_TRACE),
         "the last span was lost at shutdown"
+    );
+}
+
+/// Without an exporter Spool records no span, so a traced send's messages carry the caller's
+/// own context on; a producer's own `traceparent` attribute wins; an untraced send adds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_carry_their_send_trace_context_to_consumers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    client
+        .create_queue(pb::CreateQueueRequest {
+            queue_name: "carried".into(),
+            attributes: Some(attrs()),
+        })
+        .await
+        .expect("create");
+    let caller = format!("00-{SEND_TRACE}-{SEND_PARENT}-01");
+    let own = format!("00-{RECEIVE_TRACE}-{SEND_PARENT}-00");
+    let entry = |body: &str, attributes: &[(&str, &str)]| pb::BatchSendEntry {
+        body: body.as_bytes().to_vec().into(),
+        attributes: attributes
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    client
+        .batch_send_messages(with_parent(
+            pb::BatchSendMessagesRequest {
+                queue_name: "carried".into(),
+                entries: vec![
+                    entry("traced", &[("k", "v")]),
+                    entry("own context", &[("traceparent", own.as_str())]),
+                ],
+            },
+            &caller,
+        ))
+        .await
+        .expect("batch send");
+    client
+        .send_message(pb::SendMessageRequest {
+            queue_name: "carried".into(),
+            body: b"untraced".to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    let mut stream = client
+        .receive_messages(pb::ReceiveMessagesRequest {
+            queue_name: "carried".into(),
+            max_messages: 16,
+            wait_seconds: Some(0),
+            visibility_timeout_seconds: None,
+        })
+        .await
+        .expect("receive")
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(message) = stream.message().await.expect("a message") {
+        let mut attributes: Vec<(String, String)> = message.attributes.into_iter().collect();
+        attributes.sort();
+        seen.push((
+            String::from_utf8(message.body.to_vec()).expect("text"),
+            attributes,
+        ));
+    }
+    let pair = |key: &str, value: &str| (key.to_string(), value.to_string());
+    assert_eq!(
+        seen,
+        [
+            (
+                "traced".to_string(),
+                vec![pair("k", "v"), pair("traceparent", &caller)]
+            ),
+            ("own context".to_string(), vec![pair("traceparent", &own)]),
+            ("untraced".to_string(), vec![]),
+        ]
     );
 }
 

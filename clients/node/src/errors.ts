@@ -37,6 +37,7 @@ export const ERROR_CASES: readonly ErrorCase[] = [
   { reason: "DEAD_LETTER_TARGET", grpcCode: GrpcStatus.FAILED_PRECONDITION, cmqCode: 4000 },
   { reason: "BACKLOG_FULL", grpcCode: GrpcStatus.RESOURCE_EXHAUSTED, cmqCode: 4410 },
   { reason: "TOO_MANY_QUEUES", grpcCode: GrpcStatus.RESOURCE_EXHAUSTED, cmqCode: 4450 },
+  { reason: "SERVER_BUSY", grpcCode: GrpcStatus.RESOURCE_EXHAUSTED, cmqCode: 4420 },
   { reason: "UNAUTHENTICATED", grpcCode: GrpcStatus.UNAUTHENTICATED, cmqCode: 4100 },
   { reason: "PERMISSION_DENIED", grpcCode: GrpcStatus.PERMISSION_DENIED, cmqCode: 4101 },
   { reason: "STORAGE_UNAVAILABLE", grpcCode: GrpcStatus.UNAVAILABLE, cmqCode: 6000 },

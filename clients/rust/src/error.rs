@@ -67,6 +67,11 @@ pub enum ClientError {
     /// The server holds as many queues as it may ([`errors::TOO_MANY_QUEUES`]).
     #[error("{0}")]
     TooManyQueues(RpcError),
+    /// A server-wide limit on open receives: too many receives and consumer streams open, the
+    /// response buffer full, or this stream's reader stalled ([`errors::SERVER_BUSY`]). Retry
+    /// later.
+    #[error("{0}")]
+    ServerBusy(RpcError),
     /// No credentials, or ones the server does not know: a missing or unknown bearer token or
     /// client certificate ([`errors::UNAUTHENTICATED`]).
     #[error("{0}")]
@@ -153,6 +158,7 @@ impl ClientError {
             | Self::DeadLetterTarget(rpc)
             | Self::BacklogFull(rpc)
             | Self::TooManyQueues(rpc)
+            | Self::ServerBusy(rpc)
             | Self::Unauthenticated(rpc)
             | Self::PermissionDenied(rpc)
             | Self::Unavailable(rpc)
@@ -182,6 +188,7 @@ impl From<RpcError> for ClientError {
             Some(&errors::DEAD_LETTER_TARGET) => Self::DeadLetterTarget(rpc),
             Some(&errors::BACKLOG_FULL) => Self::BacklogFull(rpc),
             Some(&errors::TOO_MANY_QUEUES) => Self::TooManyQueues(rpc),
+            Some(&errors::SERVER_BUSY) => Self::ServerBusy(rpc),
             Some(&errors::UNAUTHENTICATED) => Self::Unauthenticated(rpc),
             Some(&errors::PERMISSION_DENIED) => Self::PermissionDenied(rpc),
             _ => Self::Other(rpc),
@@ -217,6 +224,7 @@ mod tests {
             (errors::DEAD_LETTER_TARGET, "DeadLetterTarget"),
             (errors::BACKLOG_FULL, "BacklogFull"),
             (errors::TOO_MANY_QUEUES, "TooManyQueues"),
+            (errors::SERVER_BUSY, "ServerBusy"),
             (errors::UNAUTHENTICATED, "Unauthenticated"),
             (errors::PERMISSION_DENIED, "PermissionDenied"),
             (errors::STORAGE_UNAVAILABLE, "Unavailable"),

@@ -116,6 +116,15 @@ pub const TOO_MANY_QUEUES: ErrorCase = ErrorCase {
     cmq_code: 4450,
     meaning: "too many queues (`--max-queues`)",
 };
+/// A server-wide limit of docs/security.md ("Limits") on open receives: `--max-waiting-receives`
+/// receives and consumer streams are open, the response budget stayed full, or the stream's
+/// client read nothing for the stall timeout. CMQ's "too many requests" number; retry later.
+pub const SERVER_BUSY: ErrorCase = ErrorCase {
+    reason: "SERVER_BUSY",
+    grpc_code: Code::ResourceExhausted,
+    cmq_code: 4420,
+    meaning: "the server's receive limits are reached (open receives, response buffer, stalled client); retry later",
+};
 /// CMQ's "authentication failed" (4100): the caller is not known, so no grant is even looked at.
 pub const UNAUTHENTICATED: ErrorCase = ErrorCase {
     reason: "UNAUTHENTICATED",
@@ -151,7 +160,7 @@ pub const SHUTTING_DOWN: ErrorCase = ErrorCase {
 };
 
 /// Every case, in the README's order.
-pub const ERROR_CASES: [ErrorCase; 14] = [
+pub const ERROR_CASES: [ErrorCase; 15] = [
     INVALID_ARGUMENT,
     TOO_LARGE,
     QUEUE_NOT_FOUND,
@@ -161,6 +170,7 @@ pub const ERROR_CASES: [ErrorCase; 14] = [
     DEAD_LETTER_TARGET,
     BACKLOG_FULL,
     TOO_MANY_QUEUES,
+    SERVER_BUSY,
     UNAUTHENTICATED,
     PERMISSION_DENIED,
     STORAGE_UNAVAILABLE,

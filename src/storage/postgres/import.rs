@@ -29,7 +29,7 @@ impl Target {
     pub async fn open(options: &ConnectOptions, schema: &str) -> Result<Self, StorageError> {
         schema::validate_schema_name(schema).map_err(StorageError::Refused)?;
         // The same session a server would open: connect, lock, create or check the tables.
-        let session = writer::open_session(options, schema).await?;
+        let session = writer::open_session(options, schema, None).await?;
         let client = session.client;
         let described = describe_target(options, schema);
         let q = quoted(schema);

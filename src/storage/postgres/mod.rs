@@ -8,11 +8,15 @@
 //!   reconnection.
 //! - [`readers`]: a small pool of connections for body reads and recovery.
 //! - [`vacuum`]: vacuums the messages table once enough rows changed, autovacuum or not.
+//! - [`fence`], `cluster_tables`: cluster mode, where replicas share the schema: the owner
+//!   epochs every write transaction checks, and the members table.
 //!
 //! Everything is async on tokio (tokio-postgres); the trait's blocking recovery calls, made on
 //! a blocking thread, drive the async reads with the runtime's handle.
 
+pub mod cluster_tables;
 pub mod connect;
+pub mod fence;
 pub mod import;
 mod readers;
 pub mod schema;
@@ -81,13 +85,18 @@ impl PostgresStorage {
     /// Connects, takes the schema's lock, creates or checks the tables, and starts the writer.
     /// `Refused` when retrying cannot help (another server holds the schema, or it is not
     /// Spool's, or it is newer); `Io` when PostgreSQL cannot be reached.
+    ///
+    /// `fence`: cluster mode (see [`fence`]): the schema is shared with the other replicas, and
+    /// every write is checked against the owner epochs the fence holds.
     pub async fn open(
         options: ConnectOptions,
         schema: String,
         metrics: Arc<dyn CommitObserver>,
+        fence: Option<Arc<fence::Fence>>,
     ) -> Result<Self, StorageError> {
         schema::validate_schema_name(&schema).map_err(StorageError::Refused)?;
-        let session = writer::open_session(&options, &schema).await?;
+        let member = fence.as_ref().map(|fence| fence.member().to_string());
+        let session = writer::open_session(&options, &schema, member.as_deref()).await?;
         let lost = Arc::new(Lost::default());
         let readers = Arc::new(ReaderPool::new(options.clone(), schema.clone()));
         let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -105,6 +114,7 @@ impl PostgresStorage {
             metrics,
             lost.clone(),
             changes,
+            fence,
         );
         Ok(Self {
             writer,
@@ -125,6 +135,26 @@ impl PostgresStorage {
         if let Err(mpsc::error::SendError(request)) = self.writer.send(request) {
             request.fail(StorageError::Closed);
         }
+    }
+
+    /// Cluster mode's takeover: visits the stored messages of one queue (metadata, not bodies),
+    /// oldest first, through its index.
+    pub async fn recover_queue(
+        &self,
+        queue_id: u64,
+        visit: &mut (dyn FnMut(StoredMessage) + Send),
+    ) -> Result<(), StorageError> {
+        let mut reader = self.readers.get().await?;
+        schema::recover_messages_where(
+            &mut reader.client,
+            &self.schema,
+            Some(queue_id),
+            &mut |_, stored| visit(stored),
+        )
+        .await
+        .map_err(Self::recovery_error)?;
+        self.readers.put(reader);
+        Ok(())
     }
 
     fn recovery_error(what: String) -> StorageError {

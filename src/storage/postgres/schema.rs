@@ -153,12 +153,23 @@ pub fn quoted(schema: &str) -> String {
     format!("\"{schema}\"")
 }
 
-/// Takes the session advisory lock that makes this connection's session the only Spool server
-/// on `schema`; false when another session holds it.
-pub async fn try_lock(client: &Client, schema: &str) -> Result<bool, tokio_postgres::Error> {
+/// Takes the session advisory lock on `schema`; false when another session holds it in a
+/// conflicting mode. A single server takes it exclusively, which makes it the only Spool server
+/// on the schema; cluster replicas take it shared, so they share the schema with each other
+/// (their queues fenced by owner epochs) but never with a single server.
+pub async fn try_lock(
+    client: &Client,
+    schema: &str,
+    shared: bool,
+) -> Result<bool, tokio_postgres::Error> {
+    let function = if shared {
+        "pg_try_advisory_lock_shared"
+    } else {
+        "pg_try_advisory_lock"
+    };
     let row = client
         .query_one(
-            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &format!("SELECT {function}($1, hashtext($2))"),
             &[&LOCK_CLASS, &schema],
         )
         .await?;
@@ -312,6 +323,51 @@ fn u32_column(row: &tokio_postgres::Row, index: usize) -> Result<u32, String> {
     u32::try_from(value).map_err(|_| format!("column {index} holds {value}, out of range"))
 }
 
+/// The columns of `queues` that [`queue_record`] reads, in its order.
+pub const QUEUE_COLUMNS: &str = "id, name, visibility_timeout_seconds, polling_wait_seconds,
+    max_message_size, message_retention_seconds, rewind_seconds, max_backlog, create_time_ms,
+    update_time_ms, deduplication_window_seconds, dead_letter_queue, max_receive_count,
+    max_time_to_live_seconds";
+
+/// A queue from a row that starts with [`QUEUE_COLUMNS`].
+pub fn queue_record(row: &tokio_postgres::Row) -> Result<QueueRecord, String> {
+    queue_record_at(row, 0)
+}
+
+/// A queue from a row with [`QUEUE_COLUMNS`] from column `first` on.
+pub fn queue_record_at(row: &tokio_postgres::Row, first: usize) -> Result<QueueRecord, String> {
+    let get_i64 = |index: usize| {
+        row.try_get::<_, i64>(first + index)
+            .map_err(|e| e.to_string())
+    };
+    Ok(QueueRecord {
+        id: get_i64(0)? as u64,
+        name: row.try_get(first + 1).map_err(|e| e.to_string())?,
+        attributes: QueueAttributes {
+            visibility_timeout_seconds: u32_column(row, first + 2)?,
+            polling_wait_seconds: u32_column(row, first + 3)?,
+            max_message_size: u32_column(row, first + 4)?,
+            message_retention_seconds: u32_column(row, first + 5)?,
+            rewind_seconds: u32_column(row, first + 6)?,
+            max_backlog: get_i64(7)? as u64,
+            deduplication_window_seconds: u32_column(row, first + 10)?,
+            dead_letter_policy: match row
+                .try_get::<_, Option<String>>(first + 11)
+                .map_err(|e| e.to_string())?
+            {
+                Some(dead_letter_queue) => Some(DeadLetterPolicy {
+                    dead_letter_queue,
+                    max_receive_count: u32_column(row, first + 12)?,
+                    max_time_to_live_seconds: u32_column(row, first + 13)?,
+                }),
+                None => None,
+            },
+        },
+        create_time_ms: get_i64(8)?,
+        update_time_ms: get_i64(9)?,
+    })
+}
+
 /// Reads every queue, the receipt key and the id counters.
 pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recovered, String> {
     let q = quoted(schema);
@@ -342,47 +398,15 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         .map_err(|value: Vec<u8>| format!("the receipt key has {} bytes, not 32", value.len()))?;
     let rows = client
         .query(
-            &format!(
-                "SELECT id, name, visibility_timeout_seconds, polling_wait_seconds,
-                        max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
-                        create_time_ms, update_time_ms, deduplication_window_seconds,
-                        dead_letter_queue, max_receive_count, max_time_to_live_seconds
-                   FROM {q}.queues ORDER BY id"
-            ),
+            &format!("SELECT {QUEUE_COLUMNS} FROM {q}.queues ORDER BY id"),
             &[],
         )
         .await
         .map_err(|e| e.to_string())?;
-    let mut queues = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let get_i64 = |index: usize| row.try_get::<_, i64>(index).map_err(|e| e.to_string());
-        queues.push(QueueRecord {
-            id: get_i64(0)? as u64,
-            name: row.try_get(1).map_err(|e| e.to_string())?,
-            attributes: QueueAttributes {
-                visibility_timeout_seconds: u32_column(row, 2)?,
-                polling_wait_seconds: u32_column(row, 3)?,
-                max_message_size: u32_column(row, 4)?,
-                message_retention_seconds: u32_column(row, 5)?,
-                rewind_seconds: u32_column(row, 6)?,
-                max_backlog: get_i64(7)? as u64,
-                deduplication_window_seconds: u32_column(row, 10)?,
-                dead_letter_policy: match row
-                    .try_get::<_, Option<String>>(11)
-                    .map_err(|e| e.to_string())?
-                {
-                    Some(dead_letter_queue) => Some(DeadLetterPolicy {
-                        dead_letter_queue,
-                        max_receive_count: u32_column(row, 12)?,
-                        max_time_to_live_seconds: u32_column(row, 13)?,
-                    }),
-                    None => None,
-                },
-            },
-            create_time_ms: get_i64(8)?,
-            update_time_ms: get_i64(9)?,
-        });
-    }
+    let queues = rows
+        .iter()
+        .map(queue_record)
+        .collect::<Result<Vec<_>, _>>()?;
     let deduplication_ids = client
         .query(
             &format!(
@@ -423,6 +447,19 @@ pub async fn recover_messages(
     schema: &str,
     visit: &mut dyn FnMut(u64, StoredMessage),
 ) -> Result<(), String> {
+    recover_messages_where(client, schema, None, &mut |queue_id, stored| {
+        visit(queue_id, stored)
+    })
+    .await
+}
+
+/// [`recover_messages`] of every queue, or of one (by its index, for a cluster's takeover).
+pub async fn recover_messages_where(
+    client: &mut Client,
+    schema: &str,
+    queue_id: Option<u64>,
+    visit: &mut impl FnMut(u64, StoredMessage),
+) -> Result<(), String> {
     let text = |e: tokio_postgres::Error| e.to_string();
     let transaction = client
         .build_transaction()
@@ -435,12 +472,21 @@ pub async fn recover_messages(
         .prepare(&format!(
             "SELECT queue_id, id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
                     receipt_nonce, state
-               FROM {}.messages ORDER BY id",
-            quoted(schema)
+               FROM {}.messages {} ORDER BY id",
+            quoted(schema),
+            match queue_id {
+                Some(_) => "WHERE queue_id = $1",
+                None => "",
+            }
         ))
         .await
         .map_err(text)?;
-    let portal = transaction.bind(&statement, &[]).await.map_err(text)?;
+    let queue_param = queue_id.map(|id| id as i64);
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &queue_param {
+        Some(id) => vec![id],
+        None => vec![],
+    };
+    let portal = transaction.bind(&statement, &params).await.map_err(text)?;
     loop {
         let rows = transaction
             .query_portal(&portal, RECOVERY_FETCH_ROWS)

@@ -25,6 +25,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::connect::ConnectOptions;
+use super::fence::{Fence, Verdict};
 use super::schema::{self, quoted};
 use super::{Lost, describe_target};
 use crate::storage::{CommitObserver, CommitReply, StorageError, WriteOp, WriterRequest};
@@ -46,6 +47,10 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// Pause between tries of the advisory lock within [`LOCK_WAIT`].
 const LOCK_RETRY: Duration = Duration::from_millis(100);
+/// Cluster mode: how long the writer's session may sit inside a transaction without sending
+/// anything before PostgreSQL ends it (see `open_session`). A live writer sends the rest of a
+/// transaction within one round trip of the epoch check.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(3);
 /// First and longest pause between attempts to reach PostgreSQL after a failure.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -67,10 +72,23 @@ struct Statements {
     forget_deduplication: Statement,
     delete_queue_deduplication: Statement,
     move_messages: Statement,
+    /// Cluster mode: the epochs of a group's queues, read under a share lock (see `fence`).
+    epochs: Statement,
+    /// Cluster mode: this member, the owner of the queues it creates.
+    owner: Option<String>,
+    /// Cluster mode: fails (division by zero) unless every (queue id, epoch) pair given is
+    /// current, the rows share-locked until the transaction ends. The division is by a CASE on
+    /// the rows found, which the planner cannot fold into a constant error.
+    assert_epochs: Statement,
 }
 
 impl Statements {
-    async fn prepare(client: &Client, schema: &str) -> Result<Self, tokio_postgres::Error> {
+    async fn prepare(
+        client: &Client,
+        schema: &str,
+        member: Option<&str>,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let cluster = member.is_some();
         let s = quoted(schema);
         let prepare = |sql: String| async move { client.prepare(&sql).await };
         Ok(Self {
@@ -120,14 +138,27 @@ impl Statements {
                   WHERE m.id = u.id AND m.state = 0"
             ))
             .await?,
-            create_queue: prepare(format!(
-                "INSERT INTO {s}.queues (id, name, visibility_timeout_seconds,
-                        polling_wait_seconds, max_message_size, message_retention_seconds,
-                        rewind_seconds, max_backlog, create_time_ms, update_time_ms,
-                        deduplication_window_seconds, dead_letter_queue, max_receive_count,
-                        max_time_to_live_seconds)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ))
+            // In cluster mode the creator is the queue's first owner, at the first epoch.
+            create_queue: prepare(if cluster {
+                format!(
+                    "INSERT INTO {s}.queues (id, name, visibility_timeout_seconds,
+                            polling_wait_seconds, max_message_size, message_retention_seconds,
+                            rewind_seconds, max_backlog, create_time_ms, update_time_ms,
+                            deduplication_window_seconds, dead_letter_queue, max_receive_count,
+                            max_time_to_live_seconds, owner, owner_epoch)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, {})",
+                    super::fence::FIRST_EPOCH
+                )
+            } else {
+                format!(
+                    "INSERT INTO {s}.queues (id, name, visibility_timeout_seconds,
+                            polling_wait_seconds, max_message_size, message_retention_seconds,
+                            rewind_seconds, max_backlog, create_time_ms, update_time_ms,
+                            deduplication_window_seconds, dead_letter_queue, max_receive_count,
+                            max_time_to_live_seconds)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                )
+            })
             .await?,
             update_queue: prepare(format!(
                 "UPDATE {s}.queues SET visibility_timeout_seconds = $2, polling_wait_seconds = $3,
@@ -168,6 +199,19 @@ impl Statements {
                   WHERE m.id = u.id AND m.queue_id = $1 AND m.state = 0"
             ))
             .await?,
+            epochs: prepare(format!(
+                "SELECT id, owner_epoch FROM {s}.queues WHERE id = ANY($1::int8[]) FOR SHARE"
+            ))
+            .await?,
+            owner: member.map(str::to_string),
+            assert_epochs: prepare(format!(
+                "SELECT 1 / (CASE WHEN count(*) = $3 THEN 1 ELSE 0 END)
+                   FROM (SELECT 1 FROM {s}.queues q
+                           JOIN unnest($1::int8[], $2::int8[]) AS u(id, epoch)
+                             ON q.id = u.id AND q.owner_epoch = u.epoch
+                            FOR SHARE OF q) AS current"
+            ))
+            .await?,
         })
     }
 }
@@ -184,7 +228,15 @@ pub struct Session {
 /// Opens a session: connects, takes the schema's advisory lock, creates or checks the tables,
 /// prepares the write statements. `Refused` when retrying cannot help (the schema is another
 /// server's, or not Spool's); `Io` when PostgreSQL cannot be reached or fails.
-pub async fn open_session(options: &ConnectOptions, schema: &str) -> Result<Session, StorageError> {
+///
+/// `member`: cluster mode, as this member: take the schema's lock shared (cluster replicas
+/// share the schema) and write the member as the owner of the queues it creates; see `fence`.
+pub async fn open_session(
+    options: &ConnectOptions,
+    schema: &str,
+    member: Option<&str>,
+) -> Result<Session, StorageError> {
+    let cluster = member.is_some();
     let target = describe_target(options, schema);
     let mut client = options
         .connect()
@@ -192,23 +244,44 @@ pub async fn open_session(options: &ConnectOptions, schema: &str) -> Result<Sess
         .map_err(|e| StorageError::Io(format!("cannot connect to PostgreSQL at {target}: {e}")))?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        let locked = schema::try_lock(&client, schema)
+        let locked = schema::try_lock(&client, schema, cluster)
             .await
             .map_err(|e| schema::describe(schema, "cannot take the server lock", &e))?;
         if locked {
             break;
         }
         if Instant::now() >= deadline {
-            return Err(StorageError::Refused(format!(
-                "PostgreSQL schema {target} is in use by another Spool server (it holds the \
-                 schema's advisory lock); one server per schema: stop the other one, or give \
-                 this one another --postgres-schema"
-            )));
+            return Err(StorageError::Refused(if cluster {
+                format!(
+                    "PostgreSQL schema {target} is in use by a Spool server that is not in \
+                     cluster mode (it holds the schema's advisory lock alone); stop it, or \
+                     start it with --advertise-address as a replica of the cluster"
+                )
+            } else {
+                format!(
+                    "PostgreSQL schema {target} is in use by another Spool server (it holds the \
+                     schema's advisory lock); one server per schema: stop the other one, give \
+                     this one another --postgres-schema, or run them all in cluster mode \
+                     (--advertise-address)"
+                )
+            }));
         }
         tokio::time::sleep(LOCK_RETRY).await;
     }
     schema::prepare(&mut client, schema).await?;
-    let statements = Statements::prepare(&client, schema)
+    if cluster {
+        super::cluster_tables::prepare(&client, schema).await?;
+        // A replica paused inside a transaction (between its epoch check and its commit)
+        // holds share locks a takeover waits for: PostgreSQL ends such a session after this.
+        client
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+            ))
+            .await
+            .map_err(|e| schema::describe(schema, "cannot set up the session", &e))?;
+    }
+    let statements = Statements::prepare(&client, schema, member)
         .await
         .map_err(|e| schema::describe(schema, "cannot prepare the write statements", &e))?;
     let reserved = client
@@ -237,9 +310,11 @@ pub fn spawn(
     metrics: Arc<dyn CommitObserver>,
     lost: Arc<Lost>,
     changes: Arc<AtomicU64>,
+    fence: Option<Arc<Fence>>,
 ) -> mpsc::UnboundedSender<WriterRequest> {
     let (sender, receiver) = mpsc::unbounded_channel();
     let writer = Writer {
+        fence,
         session: Some(session),
         options,
         schema,
@@ -256,6 +331,8 @@ pub fn spawn(
 }
 
 struct Writer {
+    /// Cluster mode: the owner epochs every transaction checks (see `fence`).
+    fence: Option<Arc<Fence>>,
     /// None while PostgreSQL is unreachable (or after the session broke).
     session: Option<Session>,
     options: ConnectOptions,
@@ -346,7 +423,8 @@ impl Writer {
                     self.last_failure
                 )));
             }
-            match open_session(&self.options, &self.schema).await {
+            let member = self.fence.as_ref().map(|fence| fence.member().to_string());
+            match open_session(&self.options, &self.schema, member.as_deref()).await {
                 Ok(session) => {
                     tracing::info!(target = %describe_target(&self.options, &self.schema), "reconnected to PostgreSQL; the schema's lock is held again");
                     self.backoff = FIRST_BACKOFF;
@@ -379,6 +457,7 @@ impl Writer {
     /// its own so that one bad write does not fail the others. Returns whether the group
     /// commit succeeded.
     async fn commit_group(&mut self, group: &mut Group) -> bool {
+        let fence = self.fence.clone();
         let session = match self.session().await {
             Ok(session) => session,
             Err(error) => {
@@ -387,21 +466,17 @@ impl Writer {
             }
         };
         let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
-        let outcome = transaction(session, &ops).await;
+        let outcome = transaction(session, &ops, fence.as_deref()).await;
         drop(ops);
         match outcome {
-            Ok(()) => {
+            Ok(verdicts) => {
                 let changed: usize = group
                     .iter()
                     .filter(|(op, _)| !matches!(op, WriteOp::InsertMessages { .. }))
                     .map(|(op, _)| op.message_count())
                     .sum();
                 self.changes.fetch_add(changed as u64, Ordering::Relaxed);
-                for (_, done) in group.drain(..) {
-                    if let Some(done) = done {
-                        let _ = done.send(Ok(()));
-                    }
-                }
+                answer(fence.as_deref(), group.drain(..), &verdicts);
                 true
             }
             Err(Failure::Lost(why)) => {
@@ -422,12 +497,8 @@ impl Writer {
                         group.push((op, done));
                         break;
                     };
-                    match transaction(session, &[&op]).await {
-                        Ok(()) => {
-                            if let Some(done) = done {
-                                let _ = done.send(Ok(()));
-                            }
-                        }
+                    match transaction(session, &[&op], fence.as_deref()).await {
+                        Ok(verdicts) => answer(fence.as_deref(), [(op, done)], &verdicts),
                         Err(Failure::Statement(error)) => {
                             let error = statement_error(&error);
                             tracing::error!(%error, "storage commit failed");
@@ -465,6 +536,47 @@ impl Writer {
                  have been applied"
             )),
         );
+    }
+}
+
+/// Answers the operations of a committed transaction by the fence's verdicts (all applied
+/// outside cluster mode), and tells the fence what changed.
+fn answer(
+    fence: Option<&Fence>,
+    ops: impl IntoIterator<Item = (WriteOp, Option<CommitReply>)>,
+    verdicts: &[Verdict],
+) {
+    let mut lost = std::collections::HashSet::new();
+    for ((op, done), verdict) in ops.into_iter().zip(verdicts) {
+        let result = match verdict {
+            Verdict::Apply => {
+                if let Some(fence) = fence {
+                    fence.committed(&op);
+                }
+                Ok(())
+            }
+            Verdict::Fenced => {
+                lost.insert(op.queue_id());
+                Err(StorageError::Io(format!(
+                    "queue {} is owned by another replica now (its owner epoch changed); \
+                     nothing was written: retry the call",
+                    op.queue_id()
+                )))
+            }
+            Verdict::OutOfIds => Err(StorageError::Io(
+                "this replica used every id of the block it reserved at startup; restart it \
+                 to reserve a new block"
+                    .into(),
+            )),
+        };
+        if let Some(done) = done {
+            let _ = done.send(result);
+        }
+    }
+    if let Some(fence) = fence
+        && !lost.is_empty()
+    {
+        fence.report_lost(lost);
     }
 }
 
@@ -578,7 +690,7 @@ fn steps<'a>(
             }
             WriteOp::RemoveMessages { .. } => {
                 let mut removed = Vec::new();
-                while let Some(WriteOp::RemoveMessages { ids: more }) = ops.get(index) {
+                while let Some(WriteOp::RemoveMessages { ids: more, .. }) = ops.get(index) {
                     removed.extend(more.iter().map(|id| *id as i64));
                     index += 1;
                 }
@@ -621,6 +733,11 @@ fn steps<'a>(
                         )),
                     ],
                 });
+                if let Some(owner) = &statements.owner
+                    && let Some(step) = steps.last_mut()
+                {
+                    step.params.push(Box::new(owner.as_str()));
+                }
                 *next_queue_id = (*next_queue_id).max(queue.id + 1);
             }
             WriteOp::UpdateQueue(queue) => {
@@ -719,6 +836,7 @@ fn steps<'a>(
             WriteOp::Restore {
                 ids: restored,
                 visible_at_ms,
+                ..
             } => {
                 steps.push(Step {
                     statement: &statements.restore,
@@ -728,7 +846,7 @@ fn steps<'a>(
                     ],
                 });
             }
-            WriteOp::RecordReceives(receives) => {
+            WriteOp::RecordReceives { receives, .. } => {
                 // One UPDATE ... FROM unnest applies at most one entry per row; should a message
                 // appear twice, its last receive is the one that counts.
                 let mut latest = std::collections::HashMap::with_capacity(receives.len());
@@ -800,7 +918,73 @@ type Reply<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>>
 
 /// Applies `ops` in one pipelined transaction. `session.reserved` is raised only once the
 /// transaction has committed.
-async fn transaction(session: &mut Session, ops: &[&WriteOp]) -> Result<(), Failure> {
+///
+/// In cluster mode (`fence`), the transaction checks its queues' epochs under a share lock a
+/// takeover must wait for: asserted within the same pipelined round trip when every queue is
+/// held here, else (or when the assertion fails) read first, one more round trip, and only the
+/// operations the fence lets through are applied; the verdicts say which, one per operation.
+async fn transaction(
+    session: &mut Session,
+    ops: &[&WriteOp],
+    fence: Option<&Fence>,
+) -> Result<Vec<Verdict>, Failure> {
+    let Some(fence) = fence else {
+        apply(session, ops, None).await?;
+        return Ok(vec![Verdict::Apply; ops.len()]);
+    };
+    // The common case, in one round trip: every queue written is held here, and the epochs are
+    // asserted in the pipelined transaction itself. Only if the assertion fails (a queue was
+    // lost) does the transaction run again, epochs read first, to apply what is still ours.
+    if let Some(expected) = expected_epochs(fence, ops)
+        && apply(session, ops, Some(Begin::Asserting(expected))).await?
+    {
+        return Ok(vec![Verdict::Apply; ops.len()]);
+    }
+    let verdicts = fenced(session, ops, fence).await?;
+    let applied: Vec<&WriteOp> = ops
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| **verdict == Verdict::Apply)
+        .map(|(op, _)| *op)
+        .collect();
+    apply(session, &applied, Some(Begin::Begun)).await?;
+    Ok(verdicts)
+}
+
+/// How a transaction of [`apply`] starts in cluster mode.
+enum Begin {
+    /// `BEGIN` was sent already (with the epochs read, see [`fenced`]).
+    Begun,
+    /// `BEGIN`, then these (queue id, epoch) pairs asserted under a share lock.
+    Asserting((Vec<i64>, Vec<i64>)),
+}
+
+/// The epochs to assert for `ops`, if every queue they write is held here (creating a queue,
+/// or cleaning up after a deleted one, takes the slower path of [`fenced`]).
+fn expected_epochs(fence: &Fence, ops: &[&WriteOp]) -> Option<(Vec<i64>, Vec<i64>)> {
+    let mut held = std::collections::BTreeMap::new();
+    for op in ops {
+        if matches!(op, WriteOp::CreateQueue(_)) {
+            return None;
+        }
+        let queue_id = op.queue_id();
+        held.insert(queue_id as i64, fence.held(queue_id)?);
+    }
+    Some(held.into_iter().unzip())
+}
+
+/// Applies `ops` in one pipelined transaction; false if the epochs asserted (cluster mode)
+/// were not all current, in which case nothing was applied.
+async fn apply(
+    session: &mut Session,
+    ops: &[&WriteOp],
+    begin: Option<Begin>,
+) -> Result<bool, Failure> {
+    let begun = matches!(begin, Some(Begin::Begun));
+    let asserted = match begin {
+        Some(Begin::Asserting(expected)) => Some(expected),
+        _ => None,
+    };
     let mut next_queue_id = 0u64;
     let mut next_message_id = 0u64;
     let mut steps = steps(
@@ -825,9 +1009,20 @@ async fn transaction(session: &mut Session, ops: &[&WriteOp]) -> Result<(), Fail
     }
     let client = &session.client;
     let mut replies: Vec<Pin<Box<MaybeDone<Reply<'_>>>>> = Vec::with_capacity(steps.len() + 2);
-    replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
-        client.batch_execute("BEGIN").await.map(|()| 0)
-    }))));
+    if !begun {
+        replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
+            client.batch_execute("BEGIN").await.map(|()| 0)
+        }))));
+    }
+    // The assertion's reply, by its place among the replies.
+    let assertion = asserted.as_ref().map(|_| replies.len());
+    if let Some((ids, epochs)) = &asserted {
+        let statement = &session.statements.assert_epochs;
+        let count = ids.len() as i64;
+        replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
+            client.execute(statement, &[ids, epochs, &count]).await
+        }))));
+    }
     for step in &steps {
         replies.push(Box::pin(MaybeDone::Future(Box::pin(async move {
             let params: Vec<&(dyn ToSql + Sync)> = step
@@ -869,7 +1064,14 @@ async fn transaction(session: &mut Session, ops: &[&WriteOp]) -> Result<(), Fail
         }
     };
     let mut statement_failure = None;
-    for result in results {
+    for (index, result) in results.into_iter().enumerate() {
+        if Some(index) == assertion
+            && let Some(Err(error)) = &result
+            && error.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+        {
+            // PostgreSQL rolled the transaction back (its COMMIT answered ROLLBACK).
+            return Ok(false);
+        }
         match result {
             Some(Ok(_)) => {}
             Some(Err(error)) if ends_session(&error) || session.client.is_closed() => {
@@ -889,7 +1091,53 @@ async fn transaction(session: &mut Session, ops: &[&WriteOp]) -> Result<(), Fail
     if let Some(reservation) = reservation {
         session.reserved = reservation;
     }
-    Ok(())
+    Ok(true)
+}
+
+/// Cluster mode: opens the transaction and reads the epochs of the queues `ops` write, under a
+/// share lock held until it ends; the fence's verdict on each operation.
+async fn fenced(
+    session: &Session,
+    ops: &[&WriteOp],
+    fence: &Fence,
+) -> Result<Vec<Verdict>, Failure> {
+    let mut queue_ids: Vec<i64> = ops.iter().map(|op| op.queue_id() as i64).collect();
+    queue_ids.sort_unstable();
+    queue_ids.dedup();
+    let client = &session.client;
+    let read = async {
+        let (begun, rows) = futures_util::future::join(
+            client.batch_execute("BEGIN"),
+            client.query(&session.statements.epochs, &[&queue_ids]),
+        )
+        .await;
+        begun.and(rows)
+    };
+    let rows = match tokio::time::timeout(COMMIT_TIMEOUT, read).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(error)) if ends_session(&error) || client.is_closed() => {
+            return Err(Failure::Lost(error.to_string()));
+        }
+        Ok(Err(error)) => {
+            // The transaction is aborted; end it so the session can go on.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(Failure::Statement(error));
+        }
+        Err(_) => {
+            return Err(Failure::Lost(format!(
+                "no answer from PostgreSQL within {COMMIT_TIMEOUT:?}"
+            )));
+        }
+    };
+    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let (Ok(id), Ok(epoch)) = (row.try_get::<_, i64>(0), row.try_get::<_, i64>(1)) else {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(Failure::Lost("the queues' epochs could not be read".into()));
+        };
+        stored.insert(id as u64, epoch);
+    }
+    Ok(ops.iter().map(|op| fence.judge(op, &stored)).collect())
 }
 
 /// Whether `error` ends the session rather than one statement: the connection broke, or the

@@ -300,7 +300,7 @@ fn apply(
                 *next_message_id = (*next_message_id).max(message.id + 1);
             }
         }
-        WriteOp::RemoveMessages { ids } => {
+        WriteOp::RemoveMessages { ids, .. } => {
             let mut delete = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
             for id in ids {
                 delete.execute([*id as i64])?;
@@ -340,7 +340,9 @@ fn apply(
                 ])?;
             }
         }
-        WriteOp::Restore { ids, visible_at_ms } => {
+        WriteOp::Restore {
+            ids, visible_at_ms, ..
+        } => {
             let mut restore = conn.prepare_cached(
                 "UPDATE messages SET deleted = 0, visible_at_ms = ?2, receipt_nonce = 0
                  WHERE id = ?1",
@@ -349,7 +351,7 @@ fn apply(
                 restore.execute(params![*id as i64, visible_at_ms])?;
             }
         }
-        WriteOp::RecordReceives(receives) => {
+        WriteOp::RecordReceives { receives, .. } => {
             let mut update = conn.prepare_cached(
                 "UPDATE messages SET visible_at_ms = ?2, dequeue_count = ?3,
                     first_dequeue_ms = ?4, receipt_nonce = ?5

@@ -4,8 +4,8 @@ As in CMQ, everything raised is a CMQExceptionBase with `code` (CMQ's error numb
 
 - CMQServerException: the server refused the call; `code` is CMQ's number (4000 bad parameter,
   4100 unknown or missing credentials, 4101 no permission for the action on the queue, 4400 too
-  large, 4410 backlog full, 4430 bad or expired receipt handle, 4440 no such queue, 4450 too many
-  queues, 4460 queue exists, 6000 server unavailable, 6010 batch delete failed,
+  large, 4410 backlog full, 4420 server busy (its receive limits), 4430 bad or expired receipt
+  handle, 4440 no such queue, 4450 too many queues, 4460 queue exists, 6000 server unavailable, 6010 batch delete failed,
   6050 rewind not enabled, 7000 no message). `data` holds the details: for Spool errors
   {"reason": ..., "grpcCode": ...}; for 6010 {"errorList": [{"code", "message", "receiptHandle"}]}.
 - CMQClientNetworkException: no answer from the server (not listening, connection lost,

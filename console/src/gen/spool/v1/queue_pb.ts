@@ -8,7 +8,8 @@
 //   ALREADY_EXISTS       4460 queue exists with other attributes
 //   FAILED_PRECONDITION  4430 receipt handle superseded or expired; 6050 rewind not enabled;
 //                        4000 queue is another queue's dead-letter queue (DeleteQueue)
-//   RESOURCE_EXHAUSTED   4410 backlog full; 4450 too many queues
+//   RESOURCE_EXHAUSTED   4410 backlog full; 4450 too many queues; 4420 the server's receive
+//                             limits reached (open receives, response buffer, stalled client)
 //   UNAUTHENTICATED      4100 no credentials, or unknown ones (with --auth-file)
 //   PERMISSION_DENIED    4101 the caller's grants do not allow this action on this queue
 //   UNAVAILABLE          6000 starting (recovering its queues), shutting down, or storage
@@ -502,7 +503,8 @@ export type SendMessageRequest = Message<"spool.v1.SendMessageRequest"> & {
    * Application-defined attributes (a W3C `traceparent`, a content type, ...), delivered with the
    * message. At most 16 entries; keys are 1..64 characters of letters, digits, '-', '_' and '.';
    * values are any text. The body plus every key and value (in UTF-8 bytes) must fit in the
-   * queue's max_message_size.
+   * queue's max_message_size. Without a `traceparent` attribute, a send whose call carries
+   * `traceparent` metadata stores the call's trace context as one (see ReceivedMessage).
    *
    * @generated from field: map<string, string> attributes = 4;
    */
@@ -744,7 +746,10 @@ export type ReceivedMessage = Message<"spool.v1.ReceivedMessage"> & {
   dequeueCount: number;
 
   /**
-   * The attributes it was sent with.
+   * The attributes it was sent with. When the send's call carried W3C `traceparent` metadata
+   * and its attributes had no `traceparent`, Spool adds one (not counted toward
+   * max_message_size): the send's server span when traces are exported (--otlp-endpoint), else
+   * the caller's context, so the consumer's span can link to the producer's.
    *
    * @generated from field: map<string, string> attributes = 8;
    */
@@ -1223,7 +1228,7 @@ export type PeekedMessage = Message<"spool.v1.PeekedMessage"> & {
   dequeueCount: number;
 
   /**
-   * The attributes it was sent with.
+   * The attributes it was sent with, and the `traceparent` Spool added (as on ReceivedMessage).
    *
    * @generated from field: map<string, string> attributes = 6;
    */

@@ -1,0 +1,397 @@
+//! Which queues this replica owns, and their moves: takeover, hand-off, loss.
+//!
+//! PostgreSQL is the only arbiter. A queue's row names its owner and the owner's epoch; every
+//! change of owner is one `UPDATE` that raises the epoch, guarded by the epoch it saw (so two
+//! replicas cannot both win), and it waits for the old owner's write transactions in flight,
+//! which hold the row `FOR SHARE` (see `storage::postgres::fence`). After that, the old owner
+//! can commit nothing more for the queue, and the new one reads its state from PostgreSQL.
+//!
+//! Each round ([`Ownership::reconcile`], after every heartbeat) reads every queue's owner, which
+//! is also the directory calls are routed by, and for each queue:
+//! - placed here (rendezvous over the live members not leaving) and its owner released it, is
+//!   dead, or is this replica's former self: take it over;
+//! - owned here but placed elsewhere (a member joined, or this one is leaving): hand it off:
+//!   stop the actor after it answered what it had in flight, then release the row;
+//! - owned here by the actor but no longer by the row (another replica took it while this one
+//!   was cut off or paused): stop the actor, without writing anything.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tokio_postgres::Client;
+
+use super::membership::Membership;
+use super::placement::place;
+use crate::clock::Clock;
+use crate::queue::messages::MessageTable;
+use crate::registry::Registry;
+use crate::storage::postgres::PostgresStorage;
+use crate::storage::postgres::fence::Fence;
+use crate::storage::postgres::schema::{QUEUE_COLUMNS, queue_record_at, quoted};
+
+/// Longest a directory miss waits for PostgreSQL before the call goes by placement alone.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A queue as the directory knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub id: u64,
+    /// None while the queue is handed off.
+    pub owner: Option<String>,
+    pub epoch: i64,
+}
+
+pub struct Ownership {
+    membership: Arc<Membership>,
+    registry: Arc<Registry>,
+    storage: Arc<PostgresStorage>,
+    fence: Arc<Fence>,
+    clock: Clock,
+    schema: String,
+    /// Every queue's owner as of the last round: where calls for it are routed.
+    directory: RwLock<HashMap<String, Owned>>,
+    /// A connection for [`Self::look_up`]: queues created since the last round.
+    lookups: tokio::sync::Mutex<Option<Arc<Client>>>,
+    options: crate::storage::postgres::ConnectOptions,
+}
+
+impl Ownership {
+    pub fn new(
+        membership: Arc<Membership>,
+        registry: Arc<Registry>,
+        storage: Arc<PostgresStorage>,
+        fence: Arc<Fence>,
+        clock: Clock,
+        schema: String,
+        options: crate::storage::postgres::ConnectOptions,
+    ) -> Self {
+        Self {
+            lookups: tokio::sync::Mutex::default(),
+            options,
+            membership,
+            registry,
+            storage,
+            fence,
+            clock,
+            schema,
+            directory: RwLock::default(),
+        }
+    }
+
+    /// The queue `name` as of the last round; None if it did not exist then.
+    pub fn owner_of(&self, name: &str) -> Option<Owned> {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The queue `name` as PostgreSQL has it now, for a name the last round did not see (a
+    /// queue created since, through another replica); None if it does not exist, or if
+    /// PostgreSQL cannot tell (the caller then goes by placement).
+    pub async fn look_up(&self, name: &str) -> Option<Owned> {
+        let client = {
+            let mut slot = self.lookups.lock().await;
+            match slot.as_ref() {
+                Some(client) if !client.is_closed() => client.clone(),
+                _ => {
+                    let connected = tokio::time::timeout(LOOKUP_TIMEOUT, self.options.connect())
+                        .await
+                        .ok()?
+                        .ok()?;
+                    let client = Arc::new(connected);
+                    *slot = Some(client.clone());
+                    client
+                }
+            }
+        };
+        let q = quoted(&self.schema);
+        let row = tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            client.query_opt(
+                &format!("SELECT id, owner, owner_epoch FROM {q}.queues WHERE name = $1"),
+                &[&name],
+            ),
+        )
+        .await
+        .ok()?
+        .ok()??;
+        let owned = Owned {
+            id: row.try_get::<_, i64>(0).ok()? as u64,
+            owner: row.try_get(1).ok()?,
+            epoch: row.try_get(2).ok()?,
+        };
+        self.directory
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), owned.clone());
+        Some(owned)
+    }
+
+    fn me(&self) -> &str {
+        self.membership.id()
+    }
+
+    /// One round: reads every queue's owner, then takes over, hands off or drops queues as
+    /// their placement and their rows say.
+    pub async fn reconcile(&self, client: &Client) -> Result<(), String> {
+        let q = quoted(&self.schema);
+        let rows = client
+            .query(
+                &format!("SELECT id, name, owner, owner_epoch FROM {q}.queues"),
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut directory = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get(0).map_err(|e| e.to_string())?;
+            let name: String = row.try_get(1).map_err(|e| e.to_string())?;
+            directory.insert(
+                name,
+                Owned {
+                    id: id as u64,
+                    owner: row.try_get(2).map_err(|e| e.to_string())?,
+                    epoch: row.try_get(3).map_err(|e| e.to_string())?,
+                },
+            );
+        }
+        *self.directory.write().unwrap_or_else(|e| e.into_inner()) = directory.clone();
+        if !self.membership.lease_valid() {
+            return Ok(());
+        }
+        // Queues served here that no longer exist (deleted through another replica while the
+        // directory was stale) or whose row names another owner: stop them.
+        for name in self.registry.names() {
+            let Some(owned) = directory.get(&name) else {
+                // A queue created here a moment ago may not be in this read yet; its fence
+                // entry says it is ours.
+                continue;
+            };
+            let ours = owned.owner.as_deref() == Some(self.me())
+                && self.fence.held(owned.id) == Some(owned.epoch);
+            if !ours {
+                self.drop_local(&name, owned.id).await;
+            }
+        }
+        let placement = self.membership.placement();
+        for (name, owned) in &directory {
+            let target = place(name, placement.iter().map(String::as_str));
+            let local = self.registry.contains(name);
+            if local {
+                if target.is_some_and(|target| target != self.me()) {
+                    self.hand_off(client, name, owned.id).await;
+                }
+                continue;
+            }
+            if target != Some(self.me()) || self.fence.held(owned.id).is_some() {
+                continue;
+            }
+            let claimable = match owned.owner.as_deref() {
+                None => true,
+                // A former life of this replica's actor (lost while cut off): take it again,
+                // with a new epoch.
+                Some(owner) if owner == self.me() => true,
+                Some(owner) => self.membership.member(owner).is_none(),
+            };
+            if claimable {
+                self.take_over(client, name, owned).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the queue with a new epoch (waiting for its old owner's transactions in flight),
+    /// recovers its state from PostgreSQL, and starts its actor here.
+    async fn take_over(&self, client: &Client, name: &str, seen: &Owned) {
+        let started = Instant::now();
+        let q = quoted(&self.schema);
+        let claimed = client
+            .query_opt(
+                &format!(
+                    "UPDATE {q}.queues SET owner = $3, owner_epoch = owner_epoch + 1
+                      WHERE id = $1 AND owner_epoch = $2
+                  RETURNING owner_epoch, {QUEUE_COLUMNS}"
+                ),
+                &[&(seen.id as i64), &seen.epoch, &self.me()],
+            )
+            .await;
+        let row = match claimed {
+            Ok(Some(row)) => row,
+            // Another replica moved it first; the next round sees where.
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(queue = name, %error, "cannot claim a queue; trying again next round");
+                return;
+            }
+        };
+        let (epoch, record) = match (row.try_get::<_, i64>(0), queue_record_at(&row, 1)) {
+            (Ok(epoch), Ok(record)) => (epoch, record),
+            (Err(error), _) => {
+                tracing::error!(queue = name, %error, "a claimed queue's row cannot be read");
+                return;
+            }
+            (_, Err(error)) => {
+                tracing::error!(queue = name, %error, "a claimed queue's row cannot be read");
+                return;
+            }
+        };
+        self.fence.hold(record.id, epoch);
+        let now = self.clock.now_ms();
+        let mut table = MessageTable::new(record.id);
+        let mut messages = 0u64;
+        let recovered = self
+            .storage
+            .recover_queue(record.id, &mut |stored| {
+                messages += 1;
+                table.recover(&stored, now);
+            })
+            .await;
+        if let Err(error) = recovered {
+            // Still ours in the row: the next round takes it again, with a new epoch.
+            self.fence.release(record.id);
+            tracing::warn!(queue = name, %error, "cannot recover a claimed queue; trying again next round");
+            return;
+        }
+        // The queue's deduplication window holds across owners as across restarts: the ids
+        // accepted under earlier epochs are read with the queue (expired ones are dropped by
+        // the actor).
+        let ids = match client
+            .query(
+                &format!(
+                    "SELECT deduplication_id, message_id, accepted_ms
+                       FROM {q}.deduplication WHERE queue_id = $1"
+                ),
+                &[&(record.id as i64)],
+            )
+            .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|row| {
+                    Some((
+                        row.try_get::<_, String>(0).ok()?,
+                        row.try_get::<_, i64>(1).ok()? as u64,
+                        row.try_get::<_, i64>(2).ok()?,
+                    ))
+                })
+                .collect(),
+            Err(error) => {
+                self.fence.release(record.id);
+                tracing::warn!(queue = name, %error, "cannot read a claimed queue's deduplication ids; trying again next round");
+                return;
+            }
+        };
+        if self.registry.adopt(record, table, ids).await {
+            tracing::info!(
+                queue = name,
+                epoch,
+                messages,
+                elapsed = ?started.elapsed(),
+                "took the queue over"
+            );
+        } else {
+            self.fence.release(seen.id);
+        }
+    }
+
+    /// Moves a queue away: its actor answers what it has in flight and stops, then the row is
+    /// released (owner NULL, epoch + 1) for the queue's new place to take it.
+    async fn hand_off(&self, client: &Client, name: &str, queue_id: u64) {
+        let started = Instant::now();
+        let Some(handle) = self.registry.take(name).await else {
+            return;
+        };
+        handle.hand_off().await;
+        let Some(epoch) = self.fence.release(queue_id) else {
+            return;
+        };
+        let q = quoted(&self.schema);
+        let released = client
+            .execute(
+                &format!(
+                    "UPDATE {q}.queues SET owner = NULL, owner_epoch = owner_epoch + 1
+                      WHERE id = $1 AND owner_epoch = $2"
+                ),
+                &[&(queue_id as i64), &epoch],
+            )
+            .await;
+        match released {
+            Ok(_) => {
+                tracing::info!(queue = name, elapsed = ?started.elapsed(), "handed the queue off")
+            }
+            // The row still names this replica: whoever the queue is placed on takes it once
+            // this member is dead or gone; nothing is lost meanwhile, only time.
+            Err(error) => tracing::warn!(queue = name, %error, "cannot release a queue handed off"),
+        }
+    }
+
+    /// Stops serving a queue this replica no longer owns (or can no longer be sure it owns),
+    /// without writing anything: any write of it would be fenced off anyway.
+    async fn drop_local(&self, name: &str, queue_id: u64) {
+        self.fence.release(queue_id);
+        if let Some(handle) = self.registry.take(name).await {
+            tracing::warn!(
+                queue = name,
+                "no longer the queue's owner; stopped serving it"
+            );
+            // Its commits in flight fail on the fence; nobody waits for them here.
+            tokio::spawn(async move { handle.hand_off().await });
+        }
+    }
+
+    /// A write of `queue_id` was fenced off: stop its actor now rather than at the next round.
+    pub async fn lost(&self, queue_id: u64) {
+        let name = self
+            .directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(_, owned)| owned.id == queue_id)
+            .map(|(name, _)| name.clone());
+        if let Some(name) = name {
+            self.drop_local(&name, queue_id).await;
+        }
+    }
+
+    /// Stops serving every queue (the lease ended: their epochs are assumed lost).
+    pub async fn drop_all(&self) {
+        let ids: HashMap<String, u64> = self
+            .directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, owned)| (name.clone(), owned.id))
+            .collect();
+        for name in self.registry.names() {
+            let queue_id = ids.get(&name).copied();
+            if let Some(queue_id) = queue_id {
+                self.drop_local(&name, queue_id).await;
+            } else if let Some(handle) = self.registry.take(&name).await {
+                tokio::spawn(async move { handle.hand_off().await });
+            }
+        }
+        for (queue_id, _) in self.fence.all_held() {
+            self.fence.release(queue_id);
+        }
+    }
+
+    /// Graceful shutdown: hands every queue off (this member is marked leaving already, so no
+    /// replica places a queue here meanwhile).
+    pub async fn hand_off_all(&self, client: &Client) {
+        let held: HashMap<u64, i64> = self.fence.all_held().into_iter().collect();
+        let ids: Vec<(String, u64)> = self
+            .directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, owned)| held.contains_key(&owned.id))
+            .map(|(name, owned)| (name.clone(), owned.id))
+            .collect();
+        for (name, queue_id) in ids {
+            self.hand_off(client, &name, queue_id).await;
+        }
+    }
+}
