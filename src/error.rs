@@ -27,6 +27,18 @@ pub enum QueueError {
     },
     #[error("the server holds {max} queues, its max_queues setting; delete one first")]
     TooManyQueues { max: usize },
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    #[error("topic {topic:?} has no subscription {name:?}")]
+    SubscriptionNotFound { topic: String, name: String },
+    #[error("topic {0:?} already exists with other attributes")]
+    TopicExists(String),
+    #[error("subscription {name:?} of topic {topic:?} already exists with another queue or filter")]
+    SubscriptionExists { topic: String, name: String },
+    #[error("the server holds {max} topics; delete one first")]
+    TooManyTopics { max: usize },
+    #[error("topic {topic:?} has {max} subscriptions, the most a topic may have")]
+    TooManySubscriptions { topic: String, max: usize },
     /// No or unknown credentials; the text says which, never the token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -61,6 +73,11 @@ impl QueueError {
             Self::StaleReceipt(_) => &errors::RECEIPT_HANDLE_STALE,
             Self::BacklogFull { .. } => &errors::BACKLOG_FULL,
             Self::TooManyQueues { .. } => &errors::TOO_MANY_QUEUES,
+            Self::TopicNotFound(_) | Self::SubscriptionNotFound { .. } => &errors::TOPIC_NOT_FOUND,
+            Self::TopicExists(_) | Self::SubscriptionExists { .. } => &errors::TOPIC_EXISTS,
+            Self::TooManyTopics { .. } | Self::TooManySubscriptions { .. } => {
+                &errors::TOO_MANY_TOPICS
+            }
             Self::RewindDisabled(_) => &errors::REWIND_DISABLED,
             Self::DeadLetterTarget { .. } => &errors::DEAD_LETTER_TARGET,
             Self::Unauthenticated(_) => &errors::UNAUTHENTICATED,

@@ -21,6 +21,9 @@ pub struct MessageMeta {
     /// The attributes it was sent with.
     #[prost(btree_map = "string, string", tag = "1")]
     pub attributes: MessageAttributes,
+    /// The topic whose publish made this message (a subscription's copy); empty for a send.
+    #[prost(string, tag = "2")]
+    pub source_topic: String,
 }
 
 /// Where a dead-lettered message came from (stored in columns of its own, so that the move
@@ -44,12 +47,42 @@ pub struct Payload {
 
 impl Payload {
     pub fn new(body: Bytes, attributes: MessageAttributes) -> Self {
-        let meta = (!attributes.is_empty()).then(|| Arc::new(MessageMeta { attributes }));
+        let meta = (!attributes.is_empty()).then(|| {
+            Arc::new(MessageMeta {
+                attributes,
+                source_topic: String::new(),
+            })
+        });
         Self {
             body,
             meta,
             dead_letter: None,
         }
+    }
+
+    /// A subscription's copy of a publish to `topic`: the same body and attributes, marked
+    /// with the topic it came from.
+    pub fn copy_from_topic(&self, topic: &str) -> Self {
+        let attributes = self
+            .meta
+            .as_ref()
+            .map(|meta| meta.attributes.clone())
+            .unwrap_or_default();
+        Self {
+            body: self.body.clone(),
+            meta: Some(Arc::new(MessageMeta {
+                attributes,
+                source_topic: topic.to_string(),
+            })),
+            dead_letter: None,
+        }
+    }
+
+    /// The topic this message was published to, if it is a subscription's copy.
+    pub fn source_topic(&self) -> &str {
+        self.meta
+            .as_ref()
+            .map_or("", |meta| meta.source_topic.as_str())
     }
 
     /// Bytes it holds in memory, roughly: what a cache charges for it.

@@ -44,6 +44,21 @@ mod tests {
                 max: 1,
             },
             QueueError::TooManyQueues { max: 1 },
+            QueueError::TopicNotFound("t".into()),
+            QueueError::SubscriptionNotFound {
+                topic: "t".into(),
+                name: "s".into(),
+            },
+            QueueError::TopicExists("t".into()),
+            QueueError::SubscriptionExists {
+                topic: "t".into(),
+                name: "s".into(),
+            },
+            QueueError::TooManyTopics { max: 1 },
+            QueueError::TooManySubscriptions {
+                topic: "t".into(),
+                max: 1,
+            },
             QueueError::Unauthenticated("who".into()),
             QueueError::PermissionDenied("no".into()),
             QueueError::Storage("disk".into()),

@@ -54,7 +54,11 @@ impl Snapshot {
             Some(registry) => (registry.snapshot().await, registry.body_cache_bytes()),
             None => (Vec::new(), 0),
         };
-        let text = Arc::new(metrics.render(&queues, body_cache_bytes, clock.now_ms()));
+        let mut text = metrics.render(&queues, body_cache_bytes, clock.now_ms());
+        if let Some(registry) = registry {
+            super::render_topics(&mut text, &registry.topics().snapshot());
+        }
+        let text = Arc::new(text);
         *rendered = Some((tokio::time::Instant::now(), text.clone()));
         text
     }

@@ -116,6 +116,25 @@ pub const TOO_MANY_QUEUES: ErrorCase = ErrorCase {
     cmq_code: 4450,
     meaning: "too many queues (`--max-queues`)",
 };
+/// Topics share CMQ's "resource does not exist" (4440) with queues; the reason tells them apart.
+pub const TOPIC_NOT_FOUND: ErrorCase = ErrorCase {
+    reason: "TOPIC_NOT_FOUND",
+    grpc_code: Code::NotFound,
+    cmq_code: 4440,
+    meaning: "topic or subscription does not exist",
+};
+pub const TOPIC_EXISTS: ErrorCase = ErrorCase {
+    reason: "TOPIC_EXISTS",
+    grpc_code: Code::AlreadyExists,
+    cmq_code: 4460,
+    meaning: "topic or subscription exists with other attributes",
+};
+pub const TOO_MANY_TOPICS: ErrorCase = ErrorCase {
+    reason: "TOO_MANY_TOPICS",
+    grpc_code: Code::ResourceExhausted,
+    cmq_code: 4450,
+    meaning: "too many topics, or subscriptions on a topic",
+};
 /// CMQ's "authentication failed" (4100): the caller is not known, so no grant is even looked at.
 pub const UNAUTHENTICATED: ErrorCase = ErrorCase {
     reason: "UNAUTHENTICATED",
@@ -151,7 +170,7 @@ pub const SHUTTING_DOWN: ErrorCase = ErrorCase {
 };
 
 /// Every case, in the README's order.
-pub const ERROR_CASES: [ErrorCase; 14] = [
+pub const ERROR_CASES: [ErrorCase; 17] = [
     INVALID_ARGUMENT,
     TOO_LARGE,
     QUEUE_NOT_FOUND,
@@ -161,6 +180,9 @@ pub const ERROR_CASES: [ErrorCase; 14] = [
     DEAD_LETTER_TARGET,
     BACKLOG_FULL,
     TOO_MANY_QUEUES,
+    TOPIC_NOT_FOUND,
+    TOPIC_EXISTS,
+    TOO_MANY_TOPICS,
     UNAUTHENTICATED,
     PERMISSION_DENIED,
     STORAGE_UNAVAILABLE,
