@@ -22,6 +22,7 @@ mod queues;
 mod receipts;
 mod rewind;
 mod streams;
+mod topics;
 mod tls;
 mod version;
 mod visibility;
