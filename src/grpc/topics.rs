@@ -5,7 +5,7 @@
 //! Topic names share queue names' rules and grants: a grant on a name or prefix covers the
 //! topic of that name as it covers the queue. Publishing is `send` on the topic; creating,
 //! changing, deleting topics and subscriptions is `admin` on the topic (and Subscribe needs
-//! `send` on the queue too: a subscription sends into it); reading needs any grant.
+//! `admin` on the queue too: it changes what flows into it); reading needs any grant.
 
 use std::sync::Arc;
 
@@ -255,8 +255,9 @@ impl QueueServiceImpl {
         check_name("subscription_name", &request.subscription_name)?;
         check_name("queue_name", &request.queue_name)?;
         caller.authorize(Action::Admin, &request.topic_name)?;
-        // A subscription sends into its queue.
-        caller.authorize(Action::Send, &request.queue_name)?;
+        // A subscription is configuration of its queue as much as of the topic: what flows
+        // into the queue changes.
+        caller.authorize(Action::Admin, &request.queue_name)?;
         let topics = self.topics()?;
         let kind = topics.filter_type(&request.topic_name)?;
         let filter = match kind {

@@ -707,7 +707,10 @@ impl QueueService for Scripted {
     async fn delete_topic(&self, _: Request<pb::DeleteTopicRequest>) -> Answer<()> {
         self.answer("DeleteTopic")
     }
-    async fn list_topics(&self, _: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {
+    async fn list_topics(
+        &self,
+        _: Request<pb::ListTopicsRequest>,
+    ) -> Answer<pb::ListTopicsResponse> {
         self.answer("ListTopics")
     }
     async fn subscribe(&self, _: Request<pb::SubscribeRequest>) -> Answer<pb::Subscription> {
@@ -716,13 +719,22 @@ impl QueueService for Scripted {
     async fn unsubscribe(&self, _: Request<pb::UnsubscribeRequest>) -> Answer<()> {
         self.answer("Unsubscribe")
     }
-    async fn list_subscriptions(&self, _: Request<pb::ListSubscriptionsRequest>) -> Answer<pb::ListSubscriptionsResponse> {
+    async fn list_subscriptions(
+        &self,
+        _: Request<pb::ListSubscriptionsRequest>,
+    ) -> Answer<pb::ListSubscriptionsResponse> {
         self.answer("ListSubscriptions")
     }
-    async fn publish_message(&self, _: Request<pb::PublishMessageRequest>) -> Answer<pb::PublishMessageResponse> {
+    async fn publish_message(
+        &self,
+        _: Request<pb::PublishMessageRequest>,
+    ) -> Answer<pb::PublishMessageResponse> {
         self.answer("PublishMessage")
     }
-    async fn batch_publish_messages(&self, _: Request<pb::BatchPublishMessagesRequest>) -> Answer<pb::BatchPublishMessagesResponse> {
+    async fn batch_publish_messages(
+        &self,
+        _: Request<pb::BatchPublishMessagesRequest>,
+    ) -> Answer<pb::BatchPublishMessagesResponse> {
         self.answer("BatchPublishMessages")
     }
 

@@ -209,7 +209,10 @@ async fn a_publish_fans_out_to_the_queues_whose_tags_match() {
     assert_eq!(ids, answered);
     for copy in red_copies {
         assert_eq!(copy.source_topic, "paint");
-        assert_eq!(copy.attributes.get("colour").map(String::as_str), Some("red"));
+        assert_eq!(
+            copy.attributes.get("colour").map(String::as_str),
+            Some("red")
+        );
     }
     // A plain send carries no topic.
     send(&mut client, "fan-red", b"direct").await;
@@ -251,9 +254,15 @@ async fn routing_keys_match_binding_keys_with_wildcards() {
     create_topic(&mut client, "events", pb::FilterType::RoutingKeys)
         .await
         .expect("create topic");
-    subscribe(&mut client, "events", "created", "rk-created", &["order.*.created"])
-        .await
-        .expect("subscribe");
+    subscribe(
+        &mut client,
+        "events",
+        "created",
+        "rk-created",
+        &["order.*.created"],
+    )
+    .await
+    .expect("subscribe");
     subscribe(&mut client, "events", "orders", "rk-orders", &["order.#"])
         .await
         .expect("subscribe");
@@ -290,7 +299,12 @@ async fn routing_keys_match_binding_keys_with_wildcards() {
         .results;
     let routed: Vec<Vec<String>> = results
         .iter()
-        .map(|r| r.copies.iter().map(|c| c.subscription_name.clone()).collect())
+        .map(|r| {
+            r.copies
+                .iter()
+                .map(|c| c.subscription_name.clone())
+                .collect()
+        })
         .collect();
     assert_eq!(
         routed,
@@ -381,8 +395,13 @@ async fn a_full_backlog_refuses_the_whole_publish() {
     assert_eq!(batch.code(), Code::ResourceExhausted);
     assert_eq!(stats(&mut client, "cap-roomy").await.active_messages, 1);
     // Room again: publishes go through, to both.
-    let handle = receive(&mut client, "cap-tight", 1).await.remove(0).receipt_handle;
-    delete(&mut client, "cap-tight", &handle).await.expect("delete");
+    let handle = receive(&mut client, "cap-tight", 1)
+        .await
+        .remove(0)
+        .receipt_handle;
+    delete(&mut client, "cap-tight", &handle)
+        .await
+        .expect("delete");
     publish(&mut client, "capped", "third", &[], "")
         .await
         .expect("room again");
@@ -645,8 +664,12 @@ async fn a_retried_publish_is_deduplicated_by_each_queue() {
     create_topic(&mut client, "dd", pb::FilterType::Tags)
         .await
         .expect("create topic");
-    subscribe(&mut client, "dd", "a", "dd-a", &[]).await.expect("sub");
-    subscribe(&mut client, "dd", "b", "dd-b", &[]).await.expect("sub");
+    subscribe(&mut client, "dd", "a", "dd-a", &[])
+        .await
+        .expect("sub");
+    subscribe(&mut client, "dd", "b", "dd-b", &[])
+        .await
+        .expect("sub");
     let request = pb::PublishMessageRequest {
         topic_name: "dd".into(),
         body: b"once"[..].into(),
@@ -715,7 +738,11 @@ async fn a_crash_never_leaves_a_publish_in_some_queues_only() {
         publisher.await.expect("publisher");
     }
     let acknowledged = acknowledged.lock().expect("lock").clone();
-    assert!(acknowledged.len() >= 100, "only {} publishes", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 100,
+        "only {} publishes",
+        acknowledged.len()
+    );
 
     let server = ChildServer::start(dir.path());
     let mut client = server.client().await;
@@ -735,7 +762,10 @@ async fn a_crash_never_leaves_a_publish_in_some_queues_only() {
             QUEUES[0]
         );
         let lost: Vec<&String> = acknowledged.difference(&found[queue]).collect();
-        assert!(lost.is_empty(), "acknowledged publishes lost in {queue}: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "acknowledged publishes lost in {queue}: {lost:?}"
+        );
     }
     // The subscriptions survived too.
     assert_eq!(subscriptions(&mut client, "crash-topic").await.len(), 4);

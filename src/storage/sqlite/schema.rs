@@ -574,4 +574,37 @@ mod tests {
             .expect("meta");
         assert_eq!(meta, None);
     }
+
+    #[test]
+    fn a_version_4_database_gains_topics_and_keeps_its_queues() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(SCHEMA).expect("version 1's tables");
+        conn.execute_batch(SECRETS).expect("secrets");
+        insert_receipt_secret(&conn).expect("secret");
+        conn.execute_batch(VERSION_4).expect("version 4's columns");
+        conn.execute_batch(
+            "INSERT INTO queues (id, name, visibility_timeout_seconds, polling_wait_seconds,
+                 max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
+                 create_time_ms, update_time_ms)
+                 VALUES (1, 'q', 30, 0, 65536, 345600, 0, 100, 1, 1);
+             PRAGMA user_version = 4;",
+        )
+        .expect("make it version 4");
+        prepare(&conn).expect("prepare");
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let recovered = recover(&conn).expect("recover");
+        assert_eq!(recovered.queues.len(), 1);
+        assert!(recovered.topics.is_empty() && recovered.subscriptions.is_empty());
+        conn.execute_batch(
+            "INSERT INTO topics VALUES (3, 't', 1024, 2, 5, 6);
+             INSERT INTO subscriptions VALUES (3, 's', 1, 'q', '[\"a.#\"]', 7);",
+        )
+        .expect("topic rows");
+        let recovered = recover(&conn).expect("recover");
+        assert_eq!(recovered.topics[0].filter_type, FilterType::RoutingKeys);
+        assert_eq!(recovered.subscriptions[0].filter, vec!["a.#".to_string()]);
+    }
 }
