@@ -31,6 +31,18 @@ pub enum QueueError {
     /// the response budget, a stalled client); the text names the limit.
     #[error("{0}")]
     ReceiveLimit(String),
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    #[error("topic {topic:?} has no subscription {name:?}")]
+    SubscriptionNotFound { topic: String, name: String },
+    #[error("topic {0:?} already exists with other attributes")]
+    TopicExists(String),
+    #[error("subscription {name:?} of topic {topic:?} already exists with another queue or filter")]
+    SubscriptionExists { topic: String, name: String },
+    #[error("the server holds {max} topics; delete one first")]
+    TooManyTopics { max: usize },
+    #[error("topic {topic:?} has {max} subscriptions, the most a topic may have")]
+    TooManySubscriptions { topic: String, max: usize },
     /// No or unknown credentials; the text says which, never the token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -66,6 +78,11 @@ impl QueueError {
             Self::BacklogFull { .. } => &errors::BACKLOG_FULL,
             Self::TooManyQueues { .. } => &errors::TOO_MANY_QUEUES,
             Self::ReceiveLimit(_) => &errors::SERVER_BUSY,
+            Self::TopicNotFound(_) | Self::SubscriptionNotFound { .. } => &errors::TOPIC_NOT_FOUND,
+            Self::TopicExists(_) | Self::SubscriptionExists { .. } => &errors::TOPIC_EXISTS,
+            Self::TooManyTopics { .. } | Self::TooManySubscriptions { .. } => {
+                &errors::TOO_MANY_TOPICS
+            }
             Self::RewindDisabled(_) => &errors::REWIND_DISABLED,
             Self::DeadLetterTarget { .. } => &errors::DEAD_LETTER_TARGET,
             Self::Unauthenticated(_) => &errors::UNAUTHENTICATED,

@@ -80,6 +80,7 @@ mod security;
 pub mod server;
 mod storage;
 mod tls;
+mod topic;
 mod web;
 
 /// The generated protobuf types and gRPC stubs of `spool.v1`, server trait included: the client

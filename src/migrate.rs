@@ -58,6 +58,9 @@ pub enum MigrateError {
 pub struct Summary {
     pub target: String,
     pub queues: usize,
+    /// Topics and subscriptions moved (subscriptions of deleted queues are left behind).
+    pub topics: usize,
+    pub subscriptions: usize,
     pub messages: u64,
     pub live: u64,
     pub kept_for_rewind: u64,
@@ -89,6 +92,11 @@ pub async fn run(args: MigrateArgs) -> Result<Summary, MigrateError> {
     import.write_queues(&recovered).await?;
 
     let queues: HashSet<u64> = recovered.queues.iter().map(|q| q.id).collect();
+    let subscriptions = recovered
+        .subscriptions
+        .iter()
+        .filter(|s| queues.contains(&s.queue_id))
+        .count();
     let (batches, mut received) = mpsc::channel::<Vec<ExportedMessage>>(READ_AHEAD_BATCHES);
     let reader = {
         tokio::task::spawn_blocking(move || {
@@ -163,6 +171,8 @@ pub async fn run(args: MigrateArgs) -> Result<Summary, MigrateError> {
     Ok(Summary {
         target: described,
         queues: recovered.queues.len(),
+        topics: recovered.topics.len(),
+        subscriptions,
         messages: live + kept_for_rewind + tombstones,
         live,
         kept_for_rewind,

@@ -21,11 +21,14 @@ pub struct MessageMeta {
     /// The attributes it was sent with.
     #[prost(btree_map = "string, string", tag = "1")]
     pub attributes: MessageAttributes,
+    /// The topic whose publish made this message (a subscription's copy); empty for a send.
+    #[prost(string, tag = "2")]
+    pub source_topic: String,
     /// The W3C `traceparent` of the send that enqueued it (Spool's own span of that call, in the
     /// producer's trace), when the send was traced and its attributes carried none. Delivered as
     /// the attribute `traceparent`, so a consumer's span can link to the producer's. Not counted
     /// toward `max_message_size`: the producer did not write it, and it is 55 bytes at most.
-    #[prost(string, optional, tag = "2")]
+    #[prost(string, optional, tag = "3")]
     pub trace_parent: Option<String>,
 }
 
@@ -56,6 +59,7 @@ impl Payload {
         let meta = (!attributes.is_empty()).then(|| {
             Arc::new(MessageMeta {
                 attributes,
+                source_topic: String::new(),
                 trace_parent: None,
             })
         });
@@ -89,6 +93,32 @@ impl Payload {
                         .map(|value| (TRACEPARENT_ATTRIBUTE, value)),
                 )
         })
+    }
+
+    /// A subscription's copy of a publish to `topic`: the same body and attributes, marked
+    /// with the topic it came from.
+    pub fn copy_from_topic(&self, topic: &str) -> Self {
+        let attributes = self
+            .meta
+            .as_ref()
+            .map(|meta| meta.attributes.clone())
+            .unwrap_or_default();
+        Self {
+            body: self.body.clone(),
+            meta: Some(Arc::new(MessageMeta {
+                attributes,
+                source_topic: topic.to_string(),
+                trace_parent: None,
+            })),
+            dead_letter: None,
+        }
+    }
+
+    /// The topic this message was published to, if it is a subscription's copy.
+    pub fn source_topic(&self) -> &str {
+        self.meta
+            .as_ref()
+            .map_or("", |meta| meta.source_topic.as_str())
     }
 
     /// Bytes it holds in memory, roughly: what a cache charges for it.

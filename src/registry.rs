@@ -18,6 +18,7 @@ use crate::queue::messages::MessageTable;
 use crate::queue::{Directory, QueueContext, QueueHandle, QueueInfo, RecoveredIds};
 use crate::receipt::ReceiptKey;
 use crate::storage::{QueueRecord, Recovered, Storage, StorageError, WriteOp, remove_in_slices};
+use crate::topic::Topics;
 
 pub struct Registry {
     /// Shared with the queues (`QueueContext::directory`), which move messages to each other.
@@ -39,6 +40,8 @@ pub struct Registry {
     receipt_key: ReceiptKey,
     /// The actor tasks.
     tracker: TaskTracker,
+    /// The topics, which deliver into these queues (see `topic`).
+    topics: Arc<Topics>,
 }
 
 /// One page of ListQueues.
@@ -89,6 +92,8 @@ impl Registry {
         mut tables: HashMap<u64, MessageTable>,
     ) -> Self {
         let directory: Directory = Default::default();
+        let queue_ids: std::collections::HashSet<u64> =
+            recovered.queues.iter().map(|queue| queue.id).collect();
         let context = QueueContext {
             storage,
             clock,
@@ -105,6 +110,15 @@ impl Registry {
                 record.accepted_ms,
             ));
         }
+        let topics = Arc::new(Topics::recover(
+            recovered.topics,
+            recovered.subscriptions,
+            &queue_ids,
+            context.storage.clone(),
+            context.clock.clone(),
+            context.message_ids.clone(),
+            directory.clone(),
+        ));
         let mut dead_letter_targets = BTreeMap::new();
         {
             let mut queues = directory.write().unwrap_or_else(|e| e.into_inner());
@@ -132,6 +146,7 @@ impl Registry {
             max_queues,
             receipt_key: ReceiptKey::new(&recovered.receipt_secret),
             tracker,
+            topics,
         }
     }
 
@@ -332,8 +347,10 @@ impl Registry {
         handle.info().await
     }
 
-    /// Deletes a queue and its messages.
+    /// Deletes a queue and its messages, and the topics' subscriptions into it (in the same
+    /// transaction). Waits for publishes and subscribes under way to finish (see `topic`).
     pub async fn delete(&self, name: &str) -> Result<(), QueueError> {
+        let _fanout = self.topics.gate().write().await;
         let _guard = self.lifecycle.lock().await;
         let handle = self.get(name)?;
         let sources = self.dead_letter_sources(name)?;
@@ -344,6 +361,7 @@ impl Registry {
             });
         }
         handle.drop_queue().await?;
+        self.topics.queue_deleted(handle.id());
         self.write().remove(name);
         self.set_target(name, None);
         Ok(())
@@ -397,6 +415,11 @@ impl Registry {
             // A queue deleted meanwhile has nothing left to write.
             let _ = handle.flush().await;
         }
+    }
+
+    /// The topics, which publish into these queues.
+    pub fn topics(&self) -> &Arc<Topics> {
+        &self.topics
     }
 
     pub fn receipt_key(&self) -> &ReceiptKey {

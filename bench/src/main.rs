@@ -16,6 +16,7 @@
 //! - `sqs`: the same server through its SQS JSON API (`--http-listen`), as a target.
 //! - `relay`, `append_log`: the transport and durable ceilings (a relay serving Spool's API).
 //! - `storage`: `spool-bench storage`, the durable-send figures of docs/storage.md.
+//! - `topics`: `spool-bench topics`, the cost of a publish per subscribed queue.
 
 mod append_log;
 mod load;
@@ -25,6 +26,7 @@ mod rabbitmq;
 mod relay;
 mod sqs;
 mod storage;
+mod topics;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,6 +111,8 @@ enum Tool {
     /// The durable-send measurements of docs/storage.md, against a running `spool serve`.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Publishes to topics with 1, 4 and 16 subscribed queues: the cost per copy.
+    Topics(topics::TopicsArgs),
 }
 
 #[tokio::main]
@@ -120,8 +124,10 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Tool::Storage(command)) = cli.tool {
-        return storage::run(command).await;
+    match cli.tool {
+        Some(Tool::Storage(command)) => return storage::run(command).await,
+        Some(Tool::Topics(args)) => return topics::run(args).await,
+        None => {}
     }
     if let Some(listen) = &cli.serve_relay {
         return relay::serve(listen, cli.relay_log.as_deref()).await;

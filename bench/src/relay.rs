@@ -235,6 +235,76 @@ impl QueueService for Relay {
         Err(Status::unimplemented("the relay only relays messages"))
     }
 
+    async fn create_topic(
+        &self,
+        _request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::Topic>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn get_topic(
+        &self,
+        _request: Request<pb::GetTopicRequest>,
+    ) -> Result<Response<pb::Topic>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn update_topic(
+        &self,
+        _request: Request<pb::UpdateTopicRequest>,
+    ) -> Result<Response<pb::Topic>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn delete_topic(
+        &self,
+        _request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn subscribe(
+        &self,
+        _request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn unsubscribe(
+        &self,
+        _request: Request<pb::UnsubscribeRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn publish_message(
+        &self,
+        _request: Request<pb::PublishMessageRequest>,
+    ) -> Result<Response<pb::PublishMessageResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
+    async fn batch_publish_messages(
+        &self,
+        _request: Request<pb::BatchPublishMessagesRequest>,
+    ) -> Result<Response<pb::BatchPublishMessagesResponse>, Status> {
+        Err(Status::unimplemented("the relay only relays messages"))
+    }
+
     async fn change_message_visibility(
         &self,
         _request: Request<pb::ChangeMessageVisibilityRequest>,

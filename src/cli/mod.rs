@@ -7,6 +7,7 @@
 
 mod output;
 pub mod time;
+mod topics;
 
 use std::io::{Read as _, Write};
 use std::ops::RangeInclusive;
@@ -180,6 +181,17 @@ pub enum ClientCommand {
     Redrive(RedriveArgs),
     /// Prints the queues whose dead-letter policy names a queue (one JSON object).
     DeadLetterSources(NameArg),
+    /// Creates, shows, changes, deletes and lists topics (publish once, a copy in every
+    /// subscribed queue).
+    Topic(topics::TopicArgs),
+    /// Subscribes a queue to a topic, with filter tags or binding keys.
+    Subscribe(topics::SubscribeArgs),
+    /// Removes a subscription from a topic.
+    Unsubscribe(topics::SubscriptionArgs),
+    /// Prints a topic's subscriptions (one JSON object per line), in name order.
+    Subscriptions(topics::TopicNameArg),
+    /// Publishes a message to a topic and prints its id and the copies it made.
+    Publish(topics::PublishArgs),
 }
 
 #[derive(Args, Debug)]
@@ -470,6 +482,11 @@ impl ClientCommand {
             Self::Nack(args) => &args.endpoint,
             Self::Redrive(args) => &args.endpoint,
             Self::DeadLetterSources(args) => &args.endpoint,
+            Self::Topic(args) => &args.endpoint,
+            Self::Subscribe(args) => &args.endpoint,
+            Self::Unsubscribe(args) => &args.endpoint,
+            Self::Subscriptions(args) => &args.endpoint,
+            Self::Publish(args) => &args.endpoint,
         }
     }
 }
@@ -644,6 +661,11 @@ async fn execute(
                 },
             )
         }
+        ClientCommand::Topic(args) => topics::topic(&client, args.command, stdout).await,
+        ClientCommand::Subscribe(args) => topics::subscribe(&client, args, stdout).await,
+        ClientCommand::Unsubscribe(args) => topics::unsubscribe(&client, args, stdout).await,
+        ClientCommand::Subscriptions(args) => topics::subscriptions(&client, args, stdout).await,
+        ClientCommand::Publish(args) => topics::publish(&client, args, stdout).await,
         ClientCommand::DeadLetterSources(args) => {
             let source_queues = client.list_dead_letter_source_queues(&args.name).await?;
             print(

@@ -106,6 +106,9 @@ pub struct MessageJson<'a> {
     pub dead_letter_source_queue: &'a str,
     #[serde(skip_serializing_if = "is_zero")]
     pub dead_letter_receive_count: u32,
+    /// For a copy of a message published to a topic: the topic.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub source_topic: &'a str,
 }
 
 fn is_zero(count: &u32) -> bool {
@@ -141,6 +144,7 @@ impl<'a> From<&'a pb::ReceivedMessage> for MessageJson<'a> {
             attributes: sorted(&message.attributes),
             dead_letter_source_queue: &message.dead_letter_source_queue,
             dead_letter_receive_count: message.dead_letter_receive_count,
+            source_topic: &message.source_topic,
         }
     }
 }
@@ -200,6 +204,8 @@ pub struct PeekedJson<'a> {
     pub dead_letter_source_queue: &'a str,
     #[serde(skip_serializing_if = "is_zero")]
     pub dead_letter_receive_count: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub source_topic: &'a str,
 }
 
 impl<'a> From<&'a pb::PeekedMessage> for PeekedJson<'a> {
@@ -221,6 +227,7 @@ impl<'a> From<&'a pb::PeekedMessage> for PeekedJson<'a> {
             attributes: sorted(&message.attributes),
             dead_letter_source_queue: &message.dead_letter_source_queue,
             dead_letter_receive_count: message.dead_letter_receive_count,
+            source_topic: &message.source_topic,
         }
     }
 }

@@ -86,6 +86,20 @@ impl Routed {
         }
     }
 
+    /// Topics are served by a single server only: a publish writes every subscribed queue in
+    /// one transaction, which needs all their actors in this process, and cluster mode spreads
+    /// queues over replicas. Replicas answer the topic API FAILED_PRECONDITION, naming why.
+    fn topics_here(&self) -> Result<(), Status> {
+        if self.cluster.get().is_some() {
+            return Err(Status::failed_precondition(
+                "topics are not available in cluster mode yet: a publish must write every \
+                 subscribed queue in one transaction, and their owners may be different \
+                 replicas; see docs/deploy.md",
+            ));
+        }
+        Ok(())
+    }
+
     fn client(
         &self,
         address: &str,
@@ -328,6 +342,71 @@ impl QueueService for Routed {
         request: Request<pb::RedriveMessagesRequest>,
     ) -> RpcResult<pb::RedriveMessagesResponse> {
         routed!(self, request, redrive_messages)
+    }
+
+    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> RpcResult<pb::Topic> {
+        self.topics_here()?;
+        self.local.create_topic(request).await
+    }
+
+    async fn get_topic(&self, request: Request<pb::GetTopicRequest>) -> RpcResult<pb::Topic> {
+        self.topics_here()?;
+        self.local.get_topic(request).await
+    }
+
+    async fn update_topic(&self, request: Request<pb::UpdateTopicRequest>) -> RpcResult<pb::Topic> {
+        self.topics_here()?;
+        self.local.update_topic(request).await
+    }
+
+    async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> RpcResult<()> {
+        self.topics_here()?;
+        self.local.delete_topic(request).await
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> RpcResult<pb::ListTopicsResponse> {
+        self.topics_here()?;
+        self.local.list_topics(request).await
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> RpcResult<pb::Subscription> {
+        self.topics_here()?;
+        self.local.subscribe(request).await
+    }
+
+    async fn unsubscribe(&self, request: Request<pb::UnsubscribeRequest>) -> RpcResult<()> {
+        self.topics_here()?;
+        self.local.unsubscribe(request).await
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> RpcResult<pb::ListSubscriptionsResponse> {
+        self.topics_here()?;
+        self.local.list_subscriptions(request).await
+    }
+
+    async fn publish_message(
+        &self,
+        request: Request<pb::PublishMessageRequest>,
+    ) -> RpcResult<pb::PublishMessageResponse> {
+        self.topics_here()?;
+        self.local.publish_message(request).await
+    }
+
+    async fn batch_publish_messages(
+        &self,
+        request: Request<pb::BatchPublishMessagesRequest>,
+    ) -> RpcResult<pb::BatchPublishMessagesResponse> {
+        self.topics_here()?;
+        self.local.batch_publish_messages(request).await
     }
 }
 

@@ -107,6 +107,7 @@ pub fn queue(info: QueueInfo) -> pb::Queue {
 }
 
 pub fn received(message: &Claimed, payload: Payload, key: &ReceiptKey) -> pb::ReceivedMessage {
+    let payload_topic = payload.source_topic().to_string();
     let (attributes, dead_letter_source_queue, dead_letter_receive_count) = message_meta(&payload);
     pb::ReceivedMessage {
         message_id: message.id.to_string(),
@@ -115,6 +116,7 @@ pub fn received(message: &Claimed, payload: Payload, key: &ReceiptKey) -> pb::Re
         attributes,
         dead_letter_source_queue,
         dead_letter_receive_count,
+        source_topic: payload_topic,
         enqueue_time: Some(timestamp(message.enqueue_ms)),
         first_dequeue_time: Some(timestamp(message.first_dequeue_ms)),
         next_visible_time: Some(timestamp(message.visible_at_ms)),
@@ -126,7 +128,9 @@ pub fn peeked(peeked: PeekedMessage) -> pb::PeekedMessage {
     let message = peeked.message;
     let (attributes, dead_letter_source_queue, dead_letter_receive_count) =
         message_meta(&peeked.payload);
+    let source_topic = peeked.payload.source_topic().to_string();
     pb::PeekedMessage {
+        source_topic,
         message_id: message.id.to_string(),
         body: peeked.payload.body,
         attributes,

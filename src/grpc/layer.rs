@@ -45,8 +45,8 @@ use crate::metrics::Metrics;
 /// The largest legal request of a method of the queue service, by its path.
 pub fn method_limit(path: &str) -> usize {
     match path.rsplit('/').next().unwrap_or_default() {
-        "BatchSendMessages" => MAX_REQUEST_BYTES,
-        "SendMessage" => MAX_SEND_REQUEST_BYTES,
+        "BatchSendMessages" | "BatchPublishMessages" => MAX_REQUEST_BYTES,
+        "SendMessage" | "PublishMessage" => MAX_SEND_REQUEST_BYTES,
         _ => MAX_CONTROL_REQUEST_BYTES,
     }
 }

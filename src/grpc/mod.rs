@@ -10,5 +10,6 @@ pub mod observe;
 pub mod receive_stream;
 mod service;
 pub mod status;
+mod topics;
 
 pub use service::{ConsumerRequests, QueueServiceImpl};

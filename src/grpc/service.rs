@@ -67,6 +67,16 @@ impl QueueServiceImpl {
         self.registry.get().ok_or(QueueError::Starting)
     }
 
+    /// The registry, for the topic RPCs (`topics`).
+    pub(super) fn registry_ref(&self) -> Result<&Arc<Registry>, QueueError> {
+        self.registry()
+    }
+
+    /// Refuses writes while the disk is short of space (the topic RPCs' publishes too).
+    pub(super) fn disk_check(&self) -> Result<(), QueueError> {
+        self.disk.check()
+    }
+
     /// The queue `name`, once the caller is known to be allowed `action` on it.
     fn queue(
         &self,
@@ -80,9 +90,9 @@ impl QueueServiceImpl {
     }
 }
 
-type RpcResult<T> = Result<Response<T>, Status>;
+pub(super) type RpcResult<T> = Result<Response<T>, Status>;
 
-fn batch_size(field: &str, len: usize) -> Result<(), QueueError> {
+pub(super) fn batch_size(field: &str, len: usize) -> Result<(), QueueError> {
     if len == 0 || len > MAX_BATCH {
         let error = format!("{field} has {len} items; it must have 1..={MAX_BATCH}");
         return Err(if len > MAX_BATCH {
@@ -618,6 +628,71 @@ impl QueueService for QueueServiceImpl {
         }
         .await;
         result
+    }
+
+    #[tracing::instrument(name = "CreateTopic", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> RpcResult<pb::Topic> {
+        self.create_topic_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "GetTopic", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn get_topic(&self, request: Request<pb::GetTopicRequest>) -> RpcResult<pb::Topic> {
+        self.get_topic_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "UpdateTopic", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn update_topic(&self, request: Request<pb::UpdateTopicRequest>) -> RpcResult<pb::Topic> {
+        self.update_topic_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "DeleteTopic", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> RpcResult<()> {
+        self.delete_topic_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "ListTopics", skip_all, fields(prefix = %Shown(&request.get_ref().prefix)))]
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> RpcResult<pb::ListTopicsResponse> {
+        self.list_topics_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "Subscribe", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> RpcResult<pb::Subscription> {
+        self.subscribe_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "Unsubscribe", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn unsubscribe(&self, request: Request<pb::UnsubscribeRequest>) -> RpcResult<()> {
+        self.unsubscribe_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "ListSubscriptions", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> RpcResult<pb::ListSubscriptionsResponse> {
+        self.list_subscriptions_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "PublishMessage", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn publish_message(
+        &self,
+        request: Request<pb::PublishMessageRequest>,
+    ) -> RpcResult<pb::PublishMessageResponse> {
+        self.publish_message_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "BatchPublishMessages", skip_all, fields(topic = %Shown(&request.get_ref().topic_name)))]
+    async fn batch_publish_messages(
+        &self,
+        request: Request<pb::BatchPublishMessagesRequest>,
+    ) -> RpcResult<pb::BatchPublishMessagesResponse> {
+        self.batch_publish_messages_rpc(request).await
     }
 }
 

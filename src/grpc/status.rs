@@ -45,6 +45,21 @@ mod tests {
             },
             QueueError::TooManyQueues { max: 1 },
             QueueError::ReceiveLimit("busy".into()),
+            QueueError::TopicNotFound("t".into()),
+            QueueError::SubscriptionNotFound {
+                topic: "t".into(),
+                name: "s".into(),
+            },
+            QueueError::TopicExists("t".into()),
+            QueueError::SubscriptionExists {
+                topic: "t".into(),
+                name: "s".into(),
+            },
+            QueueError::TooManyTopics { max: 1 },
+            QueueError::TooManySubscriptions {
+                topic: "t".into(),
+                max: 1,
+            },
             QueueError::Unauthenticated("who".into()),
             QueueError::PermissionDenied("no".into()),
             QueueError::Storage("disk".into()),

@@ -72,10 +72,13 @@ impl Snapshot {
             None => (Vec::new(), 0),
         };
         self.metrics.metrics_rendered();
-        let text = Bytes::from(
-            self.metrics
-                .render(&queues, body_cache_bytes, self.clock.now_ms()),
-        );
+        let mut text = self
+            .metrics
+            .render(&queues, body_cache_bytes, self.clock.now_ms());
+        if let Some(registry) = self.registry.get() {
+            super::render_topics(&mut text, &registry.topics().snapshot());
+        }
+        let text = Bytes::from(text);
         *rendered = Some((tokio::time::Instant::now(), text.clone()));
         text
     }

@@ -473,6 +473,68 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
     }
 }
 
+/// The topics' counters: per topic, publishes and those no subscription took; per
+/// subscription, copies delivered and publishes filtered out (since the server started).
+pub fn render_topics(
+    out: &mut String,
+    topics: &[(crate::topic::TopicInfo, Vec<crate::topic::SubscriptionInfo>)],
+) {
+    header(
+        out,
+        "spool_topic_messages_published_total",
+        "counter",
+        "Publishes acknowledged on the topic since the server started.",
+    );
+    for (topic, _) in topics {
+        let _ = writeln!(
+            out,
+            "spool_topic_messages_published_total{{topic=\"{}\"}} {}",
+            topic.record.name, topic.totals.published
+        );
+    }
+    header(
+        out,
+        "spool_topic_messages_unrouted_total",
+        "counter",
+        "Acknowledged publishes no subscription took, since the server started.",
+    );
+    for (topic, _) in topics {
+        let _ = writeln!(
+            out,
+            "spool_topic_messages_unrouted_total{{topic=\"{}\"}} {}",
+            topic.record.name, topic.totals.unrouted
+        );
+    }
+    type Value = fn(&crate::topic::SubscriptionInfo) -> u64;
+    let series: [(&str, &str, Value); 2] = [
+        (
+            "spool_subscription_messages_delivered_total",
+            "Copies a subscription put in its queue since the server started.",
+            |s| s.totals.delivered,
+        ),
+        (
+            "spool_subscription_messages_filtered_out_total",
+            "Publishes a subscription's filter kept out since the server started.",
+            |s| s.totals.filtered_out,
+        ),
+    ];
+    for (name, help, value) in series {
+        header(out, name, "counter", help);
+        for (_, subscriptions) in topics {
+            for subscription in subscriptions {
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{}\",subscription=\"{}\",queue=\"{}\"}} {}",
+                    subscription.topic,
+                    subscription.record.name,
+                    subscription.record.queue_name,
+                    value(subscription)
+                );
+            }
+        }
+    }
+}
+
 fn code_name(code: usize) -> &'static str {
     const NAMES: [&str; CODES] = [
         "OK",

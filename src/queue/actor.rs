@@ -27,7 +27,7 @@ use super::tombstones::MIN_TOMBSTONE_MS;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
 use super::{
     Adopted, Command, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueHandle, QueueInfo,
-    QueueTotals, ReceiveRequest, RecoveredIds, Redriven, StreamClaim, VisibilityResult,
+    QueueTotals, ReceiveRequest, RecoveredIds, Redriven, Staged, StreamClaim, VisibilityResult,
     VisibilityTarget,
 };
 use crate::attributes::AttributesPatch;
@@ -62,6 +62,13 @@ struct SentMessage {
     visible_at_ms: Millis,
     payload: Payload,
     deduplication_id: Option<String>,
+}
+
+/// Where a staged send (a topic's publish) answers: `respond_to` hears the rows at once,
+/// `answer` is handed over with them and hears the ids once the publish's commit is in.
+struct StageReply {
+    respond_to: oneshot::Sender<Result<Staged, QueueError>>,
+    answer: oneshot::Receiver<Result<Vec<u64>, QueueError>>,
 }
 
 /// A commit the actor is waiting for, and what to do when it is done.
@@ -292,7 +299,14 @@ impl QueueActor {
             Command::Send {
                 messages,
                 respond_to,
-            } => self.send(messages, respond_to),
+            } => self.send(messages, respond_to, None),
+            Command::Stage {
+                messages,
+                respond_to,
+            } => {
+                let (answer_to, answer) = oneshot::channel();
+                self.send(messages, answer_to, Some(StageReply { respond_to, answer }));
+            }
             Command::Receive {
                 request,
                 respond_to,
@@ -466,13 +480,30 @@ impl QueueActor {
             .collect()
     }
 
+    /// Sends `messages`: checks them, reserves their ids and backlog room, and commits them,
+    /// answering `respond_to` once durable. With `stage` (a topic's publish), the queue does
+    /// not commit them itself: it hands their rows to the publisher, which commits every
+    /// queue's copies in one transaction and tells each queue the outcome; until then they
+    /// count against the backlog as any send being committed does.
     fn send(
         &mut self,
         messages: Vec<Outgoing>,
         respond_to: oneshot::Sender<Result<Vec<u64>, QueueError>>,
+        stage: Option<StageReply>,
     ) {
+        let refuse =
+            |error: QueueError, respond_to: oneshot::Sender<_>, stage: Option<StageReply>| {
+                match stage {
+                    Some(stage) => {
+                        let _ = stage.respond_to.send(Err(error));
+                    }
+                    None => {
+                        let _ = respond_to.send(Err(error));
+                    }
+                }
+            };
         if let Err(error) = self.check_send(&messages) {
-            let _ = respond_to.send(Err(error));
+            refuse(error, respond_to, stage);
             return;
         }
         let now = self.now();
@@ -516,7 +547,7 @@ impl QueueActor {
             fresh.push(message);
         }
         if let Err(error) = self.check_backlog(fresh.len()) {
-            let _ = respond_to.send(Err(error));
+            refuse(error, respond_to, stage);
             return;
         }
         let count = fresh.len() as u64;
@@ -540,9 +571,20 @@ impl QueueActor {
             })
             .collect();
         let own_commit = if sent.is_empty() {
+            if let Some(stage) = stage {
+                // Every copy is a duplicate: nothing to write; the answer still waits for the
+                // commits of the sends it duplicates.
+                let (commit, _) = oneshot::channel();
+                let _ = stage.respond_to.send(Ok(Staged {
+                    queue_id: self.record.id,
+                    rows: Vec::new(),
+                    commit,
+                    answer: stage.answer,
+                }));
+            }
             None
         } else {
-            let rows = sent
+            let rows: Vec<NewMessage> = sent
                 .iter()
                 .map(|m| NewMessage {
                     id: m.id,
@@ -553,13 +595,29 @@ impl QueueActor {
                 })
                 .collect();
             self.sending.start(first_id, count);
-            let commit = self
-                .submit(WriteOp::InsertMessages {
-                    queue_id: self.record.id,
-                    messages: rows,
-                })
-                .boxed()
-                .shared();
+            let commit = match stage {
+                None => self
+                    .submit(WriteOp::InsertMessages {
+                        queue_id: self.record.id,
+                        messages: rows,
+                    })
+                    .boxed()
+                    .shared(),
+                Some(stage) => {
+                    let (commit, outcome) = oneshot::channel();
+                    let _ = stage.respond_to.send(Ok(Staged {
+                        queue_id: self.record.id,
+                        rows,
+                        commit,
+                        answer: stage.answer,
+                    }));
+                    // A publisher that goes away without telling counts as a failed commit:
+                    // the ids and the backlog room are given back.
+                    async move { outcome.await.unwrap_or(Err(StorageError::Closed)) }
+                        .boxed()
+                        .shared()
+                }
+            };
             for message in &sent {
                 if let Some(id) = &message.deduplication_id {
                     self.deduplicating

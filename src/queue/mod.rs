@@ -27,7 +27,7 @@ use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
 use crate::payload::Payload;
 use crate::receipt::ReceiptHandle;
-use crate::storage::{QueueRecord, Storage};
+use crate::storage::{NewMessage, QueueRecord, Storage, StorageError};
 pub use consuming::{ConsumeSettings, Consuming, Event};
 pub use messages::{Claimed, Counts, Peeked};
 pub use receiving::Receiving;
@@ -80,6 +80,18 @@ pub struct Outgoing {
     pub delay_seconds: u32,
     /// Checked already (`limits::check_deduplication_id`); None: no deduplication.
     pub deduplication_id: Option<String>,
+}
+
+/// One queue's copies of a publish, checked and reserved by the queue but not written: the
+/// publisher writes every queue's `rows` in one transaction, then sends each queue the outcome
+/// on `commit` (dropping it counts as a failure), and reads the copies' ids from `answer`.
+pub struct Staged {
+    pub queue_id: u64,
+    /// The rows to insert; empty when every copy duplicates an earlier send.
+    pub rows: Vec<NewMessage>,
+    pub commit: oneshot::Sender<Result<(), StorageError>>,
+    /// The copies' message ids (a duplicate's is the earlier one's), once durable.
+    pub answer: oneshot::Receiver<Result<Vec<u64>, QueueError>>,
 }
 
 /// What a receive asks for.
@@ -170,6 +182,11 @@ pub(crate) enum Command {
     Send {
         messages: Vec<Outgoing>,
         respond_to: oneshot::Sender<Result<Vec<u64>, QueueError>>,
+    },
+    /// A send whose commit someone else makes (a topic's publish; see [`Staged`]).
+    Stage {
+        messages: Vec<Outgoing>,
+        respond_to: oneshot::Sender<Result<Staged, QueueError>>,
     },
     Receive {
         request: ReceiveRequest,
@@ -383,6 +400,16 @@ impl QueueHandle {
     /// Sends messages, all or nothing; returns their ids once they are durable.
     pub async fn send(&self, messages: Vec<Outgoing>) -> Result<Vec<u64>, QueueError> {
         self.ask(|respond_to| Command::Send {
+            messages,
+            respond_to,
+        })
+        .await?
+    }
+
+    /// Checks and reserves `messages` as a send would, without committing them: the caller
+    /// commits the rows of [`Staged`] (with other queues' copies) and reports the outcome.
+    pub async fn stage(&self, messages: Vec<Outgoing>) -> Result<Staged, QueueError> {
+        self.ask(|respond_to| Command::Stage {
             messages,
             respond_to,
         })

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::{
     BodiesReply, CommitReply, DeduplicationRecord, DeletedMessages, QueueRecord, Recovered,
-    Storage, StorageError, StoredMessage, StoredState, WriteOp,
+    Storage, StorageError, StoredMessage, StoredState, SubscriptionRecord, TopicRecord, WriteOp,
 };
 use crate::payload::Payload;
 use crate::receipt::{KEY_LEN, ReceiptKey};
@@ -60,6 +60,9 @@ struct Tables {
     receipt_secret: [u8; KEY_LEN],
     /// (queue id, deduplication id) → (message id, accepted at).
     deduplication: BTreeMap<(u64, String), (u64, i64)>,
+    topics: BTreeMap<u64, TopicRecord>,
+    /// (topic id, subscription name) → subscription.
+    subscriptions: BTreeMap<(u64, String), SubscriptionRecord>,
 }
 
 /// One row of the `messages` table.
@@ -80,6 +83,8 @@ impl Default for Tables {
             next_message_id: 1,
             receipt_secret: ReceiptKey::generate_secret(),
             deduplication: BTreeMap::new(),
+            topics: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
         }
     }
 }
@@ -221,12 +226,41 @@ impl Tables {
                 }
                 self.queues.remove(queue_id);
                 self.deduplication.retain(|(queue, _), _| queue != queue_id);
+                self.subscriptions.retain(|_, s| s.queue_id != *queue_id);
             }
-            WriteOp::InsertMessages { queue_id, messages } => {
-                if messages.iter().any(|m| self.messages.contains_key(&m.id)) {
+            WriteOp::CreateTopic(topic) => {
+                if self.topics.values().any(|t| t.name == topic.name) {
+                    return Err(constraint("UNIQUE constraint failed: topics"));
+                }
+                self.topics.insert(topic.id, topic.clone());
+            }
+            WriteOp::UpdateTopic(topic) => {
+                if let Some(stored) = self.topics.get_mut(&topic.id) {
+                    stored.max_message_size = topic.max_message_size;
+                    stored.update_time_ms = topic.update_time_ms;
+                }
+            }
+            WriteOp::DeleteTopic { topic_id } => {
+                self.topics.remove(topic_id);
+                self.subscriptions.retain(|(topic, _), _| topic != topic_id);
+            }
+            WriteOp::Subscribe(subscription) => {
+                let key = (subscription.topic_id, subscription.name.clone());
+                if self.subscriptions.contains_key(&key) {
+                    return Err(constraint("UNIQUE constraint failed: subscriptions"));
+                }
+                self.subscriptions.insert(key, subscription.clone());
+            }
+            WriteOp::Unsubscribe { topic_id, name } => {
+                self.subscriptions.remove(&(*topic_id, name.clone()));
+            }
+            WriteOp::InsertMessages { .. } | WriteOp::Publish { .. } => {
+                let rows = op.inserted_messages().unwrap_or_default();
+                if rows.iter().any(|(_, m)| self.messages.contains_key(&m.id)) {
                     return Err(constraint("UNIQUE constraint failed: messages.id"));
                 }
-                for message in messages {
+                for (queue_id, message) in rows {
+                    let queue_id = &queue_id;
                     let meta = StoredMessage {
                         id: message.id,
                         enqueue_ms: message.enqueue_ms,
@@ -247,6 +281,9 @@ impl Tables {
                             .insert((*queue_id, id.clone()), (message.id, message.enqueue_ms));
                     }
                     self.next_message_id = self.next_message_id.max(message.id + 1);
+                }
+                if let Some(id) = op.last_publish_id() {
+                    self.next_message_id = self.next_message_id.max(id + 1);
                 }
             }
             WriteOp::RemoveMessages { ids, .. } => {
@@ -347,6 +384,8 @@ impl Storage for MemoryStorage {
         let tables = &state.tables;
         Ok(Recovered {
             queues: tables.queues.values().cloned().collect(),
+            topics: tables.topics.values().cloned().collect(),
+            subscriptions: tables.subscriptions.values().cloned().collect(),
             deduplication_ids: tables
                 .deduplication
                 .iter()

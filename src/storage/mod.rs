@@ -169,6 +169,72 @@ pub struct DeduplicationRecord {
     pub accepted_ms: Millis,
 }
 
+/// How a topic chooses the subscriptions a message goes to (CMQ's filterType).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterType {
+    /// A message's tags against each subscription's filter tags.
+    Tags,
+    /// A message's routing key against each subscription's binding keys.
+    RoutingKeys,
+}
+
+impl FilterType {
+    /// The value of the `filter_type` column.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Tags => 1,
+            Self::RoutingKeys => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            1 => Some(Self::Tags),
+            2 => Some(Self::RoutingKeys),
+            _ => None,
+        }
+    }
+}
+
+/// A topic as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRecord {
+    /// Its subscriptions' rows name it by this id; a topic created again under an old name
+    /// starts without subscriptions.
+    pub id: u64,
+    pub name: String,
+    /// Largest body (with its attributes) a publish may carry.
+    pub max_message_size: u32,
+    pub filter_type: FilterType,
+    pub create_time_ms: Millis,
+    pub update_time_ms: Millis,
+}
+
+/// A subscription as stored: a topic delivering into a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub topic_id: u64,
+    /// Unique within its topic.
+    pub name: String,
+    /// The queue incarnation it delivers into: deleting the queue deletes its subscriptions in
+    /// the same transaction (see [`WriteOp::DeleteQueue`]).
+    pub queue_id: u64,
+    pub queue_name: String,
+    /// Filter tags or binding keys, by the topic's filter type; empty: every message.
+    pub filter: Vec<String>,
+    pub create_time_ms: Millis,
+}
+
+/// A subscription's filter as its column holds it: a JSON array of strings.
+pub fn encode_filter(filter: &[String]) -> String {
+    serde_json::to_string(filter).unwrap_or_else(|_| "[]".into())
+}
+
+/// The filter column's value back; `None` when it is not a JSON array of strings.
+pub fn decode_filter(column: &str) -> Option<Vec<String>> {
+    serde_json::from_str(column).ok()
+}
+
 /// One change to storage. A commit applies a group of them in one transaction.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -214,6 +280,28 @@ pub enum WriteOp {
         from_queue_id: u64,
         moves: Vec<MovedMessage>,
     },
+    CreateTopic(TopicRecord),
+    /// Writes the attributes and update time of the topic with this id.
+    UpdateTopic(TopicRecord),
+    /// Removes the topic and every subscription of it.
+    DeleteTopic {
+        topic_id: u64,
+    },
+    Subscribe(SubscriptionRecord),
+    Unsubscribe {
+        topic_id: u64,
+        name: String,
+    },
+    /// The copies of a publish (or of a batch of publishes): each queue's messages inserted as
+    /// `InsertMessages` inserts them, all in one transaction with the rest of the group, so
+    /// every copy is stored or none is, across any crash. One operation, so that the writer's
+    /// one-by-one retry of a failed group never splits it. Writes to every queue in `copies`.
+    Publish {
+        copies: Vec<(u64, Vec<NewMessage>)>,
+        /// The highest id the publish answered with (its own, not a copy's): message ids are
+        /// raised past it, so that no id is handed out twice across a restart.
+        last_publish_id: u64,
+    },
     /// Forgets deduplication ids of `queue_id` whose window has passed (written lazily: an id
     /// kept longer is ignored by the queue, which checks the window itself).
     ForgetDeduplicationIds {
@@ -237,6 +325,42 @@ impl WriteOp {
             Self::RecordReceives { receives, .. } => receives.len(),
             Self::MoveMessages { moves, .. } => moves.len(),
             Self::ForgetDeduplicationIds { .. } => 0,
+            Self::CreateTopic(_)
+            | Self::UpdateTopic(_)
+            | Self::DeleteTopic { .. }
+            | Self::Subscribe(_)
+            | Self::Unsubscribe { .. } => 0,
+            Self::Publish { copies, .. } => copies.iter().map(|(_, messages)| messages.len()).sum(),
+        }
+    }
+
+    /// The messages this inserts, with their queue ids (sends and publishes), so that a
+    /// backend writes both with one statement.
+    pub fn inserted_messages(&self) -> Option<Vec<(u64, &NewMessage)>> {
+        match self {
+            Self::InsertMessages { queue_id, messages } => Some(
+                messages
+                    .iter()
+                    .map(|message| (*queue_id, message))
+                    .collect(),
+            ),
+            Self::Publish { copies, .. } => Some(
+                copies
+                    .iter()
+                    .flat_map(|(queue_id, messages)| messages.iter().map(|m| (*queue_id, m)))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The message id a publish answered with beyond its copies', if this is one.
+    pub fn last_publish_id(&self) -> Option<u64> {
+        match self {
+            Self::Publish {
+                last_publish_id, ..
+            } => Some(*last_publish_id),
+            _ => None,
         }
     }
 
@@ -245,6 +369,9 @@ impl WriteOp {
     /// operation's own transaction, that this replica still owns it (see
     /// `storage::postgres::fence`). A move is fenced by its source alone: the source's owner
     /// decides what leaves its queue, and the rows it moves in are new to their target.
+    ///
+    /// Topic operations and publishes answer [`NO_QUEUE`]: cluster mode, the only mode that
+    /// fences, refuses the topic API (`cluster::routing`), so they never reach a fenced writer.
     pub fn queue_id(&self) -> u64 {
         match self {
             Self::CreateQueue(queue) | Self::UpdateQueue(queue) => queue.id,
@@ -256,9 +383,19 @@ impl WriteOp {
             | Self::ForgetDeduplicationIds { queue_id, .. } => *queue_id,
             Self::MoveMessages { from_queue_id, .. } => *from_queue_id,
             Self::DeleteMessages(deleted) => deleted.queue_id,
+            Self::CreateTopic(_)
+            | Self::UpdateTopic(_)
+            | Self::DeleteTopic { .. }
+            | Self::Subscribe(_)
+            | Self::Unsubscribe { .. }
+            | Self::Publish { .. } => NO_QUEUE,
         }
     }
 }
+
+/// What [`WriteOp::queue_id`] answers for an operation that is not fenced by one queue: queue
+/// ids start at 1, so no queue has it.
+pub const NO_QUEUE: u64 = 0;
 
 /// The queues storage held at startup (their messages are read afterwards, by
 /// [`Storage::recover_messages`]).
@@ -271,6 +408,10 @@ pub struct Recovered {
     /// The deduplication ids stored, of every queue (those past their window too: the queue
     /// drops them).
     pub deduplication_ids: Vec<DeduplicationRecord>,
+    /// Every topic, and every subscription (those of a queue that no longer exists too: the
+    /// topics drop them).
+    pub topics: Vec<TopicRecord>,
+    pub subscriptions: Vec<SubscriptionRecord>,
     /// Ids at or above these were never handed out.
     pub next_queue_id: u64,
     pub next_message_id: u64,

@@ -109,9 +109,19 @@ enum Rpc {
     StreamMessages,
     ListDeadLetterSourceQueues,
     RedriveMessages,
+    CreateTopic,
+    GetTopic,
+    UpdateTopic,
+    DeleteTopic,
+    ListTopics,
+    Subscribe,
+    Unsubscribe,
+    ListSubscriptions,
+    PublishMessage,
+    BatchPublishMessages,
 }
 
-const EVERY_RPC: [Rpc; 18] = [
+const EVERY_RPC: [Rpc; 28] = [
     Rpc::CreateQueue,
     Rpc::GetQueue,
     Rpc::UpdateQueue,
@@ -130,12 +140,25 @@ const EVERY_RPC: [Rpc; 18] = [
     Rpc::StreamMessages,
     Rpc::ListDeadLetterSourceQueues,
     Rpc::RedriveMessages,
+    Rpc::CreateTopic,
+    Rpc::GetTopic,
+    Rpc::UpdateTopic,
+    Rpc::DeleteTopic,
+    Rpc::ListTopics,
+    Rpc::Subscribe,
+    Rpc::Unsubscribe,
+    Rpc::ListSubscriptions,
+    Rpc::PublishMessage,
+    Rpc::BatchPublishMessages,
 ];
 
 /// What the grants of the matrix allow: the code each principal gets for each RPC.
 fn expected(rpc: Rpc, who: Who) -> Code {
     let action_of = |rpc| match rpc {
-        Rpc::SendMessage | Rpc::BatchSendMessages => Some(Who::Sender),
+        Rpc::SendMessage
+        | Rpc::BatchSendMessages
+        | Rpc::PublishMessage
+        | Rpc::BatchPublishMessages => Some(Who::Sender),
         Rpc::ReceiveMessages
         | Rpc::DeleteMessage
         | Rpc::BatchDeleteMessages
@@ -148,14 +171,24 @@ fn expected(rpc: Rpc, who: Who) -> Code {
         | Rpc::DeleteQueue
         | Rpc::RewindQueue
         | Rpc::PurgeQueue
-        | Rpc::RedriveMessages => Some(Who::Admin),
-        // Any grant on the queue (GetQueue, ListDeadLetterSourceQueues); none needed
-        // (ListQueues filters).
-        Rpc::GetQueue | Rpc::ListDeadLetterSourceQueues | Rpc::ListQueues => None,
+        | Rpc::RedriveMessages
+        | Rpc::CreateTopic
+        | Rpc::UpdateTopic
+        | Rpc::DeleteTopic
+        | Rpc::Subscribe
+        | Rpc::Unsubscribe => Some(Who::Admin),
+        // Any grant on the queue or topic (GetQueue, ListDeadLetterSourceQueues, GetTopic,
+        // ListSubscriptions); none needed (ListQueues and ListTopics filter).
+        Rpc::GetQueue
+        | Rpc::ListDeadLetterSourceQueues
+        | Rpc::ListQueues
+        | Rpc::GetTopic
+        | Rpc::ListSubscriptions
+        | Rpc::ListTopics => None,
     };
     match (who, action_of(rpc)) {
         (Who::Stranger | Who::Nobody, _) => Code::Unauthenticated,
-        (Who::Outsider, _) if rpc == Rpc::ListQueues => Code::Ok,
+        (Who::Outsider, _) if matches!(rpc, Rpc::ListQueues | Rpc::ListTopics) => Code::Ok,
         (Who::Outsider, _) => Code::PermissionDenied,
         (_, None) => Code::Ok,
         (who, Some(allowed)) if who == allowed => Code::Ok,
@@ -174,6 +207,8 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
 
 /// The queue every call of the matrix names; it exists with a rewind window.
 const QUEUE: &str = "m-q";
+/// The topic the topic RPCs of the matrix name.
+const TOPIC: &str = "m-t";
 
 fn rewindable() -> pb::QueueAttributes {
     pb::QueueAttributes {
@@ -382,6 +417,101 @@ async fn call(
                 .await
                 .map(drop)
         }
+        Rpc::CreateTopic => {
+            let message = pb::CreateTopicRequest {
+                topic_name: queue_name,
+                attributes: None,
+            };
+            client
+                .create_topic(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::GetTopic => {
+            let message = pb::GetTopicRequest {
+                topic_name: queue_name,
+            };
+            client.get_topic(with_token(message, token)).await.map(drop)
+        }
+        Rpc::UpdateTopic => {
+            let message = pb::UpdateTopicRequest {
+                topic_name: queue_name,
+                attributes: None,
+            };
+            client
+                .update_topic(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::DeleteTopic => {
+            let message = pb::DeleteTopicRequest {
+                topic_name: queue_name,
+            };
+            client
+                .delete_topic(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::ListTopics => {
+            let message = pb::ListTopicsRequest::default();
+            client
+                .list_topics(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::Subscribe => {
+            let message = pb::SubscribeRequest {
+                topic_name: queue_name,
+                subscription_name: "matrix".into(),
+                queue_name: QUEUE.into(),
+                ..Default::default()
+            };
+            client.subscribe(with_token(message, token)).await.map(drop)
+        }
+        Rpc::Unsubscribe => {
+            let message = pb::UnsubscribeRequest {
+                topic_name: queue_name,
+                subscription_name: receipt.into(),
+            };
+            client
+                .unsubscribe(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::ListSubscriptions => {
+            let message = pb::ListSubscriptionsRequest {
+                topic_name: queue_name,
+                ..Default::default()
+            };
+            client
+                .list_subscriptions(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::PublishMessage => {
+            let message = pb::PublishMessageRequest {
+                topic_name: queue_name,
+                body: b"published"[..].into(),
+                ..Default::default()
+            };
+            client
+                .publish_message(with_token(message, token))
+                .await
+                .map(drop)
+        }
+        Rpc::BatchPublishMessages => {
+            let message = pb::BatchPublishMessagesRequest {
+                topic_name: queue_name,
+                entries: vec![pb::BatchPublishEntry {
+                    body: b"published"[..].into(),
+                    ..Default::default()
+                }],
+            };
+            client
+                .batch_publish_messages(with_token(message, token))
+                .await
+                .map(drop)
+        }
     }
 }
 
@@ -443,6 +573,9 @@ async fn every_rpc_answers_each_principal_as_its_grants_say() {
     call(&mut client, Rpc::CreateQueue, Some(OPS_TOKEN), QUEUE, "")
         .await
         .expect("set up the queue");
+    call(&mut client, Rpc::CreateTopic, Some(OPS_TOKEN), TOPIC, "")
+        .await
+        .expect("set up the topic");
 
     let mut answers = Vec::new();
     for rpc in EVERY_RPC {
@@ -464,6 +597,28 @@ async fn every_rpc_answers_each_principal_as_its_grants_say() {
                         .await
                         .expect("create the doomed queue");
                 }
+                // The topic RPCs name the topic where the others name the queue.
+                Rpc::DeleteTopic => {
+                    queue = "m-doomed-topic".into();
+                    call(&mut client, Rpc::CreateTopic, Some(OPS_TOKEN), &queue, "")
+                        .await
+                        .expect("create the doomed topic");
+                }
+                Rpc::Unsubscribe => {
+                    queue = TOPIC.into();
+                    // A subscription of its own each time, so an allowed call succeeds.
+                    call(&mut client, Rpc::Subscribe, Some(OPS_TOKEN), &queue, "")
+                        .await
+                        .expect("subscribe");
+                    receipt = "matrix".into();
+                }
+                Rpc::CreateTopic
+                | Rpc::GetTopic
+                | Rpc::UpdateTopic
+                | Rpc::Subscribe
+                | Rpc::ListSubscriptions
+                | Rpc::PublishMessage
+                | Rpc::BatchPublishMessages => queue = TOPIC.into(),
                 _ => {}
             }
             let result = call(&mut client, rpc, who.token(), &queue, &receipt).await;

@@ -833,3 +833,103 @@ async fn consume_prints_json_lines_deletes_them_and_exits_ok_when_the_server_sto
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_commands_publish_into_subscribed_queues() {
+    let server = TestServer::start().await;
+    let endpoint = server.endpoint();
+    one(&endpoint, &["queue", "create", "cli-eu"]).await;
+    one(&endpoint, &["queue", "create", "cli-all"]).await;
+    let topic = one(
+        &endpoint,
+        &[
+            "topic",
+            "create",
+            "cli-orders",
+            "--filter-type",
+            "routing-keys",
+        ],
+    )
+    .await;
+    assert_eq!(topic["attributes"]["filter_type"], "routing-keys");
+    assert_eq!(topic["attributes"]["max_message_size"], 65_536);
+    let eu = one(
+        &endpoint,
+        &[
+            "subscribe",
+            "cli-orders",
+            "eu",
+            "--queue",
+            "cli-eu",
+            "--binding-key",
+            "order.eu.*",
+        ],
+    )
+    .await;
+    assert_eq!(eu["binding_keys"], serde_json::json!(["order.eu.*"]));
+    one(
+        &endpoint,
+        &["subscribe", "cli-orders", "all", "--queue", "cli-all"],
+    )
+    .await;
+    let published = one(
+        &endpoint,
+        &[
+            "publish",
+            "cli-orders",
+            "an order",
+            "--routing-key",
+            "order.us.created",
+            "--attr",
+            "k=v",
+            "--dedup-id",
+            "o-1",
+        ],
+    )
+    .await;
+    let copies = published["copies"].as_array().expect("copies");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0]["queue_name"], "cli-all");
+    let received = one(&endpoint, &["receive", "cli-all"]).await;
+    assert_eq!(received["body"], "an order");
+    assert_eq!(received["source_topic"], "cli-orders");
+    assert_eq!(received["attributes"]["k"], "v");
+    let subscriptions = ok(&endpoint, &["subscriptions", "cli-orders"]).await;
+    let counts: Vec<(String, u64)> = subscriptions
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().expect("name").to_string(),
+                s["delivered_messages"].as_u64().expect("count"),
+            )
+        })
+        .collect();
+    assert_eq!(counts, vec![("all".to_string(), 1), ("eu".to_string(), 0)]);
+    one(&endpoint, &["unsubscribe", "cli-orders", "eu"]).await;
+    let updated = one(
+        &endpoint,
+        &[
+            "topic",
+            "update",
+            "cli-orders",
+            "--max-message-size",
+            "2048",
+        ],
+    )
+    .await;
+    assert_eq!(updated["attributes"]["max_message_size"], 2048);
+    assert_eq!(updated["subscription_count"], 1);
+    let listed = ok(&endpoint, &["topic", "list"]).await;
+    assert_eq!(listed.len(), 1);
+    let (code, stderr) = fails(
+        &endpoint,
+        &["publish", "cli-orders", "x", "--routing-key", "bad..key"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("routing_key"), "{stderr}");
+    one(&endpoint, &["topic", "delete", "cli-orders"]).await;
+    let (_, stderr) = fails(&endpoint, &["topic", "get", "cli-orders"]).await;
+    assert!(stderr.contains("NOT_FOUND"), "{stderr}");
+    server.stop().await;
+}

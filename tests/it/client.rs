@@ -695,6 +695,48 @@ impl QueueService for Scripted {
     ) -> Answer<pb::RedriveMessagesResponse> {
         self.answer("RedriveMessages")
     }
+    async fn create_topic(&self, _: Request<pb::CreateTopicRequest>) -> Answer<pb::Topic> {
+        self.answer("CreateTopic")
+    }
+    async fn get_topic(&self, _: Request<pb::GetTopicRequest>) -> Answer<pb::Topic> {
+        self.answer("GetTopic")
+    }
+    async fn update_topic(&self, _: Request<pb::UpdateTopicRequest>) -> Answer<pb::Topic> {
+        self.answer("UpdateTopic")
+    }
+    async fn delete_topic(&self, _: Request<pb::DeleteTopicRequest>) -> Answer<()> {
+        self.answer("DeleteTopic")
+    }
+    async fn list_topics(
+        &self,
+        _: Request<pb::ListTopicsRequest>,
+    ) -> Answer<pb::ListTopicsResponse> {
+        self.answer("ListTopics")
+    }
+    async fn subscribe(&self, _: Request<pb::SubscribeRequest>) -> Answer<pb::Subscription> {
+        self.answer("Subscribe")
+    }
+    async fn unsubscribe(&self, _: Request<pb::UnsubscribeRequest>) -> Answer<()> {
+        self.answer("Unsubscribe")
+    }
+    async fn list_subscriptions(
+        &self,
+        _: Request<pb::ListSubscriptionsRequest>,
+    ) -> Answer<pb::ListSubscriptionsResponse> {
+        self.answer("ListSubscriptions")
+    }
+    async fn publish_message(
+        &self,
+        _: Request<pb::PublishMessageRequest>,
+    ) -> Answer<pb::PublishMessageResponse> {
+        self.answer("PublishMessage")
+    }
+    async fn batch_publish_messages(
+        &self,
+        _: Request<pb::BatchPublishMessagesRequest>,
+    ) -> Answer<pb::BatchPublishMessagesResponse> {
+        self.answer("BatchPublishMessages")
+    }
 
     type StreamMessagesStream =
         tokio_stream::Iter<std::vec::IntoIter<Result<pb::StreamMessagesResponse, Status>>>;

@@ -23,6 +23,7 @@ mod receipts;
 mod rewind;
 mod streams;
 mod tls;
+mod topics;
 mod version;
 mod visibility;
 mod walkthrough;

@@ -818,6 +818,27 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A topic with a subscription, which the migration carries too.
+    client
+        .create_topic(pb::CreateTopicRequest {
+            topic_name: "migrated-topic".into(),
+            attributes: Some(pb::TopicAttributes {
+                max_message_size: Some(2_048),
+                filter_type: pb::FilterType::RoutingKeys as i32,
+            }),
+        })
+        .await
+        .expect("create a topic");
+    client
+        .subscribe(pb::SubscribeRequest {
+            topic_name: "migrated-topic".into(),
+            subscription_name: "audit".into(),
+            queue_name: "dlq-target".into(),
+            binding_keys: vec!["audit.#".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe");
     server.stop().await;
     let before = Before {
         in_flight_handle: in_flight[0].receipt_handle.clone(),
@@ -844,6 +865,11 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
     assert_eq!(summary["live"], 6, "{summary}");
     assert_eq!(summary["kept_for_rewind"], 2, "{summary}");
     assert_eq!(summary["tombstones"], 1, "{summary}");
+    assert_eq!(
+        (&summary["topics"], &summary["subscriptions"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "{summary}"
+    );
 
     let again = migrate(source.path());
     assert!(!again.status.success());
@@ -866,6 +892,34 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
     };
     println!("{}", from_sqlite.join("\n"));
     assert_eq!(from_postgres, from_sqlite);
+    // The topic and its subscription came along, and publish into the migrated queue.
+    {
+        let server = TestServer::start_in(target.path(), |_| {}).await;
+        let mut client = server.client().await;
+        let topic = client
+            .get_topic(pb::GetTopicRequest {
+                topic_name: "migrated-topic".into(),
+            })
+            .await
+            .expect("the topic")
+            .into_inner();
+        let attributes = topic.attributes.expect("attributes");
+        assert_eq!(attributes.max_message_size, Some(2_048));
+        assert_eq!(attributes.filter_type, pb::FilterType::RoutingKeys as i32);
+        let published = client
+            .publish_message(pb::PublishMessageRequest {
+                topic_name: "migrated-topic".into(),
+                body: b"after the move"[..].into(),
+                routing_key: "audit.login".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("publish")
+            .into_inner();
+        assert_eq!(published.copies.len(), 1);
+        assert_eq!(published.copies[0].queue_name, "dlq-target");
+        server.stop().await;
+    }
     // The transcript saw every kind of message.
     let all = from_sqlite.join("\n");
     for expected in [
@@ -884,12 +938,12 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
     }
 }
 
-/// A schema of version 1 (before message attributes, deduplication and dead-letter policies)
-/// is migrated to version 2 when a server opens it, in one transaction: its queues and
-/// messages stay, queues get the default deduplication window and no policy, and the new
-/// features work on them.
+/// A schema of version 1 (before message attributes, deduplication, dead-letter policies and
+/// topics) is migrated to the current version (3) when a server opens it, in one transaction:
+/// its queues and messages stay, queues get the default deduplication window and no policy,
+/// and the new features work on them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_1_schema_is_migrated_to_version_2() {
+async fn a_version_1_schema_is_migrated_to_the_current_version() {
     if postgres_only() {
         return;
     }
@@ -909,6 +963,8 @@ async fn a_version_1_schema_is_migrated_to_version_2() {
                  DROP COLUMN dead_letter_queue, DROP COLUMN max_receive_count,
                  DROP COLUMN max_time_to_live_seconds;
              DROP TABLE {schema}.deduplication;
+             DROP TABLE {schema}.topics;
+             DROP TABLE {schema}.subscriptions;
              UPDATE {schema}.schema_version SET version = 1;"
         ))
         .await
@@ -921,7 +977,7 @@ async fn a_version_1_schema_is_migrated_to_version_2() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let queue = get(&mut client, "old").await;
     let attributes = queue.attributes.expect("attributes");
     assert_eq!(attributes.deduplication_window_seconds, Some(300));
@@ -952,5 +1008,65 @@ async fn a_version_1_schema_is_migrated_to_version_2() {
         .into_inner()
         .message_id;
     assert_eq!(first, again);
+    assert_eq!(server.terminate(), Some(0));
+}
+
+/// A schema of version 2 (before topics) is migrated to version 3 when a server opens it: its
+/// queues stay, and topics publish into them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_schema_gains_topics() {
+    if postgres_only() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    create(&mut client, "before-topics", attrs()).await;
+    assert_eq!(server.terminate(), Some(0));
+    let admin = postgres_client().await;
+    let schema = schema_for(dir.path());
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE {schema}.topics;
+             DROP TABLE {schema}.subscriptions;
+             UPDATE {schema}.schema_version SET version = 2;"
+        ))
+        .await
+        .expect("make it version 2");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    let version: i32 = admin
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 3);
+    client
+        .create_topic(pb::CreateTopicRequest {
+            topic_name: "after".into(),
+            attributes: None,
+        })
+        .await
+        .expect("create a topic");
+    client
+        .subscribe(pb::SubscribeRequest {
+            topic_name: "after".into(),
+            subscription_name: "s".into(),
+            queue_name: "before-topics".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe");
+    let published = client
+        .publish_message(pb::PublishMessageRequest {
+            topic_name: "after".into(),
+            body: b"hello"[..].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(published.copies.len(), 1);
+    assert_eq!(stats(&mut client, "before-topics").await.active_messages, 1);
     assert_eq!(server.terminate(), Some(0));
 }

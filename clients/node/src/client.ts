@@ -21,6 +21,12 @@ import {
   type Queue,
   type ReceivedMessage,
   type RedriveMessagesResponse,
+  type ListSubscriptionsResponse,
+  type ListTopicsResponse,
+  type PublishMessageResponse,
+  type Subscription,
+  type Topic,
+  FilterType,
 } from "./gen/spool/v1/queue_pb.js";
 import { RetryPolicy, type RetryOptions, type Safety } from "./retry.js";
 
@@ -591,6 +597,97 @@ export class SpoolClient {
       queueName: queue,
       destinationQueue: options.destinationQueue ?? "",
       maxMessages: options.maxMessages ?? 0,
+    });
+  }
+
+  /**
+   * Creates a topic (publish once, a copy in every subscribed queue whose filter it passes);
+   * `filterType` FilterType.TAGS (the default) or FilterType.ROUTING_KEYS. Creating one that
+   * exists with the same attributes returns it.
+   */
+  async createTopic(
+    topic: string,
+    options: { maxMessageSize?: number; filterType?: FilterType } = {},
+  ): Promise<Topic> {
+    return this.call("idempotent", "createTopic", {
+      topicName: topic,
+      attributes: {
+        maxMessageSize: options.maxMessageSize,
+        filterType: options.filterType ?? FilterType.UNSPECIFIED,
+      },
+    });
+  }
+
+  /** A topic's attributes, subscription count and counters. */
+  async getTopic(topic: string): Promise<Topic> {
+    return this.call("idempotent", "getTopic", { topicName: topic });
+  }
+
+  /** Changes a topic's maxMessageSize (its filter type is fixed). */
+  async updateTopic(topic: string, options: { maxMessageSize?: number } = {}): Promise<Topic> {
+    return this.call("idempotent", "updateTopic", {
+      topicName: topic,
+      attributes: { maxMessageSize: options.maxMessageSize },
+    });
+  }
+
+  /** Deletes a topic and its subscriptions (not their queues). */
+  async deleteTopic(topic: string): Promise<void> {
+    await this.call("idempotent", "deleteTopic", { topicName: topic });
+  }
+
+  /** One page of the topics whose name starts with `prefix`. */
+  async listTopics(prefix = "", pageSize = 0, pageToken = ""): Promise<ListTopicsResponse> {
+    return this.call("idempotent", "listTopics", { prefix, pageSize, pageToken });
+  }
+
+  /**
+   * Subscribes a queue to a topic: filter tags (topics filtering by tags) or binding keys
+   * (`*` one word, `#` zero or more; topics filtering by routing keys); none: every message.
+   */
+  async subscribe(
+    topic: string,
+    subscription: string,
+    queue: string,
+    options: { filterTags?: string[]; bindingKeys?: string[] } = {},
+  ): Promise<Subscription> {
+    return this.call("idempotent", "subscribe", {
+      topicName: topic,
+      subscriptionName: subscription,
+      queueName: queue,
+      filterTags: options.filterTags ?? [],
+      bindingKeys: options.bindingKeys ?? [],
+    });
+  }
+
+  /** Removes a subscription; the copies already in its queue stay. */
+  async unsubscribe(topic: string, subscription: string): Promise<void> {
+    await this.call("idempotent", "unsubscribe", { topicName: topic, subscriptionName: subscription });
+  }
+
+  /** One page of a topic's subscriptions, in name order. */
+  async listSubscriptions(topic: string, pageSize = 0, pageToken = ""): Promise<ListSubscriptionsResponse> {
+    return this.call("idempotent", "listSubscriptions", { topicName: topic, pageSize, pageToken });
+  }
+
+  /**
+   * Publishes a message: a copy in every subscribed queue whose filter it passes, all in one
+   * transaction. Retried on UNAVAILABLE only with a deduplication id (queues with
+   * deduplication on then take no second copy).
+   */
+  async publishMessage(
+    topic: string,
+    body: Uint8Array | string,
+    options: { tags?: string[]; routingKey?: string; attributes?: Record<string, string>; deduplicationId?: string } = {},
+  ): Promise<PublishMessageResponse> {
+    const deduplicationId = options.deduplicationId ?? "";
+    return this.call(deduplicationId ? "idempotent" : "not-idempotent", "publishMessage", {
+      topicName: topic,
+      body: typeof body === "string" ? new TextEncoder().encode(body) : body,
+      tags: options.tags ?? [],
+      routingKey: options.routingKey ?? "",
+      attributes: options.attributes ?? {},
+      deduplicationId,
     });
   }
 

@@ -36,5 +36,13 @@ export type {
   QueueStats,
   ReceivedMessage,
   RedriveMessagesResponse,
+  ListSubscriptionsResponse,
+  ListTopicsResponse,
+  PublishMessageResponse,
+  PublishedCopy,
+  Subscription,
+  Topic,
+  TopicAttributes,
 } from "./gen/spool/v1/queue_pb.js";
+export { FilterType } from "./gen/spool/v1/queue_pb.js";
 export { status as GrpcStatus } from "@grpc/grpc-js";

@@ -629,3 +629,43 @@ def test_dead_letter_queue_and_redrive(client, queue_name):
     assert queue_name in error.message
     client.update_queue(queue_name, dead_letter_policy=spool_client.dead_letter_policy("", 0))
     client.delete_queue(dlq)
+
+
+def test_topics_fan_out_publishes_to_subscribed_queues(client, queue_name):
+    topic = queue_name + "-topic"
+    eu, everything = queue_name + "-eu", queue_name + "-all"
+    client.create_queue(eu)
+    client.create_queue(everything)
+    created = client.create_topic(topic, filter_type=pb.FILTER_TYPE_ROUTING_KEYS)
+    assert created.attributes.filter_type == pb.FILTER_TYPE_ROUTING_KEYS
+    client.subscribe(topic, "eu", eu, binding_keys=["order.eu.*"])
+    client.subscribe(topic, "all", everything)
+    expect_error(
+        client.subscribe,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        4000,
+        topic,
+        "tags",
+        eu,
+        filter_tags=["red"],
+    )
+    answer = client.publish_message(
+        topic, "an order", routing_key="order.eu.created", attributes={"k": "v"}
+    )
+    assert sorted(copy.queue_name for copy in answer.copies) == sorted([eu, everything])
+    [copy] = client.receive_messages(eu)
+    assert (copy.body, copy.source_topic, dict(copy.attributes)) == (b"an order", topic, {"k": "v"})
+    results = client.batch_publish_messages(
+        topic, [pb.BatchPublishEntry(body=b"us", routing_key="order.us.created"), b"no key"]
+    )
+    assert [len(result.copies) for result in results] == [1, 1]
+    assert client.get_topic(topic).stats.published_messages == 3
+    names = [s.name for s in client.list_subscriptions(topic).subscriptions]
+    assert names == ["all", "eu"]
+    # A queue deleted takes its subscription with it.
+    client.delete_queue(eu)
+    assert [s.name for s in client.list_subscriptions(topic).subscriptions] == ["all"]
+    client.unsubscribe(topic, "all")
+    assert topic in [t.name for t in client.list_topics(topic).topics]
+    client.delete_topic(topic)
+    expect_error(client.get_topic, grpc.StatusCode.NOT_FOUND, 4440, topic)

@@ -125,6 +125,25 @@ pub const SERVER_BUSY: ErrorCase = ErrorCase {
     cmq_code: 4420,
     meaning: "the server's receive limits are reached (open receives, response buffer, stalled client); retry later",
 };
+/// Topics share CMQ's "resource does not exist" (4440) with queues; the reason tells them apart.
+pub const TOPIC_NOT_FOUND: ErrorCase = ErrorCase {
+    reason: "TOPIC_NOT_FOUND",
+    grpc_code: Code::NotFound,
+    cmq_code: 4440,
+    meaning: "topic or subscription does not exist",
+};
+pub const TOPIC_EXISTS: ErrorCase = ErrorCase {
+    reason: "TOPIC_EXISTS",
+    grpc_code: Code::AlreadyExists,
+    cmq_code: 4460,
+    meaning: "topic or subscription exists with other attributes",
+};
+pub const TOO_MANY_TOPICS: ErrorCase = ErrorCase {
+    reason: "TOO_MANY_TOPICS",
+    grpc_code: Code::ResourceExhausted,
+    cmq_code: 4450,
+    meaning: "too many topics, or subscriptions on a topic",
+};
 /// CMQ's "authentication failed" (4100): the caller is not known, so no grant is even looked at.
 pub const UNAUTHENTICATED: ErrorCase = ErrorCase {
     reason: "UNAUTHENTICATED",
@@ -160,7 +179,7 @@ pub const SHUTTING_DOWN: ErrorCase = ErrorCase {
 };
 
 /// Every case, in the README's order.
-pub const ERROR_CASES: [ErrorCase; 15] = [
+pub const ERROR_CASES: [ErrorCase; 18] = [
     INVALID_ARGUMENT,
     TOO_LARGE,
     QUEUE_NOT_FOUND,
@@ -171,6 +190,9 @@ pub const ERROR_CASES: [ErrorCase; 15] = [
     BACKLOG_FULL,
     TOO_MANY_QUEUES,
     SERVER_BUSY,
+    TOPIC_NOT_FOUND,
+    TOPIC_EXISTS,
+    TOO_MANY_TOPICS,
     UNAUTHENTICATED,
     PERMISSION_DENIED,
     STORAGE_UNAVAILABLE,

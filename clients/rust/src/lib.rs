@@ -82,6 +82,50 @@ pub use crate::pb::{
     ListQueuesResponse, PeekedMessage, Queue, QueueAttributes, QueueStats, ReceivedMessage,
     RedriveMessagesResponse,
 };
+pub use pb::{
+    BatchPublishEntry, FilterType, ListSubscriptionsResponse, ListTopicsResponse,
+    PublishMessageResponse, PublishedCopy, Subscription, Topic, TopicAttributes, TopicStats,
+};
+
+/// What a publish may say besides its body (see [`Client::publish_message_with`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    attributes: std::collections::HashMap<String, String>,
+    tags: Vec<String>,
+    routing_key: String,
+    deduplication_id: Option<String>,
+}
+
+impl PublishOptions {
+    /// Adds an attribute, delivered with every copy.
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a tag (topics filtering by tags; at most 16).
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// The routing key (topics filtering by routing keys): dot-separated words.
+    pub fn routing_key(self, key: impl Into<String>) -> Self {
+        Self {
+            routing_key: key.into(),
+            ..self
+        }
+    }
+
+    /// The publish's deduplication id, instead of one the client makes: each queue that
+    /// accepted a copy with it within its deduplication window enqueues no second copy.
+    pub fn deduplication_id(self, id: impl Into<String>) -> Self {
+        Self {
+            deduplication_id: Some(id.into()),
+            ..self
+        }
+    }
+}
 
 /// What a send may say besides its body (see [`Client::send_message_with`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -1135,6 +1179,249 @@ impl Client {
             |mut grpc: Grpc, request| async move { grpc.redrive_messages(request).await },
         )
         .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Creates a topic; unset attributes take their defaults (filter type: tags). Creating a
+    /// topic that exists with the same attributes returns it. Retried on UNAVAILABLE.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        attributes: TopicAttributes,
+    ) -> Result<Topic, ClientError> {
+        let request = pb::CreateTopicRequest {
+            topic_name: name.to_string(),
+            attributes: Some(attributes),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.create_topic(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// A topic's attributes and counters. Retried on UNAVAILABLE.
+    pub async fn get_topic(&self, name: &str) -> Result<Topic, ClientError> {
+        let request = pb::GetTopicRequest {
+            topic_name: name.to_string(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.get_topic(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Changes the topic attributes that are set (max_message_size). Retried on UNAVAILABLE.
+    pub async fn update_topic(
+        &self,
+        name: &str,
+        attributes: TopicAttributes,
+    ) -> Result<Topic, ClientError> {
+        let request = pb::UpdateTopicRequest {
+            topic_name: name.to_string(),
+            attributes: Some(attributes),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.update_topic(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Deletes a topic and its subscriptions (not their queues). Retried on UNAVAILABLE; a
+    /// retry that finds the topic gone counts as deleted.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let request = pb::DeleteTopicRequest {
+            topic_name: name.to_string(),
+        };
+        let result = self
+            .unary(
+                Safety::Idempotent,
+                request,
+                self.options.request_timeout,
+                |mut grpc: Grpc, request| async move { grpc.delete_topic(request).await },
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(failed) if failed.attempts > 1 && failed.status.code() == Code::NotFound => Ok(()),
+            Err(failed) => Err(self.error(failed.status)),
+        }
+    }
+
+    /// One page of topics whose name starts with `prefix`, as
+    /// [`list_queues`](Self::list_queues). Retried on UNAVAILABLE.
+    pub async fn list_topics(
+        &self,
+        prefix: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<ListTopicsResponse, ClientError> {
+        let request = pb::ListTopicsRequest {
+            prefix: prefix.to_string(),
+            page_size,
+            page_token: page_token.to_string(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.list_topics(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Subscribes `queue` to `topic` as `subscription`, with filter tags or binding keys (by
+    /// the topic's filter type; empty: every message). Retried on UNAVAILABLE (subscribing
+    /// again with the same queue and filter returns the subscription).
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        subscription: &str,
+        queue: &str,
+        filter_tags: Vec<String>,
+        binding_keys: Vec<String>,
+    ) -> Result<Subscription, ClientError> {
+        let request = pb::SubscribeRequest {
+            topic_name: topic.to_string(),
+            subscription_name: subscription.to_string(),
+            queue_name: queue.to_string(),
+            filter_tags,
+            binding_keys,
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.subscribe(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Removes a subscription. Retried on UNAVAILABLE; a retry that finds it gone counts as
+    /// removed.
+    pub async fn unsubscribe(&self, topic: &str, subscription: &str) -> Result<(), ClientError> {
+        let request = pb::UnsubscribeRequest {
+            topic_name: topic.to_string(),
+            subscription_name: subscription.to_string(),
+        };
+        let result = self
+            .unary(
+                Safety::Idempotent,
+                request,
+                self.options.request_timeout,
+                |mut grpc: Grpc, request| async move { grpc.unsubscribe(request).await },
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(failed) if failed.attempts > 1 && failed.status.code() == Code::NotFound => Ok(()),
+            Err(failed) => Err(self.error(failed.status)),
+        }
+    }
+
+    /// One page of a topic's subscriptions, in name order. Retried on UNAVAILABLE.
+    pub async fn list_subscriptions(
+        &self,
+        topic: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<ListSubscriptionsResponse, ClientError> {
+        let request = pb::ListSubscriptionsRequest {
+            topic_name: topic.to_string(),
+            page_size,
+            page_token: page_token.to_string(),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.list_subscriptions(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Publishes one message to a topic: a copy in every subscribed queue whose filter it
+    /// passes, all or none, once durable. Retried on UNAVAILABLE with a deduplication id of
+    /// the client's (unless the options carry one), so a retry adds no second copy to a queue
+    /// with deduplication on.
+    pub async fn publish_message(
+        &self,
+        topic: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<PublishMessageResponse, ClientError> {
+        self.publish_message_with(topic, body, PublishOptions::default())
+            .await
+    }
+
+    /// Publishes one message with attributes, tags or a routing key, and a deduplication id.
+    pub async fn publish_message_with(
+        &self,
+        topic: &str,
+        body: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<PublishMessageResponse, ClientError> {
+        let request = pb::PublishMessageRequest {
+            topic_name: topic.to_string(),
+            body: body.into(),
+            attributes: options.attributes,
+            tags: options.tags,
+            routing_key: options.routing_key,
+            deduplication_id: options
+                .deduplication_id
+                .unwrap_or_else(new_deduplication_id),
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.publish_message(request).await },
+        )
+        .await
+        .map_err(|failed| self.error(failed.status))
+    }
+
+    /// Publishes 1 to 16 messages to a topic, every copy of every entry in one transaction.
+    /// An entry without a deduplication id gets one of the client's.
+    pub async fn batch_publish_entries(
+        &self,
+        topic: &str,
+        entries: Vec<BatchPublishEntry>,
+    ) -> Result<Vec<PublishMessageResponse>, ClientError> {
+        let entries = entries
+            .into_iter()
+            .map(|mut entry| {
+                if entry.deduplication_id.is_empty() {
+                    entry.deduplication_id = new_deduplication_id();
+                }
+                entry
+            })
+            .collect();
+        let request = pb::BatchPublishMessagesRequest {
+            topic_name: topic.to_string(),
+            entries,
+        };
+        self.unary(
+            Safety::Idempotent,
+            request,
+            self.options.request_timeout,
+            |mut grpc: Grpc, request| async move { grpc.batch_publish_messages(request).await },
+        )
+        .await
+        .map(|response| response.results)
         .map_err(|failed| self.error(failed.status))
     }
 

@@ -162,6 +162,49 @@ impl Import<'_> {
                 .await
                 .map_err(self.error("cannot write a deduplication id"))?;
         }
+        // Topics, and the subscriptions into queues that exist (a queue deleted before the
+        // stop took its subscriptions with it; a row left would be dropped at start anyway).
+        for topic in &recovered.topics {
+            self.transaction
+                .execute(
+                    &format!(
+                        "INSERT INTO {q}.topics (id, name, max_message_size, filter_type,
+                            create_time_ms, update_time_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+                    ),
+                    &[
+                        &(topic.id as i64),
+                        &topic.name,
+                        &i64::from(topic.max_message_size),
+                        &topic.filter_type.code(),
+                        &topic.create_time_ms,
+                        &topic.update_time_ms,
+                    ],
+                )
+                .await
+                .map_err(self.error("cannot write a topic"))?;
+        }
+        for subscription in &recovered.subscriptions {
+            if !queues.contains(&subscription.queue_id) {
+                continue;
+            }
+            self.transaction
+                .execute(
+                    &format!(
+                        "INSERT INTO {q}.subscriptions (topic_id, name, queue_id, queue_name,
+                            filter, create_time_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+                    ),
+                    &[
+                        &(subscription.topic_id as i64),
+                        &subscription.name,
+                        &(subscription.queue_id as i64),
+                        &subscription.queue_name,
+                        &crate::storage::encode_filter(&subscription.filter),
+                        &subscription.create_time_ms,
+                    ],
+                )
+                .await
+                .map_err(self.error("cannot write a subscription"))?;
+        }
         self.transaction
             .execute(
                 &format!("UPDATE {q}.secrets SET value = $1 WHERE name = 'receipt_key'"),

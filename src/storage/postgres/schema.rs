@@ -15,25 +15,30 @@ use tokio_postgres::{Client, GenericClient};
 use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::receipt::KEY_LEN;
 use crate::storage::{
-    DeduplicationRecord, QueueRecord, Recovered, StorageError, StoredMessage, StoredState,
+    DeduplicationRecord, FilterType, QueueRecord, Recovered, StorageError, StoredMessage,
+    StoredState, SubscriptionRecord, TopicRecord, decode_filter,
 };
 
 /// The layout below. A database with a higher number was written by a newer Spool and is
 /// refused; a lower one would be migrated at open, step by step, each in its transaction.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// `schema_version.application`: tells Spool's tables from someone else's of the same names.
 const APPLICATION: &str = "spool";
 /// The names Spool creates; any of them in the schema without Spool's version row is foreign.
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 8] = [
     "schema_version",
     "queues",
     "messages",
     "secrets",
     "counters",
     "deduplication",
+    "topics",
+    "subscriptions",
 ];
-/// The tables version 1 had (all but `deduplication`).
+/// The tables version 1 had (all but `deduplication` and version 3's).
 const VERSION_1_TABLES: usize = 5;
+/// The tables version 2 had (all but `topics` and `subscriptions`).
+const VERSION_2_TABLES: usize = 6;
 /// First half of the advisory lock key that keeps a second server out of the schema ("SPOL");
 /// the second half is a hash of the schema's name.
 const LOCK_CLASS: i32 = 0x5350_4f4c;
@@ -126,6 +131,29 @@ CREATE TABLE {s}.deduplication (
 );
 ";
 
+/// Version 3: topics and their subscriptions. A subscription names its queue by id (the
+/// incarnation; deleting the queue deletes its subscriptions in the same transaction) and by
+/// name (for display); `filter` is a JSON array of filter tags or binding keys.
+const VERSION_3: &str = "
+CREATE TABLE {s}.topics (
+    id bigint PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    max_message_size bigint NOT NULL,
+    filter_type bigint NOT NULL,
+    create_time_ms bigint NOT NULL,
+    update_time_ms bigint NOT NULL
+);
+CREATE TABLE {s}.subscriptions (
+    topic_id bigint NOT NULL,
+    name text NOT NULL,
+    queue_id bigint NOT NULL,
+    queue_name text NOT NULL,
+    filter text NOT NULL,
+    create_time_ms bigint NOT NULL,
+    PRIMARY KEY (topic_id, name)
+);
+";
+
 /// A schema name Spool accepts: lower-case letters, digits and underscores, starting with a
 /// letter or underscore, so that it never needs quoting rules beyond double quotes and reads
 /// the same in `psql`.
@@ -209,6 +237,10 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             .await
             .map_err(io)?;
         transaction
+            .batch_execute(&VERSION_3.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
             .execute(
                 &format!("INSERT INTO {q}.schema_version (application, version) VALUES ($1, $2)"),
                 &[&APPLICATION, &SCHEMA_VERSION],
@@ -271,10 +303,10 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
              the upgrade"
         )));
     }
-    let expected_tables = if version < 2 {
-        VERSION_1_TABLES
-    } else {
-        TABLES.len()
+    let expected_tables = match version {
+        ..2 => VERSION_1_TABLES,
+        2 => VERSION_2_TABLES,
+        _ => TABLES.len(),
     };
     if existing.len() < expected_tables {
         return Err(foreign(format!(
@@ -297,6 +329,22 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             schema,
             "migrated Spool's tables from version 1 to 2 (message attributes, deduplication, \
              dead-letter policies)"
+        );
+    }
+    if version < 3 {
+        // In the same transaction as any step before: a crash leaves the version it found.
+        let q = quoted(schema);
+        transaction
+            .batch_execute(&VERSION_3.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .execute(&format!("UPDATE {q}.schema_version SET version = 3"), &[])
+            .await
+            .map_err(io)?;
+        tracing::info!(
+            schema,
+            "migrated Spool's tables from version 2 to 3 (topics and subscriptions)"
         );
     }
     transaction.commit().await.map_err(io)?;
@@ -427,9 +475,58 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let text = |e: tokio_postgres::Error| e.to_string();
+    let mut topics = Vec::new();
+    for row in client
+        .query(
+            &format!(
+                "SELECT id, name, max_message_size, filter_type, create_time_ms, update_time_ms
+                   FROM {q}.topics ORDER BY id"
+            ),
+            &[],
+        )
+        .await
+        .map_err(text)?
+    {
+        let code: i64 = row.try_get(3).map_err(text)?;
+        topics.push(TopicRecord {
+            id: row.try_get::<_, i64>(0).map_err(text)? as u64,
+            name: row.try_get(1).map_err(text)?,
+            max_message_size: u32_column(&row, 2)?,
+            filter_type: FilterType::from_code(code)
+                .ok_or_else(|| format!("a topic's filter_type is {code}, unknown"))?,
+            create_time_ms: row.try_get(4).map_err(text)?,
+            update_time_ms: row.try_get(5).map_err(text)?,
+        });
+    }
+    let mut subscriptions = Vec::new();
+    for row in client
+        .query(
+            &format!(
+                "SELECT topic_id, name, queue_id, queue_name, filter, create_time_ms
+                   FROM {q}.subscriptions ORDER BY topic_id, name"
+            ),
+            &[],
+        )
+        .await
+        .map_err(text)?
+    {
+        let filter: String = row.try_get(4).map_err(text)?;
+        subscriptions.push(SubscriptionRecord {
+            topic_id: row.try_get::<_, i64>(0).map_err(text)? as u64,
+            name: row.try_get(1).map_err(text)?,
+            queue_id: row.try_get::<_, i64>(2).map_err(text)? as u64,
+            queue_name: row.try_get(3).map_err(text)?,
+            filter: decode_filter(&filter)
+                .ok_or_else(|| format!("a subscription's filter is not a JSON array: {filter}"))?,
+            create_time_ms: row.try_get(5).map_err(text)?,
+        });
+    }
     Ok(Recovered {
         queues,
         deduplication_ids,
+        topics,
+        subscriptions,
         receipt_secret,
         next_queue_id: counter(&counters, "next_queue_id")?,
         next_message_id: counter(&counters, "next_message_id")?,

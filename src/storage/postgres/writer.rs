@@ -80,6 +80,13 @@ struct Statements {
     /// current, the rows share-locked until the transaction ends. The division is by a CASE on
     /// the rows found, which the planner cannot fold into a constant error.
     assert_epochs: Statement,
+    delete_queue_subscriptions: Statement,
+    create_topic: Statement,
+    update_topic: Statement,
+    delete_topic: Statement,
+    delete_topic_subscriptions: Statement,
+    subscribe: Statement,
+    unsubscribe: Statement,
 }
 
 impl Statements {
@@ -210,6 +217,35 @@ impl Statements {
                            JOIN unnest($1::int8[], $2::int8[]) AS u(id, epoch)
                              ON q.id = u.id AND q.owner_epoch = u.epoch
                             FOR SHARE OF q) AS current"
+            ))
+            .await?,
+            delete_queue_subscriptions: prepare(format!(
+                "DELETE FROM {s}.subscriptions WHERE queue_id = $1"
+            ))
+            .await?,
+            create_topic: prepare(format!(
+                "INSERT INTO {s}.topics (id, name, max_message_size, filter_type, create_time_ms,
+                        update_time_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            ))
+            .await?,
+            update_topic: prepare(format!(
+                "UPDATE {s}.topics SET max_message_size = $2, update_time_ms = $3 WHERE id = $1"
+            ))
+            .await?,
+            delete_topic: prepare(format!("DELETE FROM {s}.topics WHERE id = $1")).await?,
+            delete_topic_subscriptions: prepare(format!(
+                "DELETE FROM {s}.subscriptions WHERE topic_id = $1"
+            ))
+            .await?,
+            subscribe: prepare(format!(
+                "INSERT INTO {s}.subscriptions (topic_id, name, queue_id, queue_name, filter,
+                        create_time_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            ))
+            .await?,
+            unsubscribe: prepare(format!(
+                "DELETE FROM {s}.subscriptions WHERE topic_id = $1 AND name = $2"
             ))
             .await?,
         })
@@ -472,7 +508,7 @@ impl Writer {
             Ok(verdicts) => {
                 let changed: usize = group
                     .iter()
-                    .filter(|(op, _)| !matches!(op, WriteOp::InsertMessages { .. }))
+                    .filter(|(op, _)| op.inserted_messages().is_none())
                     .map(|(op, _)| op.message_count())
                     .sum();
                 self.changes.fetch_add(changed as u64, Ordering::Relaxed);
@@ -636,7 +672,7 @@ fn steps<'a>(
     let mut index = 0;
     while index < ops.len() {
         match ops[index] {
-            WriteOp::InsertMessages { .. } => {
+            WriteOp::InsertMessages { .. } | WriteOp::Publish { .. } => {
                 let (mut queue_ids, mut message_ids, mut enqueue, mut visible, mut bodies) = (
                     Vec::new(),
                     Vec::new(),
@@ -646,8 +682,14 @@ fn steps<'a>(
                 );
                 let mut metas: Vec<Option<Vec<u8>>> = Vec::new();
                 let mut deduplication = DeduplicationRows::default();
-                while let Some(WriteOp::InsertMessages { queue_id, messages }) = ops.get(index) {
-                    for message in messages {
+                // Sends and publishes alike: a publish's copies are rows of this one statement,
+                // so they are in the transaction whole.
+                while let Some(rows) = ops
+                    .get(index)
+                    .and_then(|op: &&'a WriteOp| (*op).inserted_messages())
+                {
+                    for (queue_id, message) in rows {
+                        let queue_id = &queue_id;
                         queue_ids.push(*queue_id as i64);
                         message_ids.push(message.id as i64);
                         enqueue.push(message.enqueue_ms);
@@ -661,6 +703,9 @@ fn steps<'a>(
                             deduplication.accepted_ms.push(message.enqueue_ms);
                         }
                         *next_message_id = (*next_message_id).max(message.id + 1);
+                    }
+                    if let Some(id) = ops[index].last_publish_id() {
+                        *next_message_id = (*next_message_id).max(id + 1);
                     }
                     index += 1;
                 }
@@ -791,6 +836,11 @@ fn steps<'a>(
                     statement: &statements.delete_queue_deduplication,
                     params: vec![Box::new(*queue_id as i64)],
                 });
+                // A queue's subscriptions go with it (see `topic`).
+                steps.push(Step {
+                    statement: &statements.delete_queue_subscriptions,
+                    params: vec![Box::new(*queue_id as i64)],
+                });
             }
             WriteOp::DeleteMessages(deleted) => {
                 if !deleted.removed.is_empty() {
@@ -902,6 +952,50 @@ fn steps<'a>(
                     ],
                 });
             }
+            WriteOp::CreateTopic(topic) => steps.push(Step {
+                statement: &statements.create_topic,
+                params: vec![
+                    Box::new(topic.id as i64),
+                    Box::new(topic.name.as_str()),
+                    Box::new(i64::from(topic.max_message_size)),
+                    Box::new(topic.filter_type.code()),
+                    Box::new(topic.create_time_ms),
+                    Box::new(topic.update_time_ms),
+                ],
+            }),
+            WriteOp::UpdateTopic(topic) => steps.push(Step {
+                statement: &statements.update_topic,
+                params: vec![
+                    Box::new(topic.id as i64),
+                    Box::new(i64::from(topic.max_message_size)),
+                    Box::new(topic.update_time_ms),
+                ],
+            }),
+            WriteOp::DeleteTopic { topic_id } => {
+                steps.push(Step {
+                    statement: &statements.delete_topic_subscriptions,
+                    params: vec![Box::new(*topic_id as i64)],
+                });
+                steps.push(Step {
+                    statement: &statements.delete_topic,
+                    params: vec![Box::new(*topic_id as i64)],
+                });
+            }
+            WriteOp::Subscribe(subscription) => steps.push(Step {
+                statement: &statements.subscribe,
+                params: vec![
+                    Box::new(subscription.topic_id as i64),
+                    Box::new(subscription.name.as_str()),
+                    Box::new(subscription.queue_id as i64),
+                    Box::new(subscription.queue_name.as_str()),
+                    Box::new(crate::storage::encode_filter(&subscription.filter)),
+                    Box::new(subscription.create_time_ms),
+                ],
+            }),
+            WriteOp::Unsubscribe { topic_id, name } => steps.push(Step {
+                statement: &statements.unsubscribe,
+                params: vec![Box::new(*topic_id as i64), Box::new(name.as_str())],
+            }),
             WriteOp::ForgetDeduplicationIds { queue_id, ids } => {
                 steps.push(Step {
                     statement: &statements.forget_deduplication,

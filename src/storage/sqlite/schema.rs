@@ -6,15 +6,17 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::storage::{
-    DeduplicationRecord, QueueRecord, Recovered, StorageError, StoredMessage, StoredState,
+    DeduplicationRecord, FilterType, QueueRecord, Recovered, StorageError, StoredMessage,
+    StoredState, SubscriptionRecord, TopicRecord, decode_filter,
 };
 
 /// `PRAGMA application_id` of a Spool database ("SPOL"), so a foreign database is refused.
 const APPLICATION_ID: i32 = 0x5350_4f4c;
 /// `PRAGMA user_version`: the layout below. Version 1 had the index `messages_by_queue`;
 /// version 2 had no `secrets` table and no tombstones (`deleted` = 2); version 3 had no message
-/// attributes, deduplication ids nor dead-letter policies. `prepare` migrates each.
-const SCHEMA_VERSION: i32 = 4;
+/// attributes, deduplication ids nor dead-letter policies; version 4 had no topics. `prepare`
+/// migrates each.
+const SCHEMA_VERSION: i32 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE queues (
@@ -85,6 +87,30 @@ CREATE TABLE deduplication (
     message_id INTEGER NOT NULL,
     accepted_ms INTEGER NOT NULL,
     PRIMARY KEY (queue_id, deduplication_id)
+) STRICT, WITHOUT ROWID;
+";
+
+/// Added in version 5: topics and their subscriptions. A subscription names its queue by id
+/// (the incarnation; deleting the queue deletes its subscriptions in the same transaction) and
+/// by name (for display); `filter` is a JSON array of filter tags or binding keys.
+const VERSION_5: &str = "
+CREATE TABLE topics (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    max_message_size INTEGER NOT NULL,
+    -- 1: tags; 2: routing keys (see storage::FilterType).
+    filter_type INTEGER NOT NULL,
+    create_time_ms INTEGER NOT NULL,
+    update_time_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE subscriptions (
+    topic_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    queue_id INTEGER NOT NULL,
+    queue_name TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    create_time_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, name)
 ) STRICT, WITHOUT ROWID;
 ";
 
@@ -192,13 +218,19 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
         1 => {
             migrate_from_v1(conn)?;
             migrate_from_v2(conn)?;
-            migrate_from_v3(conn)
+            migrate_from_v3(conn)?;
+            migrate_from_v4(conn)
         }
         2 => {
             migrate_from_v2(conn)?;
-            migrate_from_v3(conn)
+            migrate_from_v3(conn)?;
+            migrate_from_v4(conn)
         }
-        3 => migrate_from_v3(conn),
+        3 => {
+            migrate_from_v3(conn)?;
+            migrate_from_v4(conn)
+        }
+        4 => migrate_from_v4(conn),
         // `check_existing` refused newer versions before the file was opened for writing.
         _ => Ok(()),
     }
@@ -209,6 +241,7 @@ fn create(conn: &Connection) -> rusqlite::Result<()> {
     tx.execute_batch(SCHEMA)?;
     tx.execute_batch(SECRETS)?;
     tx.execute_batch(VERSION_4)?;
+    tx.execute_batch(VERSION_5)?;
     insert_receipt_secret(&tx)?;
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -252,6 +285,16 @@ fn migrate_from_v3(conn: &Connection) -> rusqlite::Result<()> {
         "migrated the database from schema 3 to 4 (message attributes, deduplication, \
          dead-letter policies)"
     );
+    Ok(())
+}
+
+/// Version 4 → 5: topics and subscriptions (none yet). One transaction, like the others.
+fn migrate_from_v4(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(VERSION_5)?;
+    tx.pragma_update(None, "user_version", 5)?;
+    tx.commit()?;
+    tracing::info!("migrated the database from schema 4 to 5 (topics and subscriptions)");
     Ok(())
 }
 
@@ -304,6 +347,8 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
     let mut recovered = Recovered {
         queues: Vec::new(),
         deduplication_ids: recover_deduplication_ids(conn)?,
+        topics: recover_topics(conn)?,
+        subscriptions: recover_subscriptions(conn)?,
         receipt_secret: receipt_secret(conn)?,
         next_queue_id: counter("next_queue_id")?,
         next_message_id: counter("next_message_id")?,
@@ -345,6 +390,57 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
 
     recovered.queues = records;
     Ok(recovered)
+}
+
+/// Every topic, in id order.
+fn recover_topics(conn: &Connection) -> rusqlite::Result<Vec<TopicRecord>> {
+    let mut topics = conn.prepare(
+        "SELECT id, name, max_message_size, filter_type, create_time_ms, update_time_ms
+         FROM topics ORDER BY id",
+    )?;
+    topics
+        .query_map([], |row| {
+            let code: i64 = row.get(3)?;
+            Ok(TopicRecord {
+                id: row.get::<_, i64>(0)? as u64,
+                name: row.get(1)?,
+                max_message_size: row.get(2)?,
+                filter_type: FilterType::from_code(code)
+                    .ok_or_else(|| corrupt(3, "filter_type"))?,
+                create_time_ms: row.get(4)?,
+                update_time_ms: row.get(5)?,
+            })
+        })?
+        .collect()
+}
+
+/// Every subscription.
+fn recover_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionRecord>> {
+    let mut subscriptions = conn.prepare(
+        "SELECT topic_id, name, queue_id, queue_name, filter, create_time_ms
+         FROM subscriptions ORDER BY topic_id, name",
+    )?;
+    subscriptions
+        .query_map([], |row| {
+            let filter: String = row.get(4)?;
+            Ok(SubscriptionRecord {
+                topic_id: row.get::<_, i64>(0)? as u64,
+                name: row.get(1)?,
+                queue_id: row.get::<_, i64>(2)? as u64,
+                queue_name: row.get(3)?,
+                filter: decode_filter(&filter).ok_or_else(|| corrupt(4, "filter"))?,
+                create_time_ms: row.get(5)?,
+            })
+        })?
+        .collect()
+}
+
+fn corrupt(column: usize, name: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("the {name} column holds a value this version does not know").into(),
+    )
 }
 
 /// Every stored deduplication id.
@@ -477,5 +573,38 @@ mod tests {
             })
             .expect("meta");
         assert_eq!(meta, None);
+    }
+
+    #[test]
+    fn a_version_4_database_gains_topics_and_keeps_its_queues() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(SCHEMA).expect("version 1's tables");
+        conn.execute_batch(SECRETS).expect("secrets");
+        insert_receipt_secret(&conn).expect("secret");
+        conn.execute_batch(VERSION_4).expect("version 4's columns");
+        conn.execute_batch(
+            "INSERT INTO queues (id, name, visibility_timeout_seconds, polling_wait_seconds,
+                 max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
+                 create_time_ms, update_time_ms)
+                 VALUES (1, 'q', 30, 0, 65536, 345600, 0, 100, 1, 1);
+             PRAGMA user_version = 4;",
+        )
+        .expect("make it version 4");
+        prepare(&conn).expect("prepare");
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let recovered = recover(&conn).expect("recover");
+        assert_eq!(recovered.queues.len(), 1);
+        assert!(recovered.topics.is_empty() && recovered.subscriptions.is_empty());
+        conn.execute_batch(
+            "INSERT INTO topics VALUES (3, 't', 1024, 2, 5, 6);
+             INSERT INTO subscriptions VALUES (3, 's', 1, 'q', '[\"a.#\"]', 7);",
+        )
+        .expect("topic rows");
+        let recovered = recover(&conn).expect("recover");
+        assert_eq!(recovered.topics[0].filter_type, FilterType::RoutingKeys);
+        assert_eq!(recovered.subscriptions[0].filter, vec!["a.#".to_string()]);
     }
 }

@@ -267,8 +267,12 @@ fn apply(
                 .execute([*queue_id as i64])?;
             conn.prepare_cached("DELETE FROM deduplication WHERE queue_id = ?1")?
                 .execute([*queue_id as i64])?;
+            // A queue's subscriptions go with it (see `topic`).
+            conn.prepare_cached("DELETE FROM subscriptions WHERE queue_id = ?1")?
+                .execute([*queue_id as i64])?;
         }
-        WriteOp::InsertMessages { queue_id, messages } => {
+        WriteOp::InsertMessages { .. } | WriteOp::Publish { .. } => {
+            let rows = op.inserted_messages().unwrap_or_default();
             let mut insert = conn.prepare_cached(
                 "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body, meta)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -280,10 +284,10 @@ fn apply(
                  ON CONFLICT (queue_id, deduplication_id)
                  DO UPDATE SET message_id = excluded.message_id, accepted_ms = excluded.accepted_ms",
             )?;
-            for message in messages {
+            for (queue_id, message) in rows {
                 insert.execute(params![
                     message.id as i64,
-                    *queue_id as i64,
+                    queue_id as i64,
                     message.enqueue_ms,
                     message.visible_at_ms,
                     &message.payload.body[..],
@@ -291,7 +295,7 @@ fn apply(
                 ])?;
                 if let Some(deduplication_id) = &message.deduplication_id {
                     remember.execute(params![
-                        *queue_id as i64,
+                        queue_id as i64,
                         deduplication_id,
                         message.id as i64,
                         message.enqueue_ms,
@@ -299,6 +303,59 @@ fn apply(
                 }
                 *next_message_id = (*next_message_id).max(message.id + 1);
             }
+            if let Some(id) = op.last_publish_id() {
+                *next_message_id = (*next_message_id).max(id + 1);
+            }
+        }
+        WriteOp::CreateTopic(topic) => {
+            conn.prepare_cached(
+                "INSERT INTO topics (id, name, max_message_size, filter_type, create_time_ms,
+                    update_time_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                topic.id as i64,
+                topic.name,
+                topic.max_message_size,
+                topic.filter_type.code(),
+                topic.create_time_ms,
+                topic.update_time_ms,
+            ])?;
+        }
+        WriteOp::UpdateTopic(topic) => {
+            conn.prepare_cached(
+                "UPDATE topics SET max_message_size = ?2, update_time_ms = ?3 WHERE id = ?1",
+            )?
+            .execute(params![
+                topic.id as i64,
+                topic.max_message_size,
+                topic.update_time_ms,
+            ])?;
+        }
+        WriteOp::DeleteTopic { topic_id } => {
+            conn.prepare_cached("DELETE FROM subscriptions WHERE topic_id = ?1")?
+                .execute([*topic_id as i64])?;
+            conn.prepare_cached("DELETE FROM topics WHERE id = ?1")?
+                .execute([*topic_id as i64])?;
+        }
+        WriteOp::Subscribe(subscription) => {
+            conn.prepare_cached(
+                "INSERT INTO subscriptions (topic_id, name, queue_id, queue_name, filter,
+                    create_time_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                subscription.topic_id as i64,
+                subscription.name,
+                subscription.queue_id as i64,
+                subscription.queue_name,
+                crate::storage::encode_filter(&subscription.filter),
+                subscription.create_time_ms,
+            ])?;
+        }
+        WriteOp::Unsubscribe { topic_id, name } => {
+            conn.prepare_cached("DELETE FROM subscriptions WHERE topic_id = ?1 AND name = ?2")?
+                .execute(params![*topic_id as i64, name])?;
         }
         WriteOp::RemoveMessages { ids, .. } => {
             let mut delete = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;

@@ -555,6 +555,129 @@ class Client:
         )
         return self._call(self._stub.RedriveMessages, request, timeout)
 
+    # -- topics -------------------------------------------------------------------------------
+
+    def create_topic(
+        self,
+        topic_name: str,
+        *,
+        max_message_size: Optional[int] = None,
+        filter_type: int = pb.FILTER_TYPE_UNSPECIFIED,
+        timeout=_DEFAULT,
+    ) -> pb.Topic:
+        """Creates a topic: a publish to it puts a copy in every subscribed queue whose filter it
+        passes. `filter_type`: pb.FILTER_TYPE_TAGS (the default) or pb.FILTER_TYPE_ROUTING_KEYS.
+        Creating one that exists with the same attributes returns it."""
+        attributes = pb.TopicAttributes(max_message_size=max_message_size, filter_type=filter_type)
+        request = pb.CreateTopicRequest(topic_name=topic_name, attributes=attributes)
+        return self._call(self._stub.CreateTopic, request, timeout)
+
+    def get_topic(self, topic_name: str, *, timeout=_DEFAULT) -> pb.Topic:
+        """A topic's attributes, subscription count and counters."""
+        return self._call(self._stub.GetTopic, pb.GetTopicRequest(topic_name=topic_name), timeout)
+
+    def update_topic(
+        self, topic_name: str, *, max_message_size: Optional[int] = None, timeout=_DEFAULT
+    ) -> pb.Topic:
+        """Changes a topic's max_message_size (its filter type is fixed)."""
+        attributes = pb.TopicAttributes(max_message_size=max_message_size)
+        request = pb.UpdateTopicRequest(topic_name=topic_name, attributes=attributes)
+        return self._call(self._stub.UpdateTopic, request, timeout)
+
+    def delete_topic(self, topic_name: str, *, timeout=_DEFAULT) -> None:
+        """Deletes a topic and its subscriptions (not their queues)."""
+        self._call(self._stub.DeleteTopic, pb.DeleteTopicRequest(topic_name=topic_name), timeout)
+
+    def list_topics(
+        self, prefix: str = "", *, page_size: int = 0, page_token: str = "", timeout=_DEFAULT
+    ) -> pb.ListTopicsResponse:
+        """One page of the topics whose name starts with `prefix`, as list_queues."""
+        request = pb.ListTopicsRequest(prefix=prefix, page_size=page_size, page_token=page_token)
+        return self._call(self._stub.ListTopics, request, timeout)
+
+    def subscribe(
+        self,
+        topic_name: str,
+        subscription_name: str,
+        queue_name: str,
+        *,
+        filter_tags: Iterable[str] = (),
+        binding_keys: Iterable[str] = (),
+        timeout=_DEFAULT,
+    ) -> pb.Subscription:
+        """Subscribes a queue to a topic: filter tags for a topic filtering by tags, binding keys
+        (`*` one word, `#` zero or more) for one filtering by routing keys; none: every
+        message. Deleting the queue deletes the subscription."""
+        request = pb.SubscribeRequest(
+            topic_name=topic_name,
+            subscription_name=subscription_name,
+            queue_name=queue_name,
+            filter_tags=list(filter_tags),
+            binding_keys=list(binding_keys),
+        )
+        return self._call(self._stub.Subscribe, request, timeout)
+
+    def unsubscribe(self, topic_name: str, subscription_name: str, *, timeout=_DEFAULT) -> None:
+        """Removes a subscription; the copies already in its queue stay."""
+        request = pb.UnsubscribeRequest(
+            topic_name=topic_name, subscription_name=subscription_name
+        )
+        self._call(self._stub.Unsubscribe, request, timeout)
+
+    def list_subscriptions(
+        self, topic_name: str, *, page_size: int = 0, page_token: str = "", timeout=_DEFAULT
+    ) -> pb.ListSubscriptionsResponse:
+        """One page of a topic's subscriptions, in name order."""
+        request = pb.ListSubscriptionsRequest(
+            topic_name=topic_name, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.ListSubscriptions, request, timeout)
+
+    def publish_message(
+        self,
+        topic_name: str,
+        body: Body,
+        *,
+        tags: Iterable[str] = (),
+        routing_key: str = "",
+        attributes: Optional[Mapping[str, str]] = None,
+        deduplication_id: Optional[str] = None,
+        timeout=_DEFAULT,
+    ) -> pb.PublishMessageResponse:
+        """Publishes a message: a copy in every subscribed queue whose filter it passes, all in
+        one transaction (all copies or none). The answer has the publish's `message_id` and its
+        `copies` (subscription, queue, the copy's message id). Retried on UNAVAILABLE with the
+        same deduplication id (one of the client's unless given), so queues with deduplication
+        on take no second copy."""
+        request = pb.PublishMessageRequest(
+            topic_name=topic_name,
+            body=_body_bytes(body),
+            attributes=dict(attributes or {}),
+            tags=list(tags),
+            routing_key=routing_key,
+            deduplication_id=deduplication_id or new_deduplication_id(),
+        )
+        return self._send(self._stub.PublishMessage, request, timeout)
+
+    def batch_publish_messages(
+        self,
+        topic_name: str,
+        entries: Iterable[Union[Body, pb.BatchPublishEntry]],
+        *,
+        timeout=_DEFAULT,
+    ) -> List[pb.PublishMessageResponse]:
+        """Publishes 1 to 16 messages (bodies, or BatchPublishEntry for tags, a routing key,
+        attributes or a deduplication id), every copy of every entry in one transaction."""
+        items = []
+        for entry in entries:
+            if not isinstance(entry, pb.BatchPublishEntry):
+                entry = pb.BatchPublishEntry(body=_body_bytes(entry))
+            if not entry.deduplication_id:
+                entry.deduplication_id = new_deduplication_id()
+            items.append(entry)
+        request = pb.BatchPublishMessagesRequest(topic_name=topic_name, entries=items)
+        return list(self._send(self._stub.BatchPublishMessages, request, timeout).results)
+
     def consume(
         self,
         queue_name: str,

@@ -13,8 +13,9 @@
 
 The SDK's modules are here too: `from spool_client.cmq.account import Account`,
 `from spool_client.cmq.queue import QueueMeta, Message`,
-`from spool_client.cmq.cmq_exception import CMQExceptionBase`. Queues only: Spool has no topics
-or subscriptions. queue.py and cmq_exception.py say where Spool differs from CMQ.
+`from spool_client.cmq.cmq_exception import CMQExceptionBase`. Queues only: CMQ's Topic and
+Subscription objects are not here yet (use spool_client.Client's create_topic, subscribe and
+publish_message). queue.py and cmq_exception.py say where Spool differs from CMQ.
 """
 
 from .account import Account

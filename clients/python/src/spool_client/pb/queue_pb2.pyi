@@ -3,12 +3,22 @@ import datetime
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FilterType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FILTER_TYPE_UNSPECIFIED: _ClassVar[FilterType]
+    FILTER_TYPE_TAGS: _ClassVar[FilterType]
+    FILTER_TYPE_ROUTING_KEYS: _ClassVar[FilterType]
+FILTER_TYPE_UNSPECIFIED: FilterType
+FILTER_TYPE_TAGS: FilterType
+FILTER_TYPE_ROUTING_KEYS: FilterType
 
 class DeadLetterPolicy(_message.Message):
     __slots__ = ("dead_letter_queue", "max_receive_count", "max_time_to_live_seconds")
@@ -203,7 +213,7 @@ class ReceiveMessagesRequest(_message.Message):
     def __init__(self, queue_name: _Optional[str] = ..., max_messages: _Optional[int] = ..., wait_seconds: _Optional[int] = ..., visibility_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class ReceivedMessage(_message.Message):
-    __slots__ = ("message_id", "receipt_handle", "body", "enqueue_time", "first_dequeue_time", "next_visible_time", "dequeue_count", "attributes", "dead_letter_source_queue", "dead_letter_receive_count")
+    __slots__ = ("message_id", "receipt_handle", "body", "enqueue_time", "first_dequeue_time", "next_visible_time", "dequeue_count", "attributes", "dead_letter_source_queue", "dead_letter_receive_count", "source_topic")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +231,7 @@ class ReceivedMessage(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_SOURCE_QUEUE_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_RECEIVE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     receipt_handle: str
     body: bytes
@@ -231,7 +242,8 @@ class ReceivedMessage(_message.Message):
     attributes: _containers.ScalarMap[str, str]
     dead_letter_source_queue: str
     dead_letter_receive_count: int
-    def __init__(self, message_id: _Optional[str] = ..., receipt_handle: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_visible_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., dead_letter_source_queue: _Optional[str] = ..., dead_letter_receive_count: _Optional[int] = ...) -> None: ...
+    source_topic: str
+    def __init__(self, message_id: _Optional[str] = ..., receipt_handle: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_visible_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., dead_letter_source_queue: _Optional[str] = ..., dead_letter_receive_count: _Optional[int] = ..., source_topic: _Optional[str] = ...) -> None: ...
 
 class DeleteMessageRequest(_message.Message):
     __slots__ = ("queue_name", "receipt_handle")
@@ -350,7 +362,7 @@ class PeekMessagesRequest(_message.Message):
     def __init__(self, queue_name: _Optional[str] = ..., max_messages: _Optional[int] = ...) -> None: ...
 
 class PeekedMessage(_message.Message):
-    __slots__ = ("message_id", "body", "enqueue_time", "first_dequeue_time", "dequeue_count", "attributes", "dead_letter_source_queue", "dead_letter_receive_count")
+    __slots__ = ("message_id", "body", "enqueue_time", "first_dequeue_time", "dequeue_count", "attributes", "dead_letter_source_queue", "dead_letter_receive_count", "source_topic")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +378,7 @@ class PeekedMessage(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_SOURCE_QUEUE_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_RECEIVE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     body: bytes
     enqueue_time: _timestamp_pb2.Timestamp
@@ -374,7 +387,8 @@ class PeekedMessage(_message.Message):
     attributes: _containers.ScalarMap[str, str]
     dead_letter_source_queue: str
     dead_letter_receive_count: int
-    def __init__(self, message_id: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., dead_letter_source_queue: _Optional[str] = ..., dead_letter_receive_count: _Optional[int] = ...) -> None: ...
+    source_topic: str
+    def __init__(self, message_id: _Optional[str] = ..., body: _Optional[bytes] = ..., enqueue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_dequeue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dequeue_count: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., dead_letter_source_queue: _Optional[str] = ..., dead_letter_receive_count: _Optional[int] = ..., source_topic: _Optional[str] = ...) -> None: ...
 
 class PeekMessagesResponse(_message.Message):
     __slots__ = ("messages",)
@@ -453,3 +467,221 @@ class RedriveMessagesResponse(_message.Message):
     redriven_messages: int
     skipped_messages: int
     def __init__(self, redriven_messages: _Optional[int] = ..., skipped_messages: _Optional[int] = ...) -> None: ...
+
+class TopicAttributes(_message.Message):
+    __slots__ = ("max_message_size", "filter_type")
+    MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    max_message_size: int
+    filter_type: FilterType
+    def __init__(self, max_message_size: _Optional[int] = ..., filter_type: _Optional[_Union[FilterType, str]] = ...) -> None: ...
+
+class TopicStats(_message.Message):
+    __slots__ = ("published_messages", "unrouted_messages")
+    PUBLISHED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    UNROUTED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    published_messages: int
+    unrouted_messages: int
+    def __init__(self, published_messages: _Optional[int] = ..., unrouted_messages: _Optional[int] = ...) -> None: ...
+
+class Topic(_message.Message):
+    __slots__ = ("name", "attributes", "subscription_count", "stats", "create_time", "update_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    attributes: TopicAttributes
+    subscription_count: int
+    stats: TopicStats
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., attributes: _Optional[_Union[TopicAttributes, _Mapping]] = ..., subscription_count: _Optional[int] = ..., stats: _Optional[_Union[TopicStats, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateTopicRequest(_message.Message):
+    __slots__ = ("topic_name", "attributes")
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    attributes: TopicAttributes
+    def __init__(self, topic_name: _Optional[str] = ..., attributes: _Optional[_Union[TopicAttributes, _Mapping]] = ...) -> None: ...
+
+class GetTopicRequest(_message.Message):
+    __slots__ = ("topic_name",)
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    def __init__(self, topic_name: _Optional[str] = ...) -> None: ...
+
+class UpdateTopicRequest(_message.Message):
+    __slots__ = ("topic_name", "attributes")
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    attributes: TopicAttributes
+    def __init__(self, topic_name: _Optional[str] = ..., attributes: _Optional[_Union[TopicAttributes, _Mapping]] = ...) -> None: ...
+
+class DeleteTopicRequest(_message.Message):
+    __slots__ = ("topic_name",)
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    def __init__(self, topic_name: _Optional[str] = ...) -> None: ...
+
+class ListTopicsRequest(_message.Message):
+    __slots__ = ("prefix", "page_size", "page_token")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    page_size: int
+    page_token: str
+    def __init__(self, prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTopicsResponse(_message.Message):
+    __slots__ = ("topics", "next_page_token", "total_count")
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    topics: _containers.RepeatedCompositeFieldContainer[Topic]
+    next_page_token: str
+    total_count: int
+    def __init__(self, topics: _Optional[_Iterable[_Union[Topic, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
+
+class Subscription(_message.Message):
+    __slots__ = ("name", "topic_name", "queue_name", "filter_tags", "binding_keys", "create_time", "delivered_messages", "filtered_out_messages")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FILTER_TAGS_FIELD_NUMBER: _ClassVar[int]
+    BINDING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_OUT_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    topic_name: str
+    queue_name: str
+    filter_tags: _containers.RepeatedScalarFieldContainer[str]
+    binding_keys: _containers.RepeatedScalarFieldContainer[str]
+    create_time: _timestamp_pb2.Timestamp
+    delivered_messages: int
+    filtered_out_messages: int
+    def __init__(self, name: _Optional[str] = ..., topic_name: _Optional[str] = ..., queue_name: _Optional[str] = ..., filter_tags: _Optional[_Iterable[str]] = ..., binding_keys: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_messages: _Optional[int] = ..., filtered_out_messages: _Optional[int] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("topic_name", "subscription_name", "queue_name", "filter_tags", "binding_keys")
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FILTER_TAGS_FIELD_NUMBER: _ClassVar[int]
+    BINDING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    subscription_name: str
+    queue_name: str
+    filter_tags: _containers.RepeatedScalarFieldContainer[str]
+    binding_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, topic_name: _Optional[str] = ..., subscription_name: _Optional[str] = ..., queue_name: _Optional[str] = ..., filter_tags: _Optional[_Iterable[str]] = ..., binding_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UnsubscribeRequest(_message.Message):
+    __slots__ = ("topic_name", "subscription_name")
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    subscription_name: str
+    def __init__(self, topic_name: _Optional[str] = ..., subscription_name: _Optional[str] = ...) -> None: ...
+
+class ListSubscriptionsRequest(_message.Message):
+    __slots__ = ("topic_name", "page_size", "page_token")
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    page_size: int
+    page_token: str
+    def __init__(self, topic_name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSubscriptionsResponse(_message.Message):
+    __slots__ = ("subscriptions", "next_page_token", "total_count")
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[Subscription]
+    next_page_token: str
+    total_count: int
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
+
+class PublishMessageRequest(_message.Message):
+    __slots__ = ("topic_name", "body", "attributes", "tags", "routing_key", "deduplication_id")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    body: bytes
+    attributes: _containers.ScalarMap[str, str]
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    routing_key: str
+    deduplication_id: str
+    def __init__(self, topic_name: _Optional[str] = ..., body: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., routing_key: _Optional[str] = ..., deduplication_id: _Optional[str] = ...) -> None: ...
+
+class PublishedCopy(_message.Message):
+    __slots__ = ("subscription_name", "queue_name", "message_id")
+    SUBSCRIPTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_name: str
+    queue_name: str
+    message_id: str
+    def __init__(self, subscription_name: _Optional[str] = ..., queue_name: _Optional[str] = ..., message_id: _Optional[str] = ...) -> None: ...
+
+class PublishMessageResponse(_message.Message):
+    __slots__ = ("message_id", "copies")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    copies: _containers.RepeatedCompositeFieldContainer[PublishedCopy]
+    def __init__(self, message_id: _Optional[str] = ..., copies: _Optional[_Iterable[_Union[PublishedCopy, _Mapping]]] = ...) -> None: ...
+
+class BatchPublishEntry(_message.Message):
+    __slots__ = ("body", "attributes", "tags", "routing_key", "deduplication_id")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    attributes: _containers.ScalarMap[str, str]
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    routing_key: str
+    deduplication_id: str
+    def __init__(self, body: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., routing_key: _Optional[str] = ..., deduplication_id: _Optional[str] = ...) -> None: ...
+
+class BatchPublishMessagesRequest(_message.Message):
+    __slots__ = ("topic_name", "entries")
+    TOPIC_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    topic_name: str
+    entries: _containers.RepeatedCompositeFieldContainer[BatchPublishEntry]
+    def __init__(self, topic_name: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[BatchPublishEntry, _Mapping]]] = ...) -> None: ...
+
+class BatchPublishMessagesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PublishMessageResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[PublishMessageResponse, _Mapping]]] = ...) -> None: ...

@@ -126,6 +126,56 @@ class QueueServiceStub(object):
                 request_serializer=spool_dot_v1_dot_queue__pb2.RedriveMessagesRequest.SerializeToString,
                 response_deserializer=spool_dot_v1_dot_queue__pb2.RedriveMessagesResponse.FromString,
                 _registered_method=True)
+        self.CreateTopic = channel.unary_unary(
+                '/spool.v1.QueueService/CreateTopic',
+                request_serializer=spool_dot_v1_dot_queue__pb2.CreateTopicRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.Topic.FromString,
+                _registered_method=True)
+        self.GetTopic = channel.unary_unary(
+                '/spool.v1.QueueService/GetTopic',
+                request_serializer=spool_dot_v1_dot_queue__pb2.GetTopicRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.Topic.FromString,
+                _registered_method=True)
+        self.UpdateTopic = channel.unary_unary(
+                '/spool.v1.QueueService/UpdateTopic',
+                request_serializer=spool_dot_v1_dot_queue__pb2.UpdateTopicRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.Topic.FromString,
+                _registered_method=True)
+        self.DeleteTopic = channel.unary_unary(
+                '/spool.v1.QueueService/DeleteTopic',
+                request_serializer=spool_dot_v1_dot_queue__pb2.DeleteTopicRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListTopics = channel.unary_unary(
+                '/spool.v1.QueueService/ListTopics',
+                request_serializer=spool_dot_v1_dot_queue__pb2.ListTopicsRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.ListTopicsResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/spool.v1.QueueService/Subscribe',
+                request_serializer=spool_dot_v1_dot_queue__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.Unsubscribe = channel.unary_unary(
+                '/spool.v1.QueueService/Unsubscribe',
+                request_serializer=spool_dot_v1_dot_queue__pb2.UnsubscribeRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/spool.v1.QueueService/ListSubscriptions',
+                request_serializer=spool_dot_v1_dot_queue__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.PublishMessage = channel.unary_unary(
+                '/spool.v1.QueueService/PublishMessage',
+                request_serializer=spool_dot_v1_dot_queue__pb2.PublishMessageRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.PublishMessageResponse.FromString,
+                _registered_method=True)
+        self.BatchPublishMessages = channel.unary_unary(
+                '/spool.v1.QueueService/BatchPublishMessages',
+                request_serializer=spool_dot_v1_dot_queue__pb2.BatchPublishMessagesRequest.SerializeToString,
+                response_deserializer=spool_dot_v1_dot_queue__pb2.BatchPublishMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer(object):
@@ -318,6 +368,95 @@ class QueueServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTopic(self, request, context):
+        """Creates a topic (CMQ's topic model: publish once, a copy in every subscribed queue).
+        Creating a topic that exists with the same attributes returns it; with others it fails with
+        ALREADY_EXISTS (TOPIC_EXISTS). At most 1000 topics per server (RESOURCE_EXHAUSTED,
+        TOO_MANY_TOPICS). Topic names follow queue names' rules and grants (a grant on a name or
+        prefix covers the topic of that name as it covers the queue).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTopic(self, request, context):
+        """Returns a topic's attributes and counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTopic(self, request, context):
+        """Changes the topic attributes set in the request (only max_message_size may change; a
+        filter_type other than the topic's is INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTopic(self, request, context):
+        """Deletes a topic and its subscriptions. Its queues, and the copies already in them, stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTopics(self, request, context):
+        """Lists topics in name order, paged like ListQueues.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Subscribes a queue to a topic: every later publish that passes the subscription's filter
+        puts a copy in the queue. Subscribing again with the same queue and filter returns the
+        subscription; with another queue or filter it fails with ALREADY_EXISTS (TOPIC_EXISTS).
+        At most 100 subscriptions per topic (RESOURCE_EXHAUSTED, TOO_MANY_TOPICS). Deleting the
+        queue deletes its subscriptions with it, in the same transaction (as deleting a RabbitMQ
+        queue removes its bindings): a queue created again under the name is not subscribed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unsubscribe(self, request, context):
+        """Removes a subscription; copies already in its queue stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """Lists a topic's subscriptions in name order, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishMessage(self, request, context):
+        """Publishes one message to a topic: a copy goes into the queue of every subscription whose
+        filter it passes, all copies in one storage transaction, so after any crash either every
+        matching queue holds its copy or none does. Acknowledged once that transaction is durable.
+        Each copy is a message of its queue with its own id, which carries `source_topic`; copies
+        are visible at once. All or none also holds for refusals: when one queue refuses its copy,
+        nothing is enqueued anywhere and the publish fails: RESOURCE_EXHAUSTED (BACKLOG_FULL)
+        naming the queue when its backlog is full; INVALID_ARGUMENT (TOO_LARGE) naming the
+        subscription when the copy exceeds that queue's max_message_size. A publish no
+        subscription takes is acknowledged with no copies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchPublishMessages(self, request, context):
+        """Publishes 1 to 16 messages to a topic: every copy of every entry in one transaction, all or
+        nothing, as PublishMessage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -410,6 +549,56 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.RedriveMessages,
                     request_deserializer=spool_dot_v1_dot_queue__pb2.RedriveMessagesRequest.FromString,
                     response_serializer=spool_dot_v1_dot_queue__pb2.RedriveMessagesResponse.SerializeToString,
+            ),
+            'CreateTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTopic,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.CreateTopicRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.Topic.SerializeToString,
+            ),
+            'GetTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTopic,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.GetTopicRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.Topic.SerializeToString,
+            ),
+            'UpdateTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTopic,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.UpdateTopicRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.Topic.SerializeToString,
+            ),
+            'DeleteTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTopic,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.DeleteTopicRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListTopics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTopics,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.ListTopicsRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.ListTopicsResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.SubscribeRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.Subscription.SerializeToString,
+            ),
+            'Unsubscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unsubscribe,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.UnsubscribeRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'PublishMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishMessage,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.PublishMessageRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.PublishMessageResponse.SerializeToString,
+            ),
+            'BatchPublishMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchPublishMessages,
+                    request_deserializer=spool_dot_v1_dot_queue__pb2.BatchPublishMessagesRequest.FromString,
+                    response_serializer=spool_dot_v1_dot_queue__pb2.BatchPublishMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -899,6 +1088,276 @@ class QueueService(object):
             '/spool.v1.QueueService/RedriveMessages',
             spool_dot_v1_dot_queue__pb2.RedriveMessagesRequest.SerializeToString,
             spool_dot_v1_dot_queue__pb2.RedriveMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/CreateTopic',
+            spool_dot_v1_dot_queue__pb2.CreateTopicRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.Topic.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/GetTopic',
+            spool_dot_v1_dot_queue__pb2.GetTopicRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.Topic.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/UpdateTopic',
+            spool_dot_v1_dot_queue__pb2.UpdateTopicRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.Topic.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/DeleteTopic',
+            spool_dot_v1_dot_queue__pb2.DeleteTopicRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTopics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/ListTopics',
+            spool_dot_v1_dot_queue__pb2.ListTopicsRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.ListTopicsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/Subscribe',
+            spool_dot_v1_dot_queue__pb2.SubscribeRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unsubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/Unsubscribe',
+            spool_dot_v1_dot_queue__pb2.UnsubscribeRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/ListSubscriptions',
+            spool_dot_v1_dot_queue__pb2.ListSubscriptionsRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/PublishMessage',
+            spool_dot_v1_dot_queue__pb2.PublishMessageRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.PublishMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchPublishMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spool.v1.QueueService/BatchPublishMessages',
+            spool_dot_v1_dot_queue__pb2.BatchPublishMessagesRequest.SerializeToString,
+            spool_dot_v1_dot_queue__pb2.BatchPublishMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,8 +21,8 @@
 // @generated from file spool/v1/queue.proto (package spool.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { EmptySchema, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_empty, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -31,7 +31,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spool/v1/queue.proto.
  */
 export const file_spool_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRzcG9vbC92MS9xdWV1ZS5wcm90bxIIc3Bvb2wudjEiagoQRGVhZExldHRlclBvbGljeRIZChFkZWFkX2xldHRlcl9xdWV1ZRgBIAEoCRIZChFtYXhfcmVjZWl2ZV9jb3VudBgCIAEoDRIgChhtYXhfdGltZV90b19saXZlX3NlY29uZHMYAyABKA0i7QMKD1F1ZXVlQXR0cmlidXRlcxInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgBIAEoDUgAiAEBEiEKFHBvbGxpbmdfd2FpdF9zZWNvbmRzGAIgASgNSAGIAQESHQoQbWF4X21lc3NhZ2Vfc2l6ZRgDIAEoDUgCiAEBEiYKGW1lc3NhZ2VfcmV0ZW50aW9uX3NlY29uZHMYBCABKA1IA4gBARIbCg5yZXdpbmRfc2Vjb25kcxgFIAEoDUgEiAEBEhgKC21heF9iYWNrbG9nGAYgASgESAWIAQESKQocZGVkdXBsaWNhdGlvbl93aW5kb3dfc2Vjb25kcxgIIAEoDUgGiAEBEjYKEmRlYWRfbGV0dGVyX3BvbGljeRgHIAEoCzIaLnNwb29sLnYxLkRlYWRMZXR0ZXJQb2xpY3lCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzQhcKFV9wb2xsaW5nX3dhaXRfc2Vjb25kc0ITChFfbWF4X21lc3NhZ2Vfc2l6ZUIcChpfbWVzc2FnZV9yZXRlbnRpb25fc2Vjb25kc0IRCg9fcmV3aW5kX3NlY29uZHNCDgoMX21heF9iYWNrbG9nQh8KHV9kZWR1cGxpY2F0aW9uX3dpbmRvd19zZWNvbmRzIrABCgpRdWV1ZVN0YXRzEhcKD2FjdGl2ZV9tZXNzYWdlcxgBIAEoBBIZChFpbmFjdGl2ZV9tZXNzYWdlcxgCIAEoBBIYChBkZWxheWVkX21lc3NhZ2VzGAMgASgEEhsKE3Jld2luZGFibGVfbWVzc2FnZXMYBCABKAQSNwoTb2xkZXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBVF1ZXVlEgwKBG5hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlF1ZXVlQXR0cmlidXRlcxIjCgVzdGF0cxgDIAEoCzIULnNwb29sLnYxLlF1ZXVlU3RhdHMSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJDcmVhdGVRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRItCgphdHRyaWJ1dGVzGAIgASgLMhkuc3Bvb2wudjEuUXVldWVBdHRyaWJ1dGVzIiUKD0dldFF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIlcKElVwZGF0ZVF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5RdWV1ZUF0dHJpYnV0ZXMiKAoSRGVsZXRlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiSgoRTGlzdFF1ZXVlc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImMKEkxpc3RRdWV1ZXNSZXNwb25zZRIfCgZxdWV1ZXMYASADKAsyDy5zcG9vbC52MS5RdWV1ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQiWAoSUmV3aW5kUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoTUmV3aW5kUXVldWVSZXNwb25zZRIZChFyZXN0b3JlZF9tZXNzYWdlcxgBIAEoBCLzAQoSU2VuZE1lc3NhZ2VSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSDAoEYm9keRgCIAEoDBIaCg1kZWxheV9zZWNvbmRzGAMgASgNSACIAQESQAoKYXR0cmlidXRlcxgEIAMoCzIsLnNwb29sLnYxLlNlbmRNZXNzYWdlUmVxdWVzdC5BdHRyaWJ1dGVzRW50cnkSGAoQZGVkdXBsaWNhdGlvbl9pZBgFIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIQCg5fZGVsYXlfc2Vjb25kcyIpChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAki1wEKDkJhdGNoU2VuZEVudHJ5EgwKBGJvZHkYASABKAwSGgoNZGVsYXlfc2Vjb25kcxgCIAEoDUgAiAEBEjwKCmF0dHJpYnV0ZXMYAyADKAsyKC5zcG9vbC52MS5CYXRjaFNlbmRFbnRyeS5BdHRyaWJ1dGVzRW50cnkSGAoQZGVkdXBsaWNhdGlvbl9pZBgEIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIQCg5fZGVsYXlfc2Vjb25kcyJZChhCYXRjaFNlbmRNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIpCgdlbnRyaWVzGAIgAygLMhguc3Bvb2wudjEuQmF0Y2hTZW5kRW50cnkiMAoZQmF0Y2hTZW5kTWVzc2FnZXNSZXNwb25zZRITCgttZXNzYWdlX2lkcxgBIAMoCSK2AQoWUmVjZWl2ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhQKDG1heF9tZXNzYWdlcxgCIAEoDRIZCgx3YWl0X3NlY29uZHMYAyABKA1IAIgBARInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgEIAEoDUgBiAEBQg8KDV93YWl0X3NlY29uZHNCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzIroDCg9SZWNlaXZlZE1lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCRIMCgRib2R5GAMgASgMEjAKDGVucXVldWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSZmlyc3RfZGVxdWV1ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFuZXh0X3Zpc2libGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZGVxdWV1ZV9jb3VudBgHIAEoDRI9CgphdHRyaWJ1dGVzGAggAygLMikuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlLkF0dHJpYnV0ZXNFbnRyeRIgChhkZWFkX2xldHRlcl9zb3VyY2VfcXVldWUYCSABKAkSIQoZZGVhZF9sZXR0ZXJfcmVjZWl2ZV9jb3VudBgKIAEoDRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJCChREZWxldGVNZXNzYWdlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJIkkKGkJhdGNoRGVsZXRlTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFwoPcmVjZWlwdF9oYW5kbGVzGAIgAygJIlgKDURlbGV0ZUZhaWx1cmUSFgoOcmVjZWlwdF9oYW5kbGUYASABKAkSDAoEY29kZRgCIAEoBRIPCgdtZXNzYWdlGAMgASgJEhAKCGNtcV9jb2RlGAQgASgFIkgKG0JhdGNoRGVsZXRlTWVzc2FnZXNSZXNwb25zZRIpCghmYWlsdXJlcxgBIAMoCzIXLnNwb29sLnYxLkRlbGV0ZUZhaWx1cmUicAoeQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSIgoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYAyABKA0iWAofQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXNwb25zZRI1ChFuZXh0X3Zpc2libGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUwoVQ2hhbmdlVmlzaWJpbGl0eUVudHJ5EhYKDnJlY2VpcHRfaGFuZGxlGAEgASgJEiIKGnZpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzGAIgASgNImsKI0JhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSMAoHZW50cmllcxgCIAMoCzIfLnNwb29sLnYxLkNoYW5nZVZpc2liaWxpdHlFbnRyeSJZChFDaGFuZ2VkVmlzaWJpbGl0eRINCgVpbmRleBgBIAEoDRI1ChFuZXh0X3Zpc2libGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicQoXQ2hhbmdlVmlzaWJpbGl0eUZhaWx1cmUSDQoFaW5kZXgYASABKA0SFgoOcmVjZWlwdF9oYW5kbGUYAiABKAkSDAoEY29kZRgDIAEoBRIPCgdtZXNzYWdlGAQgASgJEhAKCGNtcV9jb2RlGAUgASgFIokBCiRCYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USLAoHY2hhbmdlZBgBIAMoCzIbLnNwb29sLnYxLkNoYW5nZWRWaXNpYmlsaXR5EjMKCGZhaWx1cmVzGAIgAygLMiEuc3Bvb2wudjEuQ2hhbmdlVmlzaWJpbGl0eUZhaWx1cmUiJwoRUHVyZ2VRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCSItChJQdXJnZVF1ZXVlUmVzcG9uc2USFwoPcHVyZ2VkX21lc3NhZ2VzGAEgASgEIj8KE1BlZWtNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIUCgxtYXhfbWVzc2FnZXMYAiABKA0i5wIKDVBlZWtlZE1lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRIMCgRib2R5GAIgASgMEjAKDGVucXVldWVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSZmlyc3RfZGVxdWV1ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1kZXF1ZXVlX2NvdW50GAUgASgNEjsKCmF0dHJpYnV0ZXMYBiADKAsyJy5zcG9vbC52MS5QZWVrZWRNZXNzYWdlLkF0dHJpYnV0ZXNFbnRyeRIgChhkZWFkX2xldHRlcl9zb3VyY2VfcXVldWUYByABKAkSIQoZZGVhZF9sZXR0ZXJfcmVjZWl2ZV9jb3VudBgIIAEoDRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJBChRQZWVrTWVzc2FnZXNSZXNwb25zZRIpCghtZXNzYWdlcxgBIAMoCzIXLnNwb29sLnYxLlBlZWtlZE1lc3NhZ2UiewoVU3RyZWFtTWVzc2FnZXNSZXF1ZXN0EiYKBXN0YXJ0GAEgASgLMhUuc3Bvb2wudjEuU3RyZWFtU3RhcnRIABIyCgthY2tub3dsZWRnZRgCIAEoCzIbLnNwb29sLnYxLlN0cmVhbUFja25vd2xlZGdlSABCBgoEa2luZCKLAQoLU3RyZWFtU3RhcnQSEgoKcXVldWVfbmFtZRgBIAEoCRIgChhtYXhfb3V0c3RhbmRpbmdfbWVzc2FnZXMYAiABKA0SJwoadmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMYAyABKA1IAIgBAUIdChtfdmlzaWJpbGl0eV90aW1lb3V0X3NlY29uZHMiPAoRU3RyZWFtQWNrbm93bGVkZ2USDgoGYWNrX2lkGAEgASgEEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSKEAQoWU3RyZWFtTWVzc2FnZXNSZXNwb25zZRIsCgdtZXNzYWdlGAEgASgLMhkuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlSAASNAoMYWNrbm93bGVkZ2VkGAIgASgLMhwuc3Bvb2wudjEuU3RyZWFtQWNrbm93bGVkZ2VkSABCBgoEa2luZCJPChJTdHJlYW1BY2tub3dsZWRnZWQSDgoGYWNrX2lkGAEgASgEEikKCGZhaWx1cmVzGAIgAygLMhcuc3Bvb2wudjEuRGVsZXRlRmFpbHVyZSI3CiFMaXN0RGVhZExldHRlclNvdXJjZVF1ZXVlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCSI5CiJMaXN0RGVhZExldHRlclNvdXJjZVF1ZXVlc1Jlc3BvbnNlEhMKC3F1ZXVlX25hbWVzGAEgAygJIl0KFlJlZHJpdmVNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIZChFkZXN0aW5hdGlvbl9xdWV1ZRgCIAEoCRIUCgxtYXhfbWVzc2FnZXMYAyABKA0iTgoXUmVkcml2ZU1lc3NhZ2VzUmVzcG9uc2USGQoRcmVkcml2ZW5fbWVzc2FnZXMYASABKAQSGAoQc2tpcHBlZF9tZXNzYWdlcxgCIAEoBDL2CwoMUXVldWVTZXJ2aWNlEjwKC0NyZWF0ZVF1ZXVlEhwuc3Bvb2wudjEuQ3JlYXRlUXVldWVSZXF1ZXN0Gg8uc3Bvb2wudjEuUXVldWUSNgoIR2V0UXVldWUSGS5zcG9vbC52MS5HZXRRdWV1ZVJlcXVlc3QaDy5zcG9vbC52MS5RdWV1ZRI8CgtVcGRhdGVRdWV1ZRIcLnNwb29sLnYxLlVwZGF0ZVF1ZXVlUmVxdWVzdBoPLnNwb29sLnYxLlF1ZXVlEkMKC0RlbGV0ZVF1ZXVlEhwuc3Bvb2wudjEuRGVsZXRlUXVldWVSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkcKCkxpc3RRdWV1ZXMSGy5zcG9vbC52MS5MaXN0UXVldWVzUmVxdWVzdBocLnNwb29sLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJKCgtSZXdpbmRRdWV1ZRIcLnNwb29sLnYxLlJld2luZFF1ZXVlUmVxdWVzdBodLnNwb29sLnYxLlJld2luZFF1ZXVlUmVzcG9uc2USSgoLU2VuZE1lc3NhZ2USHC5zcG9vbC52MS5TZW5kTWVzc2FnZVJlcXVlc3QaHS5zcG9vbC52MS5TZW5kTWVzc2FnZVJlc3BvbnNlElwKEUJhdGNoU2VuZE1lc3NhZ2VzEiIuc3Bvb2wudjEuQmF0Y2hTZW5kTWVzc2FnZXNSZXF1ZXN0GiMuc3Bvb2wudjEuQmF0Y2hTZW5kTWVzc2FnZXNSZXNwb25zZRJQCg9SZWNlaXZlTWVzc2FnZXMSIC5zcG9vbC52MS5SZWNlaXZlTWVzc2FnZXNSZXF1ZXN0Ghkuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlMAESRwoNRGVsZXRlTWVzc2FnZRIeLnNwb29sLnYxLkRlbGV0ZU1lc3NhZ2VSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EmIKE0JhdGNoRGVsZXRlTWVzc2FnZXMSJC5zcG9vbC52MS5CYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBolLnNwb29sLnYxLkJhdGNoRGVsZXRlTWVzc2FnZXNSZXNwb25zZRJuChdDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eRIoLnNwb29sLnYxLkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBopLnNwb29sLnYxLkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USfQocQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eRItLnNwb29sLnYxLkJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXF1ZXN0Gi4uc3Bvb2wudjEuQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEkcKClB1cmdlUXVldWUSGy5zcG9vbC52MS5QdXJnZVF1ZXVlUmVxdWVzdBocLnNwb29sLnYxLlB1cmdlUXVldWVSZXNwb25zZRJNCgxQZWVrTWVzc2FnZXMSHS5zcG9vbC52MS5QZWVrTWVzc2FnZXNSZXF1ZXN0Gh4uc3Bvb2wudjEuUGVla01lc3NhZ2VzUmVzcG9uc2USVwoOU3RyZWFtTWVzc2FnZXMSHy5zcG9vbC52MS5TdHJlYW1NZXNzYWdlc1JlcXVlc3QaIC5zcG9vbC52MS5TdHJlYW1NZXNzYWdlc1Jlc3BvbnNlKAEwARJ3ChpMaXN0RGVhZExldHRlclNvdXJjZVF1ZXVlcxIrLnNwb29sLnYxLkxpc3REZWFkTGV0dGVyU291cmNlUXVldWVzUmVxdWVzdBosLnNwb29sLnYxLkxpc3REZWFkTGV0dGVyU291cmNlUXVldWVzUmVzcG9uc2USVgoPUmVkcml2ZU1lc3NhZ2VzEiAuc3Bvb2wudjEuUmVkcml2ZU1lc3NhZ2VzUmVxdWVzdBohLnNwb29sLnYxLlJlZHJpdmVNZXNzYWdlc1Jlc3BvbnNlQnYKC2lvLnNwb29sLnYxQgpRdWV1ZVByb3RvUAFaMWdpdGh1Yi5jb20vc3Bvb2wtbXEvc3Bvb2wvZ2VuL2dvL3Nwb29sL3YxO3Nwb29sdjGiAgNTUEyqAghTcG9vbC5WMcoCCFNwb29sXFYx6gIJU3Bvb2w6OlYxYgZwcm90bzM", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
+  fileDesc("ChRzcG9vbC92MS9xdWV1ZS5wcm90bxIIc3Bvb2wudjEiagoQRGVhZExldHRlclBvbGljeRIZChFkZWFkX2xldHRlcl9xdWV1ZRgBIAEoCRIZChFtYXhfcmVjZWl2ZV9jb3VudBgCIAEoDRIgChhtYXhfdGltZV90b19saXZlX3NlY29uZHMYAyABKA0i7QMKD1F1ZXVlQXR0cmlidXRlcxInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgBIAEoDUgAiAEBEiEKFHBvbGxpbmdfd2FpdF9zZWNvbmRzGAIgASgNSAGIAQESHQoQbWF4X21lc3NhZ2Vfc2l6ZRgDIAEoDUgCiAEBEiYKGW1lc3NhZ2VfcmV0ZW50aW9uX3NlY29uZHMYBCABKA1IA4gBARIbCg5yZXdpbmRfc2Vjb25kcxgFIAEoDUgEiAEBEhgKC21heF9iYWNrbG9nGAYgASgESAWIAQESKQocZGVkdXBsaWNhdGlvbl93aW5kb3dfc2Vjb25kcxgIIAEoDUgGiAEBEjYKEmRlYWRfbGV0dGVyX3BvbGljeRgHIAEoCzIaLnNwb29sLnYxLkRlYWRMZXR0ZXJQb2xpY3lCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzQhcKFV9wb2xsaW5nX3dhaXRfc2Vjb25kc0ITChFfbWF4X21lc3NhZ2Vfc2l6ZUIcChpfbWVzc2FnZV9yZXRlbnRpb25fc2Vjb25kc0IRCg9fcmV3aW5kX3NlY29uZHNCDgoMX21heF9iYWNrbG9nQh8KHV9kZWR1cGxpY2F0aW9uX3dpbmRvd19zZWNvbmRzIrABCgpRdWV1ZVN0YXRzEhcKD2FjdGl2ZV9tZXNzYWdlcxgBIAEoBBIZChFpbmFjdGl2ZV9tZXNzYWdlcxgCIAEoBBIYChBkZWxheWVkX21lc3NhZ2VzGAMgASgEEhsKE3Jld2luZGFibGVfbWVzc2FnZXMYBCABKAQSNwoTb2xkZXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBVF1ZXVlEgwKBG5hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlF1ZXVlQXR0cmlidXRlcxIjCgVzdGF0cxgDIAEoCzIULnNwb29sLnYxLlF1ZXVlU3RhdHMSLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJDcmVhdGVRdWV1ZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRItCgphdHRyaWJ1dGVzGAIgASgLMhkuc3Bvb2wudjEuUXVldWVBdHRyaWJ1dGVzIiUKD0dldFF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIlcKElVwZGF0ZVF1ZXVlUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5RdWV1ZUF0dHJpYnV0ZXMiKAoSRGVsZXRlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiSgoRTGlzdFF1ZXVlc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJImMKEkxpc3RRdWV1ZXNSZXNwb25zZRIfCgZxdWV1ZXMYASADKAsyDy5zcG9vbC52MS5RdWV1ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQiWAoSUmV3aW5kUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoTUmV3aW5kUXVldWVSZXNwb25zZRIZChFyZXN0b3JlZF9tZXNzYWdlcxgBIAEoBCLzAQoSU2VuZE1lc3NhZ2VSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSDAoEYm9keRgCIAEoDBIaCg1kZWxheV9zZWNvbmRzGAMgASgNSACIAQESQAoKYXR0cmlidXRlcxgEIAMoCzIsLnNwb29sLnYxLlNlbmRNZXNzYWdlUmVxdWVzdC5BdHRyaWJ1dGVzRW50cnkSGAoQZGVkdXBsaWNhdGlvbl9pZBgFIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIQCg5fZGVsYXlfc2Vjb25kcyIpChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAki1wEKDkJhdGNoU2VuZEVudHJ5EgwKBGJvZHkYASABKAwSGgoNZGVsYXlfc2Vjb25kcxgCIAEoDUgAiAEBEjwKCmF0dHJpYnV0ZXMYAyADKAsyKC5zcG9vbC52MS5CYXRjaFNlbmRFbnRyeS5BdHRyaWJ1dGVzRW50cnkSGAoQZGVkdXBsaWNhdGlvbl9pZBgEIAEoCRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIQCg5fZGVsYXlfc2Vjb25kcyJZChhCYXRjaFNlbmRNZXNzYWdlc1JlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIpCgdlbnRyaWVzGAIgAygLMhguc3Bvb2wudjEuQmF0Y2hTZW5kRW50cnkiMAoZQmF0Y2hTZW5kTWVzc2FnZXNSZXNwb25zZRITCgttZXNzYWdlX2lkcxgBIAMoCSK2AQoWUmVjZWl2ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhQKDG1heF9tZXNzYWdlcxgCIAEoDRIZCgx3YWl0X3NlY29uZHMYAyABKA1IAIgBARInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgEIAEoDUgBiAEBQg8KDV93YWl0X3NlY29uZHNCHQobX3Zpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzItADCg9SZWNlaXZlZE1lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCRIMCgRib2R5GAMgASgMEjAKDGVucXVldWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSZmlyc3RfZGVxdWV1ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFuZXh0X3Zpc2libGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZGVxdWV1ZV9jb3VudBgHIAEoDRI9CgphdHRyaWJ1dGVzGAggAygLMikuc3Bvb2wudjEuUmVjZWl2ZWRNZXNzYWdlLkF0dHJpYnV0ZXNFbnRyeRIgChhkZWFkX2xldHRlcl9zb3VyY2VfcXVldWUYCSABKAkSIQoZZGVhZF9sZXR0ZXJfcmVjZWl2ZV9jb3VudBgKIAEoDRIUCgxzb3VyY2VfdG9waWMYCyABKAkaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQgoURGVsZXRlTWVzc2FnZVJlcXVlc3QSEgoKcXVldWVfbmFtZRgBIAEoCRIWCg5yZWNlaXB0X2hhbmRsZRgCIAEoCSJJChpCYXRjaERlbGV0ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhcKD3JlY2VpcHRfaGFuZGxlcxgCIAMoCSJYCg1EZWxldGVGYWlsdXJlEhYKDnJlY2VpcHRfaGFuZGxlGAEgASgJEgwKBGNvZGUYAiABKAUSDwoHbWVzc2FnZRgDIAEoCRIQCghjbXFfY29kZRgEIAEoBSJIChtCYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USKQoIZmFpbHVyZXMYASADKAsyFy5zcG9vbC52MS5EZWxldGVGYWlsdXJlInAKHkNoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEiIKGnZpc2liaWxpdHlfdGltZW91dF9zZWNvbmRzGAMgASgNIlgKH0NoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVzcG9uc2USNQoRbmV4dF92aXNpYmxlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlMKFUNoYW5nZVZpc2liaWxpdHlFbnRyeRIWCg5yZWNlaXB0X2hhbmRsZRgBIAEoCRIiChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJrCiNCYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEjAKB2VudHJpZXMYAiADKAsyHy5zcG9vbC52MS5DaGFuZ2VWaXNpYmlsaXR5RW50cnkiWQoRQ2hhbmdlZFZpc2liaWxpdHkSDQoFaW5kZXgYASABKA0SNQoRbmV4dF92aXNpYmxlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInEKF0NoYW5nZVZpc2liaWxpdHlGYWlsdXJlEg0KBWluZGV4GAEgASgNEhYKDnJlY2VpcHRfaGFuZGxlGAIgASgJEgwKBGNvZGUYAyABKAUSDwoHbWVzc2FnZRgEIAEoCRIQCghjbXFfY29kZRgFIAEoBSKJAQokQmF0Y2hDaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEiwKB2NoYW5nZWQYASADKAsyGy5zcG9vbC52MS5DaGFuZ2VkVmlzaWJpbGl0eRIzCghmYWlsdXJlcxgCIAMoCzIhLnNwb29sLnYxLkNoYW5nZVZpc2liaWxpdHlGYWlsdXJlIicKEVB1cmdlUXVldWVSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkiLQoSUHVyZ2VRdWV1ZVJlc3BvbnNlEhcKD3B1cmdlZF9tZXNzYWdlcxgBIAEoBCI/ChNQZWVrTWVzc2FnZXNSZXF1ZXN0EhIKCnF1ZXVlX25hbWUYASABKAkSFAoMbWF4X21lc3NhZ2VzGAIgASgNIv0CCg1QZWVrZWRNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSDAoEYm9keRgCIAEoDBIwCgxlbnF1ZXVlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmZpcnN0X2RlcXVldWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZGVxdWV1ZV9jb3VudBgFIAEoDRI7CgphdHRyaWJ1dGVzGAYgAygLMicuc3Bvb2wudjEuUGVla2VkTWVzc2FnZS5BdHRyaWJ1dGVzRW50cnkSIAoYZGVhZF9sZXR0ZXJfc291cmNlX3F1ZXVlGAcgASgJEiEKGWRlYWRfbGV0dGVyX3JlY2VpdmVfY291bnQYCCABKA0SFAoMc291cmNlX3RvcGljGAkgASgJGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkEKFFBlZWtNZXNzYWdlc1Jlc3BvbnNlEikKCG1lc3NhZ2VzGAEgAygLMhcuc3Bvb2wudjEuUGVla2VkTWVzc2FnZSJ7ChVTdHJlYW1NZXNzYWdlc1JlcXVlc3QSJgoFc3RhcnQYASABKAsyFS5zcG9vbC52MS5TdHJlYW1TdGFydEgAEjIKC2Fja25vd2xlZGdlGAIgASgLMhsuc3Bvb2wudjEuU3RyZWFtQWNrbm93bGVkZ2VIAEIGCgRraW5kIosBCgtTdHJlYW1TdGFydBISCgpxdWV1ZV9uYW1lGAEgASgJEiAKGG1heF9vdXRzdGFuZGluZ19tZXNzYWdlcxgCIAEoDRInChp2aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcxgDIAEoDUgAiAEBQh0KG192aXNpYmlsaXR5X3RpbWVvdXRfc2Vjb25kcyI8ChFTdHJlYW1BY2tub3dsZWRnZRIOCgZhY2tfaWQYASABKAQSFwoPcmVjZWlwdF9oYW5kbGVzGAIgAygJIoQBChZTdHJlYW1NZXNzYWdlc1Jlc3BvbnNlEiwKB21lc3NhZ2UYASABKAsyGS5zcG9vbC52MS5SZWNlaXZlZE1lc3NhZ2VIABI0CgxhY2tub3dsZWRnZWQYAiABKAsyHC5zcG9vbC52MS5TdHJlYW1BY2tub3dsZWRnZWRIAEIGCgRraW5kIk8KElN0cmVhbUFja25vd2xlZGdlZBIOCgZhY2tfaWQYASABKAQSKQoIZmFpbHVyZXMYAiADKAsyFy5zcG9vbC52MS5EZWxldGVGYWlsdXJlIjcKIUxpc3REZWFkTGV0dGVyU291cmNlUXVldWVzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJIjkKIkxpc3REZWFkTGV0dGVyU291cmNlUXVldWVzUmVzcG9uc2USEwoLcXVldWVfbmFtZXMYASADKAkiXQoWUmVkcml2ZU1lc3NhZ2VzUmVxdWVzdBISCgpxdWV1ZV9uYW1lGAEgASgJEhkKEWRlc3RpbmF0aW9uX3F1ZXVlGAIgASgJEhQKDG1heF9tZXNzYWdlcxgDIAEoDSJOChdSZWRyaXZlTWVzc2FnZXNSZXNwb25zZRIZChFyZWRyaXZlbl9tZXNzYWdlcxgBIAEoBBIYChBza2lwcGVkX21lc3NhZ2VzGAIgASgEInAKD1RvcGljQXR0cmlidXRlcxIdChBtYXhfbWVzc2FnZV9zaXplGAEgASgNSACIAQESKQoLZmlsdGVyX3R5cGUYAiABKA4yFC5zcG9vbC52MS5GaWx0ZXJUeXBlQhMKEV9tYXhfbWVzc2FnZV9zaXplIkMKClRvcGljU3RhdHMSGgoScHVibGlzaGVkX21lc3NhZ2VzGAEgASgEEhkKEXVucm91dGVkX21lc3NhZ2VzGAIgASgEIucBCgVUb3BpYxIMCgRuYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5Ub3BpY0F0dHJpYnV0ZXMSGgoSc3Vic2NyaXB0aW9uX2NvdW50GAMgASgNEiMKBXN0YXRzGAQgASgLMhQuc3Bvb2wudjEuVG9waWNTdGF0cxIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlcKEkNyZWF0ZVRvcGljUmVxdWVzdBISCgp0b3BpY19uYW1lGAEgASgJEi0KCmF0dHJpYnV0ZXMYAiABKAsyGS5zcG9vbC52MS5Ub3BpY0F0dHJpYnV0ZXMiJQoPR2V0VG9waWNSZXF1ZXN0EhIKCnRvcGljX25hbWUYASABKAkiVwoSVXBkYXRlVG9waWNSZXF1ZXN0EhIKCnRvcGljX25hbWUYASABKAkSLQoKYXR0cmlidXRlcxgCIAEoCzIZLnNwb29sLnYxLlRvcGljQXR0cmlidXRlcyIoChJEZWxldGVUb3BpY1JlcXVlc3QSEgoKdG9waWNfbmFtZRgBIAEoCSJKChFMaXN0VG9waWNzUmVxdWVzdBIOCgZwcmVmaXgYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiYwoSTGlzdFRvcGljc1Jlc3BvbnNlEh8KBnRvcGljcxgBIAMoCzIPLnNwb29sLnYxLlRvcGljEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRITCgt0b3RhbF9jb3VudBgDIAEoBCLbAQoMU3Vic2NyaXB0aW9uEgwKBG5hbWUYASABKAkSEgoKdG9waWNfbmFtZRgCIAEoCRISCgpxdWV1ZV9uYW1lGAMgASgJEhMKC2ZpbHRlcl90YWdzGAQgAygJEhQKDGJpbmRpbmdfa2V5cxgFIAMoCRIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGVsaXZlcmVkX21lc3NhZ2VzGAcgASgEEh0KFWZpbHRlcmVkX291dF9tZXNzYWdlcxgIIAEoBCKAAQoQU3Vic2NyaWJlUmVxdWVzdBISCgp0b3BpY19uYW1lGAEgASgJEhkKEXN1YnNjcmlwdGlvbl9uYW1lGAIgASgJEhIKCnF1ZXVlX25hbWUYAyABKAkSEwoLZmlsdGVyX3RhZ3MYBCADKAkSFAoMYmluZGluZ19rZXlzGAUgAygJIkMKElVuc3Vic2NyaWJlUmVxdWVzdBISCgp0b3BpY19uYW1lGAEgASgJEhkKEXN1YnNjcmlwdGlvbl9uYW1lGAIgASgJIlUKGExpc3RTdWJzY3JpcHRpb25zUmVxdWVzdBISCgp0b3BpY19uYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJIngKGUxpc3RTdWJzY3JpcHRpb25zUmVzcG9uc2USLQoNc3Vic2NyaXB0aW9ucxgBIAMoCzIWLnNwb29sLnYxLlN1YnNjcmlwdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLdG90YWxfY291bnQYAyABKAQi7gEKFVB1Ymxpc2hNZXNzYWdlUmVxdWVzdBISCgp0b3BpY19uYW1lGAEgASgJEgwKBGJvZHkYAiABKAwSQwoKYXR0cmlidXRlcxgDIAMoCzIvLnNwb29sLnYxLlB1Ymxpc2hNZXNzYWdlUmVxdWVzdC5BdHRyaWJ1dGVzRW50cnkSDAoEdGFncxgEIAMoCRITCgtyb3V0aW5nX2tleRgFIAEoCRIYChBkZWR1cGxpY2F0aW9uX2lkGAYgASgJGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlIKDVB1Ymxpc2hlZENvcHkSGQoRc3Vic2NyaXB0aW9uX25hbWUYASABKAkSEgoKcXVldWVfbmFtZRgCIAEoCRISCgptZXNzYWdlX2lkGAMgASgJIlUKFlB1Ymxpc2hNZXNzYWdlUmVzcG9uc2USEgoKbWVzc2FnZV9pZBgBIAEoCRInCgZjb3BpZXMYAiADKAsyFy5zcG9vbC52MS5QdWJsaXNoZWRDb3B5ItIBChFCYXRjaFB1Ymxpc2hFbnRyeRIMCgRib2R5GAEgASgMEj8KCmF0dHJpYnV0ZXMYAiADKAsyKy5zcG9vbC52MS5CYXRjaFB1Ymxpc2hFbnRyeS5BdHRyaWJ1dGVzRW50cnkSDAoEdGFncxgDIAMoCRITCgtyb3V0aW5nX2tleRgEIAEoCRIYChBkZWR1cGxpY2F0aW9uX2lkGAUgASgJGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIl8KG0JhdGNoUHVibGlzaE1lc3NhZ2VzUmVxdWVzdBISCgp0b3BpY19uYW1lGAEgASgJEiwKB2VudHJpZXMYAiADKAsyGy5zcG9vbC52MS5CYXRjaFB1Ymxpc2hFbnRyeSJRChxCYXRjaFB1Ymxpc2hNZXNzYWdlc1Jlc3BvbnNlEjEKB3Jlc3VsdHMYASADKAsyIC5zcG9vbC52MS5QdWJsaXNoTWVzc2FnZVJlc3BvbnNlKl0KCkZpbHRlclR5cGUSGwoXRklMVEVSX1RZUEVfVU5TUEVDSUZJRUQQABIUChBGSUxURVJfVFlQRV9UQUdTEAESHAoYRklMVEVSX1RZUEVfUk9VVElOR19LRVlTEAIy2BEKDFF1ZXVlU2VydmljZRI8CgtDcmVhdGVRdWV1ZRIcLnNwb29sLnYxLkNyZWF0ZVF1ZXVlUmVxdWVzdBoPLnNwb29sLnYxLlF1ZXVlEjYKCEdldFF1ZXVlEhkuc3Bvb2wudjEuR2V0UXVldWVSZXF1ZXN0Gg8uc3Bvb2wudjEuUXVldWUSPAoLVXBkYXRlUXVldWUSHC5zcG9vbC52MS5VcGRhdGVRdWV1ZVJlcXVlc3QaDy5zcG9vbC52MS5RdWV1ZRJDCgtEZWxldGVRdWV1ZRIcLnNwb29sLnYxLkRlbGV0ZVF1ZXVlUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJHCgpMaXN0UXVldWVzEhsuc3Bvb2wudjEuTGlzdFF1ZXVlc1JlcXVlc3QaHC5zcG9vbC52MS5MaXN0UXVldWVzUmVzcG9uc2USSgoLUmV3aW5kUXVldWUSHC5zcG9vbC52MS5SZXdpbmRRdWV1ZVJlcXVlc3QaHS5zcG9vbC52MS5SZXdpbmRRdWV1ZVJlc3BvbnNlEkoKC1NlbmRNZXNzYWdlEhwuc3Bvb2wudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Gh0uc3Bvb2wudjEuU2VuZE1lc3NhZ2VSZXNwb25zZRJcChFCYXRjaFNlbmRNZXNzYWdlcxIiLnNwb29sLnYxLkJhdGNoU2VuZE1lc3NhZ2VzUmVxdWVzdBojLnNwb29sLnYxLkJhdGNoU2VuZE1lc3NhZ2VzUmVzcG9uc2USUAoPUmVjZWl2ZU1lc3NhZ2VzEiAuc3Bvb2wudjEuUmVjZWl2ZU1lc3NhZ2VzUmVxdWVzdBoZLnNwb29sLnYxLlJlY2VpdmVkTWVzc2FnZTABEkcKDURlbGV0ZU1lc3NhZ2USHi5zcG9vbC52MS5EZWxldGVNZXNzYWdlUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJiChNCYXRjaERlbGV0ZU1lc3NhZ2VzEiQuc3Bvb2wudjEuQmF0Y2hEZWxldGVNZXNzYWdlc1JlcXVlc3QaJS5zcG9vbC52MS5CYXRjaERlbGV0ZU1lc3NhZ2VzUmVzcG9uc2USbgoXQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHkSKC5zcG9vbC52MS5DaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlcXVlc3QaKS5zcG9vbC52MS5DaGFuZ2VNZXNzYWdlVmlzaWJpbGl0eVJlc3BvbnNlEn0KHEJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHkSLS5zcG9vbC52MS5CYXRjaENoYW5nZU1lc3NhZ2VWaXNpYmlsaXR5UmVxdWVzdBouLnNwb29sLnYxLkJhdGNoQ2hhbmdlTWVzc2FnZVZpc2liaWxpdHlSZXNwb25zZRJHCgpQdXJnZVF1ZXVlEhsuc3Bvb2wudjEuUHVyZ2VRdWV1ZVJlcXVlc3QaHC5zcG9vbC52MS5QdXJnZVF1ZXVlUmVzcG9uc2USTQoMUGVla01lc3NhZ2VzEh0uc3Bvb2wudjEuUGVla01lc3NhZ2VzUmVxdWVzdBoeLnNwb29sLnYxLlBlZWtNZXNzYWdlc1Jlc3BvbnNlElcKDlN0cmVhbU1lc3NhZ2VzEh8uc3Bvb2wudjEuU3RyZWFtTWVzc2FnZXNSZXF1ZXN0GiAuc3Bvb2wudjEuU3RyZWFtTWVzc2FnZXNSZXNwb25zZSgBMAESdwoaTGlzdERlYWRMZXR0ZXJTb3VyY2VRdWV1ZXMSKy5zcG9vbC52MS5MaXN0RGVhZExldHRlclNvdXJjZVF1ZXVlc1JlcXVlc3QaLC5zcG9vbC52MS5MaXN0RGVhZExldHRlclNvdXJjZVF1ZXVlc1Jlc3BvbnNlElYKD1JlZHJpdmVNZXNzYWdlcxIgLnNwb29sLnYxLlJlZHJpdmVNZXNzYWdlc1JlcXVlc3QaIS5zcG9vbC52MS5SZWRyaXZlTWVzc2FnZXNSZXNwb25zZRI8CgtDcmVhdGVUb3BpYxIcLnNwb29sLnYxLkNyZWF0ZVRvcGljUmVxdWVzdBoPLnNwb29sLnYxLlRvcGljEjYKCEdldFRvcGljEhkuc3Bvb2wudjEuR2V0VG9waWNSZXF1ZXN0Gg8uc3Bvb2wudjEuVG9waWMSPAoLVXBkYXRlVG9waWMSHC5zcG9vbC52MS5VcGRhdGVUb3BpY1JlcXVlc3QaDy5zcG9vbC52MS5Ub3BpYxJDCgtEZWxldGVUb3BpYxIcLnNwb29sLnYxLkRlbGV0ZVRvcGljUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJHCgpMaXN0VG9waWNzEhsuc3Bvb2wudjEuTGlzdFRvcGljc1JlcXVlc3QaHC5zcG9vbC52MS5MaXN0VG9waWNzUmVzcG9uc2USPwoJU3Vic2NyaWJlEhouc3Bvb2wudjEuU3Vic2NyaWJlUmVxdWVzdBoWLnNwb29sLnYxLlN1YnNjcmlwdGlvbhJDCgtVbnN1YnNjcmliZRIcLnNwb29sLnYxLlVuc3Vic2NyaWJlUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJcChFMaXN0U3Vic2NyaXB0aW9ucxIiLnNwb29sLnYxLkxpc3RTdWJzY3JpcHRpb25zUmVxdWVzdBojLnNwb29sLnYxLkxpc3RTdWJzY3JpcHRpb25zUmVzcG9uc2USUwoOUHVibGlzaE1lc3NhZ2USHy5zcG9vbC52MS5QdWJsaXNoTWVzc2FnZVJlcXVlc3QaIC5zcG9vbC52MS5QdWJsaXNoTWVzc2FnZVJlc3BvbnNlEmUKFEJhdGNoUHVibGlzaE1lc3NhZ2VzEiUuc3Bvb2wudjEuQmF0Y2hQdWJsaXNoTWVzc2FnZXNSZXF1ZXN0GiYuc3Bvb2wudjEuQmF0Y2hQdWJsaXNoTWVzc2FnZXNSZXNwb25zZUJ2Cgtpby5zcG9vbC52MUIKUXVldWVQcm90b1ABWjFnaXRodWIuY29tL3Nwb29sLW1xL3Nwb29sL2dlbi9nby9zcG9vbC92MTtzcG9vbHYxogIDU1BMqgIIU3Bvb2wuVjHKAghTcG9vbFxWMeoCCVNwb29sOjpWMWIGcHJvdG8z", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
 
 /**
  * Where a queue moves the messages its consumers do not get processed (CMQ 3.0's
@@ -770,6 +770,14 @@ export type ReceivedMessage = Message<"spool.v1.ReceivedMessage"> & {
    * @generated from field: uint32 dead_letter_receive_count = 10;
    */
   deadLetterReceiveCount: number;
+
+  /**
+   * For a copy of a message published to a topic: the topic's name. Empty for a message sent to
+   * the queue. (A dead-letter move or a redrive keeps it.)
+   *
+   * @generated from field: string source_topic = 11;
+   */
+  sourceTopic: string;
 };
 
 /**
@@ -1248,6 +1256,13 @@ export type PeekedMessage = Message<"spool.v1.PeekedMessage"> & {
    * @generated from field: uint32 dead_letter_receive_count = 8;
    */
   deadLetterReceiveCount: number;
+
+  /**
+   * For a copy of a message published to a topic: the topic's name; empty otherwise.
+   *
+   * @generated from field: string source_topic = 9;
+   */
+  sourceTopic: string;
 };
 
 /**
@@ -1556,6 +1571,775 @@ export const RedriveMessagesResponseSchema: GenMessage<RedriveMessagesResponse> 
   messageDesc(file_spool_v1_queue, 43);
 
 /**
+ * A topic's settings. Every field is optional: unset means the default on create and
+ * "unchanged" on update.
+ *
+ * @generated from message spool.v1.TopicAttributes
+ */
+export type TopicAttributes = Message<"spool.v1.TopicAttributes"> & {
+  /**
+   * Largest message a publish carries: body plus attributes' keys and values, in bytes.
+   * 1024..1048576; default 65536. (A subscribed queue with a smaller max_message_size refuses
+   * larger copies, which fails the publish.)
+   *
+   * @generated from field: optional uint32 max_message_size = 1;
+   */
+  maxMessageSize?: number | undefined;
+
+  /**
+   * How subscriptions filter; fixed once the topic exists. Default FILTER_TYPE_TAGS.
+   *
+   * @generated from field: spool.v1.FilterType filter_type = 2;
+   */
+  filterType: FilterType;
+};
+
+/**
+ * Describes the message spool.v1.TopicAttributes.
+ * Use `create(TopicAttributesSchema)` to create a new message.
+ */
+export const TopicAttributesSchema: GenMessage<TopicAttributes> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 44);
+
+/**
+ * What happened on a topic since the server started (not kept across restarts).
+ *
+ * @generated from message spool.v1.TopicStats
+ */
+export type TopicStats = Message<"spool.v1.TopicStats"> & {
+  /**
+   * Publishes acknowledged (each entry of a batch counts).
+   *
+   * @generated from field: uint64 published_messages = 1;
+   */
+  publishedMessages: bigint;
+
+  /**
+   * Acknowledged publishes that no subscription took.
+   *
+   * @generated from field: uint64 unrouted_messages = 2;
+   */
+  unroutedMessages: bigint;
+};
+
+/**
+ * Describes the message spool.v1.TopicStats.
+ * Use `create(TopicStatsSchema)` to create a new message.
+ */
+export const TopicStatsSchema: GenMessage<TopicStats> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 45);
+
+/**
+ * A topic.
+ *
+ * @generated from message spool.v1.Topic
+ */
+export type Topic = Message<"spool.v1.Topic"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Every attribute, defaults filled in.
+   *
+   * @generated from field: spool.v1.TopicAttributes attributes = 2;
+   */
+  attributes?: TopicAttributes | undefined;
+
+  /**
+   * How many subscriptions it has.
+   *
+   * @generated from field: uint32 subscription_count = 3;
+   */
+  subscriptionCount: number;
+
+  /**
+   * Counters since the server started.
+   *
+   * @generated from field: spool.v1.TopicStats stats = 4;
+   */
+  stats?: TopicStats | undefined;
+
+  /**
+   * When the topic was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When its attributes last changed (the create time if never).
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 6;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message spool.v1.Topic.
+ * Use `create(TopicSchema)` to create a new message.
+ */
+export const TopicSchema: GenMessage<Topic> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 46);
+
+/**
+ * The request of CreateTopic.
+ *
+ * @generated from message spool.v1.CreateTopicRequest
+ */
+export type CreateTopicRequest = Message<"spool.v1.CreateTopicRequest"> & {
+  /**
+   * 1 to 64 characters: a letter first, then letters, digits, '-' or '_'.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+
+  /**
+   * Attributes; unset fields take their default.
+   *
+   * @generated from field: spool.v1.TopicAttributes attributes = 2;
+   */
+  attributes?: TopicAttributes | undefined;
+};
+
+/**
+ * Describes the message spool.v1.CreateTopicRequest.
+ * Use `create(CreateTopicRequestSchema)` to create a new message.
+ */
+export const CreateTopicRequestSchema: GenMessage<CreateTopicRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 47);
+
+/**
+ * The request of GetTopic.
+ *
+ * @generated from message spool.v1.GetTopicRequest
+ */
+export type GetTopicRequest = Message<"spool.v1.GetTopicRequest"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+};
+
+/**
+ * Describes the message spool.v1.GetTopicRequest.
+ * Use `create(GetTopicRequestSchema)` to create a new message.
+ */
+export const GetTopicRequestSchema: GenMessage<GetTopicRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 48);
+
+/**
+ * The request of UpdateTopic.
+ *
+ * @generated from message spool.v1.UpdateTopicRequest
+ */
+export type UpdateTopicRequest = Message<"spool.v1.UpdateTopicRequest"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+
+  /**
+   * Only the fields that are set change; the same ranges as on create apply.
+   *
+   * @generated from field: spool.v1.TopicAttributes attributes = 2;
+   */
+  attributes?: TopicAttributes | undefined;
+};
+
+/**
+ * Describes the message spool.v1.UpdateTopicRequest.
+ * Use `create(UpdateTopicRequestSchema)` to create a new message.
+ */
+export const UpdateTopicRequestSchema: GenMessage<UpdateTopicRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 49);
+
+/**
+ * The request of DeleteTopic.
+ *
+ * @generated from message spool.v1.DeleteTopicRequest
+ */
+export type DeleteTopicRequest = Message<"spool.v1.DeleteTopicRequest"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+};
+
+/**
+ * Describes the message spool.v1.DeleteTopicRequest.
+ * Use `create(DeleteTopicRequestSchema)` to create a new message.
+ */
+export const DeleteTopicRequestSchema: GenMessage<DeleteTopicRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 50);
+
+/**
+ * The request of ListTopics: one page of topics.
+ *
+ * @generated from message spool.v1.ListTopicsRequest
+ */
+export type ListTopicsRequest = Message<"spool.v1.ListTopicsRequest"> & {
+  /**
+   * Only topics whose name starts with this prefix (empty: all).
+   *
+   * @generated from field: string prefix = 1;
+   */
+  prefix: string;
+
+  /**
+   * Most topics per page: 0 means 100; at most 1000.
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message spool.v1.ListTopicsRequest.
+ * Use `create(ListTopicsRequestSchema)` to create a new message.
+ */
+export const ListTopicsRequestSchema: GenMessage<ListTopicsRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 51);
+
+/**
+ * One page of topics.
+ *
+ * @generated from message spool.v1.ListTopicsResponse
+ */
+export type ListTopicsResponse = Message<"spool.v1.ListTopicsResponse"> & {
+  /**
+   * Topics in name order.
+   *
+   * @generated from field: repeated spool.v1.Topic topics = 1;
+   */
+  topics: Topic[];
+
+  /**
+   * Token for the next page; empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * How many topics match the prefix (and the caller's grants), on all pages.
+   *
+   * @generated from field: uint64 total_count = 3;
+   */
+  totalCount: bigint;
+};
+
+/**
+ * Describes the message spool.v1.ListTopicsResponse.
+ * Use `create(ListTopicsResponseSchema)` to create a new message.
+ */
+export const ListTopicsResponseSchema: GenMessage<ListTopicsResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 52);
+
+/**
+ * A subscription: a topic delivering copies into a queue.
+ *
+ * @generated from message spool.v1.Subscription
+ */
+export type Subscription = Message<"spool.v1.Subscription"> & {
+  /**
+   * The subscription's name, unique within its topic.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 2;
+   */
+  topicName: string;
+
+  /**
+   * The queue copies go to.
+   *
+   * @generated from field: string queue_name = 3;
+   */
+  queueName: string;
+
+  /**
+   * For a topic filtering by tags: the tags it takes (empty: every message).
+   *
+   * @generated from field: repeated string filter_tags = 4;
+   */
+  filterTags: string[];
+
+  /**
+   * For a topic filtering by routing keys: the binding keys it takes (empty: every message).
+   *
+   * @generated from field: repeated string binding_keys = 5;
+   */
+  bindingKeys: string[];
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 6;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * Copies put in its queue since the server started (a copy deduplicated by the queue is not
+   * counted again).
+   *
+   * @generated from field: uint64 delivered_messages = 7;
+   */
+  deliveredMessages: bigint;
+
+  /**
+   * Acknowledged publishes its filter kept out, since the server started.
+   *
+   * @generated from field: uint64 filtered_out_messages = 8;
+   */
+  filteredOutMessages: bigint;
+};
+
+/**
+ * Describes the message spool.v1.Subscription.
+ * Use `create(SubscriptionSchema)` to create a new message.
+ */
+export const SubscriptionSchema: GenMessage<Subscription> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 53);
+
+/**
+ * The request of Subscribe. Needs the admin grant on the topic and on the queue.
+ *
+ * @generated from message spool.v1.SubscribeRequest
+ */
+export type SubscribeRequest = Message<"spool.v1.SubscribeRequest"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+
+  /**
+   * The subscription's name: queue name rules (1 to 64 characters, a letter first, then
+   * letters, digits, '-' or '_').
+   *
+   * @generated from field: string subscription_name = 2;
+   */
+  subscriptionName: string;
+
+  /**
+   * The queue to deliver into; it must exist.
+   *
+   * @generated from field: string queue_name = 3;
+   */
+  queueName: string;
+
+  /**
+   * For a topic filtering by tags: at most 16 tags of 1..64 bytes without control characters;
+   * the subscription takes messages carrying any of them. Empty: every message. Must be empty
+   * on a topic filtering by routing keys.
+   *
+   * @generated from field: repeated string filter_tags = 4;
+   */
+  filterTags: string[];
+
+  /**
+   * For a topic filtering by routing keys: at most 16 binding keys, each 1..128 bytes of up to
+   * 16 dot-separated words of letters, digits, '-' and '_', or `*` (one word) or `#` (zero or
+   * more words). Empty: every message. Must be empty on a topic filtering by tags.
+   *
+   * @generated from field: repeated string binding_keys = 5;
+   */
+  bindingKeys: string[];
+};
+
+/**
+ * Describes the message spool.v1.SubscribeRequest.
+ * Use `create(SubscribeRequestSchema)` to create a new message.
+ */
+export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 54);
+
+/**
+ * The request of Unsubscribe.
+ *
+ * @generated from message spool.v1.UnsubscribeRequest
+ */
+export type UnsubscribeRequest = Message<"spool.v1.UnsubscribeRequest"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+
+  /**
+   * The subscription's name.
+   *
+   * @generated from field: string subscription_name = 2;
+   */
+  subscriptionName: string;
+};
+
+/**
+ * Describes the message spool.v1.UnsubscribeRequest.
+ * Use `create(UnsubscribeRequestSchema)` to create a new message.
+ */
+export const UnsubscribeRequestSchema: GenMessage<UnsubscribeRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 55);
+
+/**
+ * The request of ListSubscriptions.
+ *
+ * @generated from message spool.v1.ListSubscriptionsRequest
+ */
+export type ListSubscriptionsRequest = Message<"spool.v1.ListSubscriptionsRequest"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+
+  /**
+   * Most subscriptions per page: 0 means 100; at most 1000.
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message spool.v1.ListSubscriptionsRequest.
+ * Use `create(ListSubscriptionsRequestSchema)` to create a new message.
+ */
+export const ListSubscriptionsRequestSchema: GenMessage<ListSubscriptionsRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 56);
+
+/**
+ * One page of a topic's subscriptions.
+ *
+ * @generated from message spool.v1.ListSubscriptionsResponse
+ */
+export type ListSubscriptionsResponse = Message<"spool.v1.ListSubscriptionsResponse"> & {
+  /**
+   * Subscriptions in name order.
+   *
+   * @generated from field: repeated spool.v1.Subscription subscriptions = 1;
+   */
+  subscriptions: Subscription[];
+
+  /**
+   * Token for the next page; empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * How many subscriptions the topic has.
+   *
+   * @generated from field: uint64 total_count = 3;
+   */
+  totalCount: bigint;
+};
+
+/**
+ * Describes the message spool.v1.ListSubscriptionsResponse.
+ * Use `create(ListSubscriptionsResponseSchema)` to create a new message.
+ */
+export const ListSubscriptionsResponseSchema: GenMessage<ListSubscriptionsResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 57);
+
+/**
+ * The request of PublishMessage. Needs the send grant on the topic.
+ *
+ * @generated from message spool.v1.PublishMessageRequest
+ */
+export type PublishMessageRequest = Message<"spool.v1.PublishMessageRequest"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+
+  /**
+   * The message body: 1..max_message_size bytes (the topic's), any bytes.
+   *
+   * @generated from field: bytes body = 2;
+   */
+  body: Uint8Array;
+
+  /**
+   * Application-defined attributes, delivered with every copy: as SendMessage's. Body plus
+   * attributes must fit in the topic's max_message_size.
+   *
+   * @generated from field: map<string, string> attributes = 3;
+   */
+  attributes: { [key: string]: string };
+
+  /**
+   * For a topic filtering by tags: at most 16 tags of 1..64 bytes (CMQ's msgTag). Must be empty
+   * on a topic filtering by routing keys.
+   *
+   * @generated from field: repeated string tags = 4;
+   */
+  tags: string[];
+
+  /**
+   * For a topic filtering by routing keys: 1..128 bytes of up to 16 dot-separated words of
+   * letters, digits, '-' and '_' (CMQ's routingKey). Empty: only subscriptions without binding
+   * keys take the message. Must be empty on a topic filtering by tags.
+   *
+   * @generated from field: string routing_key = 5;
+   */
+  routingKey: string;
+
+  /**
+   * Makes a retried publish enqueue no second copy: 1..128 printable ASCII characters. Each
+   * copy is sent with this id to its queue, where the queue's `deduplication_window_seconds`
+   * applies as for SendMessage: a queue that accepted a copy with this id within its window
+   * enqueues nothing and answers the earlier copy's id (a queue with window 0, or subscribed
+   * since, gets a new copy). The publish's own `message_id` is new on each call. Empty: none.
+   *
+   * @generated from field: string deduplication_id = 6;
+   */
+  deduplicationId: string;
+};
+
+/**
+ * Describes the message spool.v1.PublishMessageRequest.
+ * Use `create(PublishMessageRequestSchema)` to create a new message.
+ */
+export const PublishMessageRequestSchema: GenMessage<PublishMessageRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 58);
+
+/**
+ * One queue's copy of a published message.
+ *
+ * @generated from message spool.v1.PublishedCopy
+ */
+export type PublishedCopy = Message<"spool.v1.PublishedCopy"> & {
+  /**
+   * The subscription that took it.
+   *
+   * @generated from field: string subscription_name = 1;
+   */
+  subscriptionName: string;
+
+  /**
+   * Its queue.
+   *
+   * @generated from field: string queue_name = 2;
+   */
+  queueName: string;
+
+  /**
+   * The copy's message id in that queue (the earlier copy's, when deduplicated there).
+   *
+   * @generated from field: string message_id = 3;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message spool.v1.PublishedCopy.
+ * Use `create(PublishedCopySchema)` to create a new message.
+ */
+export const PublishedCopySchema: GenMessage<PublishedCopy> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 59);
+
+/**
+ * The answer of PublishMessage.
+ *
+ * @generated from message spool.v1.PublishMessageResponse
+ */
+export type PublishMessageResponse = Message<"spool.v1.PublishMessageResponse"> & {
+  /**
+   * The publish's id, unique within the server (no queue message has it; each copy has its own).
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+
+  /**
+   * One per subscription that took the message, in subscription name order; empty when none did.
+   *
+   * @generated from field: repeated spool.v1.PublishedCopy copies = 2;
+   */
+  copies: PublishedCopy[];
+};
+
+/**
+ * Describes the message spool.v1.PublishMessageResponse.
+ * Use `create(PublishMessageResponseSchema)` to create a new message.
+ */
+export const PublishMessageResponseSchema: GenMessage<PublishMessageResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 60);
+
+/**
+ * One message of a BatchPublishMessages request.
+ *
+ * @generated from message spool.v1.BatchPublishEntry
+ */
+export type BatchPublishEntry = Message<"spool.v1.BatchPublishEntry"> & {
+  /**
+   * The message body: 1..max_message_size bytes (the topic's), any bytes.
+   *
+   * @generated from field: bytes body = 1;
+   */
+  body: Uint8Array;
+
+  /**
+   * Application-defined attributes, as PublishMessageRequest's.
+   *
+   * @generated from field: map<string, string> attributes = 2;
+   */
+  attributes: { [key: string]: string };
+
+  /**
+   * Tags, as PublishMessageRequest's.
+   *
+   * @generated from field: repeated string tags = 3;
+   */
+  tags: string[];
+
+  /**
+   * Routing key, as PublishMessageRequest's.
+   *
+   * @generated from field: string routing_key = 4;
+   */
+  routingKey: string;
+
+  /**
+   * Deduplication id, as PublishMessageRequest's.
+   *
+   * @generated from field: string deduplication_id = 5;
+   */
+  deduplicationId: string;
+};
+
+/**
+ * Describes the message spool.v1.BatchPublishEntry.
+ * Use `create(BatchPublishEntrySchema)` to create a new message.
+ */
+export const BatchPublishEntrySchema: GenMessage<BatchPublishEntry> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 61);
+
+/**
+ * The request of BatchPublishMessages. Needs the send grant on the topic.
+ *
+ * @generated from message spool.v1.BatchPublishMessagesRequest
+ */
+export type BatchPublishMessagesRequest = Message<"spool.v1.BatchPublishMessagesRequest"> & {
+  /**
+   * The topic's name.
+   *
+   * @generated from field: string topic_name = 1;
+   */
+  topicName: string;
+
+  /**
+   * 1 to 16 messages.
+   *
+   * @generated from field: repeated spool.v1.BatchPublishEntry entries = 2;
+   */
+  entries: BatchPublishEntry[];
+};
+
+/**
+ * Describes the message spool.v1.BatchPublishMessagesRequest.
+ * Use `create(BatchPublishMessagesRequestSchema)` to create a new message.
+ */
+export const BatchPublishMessagesRequestSchema: GenMessage<BatchPublishMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 62);
+
+/**
+ * The answer of BatchPublishMessages.
+ *
+ * @generated from message spool.v1.BatchPublishMessagesResponse
+ */
+export type BatchPublishMessagesResponse = Message<"spool.v1.BatchPublishMessagesResponse"> & {
+  /**
+   * One per entry, in order.
+   *
+   * @generated from field: repeated spool.v1.PublishMessageResponse results = 1;
+   */
+  results: PublishMessageResponse[];
+};
+
+/**
+ * Describes the message spool.v1.BatchPublishMessagesResponse.
+ * Use `create(BatchPublishMessagesResponseSchema)` to create a new message.
+ */
+export const BatchPublishMessagesResponseSchema: GenMessage<BatchPublishMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_spool_v1_queue, 63);
+
+/**
+ * How a topic chooses the subscriptions a message goes to (CMQ's filterType).
+ *
+ * @generated from enum spool.v1.FilterType
+ */
+export enum FilterType {
+  /**
+   * Unset: tags on CreateTopic; unchanged on UpdateTopic.
+   *
+   * @generated from enum value: FILTER_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Messages carry tags; a subscription with filter tags takes a message carrying any of them.
+   * A subscription without filter tags takes every message.
+   *
+   * @generated from enum value: FILTER_TYPE_TAGS = 1;
+   */
+  TAGS = 1,
+
+  /**
+   * Messages carry a routing key (dot-separated words, `order.eu.created`); a subscription
+   * takes a message when one of its binding keys matches it, `*` standing for exactly one word
+   * and `#` for zero or more (`order.*.created`, `order.#`). A subscription without binding keys
+   * takes every message.
+   *
+   * @generated from enum value: FILTER_TYPE_ROUTING_KEYS = 2;
+   */
+  ROUTING_KEYS = 2,
+}
+
+/**
+ * Describes the enum spool.v1.FilterType.
+ */
+export const FilterTypeSchema: GenEnum<FilterType> = /*@__PURE__*/
+  enumDesc(file_spool_v1_queue, 0);
+
+/**
  * Queues and their messages.
  *
  * @generated from service spool.v1.QueueService
@@ -1800,6 +2584,125 @@ export const QueueService: GenService<{
     methodKind: "unary";
     input: typeof RedriveMessagesRequestSchema;
     output: typeof RedriveMessagesResponseSchema;
+  },
+  /**
+   * Creates a topic (CMQ's topic model: publish once, a copy in every subscribed queue).
+   * Creating a topic that exists with the same attributes returns it; with others it fails with
+   * ALREADY_EXISTS (TOPIC_EXISTS). At most 1000 topics per server (RESOURCE_EXHAUSTED,
+   * TOO_MANY_TOPICS). Topic names follow queue names' rules and grants (a grant on a name or
+   * prefix covers the topic of that name as it covers the queue).
+   *
+   * @generated from rpc spool.v1.QueueService.CreateTopic
+   */
+  createTopic: {
+    methodKind: "unary";
+    input: typeof CreateTopicRequestSchema;
+    output: typeof TopicSchema;
+  },
+  /**
+   * Returns a topic's attributes and counters.
+   *
+   * @generated from rpc spool.v1.QueueService.GetTopic
+   */
+  getTopic: {
+    methodKind: "unary";
+    input: typeof GetTopicRequestSchema;
+    output: typeof TopicSchema;
+  },
+  /**
+   * Changes the topic attributes set in the request (only max_message_size may change; a
+   * filter_type other than the topic's is INVALID_ARGUMENT).
+   *
+   * @generated from rpc spool.v1.QueueService.UpdateTopic
+   */
+  updateTopic: {
+    methodKind: "unary";
+    input: typeof UpdateTopicRequestSchema;
+    output: typeof TopicSchema;
+  },
+  /**
+   * Deletes a topic and its subscriptions. Its queues, and the copies already in them, stay.
+   *
+   * @generated from rpc spool.v1.QueueService.DeleteTopic
+   */
+  deleteTopic: {
+    methodKind: "unary";
+    input: typeof DeleteTopicRequestSchema;
+    output: typeof EmptySchema;
+  },
+  /**
+   * Lists topics in name order, paged like ListQueues.
+   *
+   * @generated from rpc spool.v1.QueueService.ListTopics
+   */
+  listTopics: {
+    methodKind: "unary";
+    input: typeof ListTopicsRequestSchema;
+    output: typeof ListTopicsResponseSchema;
+  },
+  /**
+   * Subscribes a queue to a topic: every later publish that passes the subscription's filter
+   * puts a copy in the queue. Subscribing again with the same queue and filter returns the
+   * subscription; with another queue or filter it fails with ALREADY_EXISTS (TOPIC_EXISTS).
+   * At most 100 subscriptions per topic (RESOURCE_EXHAUSTED, TOO_MANY_TOPICS). Deleting the
+   * queue deletes its subscriptions with it, in the same transaction (as deleting a RabbitMQ
+   * queue removes its bindings): a queue created again under the name is not subscribed.
+   *
+   * @generated from rpc spool.v1.QueueService.Subscribe
+   */
+  subscribe: {
+    methodKind: "unary";
+    input: typeof SubscribeRequestSchema;
+    output: typeof SubscriptionSchema;
+  },
+  /**
+   * Removes a subscription; copies already in its queue stay.
+   *
+   * @generated from rpc spool.v1.QueueService.Unsubscribe
+   */
+  unsubscribe: {
+    methodKind: "unary";
+    input: typeof UnsubscribeRequestSchema;
+    output: typeof EmptySchema;
+  },
+  /**
+   * Lists a topic's subscriptions in name order, paged.
+   *
+   * @generated from rpc spool.v1.QueueService.ListSubscriptions
+   */
+  listSubscriptions: {
+    methodKind: "unary";
+    input: typeof ListSubscriptionsRequestSchema;
+    output: typeof ListSubscriptionsResponseSchema;
+  },
+  /**
+   * Publishes one message to a topic: a copy goes into the queue of every subscription whose
+   * filter it passes, all copies in one storage transaction, so after any crash either every
+   * matching queue holds its copy or none does. Acknowledged once that transaction is durable.
+   * Each copy is a message of its queue with its own id, which carries `source_topic`; copies
+   * are visible at once. All or none also holds for refusals: when one queue refuses its copy,
+   * nothing is enqueued anywhere and the publish fails: RESOURCE_EXHAUSTED (BACKLOG_FULL)
+   * naming the queue when its backlog is full; INVALID_ARGUMENT (TOO_LARGE) naming the
+   * subscription when the copy exceeds that queue's max_message_size. A publish no
+   * subscription takes is acknowledged with no copies.
+   *
+   * @generated from rpc spool.v1.QueueService.PublishMessage
+   */
+  publishMessage: {
+    methodKind: "unary";
+    input: typeof PublishMessageRequestSchema;
+    output: typeof PublishMessageResponseSchema;
+  },
+  /**
+   * Publishes 1 to 16 messages to a topic: every copy of every entry in one transaction, all or
+   * nothing, as PublishMessage.
+   *
+   * @generated from rpc spool.v1.QueueService.BatchPublishMessages
+   */
+  batchPublishMessages: {
+    methodKind: "unary";
+    input: typeof BatchPublishMessagesRequestSchema;
+    output: typeof BatchPublishMessagesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spool_v1_queue, 0);
