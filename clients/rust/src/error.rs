@@ -72,6 +72,16 @@ pub enum ClientError {
     /// later.
     #[error("{0}")]
     ServerBusy(RpcError),
+    /// The topic, or the topic's subscription, does not exist ([`errors::TOPIC_NOT_FOUND`]).
+    #[error("{0}")]
+    TopicNotFound(RpcError),
+    /// The topic or subscription exists with other attributes ([`errors::TOPIC_EXISTS`]).
+    #[error("{0}")]
+    TopicExists(RpcError),
+    /// The server holds as many topics, or the topic as many subscriptions, as it may
+    /// ([`errors::TOO_MANY_TOPICS`]).
+    #[error("{0}")]
+    TooManyTopics(RpcError),
     /// No credentials, or ones the server does not know: a missing or unknown bearer token or
     /// client certificate ([`errors::UNAUTHENTICATED`]).
     #[error("{0}")]
@@ -159,6 +169,9 @@ impl ClientError {
             | Self::BacklogFull(rpc)
             | Self::TooManyQueues(rpc)
             | Self::ServerBusy(rpc)
+            | Self::TopicNotFound(rpc)
+            | Self::TopicExists(rpc)
+            | Self::TooManyTopics(rpc)
             | Self::Unauthenticated(rpc)
             | Self::PermissionDenied(rpc)
             | Self::Unavailable(rpc)
@@ -175,9 +188,17 @@ impl From<RpcError> for ClientError {
         if rpc.code == Code::Unavailable {
             return Self::Unavailable(rpc);
         }
+        // Topics share CMQ's codes with queues (4440, 4460, 4450): the reason tells them apart,
+        // so it is asked first, and must agree with the gRPC code.
         let case = rpc
-            .cmq_code
-            .and_then(|cmq_code| ErrorCase::by_codes(rpc.code, cmq_code));
+            .reason
+            .as_deref()
+            .and_then(ErrorCase::by_reason)
+            .filter(|case| case.grpc_code == rpc.code)
+            .or_else(|| {
+                rpc.cmq_code
+                    .and_then(|cmq_code| ErrorCase::by_codes(rpc.code, cmq_code))
+            });
         match case {
             Some(&errors::INVALID_ARGUMENT) => Self::InvalidArgument(rpc),
             Some(&errors::TOO_LARGE) => Self::TooLarge(rpc),
@@ -189,6 +210,9 @@ impl From<RpcError> for ClientError {
             Some(&errors::BACKLOG_FULL) => Self::BacklogFull(rpc),
             Some(&errors::TOO_MANY_QUEUES) => Self::TooManyQueues(rpc),
             Some(&errors::SERVER_BUSY) => Self::ServerBusy(rpc),
+            Some(&errors::TOPIC_NOT_FOUND) => Self::TopicNotFound(rpc),
+            Some(&errors::TOPIC_EXISTS) => Self::TopicExists(rpc),
+            Some(&errors::TOO_MANY_TOPICS) => Self::TooManyTopics(rpc),
             Some(&errors::UNAUTHENTICATED) => Self::Unauthenticated(rpc),
             Some(&errors::PERMISSION_DENIED) => Self::PermissionDenied(rpc),
             _ => Self::Other(rpc),
@@ -225,6 +249,9 @@ mod tests {
             (errors::BACKLOG_FULL, "BacklogFull"),
             (errors::TOO_MANY_QUEUES, "TooManyQueues"),
             (errors::SERVER_BUSY, "ServerBusy"),
+            (errors::TOPIC_NOT_FOUND, "TopicNotFound"),
+            (errors::TOPIC_EXISTS, "TopicExists"),
+            (errors::TOO_MANY_TOPICS, "TooManyTopics"),
             (errors::UNAUTHENTICATED, "Unauthenticated"),
             (errors::PERMISSION_DENIED, "PermissionDenied"),
             (errors::STORAGE_UNAVAILABLE, "Unavailable"),
