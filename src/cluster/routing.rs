@@ -131,6 +131,15 @@ macro_rules! routed {
     }};
 }
 
+/// A call of the topic API: served here on a single server, refused by replicas (see
+/// [`Routed::topics_here`]).
+macro_rules! single_server {
+    ($self:ident, $request:ident, $method:ident) => {{
+        $self.topics_here()?;
+        $self.local.$method($request).await
+    }};
+}
+
 type ReceiveStream = Pin<Box<dyn Stream<Item = Result<pb::ReceivedMessage, Status>> + Send>>;
 type ConsumeStream = Pin<Box<dyn Stream<Item = Result<pb::StreamMessagesResponse, Status>> + Send>>;
 
@@ -345,68 +354,58 @@ impl QueueService for Routed {
     }
 
     async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> RpcResult<pb::Topic> {
-        self.topics_here()?;
-        self.local.create_topic(request).await
+        single_server!(self, request, create_topic)
     }
 
     async fn get_topic(&self, request: Request<pb::GetTopicRequest>) -> RpcResult<pb::Topic> {
-        self.topics_here()?;
-        self.local.get_topic(request).await
+        single_server!(self, request, get_topic)
     }
 
     async fn update_topic(&self, request: Request<pb::UpdateTopicRequest>) -> RpcResult<pb::Topic> {
-        self.topics_here()?;
-        self.local.update_topic(request).await
+        single_server!(self, request, update_topic)
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> RpcResult<()> {
-        self.topics_here()?;
-        self.local.delete_topic(request).await
+        single_server!(self, request, delete_topic)
     }
 
     async fn list_topics(
         &self,
         request: Request<pb::ListTopicsRequest>,
     ) -> RpcResult<pb::ListTopicsResponse> {
-        self.topics_here()?;
-        self.local.list_topics(request).await
+        single_server!(self, request, list_topics)
     }
 
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> RpcResult<pb::Subscription> {
-        self.topics_here()?;
-        self.local.subscribe(request).await
+        single_server!(self, request, subscribe)
     }
 
     async fn unsubscribe(&self, request: Request<pb::UnsubscribeRequest>) -> RpcResult<()> {
-        self.topics_here()?;
-        self.local.unsubscribe(request).await
+        single_server!(self, request, unsubscribe)
     }
 
     async fn list_subscriptions(
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> RpcResult<pb::ListSubscriptionsResponse> {
-        self.topics_here()?;
-        self.local.list_subscriptions(request).await
+        single_server!(self, request, list_subscriptions)
     }
 
     async fn publish_message(
         &self,
         request: Request<pb::PublishMessageRequest>,
     ) -> RpcResult<pb::PublishMessageResponse> {
-        self.topics_here()?;
-        self.local.publish_message(request).await
+        single_server!(self, request, publish_message)
     }
 
     async fn batch_publish_messages(
         &self,
         request: Request<pb::BatchPublishMessagesRequest>,
     ) -> RpcResult<pb::BatchPublishMessagesResponse> {
-        self.topics_here()?;
-        self.local.batch_publish_messages(request).await
+        single_server!(self, request, batch_publish_messages)
     }
 }
 

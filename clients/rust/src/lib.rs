@@ -656,14 +656,7 @@ impl Client {
                 |mut grpc: Grpc, request| async move { grpc.delete_queue(request).await },
             )
             .await;
-        match result {
-            Ok(()) => Ok(()),
-            Err(failed) if failed.attempts > 1 && failed.status.code() == Code::NotFound => {
-                tracing::debug!(queue = %name, "queue gone after a retried delete; taking it as deleted");
-                Ok(())
-            }
-            Err(failed) => Err(self.error(failed.status)),
-        }
+        self.deleted(result, "queue", name)
     }
 
     /// One page of queues whose name starts with `prefix`, in name order: `page_size` 0 means
@@ -1252,11 +1245,7 @@ impl Client {
                 |mut grpc: Grpc, request| async move { grpc.delete_topic(request).await },
             )
             .await;
-        match result {
-            Ok(()) => Ok(()),
-            Err(failed) if failed.attempts > 1 && failed.status.code() == Code::NotFound => Ok(()),
-            Err(failed) => Err(self.error(failed.status)),
-        }
+        self.deleted(result, "topic", name)
     }
 
     /// One page of topics whose name starts with `prefix`, as
@@ -1325,11 +1314,7 @@ impl Client {
                 |mut grpc: Grpc, request| async move { grpc.unsubscribe(request).await },
             )
             .await;
-        match result {
-            Ok(()) => Ok(()),
-            Err(failed) if failed.attempts > 1 && failed.status.code() == Code::NotFound => Ok(()),
-            Err(failed) => Err(self.error(failed.status)),
-        }
+        self.deleted(result, "subscription", subscription)
     }
 
     /// One page of a topic's subscriptions, in name order. Retried on UNAVAILABLE.
@@ -1469,6 +1454,24 @@ impl Client {
                     });
                 }
             }
+        }
+    }
+
+    /// The outcome of a retried delete: a retry that finds the thing gone (NOT_FOUND after
+    /// more than one attempt) means an earlier attempt deleted it, so it counts as deleted.
+    fn deleted(
+        &self,
+        result: Result<(), Failed>,
+        what: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(failed) if failed.attempts > 1 && failed.status.code() == Code::NotFound => {
+                tracing::debug!(%name, "{what} gone after a retried delete; taking it as deleted");
+                Ok(())
+            }
+            Err(failed) => Err(self.error(failed.status)),
         }
     }
 
