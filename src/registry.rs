@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
@@ -27,10 +27,15 @@ pub struct Registry {
     /// `lifecycle`, with the policies themselves, so that a queue named by a policy cannot be
     /// deleted and a policy cannot name a queue being deleted.
     dead_letter_targets: RwLock<BTreeMap<String, String>>,
-    /// Cluster mode: each replica knows only the queues it owns, so a dead-letter policy's
-    /// checks (its queue exists; a target is not deleted) and its moves, which need both
-    /// queues' actors in this process, are not available; policies are refused.
-    cluster_mode: std::sync::atomic::AtomicBool,
+    /// Cluster mode: each replica serves only the queues it owns, so a dead-letter policy's
+    /// checks (its queue exists; a target is not deleted) ask PostgreSQL, and its moves go
+    /// through `relays`.
+    cluster: OnceLock<ClusterPart>,
+    /// Cluster mode: what the actors find other queues by (their `QueueContext::directory`),
+    /// separate from `queues`: a relay for each queue that a dead-letter move or a redrive of
+    /// a queue here may move messages into, wherever its actor is (see
+    /// [`QueueHandle::relay`]). Outside cluster mode it is `queues` itself.
+    relays: Directory,
     /// Held while a queue is created or deleted, so two of them cannot interleave.
     lifecycle: tokio::sync::Mutex<()>,
     context: QueueContext,
@@ -42,6 +47,22 @@ pub struct Registry {
     tracker: TaskTracker,
     /// The topics, which deliver into these queues (see `topic`).
     topics: Arc<Topics>,
+}
+
+/// Cluster mode: what the registry asks the cluster about queues another replica may serve.
+#[tonic::async_trait]
+pub trait ClusterQueues: Send + Sync {
+    /// The id of the queue `name`, wherever it is served; None if it does not exist.
+    async fn queue_id(&self, name: &str) -> Result<Option<u64>, QueueError>;
+    /// The queues whose dead-letter policy names `name`, in name order.
+    async fn dead_letter_sources(&self, name: &str) -> Result<Vec<String>, QueueError>;
+}
+
+/// The registry's part in cluster mode.
+struct ClusterPart {
+    queues: Arc<dyn ClusterQueues>,
+    /// Told the name of each queue a relay was handed moved messages for.
+    moved_into: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// One page of ListQueues.
@@ -80,18 +101,61 @@ impl Registry {
         ))
     }
 
-    /// Starts the actors of `recovered`'s queues with their tables. Cluster mode starts with no
-    /// queue (they are taken over one by one, see [`Self::adopt`]) and with the id counters at
-    /// the blocks this replica reserved.
+    /// Starts the actors of `recovered`'s queues with their tables.
     pub fn start(
         storage: Arc<dyn Storage>,
         clock: Clock,
         max_queues: usize,
         body_cache_bytes: usize,
         recovered: Recovered,
-        mut tables: HashMap<u64, MessageTable>,
+        tables: HashMap<u64, MessageTable>,
     ) -> Self {
         let directory: Directory = Default::default();
+        Self::start_with(
+            storage,
+            clock,
+            max_queues,
+            body_cache_bytes,
+            recovered,
+            tables,
+            directory.clone(),
+            directory,
+        )
+    }
+
+    /// Cluster mode's start: no queue yet (they are taken over one by one, see
+    /// [`Self::adopt`]), the id counters at the blocks this replica reserved, and the actors
+    /// finding other queues through relays (see [`Self::enter_cluster_mode`]).
+    pub fn start_replica(
+        storage: Arc<dyn Storage>,
+        clock: Clock,
+        max_queues: usize,
+        body_cache_bytes: usize,
+        recovered: Recovered,
+    ) -> Self {
+        Self::start_with(
+            storage,
+            clock,
+            max_queues,
+            body_cache_bytes,
+            recovered,
+            HashMap::new(),
+            Directory::default(),
+            Directory::default(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        storage: Arc<dyn Storage>,
+        clock: Clock,
+        max_queues: usize,
+        body_cache_bytes: usize,
+        recovered: Recovered,
+        mut tables: HashMap<u64, MessageTable>,
+        directory: Directory,
+        relays: Directory,
+    ) -> Self {
         let queue_ids: std::collections::HashSet<u64> =
             recovered.queues.iter().map(|queue| queue.id).collect();
         let context = QueueContext {
@@ -99,7 +163,7 @@ impl Registry {
             clock,
             message_ids: Arc::new(AtomicU64::new(recovered.next_message_id)),
             body_budget: Arc::new(BodyBudget::new(body_cache_bytes)),
-            directory: directory.clone(),
+            directory: relays.clone(),
         };
         let tracker = TaskTracker::new();
         let mut deduplication_ids: HashMap<u64, RecoveredIds> = HashMap::new();
@@ -139,7 +203,8 @@ impl Registry {
         Self {
             queues: directory,
             dead_letter_targets: RwLock::new(dead_letter_targets),
-            cluster_mode: std::sync::atomic::AtomicBool::new(false),
+            cluster: OnceLock::new(),
+            relays,
             lifecycle: tokio::sync::Mutex::new(()),
             context,
             next_queue_id: AtomicU64::new(recovered.next_queue_id),
@@ -150,10 +215,74 @@ impl Registry {
         }
     }
 
-    /// Cluster mode: from now on dead-letter policies are refused (see `cluster_mode`).
-    pub fn enter_cluster_mode(&self) {
-        self.cluster_mode
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    /// Cluster mode: from now on other queues are found through `queues` (the cluster's view
+    /// of them), and messages moved into them are announced on `moved_into` (see
+    /// `cluster::adoption`).
+    pub fn enter_cluster_mode(
+        &self,
+        queues: Arc<dyn ClusterQueues>,
+        moved_into: tokio::sync::mpsc::UnboundedSender<String>,
+    ) {
+        let _ = self.cluster.set(ClusterPart { queues, moved_into });
+    }
+
+    /// Cluster mode: makes sure the actors can move messages into the queue `name` (a relay
+    /// with its current id). Err NOT_FOUND if it does not exist. Does nothing elsewhere.
+    async fn relay_to(&self, name: &str) -> Result<(), QueueError> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        let id = cluster
+            .queues
+            .queue_id(name)
+            .await?
+            .ok_or_else(|| QueueError::QueueNotFound(name.to_string()))?;
+        let mut relays = self.relays.write().unwrap_or_else(|e| e.into_inner());
+        // A queue deleted and made again has a new id: its relay is replaced.
+        if relays.get(name).is_none_or(|relay| relay.id() != id) {
+            relays.insert(
+                name.to_string(),
+                QueueHandle::relay(
+                    name,
+                    id,
+                    self.context.storage.clone(),
+                    self.context.clock.clone(),
+                    cluster.moved_into.clone(),
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: before a redrive of `name`, relays to where its messages may go: the
+    /// named destination, else the queues whose policy names it now (a message from a queue
+    /// that no longer does is skipped, as one from a deleted queue is).
+    pub async fn prepare_redrive(
+        &self,
+        name: &str,
+        destination: Option<&str>,
+    ) -> Result<(), QueueError> {
+        if self.cluster.get().is_none() {
+            return Ok(());
+        }
+        match destination {
+            Some(destination) => self.relay_to(destination).await,
+            None => {
+                for source in self.dead_letter_sources(name).await? {
+                    // A source deleted meanwhile: its messages are skipped.
+                    let _ = self.relay_to(&source).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A queue here by its id (cluster mode: to hand it messages moved in by others).
+    pub fn by_id(&self, id: u64) -> Option<QueueHandle> {
+        self.read()
+            .values()
+            .find(|handle| handle.id() == id)
+            .cloned()
     }
 
     /// Cluster mode: starts the actor of a queue this replica has just taken over, with its
@@ -164,6 +293,12 @@ impl Registry {
         table: MessageTable,
         deduplication_ids: RecoveredIds,
     ) -> bool {
+        if let Some(policy) = &record.attributes.dead_letter_policy
+            && let Err(error) = self.relay_to(&policy.dead_letter_queue).await
+        {
+            // Its messages are delivered as without a policy until the queue exists again.
+            tracing::warn!(queue = %record.name, target = %policy.dead_letter_queue, %error, "the dead-letter queue of a queue taken over cannot be found");
+        }
         let _guard = self.lifecycle.lock().await;
         if self.read().contains_key(&record.name) {
             return false;
@@ -237,8 +372,9 @@ impl Registry {
     }
 
     /// Checks what a dead-letter policy needs of other queues: its queue exists and is not the
-    /// queue itself. Called under `lifecycle`.
-    fn check_dead_letter_queue(
+    /// queue itself (cluster mode: wherever it is served, and the actors get a relay to it).
+    /// Called under `lifecycle`.
+    async fn check_dead_letter_queue(
         &self,
         name: &str,
         policy: Option<&DeadLetterPolicy>,
@@ -246,14 +382,6 @@ impl Registry {
         let Some(policy) = policy else {
             return Ok(());
         };
-        if self.cluster_mode.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(QueueError::InvalidArgument(
-                "attributes.dead_letter_policy: dead-letter queues are not available in cluster \
-                 mode yet (a queue and its dead-letter queue may have different owners); see \
-                 docs/deploy.md"
-                    .into(),
-            ));
-        }
         let target = &policy.dead_letter_queue;
         if target == name {
             return Err(QueueError::InvalidArgument(format!(
@@ -261,7 +389,16 @@ impl Registry {
                  itself; name another queue"
             )));
         }
-        if !self.read().contains_key(target) {
+        let exists = if self.cluster.get().is_some() {
+            match self.relay_to(target).await {
+                Ok(()) => true,
+                Err(QueueError::QueueNotFound(_)) => false,
+                Err(error) => return Err(error),
+            }
+        } else {
+            self.read().contains_key(target)
+        };
+        if !exists {
             return Err(QueueError::InvalidArgument(format!(
                 "attributes.dead_letter_policy.dead_letter_queue names queue {target:?}, which \
                  does not exist; create it first"
@@ -270,9 +407,13 @@ impl Registry {
         Ok(())
     }
 
-    /// The queues whose dead-letter policy names `name`, in name order.
-    pub fn dead_letter_sources(&self, name: &str) -> Result<Vec<String>, QueueError> {
+    /// The queues whose dead-letter policy names `name`, in name order (cluster mode: every
+    /// replica's, as PostgreSQL has them).
+    pub async fn dead_letter_sources(&self, name: &str) -> Result<Vec<String>, QueueError> {
         self.get(name)?;
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.queues.dead_letter_sources(name).await;
+        }
         Ok(self
             .targets()
             .iter()
@@ -293,7 +434,7 @@ impl Registry {
             return handle.update(patch).await;
         };
         let _guard = self.lifecycle.lock().await;
-        self.check_dead_letter_queue(name, policy.as_ref())?;
+        self.check_dead_letter_queue(name, policy.as_ref()).await?;
         let info = handle.update(patch.clone()).await?;
         self.set_target(name, info.attributes.dead_letter_policy.as_ref());
         Ok(info)
@@ -320,7 +461,8 @@ impl Registry {
                 max: self.max_queues,
             });
         }
-        self.check_dead_letter_queue(name, attributes.dead_letter_policy.as_ref())?;
+        self.check_dead_letter_queue(name, attributes.dead_letter_policy.as_ref())
+            .await?;
         let now = self.context.clock.now_ms();
         let policy = attributes.dead_letter_policy.clone();
         let record = QueueRecord {
@@ -353,7 +495,7 @@ impl Registry {
         let _fanout = self.topics.gate().write().await;
         let _guard = self.lifecycle.lock().await;
         let handle = self.get(name)?;
-        let sources = self.dead_letter_sources(name)?;
+        let sources = self.dead_letter_sources(name).await?;
         if !sources.is_empty() {
             return Err(QueueError::DeadLetterTarget {
                 name: name.to_string(),

@@ -19,6 +19,7 @@ use tonic::transport::Server;
 
 use crate::clock::Clock;
 use crate::cluster::Cluster;
+use crate::cluster::identity::ForwardKeySlot;
 use crate::cluster::join::{ClusterSettings, DriverControls, QueueSettings, join};
 use crate::cluster::routing::Routed;
 use crate::config::Settings;
@@ -162,6 +163,7 @@ pub async fn run(
     let registry: Arc<OnceLock<Arc<Registry>>> = Arc::default();
     let cluster: Arc<OnceLock<Arc<Cluster>>> = Arc::default();
     let cluster_controls: Arc<Mutex<Option<DriverControls>>> = Arc::default();
+    let forward_key = ForwardKeySlot::default();
     let storage_slot: Arc<Mutex<Option<Arc<dyn Storage>>>> = Arc::default();
     let (health, health_service) = health::health_service();
     health.set_not_serving::<QueueServiceServer<Routed>>();
@@ -179,6 +181,7 @@ pub async fn run(
             storage_lost,
             cluster: cluster.clone(),
             cluster_controls: cluster_controls.clone(),
+            forward_key: forward_key.clone(),
         },
         storage_slot.clone(),
         registry.clone(),
@@ -242,13 +245,15 @@ pub async fn run(
     ));
     let queue_service = crate::otel::Traced::new(
         Observed::new(
+            // Replicas forward calls to each other asserting their callers (src/cluster).
             authenticated(RequestSizeLimit::new(
                 QueueServiceServer::from_arc(service_impl.clone())
                     .max_decoding_message_size(MAX_REQUEST_BYTES)
                     .max_encoding_message_size(MAX_REQUEST_BYTES),
                 settings.request_body_timeout(),
                 metrics.clone(),
-            )),
+            ))
+            .with_forwarded(forward_key.clone()),
             metrics.clone(),
         ),
         exporter,
@@ -487,6 +492,8 @@ struct Recovery {
     /// Cluster mode: filled once this replica has joined.
     cluster: Arc<OnceLock<Arc<Cluster>>>,
     cluster_controls: Arc<Mutex<Option<DriverControls>>>,
+    /// Cluster mode: the key the auth layer checks forwarded callers with, once joined.
+    forward_key: ForwardKeySlot,
 }
 
 /// Opens the storage (for PostgreSQL, trying until it answers), reads every queue back from
@@ -644,6 +651,13 @@ async fn join_cluster(
     if let Ok(mut stored) = storage_slot.lock() {
         *stored = Some(joined.storage.clone());
     }
+    let _ = recovery
+        .forward_key
+        .set(joined.cluster.forward_key().clone());
+    tokio::spawn(crate::cluster::adoption::tell_owners(
+        joined.cluster.clone(),
+        joined.moved,
+    ));
     let _ = recovery.cluster.set(joined.cluster);
     let _ = slot.set(joined.registry);
     if let Ok(mut stored) = recovery.cluster_controls.lock() {

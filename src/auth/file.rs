@@ -159,6 +159,7 @@ pub(super) fn parse(text: &str) -> Result<Principals, AuthFileError> {
                 parse_grant(grant).map_err(|why| invalid(format!("grants[{number}]: {why}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        principals.names.insert(name.clone(), index);
         principals
             .principals
             .push(Arc::new(Principal { name, grants }));

@@ -168,6 +168,13 @@ pub enum Refusal {
     UnknownToken,
     /// A client certificate (valid for the CA) whose names no principal has.
     UnknownCertificate { names: Vec<String> },
+    /// A forwarded identity (`spool-forwarded-identity`) that does not verify: not made by a
+    /// replica of this cluster for this replica and call, stale, or replayed. A client's own
+    /// copy of the header lands here too.
+    BadForward { why: String },
+    /// A forwarded identity that verifies, naming a principal this replica's auth file does
+    /// not have (the replicas' auth files differ, for instance during a reload).
+    UnknownForwardedPrincipal { name: String },
 }
 
 impl Refusal {
@@ -178,6 +185,8 @@ impl Refusal {
             Self::MalformedAuthorization => "malformed_authorization",
             Self::UnknownToken => "unknown_token",
             Self::UnknownCertificate { .. } => "unknown_certificate",
+            Self::BadForward { .. } => "bad_forward",
+            Self::UnknownForwardedPrincipal { .. } => "unknown_forwarded_principal",
         }
     }
 
@@ -194,6 +203,14 @@ impl Refusal {
             Self::UnknownCertificate { names } => {
                 format!("the client certificate's names {names:?} belong to no principal")
             }
+            Self::BadForward { why } => format!(
+                "the spool-forwarded-identity metadata is refused ({why}); only replicas of the \
+                 cluster set it, clients must not"
+            ),
+            Self::UnknownForwardedPrincipal { name } => format!(
+                "the forwarded principal {name:?} is not in this replica's auth file; the \
+                 replicas must read the same auth file"
+            ),
         }
     }
 }
@@ -233,6 +250,9 @@ pub struct Principals {
     /// Every token hash with the index of its principal; a principal may have several (a
     /// rotation in progress).
     tokens: Vec<(TokenHash, usize)>,
+    /// Principal name → its index: a call forwarded by another replica names its principal
+    /// (see `cluster::identity`).
+    names: HashMap<String, usize>,
     /// Client-certificate name → index of its principal.
     certificate_names: HashMap<String, usize>,
     /// Signing key id (the HTTP port's SQS access key id and CMQ SecretId) → its secret and
@@ -268,6 +288,13 @@ impl Principals {
     pub fn by_signing_key(&self, key_id: &str) -> Option<(Arc<Principal>, SigningSecret)> {
         let (secret, index) = self.signing_keys.get(key_id)?;
         Some((self.principals.get(*index)?.clone(), secret.clone()))
+    }
+
+    /// The principal named `name` (a forwarded call's, whose replica authenticated it).
+    pub fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
+        self.names
+            .get(name)
+            .and_then(|index| self.principals.get(*index).cloned())
     }
 
     /// The principal of the first of `names` (a certificate's DNS names, then its CN) that one

@@ -1,9 +1,10 @@
 //! Calls for a queue owned by another replica, sent on to it over gRPC: one channel per peer,
 //! made on first use and kept; the caller's metadata (its `authorization` included) and its
-//! remaining deadline go along.
+//! remaining deadline go along, and the principal this replica authenticated, asserted with
+//! the cluster's key (`cluster::identity`).
 //!
-//! The owner authenticates and authorizes the call itself, with the same auth file, so a
-//! forward grants nothing the caller does not have. Each hop marks the call
+//! The owner authorizes the call itself, with its own auth file's grants for that principal,
+//! so a forward grants nothing the caller does not have. Each hop marks the call
 //! ([`HOPS_HEADER`]): a replica that receives a forward for a queue it does not own re-routes it
 //! once at most, so calls never circle between replicas whose views of the owners disagree.
 
@@ -40,6 +41,9 @@ const TRANSPORT_HEADERS: &[&str] = &[
     "user-agent",
     "host",
     HOPS_HEADER,
+    // Asserted afresh for each hop (its MAC names the target): never passed on.
+    super::identity::IDENTITY_HEADER,
+    super::adoption::ADOPT_HEADER,
 ];
 
 /// The channels to the other replicas, by advertised address.

@@ -2,19 +2,20 @@
 //! reserved, no queue of its own yet (they come with the ownership rounds), the heartbeat task
 //! ready to run.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::adoption::Adoptions;
+use super::identity::ForwardKey;
 use super::membership::Membership;
 use super::ownership::Ownership;
 use super::{Cluster, Driver};
 use crate::clock::Clock;
 use crate::grpc::health::HealthReporter;
 use crate::registry::Registry;
-use crate::storage::postgres::cluster_tables::reserve_id_blocks;
+use crate::storage::postgres::cluster_tables::{forward_secret, reserve_id_blocks};
 use crate::storage::postgres::fence::Fence;
 use crate::storage::postgres::{ConnectOptions, PostgresStorage};
 use crate::storage::{CommitObserver, Storage, StorageError};
@@ -34,6 +35,8 @@ pub struct Joined {
     pub cluster: Arc<Cluster>,
     /// To be spawned: heartbeats and ownership rounds until shutdown.
     pub driver: Driver,
+    /// The names of queues messages were moved into, for `adoption::tell_owners`.
+    pub moved: mpsc::UnboundedReceiver<String>,
 }
 
 /// What the registry is made with.
@@ -74,6 +77,10 @@ pub async fn join(
         ))
     })?;
     let blocks = reserve_id_blocks(&client, schema).await?;
+    let forward_key = Arc::new(ForwardKey::new(
+        forward_secret(&client, schema).await?,
+        settings.advertise_address.clone(),
+    ));
     drop(client);
     fence.set_id_ends(blocks.queue_ids.1, blocks.message_ids.1);
     // The receipt key and the queues' rows; the queues themselves are taken over one by one.
@@ -84,24 +91,31 @@ pub async fn join(
     recovered.queues.clear();
     recovered.next_queue_id = blocks.queue_ids.0;
     recovered.next_message_id = blocks.message_ids.0;
-    let registry = Arc::new(Registry::start(
+    let registry = Arc::new(Registry::start_replica(
         storage.clone(),
         queues.clock.clone(),
         queues.max_queues,
         queues.body_cache_bytes,
         recovered,
-        HashMap::new(),
     ));
-    registry.enter_cluster_mode();
+    let adoptions = Arc::new(Adoptions::new(
+        registry.clone(),
+        fence.clone(),
+        options.clone(),
+        schema.to_string(),
+    ));
     let ownership = Arc::new(Ownership::new(
         membership.clone(),
         registry.clone(),
         storage.clone(),
         fence,
+        adoptions.clone(),
         queues.clock,
         schema.to_string(),
         options.clone(),
     ));
+    let (moved_into, moved) = mpsc::unbounded_channel();
+    registry.enter_cluster_mode(ownership.clone(), moved_into);
     tracing::info!(
         member = membership.id(),
         address = %settings.advertise_address,
@@ -113,6 +127,7 @@ pub async fn join(
     let driver = Driver {
         membership: membership.clone(),
         ownership: ownership.clone(),
+        adoptions: adoptions.clone(),
         options: options.clone(),
         schema: schema.to_string(),
         lost,
@@ -125,8 +140,9 @@ pub async fn join(
         Joined {
             storage,
             registry,
-            cluster: Arc::new(Cluster::new(membership, ownership)),
+            cluster: Arc::new(Cluster::new(membership, ownership, forward_key, adoptions)),
             driver,
+            moved,
         },
         DriverControls { leaving, left },
     ))

@@ -10,13 +10,18 @@
 //! - [`ownership`]: takeovers (epoch + 1, state recovered from PostgreSQL), hand-offs, losses;
 //!   the directory of owners calls are routed by.
 //! - [`forwarding`]: the gRPC channels to the peers, and what a forwarded call carries.
+//! - [`identity`]: the principal a forwarded call comes from, asserted with the cluster's key.
+//! - [`adoption`]: messages moved into a queue another replica owns (dead-letter moves,
+//!   redrives), taken in by its owner.
 //! - [`routing`]: the QueueService in front of the local one that decides, call by call, to
 //!   serve here or to forward.
 //!
 //! Safety comes from the fence (`storage::postgres::fence`): every write transaction of an owner
 //! checks its epoch under a share lock that a takeover's `UPDATE` waits for.
 
+pub mod adoption;
 pub mod forwarding;
+pub mod identity;
 pub mod join;
 pub mod membership;
 pub mod ownership;
@@ -34,7 +39,9 @@ use crate::error::QueueError;
 use crate::grpc::health::HealthReporter;
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::storage::postgres::ConnectOptions;
+use adoption::Adoptions;
 use forwarding::{MAX_HOPS, Peers};
+use identity::ForwardKey;
 use membership::Membership;
 use ownership::Ownership;
 use routing::Routed;
@@ -74,19 +81,38 @@ pub struct Cluster {
     membership: Arc<Membership>,
     ownership: Arc<Ownership>,
     peers: Peers,
+    /// Asserts the callers of forwarded calls, and checks the assertions of forwards here.
+    forward_key: Arc<ForwardKey>,
+    /// Takes in messages moved into the queues here by other replicas.
+    adoptions: Arc<Adoptions>,
 }
 
 impl Cluster {
-    pub fn new(membership: Arc<Membership>, ownership: Arc<Ownership>) -> Self {
+    pub fn new(
+        membership: Arc<Membership>,
+        ownership: Arc<Ownership>,
+        forward_key: Arc<ForwardKey>,
+        adoptions: Arc<Adoptions>,
+    ) -> Self {
         Self {
             membership,
             ownership,
             peers: Peers::default(),
+            forward_key,
+            adoptions,
         }
+    }
+
+    pub fn adoptions(&self) -> &Arc<Adoptions> {
+        &self.adoptions
     }
 
     pub fn peers(&self) -> &Peers {
         &self.peers
+    }
+
+    pub fn forward_key(&self) -> &Arc<ForwardKey> {
+        &self.forward_key
     }
 
     /// Where a call for `queue` that has made `hops` hops goes. A queue that is moving (handed
@@ -184,6 +210,8 @@ fn moving(queue: &str) -> QueueError {
 pub struct Driver {
     pub membership: Arc<Membership>,
     pub ownership: Arc<Ownership>,
+    /// Drained every round, so a lost notice of moved messages only delays them.
+    pub adoptions: Arc<Adoptions>,
     pub options: ConnectOptions,
     pub schema: String,
     /// Queues whose writes were fenced off (from the storage's fence).
@@ -233,6 +261,13 @@ impl Driver {
                                 tracing::warn!(limit = ?round_limit, "ownership round took too long");
                                 client = None;
                             }
+                        }
+                        if self.membership.lease_valid()
+                            && tokio::time::timeout(round_limit, self.adoptions.drain_all())
+                                .await
+                                .is_err()
+                        {
+                            tracing::warn!(limit = ?round_limit, "taking in moved messages took too long");
                         }
                         let valid = self.membership.lease_valid();
                         self.set_serving(&mut serving, valid);

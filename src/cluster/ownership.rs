@@ -21,12 +21,16 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 
+use super::adoption::Adoptions;
 use super::membership::Membership;
 use super::placement::place;
 use crate::clock::Clock;
+use crate::error::QueueError;
 use crate::queue::messages::MessageTable;
+use crate::registry::ClusterQueues;
 use crate::registry::Registry;
 use crate::storage::postgres::PostgresStorage;
+use crate::storage::postgres::cluster_tables::forget_recovered;
 use crate::storage::postgres::fence::Fence;
 use crate::storage::postgres::schema::{QUEUE_COLUMNS, queue_record_at, quoted};
 
@@ -47,6 +51,8 @@ pub struct Ownership {
     registry: Arc<Registry>,
     storage: Arc<PostgresStorage>,
     fence: Arc<Fence>,
+    /// Takes in messages other replicas moved into the queues here.
+    adoptions: Arc<Adoptions>,
     clock: Clock,
     schema: String,
     /// Every queue's owner as of the last round: where calls for it are routed.
@@ -57,16 +63,19 @@ pub struct Ownership {
 }
 
 impl Ownership {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         membership: Arc<Membership>,
         registry: Arc<Registry>,
         storage: Arc<PostgresStorage>,
         fence: Arc<Fence>,
+        adoptions: Arc<Adoptions>,
         clock: Clock,
         schema: String,
         options: crate::storage::postgres::ConnectOptions,
     ) -> Self {
         Self {
+            adoptions,
             lookups: tokio::sync::Mutex::default(),
             options,
             membership,
@@ -92,21 +101,7 @@ impl Ownership {
     /// queue created since, through another replica); None if it does not exist, or if
     /// PostgreSQL cannot tell (the caller then goes by placement).
     pub async fn look_up(&self, name: &str) -> Option<Owned> {
-        let client = {
-            let mut slot = self.lookups.lock().await;
-            match slot.as_ref() {
-                Some(client) if !client.is_closed() => client.clone(),
-                _ => {
-                    let connected = tokio::time::timeout(LOOKUP_TIMEOUT, self.options.connect())
-                        .await
-                        .ok()?
-                        .ok()?;
-                    let client = Arc::new(connected);
-                    *slot = Some(client.clone());
-                    client
-                }
-            }
-        };
+        let client = self.lookup_client().await?;
         let q = quoted(&self.schema);
         let row = tokio::time::timeout(
             LOOKUP_TIMEOUT,
@@ -128,6 +123,24 @@ impl Ownership {
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), owned.clone());
         Some(owned)
+    }
+
+    /// The connection for lookups, connected again if it was lost; None if PostgreSQL does not
+    /// answer in time.
+    async fn lookup_client(&self) -> Option<Arc<Client>> {
+        let mut slot = self.lookups.lock().await;
+        match slot.as_ref() {
+            Some(client) if !client.is_closed() => Some(client.clone()),
+            _ => {
+                let connected = tokio::time::timeout(LOOKUP_TIMEOUT, self.options.connect())
+                    .await
+                    .ok()?
+                    .ok()?;
+                let client = Arc::new(connected);
+                *slot = Some(client.clone());
+                Some(client)
+            }
+        }
     }
 
     fn me(&self) -> &str {
@@ -242,10 +255,14 @@ impl Ownership {
         let now = self.clock.now_ms();
         let mut table = MessageTable::new(record.id);
         let mut messages = 0u64;
+        // Their ids, for the messages moved in by other replicas that are pending adoption:
+        // those recovered here are in the table already (see `cluster::adoption`).
+        let mut recovered_ids = Vec::new();
         let recovered = self
             .storage
             .recover_queue(record.id, &mut |stored| {
                 messages += 1;
+                recovered_ids.push(stored.id);
                 table.recover(&stored, now);
             })
             .await;
@@ -255,6 +272,14 @@ impl Ownership {
             tracing::warn!(queue = name, %error, "cannot recover a claimed queue; trying again next round");
             return;
         }
+        recovered_ids.sort_unstable();
+        if let Err(error) = forget_recovered(client, &self.schema, record.id, &recovered_ids).await
+        {
+            self.fence.release(record.id);
+            tracing::warn!(queue = name, %error, "cannot read a claimed queue's pending adoptions; trying again next round");
+            return;
+        }
+        drop(recovered_ids);
         // The queue's deduplication window holds across owners as across restarts: the ids
         // accepted under earlier epochs are read with the queue (expired ones are dropped by
         // the actor).
@@ -292,6 +317,8 @@ impl Ownership {
                 elapsed = ?started.elapsed(),
                 "took the queue over"
             );
+            // Moved in after the recovery read the rows.
+            self.adoptions.drain(name).await;
         } else {
             self.fence.release(seen.id);
         }
@@ -393,5 +420,43 @@ impl Ownership {
         for (name, queue_id) in ids {
             self.hand_off(client, &name, queue_id).await;
         }
+    }
+}
+
+/// The registry's questions about queues other replicas may serve, answered from the
+/// directory or PostgreSQL.
+#[tonic::async_trait]
+impl ClusterQueues for Ownership {
+    async fn queue_id(&self, name: &str) -> Result<Option<u64>, QueueError> {
+        if let Some(owned) = self.owner_of(name) {
+            return Ok(Some(owned.id));
+        }
+        Ok(self.look_up(name).await.map(|owned| owned.id))
+    }
+
+    async fn dead_letter_sources(&self, name: &str) -> Result<Vec<String>, QueueError> {
+        let unavailable = |what: String| {
+            QueueError::Storage(format!(
+                "cannot read which queues dead-letter into {name:?}: {what}; retry the call"
+            ))
+        };
+        let client = self
+            .lookup_client()
+            .await
+            .ok_or_else(|| unavailable("PostgreSQL does not answer".into()))?;
+        let q = quoted(&self.schema);
+        let rows = tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            client.query(
+                &format!("SELECT name FROM {q}.queues WHERE dead_letter_queue = $1 ORDER BY name"),
+                &[&name],
+            ),
+        )
+        .await
+        .map_err(|_| unavailable("PostgreSQL took too long".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        rows.iter()
+            .map(|row| row.try_get(0).map_err(|e| unavailable(e.to_string())))
+            .collect()
     }
 }

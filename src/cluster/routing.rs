@@ -14,9 +14,12 @@ use futures_util::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::adoption::ADOPT_HEADER;
 use super::forwarding::{hops, onward, unreachable};
+use super::identity::{FromReplica, IDENTITY_HEADER, method_path};
 use super::{Cluster, Route};
 use crate::attributes::validate_queue_name;
+use crate::auth::Caller;
 use crate::grpc::auth::caller;
 use crate::grpc::{ConsumerRequests, QueueServiceImpl};
 use crate::limits::DEFAULT_PAGE_SIZE;
@@ -100,6 +103,33 @@ impl Routed {
         Ok(())
     }
 
+    /// The request a forward sends to `address` for a call of the handler `method`: the
+    /// caller's metadata and deadline (see [`onward`]) and, for a caller this replica
+    /// authenticated as a principal, that principal asserted for the owner (see
+    /// `cluster::identity`): so calls the owner could not authenticate itself (signed SQS and
+    /// CMQ requests, client certificates) are forwarded too.
+    fn forward<T>(
+        &self,
+        caller: Option<&Caller>,
+        method: &str,
+        address: &str,
+        metadata: &MetadataMap,
+        message: T,
+    ) -> Request<T> {
+        let mut request = onward(metadata, message);
+        if let (Some(Caller::Principal(principal)), Some(cluster)) = (caller, self.cluster.get()) {
+            let value = cluster
+                .forward_key()
+                .sign(&principal.name, &method_path(method), address);
+            if let Ok(value) =
+                value.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+            {
+                request.metadata_mut().insert(IDENTITY_HEADER, value);
+            }
+        }
+        request
+    }
+
     fn client(
         &self,
         address: &str,
@@ -119,9 +149,16 @@ macro_rules! routed {
             Route::Local => $self.local.$method($request).await,
             Route::Forward(address) => {
                 let mut client = $self.client(&address)?;
-                let (metadata, _, message) = $request.into_parts();
+                let (metadata, extensions, message) = $request.into_parts();
+                let onward = $self.forward(
+                    extensions.get::<Caller>(),
+                    stringify!($method),
+                    &address,
+                    &metadata,
+                    message,
+                );
                 client
-                    .$method(onward(&metadata, message))
+                    .$method(onward)
                     .await
                     .map(|response| Response::new(response.into_inner()))
                     .map_err(|status| unreachable(&address, status))
@@ -149,7 +186,18 @@ impl QueueService for Routed {
         routed!(self, request, create_queue)
     }
 
+    /// Also how a replica tells the owner that messages were moved into the queue (see
+    /// `cluster::adoption`): the owner takes them in before it answers.
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> RpcResult<pb::Queue> {
+        if let Some(cluster) = self.cluster.get()
+            && request.metadata().contains_key(ADOPT_HEADER)
+            && request.extensions().get::<FromReplica>().is_some()
+        {
+            cluster
+                .adoptions()
+                .drain(&request.get_ref().queue_name)
+                .await;
+        }
         routed!(self, request, get_queue)
     }
 
@@ -174,11 +222,18 @@ impl QueueService for Routed {
         }
         let metadata: MetadataMap = request.metadata().clone();
         let message = request.get_ref().clone();
+        let asker = request.extensions().get::<Caller>().cloned();
         let peers = cluster.other_members();
         let local = self.local.list_queues(request).await?.into_inner();
         let asks = peers.iter().map(|address| {
             let client = cluster.peers().client(address);
-            let onward = onward(&metadata, message.clone());
+            let onward = self.forward(
+                asker.as_ref(),
+                "list_queues",
+                address,
+                &metadata,
+                message.clone(),
+            );
             async move {
                 client?
                     .list_queues(onward)
@@ -234,9 +289,16 @@ impl QueueService for Routed {
             }
             Route::Forward(address) => {
                 let mut client = self.client(&address)?;
-                let (metadata, _, message) = request.into_parts();
+                let (metadata, extensions, message) = request.into_parts();
+                let onward = self.forward(
+                    extensions.get::<Caller>(),
+                    "receive_messages",
+                    &address,
+                    &metadata,
+                    message,
+                );
                 let stream = client
-                    .receive_messages(onward(&metadata, message))
+                    .receive_messages(onward)
                     .await
                     .map_err(|status| unreachable(&address, status))?
                     .into_inner()
@@ -294,8 +356,15 @@ impl QueueService for Routed {
                 // The client's requests go on as they come; an error reading them ends the
                 // owner's side (half-close), as the client's going away would.
                 let onward_requests = UntilError(requests);
+                let onward = self.forward(
+                    Some(&caller),
+                    "stream_messages",
+                    &address,
+                    &metadata,
+                    onward_requests,
+                );
                 let stream = client
-                    .stream_messages(onward(&metadata, onward_requests))
+                    .stream_messages(onward)
                     .await
                     .map_err(|status| unreachable(&address, status))?
                     .into_inner()
@@ -342,10 +411,8 @@ impl QueueService for Routed {
         routed!(self, request, list_dead_letter_source_queues)
     }
 
-    /// Served by the owner of the queue messages move out of. In cluster mode no queue has a
-    /// dead-letter policy (they are refused), so this moves what a single server dead-lettered
-    /// before the schema became a cluster's: to a named queue the owner also serves, or to
-    /// sources it serves (the others count as skipped, their messages stay).
+    /// Served by the owner of the queue messages move out of; the queues they move into take
+    /// them in wherever they are served (see `cluster::adoption`).
     async fn redrive_messages(
         &self,
         request: Request<pb::RedriveMessagesRequest>,

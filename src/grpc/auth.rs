@@ -6,6 +6,10 @@
 //! The [`Caller`] goes on in the request's extensions; the handlers check its grants on the
 //! queue the request names (see [`caller`]).
 //!
+//! In cluster mode a call another replica forwards carries the principal that replica
+//! authenticated, in `spool-forwarded-identity` (see `cluster::identity`): when the header is
+//! there it decides, and it must verify, so a client's own copy is refused.
+//!
 //! Refusals are counted (`spool_auth_refusals_total{reason}`) and logged here, with the
 //! principal's name when there is one, never the token: UNAUTHENTICATED from this layer, and
 //! PERMISSION_DENIED from the handlers' answers as they pass back through it.
@@ -24,6 +28,7 @@ use tonic::{Code, Request, Status};
 
 use crate::auth::cert::certificate_names;
 use crate::auth::{Authenticator, Caller, Refusal};
+use crate::cluster::identity::{ForwardKeySlot, FromReplica, IDENTITY_HEADER, REPLICA_PRINCIPAL};
 use crate::error::QueueError;
 use crate::logsafe::REFUSALS;
 use crate::metrics::Metrics;
@@ -40,6 +45,9 @@ pub struct Authenticated<S> {
     /// `None`: no auth file, everyone may call.
     authenticator: Option<Arc<Authenticator>>,
     metrics: Arc<Metrics>,
+    /// Cluster mode: the key that checks a forwarded call's asserted principal
+    /// (`cluster::identity`). Unset elsewhere, where such a header is always refused.
+    forward_key: ForwardKeySlot,
 }
 
 impl<S> Authenticated<S> {
@@ -48,7 +56,15 @@ impl<S> Authenticated<S> {
             inner,
             authenticator,
             metrics,
+            forward_key: ForwardKeySlot::default(),
         }
+    }
+
+    /// Accepts calls forwarded by the cluster's replicas, checked with the key in `slot` once
+    /// it is set.
+    pub fn with_forwarded(mut self, slot: ForwardKeySlot) -> Self {
+        self.forward_key = slot;
+        self
     }
 }
 
@@ -72,9 +88,23 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let caller = match &self.authenticator {
-            None => Caller::Anyone,
-            Some(authenticator) => {
+        let forwarded = request
+            .headers()
+            .get(IDENTITY_HEADER)
+            .map(|value| self.forwarded(value.as_bytes(), request.uri().path()));
+        let caller = match (forwarded, &self.authenticator) {
+            (Some(Err(refusal)), _) => {
+                let answer = self.refuse(request.uri().path(), &refusal);
+                return Either::Left(future::ready(Ok(answer)));
+            }
+            (Some(Ok((caller, from_replica))), _) => {
+                if from_replica {
+                    request.extensions_mut().insert(FromReplica);
+                }
+                caller
+            }
+            (None, None) => Caller::Anyone,
+            (None, Some(authenticator)) => {
                 let authorization = request
                     .headers()
                     .get(http::header::AUTHORIZATION)
@@ -105,6 +135,32 @@ where
 }
 
 impl<S> Authenticated<S> {
+    /// The caller a replica's forward asserts, once its header verifies (see
+    /// `cluster::identity`); the principal is this replica's own of that name, with its own
+    /// grants. A replica's own calls assert no principal: they may do anything ([`FromReplica`]
+    /// says so to the service).
+    fn forwarded(&self, value: &[u8], path: &str) -> Result<(Caller, bool), Refusal> {
+        let Some(key) = self.forward_key.get() else {
+            return Err(Refusal::BadForward {
+                why: "this server is not a replica of a cluster".into(),
+            });
+        };
+        let name = key
+            .verify(value, path)
+            .map_err(|why| Refusal::BadForward { why })?;
+        if name == REPLICA_PRINCIPAL {
+            return Ok((Caller::Anyone, true));
+        }
+        match &self.authenticator {
+            None => Ok((Caller::Anyone, false)),
+            Some(authenticator) => authenticator
+                .principals()
+                .by_name(&name)
+                .map(|principal| (Caller::Principal(principal), false))
+                .ok_or(Refusal::UnknownForwardedPrincipal { name }),
+        }
+    }
+
     /// Counts, logs and answers an UNAUTHENTICATED call.
     fn refuse(&self, path: &str, refusal: &Refusal) -> http::Response<Body> {
         self.metrics.auth_refused(refusal.reason());

@@ -585,7 +585,7 @@ impl QueueService for QueueServiceImpl {
             let name = &request.get_ref().queue_name;
             validate_queue_name(name)?;
             caller(&request)?.authorize_any(name)?;
-            let queue_names = self.registry()?.dead_letter_sources(name)?;
+            let queue_names = self.registry()?.dead_letter_sources(name).await?;
             Ok(Response::new(pb::ListDeadLetterSourceQueuesResponse {
                 queue_names,
             }))
@@ -620,6 +620,10 @@ impl QueueService for QueueServiceImpl {
                     max
                 }
             };
+            // Cluster mode: the queues it moves into may be served by other replicas.
+            self.registry()?
+                .prepare_redrive(&request.queue_name, destination.as_deref())
+                .await?;
             let redriven = handle.redrive(destination, max_messages as usize).await?;
             Ok(Response::new(pb::RedriveMessagesResponse {
                 redriven_messages: redriven.moved,

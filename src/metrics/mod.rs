@@ -33,12 +33,15 @@ fn method_labels() -> impl Iterator<Item = &'static str> {
 }
 
 /// The `reason` labels of `spool_auth_refusals_total`: UNAUTHENTICATED (no credentials, a
-/// malformed authorization header, an unknown token or certificate) and PERMISSION_DENIED.
-pub const AUTH_REFUSAL_REASONS: [&str; 6] = [
+/// malformed authorization header, an unknown token or certificate, a forwarded identity that
+/// does not verify or names an unknown principal) and PERMISSION_DENIED.
+pub const AUTH_REFUSAL_REASONS: [&str; 8] = [
     "no_credentials",
     "malformed_authorization",
     "unknown_token",
     "unknown_certificate",
+    "bad_forward",
+    "unknown_forwarded_principal",
     "not_granted",
     // A browser call from an origin not in --cors-allowed-origins (src/web), answered 403.
     "origin_not_allowed",
@@ -260,7 +263,8 @@ impl Metrics {
             "spool_auth_refusals_total",
             "counter",
             "Calls refused: UNAUTHENTICATED (no_credentials, malformed_authorization, \
-             unknown_token, unknown_certificate), PERMISSION_DENIED (not_granted), or HTTP 403 \
+             unknown_token, unknown_certificate, bad_forward, unknown_forwarded_principal), \
+             PERMISSION_DENIED (not_granted), or HTTP 403 \
              to a browser's page of another origin (origin_not_allowed).",
         );
         for (reason, count) in AUTH_REFUSAL_REASONS.iter().zip(&self.auth_refusals) {

@@ -304,6 +304,39 @@ impl QueueHandle {
         }
     }
 
+    /// Cluster mode: a stand-in for the queue `name` (id `id`) that another queue's actor moves
+    /// messages into (dead-letter moves, redrives), wherever the queue's actor is. The moves
+    /// themselves commit with an entry of `pending_adoptions` for the target's owner; handing
+    /// the moved messages to the stand-in (`adopt`) only tells `moved_into` the queue's name,
+    /// so that its owner takes them in now rather than at its next round. Any other command is
+    /// answered as by a queue that is gone.
+    pub fn relay(
+        name: &str,
+        id: u64,
+        storage: Arc<dyn Storage>,
+        clock: Clock,
+        moved_into: mpsc::UnboundedSender<String>,
+    ) -> Self {
+        let (mailbox, mut inbox) = mpsc::channel(MAILBOX_CAPACITY);
+        let name: Arc<str> = name.into();
+        let told = name.to_string();
+        tokio::spawn(async move {
+            while let Some(command) = inbox.recv().await {
+                if let Command::Adopt { .. } = command {
+                    let _ = moved_into.send(told.clone());
+                }
+            }
+        });
+        Self {
+            name,
+            id,
+            mailbox,
+            storage,
+            clock,
+            moved: Arc::default(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

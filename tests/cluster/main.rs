@@ -11,8 +11,10 @@
 mod common;
 
 mod checker;
+mod dead_letters;
 mod failover;
 mod handoff;
 mod harness;
+mod identity;
 mod outage;
 mod routing;

@@ -398,47 +398,17 @@ async fn forwarded_calls_are_authorized_by_the_callers_own_grants() {
     assert_eq!(names, ["a-1"]);
 }
 
-/// What cluster mode cannot serve yet is refused plainly, naming why, never half done: a
-/// dead-letter policy (a move must reach the dead-letter queue's owner) and topics (a publish
-/// must write every subscribed queue in one transaction).
+/// What cluster mode cannot serve yet is refused plainly, naming why, never half done: topics
+/// (a publish must write every subscribed queue in one transaction).
 #[tokio::test(flavor = "multi_thread")]
-async fn dead_letter_policies_and_topics_are_refused_in_cluster_mode() {
+async fn topics_are_refused_in_cluster_mode() {
     let Some(database) = Database::create("refusals").await else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let replicas = replicas(dir.path(), &database.url(), 2);
     let mut client = client_of(&replicas[0]).await;
-    common::create(&mut client, "dead", pb::QueueAttributes::default()).await;
-    let policy = pb::QueueAttributes {
-        dead_letter_policy: Some(pb::DeadLetterPolicy {
-            dead_letter_queue: "dead".into(),
-            max_receive_count: 3,
-            max_time_to_live_seconds: 0,
-        }),
-        ..Default::default()
-    };
-    let refused = client
-        .create_queue(pb::CreateQueueRequest {
-            queue_name: "work".into(),
-            attributes: Some(policy.clone()),
-        })
-        .await
-        .expect_err("a dead-letter policy in cluster mode");
-    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    assert!(
-        refused.message().contains("dead_letter_policy") && refused.message().contains("cluster"),
-        "{refused:?}"
-    );
     common::create(&mut client, "work", pb::QueueAttributes::default()).await;
-    let refused = client
-        .update_queue(pb::UpdateQueueRequest {
-            queue_name: "work".into(),
-            attributes: Some(policy),
-        })
-        .await
-        .expect_err("a dead-letter policy in cluster mode");
-    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 
     let refused = client
         .create_topic(pb::CreateTopicRequest {

@@ -332,6 +332,8 @@ pub struct ChildServer {
     pub addr: SocketAddr,
     /// The metrics endpoint's address, when the flags asked for one.
     pub metrics: Option<SocketAddr>,
+    /// The HTTP port's address (SQS, CMQ), when the flags asked for one.
+    pub http: Option<SocketAddr>,
     /// Its log lines (stderr) so far, gathered by a thread.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -380,6 +382,7 @@ impl ChildServer {
         let mut events = BufReader::new(stdout).lines();
         let mut addr = None;
         let mut metrics = None;
+        let mut http = None;
         loop {
             let Some(Ok(line)) = events.next() else {
                 // Give the log thread a moment to gather the last lines.
@@ -393,6 +396,7 @@ impl ChildServer {
                     let grpc = event["grpc"].as_str().expect("the gRPC address");
                     addr = Some(grpc.parse().expect("addr"));
                     metrics = event["metrics"].as_str().map(|a| a.parse().expect("addr"));
+                    http = event["http"].as_str().map(|a| a.parse().expect("addr"));
                 }
                 Some("ready") => break,
                 other => panic!("unknown event {other:?} in {line}"),
@@ -403,6 +407,7 @@ impl ChildServer {
             child,
             addr: addr.expect("a listening event before the ready one"),
             metrics,
+            http,
             log,
         }
     }

@@ -5,6 +5,10 @@
 //!   (PostgreSQL's own clock, so replicas' clocks need not agree).
 //! - `queues.owner`: the member that owns the queue, next to `queues.owner_epoch`, the fencing
 //!   token that grows on every change of owner; NULL while a queue is handed off.
+//! - `pending_adoptions`: messages moved into a queue whose owner has not taken them in yet
+//!   (see `cluster::adoption`).
+//! - the key replicas assert forwarded callers with: a row of `secrets`
+//!   (`cluster::identity::FORWARD_SECRET`), made by the first replica.
 
 use tokio_postgres::Client;
 
@@ -25,6 +29,14 @@ CREATE TABLE IF NOT EXISTS {s}.members (
     leaving boolean NOT NULL DEFAULT false
 );
 ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS owner text;
+-- Messages committed into a queue by another queue's owner (a dead-letter move, a redrive),
+-- not yet taken in by the target queue's owner: one row each, written in the move's own
+-- transaction, deleted by the owner in the transaction that reads them for its actor.
+CREATE TABLE IF NOT EXISTS {s}.pending_adoptions (
+    queue_id bigint NOT NULL,
+    message_id bigint NOT NULL,
+    PRIMARY KEY (queue_id, message_id)
+);
 ";
 
 /// Creates the cluster's tables and columns if they are missing.
@@ -39,6 +51,43 @@ pub async fn prepare(client: &Client, schema: &str) -> Result<(), StorageError> 
         return Err(io(error));
     }
     Ok(())
+}
+
+/// The cluster's forwarding key (see `cluster::identity`): made by the first replica that asks,
+/// read by the others; `ON CONFLICT DO NOTHING` keeps the first of concurrent first starts.
+pub async fn forward_secret(
+    client: &Client,
+    schema: &str,
+) -> Result<[u8; crate::cluster::identity::KEY_LEN], StorageError> {
+    use crate::cluster::identity::{FORWARD_SECRET, ForwardKey, KEY_LEN};
+    let q = quoted(schema);
+    let io = |e: tokio_postgres::Error| {
+        schema::describe(schema, "cannot read the cluster's forwarding key", &e)
+    };
+    let fresh = ForwardKey::generate_secret();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {q}.secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+            ),
+            &[&FORWARD_SECRET, &&fresh[..]],
+        )
+        .await
+        .map_err(io)?;
+    let stored: Vec<u8> = client
+        .query_one(
+            &format!("SELECT value FROM {q}.secrets WHERE name = $1"),
+            &[&FORWARD_SECRET],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(io)?;
+    let length = stored.len();
+    stored.try_into().map_err(|_| {
+        StorageError::Io(format!(
+            "the cluster's forwarding key in {schema}.secrets has {length} bytes, not {KEY_LEN}"
+        ))
+    })
 }
 
 fn describe(schema: &str, error: &tokio_postgres::Error) -> StorageError {
@@ -86,4 +135,115 @@ pub async fn reserve_id_blocks(client: &Client, schema: &str) -> Result<IdBlocks
         queue_ids,
         message_ids,
     })
+}
+
+/// Cluster mode: up to `limit` messages moved into `queue_id` and not yet taken in by its
+/// actor, as (message id, enqueue time): their entries are deleted in the same transaction,
+/// which first checks that this replica still holds the queue at `epoch` (its row read `FOR
+/// SHARE`, so a takeover waits for this transaction, and then recovers them from the rows
+/// itself). None when it does not: nothing is taken.
+pub async fn take_pending(
+    client: &mut Client,
+    schema: &str,
+    queue_id: u64,
+    epoch: i64,
+    limit: usize,
+) -> Result<Option<Vec<(u64, i64)>>, tokio_postgres::Error> {
+    let q = quoted(schema);
+    let transaction = client.transaction().await?;
+    let current = transaction
+        .query_opt(
+            &format!("SELECT owner_epoch FROM {q}.queues WHERE id = $1 FOR SHARE"),
+            &[&(queue_id as i64)],
+        )
+        .await?
+        .map(|row| row.try_get::<_, i64>(0))
+        .transpose()?;
+    if current != Some(epoch) {
+        return Ok(None);
+    }
+    let rows = transaction
+        .query(
+            &format!(
+                "WITH taken AS (
+                   DELETE FROM {q}.pending_adoptions p
+                    WHERE p.queue_id = $1 AND p.message_id IN (
+                          SELECT message_id FROM {q}.pending_adoptions
+                           WHERE queue_id = $1 LIMIT $2)
+                RETURNING p.message_id)
+                 SELECT m.id, m.enqueue_ms FROM {q}.messages m JOIN taken t ON m.id = t.message_id
+                  WHERE m.queue_id = $1 AND m.state = 0
+                  ORDER BY m.id"
+            ),
+            &[&(queue_id as i64), &(limit as i64)],
+        )
+        .await?;
+    let taken = rows
+        .iter()
+        .map(|row| Ok((row.try_get::<_, i64>(0)? as u64, row.try_get::<_, i64>(1)?)))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    transaction.commit().await?;
+    Ok(Some(taken))
+}
+
+/// Cluster mode: the queues with messages waiting to be taken in, and the entries of queues
+/// that no longer exist removed (their rows went with the queue).
+pub async fn pending_queues(
+    client: &Client,
+    schema: &str,
+) -> Result<Vec<u64>, tokio_postgres::Error> {
+    let q = quoted(schema);
+    client
+        .execute(
+            &format!(
+                "DELETE FROM {q}.pending_adoptions p
+                  WHERE NOT EXISTS (SELECT 1 FROM {q}.queues q WHERE q.id = p.queue_id)"
+            ),
+            &[],
+        )
+        .await?;
+    let rows = client
+        .query(
+            &format!("SELECT DISTINCT queue_id FROM {q}.pending_adoptions"),
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok(row.try_get::<_, i64>(0)? as u64))
+        .collect()
+}
+
+/// Cluster mode, at a takeover: the entries of `queue_id` whose messages the new owner has
+/// just recovered from the rows (`recovered`, sorted) are done; the others (moved in after
+/// the recovery read them) stay for [`take_pending`].
+pub async fn forget_recovered(
+    client: &Client,
+    schema: &str,
+    queue_id: u64,
+    recovered: &[u64],
+) -> Result<(), tokio_postgres::Error> {
+    let q = quoted(schema);
+    let pending = client
+        .query(
+            &format!("SELECT message_id FROM {q}.pending_adoptions WHERE queue_id = $1"),
+            &[&(queue_id as i64)],
+        )
+        .await?;
+    let done: Vec<i64> = pending
+        .iter()
+        .filter_map(|row| row.try_get::<_, i64>(0).ok())
+        .filter(|id| recovered.binary_search(&(*id as u64)).is_ok())
+        .collect();
+    if done.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            &format!(
+                "DELETE FROM {q}.pending_adoptions WHERE queue_id = $1 AND message_id = ANY($2)"
+            ),
+            &[&(queue_id as i64), &done],
+        )
+        .await?;
+    Ok(())
 }

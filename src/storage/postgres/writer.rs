@@ -197,14 +197,35 @@ impl Statements {
                 "DELETE FROM {s}.deduplication WHERE queue_id = $1"
             ))
             .await?,
-            move_messages: prepare(format!(
-                "UPDATE {s}.messages m SET queue_id = u.to_queue_id, visible_at_ms = u.visible_at_ms,
+            move_messages: prepare(if cluster {
+                // Cluster mode: the target queues' actors may be on other replicas, which learn
+                // of the moved rows from `pending_adoptions`, written in the same statement
+                // (see `cluster::adoption`). A row is never moved into a queue that is gone.
+                format!(
+                    "WITH moved AS (
+                       UPDATE {s}.messages m SET queue_id = u.to_queue_id,
+                              visible_at_ms = u.visible_at_ms, dequeue_count = 0,
+                              first_dequeue_ms = 0, receipt_nonce = 0,
+                              dead_letter_source = u.source,
+                              dead_letter_receive_count = u.receive_count
+                         FROM unnest($2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int4[])
+                              AS u(id, to_queue_id, visible_at_ms, source, receive_count)
+                        WHERE m.id = u.id AND m.queue_id = $1 AND m.state = 0
+                          AND EXISTS (SELECT 1 FROM {s}.queues q WHERE q.id = u.to_queue_id)
+                    RETURNING m.queue_id, m.id)
+                     INSERT INTO {s}.pending_adoptions (queue_id, message_id)
+                     SELECT queue_id, id FROM moved ON CONFLICT DO NOTHING"
+                )
+            } else {
+                format!(
+                    "UPDATE {s}.messages m SET queue_id = u.to_queue_id, visible_at_ms = u.visible_at_ms,
                         dequeue_count = 0, first_dequeue_ms = 0, receipt_nonce = 0,
                         dead_letter_source = u.source, dead_letter_receive_count = u.receive_count
                    FROM unnest($2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int4[])
                         AS u(id, to_queue_id, visible_at_ms, source, receive_count)
                   WHERE m.id = u.id AND m.queue_id = $1 AND m.state = 0"
-            ))
+                )
+            })
             .await?,
             epochs: prepare(format!(
                 "SELECT id, owner_epoch FROM {s}.queues WHERE id = ANY($1::int8[]) FOR SHARE"
