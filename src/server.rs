@@ -17,9 +17,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::auth::forwarded::ForwardKeySlot;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
-use crate::cluster::identity::ForwardKeySlot;
 use crate::cluster::join::{ClusterSettings, DriverControls, QueueSettings, join};
 use crate::cluster::routing::Routed;
 use crate::config::Settings;

@@ -5,10 +5,13 @@
 //! queue name or prefix × send / receive / admin). The gRPC edge (`grpc::auth`) authenticates
 //! every call to a [`Caller`] before the service sees it; handlers then check the call's
 //! [`Action`] on its queue with [`Caller::authorize`], before the queue is looked up, so a
-//! refusal says the same whether or not the queue exists.
+//! refusal says the same whether or not the queue exists. In cluster mode a call forwarded by
+//! another replica carries the principal that replica authenticated, asserted with the
+//! cluster's key ([`forwarded`]).
 
 pub mod cert;
 mod file;
+pub mod forwarded;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -251,7 +254,7 @@ pub struct Principals {
     /// rotation in progress).
     tokens: Vec<(TokenHash, usize)>,
     /// Principal name → its index: a call forwarded by another replica names its principal
-    /// (see `cluster::identity`).
+    /// (see `auth::forwarded`).
     names: HashMap<String, usize>,
     /// Client-certificate name → index of its principal.
     certificate_names: HashMap<String, usize>,

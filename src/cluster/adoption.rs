@@ -24,7 +24,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 
 use super::Cluster;
 use super::Route;
-use super::identity::{IDENTITY_HEADER, REPLICA_PRINCIPAL, method_path};
+use crate::auth::forwarded::{IDENTITY_HEADER, REPLICA_PRINCIPAL, method_path};
 use crate::pb;
 use crate::queue::{Adopted, QueueHandle};
 use crate::registry::Registry;

@@ -1,7 +1,7 @@
 //! Calls for a queue owned by another replica, sent on to it over gRPC: one channel per peer,
 //! made on first use and kept; the caller's metadata (its `authorization` included) and its
 //! remaining deadline go along, and the principal this replica authenticated, asserted with
-//! the cluster's key (`cluster::identity`).
+//! the cluster's key (`auth::forwarded`).
 //!
 //! The owner authorizes the call itself, with its own auth file's grants for that principal,
 //! so a forward grants nothing the caller does not have. Each hop marks the call
@@ -42,7 +42,7 @@ const TRANSPORT_HEADERS: &[&str] = &[
     "host",
     HOPS_HEADER,
     // Asserted afresh for each hop (its MAC names the target): never passed on.
-    super::identity::IDENTITY_HEADER,
+    crate::auth::forwarded::IDENTITY_HEADER,
     super::adoption::ADOPT_HEADER,
 ];
 

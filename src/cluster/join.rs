@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::adoption::Adoptions;
-use super::identity::ForwardKey;
 use super::membership::Membership;
 use super::ownership::Ownership;
 use super::{Cluster, Driver};
+use crate::auth::forwarded::ForwardKey;
 use crate::clock::Clock;
 use crate::grpc::health::HealthReporter;
 use crate::registry::Registry;

@@ -9,8 +9,8 @@
 //! - [`placement`]: which live member a queue belongs on (rendezvous hashing).
 //! - [`ownership`]: takeovers (epoch + 1, state recovered from PostgreSQL), hand-offs, losses;
 //!   the directory of owners calls are routed by.
-//! - [`forwarding`]: the gRPC channels to the peers, and what a forwarded call carries.
-//! - [`identity`]: the principal a forwarded call comes from, asserted with the cluster's key.
+//! - [`forwarding`]: the gRPC channels to the peers, and what a forwarded call carries (the
+//!   caller's principal asserted with the cluster's key: `auth::forwarded`).
 //! - [`adoption`]: messages moved into a queue another replica owns (dead-letter moves,
 //!   redrives), taken in by its owner.
 //! - [`routing`]: the QueueService in front of the local one that decides, call by call, to
@@ -21,7 +21,6 @@
 
 pub mod adoption;
 pub mod forwarding;
-pub mod identity;
 pub mod join;
 pub mod membership;
 pub mod ownership;
@@ -35,13 +34,13 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::forwarded::ForwardKey;
 use crate::error::QueueError;
 use crate::grpc::health::HealthReporter;
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::storage::postgres::ConnectOptions;
 use adoption::Adoptions;
 use forwarding::{MAX_HOPS, Peers};
-use identity::ForwardKey;
 use membership::Membership;
 use ownership::Ownership;
 use routing::Routed;

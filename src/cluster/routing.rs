@@ -16,10 +16,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::adoption::ADOPT_HEADER;
 use super::forwarding::{hops, onward, unreachable};
-use super::identity::{FromReplica, IDENTITY_HEADER, method_path};
 use super::{Cluster, Route};
 use crate::attributes::validate_queue_name;
 use crate::auth::Caller;
+use crate::auth::forwarded::{FromReplica, IDENTITY_HEADER, method_path};
 use crate::grpc::auth::caller;
 use crate::grpc::{ConsumerRequests, QueueServiceImpl};
 use crate::limits::DEFAULT_PAGE_SIZE;
@@ -106,7 +106,7 @@ impl Routed {
     /// The request a forward sends to `address` for a call of the handler `method`: the
     /// caller's metadata and deadline (see [`onward`]) and, for a caller this replica
     /// authenticated as a principal, that principal asserted for the owner (see
-    /// `cluster::identity`): so calls the owner could not authenticate itself (signed SQS and
+    /// `auth::forwarded`): so calls the owner could not authenticate itself (signed SQS and
     /// CMQ requests, client certificates) are forwarded too.
     fn forward<T>(
         &self,

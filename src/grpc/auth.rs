@@ -7,7 +7,7 @@
 //! queue the request names (see [`caller`]).
 //!
 //! In cluster mode a call another replica forwards carries the principal that replica
-//! authenticated, in `spool-forwarded-identity` (see `cluster::identity`): when the header is
+//! authenticated, in `spool-forwarded-identity` (see `auth::forwarded`): when the header is
 //! there it decides, and it must verify, so a client's own copy is refused.
 //!
 //! Refusals are counted (`spool_auth_refusals_total{reason}`) and logged here, with the
@@ -27,8 +27,8 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Request, Status};
 
 use crate::auth::cert::certificate_names;
+use crate::auth::forwarded::{ForwardKeySlot, FromReplica, IDENTITY_HEADER, REPLICA_PRINCIPAL};
 use crate::auth::{Authenticator, Caller, Refusal};
-use crate::cluster::identity::{ForwardKeySlot, FromReplica, IDENTITY_HEADER, REPLICA_PRINCIPAL};
 use crate::error::QueueError;
 use crate::logsafe::REFUSALS;
 use crate::metrics::Metrics;
@@ -46,7 +46,7 @@ pub struct Authenticated<S> {
     authenticator: Option<Arc<Authenticator>>,
     metrics: Arc<Metrics>,
     /// Cluster mode: the key that checks a forwarded call's asserted principal
-    /// (`cluster::identity`). Unset elsewhere, where such a header is always refused.
+    /// (`auth::forwarded`). Unset elsewhere, where such a header is always refused.
     forward_key: ForwardKeySlot,
 }
 
@@ -136,7 +136,7 @@ where
 
 impl<S> Authenticated<S> {
     /// The caller a replica's forward asserts, once its header verifies (see
-    /// `cluster::identity`); the principal is this replica's own of that name, with its own
+    /// `auth::forwarded`); the principal is this replica's own of that name, with its own
     /// grants. A replica's own calls assert no principal: they may do anything ([`FromReplica`]
     /// says so to the service).
     fn forwarded(&self, value: &[u8], path: &str) -> Result<(Caller, bool), Refusal> {

@@ -1,5 +1,5 @@
 //! Forwarded identity: a replica forwards the principal it authenticated, asserted with the
-//! cluster's key (src/cluster/identity.rs), so callers the owner cannot authenticate itself (a
+//! cluster's key (src/auth/forwarded.rs), so callers the owner cannot authenticate itself (a
 //! signed SQS request on the HTTP port) reach queues of other replicas; the owner still
 //! authorizes with its own grants; a forged, altered or replayed assertion is refused.
 

@@ -53,13 +53,13 @@ pub async fn prepare(client: &Client, schema: &str) -> Result<(), StorageError> 
     Ok(())
 }
 
-/// The cluster's forwarding key (see `cluster::identity`): made by the first replica that asks,
+/// The cluster's forwarding key (see `auth::forwarded`): made by the first replica that asks,
 /// read by the others; `ON CONFLICT DO NOTHING` keeps the first of concurrent first starts.
 pub async fn forward_secret(
     client: &Client,
     schema: &str,
-) -> Result<[u8; crate::cluster::identity::KEY_LEN], StorageError> {
-    use crate::cluster::identity::{FORWARD_SECRET, ForwardKey, KEY_LEN};
+) -> Result<[u8; crate::auth::forwarded::KEY_LEN], StorageError> {
+    use crate::auth::forwarded::{FORWARD_SECRET, ForwardKey, KEY_LEN};
     let q = quoted(schema);
     let io = |e: tokio_postgres::Error| {
         schema::describe(schema, "cannot read the cluster's forwarding key", &e)
