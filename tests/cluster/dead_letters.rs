@@ -163,3 +163,201 @@ async fn a_dead_letter_move_reaches_a_queue_another_replica_owns_and_a_redrive_c
         "every message back in its source queue"
     );
 }
+
+/// Sets up `work` (policy: dead-letter after one receive) and `dead` on two different
+/// replicas; returns the work queue's name and both owners' addresses.
+async fn queues_on_two_replicas(
+    replicas: &[ChildServer],
+    db: &tokio_postgres::Client,
+) -> (String, String, String) {
+    let mut client = client_of(&replicas[0]).await;
+    common::create(&mut client, "dead", pb::QueueAttributes::default()).await;
+    let dead_owner = owner_address(db, "dead").await;
+    let policy = pb::QueueAttributes {
+        dead_letter_policy: Some(pb::DeadLetterPolicy {
+            dead_letter_queue: "dead".into(),
+            max_receive_count: 1,
+            max_time_to_live_seconds: 0,
+        }),
+        ..Default::default()
+    };
+    for index in 0..32 {
+        let name = format!("work-{index}");
+        common::create(&mut client, &name, policy.clone()).await;
+        let owner = owner_address(db, &name).await;
+        if owner != dead_owner {
+            return (name, owner, dead_owner);
+        }
+    }
+    panic!("no queue placed on another replica than the dead-letter queue's");
+}
+
+/// Moves under way while one of the two owners is killed (SIGKILL): every message sent ends
+/// in exactly one queue, received once, none lost, none in both.
+async fn kill_during_moves(test: &str, kill_target: bool) {
+    let Some(database) = Database::create(test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut replicas = replicas(dir.path(), &database.url(), 3);
+    let db = database.client().await;
+    let (work, work_owner, dead_owner) = queues_on_two_replicas(&replicas, &db).await;
+    let killed = if kill_target {
+        &dead_owner
+    } else {
+        &work_owner
+    };
+    // Calls go through the replica that is neither.
+    let survivor = replicas
+        .iter()
+        .position(|r| {
+            let address = r.addr.to_string();
+            address != dead_owner && address != work_owner
+        })
+        .expect("a third replica");
+    let mut client = client_of(&replicas[survivor]).await;
+    let sent: Vec<Vec<u8>> = (0..96).map(|i| format!("m{i:03}").into_bytes()).collect();
+    for chunk in sent.chunks(16) {
+        let bodies: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        common::batch_send(&mut client, &work, &bodies).await;
+    }
+    // Each received once (not deleted), in groups of 8 whose visibility timeouts end a second
+    // apart: the next receive after its timeout moves a group, so moves go on for 12 s.
+    let groups = sent.len() / 8;
+    for group in 0..groups {
+        let mut request = receive_request(&work, 2, group as u32 + 1);
+        request.max_messages = 8;
+        let received = receive_with(&mut client, request).await.expect("receive");
+        assert_eq!(received.len(), 8);
+    }
+    let index = replicas
+        .iter()
+        .position(|r| r.addr.to_string() == *killed)
+        .expect("the owner");
+    let mover = {
+        let mut client = client_of(&replicas[survivor]).await;
+        let work = work.clone();
+        tokio::spawn(async move {
+            // Refused (UNAVAILABLE) while the work queue moves, when its owner is the one
+            // killed. Delivered rather than moved: see below; taken (deleted) and counted.
+            let mut delivered_here = Vec::new();
+            let until = tokio::time::Instant::now() + Duration::from_secs(groups as u64 + 2);
+            while tokio::time::Instant::now() < until {
+                if let Ok(delivered) =
+                    receive_with(&mut client, receive_request(&work, 0, 60)).await
+                {
+                    for message in delivered {
+                        common::delete(&mut client, &work, &message.receipt_handle)
+                            .await
+                            .expect("delete");
+                        delivered_here.push(message.body.to_vec());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            delivered_here
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    replicas.remove(index).kill();
+    let moved_at_kill = rows_in(&db, "dead").await;
+    let delivered_from_work = mover.await.expect("the mover");
+    eprintln!(
+        "{test}: {moved_at_kill} of {} messages moved when the {} owner was killed",
+        sent.len(),
+        if kill_target {
+            "dead-letter queue's"
+        } else {
+            "work queue's"
+        }
+    );
+
+    // After the failover: move what is left and take everything from both queues, deleting
+    // each. A message can be delivered from the work queue rather than moved when its owner
+    // died before it wrote the receive down (receive counts are written lazily): it is in
+    // exactly one queue all the same.
+    let survivor = replicas
+        .iter()
+        .position(|r| r.addr.to_string() != *killed)
+        .expect("a replica left");
+    let mut client = client_of(&replicas[survivor]).await;
+    let mut got: Vec<Vec<u8>> = delivered_from_work;
+    if kill_target {
+        assert!(got.is_empty(), "moved, not delivered: {got:?}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < sent.len() && tokio::time::Instant::now() < deadline {
+        for (queue, wait) in [(work.as_str(), 0), ("dead", 1)] {
+            let Ok(messages) = receive_with(&mut client, receive_request(queue, wait, 60)).await
+            else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            for message in messages {
+                if queue == "dead" {
+                    assert_eq!(message.dead_letter_source_queue, work);
+                }
+                got.push(message.body.to_vec());
+                let deleted = common::delete(&mut client, queue, &message.receipt_handle).await;
+                deleted.expect("delete");
+            }
+        }
+    }
+    let mut sorted = got.clone();
+    sorted.sort();
+    let mut distinct = sorted.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        sorted.len(),
+        "a message received twice: {got:?}"
+    );
+    assert_eq!(
+        sorted, sent,
+        "every message sent is in one of the queues, once"
+    );
+    for queue in [work.as_str(), "dead"] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let left = loop {
+            match receive_with(&mut client, receive_request(queue, 1, 60)).await {
+                Ok(left) => break left,
+                // Still moving to a new owner.
+                Err(status) if tokio::time::Instant::now() < deadline => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => panic!("{queue} not served again: {status:?}"),
+            }
+        };
+        assert!(left.is_empty(), "nothing more in {queue}: {left:?}");
+    }
+    // Every entry of a moved message was taken in or forgotten by a takeover.
+    let pending: i64 = db
+        .query_one("SELECT count(*) FROM spool.pending_adoptions", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(pending, 0, "entries left in pending_adoptions");
+}
+
+/// The rows of the queue `name` in PostgreSQL.
+async fn rows_in(db: &tokio_postgres::Client, name: &str) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM spool.messages m JOIN spool.queues q ON q.id = m.queue_id
+          WHERE q.name = $1",
+        &[&name],
+    )
+    .await
+    .expect("count")
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dead_letter_queues_owner_killed_during_moves_loses_nothing() {
+    kill_during_moves("kill_dead_owner", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_source_queues_owner_killed_during_moves_loses_nothing() {
+    kill_during_moves("kill_work_owner", false).await;
+}
