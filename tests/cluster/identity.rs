@@ -1,6 +1,6 @@
 //! Forwarded identity: a replica forwards the principal it authenticated, asserted with the
 //! cluster's key (src/auth/forwarded.rs), so callers the owner cannot authenticate itself (a
-//! signed SQS request on the HTTP port) reach queues of other replicas; the owner still
+//! signed SQS or CMQ request on the HTTP port) reach queues of other replicas; the owner still
 //! authorizes with its own grants; a forged, altered or replayed assertion is refused.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -117,6 +117,63 @@ async fn sqs(addr: std::net::SocketAddr, action: &str, input: Value) -> (u16, Va
     (status, json)
 }
 
+/// One CMQ call (API v2, GET) to the HTTP port at `addr`, signed with HmacSHA256 as CMQ's
+/// SDKs sign it; the answer's JSON body.
+async fn cmq(addr: std::net::SocketAddr, params: &[(&str, &str)]) -> Value {
+    static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let host = addr.to_string();
+    let nonce = NONCE
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_string();
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        .to_string();
+    let mut signed: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([
+            ("SecretId".to_string(), SIGNING_KEY_ID.to_string()),
+            ("Nonce".to_string(), nonce),
+            ("Timestamp".to_string(), timestamp),
+            ("SignatureMethod".to_string(), "HmacSHA256".to_string()),
+        ])
+        .collect();
+    signed.sort();
+    let text: Vec<String> = signed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let to_sign = format!("GET{host}/v2/index.php?{}", text.join("&"));
+    let signature = base64::engine::general_purpose::STANDARD
+        .encode(hmac(SIGNING_SECRET.as_bytes(), to_sign.as_bytes()));
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in &signed {
+        query.append_pair(key, value);
+    }
+    query.append_pair("Signature", &signature);
+    let request = format!(
+        "GET /v2/index.php?{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        query.finish()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP port");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write the request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 30 s")
+        .expect("read the answer");
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not a JSON answer: {text}"))
+}
+
 fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     let value = MetadataValue::try_from(format!("Bearer {token}")).expect("ascii");
@@ -172,7 +229,7 @@ async fn create(replica: &ChildServer, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn signed_sqs_calls_reach_a_queue_another_replica_owns() {
+async fn signed_sqs_and_cmq_calls_reach_a_queue_another_replica_owns() {
     let Some(database) = Database::create("identity_sqs").await else {
         return;
     };
@@ -212,6 +269,32 @@ async fn signed_sqs_calls_reach_a_queue_another_replica_owns() {
     )
     .await;
     assert_eq!(status, 200, "{deleted}");
+
+    // The same through CMQ's API: sent through one non-owner, received through the other.
+    let sent = cmq(
+        http,
+        &[
+            ("Action", "SendMessage"),
+            ("queueName", "a-orders"),
+            ("msgBody", "cmq, through a non-owner"),
+        ],
+    )
+    .await;
+    assert_eq!(sent["code"], 0, "{sent}");
+    let received = cmq(
+        third,
+        &[
+            ("Action", "ReceiveMessage"),
+            ("queueName", "a-orders"),
+            ("pollingWaitSeconds", "5"),
+        ],
+    )
+    .await;
+    assert_eq!(received["code"], 0, "{received}");
+    assert_eq!(
+        received["msgBody"], "cmq, through a non-owner",
+        "{received}"
+    );
 
     // The owner authorizes with its own grants: the app has none on b-*, wherever b-billing is.
     let billing = owner_address(&db, "b-billing").await;
