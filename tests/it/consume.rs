@@ -268,6 +268,27 @@ async fn a_stream_outlives_any_long_poll_wait_and_ends_ok_at_shutdown() {
         .expect("the stream ends OK at shutdown");
 }
 
+/// The request body of a consumer stream stays open for the stream's life: the body timeout
+/// bounds each of its requests, not the whole body (it ended every stream after 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_the_request_body_timeout() {
+    let server = TestServer::start_with(|config| {
+        config.settings.request_body_timeout_seconds = Some(1);
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    let mut consumer = open(&mut client, "q", 1).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    send(&mut client, "q", b"late").await;
+    let message = consumer.message().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    consumer.ack(1, &[&message.receipt_handle]).await;
+    assert!(consumer.acknowledged().await.failures.is_empty());
+    drop(consumer);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_ends_leaves_what_it_pushed_in_flight_and_releases_the_rest() {
     let server = TestServer::start().await;
