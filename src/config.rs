@@ -325,8 +325,8 @@ pub struct Settings {
     pub handshake_timeout_seconds: Option<u64>,
 
     #[arg(long, env = "SPOOL_REQUEST_BODY_TIMEOUT_SECONDS", help = with_default(
-        "Seconds a call has to send its whole request; a slower one fails (DEADLINE_EXCEEDED) and \
-         frees what it held",
+        "Seconds a call has to send its whole request (a consumer stream, StreamMessages: each \
+         of its requests); a slower one fails (DEADLINE_EXCEEDED) and frees what it held",
         DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS,
     ))]
     pub request_body_timeout_seconds: Option<u64>,

@@ -25,8 +25,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
 /// Length of the HTTP/2 client connection preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").
 pub const HTTP2_PREFACE_LEN: usize = 24;
 
-/// Seconds a call has to send its whole request body. The largest request (16 MiB) takes 30 s
-/// at 4.5 Mbit/s; a body that stalls would otherwise hold its partial message forever.
+/// Seconds a call has to send its whole request body (a consumer stream: each request on it).
+/// The largest request (16 MiB) takes 30 s at 4.5 Mbit/s; a body that stalls would otherwise
+/// hold its partial message forever.
 pub const DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS: u64 = 30;
 
 /// Seconds a ReceiveMessages stream may wait on a client that takes nothing (its HTTP/2

@@ -818,7 +818,9 @@ async fn consume(
                     let answer = delivery.ack();
                     answers.push(async move { (message_id, answer.await) });
                 } else {
-                    delivery.nack();
+                    // Neither deleted nor given back: it comes back after its visibility
+                    // timeout (a nack would push it to this same consumer again at once).
+                    drop(delivery);
                 }
             }
             Some((message_id, result)) = answers.next(), if !answers.is_empty() => {

@@ -100,6 +100,7 @@ where
         let limit = method_limit(path);
         let method = path.rsplit('/').next().unwrap_or_default().to_string();
         let timeout = self.body_timeout;
+        let per_message = method == STREAMING_REQUEST_METHOD;
         let metrics = self.metrics.clone();
         let request = request.map(|body| {
             Body::new(LimitedBody {
@@ -109,7 +110,8 @@ where
                 header: [0; GRPC_HEADER_LEN],
                 header_filled: 0,
                 payload_left: 0,
-                deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+                deadline: (!per_message).then(|| Box::pin(tokio::time::sleep(timeout))),
+                per_message,
                 timeout,
                 metrics,
             })
@@ -120,11 +122,19 @@ where
     }
 }
 
+/// The one method whose request body is a stream that may stay open indefinitely.
+const STREAMING_REQUEST_METHOD: &str = "StreamMessages";
+
 /// A gRPC message's prefix: a compression flag and a big-endian u32 length.
 const GRPC_HEADER_LEN: usize = 5;
 
 /// A request body whose messages are checked against their method's limit as their length
 /// prefixes pass, and which fails if it has not ended by its deadline.
+///
+/// A consumer stream's body (StreamMessages) stays open for the stream's life, which has no
+/// limit: there the deadline bounds each message instead, from its first byte to its last, so
+/// a client that starts a message and trickles it is still ended, and one that is merely quiet
+/// between acknowledgements is not.
 struct LimitedBody {
     inner: Body,
     limit: usize,
@@ -133,8 +143,10 @@ struct LimitedBody {
     header_filled: usize,
     /// Bytes of the current message's payload still to come.
     payload_left: usize,
-    /// Until the body ends: when it must have.
+    /// Until the body ends (per message: until the message ends): when it must have.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether the deadline is per message (a consumer stream) rather than for the whole body.
+    per_message: bool,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -180,10 +192,18 @@ impl http_body::Body for LimitedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && let Err(status) = this.check(data)
-                {
-                    return Poll::Ready(Some(Err(status)));
+                if let Some(data) = frame.data_ref() {
+                    if let Err(status) = this.check(data) {
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                    if this.per_message {
+                        let mid_message = this.header_filled > 0 || this.payload_left > 0;
+                        if !mid_message {
+                            this.deadline = None;
+                        } else if this.deadline.is_none() {
+                            this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
+                        }
+                    }
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.deadline = None,

@@ -2,6 +2,7 @@
 //! the health service, the auth layer, and the request size limit's answer.
 
 pub mod auth;
+mod consume_stream;
 pub(crate) mod convert;
 pub mod deadline;
 pub mod health;
@@ -12,4 +13,5 @@ mod service;
 pub mod status;
 mod topics;
 
-pub use service::{ConsumerRequests, QueueServiceImpl};
+pub use consume_stream::ConsumerRequests;
+pub use service::QueueServiceImpl;

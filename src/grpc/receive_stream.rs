@@ -124,7 +124,7 @@ impl ReceiveLimits {
 }
 
 /// What a [`GuardedStream`] hands to the network: the queue-side stream of a receive
-/// ([`Received`]) or of a consumer stream (`grpc::service::ConsumeStream`). Dropping it must
+/// ([`Received`]) or of a consumer stream (`grpc::consume_stream::ConsumeStream`). Dropping it must
 /// release what it claimed and has not handed out.
 pub trait Deliveries: Send + 'static {
     /// What it yields, before conversion to protobuf.

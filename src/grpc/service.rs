@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
+use super::consume_stream::{ConsumeStream, ConsumerRequests, StreamMessagesStream};
 use super::convert;
 use super::deadline::client_budget;
-use super::receive_stream::{Deliveries, GuardedStream, ReceiveLimits, ReceiveStream, Received};
+use super::receive_stream::{ReceiveLimits, ReceiveStream, Received};
 use crate::attributes::{QueueAttributes, check_range, validate_queue_name};
 use crate::auth::{Action, Caller};
 use crate::disk::DiskGuard;
@@ -23,17 +24,16 @@ use crate::error::QueueError;
 use crate::limits::{
     CHANGE_VISIBILITY_SECONDS, DEFAULT_MAX_OUTSTANDING_MESSAGES, DEFAULT_PAGE_SIZE, MAX_BATCH,
     MAX_OUTSTANDING_MESSAGES, MAX_PAGE_SIZE, MAX_QUEUE_NAME_LEN, MAX_REDRIVE_MESSAGES,
-    MAX_REQUEST_BYTES, POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, check_queue_name,
+    POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS, check_queue_name,
 };
 use crate::logsafe::Shown;
 use crate::otel::SendTrace;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::queue::{
-    ConsumeSettings, Consuming, DeleteResult, DeleteTarget, Event, QueueHandle, ReceiveRequest,
-    VisibilityTarget,
+    ConsumeSettings, DeleteTarget, HandlePlace, QueueHandle, ReceiveRequest, VisibilityTarget,
 };
-use crate::receipt::{Indexed, IndexedField, ReceiptKey};
+use crate::receipt::{Indexed, IndexedField};
 use crate::registry::Registry;
 
 pub struct QueueServiceImpl {
@@ -454,7 +454,7 @@ impl QueueService for QueueServiceImpl {
             let target = VisibilityTarget {
                 handle: receipt,
                 visibility_timeout_seconds: request.visibility_timeout_seconds,
-                index: None,
+                place: HandlePlace::Single,
             };
             let mut results = handle.change_visibility(vec![target]).await?;
             // One target, one result: the actor answers every target it is given.
@@ -490,20 +490,23 @@ impl QueueService for QueueServiceImpl {
             let receipt_key = self.registry()?.receipt_key();
             let mut failures = Vec::new();
             let mut targets = Vec::with_capacity(request.entries.len());
+            let mut indexes = Vec::with_capacity(request.entries.len());
             for (index, entry) in request.entries.iter().enumerate() {
                 let field = IndexedField("entries", index, "receipt_handle");
                 match receipt_key.decode(&entry.receipt_handle, &field) {
-                    Ok(receipt) => targets.push(VisibilityTarget {
-                        handle: receipt,
-                        visibility_timeout_seconds: entry.visibility_timeout_seconds,
-                        index: Some(index),
-                    }),
+                    Ok(receipt) => {
+                        indexes.push(index);
+                        targets.push(VisibilityTarget {
+                            handle: receipt,
+                            visibility_timeout_seconds: entry.visibility_timeout_seconds,
+                            place: HandlePlace::Entry(index),
+                        });
+                    }
                     Err(error) => failures.push((index, error)),
                 }
             }
             let mut changed = Vec::with_capacity(targets.len());
             if !targets.is_empty() {
-                let indexes: Vec<usize> = targets.iter().filter_map(|t| t.index).collect();
                 let results = handle.change_visibility(targets).await?;
                 for (index, result) in indexes.into_iter().zip(results) {
                     match result {
@@ -749,20 +752,17 @@ impl QueueServiceImpl {
             // stops reading (`receive_stream`).
             let slot = self.receive_limits.open_slot()?;
             let receipt_key = self.registry()?.receipt_key().clone();
-            let consuming = handle.consume(
-                ConsumeSettings {
-                    max_outstanding,
-                    visibility_timeout_seconds: start.visibility_timeout_seconds,
-                },
-                self.shutdown.clone(),
-            );
-            let stream = ConsumeStream {
-                requests: Some(requests),
-                consuming,
-                queue: handle,
-                receipt_key: receipt_key.clone(),
-                ended: false,
+            let settings = ConsumeSettings {
+                max_outstanding,
+                visibility_timeout_seconds: start.visibility_timeout_seconds,
             };
+            let stream = ConsumeStream::new(
+                requests,
+                handle,
+                settings,
+                self.shutdown.clone(),
+                receipt_key.clone(),
+            );
             let output: StreamMessagesStream =
                 Box::pin(self.receive_limits.stream(stream, receipt_key, slot));
             Ok(Response::new(output))
@@ -773,216 +773,3 @@ impl QueueServiceImpl {
 }
 
 type ReceiveMessagesStream = std::pin::Pin<Box<ReceiveStream>>;
-
-/// The response stream of StreamMessages: the queue's [`Consuming`] in protobuf, fed with the
-/// client's acknowledgements. Polling it polls the client's requests too, so it needs no task
-/// of its own; dropping it (the client went away) drops the [`Consuming`], which gives back
-/// whatever was claimed for it and not pushed.
-pub struct ConsumeStream {
-    /// The client's requests after the first; `None` once it half-closed.
-    requests: Option<ConsumerRequests>,
-    consuming: Consuming<Acknowledgement>,
-    /// The queue, to give back a message the response budget had no room for.
-    queue: QueueHandle,
-    receipt_key: ReceiptKey,
-    /// Whether it has ended (an error is its last item).
-    ended: bool,
-}
-
-pub type StreamMessagesStream = std::pin::Pin<Box<GuardedStream<ConsumeStream>>>;
-
-/// What a consumer stream yields before it is protobuf: a message is converted (and its
-/// receipt handle signed) only once the response budget has room for it.
-pub enum ConsumeItem {
-    Message(crate::queue::receiving::Delivered),
-    Acknowledged(pb::StreamMessagesResponse),
-}
-
-/// The client's requests of a StreamMessages call.
-pub type ConsumerRequests = std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = Result<pb::StreamMessagesRequest, Status>> + Send>,
->;
-
-/// What answering one acknowledgement needs besides the queue's results.
-struct Acknowledgement {
-    ack_id: u64,
-    /// The handles as the client wrote them.
-    receipt_handles: Vec<String>,
-    /// The index in `receipt_handles` of each handle handed to the queue, in order.
-    positions: Vec<usize>,
-    /// Handles that could not be decoded, by index.
-    failures: Vec<(usize, QueueError)>,
-}
-
-impl ConsumeStream {
-    /// Takes one request after the first; an error ends the stream.
-    fn take(&mut self, request: pb::StreamMessagesRequest) -> Result<(), QueueError> {
-        use pb::stream_messages_request::Kind;
-        let acknowledge = match request.kind {
-            Some(Kind::Acknowledge(acknowledge)) => acknowledge,
-            Some(Kind::Start(_)) => {
-                return Err(QueueError::InvalidArgument(
-                    "`start` comes only in the first request of a stream".into(),
-                ));
-            }
-            None => {
-                return Err(QueueError::InvalidArgument(
-                    "a request of StreamMessages after the first must be an `acknowledge`".into(),
-                ));
-            }
-        };
-        batch_size(
-            "acknowledge.receipt_handles",
-            acknowledge.receipt_handles.len(),
-        )?;
-        let mut targets = Vec::with_capacity(acknowledge.receipt_handles.len());
-        let mut positions = Vec::with_capacity(acknowledge.receipt_handles.len());
-        let mut failures = Vec::new();
-        for (index, text) in acknowledge.receipt_handles.iter().enumerate() {
-            match self
-                .receipt_key
-                .decode(text, &Indexed("receipt_handles", index))
-            {
-                Ok(handle) => {
-                    targets.push(DeleteTarget {
-                        handle,
-                        index: Some(index),
-                    });
-                    positions.push(index);
-                }
-                Err(error) => failures.push((index, error)),
-            }
-        }
-        let context = Acknowledgement {
-            ack_id: acknowledge.ack_id,
-            receipt_handles: acknowledge.receipt_handles,
-            positions,
-            failures,
-        };
-        self.consuming.acknowledge(context, targets);
-        Ok(())
-    }
-
-    fn acknowledged(
-        context: Acknowledgement,
-        results: Vec<DeleteResult>,
-    ) -> pb::StreamMessagesResponse {
-        let Acknowledgement {
-            ack_id,
-            mut receipt_handles,
-            positions,
-            mut failures,
-        } = context;
-        for (index, result) in positions.into_iter().zip(results) {
-            if let Err(error) = result {
-                failures.push((index, error));
-            }
-        }
-        failures.sort_by_key(|(index, _)| *index);
-        let failures = failures
-            .into_iter()
-            .map(|(index, error)| pb::DeleteFailure {
-                receipt_handle: std::mem::take(&mut receipt_handles[index]),
-                code: super::status::code_of(&error) as i32,
-                message: error.to_string(),
-                cmq_code: error.cmq_code(),
-            })
-            .collect();
-        pb::StreamMessagesResponse {
-            kind: Some(pb::stream_messages_response::Kind::Acknowledged(
-                pb::StreamAcknowledged { ack_id, failures },
-            )),
-        }
-    }
-
-    fn end(&mut self, status: Status) -> std::task::Poll<Option<Result<ConsumeItem, Status>>> {
-        self.ended = true;
-        std::task::Poll::Ready(Some(Err(status)))
-    }
-}
-
-impl Deliveries for ConsumeStream {
-    type Item = ConsumeItem;
-    type Message = pb::StreamMessagesResponse;
-
-    fn poll_item(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<ConsumeItem, Status>>> {
-        use futures_util::StreamExt as _;
-        use std::task::Poll;
-        let this = self;
-        loop {
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            // Requests are read only while the queue takes acknowledgements: a client that sends
-            // them faster than they commit waits on the transport's flow control.
-            if this.consuming.takes_acknowledgements()
-                && let Some(requests) = &mut this.requests
-            {
-                match requests.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Ok(request))) => {
-                        if let Err(error) = this.take(request) {
-                            return this.end(error.into());
-                        }
-                        continue;
-                    }
-                    Poll::Ready(Some(Err(status))) if status.code() == tonic::Code::OutOfRange => {
-                        // tonic's length check (see `grpc::layer`), in Spool's words.
-                        let too_large = QueueError::TooLarge(format!(
-                            "a request is larger than {MAX_REQUEST_BYTES} bytes"
-                        ));
-                        return this.end(too_large.into());
-                    }
-                    Poll::Ready(Some(Err(status))) => return this.end(status),
-                    Poll::Ready(None) => {
-                        this.requests = None;
-                        this.consuming.close();
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            return match this.consuming.poll_next_unpin(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(Event::Message(delivered)))) => {
-                    Poll::Ready(Some(Ok(ConsumeItem::Message(delivered))))
-                }
-                Poll::Ready(Some(Ok(Event::Acknowledged { context, results }))) => {
-                    Poll::Ready(Some(Ok(ConsumeItem::Acknowledged(Self::acknowledged(
-                        context, results,
-                    )))))
-                }
-                Poll::Ready(Some(Err(error))) => this.end(error.into()),
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    Poll::Ready(None)
-                }
-            };
-        }
-    }
-
-    fn held_bytes(item: &ConsumeItem) -> usize {
-        match item {
-            ConsumeItem::Message(delivered) => delivered.payload.size().max(1),
-            ConsumeItem::Acknowledged(_) => 1,
-        }
-    }
-
-    fn give_back(&self, item: &ConsumeItem) {
-        if let ConsumeItem::Message(delivered) = item {
-            self.queue.release_now(vec![delivered.message.handle]);
-        }
-    }
-
-    fn message(item: ConsumeItem, receipt_key: &ReceiptKey) -> pb::StreamMessagesResponse {
-        match item {
-            ConsumeItem::Message(delivered) => pb::StreamMessagesResponse {
-                kind: Some(pb::stream_messages_response::Kind::Message(
-                    convert::received(&delivered.message, delivered.payload, receipt_key),
-                )),
-            },
-            ConsumeItem::Acknowledged(response) => response,
-        }
-    }
-}

@@ -34,7 +34,7 @@ use crate::attributes::AttributesPatch;
 use crate::clock::{Millis, secs_to_ms};
 use crate::error::QueueError;
 use crate::payload::{DeadLetterOrigin, Payload};
-use crate::receipt::{Indexed, IndexedField, Nonces};
+use crate::receipt::{Indexed, Nonces};
 use crate::storage::{
     DeletedMessages, MovedMessage, NewMessage, QueueRecord, REMOVE_SLICE, StorageError, WriteOp,
     remove_in_slices,
@@ -1330,14 +1330,7 @@ impl QueueActor {
         let mut changes = Vec::with_capacity(targets.len());
         let mut results = Vec::with_capacity(targets.len());
         for target in targets {
-            let indexed;
-            let field: &dyn std::fmt::Display = match target.index {
-                Some(index) => {
-                    indexed = IndexedField("entries", index, "receipt_handle");
-                    &indexed
-                }
-                None => &"receipt_handle",
-            };
+            let field = &target.place;
             let handle = target.handle;
             let visibility_ms = secs_to_ms(target.visibility_timeout_seconds);
             let result = self.check_issuer(&handle, field).and_then(|()| {

@@ -8,9 +8,9 @@
 //! ReceiveMessages. After a turn the stream asks again at the back of the line, which keeps
 //! several streams and the long polls of a queue served in arrival order.
 //!
-//! A slot is taken when a message is handed out and freed when its acknowledgement is answered,
-//! or when its visibility timeout passes unacknowledged (the message is the queue's again, and
-//! a consumer that let it go, a "nack" before visibility changes exist, gets its slot back).
+//! A slot is taken when a message is handed out and freed when its acknowledgement or its nack
+//! is answered, or when its visibility timeout passes unacknowledged (the message is the queue's
+//! again). An extension moves that timeout, so the slot stays taken until the new one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -23,14 +23,17 @@ use tokio::time::{Sleep, sleep_until};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::receiving::Delivered;
-use super::{DeleteResult, DeleteTarget, QueueHandle, Receiving, StreamClaim};
+use super::{
+    DeleteResult, DeleteTarget, HandlePlace, QueueHandle, Receiving, StreamClaim, VisibilityResult,
+    VisibilityTarget,
+};
 use crate::clock::Millis;
 use crate::error::QueueError;
 use crate::limits::MAX_BATCH;
 use crate::receipt::ReceiptHandle;
 
-/// Acknowledgements of one stream being committed at once; past this the caller stops taking
-/// requests (see [`Consuming::takes_acknowledgements`]), so a client that sends them faster than
+/// Acknowledgements (nacks and extensions included) of one stream being committed at once; past
+/// this the caller stops taking requests (see [`Consuming::takes_acknowledgements`]), so a client that sends them faster than
 /// they commit is held back by the transport instead of queueing work on the server.
 pub const MAX_PENDING_ACKNOWLEDGEMENTS: usize = 8;
 
@@ -52,9 +55,33 @@ pub enum Event<T> {
         context: T,
         results: Vec<DeleteResult>,
     },
+    /// A nack's or an extension's visibility changes are durable (or failed): one result per
+    /// target, in order.
+    VisibilityChanged {
+        context: T,
+        results: Vec<VisibilityResult>,
+    },
 }
 
-type Acknowledging<T> = BoxFuture<'static, (T, Vec<ReceiptHandle>, Vec<DeleteResult>)>;
+/// What a consumer asks of messages it was handed: the three ways a message leaves its hands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Delete them (an acknowledgement).
+    Delete,
+    /// Make them visible again after `delay_seconds` (0: at once), freeing their slots.
+    Nack { delay_seconds: u32 },
+    /// Keep them invisible for `visibility_timeout_seconds` from now, keeping their slots.
+    Extend { visibility_timeout_seconds: u32 },
+}
+
+/// The queue's answer to a settlement, by kind.
+enum Settled {
+    Deleted(Vec<DeleteResult>),
+    Nacked(Vec<VisibilityResult>),
+    Extended(Vec<VisibilityResult>),
+}
+
+type Acknowledging<T> = BoxFuture<'static, (T, Vec<ReceiptHandle>, Settled)>;
 
 /// A consumer stream on one queue. `T` is what the caller keeps with each acknowledgement to
 /// answer it (the handles as the client wrote them, say). Ends (`None`) at shutdown, or once
@@ -128,23 +155,69 @@ impl<T: Send + 'static> Consuming<T> {
         !self.failed && self.acknowledging.len() < MAX_PENDING_ACKNOWLEDGEMENTS
     }
 
-    /// Deletes by `targets`; the stream yields [`Event::Acknowledged`] with `context` once the
-    /// deletes are durable, after those of earlier acknowledgements.
-    pub fn acknowledge(&mut self, context: T, targets: Vec<DeleteTarget>) {
+    /// Settles the messages of `handles` (their indexes in the client's request beside them)
+    /// as `settlement` asks; the stream yields [`Event::Acknowledged`] (a delete) or
+    /// [`Event::VisibilityChanged`] (a nack, an extension) with `context` once the changes are
+    /// durable, after those of earlier settlements.
+    pub fn settle(
+        &mut self,
+        context: T,
+        settlement: Settlement,
+        handles: Vec<(ReceiptHandle, usize)>,
+    ) {
         let queue = self.queue.clone();
-        let handles = targets.iter().map(|target| target.handle).collect();
+        let receipts = handles.iter().map(|(handle, _)| *handle).collect();
         self.acknowledging.push_back(
             async move {
-                let count = targets.len();
-                let results = if targets.is_empty() {
-                    Vec::new()
-                } else {
-                    match queue.delete_messages(targets).await {
-                        Ok(results) => results,
-                        Err(error) => vec![Err(error); count],
+                let count = handles.len();
+                let settled = match settlement {
+                    Settlement::Delete => {
+                        let targets = handles
+                            .into_iter()
+                            .map(|(handle, index)| DeleteTarget {
+                                handle,
+                                index: Some(index),
+                            })
+                            .collect();
+                        Settled::Deleted(if count == 0 {
+                            Vec::new()
+                        } else {
+                            queue
+                                .delete_messages(targets)
+                                .await
+                                .unwrap_or_else(|error| vec![Err(error); count])
+                        })
+                    }
+                    Settlement::Nack {
+                        delay_seconds: seconds,
+                    }
+                    | Settlement::Extend {
+                        visibility_timeout_seconds: seconds,
+                    } => {
+                        let targets = handles
+                            .into_iter()
+                            .map(|(handle, index)| VisibilityTarget {
+                                handle,
+                                visibility_timeout_seconds: seconds,
+                                place: HandlePlace::Listed(index),
+                            })
+                            .collect();
+                        let results = if count == 0 {
+                            Vec::new()
+                        } else {
+                            queue
+                                .change_visibility(targets)
+                                .await
+                                .unwrap_or_else(|error| vec![Err(error); count])
+                        };
+                        if matches!(settlement, Settlement::Extend { .. }) {
+                            Settled::Extended(results)
+                        } else {
+                            Settled::Nacked(results)
+                        }
                     }
                 };
-                (context, handles, results)
+                (context, receipts, settled)
             }
             .boxed(),
         );
@@ -163,20 +236,46 @@ impl<T: Send + 'static> Consuming<T> {
             .saturating_sub(self.outstanding.len())
     }
 
-    /// Frees the slots of the messages an acknowledgement is done with: deleted, or failed for
-    /// good. A delete that failed because storage did leaves the message in flight: it keeps
-    /// its slot until acknowledged again or visible again.
-    fn acknowledged(&mut self, handles: &[ReceiptHandle], results: &[DeleteResult]) {
-        for (handle, result) in handles.iter().zip(results) {
-            let done = !matches!(
+    /// Updates the slots of the messages a settlement is done with, and says what to yield.
+    /// An acknowledgement or a nack frees the slots of messages deleted (made visible), or that
+    /// failed for good; one that failed because storage did leaves the message in flight, so it
+    /// keeps its slot until settled again or visible again. An extension moves the slot's end
+    /// to the message's new visibility time.
+    fn settled(&mut self, context: T, handles: &[ReceiptHandle], settled: Settled) -> Event<T> {
+        fn done<V>(result: &Result<V, QueueError>) -> bool {
+            !matches!(
                 result,
                 Err(QueueError::Storage(_) | QueueError::ShuttingDown)
-            );
-            if done {
-                self.outstanding.remove(handle);
-            }
+            )
         }
+        let event = match settled {
+            Settled::Deleted(results) => {
+                for (handle, result) in handles.iter().zip(&results) {
+                    if done(result) {
+                        self.outstanding.remove(handle);
+                    }
+                }
+                Event::Acknowledged { context, results }
+            }
+            Settled::Nacked(results) => {
+                for (handle, result) in handles.iter().zip(&results) {
+                    if done(result) {
+                        self.outstanding.remove(handle);
+                    }
+                }
+                Event::VisibilityChanged { context, results }
+            }
+            Settled::Extended(results) => {
+                for (handle, result) in handles.iter().zip(&results) {
+                    if let Ok(visible_at_ms) = result {
+                        self.outstanding.extend(handle, *visible_at_ms);
+                    }
+                }
+                Event::VisibilityChanged { context, results }
+            }
+        };
         self.reset_expiry();
+        event
     }
 
     fn reset_expiry(&mut self) {
@@ -206,11 +305,10 @@ impl<T: Send + 'static> Stream for Consuming<T> {
             // still answered (their commits complete: storage is flushed after the streams end).
             this.close();
         }
-        if let Poll::Ready(Some((context, handles, results))) =
+        if let Poll::Ready(Some((context, handles, settled))) =
             this.acknowledging.poll_next_unpin(cx)
         {
-            this.acknowledged(&handles, &results);
-            return Poll::Ready(Some(Ok(Event::Acknowledged { context, results })));
+            return Poll::Ready(Some(Ok(this.settled(context, &handles, settled))));
         }
         if let Some(expiry) = &mut this.expiry
             && expiry.as_mut().poll(cx).is_ready()
@@ -308,6 +406,17 @@ impl Outstanding {
         let key = (handle.message_id, handle.nonce);
         if let Some(at) = self.by_receive.remove(&key) {
             self.by_deadline.remove(&(at, key.0, key.1));
+        }
+    }
+
+    /// Moves the end of an outstanding message's slot (an extension); a message not
+    /// outstanding here (received elsewhere, or already visible again) is left alone.
+    fn extend(&mut self, handle: &ReceiptHandle, visible_at_ms: Millis) {
+        let key = (handle.message_id, handle.nonce);
+        if let Some(at) = self.by_receive.get_mut(&key) {
+            self.by_deadline.remove(&(*at, key.0, key.1));
+            *at = visible_at_ms;
+            self.by_deadline.insert((visible_at_ms, key.0, key.1));
         }
     }
 

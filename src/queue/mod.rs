@@ -28,7 +28,7 @@ use crate::error::QueueError;
 use crate::payload::Payload;
 use crate::receipt::ReceiptHandle;
 use crate::storage::{NewMessage, QueueRecord, Storage, StorageError};
-pub use consuming::{ConsumeSettings, Consuming, Event};
+pub use consuming::{ConsumeSettings, Consuming, Event, Settlement};
 pub use messages::{Claimed, Counts, Peeked};
 pub use receiving::Receiving;
 
@@ -126,13 +126,34 @@ pub struct DeleteTarget {
 }
 
 /// One receipt handle whose message's visibility is to change, with its place in the caller's
-/// request (`entries[2].receipt_handle`; `None` for ChangeMessageVisibility's single one).
+/// request.
 #[derive(Clone, Copy, Debug)]
 pub struct VisibilityTarget {
     pub handle: ReceiptHandle,
     /// From now until the message is visible again: 0 makes it visible at once.
     pub visibility_timeout_seconds: u32,
-    pub index: Option<usize>,
+    pub place: HandlePlace,
+}
+
+/// Where a receipt handle sits in the caller's request, to name it in an error message.
+#[derive(Clone, Copy, Debug)]
+pub enum HandlePlace {
+    /// ChangeMessageVisibility's `receipt_handle`.
+    Single,
+    /// BatchChangeMessageVisibility's `entries[i].receipt_handle`.
+    Entry(usize),
+    /// A consumer stream's nack or extension: `receipt_handles[i]`.
+    Listed(usize),
+}
+
+impl std::fmt::Display for HandlePlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single => f.write_str("receipt_handle"),
+            Self::Entry(index) => write!(f, "entries[{index}].receipt_handle"),
+            Self::Listed(index) => write!(f, "receipt_handles[{index}]"),
+        }
+    }
 }
 
 /// The result of one visibility change of a batch: the message's new `next_visible_time`.

@@ -21,8 +21,9 @@ use super::body_cache::BodyBudget;
 use super::messages::MessageTable;
 use super::receiving::Delivered;
 use super::{
-    ConsumeSettings, Consuming, Counts, DeleteResult, DeleteTarget, Event, Outgoing, QueueContext,
-    QueueHandle, ReceiveRequest, Receiving, VisibilityResult, VisibilityTarget,
+    ConsumeSettings, Consuming, Counts, DeleteResult, DeleteTarget, Event, HandlePlace, Outgoing,
+    QueueContext, QueueHandle, ReceiveRequest, Receiving, Settlement, VisibilityResult,
+    VisibilityTarget,
 };
 use crate::attributes::QueueAttributes;
 use crate::clock::{Clock, Millis};
@@ -186,7 +187,7 @@ impl Harness {
         let target = VisibilityTarget {
             handle,
             visibility_timeout_seconds: seconds,
-            index: None,
+            place: HandlePlace::Single,
         };
         self.queue.change_visibility(vec![target]).await?.remove(0)
     }
@@ -242,7 +243,7 @@ fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
     future.now_or_never()
 }
 
-fn is_stale(result: &DeleteResult) -> bool {
+fn is_stale<T>(result: &Result<T, QueueError>) -> bool {
     matches!(result, Err(QueueError::StaleReceipt(_)))
 }
 
@@ -946,18 +947,10 @@ async fn a_consumer_stream_pushes_no_more_than_its_free_slots() {
         nonce: second.message.handle.nonce ^ 1,
         ..second.message.handle
     };
-    stream.acknowledge(
+    stream.settle(
         41,
-        vec![
-            DeleteTarget {
-                handle: first.message.handle,
-                index: Some(0),
-            },
-            DeleteTarget {
-                handle: stranger,
-                index: Some(1),
-            },
-        ],
+        Settlement::Delete,
+        vec![(first.message.handle, 0), (stranger, 1)],
     );
     match stream.next().await {
         Some(Ok(Event::Acknowledged { context, results })) => {
@@ -1033,18 +1026,100 @@ async fn a_dropped_stream_gives_back_what_it_claimed_and_had_not_pushed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_consumer_stream_nack_frees_the_slot_and_redelivers_at_once() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("a").await;
+    let mut stream = consume(&harness, 1);
+    let first = pushed(&mut stream).await;
+    assert!(
+        poll_once(&mut stream.next()).is_none(),
+        "pushed past its slot"
+    );
+    let stranger = ReceiptHandle {
+        nonce: first.message.handle.nonce ^ 1,
+        ..first.message.handle
+    };
+    let started = Instant::now();
+    stream.settle(
+        7,
+        Settlement::Nack { delay_seconds: 0 },
+        vec![(stranger, 0), (first.message.handle, 1)],
+    );
+    match stream.next().await {
+        Some(Ok(Event::VisibilityChanged { context, results })) => {
+            assert_eq!(context, 7);
+            assert!(is_stale(&results[0]), "{results:?}");
+            assert!(results[1].is_ok(), "{results:?}");
+        }
+        other => panic!("expected the nack's answer, got {other:?}"),
+    }
+    // Its slot is free and the message is visible again: it comes back now, not in 30 s.
+    let again = pushed(&mut stream).await;
+    assert!(started.elapsed() < secs(1), "{:?}", started.elapsed());
+    assert_eq!(&again.payload.body[..], b"a");
+    assert_eq!(again.message.dequeue_count, 2);
+
+    // A nack with a delay frees the slot at once; the message comes back after the delay.
+    stream.settle(
+        8,
+        Settlement::Nack { delay_seconds: 5 },
+        vec![(again.message.handle, 0)],
+    );
+    assert!(matches!(
+        stream.next().await,
+        Some(Ok(Event::VisibilityChanged { context: 8, .. }))
+    ));
+    let started = Instant::now();
+    let third = pushed(&mut stream).await;
+    assert_about(started.elapsed(), secs(5));
+    assert_eq!(third.message.dequeue_count, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_stream_extension_keeps_the_slot_until_the_new_deadline() {
+    let harness = Harness::start(attributes()).await;
+    harness.send("a").await;
+    let mut stream = consume(&harness, 1);
+    let first = pushed(&mut stream).await;
+    advance(secs(20)).await;
+    stream.settle(
+        9,
+        Settlement::Extend {
+            visibility_timeout_seconds: 60,
+        },
+        vec![(first.message.handle, 0)],
+    );
+    match stream.next().await {
+        Some(Ok(Event::VisibilityChanged { context, results })) => {
+            assert_eq!(context, 9);
+            let at = results[0].as_ref().expect("extended");
+            assert!(*at > first.message.visible_at_ms, "{results:?}");
+        }
+        other => panic!("expected the extension's answer, got {other:?}"),
+    }
+    // Past the original 30 s the message is still in flight and the slot still taken.
+    advance(secs(30)).await;
+    assert!(
+        poll_once(&mut stream.next()).is_none(),
+        "the slot was freed"
+    );
+    assert_eq!(harness.counts().await, counts(0, 1, 0, 0));
+    // At the new deadline (60 s after the extension) the message is visible again, and the
+    // slot free to take it.
+    let started = Instant::now();
+    let next = pushed(&mut stream).await;
+    assert_about(started.elapsed(), secs(30));
+    assert_eq!(&next.payload.body[..], b"a");
+    assert_eq!(next.message.dequeue_count, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_consumer_stream_ends_at_shutdown_and_after_its_client_half_closes() {
     let harness = Harness::start(attributes()).await;
     harness.send("a").await;
     let mut closing = consume(&harness, 1);
     let delivered = pushed(&mut closing).await;
-    closing.acknowledge(
-        1,
-        vec![DeleteTarget {
-            handle: delivered.message.handle,
-            index: Some(0),
-        }],
-    );
+    closing.settle(1, Settlement::Delete, vec![(delivered.message.handle, 0)]);
     closing.close();
     // Its acknowledgement is still answered, then it ends.
     assert!(matches!(

@@ -411,6 +411,33 @@ async fn unfinished_and_oversized_request_bodies_are_ended() {
     };
     assert_eq!(code, Code::DeadlineExceeded, "{response_debug}");
 
+    // A consumer stream's body stays open, but a request on it that is started and never
+    // finished is ended likewise.
+    let (response, mut body) = h2
+        .send_request(grpc_request(server.addr, "StreamMessages"), false)
+        .expect("send request");
+    let mut partial = BytesMut::new();
+    partial.put_u8(0);
+    partial.put_u32(100);
+    partial.put_slice(&[0u8; 10]);
+    body.send_data(partial.freeze(), false).expect("send part");
+    let start = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered within the body timeout")
+        .expect("response");
+    let code = match grpc_status(response.headers()) {
+        Some(code) => code,
+        None => {
+            let mut body = response.into_body();
+            while body.data().await.is_some() {}
+            let trailers = body.trailers().await.expect("trailers").expect("some");
+            grpc_status(&trailers).expect("grpc-status")
+        }
+    };
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    assert_eq!(code, Code::DeadlineExceeded);
+
     // A SendMessage announcing 15 MiB is refused at once (its limit is 1 MiB + 4 KiB).
     let (response, mut body) = h2
         .send_request(grpc_request(server.addr, "SendMessage"), false)

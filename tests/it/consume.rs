@@ -1,6 +1,6 @@
-//! StreamMessages, the consumer stream, against a real server: flow control, acknowledgements
-//! answered after their commit, fairness with other streams and long polls, its life (no
-//! deadline, shutdown, clients that leave) and bad input.
+//! StreamMessages, the consumer stream, against a real server: flow control, acknowledgements,
+//! nacks and extensions answered after their commit, fairness with other streams and long
+//! polls, its life (no deadline, shutdown, clients that leave) and bad input.
 
 use std::time::Duration;
 
@@ -39,6 +39,26 @@ fn acknowledge(ack_id: u64, handles: &[&str]) -> pb::StreamMessagesRequest {
         kind: Some(RequestKind::Acknowledge(pb::StreamAcknowledge {
             ack_id,
             receipt_handles: handles.iter().map(|h| h.to_string()).collect(),
+        })),
+    }
+}
+
+fn nack(nack_id: u64, handles: &[&str], delay_seconds: u32) -> pb::StreamMessagesRequest {
+    pb::StreamMessagesRequest {
+        kind: Some(RequestKind::Nack(pb::StreamNack {
+            nack_id,
+            receipt_handles: handles.iter().map(|h| h.to_string()).collect(),
+            delay_seconds,
+        })),
+    }
+}
+
+fn extend(extend_id: u64, handles: &[&str], seconds: u32) -> pb::StreamMessagesRequest {
+    pb::StreamMessagesRequest {
+        kind: Some(RequestKind::Extend(pb::StreamExtend {
+            extend_id,
+            receipt_handles: handles.iter().map(|h| h.to_string()).collect(),
+            visibility_timeout_seconds: seconds,
         })),
     }
 }
@@ -87,6 +107,27 @@ impl Consumer {
             Some(ResponseKind::Acknowledged(acknowledged)) => acknowledged,
             other => panic!("expected an acknowledgement, got {other:?}"),
         }
+    }
+
+    async fn nacked(&mut self) -> pb::StreamVisibilityChanged {
+        match self.next().await {
+            Some(ResponseKind::Nacked(nacked)) => nacked,
+            other => panic!("expected a nack's answer, got {other:?}"),
+        }
+    }
+
+    async fn extended(&mut self) -> pb::StreamVisibilityChanged {
+        match self.next().await {
+            Some(ResponseKind::Extended(extended)) => extended,
+            other => panic!("expected an extension's answer, got {other:?}"),
+        }
+    }
+
+    async fn send(&self, request: pb::StreamMessagesRequest) {
+        self.requests
+            .send(request)
+            .await
+            .expect("the request side is open");
     }
 
     /// Whether nothing arrives for a while.
@@ -225,6 +266,27 @@ async fn a_stream_outlives_any_long_poll_wait_and_ends_ok_at_shutdown() {
         .await
         .expect("task")
         .expect("the stream ends OK at shutdown");
+}
+
+/// The request body of a consumer stream stays open for the stream's life: the body timeout
+/// bounds each of its requests, not the whole body (it ended every stream after 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_the_request_body_timeout() {
+    let server = TestServer::start_with(|config| {
+        config.settings.request_body_timeout_seconds = Some(1);
+    })
+    .await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    let mut consumer = open(&mut client, "q", 1).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    send(&mut client, "q", b"late").await;
+    let message = consumer.message().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    consumer.ack(1, &[&message.receipt_handle]).await;
+    assert!(consumer.acknowledged().await.failures.is_empty());
+    drop(consumer);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +439,7 @@ async fn the_rust_client_consumes_with_batched_acks_answered_after_the_delete() 
         matches!(foreign.ack().await, Err(ClientError::Other(_))),
         "acknowledged after its consumer ended"
     );
-    third.nack();
+    drop(third);
     // The server is told of nothing: the message stays in flight until its timeout.
     assert_eq!(stats(&mut grpc, "q").await.inactive_messages, 1);
 
@@ -385,6 +447,217 @@ async fn the_rust_client_consumes_with_batched_acks_answered_after_the_delete() 
     assert!(
         matches!(missing, Err(ClientError::QueueNotFound(_))),
         "{missing:?}"
+    );
+    drop(consumer);
+    server.stop().await;
+}
+
+/// The failures of a nack's or an extension's answer, as (index, code, cmq_code).
+fn failures(answer: &pb::StreamVisibilityChanged) -> Vec<(u32, i32, i32)> {
+    answer
+        .failures
+        .iter()
+        .map(|failure| (failure.index, failure.code, failure.cmq_code))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_redelivers_at_once_with_a_higher_dequeue_count_and_frees_its_slot() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    create(&mut client, "other", attrs()).await;
+    send(&mut client, "other", b"x").await;
+    let foreign = receive(&mut client, "other", 1).await.remove(0);
+    send(&mut client, "q", b"m1").await;
+    let mut consumer = open(&mut client, "q", 1).await;
+    let first = consumer.message().await;
+    assert_eq!(first.dequeue_count, 1);
+
+    // A forged handle and one of another queue fail per handle, as
+    // BatchChangeMessageVisibility reports them; the good one is given back.
+    consumer
+        .send(nack(
+            5,
+            &["forged", &first.receipt_handle, &foreign.receipt_handle],
+            0,
+        ))
+        .await;
+    let answer = consumer.nacked().await;
+    assert_eq!(answer.request_id, 5);
+    assert_eq!(answer.changed.len(), 1, "{answer:?}");
+    assert_eq!(answer.changed[0].index, 1);
+    let invalid = Code::InvalidArgument as i32;
+    assert_eq!(failures(&answer), [(0, invalid, 4000), (2, invalid, 4000)]);
+    assert_eq!(answer.failures[0].receipt_handle, "forged");
+    assert!(
+        answer.failures[1].message.contains("receipt_handles[2]"),
+        "{answer:?}"
+    );
+    // Its slot is free and the message visible: it is pushed again now, not after 30 s.
+    let again = consumer.message().await;
+    assert_eq!(again.message_id, first.message_id);
+    assert_eq!(again.dequeue_count, 2);
+    assert_ne!(again.receipt_handle, first.receipt_handle);
+    // The first receive's handle is spent: nacking it again fails with 4430.
+    consumer.send(nack(6, &[&first.receipt_handle], 0)).await;
+    let answer = consumer.nacked().await;
+    assert_eq!(
+        failures(&answer),
+        [(0, Code::FailedPrecondition as i32, 4430)]
+    );
+    // The other queue's message was not touched.
+    assert_eq!(stats(&mut client, "other").await.inactive_messages, 1);
+
+    // A nack with a delay frees the slot at once; the message comes back after the delay.
+    send(&mut client, "q", b"m2").await;
+    consumer.send(nack(7, &[&again.receipt_handle], 2)).await;
+    let answer = consumer.nacked().await;
+    assert!(answer.failures.is_empty(), "{answer:?}");
+    let next = consumer.message().await;
+    assert_eq!(
+        &next.body[..],
+        b"m2",
+        "the freed slot took the next message"
+    );
+    consumer.send(acknowledge(8, &[&next.receipt_handle])).await;
+    assert!(consumer.acknowledged().await.failures.is_empty());
+    let later = consumer.message().await;
+    assert_eq!((&later.body[..], later.dequeue_count), (&b"m1"[..], 3));
+    drop(consumer);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_keeps_a_message_invisible_past_its_timeout_and_its_slot_taken() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    send(&mut client, "q", b"m1").await;
+    send(&mut client, "q", b"m2").await;
+    // Pushed messages are invisible for 1 s only, unless extended.
+    let mut first_request = start("q", 1);
+    if let Some(RequestKind::Start(start)) = &mut first_request.kind {
+        start.visibility_timeout_seconds = Some(1);
+    }
+    let mut consumer = open_with(&mut client, first_request)
+        .await
+        .expect("open the stream");
+    let first = consumer.message().await;
+    consumer
+        .send(extend(3, &[&first.receipt_handle, "forged"], 30))
+        .await;
+    let answer = consumer.extended().await;
+    assert_eq!(answer.request_id, 3);
+    assert_eq!(answer.changed.len(), 1, "{answer:?}");
+    let extended_to = answer.changed[0]
+        .next_visible_time
+        .expect("next_visible_time");
+    let original = first.next_visible_time.expect("next_visible_time");
+    assert!(extended_to.seconds >= original.seconds + 20, "{answer:?}");
+    assert_eq!(failures(&answer), [(1, Code::InvalidArgument as i32, 4000)]);
+
+    // Well past the original second: still in flight, its slot still taken, the handle good.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(consumer.is_quiet().await, "the extended slot was freed");
+    let counters = stats(&mut client, "q").await;
+    assert_eq!(
+        (counters.active_messages, counters.inactive_messages),
+        (1, 1),
+        "m1 stays in flight past its original timeout"
+    );
+    assert!(
+        receive(&mut client, "q", 16)
+            .await
+            .iter()
+            .all(|message| message.message_id != first.message_id)
+    );
+    consumer
+        .send(acknowledge(4, &[&first.receipt_handle]))
+        .await;
+    assert!(consumer.acknowledged().await.failures.is_empty());
+    drop(consumer);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_nacks_and_extensions_end_the_stream_with_invalid_argument() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "q", attrs()).await;
+    let cases: [(pb::StreamMessagesRequest, i32, &str); 4] = [
+        (
+            extend(1, &["h"], 0),
+            4000,
+            "extend.visibility_timeout_seconds",
+        ),
+        (
+            extend(1, &["h"], 43_201),
+            4000,
+            "extend.visibility_timeout_seconds",
+        ),
+        (nack(1, &["h"], 43_201), 4000, "nack.delay_seconds"),
+        (
+            nack(1, &(0..17).map(|_| "h").collect::<Vec<_>>(), 0),
+            4400,
+            "nack.receipt_handles",
+        ),
+    ];
+    for (request, cmq_code, field) in cases {
+        let consumer = open(&mut client, "q", 1).await;
+        consumer.send(request).await;
+        let status = consumer.end().await.expect_err("the stream ends");
+        let message = assert_error(&status, Code::InvalidArgument, cmq_code);
+        assert!(message.contains(field), "{message}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_nacks_and_extends_on_the_stream() {
+    use futures_util::StreamExt as _;
+    use spool_client::{ClientError, ConsumeOptions};
+
+    let server = TestServer::start().await;
+    let mut grpc = server.client().await;
+    create(&mut grpc, "q", attrs()).await;
+    send(&mut grpc, "q", b"m1").await;
+    let client =
+        spool_client::Client::connect(&server.endpoint(), spool_client::ClientOptions::default())
+            .await
+            .expect("connect");
+    let options = ConsumeOptions::default()
+        .max_outstanding_messages(1)
+        .visibility_timeout_seconds(1);
+    let mut consumer = client.consume("q", options).await.expect("consume");
+    let first = consumer.next().await.expect("one").expect("delivered");
+    first.nack().await.expect("nack");
+    let again = consumer.next().await.expect("again").expect("delivered");
+    assert_eq!(&again.message().body[..], b"m1");
+    assert_eq!(again.message().dequeue_count, 2);
+
+    // Extended past its 1 s timeout, it stays in flight and its handle good.
+    let until = again.extend(Duration::from_secs(30)).await.expect("extend");
+    let original = again.message().next_visible_time.expect("set");
+    assert!(until.seconds >= original.seconds + 20, "{until:?}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(stats(&mut grpc, "q").await.inactive_messages, 1);
+    again.ack().await.expect("ack after the extension");
+    assert_eq!(stats(&mut grpc, "q").await.inactive_messages, 0);
+
+    // A handle past its timeout fails per handle, as ChangeMessageVisibility's would.
+    send(&mut grpc, "q", b"m2").await;
+    let late = consumer.next().await.expect("m2").expect("delivered");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let refused = late.extend(Duration::from_secs(30)).await;
+    assert!(
+        matches!(refused, Err(ClientError::StaleReceipt(_))),
+        "{refused:?}"
+    );
+    let refused = late.nack().await;
+    assert!(
+        matches!(refused, Err(ClientError::StaleReceipt(_))),
+        "{refused:?}"
     );
     drop(consumer);
     server.stop().await;

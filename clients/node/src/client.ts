@@ -100,13 +100,22 @@ export interface Delivery {
    */
   ack(): Promise<void>;
   /**
-   * Gives the message up: it comes back when its visibility timeout ends, which also frees its
-   * slot. (Spool has no call that makes a message visible earlier yet.)
+   * Gives the message up: it becomes visible again at once (or after `delaySeconds`, 0..43200)
+   * and is delivered again, its dequeueCount one higher. Batched on the stream as acks are;
+   * resolves once the server answers, after the change is durable (the slot is free then), and
+   * rejects with the SpoolError ChangeMessageVisibility would give (4430: the handle expired).
+   * To let the message come back only after its visibility timeout, do nothing with it.
    */
-  nack(): void;
+  nack(delaySeconds?: number): Promise<void>;
+  /**
+   * Gives the consumer more time (a heartbeat): the message stays invisible to others for
+   * `visibilityTimeoutSeconds` (1..43200) from now and keeps its slot until then. Resolves with
+   * the new next_visible_time once the change is durable; the receipt handle is unchanged.
+   */
+  extend(visibilityTimeoutSeconds: number): Promise<Timestamp | undefined>;
 }
 
-/** Handles in one acknowledgement, at most (the server's limit). */
+/** Handles in one acknowledgement, nack or extension, at most (the server's limit). */
 const MAX_ACK_BATCH = 16;
 
 /** Settings of one ReceiveMessages call; unset ones take the queue's values. */
@@ -387,7 +396,9 @@ export class SpoolClient {
    * ```
    */
   async *consume(queue: string, options: ConsumeOptions = {}): AsyncGenerator<Delivery, void, undefined> {
-    type Ack = { handle: string; resolve: () => void; reject: (error: SpoolError) => void };
+    // What a request asks ("ack", or a nack or extension with its seconds), and who awaits it.
+    type Kind = { case: "ack" } | { case: "nack" | "extend"; seconds: number };
+    type Ack = { kind: Kind; handle: string; resolve: (time?: Timestamp) => void; reject: (error: SpoolError) => void };
     const method = QueueService.method.streamMessages;
     await this.connected(Date.now() + this.connectTimeoutMs);
     const call = this.grpc.makeBidiStreamRequest(
@@ -406,7 +417,8 @@ export class SpoolClient {
     };
     const answers = new Map<bigint, Ack[]>();
     let waiting: Ack[] = [];
-    let nextAckId = 1n;
+    // One count for ackId, nackId and extendId.
+    let nextRequestId = 1n;
     let ended = false;
     const endedError = () => new SpoolError({ code: grpc.status.CANCELLED, details: "the consumer stream has ended; the message comes back after its visibility timeout" });
     const failAll = () => {
@@ -416,26 +428,44 @@ export class SpoolClient {
       for (const ack of waiting) ack.reject(endedError());
       waiting = [];
     };
+    const sameKind = (a: Kind, b: Kind) => a.case === b.case && (a.case === "ack" || (b.case !== "ack" && a.seconds === b.seconds));
     const flush = () => {
-      while (waiting.length > 0 && !ended) {
-        const batch = waiting.splice(0, MAX_ACK_BATCH);
-        const ackId = nextAckId++;
-        answers.set(ackId, batch);
-        call.write(create(method.input, { kind: { case: "acknowledge", value: { ackId, receiptHandles: batch.map((ack) => ack.handle) } } }));
+      for (let head = waiting[0]; head !== undefined && !ended; head = waiting[0]) {
+        // Requests of the first one's kind, in order, up to 16: a request carries one kind.
+        const kind = head.kind;
+        const end = waiting.findIndex((ack, index) => index >= MAX_ACK_BATCH || !sameKind(ack.kind, kind));
+        const count = end < 0 ? waiting.length : end;
+        const batch = waiting.splice(0, count);
+        const id = nextRequestId++;
+        answers.set(id, batch);
+        const receiptHandles = batch.map((ack) => ack.handle);
+        if (kind.case === "ack") {
+          call.write(create(method.input, { kind: { case: "acknowledge", value: { ackId: id, receiptHandles } } }));
+        } else if (kind.case === "nack") {
+          call.write(create(method.input, { kind: { case: "nack", value: { nackId: id, receiptHandles, delaySeconds: kind.seconds } } }));
+        } else {
+          call.write(create(method.input, { kind: { case: "extend", value: { extendId: id, receiptHandles, visibilityTimeoutSeconds: kind.seconds } } }));
+        }
       }
     };
+    const request = (kind: Kind, handle: string) =>
+      new Promise<Timestamp | undefined>((resolve, reject) => {
+        if (ended) return reject(endedError());
+        if (waiting.length === 0) queueMicrotask(flush);
+        waiting.push({ kind, handle, resolve, reject });
+      });
     call.on("data", (response: MessageShape<typeof method.output>) => {
       if (response.kind.case === "message") {
         const message = response.kind.value;
         push({
           message,
-          ack: () =>
-            new Promise<void>((resolve, reject) => {
-              if (ended) return reject(endedError());
-              if (waiting.length === 0) queueMicrotask(flush);
-              waiting.push({ handle: message.receiptHandle, resolve, reject });
-            }),
-          nack: () => {},
+          ack: async () => {
+            await request({ case: "ack" }, message.receiptHandle);
+          },
+          nack: async (delaySeconds = 0) => {
+            await request({ case: "nack", seconds: delaySeconds }, message.receiptHandle);
+          },
+          extend: (visibilityTimeoutSeconds: number) => request({ case: "extend", seconds: visibilityTimeoutSeconds }, message.receiptHandle),
         });
       } else if (response.kind.case === "acknowledged") {
         const answered = response.kind.value;
@@ -446,6 +476,19 @@ export class SpoolClient {
           else ack.reject(new SpoolError({ code: failure.code, details: failure.message, cmqCode: failure.cmqCode }));
         }
         answers.delete(answered.ackId);
+      } else if (response.kind.case === "nacked" || response.kind.case === "extended") {
+        const answered = response.kind.value;
+        const batch = answers.get(answered.requestId) ?? [];
+        answers.delete(answered.requestId);
+        const changed = new Map(answered.changed.map((entry) => [entry.index, entry]));
+        const failures = new Map(answered.failures.map((failure) => [failure.index, failure]));
+        batch.forEach((ack, index) => {
+          const entry = changed.get(index);
+          const failure = failures.get(index);
+          if (entry !== undefined) ack.resolve(entry.nextVisibleTime);
+          else if (failure !== undefined) ack.reject(new SpoolError({ code: failure.code, details: failure.message, cmqCode: failure.cmqCode }));
+          else ack.reject(new SpoolError({ code: grpc.status.INTERNAL, details: "the server's answer left this receipt handle out" }));
+        });
       }
     });
     call.on("error", (error: unknown) => {

@@ -221,7 +221,6 @@ describe("against a real server", { skip: found.skip }, () => {
     await Promise.all([first.ack(), second.ack()]);
     const third = (await stream.next()).value;
     assert.equal(text(third.message), "m3");
-    third.nack();
     stop.abort();
     assert.equal((await stream.next()).done, true, "an aborted stream ends without error");
     stats = (await client.getQueue(name)).stats;
@@ -229,6 +228,32 @@ describe("against a real server", { skip: found.skip }, () => {
     const missing = client.consume(queueName("missing"));
     const error = await failure(missing.next());
     assert.deepEqual([error.code, error.cmqCode], [GrpcStatus.NOT_FOUND, 4440]);
+  });
+
+  test("consume: nack redelivers at once; extend keeps the message past its timeout", async () => {
+    const name = queueName("nack");
+    await client.createQueue(name);
+    await client.sendMessage(name, "m1");
+    const stop = new AbortController();
+    const stream = client.consume(name, { maxOutstandingMessages: 1, visibilityTimeoutSeconds: 1, signal: stop.signal });
+    const first = (await stream.next()).value;
+    await first.nack();
+    const again = (await stream.next()).value;
+    assert.deepEqual([text(again.message), again.message.dequeueCount], ["m1", 2]);
+    const until = await again.extend(30);
+    assert.ok(until.seconds >= again.message.nextVisibleTime.seconds + 20n, "extended");
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    assert.equal((await client.getQueue(name)).stats?.inactiveMessages, 1n, "still in flight past its timeout");
+    await again.ack();
+    await client.sendMessage(name, "m2");
+    const late = (await stream.next()).value;
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const stale = await failure(late.extend(30));
+    assert.equal(stale.cmqCode, 4430);
+    assert.equal((await failure(late.nack())).cmqCode, 4430);
+    stop.abort();
+    // What was pushed before the abort (m2 again, after its timeout) is still yielded.
+    while (!(await stream.next()).done);
   });
 
   test("a full backlog is BACKLOG_FULL (4410)", async () => {

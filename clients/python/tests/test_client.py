@@ -492,11 +492,41 @@ def test_consume_pushes_up_to_max_outstanding_and_acks_are_answered(server, queu
             third = next(consumer)
             assert third.message.body == b"m3"
             second.ack().result(timeout=10)
-            third.nack()
+            del third
         stats = client.get_queue(queue_name).stats
         # m3 was let go: it stays in flight until its visibility timeout.
         assert (stats.active_messages, stats.inactive_messages) == (0, 1)
         expect_error(client.consume, grpc.StatusCode.NOT_FOUND, 4440, queue_name + "-missing")
+
+
+def test_consume_nack_redelivers_and_extend_keeps_the_message(server, queue_name):
+    with Client(server.endpoint, timeout=10) as client:
+        client.create_queue(queue_name)
+        client.send_message(queue_name, b"m1")
+        with client.consume(
+            queue_name, max_outstanding_messages=1, visibility_timeout_seconds=1
+        ) as consumer:
+            first = next(consumer)
+            assert first.nack().result(timeout=10) is None
+            again = next(consumer)
+            assert (again.message.body, again.message.dequeue_count) == (b"m1", 2)
+            # Extended past its 1 s timeout: still in flight, and its handle still deletes it.
+            until = again.extend(30).result(timeout=10)
+            assert until.seconds >= again.message.next_visible_time.seconds + 20
+            time.sleep(2.5)
+            assert client.get_queue(queue_name).stats.inactive_messages == 1
+            again.ack().result(timeout=10)
+            assert client.get_queue(queue_name).stats.inactive_messages == 0
+            # A handle past its timeout fails per handle, as ChangeMessageVisibility would.
+            client.send_message(queue_name, b"m2")
+            late = next(consumer)
+            time.sleep(1.5)
+            with pytest.raises(SpoolError) as caught:
+                late.extend(30).result(timeout=10)
+            assert caught.value.cmq_code == 4430, caught.value
+            with pytest.raises(SpoolError) as caught:
+                late.nack().result(timeout=10)
+            assert caught.value.cmq_code == 4430, caught.value
 
 
 # -- attributes, idempotent sends, dead letters -------------------------------------------------

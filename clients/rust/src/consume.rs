@@ -1,16 +1,17 @@
 //! [`Client::consume`]: a consumer stream (StreamMessages) as a [`Stream`] of [`Delivery`]s,
-//! each acknowledged (deleted) with [`Delivery::ack`]; acknowledgements are batched on the
-//! stream.
+//! each acknowledged (deleted) with [`Delivery::ack`], given back with [`Delivery::nack`], or
+//! kept longer with [`Delivery::extend`]; all three are batched on the stream.
 //!
 //! One task per consumer owns the call: it reads the server's responses (messages go to the
-//! [`Consumer`], answers to acknowledgements to whoever awaits them) and sends the
-//! acknowledgements that are waiting, up to 16 in one request, so acknowledging does not
-//! depend on the [`Consumer`] being polled.
+//! [`Consumer`], answers to whoever awaits them) and sends the requests that are waiting, up to
+//! 16 handles of one kind in a request, so settling a message does not depend on the
+//! [`Consumer`] being polled.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
@@ -59,8 +60,28 @@ impl ConsumeOptions {
     }
 }
 
-/// An acknowledgement waiting to be sent: the handle, and who awaits its answer.
-type Ack = (String, oneshot::Sender<Result<(), ClientError>>);
+/// What a delivery asks of the server; requests of one kind and timeout are batched together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Ack,
+    /// Visible again after these seconds.
+    Nack(u32),
+    /// Invisible for these seconds from now.
+    Extend(u32),
+}
+
+/// What the server answers for one handle: for a visibility change, the new
+/// `next_visible_time`.
+type Answer = Result<Option<prost_types::Timestamp>, ClientError>;
+
+/// A request waiting to be sent, or to be answered: its kind, the handle, and who awaits the
+/// answer.
+#[derive(Debug)]
+struct Pending {
+    kind: Kind,
+    handle: String,
+    answer: oneshot::Sender<Answer>,
+}
 
 /// The messages of a consumer stream; see [`Client::consume`]. Dropping it ends the stream:
 /// messages delivered and not acknowledged come back after their visibility timeout.
@@ -73,7 +94,7 @@ pub struct Consumer {
 #[derive(Debug)]
 pub struct Delivery {
     message: ReceivedMessage,
-    acks: mpsc::UnboundedSender<Ack>,
+    acks: mpsc::UnboundedSender<Pending>,
 }
 
 impl Delivery {
@@ -91,10 +112,53 @@ impl Delivery {
     /// acknowledgement. Fails as [`Client::delete_message`] does (a handle expired:
     /// [`ClientError::StaleReceipt`]), or when the consumer has ended.
     pub fn ack(self) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
+        let answered = self.request(Kind::Ack);
+        async move { answered.await.map(|_| ()) }
+    }
+
+    /// Gives the message up: it becomes visible again at once and is delivered again (to this
+    /// consumer or another, its `dequeue_count` one higher). The nack goes out on the stream now
+    /// (with others waiting, up to 16 in a request); its slot frees once the server answers,
+    /// after the change is durable. Fails as [`Client::change_message_visibility`] does (a
+    /// handle expired: [`ClientError::StaleReceipt`]). To let the message come back only after
+    /// its visibility timeout instead, drop the delivery.
+    pub fn nack(self) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
+        self.nack_after(Duration::ZERO)
+    }
+
+    /// As [`nack`](Self::nack), but the message becomes visible again only after `delay`
+    /// (whole seconds, rounded up; at most 12 hours). Its slot frees at once all the same.
+    pub fn nack_after(
+        self,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
+        let answered = self.request(Kind::Nack(whole_seconds(delay)));
+        async move { answered.await.map(|_| ()) }
+    }
+
+    /// Gives the consumer more time (a heartbeat): the message stays invisible to others for
+    /// `visibility_timeout` from now (whole seconds, rounded up: 1 s to 12 hours), and keeps its
+    /// slot until then. Resolves with the new `next_visible_time`, once the change is durable;
+    /// the receipt handle is unchanged and still deletes the message. Fails as
+    /// [`Client::change_message_visibility`] does.
+    pub fn extend(
+        &self,
+        visibility_timeout: Duration,
+    ) -> impl Future<Output = Result<prost_types::Timestamp, ClientError>> + Send + use<> {
+        let answered = self.request(Kind::Extend(whole_seconds(visibility_timeout)));
+        async move { answered.await.map(Option::unwrap_or_default) }
+    }
+
+    /// Queues a request about this message for the call's task; resolves with its answer.
+    fn request(&self, kind: Kind) -> impl Future<Output = Answer> + Send + use<> {
         let (answer, answered) = oneshot::channel();
         let sent = self
             .acks
-            .send((self.message.receipt_handle, answer))
+            .send(Pending {
+                kind,
+                handle: self.message.receipt_handle.clone(),
+                answer,
+            })
             .is_ok();
         async move {
             if !sent {
@@ -103,11 +167,12 @@ impl Delivery {
             answered.await.unwrap_or_else(|_| Err(ended()))
         }
     }
+}
 
-    /// Gives the message up: it is not deleted, and comes back (to this consumer or another)
-    /// when its visibility timeout ends, which also frees its slot. (Spool has no call that
-    /// makes a message visible earlier yet; when it does, this will use it.)
-    pub fn nack(self) {}
+/// Seconds for the server, rounded up (a delay is at least what was asked), saturating.
+fn whole_seconds(duration: Duration) -> u32 {
+    let rounded = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    u32::try_from(rounded).unwrap_or(u32::MAX)
 }
 
 fn ended() -> ClientError {
@@ -197,8 +262,9 @@ impl Client {
                 deliveries,
                 acks,
                 acks_waiting,
+                held: None,
                 answers: HashMap::new(),
-                next_ack_id: 1,
+                next_request_id: 1,
             }
             .run(),
         );
@@ -215,11 +281,14 @@ struct Call {
     /// Unbounded, but the server pushes at most `max_outstanding_messages` unacknowledged.
     deliveries: mpsc::UnboundedSender<Result<Delivery, ClientError>>,
     /// Handed to each delivery.
-    acks: mpsc::UnboundedSender<Ack>,
-    acks_waiting: mpsc::UnboundedReceiver<Ack>,
-    /// Acknowledgements sent and not answered, by `ack_id`: who awaits each handle's answer.
-    answers: HashMap<u64, Vec<Ack>>,
-    next_ack_id: u64,
+    acks: mpsc::UnboundedSender<Pending>,
+    acks_waiting: mpsc::UnboundedReceiver<Pending>,
+    /// A request taken from `acks_waiting` that did not fit the last batch (another kind).
+    held: Option<Pending>,
+    /// Requests sent and not answered, by their id (`ack_id`, `nack_id`, `extend_id`: one
+    /// count for all three): who awaits each handle's answer.
+    answers: HashMap<u64, Vec<Pending>>,
+    next_request_id: u64,
 }
 
 impl Call {
@@ -239,8 +308,12 @@ impl Call {
                     }
                 },
                 Some(first) = self.acks_waiting.recv() => {
-                    if !self.send_acks(first) {
-                        return;
+                    let mut next = Some(first);
+                    while let Some(first) = next {
+                        if !self.send_batch(first) {
+                            return;
+                        }
+                        next = self.held.take();
                     }
                 }
                 // The consumer was dropped: end the call (dropping it cancels it).
@@ -265,21 +338,45 @@ impl Call {
                     .into_iter()
                     .map(|failure| (failure.receipt_handle.clone(), failure))
                     .collect();
-                for (handle, answer) in self
+                for pending in self
                     .answers
                     .remove(&acknowledged.ack_id)
                     .unwrap_or_default()
                 {
-                    let result = match failures.remove(&handle) {
-                        None => Ok(()),
-                        Some(failure) => Err(ClientError::from(RpcError {
-                            code: Code::from_i32(failure.code),
-                            cmq_code: Some(failure.cmq_code),
-                            reason: None,
-                            message: failure.message,
-                        })),
+                    let result = match failures.remove(&pending.handle) {
+                        None => Ok(None),
+                        Some(failure) => {
+                            Err(failed(failure.code, failure.cmq_code, failure.message))
+                        }
                     };
-                    let _ = answer.send(result);
+                    let _ = pending.answer.send(result);
+                }
+                true
+            }
+            Some(ResponseKind::Nacked(changed) | ResponseKind::Extended(changed)) => {
+                let batch = self.answers.remove(&changed.request_id).unwrap_or_default();
+                let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
+                for entry in changed.changed {
+                    if let Some(answer) = answers.get_mut(entry.index as usize) {
+                        *answer = Some(Ok(Some(entry.next_visible_time.unwrap_or_default())));
+                    }
+                }
+                for failure in changed.failures {
+                    if let Some(answer) = answers.get_mut(failure.index as usize) {
+                        *answer =
+                            Some(Err(failed(failure.code, failure.cmq_code, failure.message)));
+                    }
+                }
+                for (pending, answer) in batch.into_iter().zip(answers) {
+                    // A server answers every handle; one it left out is reported, not hung.
+                    let answer = answer.unwrap_or_else(|| {
+                        Err(failed(
+                            Code::Internal as i32,
+                            0,
+                            "the server's answer left this receipt handle out".into(),
+                        ))
+                    });
+                    let _ = pending.answer.send(answer);
                 }
                 true
             }
@@ -288,25 +385,53 @@ impl Call {
         }
     }
 
-    /// Sends `first` and the acknowledgements waiting behind it, 16 to a request; false when
-    /// the call is over.
-    fn send_acks(&mut self, first: Ack) -> bool {
+    /// Sends `first` and the requests of its kind waiting behind it, 16 to a request (one of
+    /// another kind is held for the next); false when the call is over.
+    fn send_batch(&mut self, first: Pending) -> bool {
+        let kind = first.kind;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match self.acks_waiting.try_recv() {
-                Ok(ack) => batch.push(ack),
+                Ok(pending) if pending.kind == kind => batch.push(pending),
+                Ok(pending) => {
+                    self.held = Some(pending);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let ack_id = self.next_ack_id;
-        self.next_ack_id += 1;
-        let request = pb::StreamMessagesRequest {
-            kind: Some(RequestKind::Acknowledge(pb::StreamAcknowledge {
-                ack_id,
-                receipt_handles: batch.iter().map(|(handle, _)| handle.clone()).collect(),
-            })),
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let receipt_handles = batch.iter().map(|pending| pending.handle.clone()).collect();
+        let kind = match kind {
+            Kind::Ack => RequestKind::Acknowledge(pb::StreamAcknowledge {
+                ack_id: id,
+                receipt_handles,
+            }),
+            Kind::Nack(delay_seconds) => RequestKind::Nack(pb::StreamNack {
+                nack_id: id,
+                receipt_handles,
+                delay_seconds,
+            }),
+            Kind::Extend(visibility_timeout_seconds) => RequestKind::Extend(pb::StreamExtend {
+                extend_id: id,
+                receipt_handles,
+                visibility_timeout_seconds,
+            }),
         };
-        self.answers.insert(ack_id, batch);
-        self.requests.send(request).is_ok()
+        self.answers.insert(id, batch);
+        self.requests
+            .send(pb::StreamMessagesRequest { kind: Some(kind) })
+            .is_ok()
     }
+}
+
+/// A per-handle failure of an answer, as the error the unary call would have returned.
+fn failed(code: i32, cmq_code: i32, message: String) -> ClientError {
+    ClientError::from(RpcError {
+        code: Code::from_i32(code),
+        cmq_code: Some(cmq_code),
+        reason: None,
+        message,
+    })
 }

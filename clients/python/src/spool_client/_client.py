@@ -688,8 +688,8 @@ class Client:
         """Opens a consumer stream (StreamMessages): an iterator of Delivery objects, pushed as
         messages become visible while fewer than `max_outstanding_messages` (1..1000; 0: 100)
         are unacknowledged. `delivery.ack()` deletes one (batched on the stream) and returns a
-        future of the server's answer; `delivery.nack()` lets its visibility timeout bring it
-        back. Raises SpoolError at once if the server refuses the stream (NOT_FOUND, ...). The
+        future of the server's answer; `delivery.nack()` makes it visible again at once (or after
+        a delay), `delivery.extend(seconds)` keeps it longer, both batched the same way. Raises SpoolError at once if the server refuses the stream (NOT_FOUND, ...). The
         stream has no deadline; the iteration ends when the server shuts down.
 
             with client.consume("orders", max_outstanding_messages=10) as consumer:

@@ -397,12 +397,16 @@ class PeekMessagesResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[PeekedMessage, _Mapping]]] = ...) -> None: ...
 
 class StreamMessagesRequest(_message.Message):
-    __slots__ = ("start", "acknowledge")
+    __slots__ = ("start", "acknowledge", "nack", "extend")
     START_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGE_FIELD_NUMBER: _ClassVar[int]
+    NACK_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_FIELD_NUMBER: _ClassVar[int]
     start: StreamStart
     acknowledge: StreamAcknowledge
-    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., acknowledge: _Optional[_Union[StreamAcknowledge, _Mapping]] = ...) -> None: ...
+    nack: StreamNack
+    extend: StreamExtend
+    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., acknowledge: _Optional[_Union[StreamAcknowledge, _Mapping]] = ..., nack: _Optional[_Union[StreamNack, _Mapping]] = ..., extend: _Optional[_Union[StreamExtend, _Mapping]] = ...) -> None: ...
 
 class StreamStart(_message.Message):
     __slots__ = ("queue_name", "max_outstanding_messages", "visibility_timeout_seconds")
@@ -422,13 +426,47 @@ class StreamAcknowledge(_message.Message):
     receipt_handles: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, ack_id: _Optional[int] = ..., receipt_handles: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class StreamNack(_message.Message):
+    __slots__ = ("nack_id", "receipt_handles", "delay_seconds")
+    NACK_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_HANDLES_FIELD_NUMBER: _ClassVar[int]
+    DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    nack_id: int
+    receipt_handles: _containers.RepeatedScalarFieldContainer[str]
+    delay_seconds: int
+    def __init__(self, nack_id: _Optional[int] = ..., receipt_handles: _Optional[_Iterable[str]] = ..., delay_seconds: _Optional[int] = ...) -> None: ...
+
+class StreamExtend(_message.Message):
+    __slots__ = ("extend_id", "receipt_handles", "visibility_timeout_seconds")
+    EXTEND_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_HANDLES_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    extend_id: int
+    receipt_handles: _containers.RepeatedScalarFieldContainer[str]
+    visibility_timeout_seconds: int
+    def __init__(self, extend_id: _Optional[int] = ..., receipt_handles: _Optional[_Iterable[str]] = ..., visibility_timeout_seconds: _Optional[int] = ...) -> None: ...
+
 class StreamMessagesResponse(_message.Message):
-    __slots__ = ("message", "acknowledged")
+    __slots__ = ("message", "acknowledged", "nacked", "extended")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    NACKED_FIELD_NUMBER: _ClassVar[int]
+    EXTENDED_FIELD_NUMBER: _ClassVar[int]
     message: ReceivedMessage
     acknowledged: StreamAcknowledged
-    def __init__(self, message: _Optional[_Union[ReceivedMessage, _Mapping]] = ..., acknowledged: _Optional[_Union[StreamAcknowledged, _Mapping]] = ...) -> None: ...
+    nacked: StreamVisibilityChanged
+    extended: StreamVisibilityChanged
+    def __init__(self, message: _Optional[_Union[ReceivedMessage, _Mapping]] = ..., acknowledged: _Optional[_Union[StreamAcknowledged, _Mapping]] = ..., nacked: _Optional[_Union[StreamVisibilityChanged, _Mapping]] = ..., extended: _Optional[_Union[StreamVisibilityChanged, _Mapping]] = ...) -> None: ...
+
+class StreamVisibilityChanged(_message.Message):
+    __slots__ = ("request_id", "changed", "failures")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    changed: _containers.RepeatedCompositeFieldContainer[ChangedVisibility]
+    failures: _containers.RepeatedCompositeFieldContainer[ChangeVisibilityFailure]
+    def __init__(self, request_id: _Optional[int] = ..., changed: _Optional[_Iterable[_Union[ChangedVisibility, _Mapping]]] = ..., failures: _Optional[_Iterable[_Union[ChangeVisibilityFailure, _Mapping]]] = ...) -> None: ...
 
 class StreamAcknowledged(_message.Message):
     __slots__ = ("ack_id", "failures")

@@ -335,12 +335,22 @@ class QueueServiceServicer(object):
         durable, in the order of the requests, listing the handles that failed as
         BatchDeleteMessages does; then their slots are free. A handle whose delete failed because
         storage did (UNAVAILABLE) keeps its slot until acknowledged again or visible again.
+        - A `nack` gives messages back: each becomes visible again at once, or after its
+        `delay_seconds` (ChangeMessageVisibility with 0 or N seconds); it is delivered again, with
+        a higher `dequeue_count`. An `extend` gives the consumer more time: each message stays
+        invisible for `visibility_timeout_seconds` from now (BatchChangeMessageVisibility). Both
+        are answered (`nacked`, `extended`) once the changes are durable, in the order of all the
+        requests, with the new `next_visible_time` of each handle changed and the failures as
+        BatchChangeMessageVisibility reports them. A nack frees the slots of the handles it is
+        done with (changed, or failed other than UNAVAILABLE); an extend keeps them, until the
+        new `next_visible_time`. Receipt handles stay as they were (a visibility change issues
+        none).
         - The stream waits as long as the client keeps it open. It ends OK when the server shuts
         down, and OK once the client half-closes and its acknowledgements are answered (no
         message is pushed after the half-close). Messages pushed on a stream that ends stay in
         flight until their visibility timeout; none are claimed for it after it ends.
-        - A request that is not of the expected kind, or has more than 16 handles, ends the stream
-        with INVALID_ARGUMENT.
+        - A request that is not of the expected kind, has more than 16 handles, or a number out of
+        range, ends the stream with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
