@@ -268,3 +268,104 @@ async fn long_polls_count_under_max_waiting_receives_and_end_empty_at_shutdown()
     assert_eq!(answer.json(), serde_json::json!({}));
     stopping.await.expect("stopped");
 }
+
+#[tokio::test]
+async fn http_calls_are_counted_per_protocol_and_action_beside_the_rpcs() {
+    let bind = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        listener
+    };
+    let (http_listener, metrics_listener) = (bind(), bind());
+    let http = http_listener.local_addr().expect("addr").to_string();
+    let metrics = metrics_listener.local_addr().expect("addr");
+    let server = TestServer::start_with(|config| {
+        config.http_listener =
+            Some(tokio::net::TcpListener::from_std(http_listener).expect("listener"));
+        config.metrics_listener =
+            Some(tokio::net::TcpListener::from_std(metrics_listener).expect("listener"));
+    })
+    .await;
+    let created = call(
+        &http,
+        &sqs_request("CreateQueue", r#"{"QueueName":"counted"}"#),
+    )
+    .await;
+    assert_eq!(created.status, 200);
+    let send = r#"{"QueueUrl":"http://spool/000000000000/counted","MessageBody":"x"}"#;
+    for _ in 0..2 {
+        assert_eq!(
+            call(&http, &sqs_request("SendMessage", send)).await.status,
+            200
+        );
+    }
+    let missing = r#"{"QueueUrl":"http://spool/000000000000/missing","MessageBody":"x"}"#;
+    assert_eq!(
+        call(&http, &sqs_request("SendMessage", missing))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        call(&http, &sqs_request("TagQueue", "{}")).await.status,
+        400
+    );
+    let cmq = |query: &str| format!("GET /v2/index.php?{query} HTTP/1.1\r\nHost: spool\r\n\r\n");
+    let sent = call(
+        &http,
+        &cmq("Action=SendMessage&queueName=counted&msgBody=y"),
+    )
+    .await;
+    assert_eq!(sent.json()["code"], 0);
+    let nothing = call(&http, &cmq("Action=ReceiveMessage&queueName=missing")).await;
+    assert_eq!(nothing.json()["code"], 4440);
+    let bad = call(&http, &cmq("Action=CreateTopic&topicName=t&filterType=9")).await;
+    assert_eq!(bad.json()["code"], 4000);
+    // A gRPC call too, to see both side by side.
+    server
+        .client()
+        .await
+        .get_queue(spool::pb::GetQueueRequest {
+            queue_name: "counted".into(),
+        })
+        .await
+        .expect("get");
+
+    let (_, text) = crate::common::http_get(metrics, "/metrics").await;
+    let samples = crate::common::samples(&text);
+    let count = |labels: &str| {
+        samples
+            .get(&format!("spool_grpc_requests_total{{{labels}}}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        count(r#"method="sqs.CreateQueue",code="OK""#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(count(r#"method="sqs.SendMessage",code="OK""#), 2.0);
+    assert_eq!(count(r#"method="sqs.SendMessage",code="NOT_FOUND""#), 1.0);
+    assert_eq!(count(r#"method="cmq.SendMessage",code="OK""#), 1.0);
+    assert_eq!(
+        count(r#"method="cmq.ReceiveMessage",code="NOT_FOUND""#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"method="cmq.CreateTopic",code="INVALID_ARGUMENT""#),
+        1.0
+    );
+    // An action no API has is counted as unknown, so the label set stays fixed.
+    assert_eq!(count(r#"method="unknown",code="INVALID_ARGUMENT""#), 1.0);
+    assert!(!text.contains("TagQueue"), "{text}");
+    // The gRPC call under its own name; the HTTP calls are not counted as RPCs as well.
+    assert_eq!(count(r#"method="GetQueue",code="OK""#), 1.0);
+    assert_eq!(count(r#"method="SendMessage",code="OK""#), 0.0);
+    assert_eq!(
+        samples
+            .get(r#"spool_grpc_request_duration_seconds_count{method="sqs.SendMessage"}"#)
+            .copied(),
+        Some(3.0)
+    );
+    server.stop().await;
+}
