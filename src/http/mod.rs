@@ -1,5 +1,6 @@
 //! The HTTP/1.1 port (`--http-listen`) that speaks the wire APIs existing SDKs already use:
-//! Amazon SQS's JSON protocol ([`sqs`]) and Tencent CMQ's HTTP API v2 ([`cmq`], queues, and topics in
+//! Amazon SQS's JSON protocol ([`sqs`]) and its older query protocol ([`sqs_query`], a second
+//! codec over the same actions), and Tencent CMQ's HTTP API v2 ([`cmq`], queues, and topics in
 //! [`cmq_topics`]). Every answered request is counted in the per-method metrics.
 //!
 //! Both are thin edges over the gRPC service implementation, called in process
@@ -18,6 +19,7 @@ pub mod cmq_topics;
 pub mod sigv4;
 pub mod sqs;
 pub mod sqs_attributes;
+pub mod sqs_query;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -129,6 +131,8 @@ impl Edge {
             cmq::answer(&self, request).await
         } else if is_sqs {
             sqs::answer(&self, request).await
+        } else if sqs_query::is_query(&request) {
+            sqs_query::answer(&self, request).await
         } else {
             return plain(
                 StatusCode::NOT_FOUND,

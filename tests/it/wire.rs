@@ -369,3 +369,65 @@ async fn http_calls_are_counted_per_protocol_and_action_beside_the_rpcs() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_query_protocol_answers_in_xml_over_the_same_actions() {
+    let (server, http) = start(|_| {}).await;
+    let form = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: spool\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let created = call(
+        &http,
+        &form("/", "Action=CreateQueue&Version=2012-11-05&QueueName=xml&Attribute.1.Name=VisibilityTimeout&Attribute.1.Value=5"),
+    )
+    .await;
+    assert_eq!(created.status, 200);
+    assert_eq!(created.header("content-type"), Some("text/xml"));
+    let text = String::from_utf8_lossy(&created.body).to_string();
+    assert!(
+        text.contains("<CreateQueueResult><QueueUrl>http://spool/000000000000/xml</QueueUrl>"),
+        "{text}"
+    );
+    // Posted to the queue's URL without QueueUrl (as older SDKs do); a body needing escapes.
+    let sent = call(
+        &http,
+        &form(
+            "/000000000000/xml",
+            "Action=SendMessage&MessageBody=a%3Cb%26c",
+        ),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", String::from_utf8_lossy(&sent.body));
+    // A GET with the parameters in the URL; list members numbered as SQS's model has them.
+    let received = call(
+        &http,
+        "GET /?Action=ReceiveMessage&QueueUrl=http%3A%2F%2Fspool%2F000000000000%2Fxml&AttributeName.1=All HTTP/1.1\r\nHost: spool\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&received.body).to_string();
+    assert!(text.contains("<Body>a&lt;b&amp;c</Body>"), "{text}");
+    assert!(
+        text.contains(
+            "<Attribute><Name>ApproximateReceiveCount</Name><Value>1</Value></Attribute>"
+        ),
+        "{text}"
+    );
+    // Errors are SQS's XML errors, with the query protocol's code.
+    let missing = call(&http, &form("/", "Action=GetQueueUrl&QueueName=nope")).await;
+    assert_eq!(missing.status, 400);
+    let text = String::from_utf8_lossy(&missing.body).to_string();
+    assert!(
+        text.contains("<Type>Sender</Type><Code>AWS.SimpleQueueService.NonExistentQueue</Code>"),
+        "{text}"
+    );
+    let malformed = call(&http, &form("/", "Action=ListQueues&AttributeName.x=1")).await;
+    assert_eq!(malformed.status, 400);
+    assert!(String::from_utf8_lossy(&malformed.body).contains("MalformedQueryString"));
+    let no_action = call(&http, &form("/", "QueueName=x")).await;
+    assert!(String::from_utf8_lossy(&no_action.body).contains("<Code>MissingAction</Code>"));
+    server.stop().await;
+}
