@@ -69,7 +69,8 @@ pub struct Edge {
     secure: bool,
     /// How long a request may take to send its body.
     body_timeout: Duration,
-    /// Where each answered request is counted and timed (`None`: nowhere, in tests of parts).
+    /// Where each answered request is counted and timed: set by [`Edge::observed_by`] (the
+    /// server always does); a request whose client leaves before the answer is not counted.
     metrics: Option<Arc<Metrics>>,
 }
 
