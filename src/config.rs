@@ -115,8 +115,8 @@ pub struct Settings {
         long,
         env = "SPOOL_HTTP_LISTEN",
         help = "Address to serve the wire APIs of other SDKs on, over HTTP/1.1: Amazon SQS's \
-                JSON protocol and Tencent CMQ's HTTP API v2 at /v2/index.php (docs/compat.md) \
-                [default: not served]"
+                JSON and query protocols, and Tencent CMQ's HTTP API v2 at /v2/index.php \
+                (queues and topics; docs/compat.md) [default: not served]"
     )]
     pub http_listen: Option<SocketAddr>,
 

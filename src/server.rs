@@ -317,7 +317,8 @@ pub async fn run(
             security.authenticator(),
             security.tls.is_some(),
             settings.request_body_timeout(),
-        );
+        )
+        .observed_by(metrics.clone());
         tokio::spawn(crate::http::serve(
             http_listener,
             crate::http::HttpPort {

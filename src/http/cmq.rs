@@ -3,7 +3,8 @@
 //! (`code`, `message`, `requestId` and the action's fields, times in Unix seconds) with CMQ's
 //! error codes: the `cmq_code` of each error in Spool's error table (4440 no such queue, 4460
 //! exists with other attributes, 4430 stale receipt handle, ...), 7000 when a receive finds no
-//! message, 6010 when some deletes of a batch failed.
+//! message, 6010 when some deletes of a batch failed. The topic actions are in
+//! [`super::cmq_topics`].
 
 use std::collections::BTreeMap;
 
@@ -12,10 +13,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::{Edge, request_id};
 use crate::auth::Caller;
+use crate::metrics::Method;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 
@@ -33,14 +35,14 @@ pub const MAX_PARAMETERS: usize = 256;
 /// A CMQ error answer: its code and message.
 #[derive(Debug)]
 pub struct CmqError {
-    code: i32,
-    message: String,
+    pub(super) code: i32,
+    pub(super) message: String,
     /// BatchDeleteMessage's `errorList`: each failed handle with its own code.
-    error_list: Option<Vec<Value>>,
+    pub(super) error_list: Option<Vec<Value>>,
 }
 
 impl CmqError {
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(super) fn invalid(message: impl Into<String>) -> Self {
         Self {
             code: INVALID_PARAMETER,
             message: message.into(),
@@ -60,12 +62,36 @@ impl From<Status> for CmqError {
     }
 }
 
-type Answer = Result<Map<String, Value>, CmqError>;
+pub(super) type Answer = Result<Map<String, Value>, CmqError>;
 
-/// Answers one CMQ request: always HTTP 200, the outcome in `code`, as CMQ does.
-pub async fn answer(edge: &Edge, request: Request<Incoming>) -> Response<Full<Bytes>> {
+impl CmqError {
+    /// The gRPC code of this outcome, for the metrics: the error table's for CMQ's code; OK
+    /// for "no message" and a batch delete with failures, as the gRPC calls answer them.
+    fn grpc_code(&self) -> Code {
+        match self.code {
+            NO_MESSAGE | BATCH_DELETE_FAILED => Code::Ok,
+            code => spool_client::errors::ERROR_CASES
+                .iter()
+                .find(|case| case.cmq_code == code)
+                .map_or(Code::Unknown, |case| case.grpc_code),
+        }
+    }
+}
+
+/// Answers one CMQ request: always HTTP 200, the outcome in `code`, as CMQ does. Also returns
+/// the action and the outcome's gRPC code, for the metrics.
+pub async fn answer(
+    edge: &Edge,
+    request: Request<Incoming>,
+) -> (Response<Full<Bytes>>, Method, Code) {
     let id = request_id();
-    let mut body = match handle(edge, request).await {
+    let mut action = String::new();
+    let outcome = handle(edge, request, &mut action).await;
+    let method = Method::of_http_action("cmq", &action);
+    let code = outcome
+        .as_ref()
+        .map_or_else(CmqError::grpc_code, |_| Code::Ok);
+    let mut body = match outcome {
         Ok(fields) => {
             let mut body = Map::new();
             body.insert("code".into(), json!(0));
@@ -90,10 +116,11 @@ pub async fn answer(edge: &Edge, request: Request<Incoming>) -> Response<Full<By
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
     );
-    response
+    (response, method, code)
 }
 
-async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
+/// `action`: set to the request's Action once its parameters are read.
+async fn handle(edge: &Edge, request: Request<Incoming>, action: &mut String) -> Answer {
     let mut params = BTreeMap::new();
     if let Some(query) = request.uri().query() {
         collect(&mut params, query.as_bytes())?;
@@ -114,6 +141,7 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
         .await
         .map_err(|error| CmqError::invalid(error.to_string()))?;
     collect(&mut params, &body)?;
+    action.clone_from(params.get("Action").unwrap_or(&String::new()));
     let caller = super::cmq_signature::authenticate(edge, method.as_str(), &host, &path, &params)
         .map_err(|message| CmqError {
         code: AUTHENTICATION_FAILED,
@@ -139,6 +167,19 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
         "BatchReceiveMessage" => call.receive_message(true).await,
         "DeleteMessage" => call.delete_message().await,
         "BatchDeleteMessage" => call.batch_delete_message().await,
+        "CreateTopic" => call.create_topic().await,
+        "SetTopicAttributes" => call.set_topic_attributes().await,
+        "GetTopicAttributes" => call.get_topic_attributes().await,
+        "ListTopic" => call.list_topic().await,
+        "DeleteTopic" => call.delete_topic().await,
+        "PublishMessage" => call.publish_message().await,
+        "BatchPublishMessage" => call.batch_publish_message().await,
+        "Subscribe" => call.subscribe().await,
+        "Unsubscribe" => call.unsubscribe().await,
+        "GetSubscriptionAttributes" => call.get_subscription_attributes().await,
+        "SetSubscriptionAttributes" => call.set_subscription_attributes().await,
+        "ClearSubscriptionFilterTags" => call.clear_subscription_filter_tags().await,
+        "ListSubscriptionByTopic" => call.list_subscription_by_topic().await,
         "" => Err(CmqError::invalid("the parameter Action is missing")),
         other => Err(CmqError::invalid(format!(
             "Action {other:?} is not one Spool serves (see docs/compat.md)"
@@ -159,26 +200,26 @@ fn collect(params: &mut BTreeMap<String, String>, text: &[u8]) -> Result<(), Cmq
     Ok(())
 }
 
-/// One request being answered.
-struct Call<'a> {
-    edge: &'a Edge,
-    caller: Caller,
-    params: &'a BTreeMap<String, String>,
+/// One request being answered (the topic actions are in `cmq_topics`).
+pub(super) struct Call<'a> {
+    pub(super) edge: &'a Edge,
+    pub(super) caller: Caller,
+    pub(super) params: &'a BTreeMap<String, String>,
 }
 
 impl Call<'_> {
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(super) fn request<T>(&self, message: T) -> tonic::Request<T> {
         Edge::request(&self.caller, message)
     }
 
-    fn required(&self, name: &str) -> Result<String, CmqError> {
+    pub(super) fn required(&self, name: &str) -> Result<String, CmqError> {
         self.params
             .get(name)
             .cloned()
             .ok_or_else(|| CmqError::invalid(format!("the parameter {name} is missing")))
     }
 
-    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, CmqError> {
+    pub(super) fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, CmqError> {
         match self.params.get(name) {
             None => Ok(None),
             Some(text) => text.trim().parse().map(Some).map_err(|_| {
@@ -188,7 +229,7 @@ impl Call<'_> {
     }
 
     /// `name.1`, `name.2`, ... in order, stopping at the first gap.
-    fn numbered(&self, name: &str) -> Vec<String> {
+    pub(super) fn numbered(&self, name: &str) -> Vec<String> {
         (1..)
             .map_while(|n| self.params.get(&format!("{name}.{n}")).cloned())
             .collect()
@@ -223,8 +264,8 @@ impl Call<'_> {
         Ok(fields([("queueId", json!(name))]))
     }
 
-    async fn list_queue(&self) -> Answer {
-        let prefix = self.params.get("searchWord").cloned().unwrap_or_default();
+    /// A listing's `offset` (default 0) and `limit` (default 20, at most 1000).
+    pub(super) fn offset_and_limit(&self) -> Result<(usize, usize), CmqError> {
         let offset: usize = self.number("offset")?.unwrap_or(0);
         let limit: usize = self.number("limit")?.unwrap_or(20);
         if !(1..=1000).contains(&limit) {
@@ -232,6 +273,12 @@ impl Call<'_> {
                 "limit is {limit}; it must be 1..=1000"
             )));
         }
+        Ok((offset, limit))
+    }
+
+    async fn list_queue(&self) -> Answer {
+        let prefix = self.params.get("searchWord").cloned().unwrap_or_default();
+        let (offset, limit) = self.offset_and_limit()?;
         // CMQ pages by offset; Spool by name: walk pages up to the offset's.
         let mut queues = Vec::new();
         let mut token = String::new();
@@ -486,14 +533,14 @@ impl Call<'_> {
     }
 }
 
-fn fields<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
+pub(super) fn fields<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
     pairs
         .into_iter()
         .map(|(key, value)| (key.to_string(), value))
         .collect()
 }
 
-fn seconds(time: &Option<prost_types::Timestamp>) -> i64 {
+pub(super) fn seconds(time: &Option<prost_types::Timestamp>) -> i64 {
     time.as_ref().map(|t| t.seconds).unwrap_or_default()
 }
 

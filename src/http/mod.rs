@@ -1,5 +1,7 @@
 //! The HTTP/1.1 port (`--http-listen`) that speaks the wire APIs existing SDKs already use:
-//! Amazon SQS's JSON protocol ([`sqs`]) and Tencent CMQ's HTTP API v2 ([`cmq`]).
+//! Amazon SQS's JSON protocol ([`sqs`]) and its older query protocol ([`sqs_query`], a second
+//! codec over the same actions), and Tencent CMQ's HTTP API v2 ([`cmq`], queues, and topics in
+//! [`cmq_topics`]). Every answered request is counted in the per-method metrics.
 //!
 //! Both are thin edges over the gRPC service implementation, called in process
 //! ([`Edge`]): a request becomes the `spool.v1` request it means, with its caller in the
@@ -13,13 +15,15 @@
 
 pub mod cmq;
 pub mod cmq_signature;
+pub mod cmq_topics;
 pub mod sigv4;
 pub mod sqs;
 pub mod sqs_attributes;
+pub mod sqs_query;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -36,6 +40,7 @@ use tonic::Status;
 
 use crate::auth::{Authenticator, Caller};
 use crate::cluster::routing::Routed;
+use crate::metrics::Metrics;
 use crate::net::{self, ConnectionCounts, ConnectionLimits};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
@@ -64,6 +69,9 @@ pub struct Edge {
     secure: bool,
     /// How long a request may take to send its body.
     body_timeout: Duration,
+    /// Where each answered request is counted and timed: set by [`Edge::observed_by`] (the
+    /// server always does); a request whose client leaves before the answer is not counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Edge {
@@ -79,7 +87,15 @@ impl Edge {
             nonces: cmq_signature::NonceCache::default(),
             secure,
             body_timeout,
+            metrics: None,
         }
+    }
+
+    /// Counts and times every answered request in `metrics`, beside the RPCs
+    /// (`method="sqs.<Action>"`, `"cmq.<Action>"`: see [`crate::metrics::HTTP_METHODS`]).
+    pub fn observed_by(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// A gRPC request carrying `caller`, as the auth layer hands requests to the service.
@@ -109,18 +125,26 @@ impl Edge {
 
     /// Answers one HTTP request.
     async fn answer(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
         let path = request.uri().path().to_string();
         let is_sqs = request.headers().contains_key("x-amz-target");
-        if path == CMQ_PATH {
-            return cmq::answer(&self, request).await;
+        let (response, method, code) = if path == CMQ_PATH {
+            cmq::answer(&self, request).await
+        } else if is_sqs {
+            sqs::answer(&self, request).await
+        } else if sqs_query::is_query(&request) {
+            sqs_query::answer(&self, request).await
+        } else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "not found: SQS requests carry X-Amz-Target (AWS JSON 1.0) or are form-encoded \
+                 with Action= (the query protocol); CMQ's go to /v2/index.php\n",
+            );
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_rpc(method, code, started.elapsed());
         }
-        if is_sqs {
-            return sqs::answer(&self, request).await;
-        }
-        plain(
-            StatusCode::NOT_FOUND,
-            "not found: SQS requests carry X-Amz-Target (AWS JSON 1.0); CMQ's go to /v2/index.php\n",
-        )
+        response
     }
 
     /// The request's body, read whole within the size and time limits.

@@ -22,6 +22,7 @@ use tonic::{Code, Status};
 
 use super::{Edge, hex, request_id, sqs_attributes};
 use crate::auth::Caller;
+use crate::metrics::Method;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 
@@ -45,21 +46,28 @@ const MAX_ENTRY_ID_LEN: usize = 80;
 /// An SQS error answer.
 #[derive(Debug)]
 pub struct SqsError {
-    status: StatusCode,
+    pub(super) status: StatusCode,
     /// The JSON protocol's code (`__type` after the `#`).
     code: &'static str,
     /// The query protocol's code, which SDKs in query-compatible mode report.
-    query_code: &'static str,
-    message: String,
+    pub(super) query_code: &'static str,
+    pub(super) message: String,
+    /// The gRPC code of this outcome, for the metrics.
+    pub(super) outcome: Code,
 }
 
 impl SqsError {
-    fn new(code: &'static str, query_code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(
+        code: &'static str,
+        query_code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code,
             query_code,
             message: message.into(),
+            outcome: Code::InvalidArgument,
         }
     }
 
@@ -67,6 +75,7 @@ impl SqsError {
     pub fn forbidden(code: &'static str, message: String) -> Self {
         let mut error = Self::new(code, code, message);
         error.status = StatusCode::FORBIDDEN;
+        error.outcome = Code::Unauthenticated;
         error
     }
 
@@ -80,11 +89,11 @@ impl SqsError {
         Self::invalid(message)
     }
 
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(super) fn invalid(message: impl Into<String>) -> Self {
         Self::new("InvalidParameterValue", "InvalidParameterValue", message)
     }
 
-    fn missing(name: &str) -> Self {
+    pub(super) fn missing(name: &str) -> Self {
         Self::new(
             "MissingParameter",
             "MissingParameter",
@@ -92,7 +101,7 @@ impl SqsError {
         )
     }
 
-    fn fault(&self) -> &'static str {
+    pub(super) fn fault(&self) -> &'static str {
         if self.status.is_server_error() {
             "Receiver"
         } else {
@@ -164,11 +173,12 @@ impl From<Status> for SqsError {
         if error.message.is_empty() {
             error.message = status.code().description().to_string();
         }
+        error.outcome = status.code();
         error
     }
 }
 
-type Answer = Result<Value, SqsError>;
+pub(super) type Answer = Result<Value, SqsError>;
 
 fn json_response(status: StatusCode, body: &Value, request_id: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -184,22 +194,28 @@ fn json_response(status: StatusCode, body: &Value, request_id: &str) -> Response
     response
 }
 
-/// Answers one SQS request.
-pub async fn answer(edge: &Edge, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers one SQS request of the JSON protocol; also returns the action and the outcome's
+/// gRPC code, for the metrics.
+pub async fn answer(
+    edge: &Edge,
+    request: Request<Incoming>,
+) -> (Response<Full<Bytes>>, Method, Code) {
     let id = request_id();
-    match handle(edge, request).await {
-        Ok(body) => json_response(StatusCode::OK, &body, &id),
-        Err(error) => error.response(&id),
-    }
-}
-
-async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
     let target = request
         .headers()
         .get("x-amz-target")
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let action = target.strip_prefix("AmazonSQS.").unwrap_or_default();
+    let method = Method::of_http_action("sqs", action);
+    match handle(edge, request, &target).await {
+        Ok(body) => (json_response(StatusCode::OK, &body, &id), method, Code::Ok),
+        Err(error) => (error.response(&id), method, error.outcome),
+    }
+}
+
+async fn handle(edge: &Edge, request: Request<Incoming>, target: &str) -> Answer {
     let Some(action) = target.strip_prefix("AmazonSQS.").map(str::to_string) else {
         return Err(SqsError::new(
             "UnknownOperationException",
@@ -216,13 +232,7 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
     }
     let base = queue_url_base(&request, edge.secure);
     let (parts, body) = request.into_parts();
-    let body = edge.body(body).await.map_err(|error| {
-        let mut sqs = SqsError::invalid(error.to_string());
-        if matches!(error, super::BodyError::TooLarge) {
-            sqs.status = StatusCode::PAYLOAD_TOO_LARGE;
-        }
-        sqs
-    })?;
+    let body = read_body(edge, body).await?;
     let caller = super::sigv4::authenticate(edge, &parts, &body)?;
     let input: Value = if body.is_empty() {
         json!({})
@@ -248,7 +258,24 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
         input: &input,
         base,
     };
-    match action.as_str() {
+    dispatch(&call, &action).await
+}
+
+/// The request's body within the port's limits, refused as SQS refuses (413 when too large).
+pub(super) async fn read_body(edge: &Edge, body: Incoming) -> Result<Bytes, SqsError> {
+    edge.body(body).await.map_err(|error| {
+        let mut sqs = SqsError::invalid(error.to_string());
+        if matches!(error, super::BodyError::TooLarge) {
+            sqs.status = StatusCode::PAYLOAD_TOO_LARGE;
+        }
+        sqs
+    })
+}
+
+/// Runs `action` with `call`'s input (in the JSON protocol's shape: the query protocol's
+/// codec converts to it) and returns its output in that shape.
+pub(super) async fn dispatch(call: &Call<'_>, action: &str) -> Answer {
+    match action {
         "CreateQueue" => call.create_queue().await,
         "GetQueueUrl" => call.get_queue_url().await,
         "ListQueues" => call.list_queues().await,
@@ -274,7 +301,7 @@ async fn handle(edge: &Edge, request: Request<Incoming>) -> Answer {
 }
 
 /// `{scheme}://{host}/{ACCOUNT_ID}/`, from the Host the client called.
-fn queue_url_base(request: &Request<Incoming>, secure: bool) -> String {
+pub(super) fn queue_url_base(request: &Request<Incoming>, secure: bool) -> String {
     let host = request
         .headers()
         .get(hyper::header::HOST)
@@ -286,12 +313,12 @@ fn queue_url_base(request: &Request<Incoming>, secure: bool) -> String {
 }
 
 /// One request being answered.
-struct Call<'a> {
-    edge: &'a Edge,
-    caller: Caller,
-    input: &'a Map<String, Value>,
+pub(super) struct Call<'a> {
+    pub(super) edge: &'a Edge,
+    pub(super) caller: Caller,
+    pub(super) input: &'a Map<String, Value>,
     /// Queue URLs are this and the name.
-    base: String,
+    pub(super) base: String,
 }
 
 impl Call<'_> {

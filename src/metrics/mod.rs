@@ -24,11 +24,62 @@ include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
 /// The `method` label of calls to a path that is no RPC of the API (answered UNIMPLEMENTED).
 pub const UNKNOWN_METHOD: &str = "unknown";
 
-/// The `method` labels: every RPC of the proto (see build.rs), then [`UNKNOWN_METHOD`].
+/// The HTTP port's actions (`--http-listen`), counted in the same families as the RPCs under
+/// `method="<protocol>.<Action>"`: the dashboards' per-method panels and the alerts on error
+/// codes cover them, and a panel that names gRPC methods (`method=~"SendMessage|..."`) does not
+/// mix them in. SQS's JSON and query protocols share the `sqs.` labels (the same actions).
+/// Actions not listed here are counted as [`UNKNOWN_METHOD`], so the label set stays fixed.
+pub const HTTP_METHODS: [&str; 41] = [
+    "sqs.CreateQueue",
+    "sqs.GetQueueUrl",
+    "sqs.ListQueues",
+    "sqs.GetQueueAttributes",
+    "sqs.SetQueueAttributes",
+    "sqs.DeleteQueue",
+    "sqs.PurgeQueue",
+    "sqs.SendMessage",
+    "sqs.SendMessageBatch",
+    "sqs.ReceiveMessage",
+    "sqs.DeleteMessage",
+    "sqs.DeleteMessageBatch",
+    "sqs.ChangeMessageVisibility",
+    "sqs.ChangeMessageVisibilityBatch",
+    "sqs.ListDeadLetterSourceQueues",
+    "sqs.StartMessageMoveTask",
+    "cmq.CreateQueue",
+    "cmq.ListQueue",
+    "cmq.GetQueueAttributes",
+    "cmq.SetQueueAttributes",
+    "cmq.DeleteQueue",
+    "cmq.RewindQueue",
+    "cmq.SendMessage",
+    "cmq.BatchSendMessage",
+    "cmq.ReceiveMessage",
+    "cmq.BatchReceiveMessage",
+    "cmq.DeleteMessage",
+    "cmq.BatchDeleteMessage",
+    "cmq.CreateTopic",
+    "cmq.SetTopicAttributes",
+    "cmq.GetTopicAttributes",
+    "cmq.ListTopic",
+    "cmq.DeleteTopic",
+    "cmq.PublishMessage",
+    "cmq.BatchPublishMessage",
+    "cmq.Subscribe",
+    "cmq.Unsubscribe",
+    "cmq.GetSubscriptionAttributes",
+    "cmq.SetSubscriptionAttributes",
+    "cmq.ClearSubscriptionFilterTags",
+    "cmq.ListSubscriptionByTopic",
+];
+
+/// The `method` labels: every RPC of the proto (see build.rs), the HTTP port's actions
+/// ([`HTTP_METHODS`]), then [`UNKNOWN_METHOD`].
 fn method_labels() -> impl Iterator<Item = &'static str> {
     RPC_METHODS
         .iter()
         .map(|(_, name)| *name)
+        .chain(HTTP_METHODS)
         .chain([UNKNOWN_METHOD])
 }
 
@@ -115,26 +166,43 @@ impl Default for Metrics {
     }
 }
 
-/// Names the RPC a measurement belongs to: an index into [`RPC_METHODS`], or one past its end
-/// for a path that is no RPC.
+/// Names the call a measurement belongs to: an index into the labels of [`method_labels`]
+/// ([`RPC_METHODS`], then [`HTTP_METHODS`], then [`UNKNOWN_METHOD`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Method(usize);
 
 impl Method {
+    const UNKNOWN: Self = Self(RPC_METHODS.len() + HTTP_METHODS.len());
+
     /// The RPC a request's path names.
     pub fn of_path(path: &str) -> Self {
-        Self(
-            RPC_METHODS
-                .iter()
-                .position(|(rpc_path, _)| *rpc_path == path)
-                .unwrap_or(RPC_METHODS.len()),
-        )
+        RPC_METHODS
+            .iter()
+            .position(|(rpc_path, _)| *rpc_path == path)
+            .map_or(Self::UNKNOWN, Self)
+    }
+
+    /// An action of the HTTP port: `protocol` "sqs" or "cmq", and the action's name as the
+    /// request gave it (one that is not in [`HTTP_METHODS`] is [`UNKNOWN_METHOD`]).
+    pub fn of_http_action(protocol: &str, action: &str) -> Self {
+        HTTP_METHODS
+            .iter()
+            .position(|label| {
+                label
+                    .split_once('.')
+                    .is_some_and(|(p, a)| p == protocol && a == action)
+            })
+            .map_or(Self::UNKNOWN, |index| Self(RPC_METHODS.len() + index))
     }
 
     pub fn name(self) -> &'static str {
-        RPC_METHODS
-            .get(self.0)
-            .map_or(UNKNOWN_METHOD, |(_, name)| *name)
+        if let Some((_, name)) = RPC_METHODS.get(self.0) {
+            return name;
+        }
+        HTTP_METHODS
+            .get(self.0 - RPC_METHODS.len())
+            .copied()
+            .unwrap_or(UNKNOWN_METHOD)
     }
 }
 
@@ -204,7 +272,8 @@ impl Metrics {
             &mut out,
             "spool_grpc_requests_total",
             "counter",
-            "gRPC calls by method and status code.",
+            "Calls by method and status code: gRPC methods, and the HTTP port's actions as \
+             sqs.<Action> and cmq.<Action> with the gRPC code of their outcome.",
         );
         for (method, codes) in method_labels().zip(&self.requests) {
             for (code, count) in codes.iter().enumerate() {
@@ -222,7 +291,8 @@ impl Metrics {
             &mut out,
             "spool_grpc_request_duration_seconds",
             "histogram",
-            "Time from a call's request to its response (to the stream's end for ReceiveMessages).",
+            "Time from a call's request to its response (to the stream's end for ReceiveMessages; \
+             for the HTTP port's actions, to the answer's body).",
         );
         for (method, histogram) in method_labels().zip(&self.latency) {
             histogram.render(

@@ -268,3 +268,166 @@ async fn long_polls_count_under_max_waiting_receives_and_end_empty_at_shutdown()
     assert_eq!(answer.json(), serde_json::json!({}));
     stopping.await.expect("stopped");
 }
+
+#[tokio::test]
+async fn http_calls_are_counted_per_protocol_and_action_beside_the_rpcs() {
+    let bind = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        listener
+    };
+    let (http_listener, metrics_listener) = (bind(), bind());
+    let http = http_listener.local_addr().expect("addr").to_string();
+    let metrics = metrics_listener.local_addr().expect("addr");
+    let server = TestServer::start_with(|config| {
+        config.http_listener =
+            Some(tokio::net::TcpListener::from_std(http_listener).expect("listener"));
+        config.metrics_listener =
+            Some(tokio::net::TcpListener::from_std(metrics_listener).expect("listener"));
+    })
+    .await;
+    let created = call(
+        &http,
+        &sqs_request("CreateQueue", r#"{"QueueName":"counted"}"#),
+    )
+    .await;
+    assert_eq!(created.status, 200);
+    let send = r#"{"QueueUrl":"http://spool/000000000000/counted","MessageBody":"x"}"#;
+    for _ in 0..2 {
+        assert_eq!(
+            call(&http, &sqs_request("SendMessage", send)).await.status,
+            200
+        );
+    }
+    let missing = r#"{"QueueUrl":"http://spool/000000000000/missing","MessageBody":"x"}"#;
+    assert_eq!(
+        call(&http, &sqs_request("SendMessage", missing))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        call(&http, &sqs_request("TagQueue", "{}")).await.status,
+        400
+    );
+    let cmq = |query: &str| format!("GET /v2/index.php?{query} HTTP/1.1\r\nHost: spool\r\n\r\n");
+    let sent = call(
+        &http,
+        &cmq("Action=SendMessage&queueName=counted&msgBody=y"),
+    )
+    .await;
+    assert_eq!(sent.json()["code"], 0);
+    let nothing = call(&http, &cmq("Action=ReceiveMessage&queueName=missing")).await;
+    assert_eq!(nothing.json()["code"], 4440);
+    let bad = call(&http, &cmq("Action=CreateTopic&topicName=t&filterType=9")).await;
+    assert_eq!(bad.json()["code"], 4000);
+    // A gRPC call too, to see both side by side.
+    server
+        .client()
+        .await
+        .get_queue(spool::pb::GetQueueRequest {
+            queue_name: "counted".into(),
+        })
+        .await
+        .expect("get");
+
+    let (_, text) = crate::common::http_get(metrics, "/metrics").await;
+    let samples = crate::common::samples(&text);
+    let count = |labels: &str| {
+        samples
+            .get(&format!("spool_grpc_requests_total{{{labels}}}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        count(r#"method="sqs.CreateQueue",code="OK""#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(count(r#"method="sqs.SendMessage",code="OK""#), 2.0);
+    assert_eq!(count(r#"method="sqs.SendMessage",code="NOT_FOUND""#), 1.0);
+    assert_eq!(count(r#"method="cmq.SendMessage",code="OK""#), 1.0);
+    assert_eq!(
+        count(r#"method="cmq.ReceiveMessage",code="NOT_FOUND""#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"method="cmq.CreateTopic",code="INVALID_ARGUMENT""#),
+        1.0
+    );
+    // An action no API has is counted as unknown, so the label set stays fixed.
+    assert_eq!(count(r#"method="unknown",code="INVALID_ARGUMENT""#), 1.0);
+    assert!(!text.contains("TagQueue"), "{text}");
+    // The gRPC call under its own name; the HTTP calls are not counted as RPCs as well.
+    assert_eq!(count(r#"method="GetQueue",code="OK""#), 1.0);
+    assert_eq!(count(r#"method="SendMessage",code="OK""#), 0.0);
+    assert_eq!(
+        samples
+            .get(r#"spool_grpc_request_duration_seconds_count{method="sqs.SendMessage"}"#)
+            .copied(),
+        Some(3.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_query_protocol_answers_in_xml_over_the_same_actions() {
+    let (server, http) = start(|_| {}).await;
+    let form = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: spool\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let created = call(
+        &http,
+        &form("/", "Action=CreateQueue&Version=2012-11-05&QueueName=xml&Attribute.1.Name=VisibilityTimeout&Attribute.1.Value=5"),
+    )
+    .await;
+    assert_eq!(created.status, 200);
+    assert_eq!(created.header("content-type"), Some("text/xml"));
+    let text = String::from_utf8_lossy(&created.body).to_string();
+    assert!(
+        text.contains("<CreateQueueResult><QueueUrl>http://spool/000000000000/xml</QueueUrl>"),
+        "{text}"
+    );
+    // Posted to the queue's URL without QueueUrl (as older SDKs do); a body needing escapes.
+    let sent = call(
+        &http,
+        &form(
+            "/000000000000/xml",
+            "Action=SendMessage&MessageBody=a%3Cb%26c",
+        ),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", String::from_utf8_lossy(&sent.body));
+    // A GET with the parameters in the URL; list members numbered as SQS's model has them.
+    let received = call(
+        &http,
+        "GET /?Action=ReceiveMessage&QueueUrl=http%3A%2F%2Fspool%2F000000000000%2Fxml&AttributeName.1=All HTTP/1.1\r\nHost: spool\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&received.body).to_string();
+    assert!(text.contains("<Body>a&lt;b&amp;c</Body>"), "{text}");
+    assert!(
+        text.contains(
+            "<Attribute><Name>ApproximateReceiveCount</Name><Value>1</Value></Attribute>"
+        ),
+        "{text}"
+    );
+    // Errors are SQS's XML errors, with the query protocol's code.
+    let missing = call(&http, &form("/", "Action=GetQueueUrl&QueueName=nope")).await;
+    assert_eq!(missing.status, 400);
+    let text = String::from_utf8_lossy(&missing.body).to_string();
+    assert!(
+        text.contains("<Type>Sender</Type><Code>AWS.SimpleQueueService.NonExistentQueue</Code>"),
+        "{text}"
+    );
+    let malformed = call(&http, &form("/", "Action=ListQueues&AttributeName.x=1")).await;
+    assert_eq!(malformed.status, 400);
+    assert!(String::from_utf8_lossy(&malformed.body).contains("MalformedQueryString"));
+    let no_action = call(&http, &form("/", "QueueName=x")).await;
+    assert!(String::from_utf8_lossy(&no_action.body).contains("<Code>MissingAction</Code>"));
+    server.stop().await;
+}

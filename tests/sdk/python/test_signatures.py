@@ -118,3 +118,35 @@ def test_cmq_refuses_a_wrong_secret_a_stale_timestamp_and_a_replayed_nonce(prote
     with pytest.raises(CMQServerException) as excinfo:
         other.send_message(Message("x"))
     assert excinfo.value.code == 4101
+
+
+def test_cmq_topic_actions_are_signed_and_granted_like_queue_actions(protected):
+    from cmq.subscription import SubscriptionMeta
+    from cmq.topic import Message as TopicMessage, TopicMeta
+
+    name = f"signed-{uuid.uuid4().hex[:8]}"
+    account, queue = cmq_queue(protected, f"{name}-q")
+    queue.create(QueueMeta())
+    topic = account.get_topic(name)
+    topic.create(TopicMeta())
+    meta = SubscriptionMeta()
+    meta.Endpoint, meta.Protocal = f"{name}-q", "queue"
+    account.get_subscription(name, "sub").create(meta)
+    topic.publish_message(TopicMessage("signed fan-out"))
+    assert queue.receive_message(1).msgBody == "signed fan-out"
+    # A wrong secret: 4100, on a topic action as on a queue's.
+    wrong, _ = cmq_queue(protected, f"{name}-q", secret="not-the-secret")
+    with pytest.raises(CMQServerException) as excinfo:
+        wrong.get_topic(name).publish_message(TopicMessage("x"))
+    assert excinfo.value.code == 4100
+    # A replayed nonce: 4100.
+    client = account.cmq_client
+    once = {"topicName": name, "msgBody": "x", "Nonce": 434343}
+    client.check_status(client.request("PublishMessage", once))
+    with pytest.raises(CMQServerException) as excinfo:
+        client.check_status(client.request("PublishMessage", once))
+    assert excinfo.value.code == 4100 and "Nonce" in excinfo.value.message
+    # Grants: topic names are granted as queue names are.
+    with pytest.raises(CMQServerException) as excinfo:
+        account.get_topic("other-topic").create(TopicMeta())
+    assert excinfo.value.code == 4101

@@ -13,9 +13,19 @@
 
 The SDK's modules are here too: `from spool_client.cmq.account import Account`,
 `from spool_client.cmq.queue import QueueMeta, Message`,
-`from spool_client.cmq.cmq_exception import CMQExceptionBase`. Queues only: CMQ's Topic and
-Subscription objects are not here yet (use spool_client.Client's create_topic, subscribe and
-publish_message). queue.py and cmq_exception.py say where Spool differs from CMQ.
+`from spool_client.cmq.topic import Topic, TopicMeta`,
+`from spool_client.cmq.subscription import Subscription, SubscriptionMeta`,
+`from spool_client.cmq.cmq_exception import CMQExceptionBase`. Topics as in CMQ's SDK:
+
+    topic = account.get_topic("orders")
+    topic.create(TopicMeta())                       # filterType 1: tags
+    subscription_meta = SubscriptionMeta()
+    subscription_meta.Protocal, subscription_meta.Endpoint = "queue", "QueueForTest"
+    subscription_meta.FilterTag = ["eu"]
+    account.get_subscription("orders", "eu-orders").create(subscription_meta)
+    topic.publish_message(Message("new order", ["eu"]))   # a copy in QueueForTest
+
+queue.py, topic.py, subscription.py and cmq_exception.py say where Spool differs from CMQ.
 """
 
 from .account import Account
@@ -28,6 +38,8 @@ from .cmq_exception import (
     CMQServerNetworkException,
 )
 from .queue import Message, Queue, QueueMeta
+from .subscription import Subscription, SubscriptionMeta
+from .topic import Topic, TopicMeta
 
 __all__ = [
     "Account",
@@ -40,4 +52,8 @@ __all__ = [
     "Message",
     "Queue",
     "QueueMeta",
+    "Subscription",
+    "SubscriptionMeta",
+    "Topic",
+    "TopicMeta",
 ]

@@ -9,6 +9,8 @@ from .._client import Client
 from ._calls import BAD_PARAMETER, cmq_errors
 from .cmq_exception import CMQClientParameterException
 from .queue import Queue
+from .subscription import Subscription
+from .topic import Topic, check_listing, listing, topic_names
 
 # CMQ's ListQueue returns 20 queues when no limit is given.
 DEFAULT_LIST_LIMIT = 20
@@ -155,3 +157,23 @@ class Account:
         queue_list = [{"queueId": name, "queueName": name} for name in names]
         next_offset = start + len(names)
         return total, queue_list, next_offset if next_offset < total else ""
+
+    # -- topics and subscriptions -------------------------------------------------------------
+
+    def get_topic(self, topicName: str) -> Topic:
+        """A Topic object for topicName; nothing is sent (the topic need not exist)."""
+        return Topic(topicName, self.cmq_client, self.debug)
+
+    def list_topic(
+        self, searchWord: str = "", limit: int = -1, offset: Union[int, str] = ""
+    ) -> Tuple[int, List[Dict[str, str]], Union[int, str]]:
+        """Lists the topics whose name starts with searchWord, in name order, as CMQ's SDK does:
+        (totalCount, topicList, next_offset), each item {"topicId", "topicName"} (the id is the
+        name); next_offset is "" on the last page."""
+        start, count = check_listing(limit, offset)
+        total, names = topic_names(self.cmq_client, searchWord, start, count)
+        return listing(total, [{"topicId": n, "topicName": n} for n in names], start)
+
+    def get_subscription(self, topicName: str, subscriptionName: str) -> Subscription:
+        """A Subscription object; nothing is sent (it need not exist)."""
+        return Subscription(topicName, subscriptionName, self.cmq_client, self.debug)
