@@ -37,6 +37,11 @@ function count(value: bigint | undefined): string {
   return (value ?? 0n).toLocaleString();
 }
 
+/** The bytes a queue holds, and of how many when it has a quota. */
+function bytesHeld(held: bigint | undefined, max: bigint | undefined): string {
+  return max ? `${count(held)} of ${count(max)}` : count(held);
+}
+
 function when(time: Timestamp | undefined): string {
   return time ? timestampDate(time).toLocaleString() : "—";
 }
@@ -124,6 +129,7 @@ function renderQueue(queue: Queue): void {
     ["In flight", count(stats?.inactiveMessages)],
     ["Delayed", count(stats?.delayedMessages)],
     ["Rewindable", count(stats?.rewindableMessages)],
+    ["Bytes held", bytesHeld(stats?.backlogBytes, queue.attributes?.maxBytes)],
     ["Oldest message", when(stats?.oldestMessageTime)],
     ["Created", when(queue.createTime)],
     ["Attributes changed", when(queue.updateTime)],

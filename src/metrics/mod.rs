@@ -355,7 +355,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
     type Value = fn(&QueueInfo, i64) -> String;
-    let series: [(&str, &str, &str, Value); 16] = [
+    let series: [(&str, &str, &str, Value); 18] = [
         (
             "spool_queue_visible_messages",
             "gauge",
@@ -380,6 +380,13 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
             "gauge",
             "Deleted messages kept for rewind.",
             |q, _| q.counts.rewindable.to_string(),
+        ),
+        (
+            "spool_queue_bytes",
+            "gauge",
+            "Bytes of the bodies and attributes of the visible, in-flight, delayed and \
+             rewindable messages (the API's QueueStats.backlog_bytes; what max_bytes limits).",
+            |q, _| q.counts.bytes.to_string(),
         ),
         (
             "spool_queue_oldest_message_age_seconds",
@@ -458,6 +465,12 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
             "gauge",
             "The queue's max_backlog attribute.",
             |q, _| q.attributes.max_backlog.to_string(),
+        ),
+        (
+            "spool_queue_max_bytes",
+            "gauge",
+            "The queue's max_bytes attribute (0: no quota).",
+            |q, _| q.attributes.max_bytes.to_string(),
         ),
     ];
     for (name, kind, help, value) in series {

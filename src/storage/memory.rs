@@ -269,6 +269,7 @@ impl Tables {
                         first_dequeue_ms: 0,
                         receipt_nonce: 0,
                         state: StoredState::Live,
+                        size: message.payload.size() as u32,
                     };
                     let row = Row {
                         queue_id: *queue_id,
@@ -369,6 +370,7 @@ impl Tables {
                 row.meta.dequeue_count = kept.dequeue_count;
                 row.meta.receipt_nonce = kept.receipt_nonce;
                 row.body = Payload::default();
+                row.meta.size = 0;
             }
         }
     }

@@ -59,6 +59,8 @@ pub struct StoredMessage {
     /// For a deleted message, the nonce of the receive whose handle deleted it.
     pub receipt_nonce: u64,
     pub state: StoredState,
+    /// Bytes of its body and attributes as stored (what counts toward `max_bytes`).
+    pub size: u32,
 }
 
 /// Where a stored message is in its life.

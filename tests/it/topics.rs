@@ -409,6 +409,76 @@ async fn a_full_backlog_refuses_the_whole_publish() {
     server.stop().await;
 }
 
+/// A queue without room under its max_bytes refuses its copy, and with it the whole publish,
+/// as a full backlog does. A copy's bytes are its body and attributes as stored, which name the
+/// topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_quota_refuses_the_whole_publish() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "bytes-roomy", attrs()).await;
+    create(
+        &mut client,
+        "bytes-tight",
+        pb::QueueAttributes {
+            max_bytes: Some(100),
+            ..Default::default()
+        },
+    )
+    .await;
+    create_topic(&mut client, "quota", pb::FilterType::Tags)
+        .await
+        .expect("create topic");
+    for (name, queue) in [("a", "bytes-roomy"), ("b", "bytes-tight")] {
+        subscribe(&mut client, "quota", name, queue, &[])
+            .await
+            .expect("subscribe");
+    }
+    publish(&mut client, "quota", &"x".repeat(40), &[], "")
+        .await
+        .expect("the first fits");
+    let copy = stats(&mut client, "bytes-tight").await.backlog_bytes;
+    assert!(copy > 40, "the copy names its topic: {copy}");
+    assert_eq!(stats(&mut client, "bytes-roomy").await.backlog_bytes, copy);
+    let refused = publish(
+        &mut client,
+        "quota",
+        &"y".repeat(100 - copy as usize),
+        &[],
+        "",
+    )
+    .await
+    .expect_err("no room in the tight queue");
+    let message = assert_error(&refused, Code::ResourceExhausted, 4410);
+    assert!(
+        message.contains("bytes-tight") && message.contains("max_bytes is 100"),
+        "{message}"
+    );
+    assert_eq!(stats(&mut client, "bytes-roomy").await.active_messages, 1);
+    assert_eq!(stats(&mut client, "bytes-tight").await.backlog_bytes, copy);
+    // A batch whose entries fit one by one but not together is refused whole.
+    let status = client
+        .batch_publish_messages(pb::BatchPublishMessagesRequest {
+            topic_name: "quota".into(),
+            entries: vec![
+                pb::BatchPublishEntry {
+                    body: b"z"[..].into(),
+                    ..Default::default()
+                };
+                16
+            ],
+        })
+        .await
+        .expect_err("no room for 16");
+    assert_error(&status, Code::ResourceExhausted, 4410);
+    assert_eq!(stats(&mut client, "bytes-roomy").await.active_messages, 1);
+    publish(&mut client, "quota", "z", &[], "")
+        .await
+        .expect("a small one fits");
+    assert_eq!(stats(&mut client, "bytes-roomy").await.active_messages, 2);
+    server.stop().await;
+}
+
 /// Deleting a queue deletes its subscriptions (in the same transaction); a queue created again
 /// under the name is not subscribed, before or after a restart. Topics and the other
 /// subscriptions survive the restart.

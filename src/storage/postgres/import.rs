@@ -105,8 +105,9 @@ impl Import<'_> {
                             polling_wait_seconds, max_message_size, message_retention_seconds,
                             rewind_seconds, max_backlog, create_time_ms, update_time_ms,
                             deduplication_window_seconds, dead_letter_queue, max_receive_count,
-                            max_time_to_live_seconds)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                            max_time_to_live_seconds, max_bytes)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                 $15)"
                     ),
                     &[
                         &(*id as i64),
@@ -133,6 +134,7 @@ impl Import<'_> {
                                 .as_ref()
                                 .map_or(0, |p| p.max_time_to_live_seconds),
                         ),
+                        &(a.max_bytes as i64),
                     ],
                 )
                 .await

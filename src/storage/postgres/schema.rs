@@ -21,7 +21,7 @@ use crate::storage::{
 
 /// The layout below. A database with a higher number was written by a newer Spool and is
 /// refused; a lower one would be migrated at open, step by step, each in its transaction.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 /// `schema_version.application`: tells Spool's tables from someone else's of the same names.
 const APPLICATION: &str = "spool";
 /// The names Spool creates; any of them in the schema without Spool's version row is foreign.
@@ -154,6 +154,13 @@ CREATE TABLE {s}.subscriptions (
 );
 ";
 
+/// Version 4: per-queue byte quotas (`max_bytes`, 0 for none: existing queues keep no quota).
+/// A constant default, so adding it rewrites no table. (The bytes a queue holds are not stored:
+/// recovery sums the sizes of its messages' bodies and attributes.)
+const VERSION_4: &str = "
+ALTER TABLE {s}.queues ADD COLUMN max_bytes bigint NOT NULL DEFAULT 0;
+";
+
 /// A schema name Spool accepts: lower-case letters, digits and underscores, starting with a
 /// letter or underscore, so that it never needs quoting rules beyond double quotes and reads
 /// the same in `psql`.
@@ -238,6 +245,10 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             .map_err(io)?;
         transaction
             .batch_execute(&VERSION_3.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .batch_execute(&VERSION_4.replace("{s}", &q))
             .await
             .map_err(io)?;
         transaction
@@ -347,6 +358,21 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             "migrated Spool's tables from version 2 to 3 (topics and subscriptions)"
         );
     }
+    if version < 4 {
+        let q = quoted(schema);
+        transaction
+            .batch_execute(&VERSION_4.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .execute(&format!("UPDATE {q}.schema_version SET version = 4"), &[])
+            .await
+            .map_err(io)?;
+        tracing::info!(
+            schema,
+            "migrated Spool's tables from version 3 to 4 (per-queue byte quotas)"
+        );
+    }
     transaction.commit().await.map_err(io)?;
     Ok(())
 }
@@ -375,7 +401,7 @@ fn u32_column(row: &tokio_postgres::Row, index: usize) -> Result<u32, String> {
 pub const QUEUE_COLUMNS: &str = "id, name, visibility_timeout_seconds, polling_wait_seconds,
     max_message_size, message_retention_seconds, rewind_seconds, max_backlog, create_time_ms,
     update_time_ms, deduplication_window_seconds, dead_letter_queue, max_receive_count,
-    max_time_to_live_seconds";
+    max_time_to_live_seconds, max_bytes";
 
 /// A queue from a row that starts with [`QUEUE_COLUMNS`].
 pub fn queue_record(row: &tokio_postgres::Row) -> Result<QueueRecord, String> {
@@ -410,6 +436,7 @@ pub fn queue_record_at(row: &tokio_postgres::Row, first: usize) -> Result<QueueR
                 }),
                 None => None,
             },
+            max_bytes: get_i64(14)? as u64,
         },
         create_time_ms: get_i64(8)?,
         update_time_ms: get_i64(9)?,
@@ -568,7 +595,8 @@ pub async fn recover_messages_where(
     let statement = transaction
         .prepare(&format!(
             "SELECT queue_id, id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
-                    receipt_nonce, state
+                    receipt_nonce, state,
+                    octet_length(body) + coalesce(octet_length(meta), 0)
                FROM {}.messages {} ORDER BY id",
             quoted(schema),
             match queue_id {
@@ -604,6 +632,7 @@ pub async fn recover_messages_where(
                     first_dequeue_ms: row.try_get(5).map_err(text)?,
                     receipt_nonce: row.try_get::<_, i64>(6).map_err(text)? as u64,
                     state,
+                    size: row.try_get::<_, i32>(8).map_err(text)?.max(0) as u32,
                 },
             );
         }

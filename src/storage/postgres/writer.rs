@@ -152,8 +152,9 @@ impl Statements {
                             polling_wait_seconds, max_message_size, message_retention_seconds,
                             rewind_seconds, max_backlog, create_time_ms, update_time_ms,
                             deduplication_window_seconds, dead_letter_queue, max_receive_count,
-                            max_time_to_live_seconds, owner, owner_epoch)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, {})",
+                            max_time_to_live_seconds, max_bytes, owner, owner_epoch)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                             $16, {})",
                     super::fence::FIRST_EPOCH
                 )
             } else {
@@ -162,8 +163,8 @@ impl Statements {
                             polling_wait_seconds, max_message_size, message_retention_seconds,
                             rewind_seconds, max_backlog, create_time_ms, update_time_ms,
                             deduplication_window_seconds, dead_letter_queue, max_receive_count,
-                            max_time_to_live_seconds)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                            max_time_to_live_seconds, max_bytes)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 )
             })
             .await?,
@@ -172,7 +173,8 @@ impl Statements {
                         max_message_size = $4, message_retention_seconds = $5,
                         rewind_seconds = $6, max_backlog = $7, update_time_ms = $8,
                         deduplication_window_seconds = $9, dead_letter_queue = $10,
-                        max_receive_count = $11, max_time_to_live_seconds = $12
+                        max_receive_count = $11, max_time_to_live_seconds = $12,
+                        max_bytes = $13
                   WHERE id = $1"
             ))
             .await?,
@@ -776,6 +778,7 @@ fn steps<'a>(
                                 .as_ref()
                                 .map_or(0, |p| p.max_time_to_live_seconds),
                         )),
+                        Box::new(a.max_bytes as i64),
                     ],
                 });
                 if let Some(owner) = &statements.owner
@@ -814,6 +817,7 @@ fn steps<'a>(
                                 .as_ref()
                                 .map_or(0, |p| p.max_time_to_live_seconds),
                         )),
+                        Box::new(a.max_bytes as i64),
                     ],
                 });
             }

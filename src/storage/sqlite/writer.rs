@@ -193,8 +193,8 @@ fn apply(
                 "INSERT INTO queues (id, name, visibility_timeout_seconds, polling_wait_seconds,
                     max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
                     create_time_ms, update_time_ms, deduplication_window_seconds,
-                    dead_letter_queue, max_receive_count, max_time_to_live_seconds)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    dead_letter_queue, max_receive_count, max_time_to_live_seconds, max_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 queue.id as i64,
@@ -217,6 +217,7 @@ fn apply(
                 a.dead_letter_policy
                     .as_ref()
                     .map_or(0, |p| p.max_time_to_live_seconds),
+                a.max_bytes as i64,
             ])?;
             *next_queue_id = (*next_queue_id).max(queue.id + 1);
         }
@@ -227,7 +228,7 @@ fn apply(
                     max_message_size = ?4, message_retention_seconds = ?5, rewind_seconds = ?6,
                     max_backlog = ?7, update_time_ms = ?8, deduplication_window_seconds = ?9,
                     dead_letter_queue = ?10, max_receive_count = ?11,
-                    max_time_to_live_seconds = ?12
+                    max_time_to_live_seconds = ?12, max_bytes = ?13
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -249,6 +250,7 @@ fn apply(
                 a.dead_letter_policy
                     .as_ref()
                     .map_or(0, |p| p.max_time_to_live_seconds),
+                a.max_bytes as i64,
             ])?;
         }
         WriteOp::DeleteQueue {
