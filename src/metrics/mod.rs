@@ -487,7 +487,7 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
 }
 
 /// The topics' counters: per topic, publishes and those no subscription took; per
-/// subscription, copies delivered and publishes filtered out (since the server started).
+/// subscription, copies delivered and publishes filtered out (kept across restarts).
 pub fn render_topics(
     out: &mut String,
     topics: &[(crate::topic::TopicInfo, Vec<crate::topic::SubscriptionInfo>)],
@@ -496,7 +496,7 @@ pub fn render_topics(
         out,
         "spool_topic_messages_published_total",
         "counter",
-        "Publishes acknowledged on the topic since the server started.",
+        "Publishes acknowledged on the topic since it was created (kept across restarts).",
     );
     for (topic, _) in topics {
         let _ = writeln!(
@@ -509,7 +509,7 @@ pub fn render_topics(
         out,
         "spool_topic_messages_unrouted_total",
         "counter",
-        "Acknowledged publishes no subscription took, since the server started.",
+        "Acknowledged publishes no subscription took, since the topic was created.",
     );
     for (topic, _) in topics {
         let _ = writeln!(
@@ -522,12 +522,12 @@ pub fn render_topics(
     let series: [(&str, &str, Value); 2] = [
         (
             "spool_subscription_messages_delivered_total",
-            "Copies a subscription put in its queue since the server started.",
+            "Copies a subscription put in its queue since it was created.",
             |s| s.totals.delivered,
         ),
         (
             "spool_subscription_messages_filtered_out_total",
-            "Publishes a subscription's filter kept out since the server started.",
+            "Publishes a subscription's filter kept out since it was created.",
             |s| s.totals.filtered_out,
         ),
     ];

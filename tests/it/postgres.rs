@@ -1074,8 +1074,9 @@ async fn a_version_2_schema_gains_topics() {
     assert_eq!(server.terminate(), Some(0));
 }
 
-/// A schema of version 3 (before byte quotas) is migrated to version 4 when a server opens it:
-/// its queues get no quota, and the bytes their messages hold are counted from the rows.
+/// A schema of version 3 (before byte quotas and kept topic totals) is migrated to version 4
+/// when a server opens it: its queues get no quota, the bytes their messages hold are counted
+/// from the rows, and its topics count from 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_3_schema_gains_byte_quotas() {
     if postgres_only() {
@@ -1092,6 +1093,10 @@ async fn a_version_3_schema_gains_byte_quotas() {
     admin
         .batch_execute(&format!(
             "ALTER TABLE {schema}.queues DROP COLUMN max_bytes;
+             ALTER TABLE {schema}.topics DROP COLUMN published_messages,
+                 DROP COLUMN unrouted_messages;
+             ALTER TABLE {schema}.subscriptions DROP COLUMN delivered_messages,
+                 DROP COLUMN filtered_out_messages;
              UPDATE {schema}.schema_version SET version = 3;"
         ))
         .await

@@ -167,11 +167,17 @@ impl Import<'_> {
         // Topics, and the subscriptions into queues that exist (a queue deleted before the
         // stop took its subscriptions with it; a row left would be dropped at start anyway).
         for topic in &recovered.topics {
+            let totals = recovered
+                .topic_totals
+                .get(&topic.id)
+                .copied()
+                .unwrap_or_default();
             self.transaction
                 .execute(
                     &format!(
                         "INSERT INTO {q}.topics (id, name, max_message_size, filter_type,
-                            create_time_ms, update_time_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+                            create_time_ms, update_time_ms, published_messages,
+                            unrouted_messages) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                     ),
                     &[
                         &(topic.id as i64),
@@ -180,6 +186,8 @@ impl Import<'_> {
                         &topic.filter_type.code(),
                         &topic.create_time_ms,
                         &topic.update_time_ms,
+                        &(totals.published as i64),
+                        &(totals.unrouted as i64),
                     ],
                 )
                 .await
@@ -189,11 +197,17 @@ impl Import<'_> {
             if !queues.contains(&subscription.queue_id) {
                 continue;
             }
+            let totals = recovered
+                .subscription_totals
+                .get(&(subscription.topic_id, subscription.name.clone()))
+                .copied()
+                .unwrap_or_default();
             self.transaction
                 .execute(
                     &format!(
                         "INSERT INTO {q}.subscriptions (topic_id, name, queue_id, queue_name,
-                            filter, create_time_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+                            filter, create_time_ms, delivered_messages, filtered_out_messages)
+                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                     ),
                     &[
                         &(subscription.topic_id as i64),
@@ -202,6 +216,8 @@ impl Import<'_> {
                         &subscription.queue_name,
                         &crate::storage::encode_filter(&subscription.filter),
                         &subscription.create_time_ms,
+                        &(totals.delivered as i64),
+                        &(totals.filtered_out as i64),
                     ],
                 )
                 .await

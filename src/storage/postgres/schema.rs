@@ -9,6 +9,8 @@
 //!   order: what a takeover of one queue, and an actor that keeps only a window of a large
 //!   backlog, read.
 
+use std::collections::HashMap;
+
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
 
@@ -16,7 +18,7 @@ use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::receipt::KEY_LEN;
 use crate::storage::{
     DeduplicationRecord, FilterType, QueueRecord, Recovered, StorageError, StoredMessage,
-    StoredState, SubscriptionRecord, TopicRecord, decode_filter,
+    StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals, decode_filter,
 };
 
 /// The layout below. A database with a higher number was written by a newer Spool and is
@@ -154,11 +156,17 @@ CREATE TABLE {s}.subscriptions (
 );
 ";
 
-/// Version 4: per-queue byte quotas (`max_bytes`, 0 for none: existing queues keep no quota).
-/// A constant default, so adding it rewrites no table. (The bytes a queue holds are not stored:
-/// recovery sums the sizes of its messages' bodies and attributes.)
+/// Version 4: per-queue byte quotas (`max_bytes`, 0 for none: existing queues keep no quota),
+/// and the topics' and subscriptions' totals, raised in each publish's transaction (0 for
+/// existing ones: they were not kept before). Constant defaults, so adding them rewrites no
+/// table. (The bytes a queue holds are not stored: recovery sums the sizes of its messages'
+/// bodies and attributes.)
 const VERSION_4: &str = "
 ALTER TABLE {s}.queues ADD COLUMN max_bytes bigint NOT NULL DEFAULT 0;
+ALTER TABLE {s}.topics ADD COLUMN published_messages bigint NOT NULL DEFAULT 0,
+    ADD COLUMN unrouted_messages bigint NOT NULL DEFAULT 0;
+ALTER TABLE {s}.subscriptions ADD COLUMN delivered_messages bigint NOT NULL DEFAULT 0,
+    ADD COLUMN filtered_out_messages bigint NOT NULL DEFAULT 0;
 ";
 
 /// A schema name Spool accepts: lower-case letters, digits and underscores, starting with a
@@ -370,7 +378,8 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             .map_err(io)?;
         tracing::info!(
             schema,
-            "migrated Spool's tables from version 3 to 4 (per-queue byte quotas)"
+            "migrated Spool's tables from version 3 to 4 (per-queue byte quotas, topic totals \
+             kept)"
         );
     }
     transaction.commit().await.map_err(io)?;
@@ -504,10 +513,12 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         .collect::<Result<Vec<_>, String>>()?;
     let text = |e: tokio_postgres::Error| e.to_string();
     let mut topics = Vec::new();
+    let mut topic_totals = HashMap::new();
     for row in client
         .query(
             &format!(
-                "SELECT id, name, max_message_size, filter_type, create_time_ms, update_time_ms
+                "SELECT id, name, max_message_size, filter_type, create_time_ms, update_time_ms,
+                        published_messages, unrouted_messages
                    FROM {q}.topics ORDER BY id"
             ),
             &[],
@@ -516,6 +527,13 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         .map_err(text)?
     {
         let code: i64 = row.try_get(3).map_err(text)?;
+        topic_totals.insert(
+            row.try_get::<_, i64>(0).map_err(text)? as u64,
+            TopicTotals {
+                published: row.try_get::<_, i64>(6).map_err(text)? as u64,
+                unrouted: row.try_get::<_, i64>(7).map_err(text)? as u64,
+            },
+        );
         topics.push(TopicRecord {
             id: row.try_get::<_, i64>(0).map_err(text)? as u64,
             name: row.try_get(1).map_err(text)?,
@@ -527,10 +545,12 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         });
     }
     let mut subscriptions = Vec::new();
+    let mut subscription_totals = HashMap::new();
     for row in client
         .query(
             &format!(
-                "SELECT topic_id, name, queue_id, queue_name, filter, create_time_ms
+                "SELECT topic_id, name, queue_id, queue_name, filter, create_time_ms,
+                        delivered_messages, filtered_out_messages
                    FROM {q}.subscriptions ORDER BY topic_id, name"
             ),
             &[],
@@ -539,6 +559,16 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         .map_err(text)?
     {
         let filter: String = row.try_get(4).map_err(text)?;
+        subscription_totals.insert(
+            (
+                row.try_get::<_, i64>(0).map_err(text)? as u64,
+                row.try_get::<_, String>(1).map_err(text)?,
+            ),
+            SubscriptionTotals {
+                delivered: row.try_get::<_, i64>(6).map_err(text)? as u64,
+                filtered_out: row.try_get::<_, i64>(7).map_err(text)? as u64,
+            },
+        );
         subscriptions.push(SubscriptionRecord {
             topic_id: row.try_get::<_, i64>(0).map_err(text)? as u64,
             name: row.try_get(1).map_err(text)?,
@@ -554,6 +584,8 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         deduplication_ids,
         topics,
         subscriptions,
+        topic_totals,
+        subscription_totals,
         receipt_secret,
         next_queue_id: counter(&counters, "next_queue_id")?,
         next_message_id: counter(&counters, "next_message_id")?,

@@ -1,5 +1,6 @@
 //! The database layout, its checks at open, and recovery queries.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
@@ -7,7 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::storage::{
     DeduplicationRecord, FilterType, QueueRecord, Recovered, StorageError, StoredMessage,
-    StoredState, SubscriptionRecord, TopicRecord, decode_filter,
+    StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals, decode_filter,
 };
 
 /// `PRAGMA application_id` of a Spool database ("SPOL"), so a foreign database is refused.
@@ -116,9 +117,15 @@ CREATE TABLE subscriptions (
 
 /// Added in version 6: per-queue byte quotas (`max_bytes`, 0 for none: existing queues keep no
 /// quota). The bytes a queue holds are not stored: recovery sums its messages' sizes, which
-/// `length()` reads from each record's header without touching the blobs.
+/// `length()` reads from each record's header without touching the blobs. And the topics' and
+/// subscriptions' totals, raised in each publish's transaction (0 for existing ones: they were
+/// not kept before).
 const VERSION_6: &str = "
 ALTER TABLE queues ADD COLUMN max_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE topics ADD COLUMN published_messages INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE topics ADD COLUMN unrouted_messages INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE subscriptions ADD COLUMN delivered_messages INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE subscriptions ADD COLUMN filtered_out_messages INTEGER NOT NULL DEFAULT 0;
 ";
 
 const RECEIPT_SECRET: &str = "receipt_key";
@@ -313,14 +320,16 @@ fn migrate_from_v4(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Version 5 → 6: per-queue byte quotas (none for existing queues). One transaction, like the
-/// others.
+/// Version 5 → 6: per-queue byte quotas (none for existing queues) and topic totals kept
+/// across restarts. One transaction, like the others.
 fn migrate_from_v5(conn: &Connection) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(VERSION_6)?;
     tx.pragma_update(None, "user_version", 6)?;
     tx.commit()?;
-    tracing::info!("migrated the database from schema 5 to 6 (per-queue byte quotas)");
+    tracing::info!(
+        "migrated the database from schema 5 to 6 (per-queue byte quotas, topic totals kept)"
+    );
     Ok(())
 }
 
@@ -375,6 +384,8 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
         deduplication_ids: recover_deduplication_ids(conn)?,
         topics: recover_topics(conn)?,
         subscriptions: recover_subscriptions(conn)?,
+        topic_totals: recover_topic_totals(conn)?,
+        subscription_totals: recover_subscription_totals(conn)?,
         receipt_secret: receipt_secret(conn)?,
         next_queue_id: counter("next_queue_id")?,
         next_message_id: counter("next_message_id")?,
@@ -458,6 +469,43 @@ fn recover_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<Subscription
                 filter: decode_filter(&filter).ok_or_else(|| corrupt(4, "filter"))?,
                 create_time_ms: row.get(5)?,
             })
+        })?
+        .collect()
+}
+
+/// Every topic's totals, by id.
+fn recover_topic_totals(conn: &Connection) -> rusqlite::Result<HashMap<u64, TopicTotals>> {
+    let mut totals =
+        conn.prepare("SELECT id, published_messages, unrouted_messages FROM topics")?;
+    totals
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                TopicTotals {
+                    published: row.get::<_, i64>(1)? as u64,
+                    unrouted: row.get::<_, i64>(2)? as u64,
+                },
+            ))
+        })?
+        .collect()
+}
+
+/// Every subscription's totals, by topic id and name.
+fn recover_subscription_totals(
+    conn: &Connection,
+) -> rusqlite::Result<HashMap<(u64, String), SubscriptionTotals>> {
+    let mut totals = conn.prepare(
+        "SELECT topic_id, name, delivered_messages, filtered_out_messages FROM subscriptions",
+    )?;
+    totals
+        .query_map([], |row| {
+            Ok((
+                (row.get::<_, i64>(0)? as u64, row.get(1)?),
+                SubscriptionTotals {
+                    delivered: row.get::<_, i64>(2)? as u64,
+                    filtered_out: row.get::<_, i64>(3)? as u64,
+                },
+            ))
         })?
         .collect()
 }

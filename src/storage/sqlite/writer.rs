@@ -12,7 +12,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 
 use crate::storage::{
-    CommitObserver, CommitReply, StorageError, StoredState, WriteOp, WriterRequest,
+    CommitObserver, CommitReply, PublishCounts, StorageError, StoredState, WriteOp, WriterRequest,
 };
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
@@ -180,6 +180,35 @@ fn raise_counter(conn: &Connection, name: &str, at_least: u64) -> rusqlite::Resu
     Ok(())
 }
 
+/// Adds a publish's counts to its topic's and subscriptions' totals (rows deleted meanwhile
+/// match nothing).
+fn count_publish(conn: &Connection, counts: &PublishCounts) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE topics SET published_messages = published_messages + ?2,
+            unrouted_messages = unrouted_messages + ?3
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        counts.topic_id as i64,
+        counts.topic.published as i64,
+        counts.topic.unrouted as i64,
+    ])?;
+    let mut subscription = conn.prepare_cached(
+        "UPDATE subscriptions SET delivered_messages = delivered_messages + ?3,
+            filtered_out_messages = filtered_out_messages + ?4
+         WHERE topic_id = ?1 AND name = ?2",
+    )?;
+    for (name, totals) in &counts.subscriptions {
+        subscription.execute(params![
+            counts.topic_id as i64,
+            name,
+            totals.delivered as i64,
+            totals.filtered_out as i64,
+        ])?;
+    }
+    Ok(())
+}
+
 fn apply(
     conn: &Connection,
     op: &WriteOp,
@@ -307,6 +336,9 @@ fn apply(
             }
             if let Some(id) = op.last_publish_id() {
                 *next_message_id = (*next_message_id).max(id + 1);
+            }
+            if let Some(counts) = op.publish_counts() {
+                count_publish(conn, counts)?;
             }
         }
         WriteOp::CreateTopic(topic) => {

@@ -1627,7 +1627,9 @@ export const TopicAttributesSchema: GenMessage<TopicAttributes> = /*@__PURE__*/
   messageDesc(file_spool_v1_queue, 44);
 
 /**
- * What happened on a topic since the server started (not kept across restarts).
+ * What happened on a topic since it was created. Kept across restarts: each publish adds to
+ * them in the storage transaction of its copies, so they count what is durable. (Topics created
+ * before Spool kept them, schema 6 on SQLite and 4 on PostgreSQL, count from the upgrade.)
  *
  * @generated from message spool.v1.TopicStats
  */
@@ -1682,7 +1684,7 @@ export type Topic = Message<"spool.v1.Topic"> & {
   subscriptionCount: number;
 
   /**
-   * Counters since the server started.
+   * Counters since the topic was created (see TopicStats).
    *
    * @generated from field: spool.v1.TopicStats stats = 4;
    */
@@ -1927,15 +1929,15 @@ export type Subscription = Message<"spool.v1.Subscription"> & {
   createTime?: Timestamp | undefined;
 
   /**
-   * Copies put in its queue since the server started (a copy deduplicated by the queue is not
-   * counted again).
+   * Copies put in its queue since it was created, kept across restarts as TopicStats are (a
+   * copy deduplicated by the queue is not counted again).
    *
    * @generated from field: uint64 delivered_messages = 7;
    */
   deliveredMessages: bigint;
 
   /**
-   * Acknowledged publishes its filter kept out, since the server started.
+   * Acknowledged publishes its filter kept out, since it was created (kept across restarts).
    *
    * @generated from field: uint64 filtered_out_messages = 8;
    */
