@@ -677,8 +677,10 @@ mod tests {
         assert_eq!(recovered.queues.len(), 1);
         assert!(recovered.topics.is_empty() && recovered.subscriptions.is_empty());
         conn.execute_batch(
-            "INSERT INTO topics VALUES (3, 't', 1024, 2, 5, 6);
-             INSERT INTO subscriptions VALUES (3, 's', 1, 'q', '[\"a.#\"]', 7);",
+            "INSERT INTO topics (id, name, max_message_size, filter_type, create_time_ms,
+                 update_time_ms) VALUES (3, 't', 1024, 2, 5, 6);
+             INSERT INTO subscriptions (topic_id, name, queue_id, queue_name, filter,
+                 create_time_ms) VALUES (3, 's', 1, 'q', '[\"a.#\"]', 7);",
         )
         .expect("topic rows");
         let recovered = recover(&conn).expect("recover");
