@@ -30,6 +30,8 @@ pub struct QueueAttributes {
     /// 0 = deduplication off.
     pub deduplication_window_seconds: u32,
     pub dead_letter_policy: Option<DeadLetterPolicy>,
+    /// Most bytes the queue holds (see `queue::quota`); 0 = no quota.
+    pub max_bytes: u64,
 }
 
 impl Default for QueueAttributes {
@@ -43,6 +45,7 @@ impl Default for QueueAttributes {
             max_backlog: DEFAULT_MAX_BACKLOG,
             deduplication_window_seconds: DEFAULT_DEDUPLICATION_WINDOW_SECONDS,
             dead_letter_policy: None,
+            max_bytes: DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -59,6 +62,7 @@ pub struct AttributesPatch {
     pub deduplication_window_seconds: Option<u32>,
     /// `Some(None)` removes the policy (the request's policy names no queue).
     pub dead_letter_policy: Option<Option<DeadLetterPolicy>>,
+    pub max_bytes: Option<u64>,
 }
 
 impl QueueAttributes {
@@ -85,6 +89,7 @@ impl QueueAttributes {
                 Some(policy) => policy.clone(),
                 None => self.dead_letter_policy.clone(),
             },
+            max_bytes: patch.max_bytes.unwrap_or(self.max_bytes),
         };
         merged.validate()?;
         Ok(merged)
@@ -126,6 +131,7 @@ impl QueueAttributes {
         if let Some(policy) = &self.dead_letter_policy {
             policy.validate()?;
         }
+        check_range("attributes.max_bytes", self.max_bytes, &MAX_BYTES)?;
         Ok(())
     }
 

@@ -25,6 +25,18 @@ pub enum QueueError {
         backlog: u64,
         max: u64,
     },
+    /// The queue's byte quota has no room for the messages (`held` counts the bytes of
+    /// commits under way into it too).
+    #[error(
+        "queue {name:?} is full: it holds {held} bytes, the messages add {adding}, and its \
+         max_bytes is {max}"
+    )]
+    BytesFull {
+        name: String,
+        held: u64,
+        adding: u64,
+        max: u64,
+    },
     #[error("the server holds {max} queues, its max_queues setting; delete one first")]
     TooManyQueues { max: usize },
     /// A server-wide limit on open receives refused or ended one (`--max-waiting-receives`,
@@ -75,7 +87,7 @@ impl QueueError {
             Self::QueueNotFound(_) => &errors::QUEUE_NOT_FOUND,
             Self::QueueExists(_) => &errors::QUEUE_EXISTS,
             Self::StaleReceipt(_) => &errors::RECEIPT_HANDLE_STALE,
-            Self::BacklogFull { .. } => &errors::BACKLOG_FULL,
+            Self::BacklogFull { .. } | Self::BytesFull { .. } => &errors::BACKLOG_FULL,
             Self::TooManyQueues { .. } => &errors::TOO_MANY_QUEUES,
             Self::ReceiveLimit(_) => &errors::SERVER_BUSY,
             Self::TopicNotFound(_) | Self::SubscriptionNotFound { .. } => &errors::TOPIC_NOT_FOUND,

@@ -175,8 +175,12 @@ impl Registry {
             ));
         }
         let topics = Arc::new(Topics::recover(
-            recovered.topics,
-            recovered.subscriptions,
+            crate::topic::StoredTopics {
+                topics: recovered.topics,
+                subscriptions: recovered.subscriptions,
+                topic_totals: recovered.topic_totals,
+                subscription_totals: recovered.subscription_totals,
+            },
             &queue_ids,
             context.storage.clone(),
             context.clock.clone(),

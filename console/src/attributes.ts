@@ -12,8 +12,11 @@ type NumberKey =
   | "rewindSeconds"
   | "deduplicationWindowSeconds";
 
+/** The uint64 attributes, which the generated code holds as bigint. */
+type BigKey = "maxBacklog" | "maxBytes";
+
 interface Spec {
-  key: NumberKey | "maxBacklog";
+  key: NumberKey | BigKey;
   label: string;
   min: number;
   max?: number;
@@ -34,7 +37,18 @@ export const SPECS: readonly Spec[] = [
     max: 86_400,
     help: "0 (off) to 86,400; default 300",
   },
+  {
+    key: "maxBytes",
+    label: "Max bytes",
+    min: 0,
+    max: 2 ** 50,
+    help: "bodies and attributes held, rewindable ones too: 0 (no quota; the default) to 2^50 (1 PiB)",
+  },
 ];
+
+function isBig(key: Spec["key"]): key is BigKey {
+  return key === "maxBacklog" || key === "maxBytes";
+}
 
 /**
  * The dead-letter policy's fields. The policy is one value: an update sends all three when any
@@ -159,7 +173,7 @@ export function readFields(fieldset: HTMLFieldSetElement, changedOnly: boolean):
     const input = fieldset.querySelector<HTMLInputElement>(`input[name="${spec.key}"]`);
     if (!input || input.value.trim() === "") continue;
     if (changedOnly && input.value === input.dataset.shown) continue;
-    attributes[spec.key] = spec.key === "maxBacklog" ? BigInt(input.value) : Number(input.value);
+    attributes[spec.key] = isBig(spec.key) ? BigInt(input.value) : Number(input.value);
   }
   const result = attributes as Partial<QueueAttributes>;
   const policy = readDeadLetterPolicy(fieldset, changedOnly);

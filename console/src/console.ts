@@ -6,6 +6,7 @@ import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/prot
 import { describe, setToken, spool, token } from "./api.js";
 import { fillFields, readFields, renderFields } from "./attributes.js";
 import type { PeekedMessage, Queue } from "./gen/spool/v1/queue_pb.js";
+import { refreshTopic, refreshTopics, selectedTopic, wireTopics } from "./topics.js";
 
 /** How often the counters refresh while the page is visible. */
 const REFRESH_MS = 2_000;
@@ -35,6 +36,11 @@ function complain(error: unknown): void {
 
 function count(value: bigint | undefined): string {
   return (value ?? 0n).toLocaleString();
+}
+
+/** The bytes a queue holds, and of how many when it has a quota. */
+function bytesHeld(held: bigint | undefined, max: bigint | undefined): string {
+  return max ? `${count(held)} of ${count(max)}` : count(held);
 }
 
 function when(time: Timestamp | undefined): string {
@@ -106,6 +112,8 @@ function renderQueues(queues: Queue[], total: bigint): void {
 
 const queueSection = element<HTMLElement>("queue");
 const listSection = element<HTMLElement>("queues");
+const topicsSection = element<HTMLElement>("topics");
+const topicSection = element<HTMLElement>("topic");
 const updateFields = document.querySelector<HTMLFieldSetElement>('[data-attributes="update"]') as HTMLFieldSetElement;
 const createFields = document.querySelector<HTMLFieldSetElement>('[data-attributes="create"]') as HTMLFieldSetElement;
 renderFields(updateFields, "update");
@@ -124,6 +132,7 @@ function renderQueue(queue: Queue): void {
     ["In flight", count(stats?.inactiveMessages)],
     ["Delayed", count(stats?.delayedMessages)],
     ["Rewindable", count(stats?.rewindableMessages)],
+    ["Bytes held", bytesHeld(stats?.backlogBytes, queue.attributes?.maxBytes)],
     ["Oldest message", when(stats?.oldestMessageTime)],
     ["Created", when(queue.createTime)],
     ["Attributes changed", when(queue.updateTime)],
@@ -201,9 +210,24 @@ function replaceWithLinks(paragraph: HTMLElement, before: string, names: string[
 /** Shows the list or one queue, as the hash says; a queue's fields are filled on arrival. */
 async function route(): Promise<void> {
   const name = selected();
-  listSection.hidden = name !== null;
+  const topic = selectedTopic();
+  listSection.hidden = name !== null || topic !== null;
+  topicsSection.hidden = listSection.hidden;
+  topicSection.hidden = topic === null;
   queueSection.hidden = name === null;
   element<HTMLTableElement>("peek-table").hidden = true;
+  if (topic !== null) {
+    document.title = `${topic} · Spool console`;
+    const heading = element<HTMLHeadingElement>("topic-heading");
+    heading.textContent = `Topic ${topic}`;
+    heading.focus();
+    try {
+      await refreshTopic(topic);
+    } catch (error) {
+      complain(error);
+    }
+    return;
+  }
   if (name === null) {
     document.title = "Spool console";
     return;
@@ -237,10 +261,14 @@ async function refresh(): Promise<void> {
   clearTimeout(refreshing);
   try {
     const name = selected();
-    if (name === null) {
+    const topic = selectedTopic();
+    if (topic !== null) {
+      await refreshTopic(topic);
+    } else if (name === null) {
       const prefix = element<HTMLInputElement>("prefix").value.trim();
       const page = await spool.listQueues({ prefix, pageSize: PAGE_SIZE });
       renderQueues(page.queues, page.totalCount);
+      await refreshTopics();
     } else {
       renderQueue(await spool.getQueue({ queueName: name }));
     }
@@ -265,8 +293,10 @@ const dialog = element<HTMLDialogElement>("confirm");
  * Asks before an action that destroys or restores data. With `typed`, the user must type it
  * (the queue's name) for the confirm button to work.
  */
-function confirmAction(title: string, text: string, action: string, typed?: string): Promise<boolean> {
+function confirmAction(title: string, text: string, action: string, typed?: string, what = "queue"): Promise<boolean> {
   element("confirm-title").textContent = title;
+  const typedLabel = document.querySelector<HTMLLabelElement>('label[for="confirm-typed"]');
+  if (typedLabel) typedLabel.textContent = `Type the ${what} name to confirm`;
   element("confirm-text").textContent = text;
   const ok = element<HTMLButtonElement>("confirm-ok");
   ok.textContent = action;
@@ -335,6 +365,8 @@ onSubmit("create-form", async (form) => {
   location.hash = `#queue/${encodeURIComponent(queue.name)}`;
   return `Created ${queue.name}.`;
 });
+
+wireTopics(onSubmit, confirmAction, say, complain);
 
 onSubmit("send-form", async () => {
   const body = new TextEncoder().encode(element<HTMLTextAreaElement>("send-body").value);

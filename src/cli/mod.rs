@@ -26,7 +26,7 @@ use self::output::{
 use self::time::format_timestamp;
 use crate::limits::{
     CHANGE_VISIBILITY_SECONDS, DEAD_LETTER_TIME_TO_LIVE_SECONDS, DEDUPLICATION_WINDOW_SECONDS,
-    DEFAULT_MAX_OUTSTANDING_MESSAGES, MAX_BACKLOG, MAX_BATCH, MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_OUTSTANDING_MESSAGES, MAX_BACKLOG, MAX_BATCH, MAX_BYTES, MAX_MESSAGE_SIZE,
     MAX_OUTSTANDING_MESSAGES, MAX_RECEIVE_COUNT, MAX_REDRIVE_MESSAGES, MESSAGE_RETENTION_SECONDS,
     POLLING_WAIT_SECONDS, VISIBILITY_TIMEOUT_SECONDS,
 };
@@ -284,6 +284,11 @@ pub struct AttributeArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = u64_in(MAX_BACKLOG))]
     max_backlog: Option<u64>,
+    /// Most bytes the queue holds: bodies and attributes of its messages, rewindable ones too
+    /// (0 = no quota, the default; up to 1125899906842624, 1 PiB).
+    #[arg(long, value_name = "B", allow_negative_numbers = true,
+          value_parser = u64_in(MAX_BYTES))]
+    max_bytes: Option<u64>,
     /// Seconds a send's deduplication id is remembered (0 = deduplication off, up to 86400).
     #[arg(long, value_name = "S", allow_negative_numbers = true,
           value_parser = u32_in(DEDUPLICATION_WINDOW_SECONDS))]
@@ -333,6 +338,7 @@ impl From<&AttributeArgs> for QueueAttributes {
             max_backlog: args.max_backlog,
             deduplication_window_seconds: args.dedup_window,
             dead_letter_policy,
+            max_bytes: args.max_bytes,
         }
     }
 }

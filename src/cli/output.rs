@@ -28,6 +28,7 @@ pub struct AttributesJson {
     pub rewind_seconds: Option<u32>,
     pub max_backlog: Option<u64>,
     pub deduplication_window_seconds: Option<u32>,
+    pub max_bytes: Option<u64>,
     /// Absent when the queue has no dead-letter policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_policy: Option<DeadLetterPolicyJson>,
@@ -47,6 +48,7 @@ pub struct StatsJson {
     pub delayed_messages: u64,
     pub rewindable_messages: u64,
     pub oldest_message_time: Option<String>,
+    pub backlog_bytes: u64,
 }
 
 impl<'a> From<&'a pb::Queue> for QueueJson<'a> {
@@ -63,6 +65,7 @@ impl<'a> From<&'a pb::Queue> for QueueJson<'a> {
                 rewind_seconds: attributes.rewind_seconds,
                 max_backlog: attributes.max_backlog,
                 deduplication_window_seconds: attributes.deduplication_window_seconds,
+                max_bytes: attributes.max_bytes,
                 dead_letter_policy: attributes.dead_letter_policy.map(|policy| {
                     DeadLetterPolicyJson {
                         dead_letter_queue: policy.dead_letter_queue,
@@ -77,6 +80,7 @@ impl<'a> From<&'a pb::Queue> for QueueJson<'a> {
                 delayed_messages: stats.delayed_messages,
                 rewindable_messages: stats.rewindable_messages,
                 oldest_message_time: stats.oldest_message_time.as_ref().map(format_timestamp),
+                backlog_bytes: stats.backlog_bytes,
             },
             create_time: queue.create_time.as_ref().map(format_timestamp),
             update_time: queue.update_time.as_ref().map(format_timestamp),

@@ -45,6 +45,7 @@ pub fn patch(attributes: Option<pb::QueueAttributes>) -> AttributesPatch {
         rewind_seconds: a.rewind_seconds,
         max_backlog: a.max_backlog,
         deduplication_window_seconds: a.deduplication_window_seconds,
+        max_bytes: a.max_bytes,
         // A policy that names no queue removes it.
         dead_letter_policy: a.dead_letter_policy.map(|policy| {
             (!policy.dead_letter_queue.is_empty()).then_some(DeadLetterPolicy {
@@ -65,6 +66,7 @@ pub fn attributes(a: &QueueAttributes) -> pb::QueueAttributes {
         rewind_seconds: Some(a.rewind_seconds),
         max_backlog: Some(a.max_backlog),
         deduplication_window_seconds: Some(a.deduplication_window_seconds),
+        max_bytes: Some(a.max_bytes),
         dead_letter_policy: a
             .dead_letter_policy
             .as_ref()
@@ -100,6 +102,7 @@ pub fn queue(info: QueueInfo) -> pb::Queue {
             delayed_messages: info.counts.delayed,
             rewindable_messages: info.counts.rewindable,
             oldest_message_time: info.oldest_message_ms.map(timestamp),
+            backlog_bytes: info.counts.bytes,
         }),
         create_time: Some(timestamp(info.create_time_ms)),
         update_time: Some(timestamp(info.update_time_ms)),

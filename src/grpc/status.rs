@@ -43,6 +43,12 @@ mod tests {
                 backlog: 1,
                 max: 1,
             },
+            QueueError::BytesFull {
+                name: "q".into(),
+                held: 1,
+                adding: 1,
+                max: 1,
+            },
             QueueError::TooManyQueues { max: 1 },
             QueueError::ReceiveLimit("busy".into()),
             QueueError::TopicNotFound("t".into()),

@@ -429,7 +429,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
     type Value = fn(&QueueInfo, i64) -> String;
-    let series: [(&str, &str, &str, Value); 16] = [
+    let series: [(&str, &str, &str, Value); 18] = [
         (
             "spool_queue_visible_messages",
             "gauge",
@@ -454,6 +454,13 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
             "gauge",
             "Deleted messages kept for rewind.",
             |q, _| q.counts.rewindable.to_string(),
+        ),
+        (
+            "spool_queue_bytes",
+            "gauge",
+            "Bytes of the bodies and attributes of the visible, in-flight, delayed and \
+             rewindable messages (the API's QueueStats.backlog_bytes; what max_bytes limits).",
+            |q, _| q.counts.bytes.to_string(),
         ),
         (
             "spool_queue_oldest_message_age_seconds",
@@ -533,6 +540,12 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
             "The queue's max_backlog attribute.",
             |q, _| q.attributes.max_backlog.to_string(),
         ),
+        (
+            "spool_queue_max_bytes",
+            "gauge",
+            "The queue's max_bytes attribute (0: no quota).",
+            |q, _| q.attributes.max_bytes.to_string(),
+        ),
     ];
     for (name, kind, help, value) in series {
         header(out, name, kind, help);
@@ -548,7 +561,7 @@ fn render_queues(out: &mut String, queues: &[QueueInfo], now_ms: i64) {
 }
 
 /// The topics' counters: per topic, publishes and those no subscription took; per
-/// subscription, copies delivered and publishes filtered out (since the server started).
+/// subscription, copies delivered and publishes filtered out (kept across restarts).
 pub fn render_topics(
     out: &mut String,
     topics: &[(crate::topic::TopicInfo, Vec<crate::topic::SubscriptionInfo>)],
@@ -557,7 +570,7 @@ pub fn render_topics(
         out,
         "spool_topic_messages_published_total",
         "counter",
-        "Publishes acknowledged on the topic since the server started.",
+        "Publishes acknowledged on the topic since it was created (kept across restarts).",
     );
     for (topic, _) in topics {
         let _ = writeln!(
@@ -570,7 +583,7 @@ pub fn render_topics(
         out,
         "spool_topic_messages_unrouted_total",
         "counter",
-        "Acknowledged publishes no subscription took, since the server started.",
+        "Acknowledged publishes no subscription took, since the topic was created.",
     );
     for (topic, _) in topics {
         let _ = writeln!(
@@ -583,12 +596,12 @@ pub fn render_topics(
     let series: [(&str, &str, Value); 2] = [
         (
             "spool_subscription_messages_delivered_total",
-            "Copies a subscription put in its queue since the server started.",
+            "Copies a subscription put in its queue since it was created.",
             |s| s.totals.delivered,
         ),
         (
             "spool_subscription_messages_filtered_out_total",
-            "Publishes a subscription's filter kept out since the server started.",
+            "Publishes a subscription's filter kept out since it was created.",
             |s| s.totals.filtered_out,
         ),
     ];

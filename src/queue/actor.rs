@@ -6,6 +6,7 @@
 //! when it resolves; visibility changes do the same. Rare administrative commands (update,
 //! rewind, purge, drop) await their commit in line, which keeps their ordering simple.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use super::messages::{
     Claimed, DeadLetterRule, DeletePolicy, Deletion, LiveMessage, MessageTable, Remains,
     VisibilityChange,
 };
+use super::quota::ByteQuota;
 use super::receive_log::ReceiveLog;
 use super::tombstones::MIN_TOMBSTONE_MS;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
@@ -91,6 +93,9 @@ enum Pending {
     DeadLettered {
         target: QueueHandle,
         moved: Vec<(u64, LiveMessage, Option<Payload>)>,
+        /// Their bytes, reserved in the target's quota; None when it had no room (nothing was
+        /// committed: they are put back).
+        reserved: Option<u64>,
     },
     Deleted {
         deletions: Vec<Deletion>,
@@ -136,6 +141,10 @@ pub struct QueueActor {
     /// waits for before it is answered.
     deduplicating: HashMap<String, (u64, SharedCommit)>,
     inbox: mpsc::Receiver<Command>,
+    /// The queue's byte quota, shared with the actors that move messages in (see `quota`).
+    quota: Arc<ByteQuota>,
+    /// The table's bytes as `quota` counts them; `settle_quota` hands it the difference.
+    quota_settled: u64,
 }
 
 /// Whether the actor goes on after a command.
@@ -151,8 +160,10 @@ impl QueueActor {
         deduplication_ids: RecoveredIds,
         context: QueueContext,
         inbox: mpsc::Receiver<Command>,
+        quota: Arc<ByteQuota>,
     ) -> Self {
         let bodies = BodyCache::new(context.body_budget.clone());
+        let quota_settled = table.counts().bytes;
         let mut deduplication = Deduplication::default();
         for (id, message_id, accepted_ms) in deduplication_ids {
             deduplication.accept(id, message_id, accepted_ms);
@@ -174,6 +185,8 @@ impl QueueActor {
             deduplication,
             deduplicating: HashMap::new(),
             inbox,
+            quota,
+            quota_settled,
         };
         if !actor.record.attributes.rewind_enabled() {
             // Rewind was turned off but the removal of the kept rows did not reach the disk.
@@ -185,6 +198,7 @@ impl QueueActor {
     pub async fn run(mut self) {
         loop {
             self.advance_time();
+            self.settle_quota();
             let wake_at = self
                 .next_change()
                 .map(|at| self.context.clock.instant_at(at));
@@ -265,6 +279,19 @@ impl QueueActor {
         if self.receive_log.is_due(now) {
             self.flush_receives();
         }
+    }
+
+    /// Tells the quota what the table's bytes did since the last time: deletes, expiry, purges
+    /// and moves out free room; undone deletes and moves take it back. (Bytes that came in by a
+    /// reservation are counted as settled where they enter the table.)
+    fn settle_quota(&mut self) {
+        let bytes = self.table.counts().bytes;
+        if bytes < self.quota_settled {
+            self.quota.release(self.quota_settled - bytes);
+        } else if bytes > self.quota_settled {
+            self.quota.add(bytes - self.quota_settled);
+        }
+        self.quota_settled = bytes;
     }
 
     /// Hands the gathered receive bookkeeping to storage. Administrative commits call it first,
@@ -405,6 +432,7 @@ impl QueueActor {
             ..self.record.clone()
         };
         self.submit(WriteOp::UpdateQueue(updated.clone())).await?;
+        self.quota.set_max(updated.attributes.max_bytes);
         self.record = updated;
         if !rewind_enabled {
             self.forget_kept();
@@ -547,6 +575,12 @@ impl QueueActor {
             fresh.push(message);
         }
         if let Err(error) = self.check_backlog(fresh.len()) {
+            refuse(error, respond_to, stage);
+            return;
+        }
+        let adding: u64 = fresh.iter().map(|m| m.payload.size() as u64).sum();
+        if let Err(refused) = self.quota.try_reserve(adding) {
+            let error = self.bytes_full(refused, adding);
             refuse(error, respond_to, stage);
             return;
         }
@@ -704,6 +738,15 @@ impl QueueActor {
         Ok(())
     }
 
+    fn bytes_full(&self, refused: super::quota::Refused, adding: u64) -> QueueError {
+        QueueError::BytesFull {
+            name: self.record.name.clone(),
+            held: refused.held,
+            adding,
+            max: refused.max,
+        }
+    }
+
     /// Hands `op` to storage; the future resolves when it is durable (or failed). It borrows
     /// nothing, so the actor can await it in line (administrative commands) or park it in
     /// `commits` (sends and deletes).
@@ -741,15 +784,27 @@ impl QueueActor {
                     }
                     Err(error) => Err(error.into()),
                 };
-                if result.is_ok() {
+                if result.is_err() {
+                    // The room reserved in `send` is given back.
+                    self.quota.release(
+                        messages
+                            .iter()
+                            .map(|message| message.payload.size() as u64)
+                            .sum(),
+                    );
+                } else {
                     let now = self.now();
                     for message in messages {
+                        let size = message.payload.size() as u32;
                         self.table.insert(
                             message.id,
                             message.enqueue_ms,
                             message.visible_at_ms,
                             now,
+                            size,
                         );
+                        // Reserved in `send`: already counted by the quota.
+                        self.quota_settled += u64::from(size);
                         self.bodies.insert_copy(message.id, &message.payload);
                         if let Some(id) = message.deduplication_id {
                             self.deduplication
@@ -761,8 +816,12 @@ impl QueueActor {
                 }
                 let _ = respond_to.send(reply);
             }
-            Pending::DeadLettered { target, moved } => match result {
-                Ok(()) => {
+            Pending::DeadLettered {
+                target,
+                moved,
+                reserved,
+            } => match reserved.map(|bytes| (bytes, result)) {
+                Some((_, Ok(()))) => {
                     self.totals.dead_lettered += moved.len() as u64;
                     let origin = DeadLetterOrigin {
                         source_queue: self.record.name.as_str().into(),
@@ -773,6 +832,7 @@ impl QueueActor {
                         .map(|(id, message, payload)| Adopted {
                             id,
                             enqueue_ms: message.enqueue_ms,
+                            size: message.size,
                             payload: payload.map(|payload| Payload {
                                 dead_letter: Some(DeadLetterOrigin {
                                     receive_count: message.dequeue_count,
@@ -784,8 +844,18 @@ impl QueueActor {
                         .collect();
                     target.adopt(adopted);
                 }
-                Err(error) => {
-                    tracing::warn!(%error, queue = %self.record.name, "moving messages to the dead-letter queue failed; they stay");
+                failed => {
+                    match failed {
+                        Some((bytes, Err(error))) => {
+                            target.quota().release(bytes);
+                            tracing::warn!(%error, queue = %self.record.name, "moving messages to the dead-letter queue failed; they stay");
+                        }
+                        _ => {
+                            // Not at WARN: every receive tries again while the quota is full
+                            // (the bytes gauge and max_bytes show it).
+                            tracing::debug!(queue = %self.record.name, dead_letter_queue = %target.name(), "the dead-letter queue's max_bytes has no room; the messages stay");
+                        }
+                    }
                     // Visible again; the next receive tries the move again.
                     for (id, message, payload) in moved {
                         self.table.put_back(id, message);
@@ -954,7 +1024,40 @@ impl QueueActor {
     /// once it is durable the dead-letter queue's actor is handed them (see `complete`). Until
     /// then they are in neither actor, only in storage, where recovery finds them in whichever
     /// queue the commit left them. Should the commit fail, they are visible here again.
+    ///
+    /// Room is reserved in the target's quota first, message by message, oldest first; those
+    /// that do not fit are not moved, and come back visible once the actor next looks at its
+    /// commits (not at once: a claim that took messages out must not find them visible again,
+    /// see `claim`).
     fn dead_letter(&mut self, messages: Vec<(u64, LiveMessage)>, target: QueueHandle, now: Millis) {
+        let mut bytes = 0;
+        let (messages, refused): (Vec<_>, Vec<_>) =
+            messages.into_iter().partition(|(_, message)| {
+                let size = u64::from(message.size);
+                let fits = target.quota().try_reserve(size).is_ok();
+                if fits {
+                    bytes += size;
+                }
+                fits
+            });
+        if !refused.is_empty() {
+            let target = target.clone();
+            let moved = refused
+                .into_iter()
+                .map(|(id, message)| (id, message, None))
+                .collect();
+            self.commits.push(Box::pin(async move {
+                let pending = Pending::DeadLettered {
+                    target,
+                    moved,
+                    reserved: None,
+                };
+                (pending, Ok(()))
+            }));
+        }
+        if messages.is_empty() {
+            return;
+        }
         let source: std::sync::Arc<str> = self.record.name.as_str().into();
         let mut moves = Vec::with_capacity(messages.len());
         let mut moved = Vec::with_capacity(messages.len());
@@ -977,7 +1080,12 @@ impl QueueActor {
             moves,
         });
         self.commits.push(Box::pin(async move {
-            (Pending::DeadLettered { target, moved }, committed.await)
+            let pending = Pending::DeadLettered {
+                target,
+                moved,
+                reserved: Some(bytes),
+            };
+            (pending, committed.await)
         }));
     }
 
@@ -985,7 +1093,15 @@ impl QueueActor {
     fn adopt(&mut self, messages: Vec<Adopted>) {
         let now = self.now();
         for message in messages {
-            self.table.adopt(message.id, message.enqueue_ms, now);
+            if self
+                .table
+                .adopt(message.id, message.enqueue_ms, now, message.size)
+            {
+                // Reserved by the mover: already counted by the quota.
+                self.quota_settled += u64::from(message.size);
+            } else {
+                self.quota.release(u64::from(message.size));
+            }
             if let Some(payload) = message.payload {
                 self.bodies.insert(message.id, payload);
             }
@@ -1025,8 +1141,14 @@ impl QueueActor {
         };
         self.flush_receives();
         let mut outcome = Redriven::default();
+        // The first message whose destination's max_bytes has no room ends the redrive, after
+        // the messages before it are moved.
+        let mut refused: Option<QueueError> = None;
         let candidates: Vec<u64> = self.table.visible_ids().take(max_messages).collect();
         for slice in candidates.chunks(REDRIVE_SLICE) {
+            if refused.is_some() {
+                break;
+            }
             let mut payloads: HashMap<u64, Payload> = HashMap::new();
             if named.is_none() {
                 let missing: Vec<u64> = slice
@@ -1066,6 +1188,17 @@ impl QueueActor {
                 let Some(message) = self.table.take_visible(id) else {
                     continue;
                 };
+                let size = u64::from(message.size);
+                if let Err(full) = target.quota().try_reserve(size) {
+                    self.table.put_back(id, message);
+                    refused = Some(QueueError::BytesFull {
+                        name: target.name().to_string(),
+                        held: full.held,
+                        adding: size,
+                        max: full.max,
+                    });
+                    break;
+                }
                 moves.push(MovedMessage {
                     id,
                     to_queue_id: target.id(),
@@ -1092,7 +1225,8 @@ impl QueueActor {
                 })
                 .await;
             if let Err(error) = committed {
-                for (id, message, _, payload) in moved {
+                for (id, message, target, payload) in moved {
+                    target.quota().release(u64::from(message.size));
                     self.table.put_back(id, message);
                     if let Some(payload) = payload {
                         self.bodies.insert(id, payload);
@@ -1113,13 +1247,17 @@ impl QueueActor {
                         id,
                         enqueue_ms: message.enqueue_ms,
                         payload,
+                        size: message.size,
                     });
             }
             for (target, adopted) in by_target.into_values() {
                 target.adopt(adopted);
             }
         }
-        Ok(outcome)
+        match refused {
+            Some(error) => Err(error),
+            None => Ok(outcome),
+        }
     }
 
     /// Serves parked polls, oldest first, while messages are visible.

@@ -35,6 +35,8 @@ pub struct LiveMessage {
     pub receipt_nonce: u64,
     pub dequeue_count: u32,
     pub phase: Phase,
+    /// Bytes of its body and attributes as stored (see `Counts::bytes`).
+    pub size: u32,
 }
 
 /// A deleted message kept for rewind.
@@ -46,6 +48,8 @@ pub struct KeptMessage {
     /// The nonce of the receive whose handle deleted it, so that handle's retry succeeds and
     /// older ones fail.
     pub receipt_nonce: u64,
+    /// Bytes of its body and attributes: a kept message still holds them on disk.
+    pub size: u32,
 }
 
 /// A message handed to a receiver.
@@ -81,6 +85,9 @@ pub struct Counts {
     pub in_flight: u64,
     pub delayed: u64,
     pub rewindable: u64,
+    /// Bytes of the bodies and attributes of the visible, in-flight, delayed and rewindable
+    /// messages (what counts against `max_bytes`): changed wherever a count above changes.
+    pub bytes: u64,
 }
 
 impl Counts {
@@ -253,8 +260,15 @@ impl MessageTable {
         self.live.first_key_value().map(|(_, m)| m.enqueue_ms)
     }
 
-    /// Adds a newly sent message.
-    pub fn insert(&mut self, id: u64, enqueue_ms: Millis, visible_at_ms: Millis, now: Millis) {
+    /// Adds a newly sent message of `size` bytes (body and attributes).
+    pub fn insert(
+        &mut self,
+        id: u64,
+        enqueue_ms: Millis,
+        visible_at_ms: Millis,
+        now: Millis,
+        size: u32,
+    ) {
         let phase = if visible_at_ms > now {
             Phase::Delayed
         } else {
@@ -269,6 +283,7 @@ impl MessageTable {
                 receipt_nonce: 0,
                 dequeue_count: 0,
                 phase,
+                size,
             },
         );
     }
@@ -285,9 +300,11 @@ impl MessageTable {
                         first_dequeue_ms: stored.first_dequeue_ms,
                         dequeue_count: stored.dequeue_count,
                         receipt_nonce: stored.receipt_nonce,
+                        size: stored.size,
                     },
                 );
                 self.counts.rewindable += 1;
+                self.counts.bytes += u64::from(stored.size);
                 return;
             }
             StoredState::Tombstone => {
@@ -317,11 +334,13 @@ impl MessageTable {
                 receipt_nonce: stored.receipt_nonce,
                 dequeue_count: stored.dequeue_count,
                 phase,
+                size: stored.size,
             },
         );
     }
 
     fn put_live(&mut self, id: u64, message: LiveMessage) {
+        self.counts.bytes += u64::from(message.size);
         match message.phase {
             Phase::Visible => {
                 self.visible.insert(id);
@@ -341,6 +360,7 @@ impl MessageTable {
 
     fn take_live(&mut self, id: u64) -> Option<LiveMessage> {
         let message = self.live.remove(&id)?;
+        self.counts.bytes -= u64::from(message.size);
         match message.phase {
             Phase::Visible => {
                 self.visible.remove(&id);
@@ -458,11 +478,13 @@ impl MessageTable {
     }
 
     /// Adds a message moved here from another queue (dead-lettered or redriven): visible at
-    /// once, never received here.
-    pub fn adopt(&mut self, id: u64, enqueue_ms: Millis, now: Millis) {
-        if !self.live.contains_key(&id) {
-            self.insert(id, enqueue_ms, now, now);
+    /// once, never received here. Returns whether it was new here.
+    pub fn adopt(&mut self, id: u64, enqueue_ms: Millis, now: Millis, size: u32) -> bool {
+        if self.live.contains_key(&id) {
+            return false;
         }
+        self.insert(id, enqueue_ms, now, now, size);
+        true
     }
 
     /// Takes a visible message out, for a move to another queue (a redrive).
@@ -672,9 +694,11 @@ impl MessageTable {
                 first_dequeue_ms: message.first_dequeue_ms,
                 dequeue_count: message.dequeue_count,
                 receipt_nonce: message.receipt_nonce,
+                size: message.size,
             },
         );
         self.counts.rewindable += 1;
+        self.counts.bytes += u64::from(message.size);
     }
 
     /// Puts back a message whose delete could not be committed.
@@ -687,8 +711,9 @@ impl MessageTable {
         {
             match remains {
                 Remains::Kept => {
-                    if self.kept.remove(&id).is_some() {
+                    if let Some(kept) = self.kept.remove(&id) {
                         self.counts.rewindable -= 1;
+                        self.counts.bytes -= u64::from(kept.size);
                     }
                 }
                 Remains::Tombstone { .. } => self.tombstones.remove(id),
@@ -733,8 +758,10 @@ impl MessageTable {
             if message.enqueue_ms > cutoff {
                 break;
             }
+            let size = message.size;
             self.kept.remove(&id);
             self.counts.rewindable -= 1;
+            self.counts.bytes -= u64::from(size);
             advanced.expired.push(id);
         }
         self.tombstones.expire(now, &mut advanced.expired);
@@ -776,6 +803,7 @@ impl MessageTable {
         for &id in ids {
             if let Some(kept) = self.kept.remove(&id) {
                 self.counts.rewindable -= 1;
+                self.counts.bytes -= u64::from(kept.size);
                 restored += 1;
                 self.put_live(
                     id,
@@ -786,6 +814,7 @@ impl MessageTable {
                         receipt_nonce: 0,
                         dequeue_count: kept.dequeue_count,
                         phase: Phase::Visible,
+                        size: kept.size,
                     },
                 );
             }
@@ -796,7 +825,9 @@ impl MessageTable {
     /// Forgets every kept message (rewind turned off); returns their ids.
     pub fn drop_kept(&mut self) -> Vec<u64> {
         self.counts.rewindable = 0;
-        std::mem::take(&mut self.kept).into_keys().collect()
+        let kept = std::mem::take(&mut self.kept);
+        self.counts.bytes -= kept.values().map(|m| u64::from(m.size)).sum::<u64>();
+        kept.into_keys().collect()
     }
 
     /// Drops the timer entries that no longer match their message. It looks at the heap only,
@@ -840,9 +871,9 @@ mod tests {
     #[test]
     fn oldest_visible_first_and_delays() {
         let mut table = MessageTable::default();
-        table.insert(1, 100, 100, 100);
-        table.insert(2, 101, 5_000, 101); // delayed
-        table.insert(3, 102, 102, 102);
+        table.insert(1, 100, 100, 100, 0);
+        table.insert(2, 101, 5_000, 101, 0); // delayed
+        table.insert(3, 102, 102, 102, 0);
         assert_eq!(
             table.counts(),
             Counts {
@@ -864,7 +895,7 @@ mod tests {
     #[test]
     fn visibility_timeout_redelivers_with_a_new_handle() {
         let mut table = MessageTable::default();
-        table.insert(7, 0, 0, 0);
+        table.insert(7, 0, 0, 0, 0);
         let first = table.claim(1, 10, VIS, nonces())[0].clone();
         assert_eq!(table.counts().in_flight, 1);
         assert!(table.claim(1, 10, VIS, nonces()).is_empty());
@@ -893,7 +924,7 @@ mod tests {
     #[test]
     fn expired_handle_is_refused() {
         let mut table = MessageTable::default();
-        table.insert(1, 0, 0, 0);
+        table.insert(1, 0, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         // Not yet advanced, but the deadline has passed: still refused.
         assert!(matches!(
@@ -905,7 +936,7 @@ mod tests {
     #[test]
     fn release_makes_visible_at_once() {
         let mut table = MessageTable::default();
-        table.insert(1, 0, 0, 0);
+        table.insert(1, 0, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         assert!(table.release(claimed.handle));
         assert_eq!(table.counts().visible, 1);
@@ -915,8 +946,8 @@ mod tests {
     #[test]
     fn retention_removes_live_and_kept() {
         let mut table = MessageTable::default();
-        table.insert(1, 0, 0, 0);
-        table.insert(2, 10, 10, 10);
+        table.insert(1, 0, 0, 0, 0);
+        table.insert(2, 10, 10, 10, 0);
         let claimed = table.claim(1, 20, VIS, nonces())[0].clone();
         table.delete(claimed.handle, 30, KEEP, &"h").unwrap();
         assert_eq!(table.counts().rewindable, 1);
@@ -933,7 +964,7 @@ mod tests {
     fn rewind_restores_kept_since_start() {
         let mut table = MessageTable::default();
         for id in 1..=3 {
-            table.insert(id, id as Millis * 100, 0, 0);
+            table.insert(id, id as Millis * 100, 0, 0, 0);
         }
         for claimed in table.claim(3, 400, VIS, nonces()) {
             table.delete(claimed.handle, 500, KEEP, &"h").unwrap();
@@ -955,7 +986,7 @@ mod tests {
     #[test]
     fn undo_delete_puts_it_back() {
         let mut table = MessageTable::default();
-        table.insert(1, 0, 0, 0);
+        table.insert(1, 0, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         let deletion = table.delete(claimed.handle, 1, KEEP, &"h").unwrap();
         table.undo_delete(deletion);
@@ -980,6 +1011,7 @@ mod tests {
             first_dequeue_ms: 0,
             receipt_nonce: 0,
             state: StoredState::Live,
+            size: 0,
         };
         table.recover(&base, 100);
         table.recover(
@@ -1014,7 +1046,8 @@ mod tests {
                 visible: 1,
                 delayed: 1,
                 in_flight: 1,
-                rewindable: 1
+                rewindable: 1,
+                bytes: 0,
             }
         );
         // The handle of the receive before the restart still deletes.
@@ -1036,7 +1069,7 @@ mod tests {
         for round in 0..10u64 {
             for i in 0..1_000u64 {
                 let id = round * 1_000 + i + 1;
-                table.insert(id, 0, 0, 0);
+                table.insert(id, 0, 0, 0, 0);
             }
             for claimed in table.claim(usize::MAX, 0, VIS, nonces()) {
                 table.delete(claimed.handle, 1, DROP, &"h").unwrap();
@@ -1047,7 +1080,7 @@ mod tests {
 
     /// Receives message 1 twice (the first receive's timeout passing), returning both claims.
     fn received_twice(table: &mut MessageTable) -> (Claimed, Claimed) {
-        table.insert(1, 0, 0, 0);
+        table.insert(1, 0, 0, 0, 0);
         let first = table.claim(1, 0, VIS, || 11)[0].clone();
         table.advance(VIS, RETENTION);
         let second = table.claim(1, VIS, VIS, || 22)[0].clone();
@@ -1085,7 +1118,7 @@ mod tests {
     #[test]
     fn a_first_receive_leaves_no_tombstone() {
         let mut table = MessageTable::new(1);
-        table.insert(1, 0, 0, 0);
+        table.insert(1, 0, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         let deletion = table.delete(claimed.handle, 1, DROP, &"h").unwrap();
         assert!(matches!(
@@ -1120,6 +1153,7 @@ mod tests {
                     receipt_nonce: 22,
                     dequeue_count: 2,
                     phase: Phase::InFlight,
+                    size: 0,
                 },
                 remains: Remains::Tombstone {
                     until_ms: now + TOMBSTONE
@@ -1165,6 +1199,7 @@ mod tests {
                 first_dequeue_ms: 0,
                 receipt_nonce: 77,
                 state: StoredState::Tombstone,
+                size: 0,
             },
             100,
         );
@@ -1186,7 +1221,7 @@ mod tests {
     #[test]
     fn a_heartbeat_extends_and_the_handle_stays_the_newest() {
         let mut table = MessageTable::new(1);
-        table.insert(1, 0, 0, 0);
+        table.insert(1, 0, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         let change = table
             .change_visibility(claimed.handle, 10, 5 * VIS, &"h")
@@ -1211,7 +1246,7 @@ mod tests {
     #[test]
     fn a_nack_makes_visible_at_once_and_expires_the_handle() {
         let mut table = MessageTable::new(1);
-        table.insert(1, 0, 0, 0);
+        table.insert(1, 0, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         table.change_visibility(claimed.handle, 5, 0, &"h").unwrap();
         assert_eq!(table.counts().visible, 1);
@@ -1254,7 +1289,7 @@ mod tests {
     #[test]
     fn undo_visibility_restores_unless_received_since() {
         let mut table = MessageTable::new(1);
-        table.insert(1, 0, 0, 0);
+        table.insert(1, 0, 0, 0, 0);
         let claimed = table.claim(1, 0, VIS, nonces())[0].clone();
         let change = table.change_visibility(claimed.handle, 1, 0, &"h").unwrap();
         table.undo_visibility(change);
@@ -1273,8 +1308,8 @@ mod tests {
         for policy in [DROP, KEEP] {
             let mut table = MessageTable::new(1);
             let (first, second) = received_twice(&mut table); // message 1, in flight
-            table.insert(2, 1, 1, 1); // visible
-            table.insert(3, 2, 10 * VIS, 2); // delayed
+            table.insert(2, 1, 1, 1, 0); // visible
+            table.insert(3, 2, 10 * VIS, 2, 0); // delayed
             let deletions = table.purge(VIS + 1, policy);
             assert_eq!(deletions.len(), 3);
             assert_eq!(table.counts().backlog(), 0);
@@ -1301,9 +1336,9 @@ mod tests {
     #[test]
     fn peek_shows_the_receive_order_and_changes_nothing() {
         let mut table = MessageTable::new(1);
-        table.insert(3, 30, 30, 30);
-        table.insert(1, 10, 10, 10);
-        table.insert(2, 20, 10_000, 20); // delayed
+        table.insert(3, 30, 30, 30, 0);
+        table.insert(1, 10, 10, 10, 0);
+        table.insert(2, 20, 10_000, 20, 0); // delayed
         let before = table.counts();
         let peeked = table.peek(16);
         assert_eq!(peeked.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 3]);
@@ -1315,5 +1350,47 @@ mod tests {
             claimed.iter().map(|c| c.id).collect::<Vec<_>>(),
             peeked.iter().map(|p| p.id).collect::<Vec<_>>()
         );
+    }
+
+    /// The byte count follows the messages through every change of state: sends, receives,
+    /// deletes (kept for rewind or not), undone deletes, rewinds, purges, retention, and rewind
+    /// turned off.
+    #[test]
+    fn bytes_follow_the_messages() {
+        let mut table = MessageTable::new(1);
+        table.insert(1, 0, 0, 0, 100);
+        table.insert(2, 0, 10 * VIS, 0, 30); // delayed
+        table.insert(3, 1, 1, 1, 7);
+        assert_eq!(table.counts().bytes, 137);
+        let claimed = table.claim(1, 2, VIS, nonces()).remove(0);
+        assert_eq!((claimed.id, table.counts().bytes), (1, 137));
+        let deletion = table.delete(claimed.handle, 3, KEEP, &"h").unwrap();
+        assert_eq!(
+            table.counts().bytes,
+            137,
+            "a rewindable message keeps its bytes"
+        );
+        table.undo_delete(deletion);
+        assert_eq!(table.counts().bytes, 137);
+        table.delete(claimed.handle, 3, DROP, &"h").unwrap();
+        assert_eq!(table.counts().bytes, 37);
+        let again = table.claim(1, 4, VIS, nonces()).remove(0);
+        table.delete(again.handle, 5, KEEP, &"h").unwrap();
+        assert_eq!(table.restore(&table.kept_since(0)), 1);
+        assert_eq!(table.counts().bytes, 37);
+        let purged = table.purge(6, KEEP);
+        assert_eq!((purged.len(), table.counts().bytes), (2, 37));
+        assert_eq!(table.drop_kept().len(), 2);
+        assert_eq!(table.counts().bytes, 0);
+        table.insert(4, 10, 10, 10, 5);
+        let kept = table.claim(1, 11, VIS, nonces()).remove(0);
+        table.delete(kept.handle, 12, KEEP, &"h").unwrap();
+        table.insert(5, 20, 20, 20, 6);
+        assert_eq!(table.counts().bytes, 11);
+        let advanced = table.advance(10 + RETENTION, RETENTION);
+        assert_eq!(advanced.expired, vec![4]);
+        assert_eq!(table.counts().bytes, 6);
+        table.advance(20 + RETENTION, RETENTION);
+        assert_eq!(table.counts(), Counts::default());
     }
 }

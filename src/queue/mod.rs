@@ -9,6 +9,7 @@ pub mod body_cache;
 mod consuming;
 mod deduplication;
 pub mod messages;
+pub mod quota;
 mod receive_log;
 pub mod receiving;
 #[cfg(test)]
@@ -167,6 +168,8 @@ pub struct Adopted {
     pub enqueue_ms: Millis,
     /// Its body and attributes, when the queue it came from had them in memory.
     pub payload: Option<Payload>,
+    /// Bytes of its body and attributes, reserved in this queue's quota by the mover.
+    pub size: u32,
 }
 
 /// What RedriveMessages did.
@@ -286,6 +289,8 @@ pub struct QueueHandle {
     /// Set when the queue leaves this replica (cluster mode), so that calls finding its actor
     /// gone hear a retryable UNAVAILABLE rather than NOT_FOUND.
     moved: Arc<AtomicBool>,
+    /// The queue's byte quota, where other queues' actors reserve room for what they move in.
+    quota: Arc<quota::ByteQuota>,
 }
 
 impl QueueHandle {
@@ -313,7 +318,18 @@ impl QueueHandle {
         let id = record.id;
         let storage = context.storage.clone();
         let clock = context.clock.clone();
-        let actor = actor::QueueActor::new(record, table, deduplication_ids, context, inbox);
+        let quota = Arc::new(quota::ByteQuota::new(
+            table.counts().bytes,
+            record.attributes.max_bytes,
+        ));
+        let actor = actor::QueueActor::new(
+            record,
+            table,
+            deduplication_ids,
+            context,
+            inbox,
+            quota.clone(),
+        );
         tracker.spawn(actor.run());
         Self {
             name,
@@ -322,6 +338,7 @@ impl QueueHandle {
             storage,
             clock,
             moved: Arc::default(),
+            quota,
         }
     }
 
@@ -355,7 +372,15 @@ impl QueueHandle {
             storage,
             clock,
             moved: Arc::default(),
+            // The target's quota is its owner's: a move into a queue another replica owns is
+            // not held to it here (docs/deploy.md says so); 0 is "no quota".
+            quota: Arc::new(quota::ByteQuota::new(0, 0)),
         }
+    }
+
+    /// The queue's byte quota (see `quota`).
+    pub(crate) fn quota(&self) -> &quota::ByteQuota {
+        &self.quota
     }
 
     pub fn name(&self) -> &str {

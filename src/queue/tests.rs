@@ -130,8 +130,16 @@ impl Harness {
         Self::recover(storage, clock, body_budget)
     }
 
+    /// The message counts (the bytes are read with [`Self::bytes`]).
     async fn counts(&self) -> Counts {
-        self.queue.info().await.expect("info").counts
+        Counts {
+            bytes: 0,
+            ..self.queue.info().await.expect("info").counts
+        }
+    }
+
+    async fn bytes(&self) -> u64 {
+        self.queue.info().await.expect("info").counts.bytes
     }
 
     async fn send(&self, body: &str) -> u64 {
@@ -218,6 +226,7 @@ fn counts(visible: u64, in_flight: u64, delayed: u64, rewindable: u64) -> Counts
         in_flight,
         delayed,
         rewindable,
+        bytes: 0,
     }
 }
 
@@ -554,6 +563,59 @@ async fn a_failed_commit_acknowledges_nothing() {
     harness.delete_one(handle).await.expect("delete");
     assert_eq!(harness.counts().await, Counts::default());
     assert!(harness.stored_states().is_empty());
+}
+
+/// A send beyond max_bytes is refused, naming it; a failed commit and a delete give room
+/// back; the count is recovered from storage at a restart.
+#[tokio::test(start_paused = true)]
+async fn max_bytes_refuses_what_does_not_fit() {
+    let harness = Harness::start(QueueAttributes {
+        max_bytes: 10,
+        ..attributes()
+    })
+    .await;
+    let outgoing = |body: &'static str| Outgoing {
+        payload: Payload::new(Bytes::from_static(body.as_bytes()), Default::default()),
+        delay_seconds: 0,
+        deduplication_id: None,
+    };
+    harness.send("12345").await;
+    harness.send("1234").await;
+    assert_eq!(harness.bytes().await, 9);
+    let refused = harness.queue.send(vec![outgoing("12")]).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(QueueError::BytesFull {
+                held: 9,
+                adding: 2,
+                max: 10,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let error = refused.expect_err("refused");
+    assert_eq!(error.reason(), "BACKLOG_FULL");
+    assert!(error.to_string().contains("max_bytes is 10"), "{error}");
+    harness.storage.fail_writes(true);
+    assert!(harness.queue.send(vec![outgoing("1")]).await.is_err());
+    harness.storage.fail_writes(false);
+    // The failed send gave its byte back.
+    harness.send("1").await;
+    assert_eq!(harness.bytes().await, 10);
+
+    let harness = harness.restart().await;
+    assert_eq!(harness.bytes().await, 10);
+    assert!(harness.queue.send(vec![outgoing("1")]).await.is_err());
+    let first = harness.receive(1, 0).await.remove(0);
+    harness
+        .delete_one(first.message.handle)
+        .await
+        .expect("delete");
+    assert_eq!(harness.bytes().await, 5);
+    harness.send("12345").await;
+    assert_eq!(harness.bytes().await, 10);
 }
 
 /// Whatever a receive has claimed and not handed out is visible again the moment its stream is

@@ -9,14 +9,15 @@
 //! [`MemoryStorage::hold_writes`] keeps them pending (a commit in flight) until released;
 //! [`MemoryStorage::hold_reads`] does the same for body reads (a slow disk under a receive).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
 use super::{
     BodiesReply, CommitReply, DeduplicationRecord, DeletedMessages, QueueRecord, Recovered,
-    Storage, StorageError, StoredMessage, StoredState, SubscriptionRecord, TopicRecord, WriteOp,
+    Storage, StorageError, StoredMessage, StoredState, SubscriptionRecord, SubscriptionTotals,
+    TopicRecord, TopicTotals, WriteOp,
 };
 use crate::payload::Payload;
 use crate::receipt::{KEY_LEN, ReceiptKey};
@@ -63,6 +64,9 @@ struct Tables {
     topics: BTreeMap<u64, TopicRecord>,
     /// (topic id, subscription name) → subscription.
     subscriptions: BTreeMap<(u64, String), SubscriptionRecord>,
+    /// The totals of the topics and subscriptions above (their rows' counter columns).
+    topic_totals: HashMap<u64, TopicTotals>,
+    subscription_totals: HashMap<(u64, String), SubscriptionTotals>,
 }
 
 /// One row of the `messages` table.
@@ -85,6 +89,8 @@ impl Default for Tables {
             deduplication: BTreeMap::new(),
             topics: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
+            topic_totals: HashMap::new(),
+            subscription_totals: HashMap::new(),
         }
     }
 }
@@ -227,6 +233,9 @@ impl Tables {
                 self.queues.remove(queue_id);
                 self.deduplication.retain(|(queue, _), _| queue != queue_id);
                 self.subscriptions.retain(|_, s| s.queue_id != *queue_id);
+                let subscriptions = &self.subscriptions;
+                self.subscription_totals
+                    .retain(|key, _| subscriptions.contains_key(key));
             }
             WriteOp::CreateTopic(topic) => {
                 if self.topics.values().any(|t| t.name == topic.name) {
@@ -243,6 +252,9 @@ impl Tables {
             WriteOp::DeleteTopic { topic_id } => {
                 self.topics.remove(topic_id);
                 self.subscriptions.retain(|(topic, _), _| topic != topic_id);
+                self.topic_totals.remove(topic_id);
+                self.subscription_totals
+                    .retain(|(topic, _), _| topic != topic_id);
             }
             WriteOp::Subscribe(subscription) => {
                 let key = (subscription.topic_id, subscription.name.clone());
@@ -253,8 +265,24 @@ impl Tables {
             }
             WriteOp::Unsubscribe { topic_id, name } => {
                 self.subscriptions.remove(&(*topic_id, name.clone()));
+                self.subscription_totals.remove(&(*topic_id, name.clone()));
             }
             WriteOp::InsertMessages { .. } | WriteOp::Publish { .. } => {
+                if let Some(counts) = op.publish_counts()
+                    && self.topics.contains_key(&counts.topic_id)
+                {
+                    let topic = self.topic_totals.entry(counts.topic_id).or_default();
+                    topic.published += counts.topic.published;
+                    topic.unrouted += counts.topic.unrouted;
+                    for (name, added) in &counts.subscriptions {
+                        let key = (counts.topic_id, name.clone());
+                        if self.subscriptions.contains_key(&key) {
+                            let totals = self.subscription_totals.entry(key).or_default();
+                            totals.delivered += added.delivered;
+                            totals.filtered_out += added.filtered_out;
+                        }
+                    }
+                }
                 let rows = op.inserted_messages().unwrap_or_default();
                 if rows.iter().any(|(_, m)| self.messages.contains_key(&m.id)) {
                     return Err(constraint("UNIQUE constraint failed: messages.id"));
@@ -269,6 +297,7 @@ impl Tables {
                         first_dequeue_ms: 0,
                         receipt_nonce: 0,
                         state: StoredState::Live,
+                        size: message.payload.size() as u32,
                     };
                     let row = Row {
                         queue_id: *queue_id,
@@ -369,6 +398,7 @@ impl Tables {
                 row.meta.dequeue_count = kept.dequeue_count;
                 row.meta.receipt_nonce = kept.receipt_nonce;
                 row.body = Payload::default();
+                row.meta.size = 0;
             }
         }
     }
@@ -386,6 +416,18 @@ impl Storage for MemoryStorage {
             queues: tables.queues.values().cloned().collect(),
             topics: tables.topics.values().cloned().collect(),
             subscriptions: tables.subscriptions.values().cloned().collect(),
+            topic_totals: tables
+                .topic_totals
+                .iter()
+                .filter(|(id, _)| tables.topics.contains_key(id))
+                .map(|(id, totals)| (*id, *totals))
+                .collect(),
+            subscription_totals: tables
+                .subscription_totals
+                .iter()
+                .filter(|(key, _)| tables.subscriptions.contains_key(key))
+                .map(|(key, totals)| (key.clone(), *totals))
+                .collect(),
             deduplication_ids: tables
                 .deduplication
                 .iter()

@@ -59,6 +59,8 @@ pub struct StoredMessage {
     /// For a deleted message, the nonce of the receive whose handle deleted it.
     pub receipt_nonce: u64,
     pub state: StoredState,
+    /// Bytes of its body and attributes as stored (what counts toward `max_bytes`).
+    pub size: u32,
 }
 
 /// Where a stored message is in its life.
@@ -225,6 +227,35 @@ pub struct SubscriptionRecord {
     pub create_time_ms: Millis,
 }
 
+/// What happened on a topic: kept across restarts, raised in the transaction of each publish
+/// (see [`PublishCounts`]), so they count what is durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopicTotals {
+    /// Publishes acknowledged.
+    pub published: u64,
+    /// Acknowledged publishes that no subscription's filter let through (no copy made).
+    pub unrouted: u64,
+}
+
+/// What happened on a subscription, kept as [`TopicTotals`] are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionTotals {
+    /// Copies put in its queue by acknowledged publishes (a copy its queue deduplicated is not
+    /// counted again).
+    pub delivered: u64,
+    /// Acknowledged publishes its filter kept out.
+    pub filtered_out: u64,
+}
+
+/// What one publish adds to its topic's and subscriptions' totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishCounts {
+    pub topic_id: u64,
+    pub topic: TopicTotals,
+    /// By subscription name: every subscription of the topic when the publish was routed.
+    pub subscriptions: Vec<(String, SubscriptionTotals)>,
+}
+
 /// A subscription's filter as its column holds it: a JSON array of strings.
 pub fn encode_filter(filter: &[String]) -> String {
     serde_json::to_string(filter).unwrap_or_else(|_| "[]".into())
@@ -301,6 +332,8 @@ pub enum WriteOp {
         /// The highest id the publish answered with (its own, not a copy's): message ids are
         /// raised past it, so that no id is handed out twice across a restart.
         last_publish_id: u64,
+        /// Added to the topic's and its subscriptions' totals in the same transaction.
+        counts: PublishCounts,
     },
     /// Forgets deduplication ids of `queue_id` whose window has passed (written lazily: an id
     /// kept longer is ignored by the queue, which checks the window itself).
@@ -350,6 +383,14 @@ impl WriteOp {
                     .flat_map(|(queue_id, messages)| messages.iter().map(|m| (*queue_id, m)))
                     .collect(),
             ),
+            _ => None,
+        }
+    }
+
+    /// What a publish adds to its topic's totals, if this is one.
+    pub fn publish_counts(&self) -> Option<&PublishCounts> {
+        match self {
+            Self::Publish { counts, .. } => Some(counts),
             _ => None,
         }
     }
@@ -412,6 +453,10 @@ pub struct Recovered {
     /// topics drop them).
     pub topics: Vec<TopicRecord>,
     pub subscriptions: Vec<SubscriptionRecord>,
+    /// The topics' totals, by topic id (absent: none yet).
+    pub topic_totals: std::collections::HashMap<u64, TopicTotals>,
+    /// The subscriptions' totals, by topic id and name.
+    pub subscription_totals: std::collections::HashMap<(u64, String), SubscriptionTotals>,
     /// Ids at or above these were never handed out.
     pub next_queue_id: u64,
     pub next_message_id: u64,

@@ -15,7 +15,7 @@
 
 pub mod filter;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,29 +26,22 @@ use crate::clock::Clock;
 use crate::error::QueueError;
 use crate::payload::Payload;
 use crate::queue::{Directory, Outgoing, QueueHandle, Staged};
-use crate::storage::{FilterType, Storage, StorageError, SubscriptionRecord, TopicRecord, WriteOp};
+use crate::storage::{
+    FilterType, PublishCounts, Storage, StorageError, SubscriptionRecord, TopicRecord, WriteOp,
+};
+pub use crate::storage::{SubscriptionTotals, TopicTotals};
 
 /// Most topics one server holds: each costs memory and a line of metrics per subscription.
 pub const MAX_TOPICS: usize = 1_000;
 /// Most subscriptions one topic has (CMQ's limit): a publish stages a copy on each.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 
-/// What happened on a topic since the server started (for metrics and GetTopic).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TopicTotals {
-    /// Publishes acknowledged.
-    pub published: u64,
-    /// Acknowledged publishes that no subscription's filter let through (no copy made).
-    pub unrouted: u64,
-}
-
-/// What happened on a subscription since the server started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SubscriptionTotals {
-    /// Copies put in its queue by acknowledged publishes (duplicates not counted again).
-    pub delivered: u64,
-    /// Acknowledged publishes its filter kept out.
-    pub filtered_out: u64,
+/// The topics and subscriptions storage held at startup, with their totals.
+pub struct StoredTopics {
+    pub topics: Vec<TopicRecord>,
+    pub subscriptions: Vec<SubscriptionRecord>,
+    pub topic_totals: HashMap<u64, TopicTotals>,
+    pub subscription_totals: HashMap<(u64, String), SubscriptionTotals>,
 }
 
 /// A topic at one moment.
@@ -146,17 +139,22 @@ fn lock(topic: &SharedTopic) -> std::sync::MutexGuard<'_, TopicState> {
 }
 
 impl Topics {
-    /// The topics storage held. Subscriptions of queues not in `queue_ids` (left by an older
-    /// version, or a migration) are dropped, in memory and in storage.
+    /// The topics storage held, with their totals. Subscriptions of queues not in `queue_ids`
+    /// (left by an older version, or a migration) are dropped, in memory and in storage.
     pub fn recover(
-        topics: Vec<TopicRecord>,
-        subscriptions: Vec<SubscriptionRecord>,
+        stored: StoredTopics,
         queue_ids: &std::collections::HashSet<u64>,
         storage: Arc<dyn Storage>,
         clock: Clock,
         message_ids: Arc<AtomicU64>,
         directory: Directory,
     ) -> Self {
+        let StoredTopics {
+            topics,
+            subscriptions,
+            topic_totals,
+            mut subscription_totals,
+        } = stored;
         let next_topic_id = topics.iter().map(|t| t.id + 1).max().unwrap_or(1);
         let mut by_id: BTreeMap<u64, TopicState> = topics
             .into_iter()
@@ -164,9 +162,9 @@ impl Topics {
                 (
                     record.id,
                     TopicState {
+                        totals: topic_totals.get(&record.id).copied().unwrap_or_default(),
                         record,
                         subscriptions: BTreeMap::new(),
-                        totals: TopicTotals::default(),
                     },
                 )
             })
@@ -174,13 +172,12 @@ impl Topics {
         for record in subscriptions {
             match by_id.get_mut(&record.topic_id) {
                 Some(topic) if queue_ids.contains(&record.queue_id) => {
-                    topic.subscriptions.insert(
-                        record.name.clone(),
-                        SubscriptionState {
-                            record,
-                            totals: SubscriptionTotals::default(),
-                        },
-                    );
+                    let totals = subscription_totals
+                        .remove(&(record.topic_id, record.name.clone()))
+                        .unwrap_or_default();
+                    topic
+                        .subscriptions
+                        .insert(record.name.clone(), SubscriptionState { record, totals });
                 }
                 _ => storage.record(WriteOp::Unsubscribe {
                     topic_id: record.topic_id,
@@ -519,11 +516,15 @@ impl Topics {
                 format!("entries[{index}].{name}")
             }
         };
-        // Which entries go to which subscription, decided under the topic's lock.
+        // Which entries go to which subscription, decided under the topic's lock; and how many
+        // each subscription's filter took, for its totals.
         let mut targets: Vec<(String, u64, String, Vec<usize>)> = Vec::new();
+        let mut matched: Vec<(String, u64)> = Vec::new();
+        let topic_id;
         {
             let state = lock(&topic);
             let record = &state.record;
+            topic_id = record.id;
             for (index, entry) in entries.iter().enumerate() {
                 check_entry(record, entry, index, &field)?;
             }
@@ -540,6 +541,7 @@ impl Topics {
                     })
                     .map(|(index, _)| index)
                     .collect();
+                matched.push((name.clone(), matching.len() as u64));
                 if !matching.is_empty() {
                     targets.push((
                         name.clone(),
@@ -581,6 +583,32 @@ impl Topics {
         let first_id = self
             .message_ids
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let count = entries.len() as u64;
+        let routed = (0..entries.len())
+            .filter(|index| targets.iter().any(|target| target.3.contains(index)))
+            .count() as u64;
+        // A copy its queue deduplicated has no row, and is not delivered again.
+        let mut delivered: HashMap<&str, u64> = HashMap::new();
+        for (copy, target) in &staged {
+            delivered.insert(&targets[*target].0, copy.rows.len() as u64);
+        }
+        let counts = PublishCounts {
+            topic_id,
+            topic: TopicTotals {
+                published: count,
+                unrouted: count - routed,
+            },
+            subscriptions: matched
+                .into_iter()
+                .map(|(name, matched)| {
+                    let totals = SubscriptionTotals {
+                        delivered: delivered.get(name.as_str()).copied().unwrap_or(0),
+                        filtered_out: count - matched,
+                    };
+                    (name, totals)
+                })
+                .collect(),
+        };
         let mut copies = Vec::with_capacity(staged.len());
         let mut pending = Vec::with_capacity(staged.len());
         for (copy, target) in staged {
@@ -593,6 +621,7 @@ impl Topics {
             .commit(WriteOp::Publish {
                 copies,
                 last_publish_id: first_id + entries.len() as u64 - 1,
+                counts: counts.clone(),
             })
             .await;
         let mut answers = Vec::with_capacity(pending.len());
@@ -607,7 +636,6 @@ impl Topics {
                 copies: Vec::new(),
             })
             .collect();
-        let mut delivered: Vec<(usize, u64)> = Vec::with_capacity(answers.len());
         for (answer, target) in answers {
             let ids = answer
                 .await
@@ -620,20 +648,19 @@ impl Topics {
                     message_id: id,
                 });
             }
-            delivered.push((target, matching.len() as u64));
         }
+        // What the commit added to the stored totals (subscriptions removed since match
+        // nothing, there as here).
         let mut state = lock(&topic);
-        state.totals.published += entries.len() as u64;
-        state.totals.unrouted += published.iter().filter(|p| p.copies.is_empty()).count() as u64;
-        let count = entries.len() as u64;
-        let mut took: BTreeMap<&str, u64> = BTreeMap::new();
-        for (target, copies) in delivered {
-            took.insert(&targets[target].0, copies);
-        }
-        for (name, subscription) in state.subscriptions.iter_mut() {
-            let copies = took.get(name.as_str()).copied().unwrap_or(0);
-            subscription.totals.delivered += copies;
-            subscription.totals.filtered_out += count - copies;
+        if state.record.id == counts.topic_id {
+            state.totals.published += counts.topic.published;
+            state.totals.unrouted += counts.topic.unrouted;
+            for (name, added) in &counts.subscriptions {
+                if let Some(subscription) = state.subscriptions.get_mut(name) {
+                    subscription.totals.delivered += added.delivered;
+                    subscription.totals.filtered_out += added.filtered_out;
+                }
+            }
         }
         Ok(published)
     }

@@ -521,3 +521,93 @@ async fn a_waiting_receive_outlasts_a_dead_letter_move() {
     assert_eq!(&got[0].body[..], b"next");
     server.stop().await;
 }
+
+/// A dead-letter queue without room under its max_bytes takes the messages that fit, oldest
+/// first; the others stay visible in their queue (not delivered: they are due for the move) and
+/// move once there is room. A redrive into a queue without room moves the messages before the
+/// first that does not fit, then fails with RESOURCE_EXHAUSTED naming max_bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_moves_and_redrives_stay_within_max_bytes() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(
+        &mut client,
+        "tight-dlq",
+        pb::QueueAttributes {
+            max_bytes: Some(10),
+            ..attrs()
+        },
+    )
+    .await;
+    create(&mut client, "jobs", policy("tight-dlq", 1, 0)).await;
+    batch_send(&mut client, "jobs", &[b"poison1", b"poison2"]).await;
+    assert_eq!(receive_briefly(&mut client, "jobs", 2).await.len(), 2);
+    server.clock.skip_ahead(Duration::from_secs(2));
+    // Both are due for the move; only the first fits (7 + 7 > 10).
+    assert!(receive(&mut client, "jobs", 16).await.is_empty());
+    wait_for_visible(&mut client, "tight-dlq", 1).await;
+    wait_for_visible(&mut client, "jobs", 1).await;
+    assert_eq!(stats(&mut client, "tight-dlq").await.backlog_bytes, 7);
+    assert_eq!(stats(&mut client, "jobs").await.backlog_bytes, 7);
+    // Still no room: the next receive leaves it where it is.
+    assert!(receive(&mut client, "jobs", 16).await.is_empty());
+    wait_for_visible(&mut client, "jobs", 1).await;
+    assert_eq!(stats(&mut client, "tight-dlq").await.active_messages, 1);
+
+    // A redrive into a queue without room moves nothing and says why.
+    create(
+        &mut client,
+        "small",
+        pb::QueueAttributes {
+            max_bytes: Some(5),
+            ..attrs()
+        },
+    )
+    .await;
+    let status = redrive(&mut client, "tight-dlq", "small", 0)
+        .await
+        .expect_err("no room in small");
+    let message = assert_error(&status, Code::ResourceExhausted, 4410);
+    assert!(
+        message.contains("\"small\"") && message.contains("max_bytes is 5"),
+        "{message}"
+    );
+    assert_eq!(stats(&mut client, "tight-dlq").await.active_messages, 1);
+    assert_eq!(stats(&mut client, "small").await.backlog_bytes, 0);
+
+    // Room made in the dead-letter queue: the second message moves at the next receive.
+    update(
+        &mut client,
+        "tight-dlq",
+        pb::QueueAttributes {
+            max_bytes: Some(14),
+            ..attrs()
+        },
+    )
+    .await
+    .expect("raise the quota");
+    assert!(receive(&mut client, "jobs", 16).await.is_empty());
+    wait_for_visible(&mut client, "tight-dlq", 2).await;
+    let s = stats(&mut client, "jobs").await;
+    assert_eq!((s.active_messages, s.backlog_bytes), (0, 0), "{s:?}");
+
+    // A redrive of both into room for one: the first moves, then it fails.
+    update(
+        &mut client,
+        "small",
+        pb::QueueAttributes {
+            max_bytes: Some(10),
+            ..attrs()
+        },
+    )
+    .await
+    .expect("raise the quota");
+    let status = redrive(&mut client, "tight-dlq", "small", 0)
+        .await
+        .expect_err("room for one");
+    assert_error(&status, Code::ResourceExhausted, 4410);
+    wait_for_visible(&mut client, "small", 1).await;
+    assert_eq!(stats(&mut client, "small").await.backlog_bytes, 7);
+    assert_eq!(stats(&mut client, "tight-dlq").await.backlog_bytes, 7);
+    server.stop().await;
+}

@@ -19,6 +19,7 @@ mod operations;
 mod otel;
 mod postgres;
 mod queues;
+mod quotas;
 mod receipts;
 mod rewind;
 mod streams;

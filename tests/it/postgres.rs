@@ -938,8 +938,9 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
     }
 }
 
-/// A schema of version 1 (before message attributes, deduplication, dead-letter policies and
-/// topics) is migrated to the current version (3) when a server opens it, in one transaction:
+/// A schema of version 1 (before message attributes, deduplication, dead-letter policies,
+/// topics and byte quotas) is migrated to the current version (4) when a server opens it, in one
+/// transaction:
 /// its queues and messages stay, queues get the default deduplication window and no policy,
 /// and the new features work on them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -962,6 +963,7 @@ async fn a_version_1_schema_is_migrated_to_the_current_version() {
              ALTER TABLE {schema}.queues DROP COLUMN deduplication_window_seconds,
                  DROP COLUMN dead_letter_queue, DROP COLUMN max_receive_count,
                  DROP COLUMN max_time_to_live_seconds;
+             ALTER TABLE {schema}.queues DROP COLUMN max_bytes;
              DROP TABLE {schema}.deduplication;
              DROP TABLE {schema}.topics;
              DROP TABLE {schema}.subscriptions;
@@ -977,7 +979,7 @@ async fn a_version_1_schema_is_migrated_to_the_current_version() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let queue = get(&mut client, "old").await;
     let attributes = queue.attributes.expect("attributes");
     assert_eq!(attributes.deduplication_window_seconds, Some(300));
@@ -1011,8 +1013,8 @@ async fn a_version_1_schema_is_migrated_to_the_current_version() {
     assert_eq!(server.terminate(), Some(0));
 }
 
-/// A schema of version 2 (before topics) is migrated to version 3 when a server opens it: its
-/// queues stay, and topics publish into them.
+/// A schema of version 2 (before topics) is migrated to the current version when a server opens
+/// it: its queues stay, and topics publish into them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_2_schema_gains_topics() {
     if postgres_only() {
@@ -1027,7 +1029,8 @@ async fn a_version_2_schema_gains_topics() {
     let schema = schema_for(dir.path());
     admin
         .batch_execute(&format!(
-            "DROP TABLE {schema}.topics;
+            "ALTER TABLE {schema}.queues DROP COLUMN max_bytes;
+             DROP TABLE {schema}.topics;
              DROP TABLE {schema}.subscriptions;
              UPDATE {schema}.schema_version SET version = 2;"
         ))
@@ -1040,7 +1043,7 @@ async fn a_version_2_schema_gains_topics() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     client
         .create_topic(pb::CreateTopicRequest {
             topic_name: "after".into(),
@@ -1068,5 +1071,65 @@ async fn a_version_2_schema_gains_topics() {
         .into_inner();
     assert_eq!(published.copies.len(), 1);
     assert_eq!(stats(&mut client, "before-topics").await.active_messages, 1);
+    assert_eq!(server.terminate(), Some(0));
+}
+
+/// A schema of version 3 (before byte quotas and kept topic totals) is migrated to version 4
+/// when a server opens it: its queues get no quota, the bytes their messages hold are counted
+/// from the rows, and its topics count from 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_schema_gains_byte_quotas() {
+    if postgres_only() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    create(&mut client, "before-quotas", attrs()).await;
+    send(&mut client, "before-quotas", &[1; 25]).await;
+    assert_eq!(server.terminate(), Some(0));
+    let admin = postgres_client().await;
+    let schema = schema_for(dir.path());
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.queues DROP COLUMN max_bytes;
+             ALTER TABLE {schema}.topics DROP COLUMN published_messages,
+                 DROP COLUMN unrouted_messages;
+             ALTER TABLE {schema}.subscriptions DROP COLUMN delivered_messages,
+                 DROP COLUMN filtered_out_messages;
+             UPDATE {schema}.schema_version SET version = 3;"
+        ))
+        .await
+        .expect("make it version 3");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    let version: i32 = admin
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 4);
+    let queue = get(&mut client, "before-quotas").await;
+    assert_eq!(queue.attributes.expect("attributes").max_bytes, Some(0));
+    assert_eq!(queue.stats.expect("stats").backlog_bytes, 25);
+    client
+        .update_queue(pb::UpdateQueueRequest {
+            queue_name: "before-quotas".into(),
+            attributes: Some(pb::QueueAttributes {
+                max_bytes: Some(30),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("set a quota");
+    let status = client
+        .send_message(pb::SendMessageRequest {
+            queue_name: "before-quotas".into(),
+            body: vec![2; 6].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("beyond the quota");
+    assert_error(&status, tonic::Code::ResourceExhausted, 4410);
     assert_eq!(server.terminate(), Some(0));
 }

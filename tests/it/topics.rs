@@ -409,6 +409,76 @@ async fn a_full_backlog_refuses_the_whole_publish() {
     server.stop().await;
 }
 
+/// A queue without room under its max_bytes refuses its copy, and with it the whole publish,
+/// as a full backlog does. A copy's bytes are its body and attributes as stored, which name the
+/// topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_quota_refuses_the_whole_publish() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create(&mut client, "bytes-roomy", attrs()).await;
+    create(
+        &mut client,
+        "bytes-tight",
+        pb::QueueAttributes {
+            max_bytes: Some(100),
+            ..Default::default()
+        },
+    )
+    .await;
+    create_topic(&mut client, "quota", pb::FilterType::Tags)
+        .await
+        .expect("create topic");
+    for (name, queue) in [("a", "bytes-roomy"), ("b", "bytes-tight")] {
+        subscribe(&mut client, "quota", name, queue, &[])
+            .await
+            .expect("subscribe");
+    }
+    publish(&mut client, "quota", &"x".repeat(40), &[], "")
+        .await
+        .expect("the first fits");
+    let copy = stats(&mut client, "bytes-tight").await.backlog_bytes;
+    assert!(copy > 40, "the copy names its topic: {copy}");
+    assert_eq!(stats(&mut client, "bytes-roomy").await.backlog_bytes, copy);
+    let refused = publish(
+        &mut client,
+        "quota",
+        &"y".repeat(100 - copy as usize),
+        &[],
+        "",
+    )
+    .await
+    .expect_err("no room in the tight queue");
+    let message = assert_error(&refused, Code::ResourceExhausted, 4410);
+    assert!(
+        message.contains("bytes-tight") && message.contains("max_bytes is 100"),
+        "{message}"
+    );
+    assert_eq!(stats(&mut client, "bytes-roomy").await.active_messages, 1);
+    assert_eq!(stats(&mut client, "bytes-tight").await.backlog_bytes, copy);
+    // A batch whose entries fit one by one but not together is refused whole.
+    let status = client
+        .batch_publish_messages(pb::BatchPublishMessagesRequest {
+            topic_name: "quota".into(),
+            entries: vec![
+                pb::BatchPublishEntry {
+                    body: b"z"[..].into(),
+                    ..Default::default()
+                };
+                16
+            ],
+        })
+        .await
+        .expect_err("no room for 16");
+    assert_error(&status, Code::ResourceExhausted, 4410);
+    assert_eq!(stats(&mut client, "bytes-roomy").await.active_messages, 1);
+    publish(&mut client, "quota", "z", &[], "")
+        .await
+        .expect("a small one fits");
+    assert_eq!(stats(&mut client, "bytes-roomy").await.active_messages, 2);
+    server.stop().await;
+}
+
 /// Deleting a queue deletes its subscriptions (in the same transaction); a queue created again
 /// under the name is not subscribed, before or after a restart. Topics and the other
 /// subscriptions survive the restart.
@@ -767,7 +837,114 @@ async fn a_crash_never_leaves_a_publish_in_some_queues_only() {
             "acknowledged publishes lost in {queue}: {lost:?}"
         );
     }
-    // The subscriptions survived too.
-    assert_eq!(subscriptions(&mut client, "crash-topic").await.len(), 4);
+    // The subscriptions survived too, and their totals, and the topic's: written in the
+    // transaction of the copies, they count exactly the publishes whose copies are there.
+    let totals: Vec<(u64, u64)> = subscriptions(&mut client, "crash-topic")
+        .await
+        .into_iter()
+        .map(|s| (s.delivered_messages, s.filtered_out_messages))
+        .collect();
+    assert_eq!(totals, vec![(first.len() as u64, 0); 4]);
+    let stats = topic_stats(&mut client, "crash-topic").await;
+    assert_eq!(
+        (stats.published_messages, stats.unrouted_messages),
+        (first.len() as u64, 0)
+    );
     assert_eq!(server.terminate(), Some(0));
+}
+
+async fn topic_stats(client: &mut Client, topic: &str) -> pb::TopicStats {
+    client
+        .get_topic(pb::GetTopicRequest {
+            topic_name: topic.into(),
+        })
+        .await
+        .expect("get topic")
+        .into_inner()
+        .stats
+        .unwrap_or_default()
+}
+
+/// Topic and subscription totals are kept across a restart (issue 20): published, unrouted,
+/// delivered (a copy its queue deduplicated not counted again) and filtered out; a
+/// subscription made after the restart starts from 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_totals_are_kept_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    create(&mut client, "kept-all", attrs()).await;
+    create(&mut client, "kept-blue", attrs()).await;
+    create_topic(&mut client, "kept", pb::FilterType::Tags)
+        .await
+        .expect("create topic");
+    subscribe(&mut client, "kept", "all", "kept-all", &[])
+        .await
+        .expect("subscribe");
+    subscribe(&mut client, "kept", "blue", "kept-blue", &["blue"])
+        .await
+        .expect("subscribe");
+    publish(&mut client, "kept", "one", &["blue"], "")
+        .await
+        .expect("publish");
+    publish(&mut client, "kept", "two", &["red"], "")
+        .await
+        .expect("publish");
+    // A retried publish: both queues deduplicate their copy.
+    for _ in 0..2 {
+        client
+            .publish_message(pb::PublishMessageRequest {
+                topic_name: "kept".into(),
+                body: b"three"[..].into(),
+                tags: vec!["blue".into()],
+                deduplication_id: "three".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("publish");
+    }
+    let expected = |subscriptions: Vec<pb::Subscription>| {
+        subscriptions
+            .into_iter()
+            .map(|s| (s.name, s.delivered_messages, s.filtered_out_messages))
+            .collect::<Vec<_>>()
+    };
+    let before = expected(subscriptions(&mut client, "kept").await);
+    assert_eq!(
+        before,
+        vec![("all".to_string(), 3, 0), ("blue".to_string(), 2, 1)]
+    );
+    assert_eq!(topic_stats(&mut client, "kept").await.published_messages, 4);
+    // No subscription left that takes red: unrouted.
+    client
+        .unsubscribe(pb::UnsubscribeRequest {
+            topic_name: "kept".into(),
+            subscription_name: "all".into(),
+        })
+        .await
+        .expect("unsubscribe");
+    publish(&mut client, "kept", "four", &["red"], "")
+        .await
+        .expect("publish");
+    server.stop().await;
+
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let stats = topic_stats(&mut client, "kept").await;
+    assert_eq!((stats.published_messages, stats.unrouted_messages), (5, 1));
+    assert_eq!(
+        expected(subscriptions(&mut client, "kept").await),
+        vec![("blue".to_string(), 2, 2)]
+    );
+    subscribe(&mut client, "kept", "all", "kept-all", &[])
+        .await
+        .expect("subscribe again");
+    publish(&mut client, "kept", "five", &[], "")
+        .await
+        .expect("publish");
+    assert_eq!(
+        expected(subscriptions(&mut client, "kept").await),
+        vec![("all".to_string(), 1, 0), ("blue".to_string(), 2, 3)]
+    );
+    server.stop().await;
 }

@@ -61,7 +61,7 @@ pub enum ClientError {
     /// ([`errors::DEAD_LETTER_TARGET`]).
     #[error("{0}")]
     DeadLetterTarget(RpcError),
-    /// The queue holds `max_backlog` messages ([`errors::BACKLOG_FULL`]).
+    /// The queue holds `max_backlog` messages, or `max_bytes` bytes ([`errors::BACKLOG_FULL`]).
     #[error("{0}")]
     BacklogFull(RpcError),
     /// The server holds as many queues as it may ([`errors::TOO_MANY_QUEUES`]).

@@ -108,7 +108,7 @@ pub const BACKLOG_FULL: ErrorCase = ErrorCase {
     reason: "BACKLOG_FULL",
     grpc_code: Code::ResourceExhausted,
     cmq_code: 4410,
-    meaning: "backlog full (`max_backlog`)",
+    meaning: "backlog full (`max_backlog` or `max_bytes`)",
 };
 pub const TOO_MANY_QUEUES: ErrorCase = ErrorCase {
     reason: "TOO_MANY_QUEUES",

@@ -33,6 +33,11 @@ pub const DEFAULT_REWIND_SECONDS: u32 = 0;
 pub const MAX_BACKLOG: RangeInclusive<u64> = 1..=1_000_000_000;
 pub const DEFAULT_MAX_BACKLOG: u64 = 100_000_000;
 
+/// Bytes a queue holds at most (bodies and attributes of its messages, rewindable ones too);
+/// 0 means no quota.
+pub const MAX_BYTES: RangeInclusive<u64> = 0..=1 << 50;
+pub const DEFAULT_MAX_BYTES: u64 = 0;
+
 /// Entries of a batch send, messages of a receive, handles of a batch delete.
 pub const MAX_BATCH: usize = 16;
 

@@ -105,8 +105,9 @@ impl Import<'_> {
                             polling_wait_seconds, max_message_size, message_retention_seconds,
                             rewind_seconds, max_backlog, create_time_ms, update_time_ms,
                             deduplication_window_seconds, dead_letter_queue, max_receive_count,
-                            max_time_to_live_seconds)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                            max_time_to_live_seconds, max_bytes)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                 $15)"
                     ),
                     &[
                         &(*id as i64),
@@ -133,6 +134,7 @@ impl Import<'_> {
                                 .as_ref()
                                 .map_or(0, |p| p.max_time_to_live_seconds),
                         ),
+                        &(a.max_bytes as i64),
                     ],
                 )
                 .await
@@ -165,11 +167,17 @@ impl Import<'_> {
         // Topics, and the subscriptions into queues that exist (a queue deleted before the
         // stop took its subscriptions with it; a row left would be dropped at start anyway).
         for topic in &recovered.topics {
+            let totals = recovered
+                .topic_totals
+                .get(&topic.id)
+                .copied()
+                .unwrap_or_default();
             self.transaction
                 .execute(
                     &format!(
                         "INSERT INTO {q}.topics (id, name, max_message_size, filter_type,
-                            create_time_ms, update_time_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+                            create_time_ms, update_time_ms, published_messages,
+                            unrouted_messages) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                     ),
                     &[
                         &(topic.id as i64),
@@ -178,6 +186,8 @@ impl Import<'_> {
                         &topic.filter_type.code(),
                         &topic.create_time_ms,
                         &topic.update_time_ms,
+                        &(totals.published as i64),
+                        &(totals.unrouted as i64),
                     ],
                 )
                 .await
@@ -187,11 +197,17 @@ impl Import<'_> {
             if !queues.contains(&subscription.queue_id) {
                 continue;
             }
+            let totals = recovered
+                .subscription_totals
+                .get(&(subscription.topic_id, subscription.name.clone()))
+                .copied()
+                .unwrap_or_default();
             self.transaction
                 .execute(
                     &format!(
                         "INSERT INTO {q}.subscriptions (topic_id, name, queue_id, queue_name,
-                            filter, create_time_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+                            filter, create_time_ms, delivered_messages, filtered_out_messages)
+                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                     ),
                     &[
                         &(subscription.topic_id as i64),
@@ -200,6 +216,8 @@ impl Import<'_> {
                         &subscription.queue_name,
                         &crate::storage::encode_filter(&subscription.filter),
                         &subscription.create_time_ms,
+                        &(totals.delivered as i64),
+                        &(totals.filtered_out as i64),
                     ],
                 )
                 .await

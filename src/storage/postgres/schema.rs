@@ -9,6 +9,8 @@
 //!   order: what a takeover of one queue, and an actor that keeps only a window of a large
 //!   backlog, read.
 
+use std::collections::HashMap;
+
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
 
@@ -16,12 +18,12 @@ use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::receipt::KEY_LEN;
 use crate::storage::{
     DeduplicationRecord, FilterType, QueueRecord, Recovered, StorageError, StoredMessage,
-    StoredState, SubscriptionRecord, TopicRecord, decode_filter,
+    StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals, decode_filter,
 };
 
 /// The layout below. A database with a higher number was written by a newer Spool and is
 /// refused; a lower one would be migrated at open, step by step, each in its transaction.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 /// `schema_version.application`: tells Spool's tables from someone else's of the same names.
 const APPLICATION: &str = "spool";
 /// The names Spool creates; any of them in the schema without Spool's version row is foreign.
@@ -154,6 +156,19 @@ CREATE TABLE {s}.subscriptions (
 );
 ";
 
+/// Version 4: per-queue byte quotas (`max_bytes`, 0 for none: existing queues keep no quota),
+/// and the topics' and subscriptions' totals, raised in each publish's transaction (0 for
+/// existing ones: they were not kept before). Constant defaults, so adding them rewrites no
+/// table. (The bytes a queue holds are not stored: recovery sums the sizes of its messages'
+/// bodies and attributes.)
+const VERSION_4: &str = "
+ALTER TABLE {s}.queues ADD COLUMN max_bytes bigint NOT NULL DEFAULT 0;
+ALTER TABLE {s}.topics ADD COLUMN published_messages bigint NOT NULL DEFAULT 0,
+    ADD COLUMN unrouted_messages bigint NOT NULL DEFAULT 0;
+ALTER TABLE {s}.subscriptions ADD COLUMN delivered_messages bigint NOT NULL DEFAULT 0,
+    ADD COLUMN filtered_out_messages bigint NOT NULL DEFAULT 0;
+";
+
 /// A schema name Spool accepts: lower-case letters, digits and underscores, starting with a
 /// letter or underscore, so that it never needs quoting rules beyond double quotes and reads
 /// the same in `psql`.
@@ -238,6 +253,10 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             .map_err(io)?;
         transaction
             .batch_execute(&VERSION_3.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .batch_execute(&VERSION_4.replace("{s}", &q))
             .await
             .map_err(io)?;
         transaction
@@ -347,6 +366,22 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             "migrated Spool's tables from version 2 to 3 (topics and subscriptions)"
         );
     }
+    if version < 4 {
+        let q = quoted(schema);
+        transaction
+            .batch_execute(&VERSION_4.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .execute(&format!("UPDATE {q}.schema_version SET version = 4"), &[])
+            .await
+            .map_err(io)?;
+        tracing::info!(
+            schema,
+            "migrated Spool's tables from version 3 to 4 (per-queue byte quotas, topic totals \
+             kept)"
+        );
+    }
     transaction.commit().await.map_err(io)?;
     Ok(())
 }
@@ -375,7 +410,7 @@ fn u32_column(row: &tokio_postgres::Row, index: usize) -> Result<u32, String> {
 pub const QUEUE_COLUMNS: &str = "id, name, visibility_timeout_seconds, polling_wait_seconds,
     max_message_size, message_retention_seconds, rewind_seconds, max_backlog, create_time_ms,
     update_time_ms, deduplication_window_seconds, dead_letter_queue, max_receive_count,
-    max_time_to_live_seconds";
+    max_time_to_live_seconds, max_bytes";
 
 /// A queue from a row that starts with [`QUEUE_COLUMNS`].
 pub fn queue_record(row: &tokio_postgres::Row) -> Result<QueueRecord, String> {
@@ -410,6 +445,7 @@ pub fn queue_record_at(row: &tokio_postgres::Row, first: usize) -> Result<QueueR
                 }),
                 None => None,
             },
+            max_bytes: get_i64(14)? as u64,
         },
         create_time_ms: get_i64(8)?,
         update_time_ms: get_i64(9)?,
@@ -477,10 +513,12 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         .collect::<Result<Vec<_>, String>>()?;
     let text = |e: tokio_postgres::Error| e.to_string();
     let mut topics = Vec::new();
+    let mut topic_totals = HashMap::new();
     for row in client
         .query(
             &format!(
-                "SELECT id, name, max_message_size, filter_type, create_time_ms, update_time_ms
+                "SELECT id, name, max_message_size, filter_type, create_time_ms, update_time_ms,
+                        published_messages, unrouted_messages
                    FROM {q}.topics ORDER BY id"
             ),
             &[],
@@ -489,6 +527,13 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         .map_err(text)?
     {
         let code: i64 = row.try_get(3).map_err(text)?;
+        topic_totals.insert(
+            row.try_get::<_, i64>(0).map_err(text)? as u64,
+            TopicTotals {
+                published: row.try_get::<_, i64>(6).map_err(text)? as u64,
+                unrouted: row.try_get::<_, i64>(7).map_err(text)? as u64,
+            },
+        );
         topics.push(TopicRecord {
             id: row.try_get::<_, i64>(0).map_err(text)? as u64,
             name: row.try_get(1).map_err(text)?,
@@ -500,10 +545,12 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         });
     }
     let mut subscriptions = Vec::new();
+    let mut subscription_totals = HashMap::new();
     for row in client
         .query(
             &format!(
-                "SELECT topic_id, name, queue_id, queue_name, filter, create_time_ms
+                "SELECT topic_id, name, queue_id, queue_name, filter, create_time_ms,
+                        delivered_messages, filtered_out_messages
                    FROM {q}.subscriptions ORDER BY topic_id, name"
             ),
             &[],
@@ -512,6 +559,16 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         .map_err(text)?
     {
         let filter: String = row.try_get(4).map_err(text)?;
+        subscription_totals.insert(
+            (
+                row.try_get::<_, i64>(0).map_err(text)? as u64,
+                row.try_get::<_, String>(1).map_err(text)?,
+            ),
+            SubscriptionTotals {
+                delivered: row.try_get::<_, i64>(6).map_err(text)? as u64,
+                filtered_out: row.try_get::<_, i64>(7).map_err(text)? as u64,
+            },
+        );
         subscriptions.push(SubscriptionRecord {
             topic_id: row.try_get::<_, i64>(0).map_err(text)? as u64,
             name: row.try_get(1).map_err(text)?,
@@ -527,6 +584,8 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
         deduplication_ids,
         topics,
         subscriptions,
+        topic_totals,
+        subscription_totals,
         receipt_secret,
         next_queue_id: counter(&counters, "next_queue_id")?,
         next_message_id: counter(&counters, "next_message_id")?,
@@ -568,7 +627,8 @@ pub async fn recover_messages_where(
     let statement = transaction
         .prepare(&format!(
             "SELECT queue_id, id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
-                    receipt_nonce, state
+                    receipt_nonce, state,
+                    octet_length(body) + coalesce(octet_length(meta), 0)
                FROM {}.messages {} ORDER BY id",
             quoted(schema),
             match queue_id {
@@ -604,6 +664,7 @@ pub async fn recover_messages_where(
                     first_dequeue_ms: row.try_get(5).map_err(text)?,
                     receipt_nonce: row.try_get::<_, i64>(6).map_err(text)? as u64,
                     state,
+                    size: row.try_get::<_, i32>(8).map_err(text)?.max(0) as u32,
                 },
             );
         }

@@ -28,7 +28,9 @@ use super::connect::ConnectOptions;
 use super::fence::{Fence, Verdict};
 use super::schema::{self, quoted};
 use super::{Lost, describe_target};
-use crate::storage::{CommitObserver, CommitReply, StorageError, WriteOp, WriterRequest};
+use crate::storage::{
+    CommitObserver, CommitReply, PublishCounts, StorageError, WriteOp, WriterRequest,
+};
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
 const MAX_GROUP: usize = 4_096;
@@ -87,6 +89,8 @@ struct Statements {
     delete_topic_subscriptions: Statement,
     subscribe: Statement,
     unsubscribe: Statement,
+    count_topic: Statement,
+    count_subscriptions: Statement,
 }
 
 impl Statements {
@@ -152,8 +156,9 @@ impl Statements {
                             polling_wait_seconds, max_message_size, message_retention_seconds,
                             rewind_seconds, max_backlog, create_time_ms, update_time_ms,
                             deduplication_window_seconds, dead_letter_queue, max_receive_count,
-                            max_time_to_live_seconds, owner, owner_epoch)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, {})",
+                            max_time_to_live_seconds, max_bytes, owner, owner_epoch)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                             $16, {})",
                     super::fence::FIRST_EPOCH
                 )
             } else {
@@ -162,8 +167,8 @@ impl Statements {
                             polling_wait_seconds, max_message_size, message_retention_seconds,
                             rewind_seconds, max_backlog, create_time_ms, update_time_ms,
                             deduplication_window_seconds, dead_letter_queue, max_receive_count,
-                            max_time_to_live_seconds)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                            max_time_to_live_seconds, max_bytes)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 )
             })
             .await?,
@@ -172,7 +177,8 @@ impl Statements {
                         max_message_size = $4, message_retention_seconds = $5,
                         rewind_seconds = $6, max_backlog = $7, update_time_ms = $8,
                         deduplication_window_seconds = $9, dead_letter_queue = $10,
-                        max_receive_count = $11, max_time_to_live_seconds = $12
+                        max_receive_count = $11, max_time_to_live_seconds = $12,
+                        max_bytes = $13
                   WHERE id = $1"
             ))
             .await?,
@@ -267,6 +273,22 @@ impl Statements {
             .await?,
             unsubscribe: prepare(format!(
                 "DELETE FROM {s}.subscriptions WHERE topic_id = $1 AND name = $2"
+            ))
+            .await?,
+            // A publish's counts, in its transaction (rows deleted meanwhile match nothing).
+            count_topic: prepare(format!(
+                "UPDATE {s}.topics SET published_messages = published_messages + $2,
+                        unrouted_messages = unrouted_messages + $3
+                  WHERE id = $1"
+            ))
+            .await?,
+            count_subscriptions: prepare(format!(
+                "UPDATE {s}.subscriptions s
+                    SET delivered_messages = s.delivered_messages + u.delivered,
+                        filtered_out_messages = s.filtered_out_messages + u.filtered_out
+                   FROM unnest($2::text[], $3::int8[], $4::int8[])
+                        AS u(name, delivered, filtered_out)
+                  WHERE s.topic_id = $1 AND s.name = u.name"
             ))
             .await?,
         })
@@ -673,6 +695,41 @@ struct DeduplicationRows<'a> {
     accepted_ms: Vec<i64>,
 }
 
+/// The statements that add a publish's counts to its topic's and subscriptions' totals.
+fn count_publish<'a>(statements: &'a Statements, counts: &'a PublishCounts) -> [Step<'a>; 2] {
+    let topic_id = counts.topic_id as i64;
+    let (names, delivered, filtered_out): (Vec<&str>, Vec<i64>, Vec<i64>) = counts
+        .subscriptions
+        .iter()
+        .map(|(name, totals)| {
+            (
+                name.as_str(),
+                totals.delivered as i64,
+                totals.filtered_out as i64,
+            )
+        })
+        .collect();
+    [
+        Step {
+            statement: &statements.count_topic,
+            params: vec![
+                Box::new(topic_id),
+                Box::new(counts.topic.published as i64),
+                Box::new(counts.topic.unrouted as i64),
+            ],
+        },
+        Step {
+            statement: &statements.count_subscriptions,
+            params: vec![
+                Box::new(topic_id),
+                Box::new(names),
+                Box::new(delivered),
+                Box::new(filtered_out),
+            ],
+        },
+    ]
+}
+
 fn ids(ids: impl IntoIterator<Item = u64>) -> Vec<i64> {
     ids.into_iter().map(|id| id as i64).collect()
 }
@@ -703,6 +760,7 @@ fn steps<'a>(
                 );
                 let mut metas: Vec<Option<Vec<u8>>> = Vec::new();
                 let mut deduplication = DeduplicationRows::default();
+                let mut counts = Vec::new();
                 // Sends and publishes alike: a publish's copies are rows of this one statement,
                 // so they are in the transaction whole.
                 while let Some(rows) = ops
@@ -728,6 +786,7 @@ fn steps<'a>(
                     if let Some(id) = ops[index].last_publish_id() {
                         *next_message_id = (*next_message_id).max(id + 1);
                     }
+                    counts.extend(ops[index].publish_counts());
                     index += 1;
                 }
                 steps.push(Step {
@@ -751,6 +810,9 @@ fn steps<'a>(
                             Box::new(deduplication.accepted_ms),
                         ],
                     });
+                }
+                for counts in counts {
+                    steps.extend(count_publish(statements, counts));
                 }
                 continue;
             }
@@ -797,6 +859,7 @@ fn steps<'a>(
                                 .as_ref()
                                 .map_or(0, |p| p.max_time_to_live_seconds),
                         )),
+                        Box::new(a.max_bytes as i64),
                     ],
                 });
                 if let Some(owner) = &statements.owner
@@ -835,6 +898,7 @@ fn steps<'a>(
                                 .as_ref()
                                 .map_or(0, |p| p.max_time_to_live_seconds),
                         )),
+                        Box::new(a.max_bytes as i64),
                     ],
                 });
             }

@@ -55,7 +55,8 @@ impl Export {
             .prepare(
                 "SELECT queue_id, id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
                         receipt_nonce, deleted, body, meta, dead_letter_source,
-                        dead_letter_receive_count
+                        dead_letter_receive_count,
+                        length(body) + coalesce(length(meta), 0)
                    FROM messages ORDER BY id",
             )
             .map_err(io)?;
@@ -73,6 +74,10 @@ impl Export {
                 first_dequeue_ms: row.get(5).map_err(io)?,
                 receipt_nonce: row.get::<_, i64>(6).map_err(io)? as u64,
                 state,
+                size: row
+                    .get::<_, i64>(12)
+                    .map_err(io)?
+                    .clamp(0, i64::from(u32::MAX)) as u32,
             };
             let payload = ExportedPayload {
                 body: row.get(8).map_err(io)?,

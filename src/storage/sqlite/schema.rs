@@ -1,5 +1,6 @@
 //! The database layout, its checks at open, and recovery queries.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
@@ -7,16 +8,16 @@ use rusqlite::{Connection, OpenFlags};
 use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::storage::{
     DeduplicationRecord, FilterType, QueueRecord, Recovered, StorageError, StoredMessage,
-    StoredState, SubscriptionRecord, TopicRecord, decode_filter,
+    StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals, decode_filter,
 };
 
 /// `PRAGMA application_id` of a Spool database ("SPOL"), so a foreign database is refused.
 const APPLICATION_ID: i32 = 0x5350_4f4c;
 /// `PRAGMA user_version`: the layout below. Version 1 had the index `messages_by_queue`;
 /// version 2 had no `secrets` table and no tombstones (`deleted` = 2); version 3 had no message
-/// attributes, deduplication ids nor dead-letter policies; version 4 had no topics. `prepare`
-/// migrates each.
-const SCHEMA_VERSION: i32 = 5;
+/// attributes, deduplication ids nor dead-letter policies; version 4 had no topics; version 5
+/// had no byte quotas. `prepare` migrates each.
+const SCHEMA_VERSION: i32 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE queues (
@@ -112,6 +113,19 @@ CREATE TABLE subscriptions (
     create_time_ms INTEGER NOT NULL,
     PRIMARY KEY (topic_id, name)
 ) STRICT, WITHOUT ROWID;
+";
+
+/// Added in version 6: per-queue byte quotas (`max_bytes`, 0 for none: existing queues keep no
+/// quota). The bytes a queue holds are not stored: recovery sums its messages' sizes, which
+/// `length()` reads from each record's header without touching the blobs. And the topics' and
+/// subscriptions' totals, raised in each publish's transaction (0 for existing ones: they were
+/// not kept before).
+const VERSION_6: &str = "
+ALTER TABLE queues ADD COLUMN max_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE topics ADD COLUMN published_messages INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE topics ADD COLUMN unrouted_messages INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE subscriptions ADD COLUMN delivered_messages INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE subscriptions ADD COLUMN filtered_out_messages INTEGER NOT NULL DEFAULT 0;
 ";
 
 const RECEIPT_SECRET: &str = "receipt_key";
@@ -219,18 +233,25 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
             migrate_from_v1(conn)?;
             migrate_from_v2(conn)?;
             migrate_from_v3(conn)?;
-            migrate_from_v4(conn)
+            migrate_from_v4(conn)?;
+            migrate_from_v5(conn)
         }
         2 => {
             migrate_from_v2(conn)?;
             migrate_from_v3(conn)?;
-            migrate_from_v4(conn)
+            migrate_from_v4(conn)?;
+            migrate_from_v5(conn)
         }
         3 => {
             migrate_from_v3(conn)?;
-            migrate_from_v4(conn)
+            migrate_from_v4(conn)?;
+            migrate_from_v5(conn)
         }
-        4 => migrate_from_v4(conn),
+        4 => {
+            migrate_from_v4(conn)?;
+            migrate_from_v5(conn)
+        }
+        5 => migrate_from_v5(conn),
         // `check_existing` refused newer versions before the file was opened for writing.
         _ => Ok(()),
     }
@@ -242,6 +263,7 @@ fn create(conn: &Connection) -> rusqlite::Result<()> {
     tx.execute_batch(SECRETS)?;
     tx.execute_batch(VERSION_4)?;
     tx.execute_batch(VERSION_5)?;
+    tx.execute_batch(VERSION_6)?;
     insert_receipt_secret(&tx)?;
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -298,6 +320,19 @@ fn migrate_from_v4(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Version 5 → 6: per-queue byte quotas (none for existing queues) and topic totals kept
+/// across restarts. One transaction, like the others.
+fn migrate_from_v5(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(VERSION_6)?;
+    tx.pragma_update(None, "user_version", 6)?;
+    tx.commit()?;
+    tracing::info!(
+        "migrated the database from schema 5 to 6 (per-queue byte quotas, topic totals kept)"
+    );
+    Ok(())
+}
+
 fn insert_receipt_secret(conn: &Connection) -> rusqlite::Result<()> {
     let secret = crate::receipt::ReceiptKey::generate_secret();
     conn.execute(
@@ -349,6 +384,8 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
         deduplication_ids: recover_deduplication_ids(conn)?,
         topics: recover_topics(conn)?,
         subscriptions: recover_subscriptions(conn)?,
+        topic_totals: recover_topic_totals(conn)?,
+        subscription_totals: recover_subscription_totals(conn)?,
         receipt_secret: receipt_secret(conn)?,
         next_queue_id: counter("next_queue_id")?,
         next_message_id: counter("next_message_id")?,
@@ -357,7 +394,7 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
         "SELECT id, name, visibility_timeout_seconds, polling_wait_seconds, max_message_size,
                 message_retention_seconds, rewind_seconds, max_backlog, create_time_ms, update_time_ms,
                 deduplication_window_seconds, dead_letter_queue, max_receive_count,
-                max_time_to_live_seconds
+                max_time_to_live_seconds, max_bytes
          FROM queues ORDER BY id",
     )?;
     let records = queues
@@ -381,6 +418,7 @@ pub fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
                         }),
                         None => None,
                     },
+                    max_bytes: row.get::<_, i64>(14)? as u64,
                 },
                 create_time_ms: row.get(8)?,
                 update_time_ms: row.get(9)?,
@@ -435,6 +473,43 @@ fn recover_subscriptions(conn: &Connection) -> rusqlite::Result<Vec<Subscription
         .collect()
 }
 
+/// Every topic's totals, by id.
+fn recover_topic_totals(conn: &Connection) -> rusqlite::Result<HashMap<u64, TopicTotals>> {
+    let mut totals =
+        conn.prepare("SELECT id, published_messages, unrouted_messages FROM topics")?;
+    totals
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                TopicTotals {
+                    published: row.get::<_, i64>(1)? as u64,
+                    unrouted: row.get::<_, i64>(2)? as u64,
+                },
+            ))
+        })?
+        .collect()
+}
+
+/// Every subscription's totals, by topic id and name.
+fn recover_subscription_totals(
+    conn: &Connection,
+) -> rusqlite::Result<HashMap<(u64, String), SubscriptionTotals>> {
+    let mut totals = conn.prepare(
+        "SELECT topic_id, name, delivered_messages, filtered_out_messages FROM subscriptions",
+    )?;
+    totals
+        .query_map([], |row| {
+            Ok((
+                (row.get::<_, i64>(0)? as u64, row.get(1)?),
+                SubscriptionTotals {
+                    delivered: row.get::<_, i64>(2)? as u64,
+                    filtered_out: row.get::<_, i64>(3)? as u64,
+                },
+            ))
+        })?
+        .collect()
+}
+
 fn corrupt(column: usize, name: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         column,
@@ -459,10 +534,12 @@ fn recover_deduplication_ids(conn: &Connection) -> rusqlite::Result<Vec<Deduplic
 }
 
 /// The recovery scan: every message's queue and metadata (not its body), in id order. The id is
-/// the rowid, so this walks the table once with no sort and no index.
+/// the rowid, so this walks the table once with no sort and no index. The size (body and
+/// attributes) comes from `length()` of blobs, which SQLite reads from the record header
+/// without loading them.
 const RECOVER_MESSAGES: &str = "
 SELECT queue_id, id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms, receipt_nonce,
-       deleted
+       deleted, length(body) + coalesce(length(meta), 0)
 FROM messages ORDER BY id";
 
 /// Visits the metadata of every stored message with its queue id, oldest first, in one pass.
@@ -488,6 +565,7 @@ pub fn recover_messages(
                     StoredState::from_code(code)
                         .ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(7, code))?
                 },
+                size: row.get::<_, i64>(8)?.clamp(0, i64::from(u32::MAX)) as u32,
             },
         );
     }
@@ -599,12 +677,46 @@ mod tests {
         assert_eq!(recovered.queues.len(), 1);
         assert!(recovered.topics.is_empty() && recovered.subscriptions.is_empty());
         conn.execute_batch(
-            "INSERT INTO topics VALUES (3, 't', 1024, 2, 5, 6);
-             INSERT INTO subscriptions VALUES (3, 's', 1, 'q', '[\"a.#\"]', 7);",
+            "INSERT INTO topics (id, name, max_message_size, filter_type, create_time_ms,
+                 update_time_ms) VALUES (3, 't', 1024, 2, 5, 6);
+             INSERT INTO subscriptions (topic_id, name, queue_id, queue_name, filter,
+                 create_time_ms) VALUES (3, 's', 1, 'q', '[\"a.#\"]', 7);",
         )
         .expect("topic rows");
         let recovered = recover(&conn).expect("recover");
         assert_eq!(recovered.topics[0].filter_type, FilterType::RoutingKeys);
         assert_eq!(recovered.subscriptions[0].filter, vec!["a.#".to_string()]);
+    }
+
+    /// Version 5 → 6 keeps every queue, with no byte quota; the recovery scan sizes each
+    /// message by its body and attributes.
+    #[test]
+    fn a_version_5_database_gains_byte_quotas() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(SCHEMA).expect("version 1's tables");
+        conn.execute_batch(SECRETS).expect("secrets");
+        insert_receipt_secret(&conn).expect("secret");
+        conn.execute_batch(VERSION_4).expect("version 4's columns");
+        conn.execute_batch(VERSION_5).expect("version 5's tables");
+        conn.execute_batch(
+            "INSERT INTO queues (id, name, visibility_timeout_seconds, polling_wait_seconds,
+                 max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
+                 create_time_ms, update_time_ms)
+                 VALUES (1, 'q', 30, 0, 65536, 345600, 0, 100, 1, 1);
+             INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body, meta)
+                 VALUES (1, 1, 5, 5, x'68690a0b', x'0a03'), (2, 1, 5, 5, x'6869', NULL);
+             PRAGMA user_version = 5;",
+        )
+        .expect("make it version 5");
+        prepare(&conn).expect("prepare");
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let recovered = recover(&conn).expect("recover");
+        assert_eq!(recovered.queues[0].attributes.max_bytes, 0);
+        let mut sizes = Vec::new();
+        recover_messages(&conn, &mut |_, message| sizes.push(message.size)).expect("scan");
+        assert_eq!(sizes, vec![6, 2]);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 
 use crate::storage::{
-    CommitObserver, CommitReply, StorageError, StoredState, WriteOp, WriterRequest,
+    CommitObserver, CommitReply, PublishCounts, StorageError, StoredState, WriteOp, WriterRequest,
 };
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
@@ -180,6 +180,35 @@ fn raise_counter(conn: &Connection, name: &str, at_least: u64) -> rusqlite::Resu
     Ok(())
 }
 
+/// Adds a publish's counts to its topic's and subscriptions' totals (rows deleted meanwhile
+/// match nothing).
+fn count_publish(conn: &Connection, counts: &PublishCounts) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE topics SET published_messages = published_messages + ?2,
+            unrouted_messages = unrouted_messages + ?3
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        counts.topic_id as i64,
+        counts.topic.published as i64,
+        counts.topic.unrouted as i64,
+    ])?;
+    let mut subscription = conn.prepare_cached(
+        "UPDATE subscriptions SET delivered_messages = delivered_messages + ?3,
+            filtered_out_messages = filtered_out_messages + ?4
+         WHERE topic_id = ?1 AND name = ?2",
+    )?;
+    for (name, totals) in &counts.subscriptions {
+        subscription.execute(params![
+            counts.topic_id as i64,
+            name,
+            totals.delivered as i64,
+            totals.filtered_out as i64,
+        ])?;
+    }
+    Ok(())
+}
+
 fn apply(
     conn: &Connection,
     op: &WriteOp,
@@ -193,8 +222,8 @@ fn apply(
                 "INSERT INTO queues (id, name, visibility_timeout_seconds, polling_wait_seconds,
                     max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
                     create_time_ms, update_time_ms, deduplication_window_seconds,
-                    dead_letter_queue, max_receive_count, max_time_to_live_seconds)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    dead_letter_queue, max_receive_count, max_time_to_live_seconds, max_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 queue.id as i64,
@@ -217,6 +246,7 @@ fn apply(
                 a.dead_letter_policy
                     .as_ref()
                     .map_or(0, |p| p.max_time_to_live_seconds),
+                a.max_bytes as i64,
             ])?;
             *next_queue_id = (*next_queue_id).max(queue.id + 1);
         }
@@ -227,7 +257,7 @@ fn apply(
                     max_message_size = ?4, message_retention_seconds = ?5, rewind_seconds = ?6,
                     max_backlog = ?7, update_time_ms = ?8, deduplication_window_seconds = ?9,
                     dead_letter_queue = ?10, max_receive_count = ?11,
-                    max_time_to_live_seconds = ?12
+                    max_time_to_live_seconds = ?12, max_bytes = ?13
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -249,6 +279,7 @@ fn apply(
                 a.dead_letter_policy
                     .as_ref()
                     .map_or(0, |p| p.max_time_to_live_seconds),
+                a.max_bytes as i64,
             ])?;
         }
         WriteOp::DeleteQueue {
@@ -305,6 +336,9 @@ fn apply(
             }
             if let Some(id) = op.last_publish_id() {
                 *next_message_id = (*next_message_id).max(id + 1);
+            }
+            if let Some(counts) = op.publish_counts() {
+                count_publish(conn, counts)?;
             }
         }
         WriteOp::CreateTopic(topic) => {

@@ -107,6 +107,7 @@ def _attributes(
     max_backlog: Optional[int],
     deduplication_window_seconds: Optional[int] = None,
     dead_letter_policy: Optional[pb.DeadLetterPolicy] = None,
+    max_bytes: Optional[int] = None,
 ) -> pb.QueueAttributes:
     """QueueAttributes with the given fields set; None leaves a field unset."""
     given = {
@@ -118,6 +119,7 @@ def _attributes(
         "max_backlog": max_backlog,
         "deduplication_window_seconds": deduplication_window_seconds,
         "dead_letter_policy": dead_letter_policy,
+        "max_bytes": max_bytes,
     }
     return pb.QueueAttributes(**{name: value for name, value in given.items() if value is not None})
 
@@ -257,13 +259,16 @@ class Client:
         max_backlog: Optional[int] = None,
         deduplication_window_seconds: Optional[int] = None,
         dead_letter_policy: Optional[pb.DeadLetterPolicy] = None,
+        max_bytes: Optional[int] = None,
         timeout=_DEFAULT,
     ) -> pb.Queue:
         """Creates a queue; attributes left None take the server's defaults.
 
         Creating a queue that exists with the same attributes returns it; with other attributes
         it fails (ALREADY_EXISTS, cmq_code 4460). `dead_letter_policy`: see
-        `spool_client.dead_letter_policy`; its queue must exist.
+        `spool_client.dead_letter_policy`; its queue must exist. `max_bytes`: most bytes (bodies
+        and attributes) the queue holds, 0 for no quota (the default); sends beyond it fail with
+        RESOURCE_EXHAUSTED (cmq_code 4410).
         """
         attributes = _attributes(
             visibility_timeout_seconds,
@@ -274,6 +279,7 @@ class Client:
             max_backlog,
             deduplication_window_seconds,
             dead_letter_policy,
+            max_bytes,
         )
         request = pb.CreateQueueRequest(queue_name=queue_name, attributes=attributes)
         return self._call(self._stub.CreateQueue, request, timeout)
@@ -294,6 +300,7 @@ class Client:
         max_backlog: Optional[int] = None,
         deduplication_window_seconds: Optional[int] = None,
         dead_letter_policy: Optional[pb.DeadLetterPolicy] = None,
+        max_bytes: Optional[int] = None,
         timeout=_DEFAULT,
     ) -> pb.Queue:
         """Changes the attributes given (not None); the others keep their value."""
@@ -306,6 +313,7 @@ class Client:
             max_backlog,
             deduplication_window_seconds,
             dead_letter_policy,
+            max_bytes,
         )
         request = pb.UpdateQueueRequest(queue_name=queue_name, attributes=attributes)
         return self._call(self._stub.UpdateQueue, request, timeout)

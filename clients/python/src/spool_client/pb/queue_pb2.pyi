@@ -31,7 +31,7 @@ class DeadLetterPolicy(_message.Message):
     def __init__(self, dead_letter_queue: _Optional[str] = ..., max_receive_count: _Optional[int] = ..., max_time_to_live_seconds: _Optional[int] = ...) -> None: ...
 
 class QueueAttributes(_message.Message):
-    __slots__ = ("visibility_timeout_seconds", "polling_wait_seconds", "max_message_size", "message_retention_seconds", "rewind_seconds", "max_backlog", "deduplication_window_seconds", "dead_letter_policy")
+    __slots__ = ("visibility_timeout_seconds", "polling_wait_seconds", "max_message_size", "message_retention_seconds", "rewind_seconds", "max_backlog", "deduplication_window_seconds", "dead_letter_policy", "max_bytes")
     VISIBILITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     POLLING_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class QueueAttributes(_message.Message):
     MAX_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     DEDUPLICATION_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     visibility_timeout_seconds: int
     polling_wait_seconds: int
     max_message_size: int
@@ -48,21 +49,24 @@ class QueueAttributes(_message.Message):
     max_backlog: int
     deduplication_window_seconds: int
     dead_letter_policy: DeadLetterPolicy
-    def __init__(self, visibility_timeout_seconds: _Optional[int] = ..., polling_wait_seconds: _Optional[int] = ..., max_message_size: _Optional[int] = ..., message_retention_seconds: _Optional[int] = ..., rewind_seconds: _Optional[int] = ..., max_backlog: _Optional[int] = ..., deduplication_window_seconds: _Optional[int] = ..., dead_letter_policy: _Optional[_Union[DeadLetterPolicy, _Mapping]] = ...) -> None: ...
+    max_bytes: int
+    def __init__(self, visibility_timeout_seconds: _Optional[int] = ..., polling_wait_seconds: _Optional[int] = ..., max_message_size: _Optional[int] = ..., message_retention_seconds: _Optional[int] = ..., rewind_seconds: _Optional[int] = ..., max_backlog: _Optional[int] = ..., deduplication_window_seconds: _Optional[int] = ..., dead_letter_policy: _Optional[_Union[DeadLetterPolicy, _Mapping]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("active_messages", "inactive_messages", "delayed_messages", "rewindable_messages", "oldest_message_time")
+    __slots__ = ("active_messages", "inactive_messages", "delayed_messages", "rewindable_messages", "oldest_message_time", "backlog_bytes")
     ACTIVE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     INACTIVE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     DELAYED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     REWINDABLE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     OLDEST_MESSAGE_TIME_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     active_messages: int
     inactive_messages: int
     delayed_messages: int
     rewindable_messages: int
     oldest_message_time: _timestamp_pb2.Timestamp
-    def __init__(self, active_messages: _Optional[int] = ..., inactive_messages: _Optional[int] = ..., delayed_messages: _Optional[int] = ..., rewindable_messages: _Optional[int] = ..., oldest_message_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    backlog_bytes: int
+    def __init__(self, active_messages: _Optional[int] = ..., inactive_messages: _Optional[int] = ..., delayed_messages: _Optional[int] = ..., rewindable_messages: _Optional[int] = ..., oldest_message_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backlog_bytes: _Optional[int] = ...) -> None: ...
 
 class Queue(_message.Message):
     __slots__ = ("name", "attributes", "stats", "create_time", "update_time")

@@ -372,7 +372,10 @@ class QueueServiceServicer(object):
         with its id, body, attributes and enqueue time, and a dequeue count of 0. Messages that are
         in flight or delayed stay (consumers may run meanwhile); so do messages whose source queue
         no longer exists, or that were never dead-lettered, when `destination_queue` is empty: they
-        are counted in `skipped_messages`. Acknowledged once the moves are durable.
+        are counted in `skipped_messages`. Acknowledged once the moves are durable. A message
+        whose destination has no room under its `max_bytes` ends the redrive: the messages before
+        it are moved, it and the rest stay, and the call fails with RESOURCE_EXHAUSTED (4410)
+        naming that queue and max_bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
