@@ -110,13 +110,20 @@ impl Adoptions {
                     if count > 0 {
                         tracing::debug!(queue = handle.name(), count, "took in moved messages");
                     }
+                    // The mover, on another replica, reserved nothing in this queue's byte
+                    // quota; the actor takes adopted bytes as reserved, so they are added here
+                    // (possibly past `max_bytes`: docs/deploy.md says a cross-replica move is not
+                    // held to it).
+                    let bytes = taken.iter().map(|&(_, _, size)| u64::from(size)).sum();
+                    handle.quota().add(bytes);
                     handle.adopt(
                         taken
                             .into_iter()
-                            .map(|(id, enqueue_ms)| Adopted {
+                            .map(|(id, enqueue_ms, size)| Adopted {
                                 id,
                                 enqueue_ms,
                                 payload: None,
+                                size,
                             })
                             .collect(),
                     );

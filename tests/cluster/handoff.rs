@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use spool::pb;
 use tonic::Code;
 
 use crate::checker::{self, Log, VISIBILITY_SECONDS};
@@ -121,7 +122,26 @@ async fn receipt_handles_stay_valid_across_a_hand_off() {
     assert_ne!(new_owner, owner);
     let mut client = client_of(&replicas[0]).await;
     // Still in flight at the new owner: nothing to receive before their visibility timeout.
-    assert!(common::receive(&mut client, QUEUE, 2).await.is_empty());
+    // The owner's row names the new owner as its takeover begins; until the takeover has read
+    // the queue, calls answer UNAVAILABLE ("moving between replicas; retry"), as clients retry.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after_takeover = loop {
+        let request = pb::ReceiveMessagesRequest {
+            queue_name: QUEUE.into(),
+            max_messages: 2,
+            wait_seconds: Some(0),
+            visibility_timeout_seconds: None,
+        };
+        match common::receive_with(&mut client, request).await {
+            Err(status)
+                if status.code() == Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => break result.expect("receive at the new owner"),
+        }
+    };
+    assert!(after_takeover.is_empty());
     for message in &received {
         common::delete(&mut client, QUEUE, &message.receipt_handle)
             .await

@@ -138,7 +138,7 @@ pub async fn reserve_id_blocks(client: &Client, schema: &str) -> Result<IdBlocks
 }
 
 /// Cluster mode: up to `limit` messages moved into `queue_id` and not yet taken in by its
-/// actor, as (message id, enqueue time): their entries are deleted in the same transaction,
+/// actor, as (message id, enqueue time, bytes of body and attributes): their entries are deleted in the same transaction,
 /// which first checks that this replica still holds the queue at `epoch` (its row read `FOR
 /// SHARE`, so a takeover waits for this transaction, and then recovers them from the rows
 /// itself). None when it does not: nothing is taken.
@@ -148,7 +148,7 @@ pub async fn take_pending(
     queue_id: u64,
     epoch: i64,
     limit: usize,
-) -> Result<Option<Vec<(u64, i64)>>, tokio_postgres::Error> {
+) -> Result<Option<Vec<(u64, i64, u32)>>, tokio_postgres::Error> {
     let q = quoted(schema);
     let transaction = client.transaction().await?;
     let current = transaction
@@ -171,7 +171,9 @@ pub async fn take_pending(
                           SELECT message_id FROM {q}.pending_adoptions
                            WHERE queue_id = $1 LIMIT $2)
                 RETURNING p.message_id)
-                 SELECT m.id, m.enqueue_ms FROM {q}.messages m JOIN taken t ON m.id = t.message_id
+                 SELECT m.id, m.enqueue_ms,
+                        octet_length(m.body) + coalesce(octet_length(m.meta), 0)
+                   FROM {q}.messages m JOIN taken t ON m.id = t.message_id
                   WHERE m.queue_id = $1 AND m.state = 0
                   ORDER BY m.id"
             ),
@@ -180,7 +182,13 @@ pub async fn take_pending(
         .await?;
     let taken = rows
         .iter()
-        .map(|row| Ok((row.try_get::<_, i64>(0)? as u64, row.try_get::<_, i64>(1)?)))
+        .map(|row| {
+            Ok((
+                row.try_get::<_, i64>(0)? as u64,
+                row.try_get::<_, i64>(1)?,
+                row.try_get::<_, i32>(2)? as u32,
+            ))
+        })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
     transaction.commit().await?;
     Ok(Some(taken))
