@@ -18,7 +18,7 @@ pub mod filter;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::oneshot;
 
@@ -26,7 +26,10 @@ use crate::clock::Clock;
 use crate::error::QueueError;
 use crate::payload::Payload;
 use crate::queue::{Directory, Outgoing, QueueHandle, Staged};
-use crate::storage::{FilterType, Storage, StorageError, SubscriptionRecord, TopicRecord, WriteOp};
+use crate::storage::{
+    FilterType, NewMessage, QueueRecord, Storage, StorageError, SubscriptionRecord, TopicRecord,
+    WriteOp,
+};
 
 /// Most topics one server holds: each costs memory and a line of metrics per subscription.
 pub const MAX_TOPICS: usize = 1_000;
@@ -102,6 +105,13 @@ pub struct PublishedCopy {
     pub message_id: u64,
 }
 
+/// The queue a subscription delivers into.
+#[derive(Clone, Debug)]
+pub struct SubscribedQueue {
+    pub name: String,
+    pub id: u64,
+}
+
 /// One page of ListTopics or ListSubscriptions.
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -123,6 +133,49 @@ struct SubscriptionState {
 
 type SharedTopic = Arc<Mutex<TopicState>>;
 
+/// Cluster mode: what the topics read from PostgreSQL. Any replica changes topics and
+/// subscriptions, and the queues they deliver into are spread over the replicas, so every
+/// topic call reads the topics again ([`Topics::sync`]), and a publish reads what it checks a
+/// copy into another replica's queue against.
+#[tonic::async_trait]
+pub trait ClusterTopics: Send + Sync {
+    /// Every topic and subscription as stored now.
+    async fn topics(&self) -> Result<(Vec<TopicRecord>, Vec<SubscriptionRecord>), QueueError>;
+    /// The queue `queue_id` as stored now with its backlog (messages not deleted); None if it
+    /// no longer exists.
+    async fn queue(&self, queue_id: u64) -> Result<Option<(QueueRecord, u64)>, QueueError>;
+    /// The id `queue_id` stored for the deduplication id `deduplication_id` if accepted at or
+    /// after `since_ms`.
+    async fn earlier_copy(
+        &self,
+        queue_id: u64,
+        deduplication_id: &str,
+        since_ms: i64,
+    ) -> Result<Option<u64>, QueueError>;
+}
+
+/// The topics' part in cluster mode.
+struct ClusterPart {
+    store: Arc<dyn ClusterTopics>,
+    /// Told the name of each queue another replica owns that a publish put copies in, so that
+    /// its owner takes them in now (see `cluster::adoption`).
+    moved_into: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// One subscription's copies of a publish, as the publish commits them.
+enum Copies {
+    /// Checked and reserved by the queue's actor, here.
+    Local(Staged),
+    /// Cluster mode: into a queue another replica owns, checked here against the queue as
+    /// PostgreSQL has it; its owner takes the rows in after the commit. `ids` are the copies'
+    /// ids (an earlier message's for a deduplicated copy).
+    Remote {
+        queue_id: u64,
+        rows: Vec<NewMessage>,
+        ids: Vec<u64>,
+    },
+}
+
 pub struct Topics {
     topics: RwLock<BTreeMap<String, SharedTopic>>,
     /// Held while topics and subscriptions are created or deleted, so two cannot interleave.
@@ -138,6 +191,8 @@ pub struct Topics {
     /// Publishes and subscribes hold it shared; a queue's deletion exclusively (see the module
     /// comment), so a queue is never deleted between a publish's staging and its commit.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Set in cluster mode (see [`ClusterTopics`]).
+    cluster: OnceLock<ClusterPart>,
 }
 
 fn lock(topic: &SharedTopic) -> std::sync::MutexGuard<'_, TopicState> {
@@ -201,7 +256,88 @@ impl Topics {
             message_ids,
             directory,
             gate: Default::default(),
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Cluster mode: from now on topics are read from `store` for each call, topic ids are
+    /// drawn from this replica's block of message ids (so replicas never pick the same), and
+    /// publishes may put copies into queues other replicas own, announced on `moved_into`.
+    pub fn enter_cluster_mode(
+        &self,
+        store: Arc<dyn ClusterTopics>,
+        moved_into: tokio::sync::mpsc::UnboundedSender<String>,
+    ) {
+        let _ = self.cluster.set(ClusterPart { store, moved_into });
+    }
+
+    /// Cluster mode: reads the topics and subscriptions again, as another replica may have
+    /// changed them; the counters of those still there are kept. Does nothing elsewhere.
+    pub async fn sync(&self) -> Result<(), QueueError> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        let (records, subscriptions) = cluster.store.topics().await?;
+        let mut by_id: BTreeMap<u64, Vec<SubscriptionRecord>> = BTreeMap::new();
+        for subscription in subscriptions {
+            by_id
+                .entry(subscription.topic_id)
+                .or_default()
+                .push(subscription);
+        }
+        let mut topics = self.write();
+        let mut fresh = BTreeMap::new();
+        for record in records {
+            let subscriptions = by_id.remove(&record.id).unwrap_or_default();
+            let kept = topics
+                .get(&record.name)
+                .filter(|existing| lock(existing).record.id == record.id)
+                .cloned();
+            let topic = match kept {
+                Some(topic) => {
+                    {
+                        let mut state = lock(&topic);
+                        let mut before = std::mem::take(&mut state.subscriptions);
+                        state.record = record;
+                        for subscription in subscriptions {
+                            let totals = before
+                                .remove(&subscription.name)
+                                .filter(|old| old.record.queue_id == subscription.queue_id)
+                                .map(|old| old.totals)
+                                .unwrap_or_default();
+                            state.subscriptions.insert(
+                                subscription.name.clone(),
+                                SubscriptionState {
+                                    record: subscription,
+                                    totals,
+                                },
+                            );
+                        }
+                    }
+                    topic
+                }
+                None => Arc::new(Mutex::new(TopicState {
+                    subscriptions: subscriptions
+                        .into_iter()
+                        .map(|record| {
+                            (
+                                record.name.clone(),
+                                SubscriptionState {
+                                    record,
+                                    totals: SubscriptionTotals::default(),
+                                },
+                            )
+                        })
+                        .collect(),
+                    record,
+                    totals: TopicTotals::default(),
+                })),
+            };
+            let name = lock(&topic).record.name.clone();
+            fresh.insert(name, topic);
+        }
+        *topics = fresh;
+        Ok(())
     }
 
     /// Held exclusively by a queue's deletion (see the module comment).
@@ -257,7 +393,11 @@ impl Topics {
         }
         let now = self.clock.now_ms();
         let record = TopicRecord {
-            id: self.next_topic_id.fetch_add(1, Ordering::Relaxed),
+            id: if self.cluster.get().is_some() {
+                self.message_ids.fetch_add(1, Ordering::Relaxed)
+            } else {
+                self.next_topic_id.fetch_add(1, Ordering::Relaxed)
+            },
             name: name.to_string(),
             max_message_size,
             filter_type,
@@ -342,7 +482,7 @@ impl Topics {
         &self,
         topic_name: &str,
         name: &str,
-        queue: &QueueHandle,
+        queue: &SubscribedQueue,
         filter: Vec<String>,
     ) -> Result<SubscriptionInfo, QueueError> {
         let _gate = self.gate.read().await;
@@ -350,8 +490,7 @@ impl Topics {
         let topic = self.topic(topic_name)?;
         let exists = |state: &TopicState| {
             state.subscriptions.get(name).map(|existing| {
-                let same =
-                    existing.record.queue_id == queue.id() && existing.record.filter == filter;
+                let same = existing.record.queue_id == queue.id && existing.record.filter == filter;
                 if same {
                     Ok(subscription_info(topic_name, existing))
                 } else {
@@ -376,22 +515,30 @@ impl Topics {
             SubscriptionRecord {
                 topic_id: state.record.id,
                 name: name.to_string(),
-                queue_id: queue.id(),
-                queue_name: queue.name().to_string(),
+                queue_id: queue.id,
+                queue_name: queue.name.clone(),
                 filter,
                 create_time_ms: self.clock.now_ms(),
             }
         };
         // The queue may have been deleted since the caller looked it up; under the gate it
-        // cannot be deleted now, so checking here is enough.
-        let current = self
-            .directory
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(queue.name())
-            .map(QueueHandle::id);
-        if current != Some(queue.id()) {
-            return Err(QueueError::QueueNotFound(queue.name().to_string()));
+        // cannot be deleted now, so checking here is enough. In cluster mode another replica
+        // may delete it still: a publish then finds it gone and drops the subscription.
+        let current = match self.cluster.get() {
+            Some(cluster) => cluster
+                .store
+                .queue(queue.id)
+                .await?
+                .map(|(record, _)| record.id),
+            None => self
+                .directory
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&queue.name)
+                .map(QueueHandle::id),
+        };
+        if current != Some(queue.id) {
+            return Err(QueueError::QueueNotFound(queue.name.clone()));
         }
         self.commit(WriteOp::Subscribe(record.clone())).await?;
         let state = SubscriptionState {
@@ -552,19 +699,17 @@ impl Topics {
         }
         // Each queue checks and reserves its copies; a refusal fails the whole publish, and
         // the copies reserved so far are given back as `staged` is dropped.
-        let mut staged: Vec<(Staged, usize)> = Vec::with_capacity(targets.len());
+        let mut staged: Vec<(Copies, usize)> = Vec::with_capacity(targets.len());
+        let mut gone: Vec<String> = Vec::new();
         for (target, (subscription, queue_id, queue_name, matching)) in targets.iter().enumerate() {
-            let handle = self
+            let local = self
                 .directory
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(queue_name)
                 .filter(|handle| handle.id() == *queue_id)
-                .cloned()
-                // Deleted queues take their subscriptions along (under the gate, so this is
-                // only a guard).
-                .ok_or_else(|| QueueError::QueueNotFound(queue_name.clone()))?;
-            let copies = matching
+                .cloned();
+            let copies: Vec<Outgoing> = matching
                 .iter()
                 .map(|&index| Outgoing {
                     payload: entries[index].payload.copy_from_topic(topic_name),
@@ -572,35 +717,85 @@ impl Topics {
                     deduplication_id: entries[index].deduplication_id.clone(),
                 })
                 .collect();
-            let copy = handle
-                .stage(copies)
-                .await
-                .map_err(|error| in_subscription(error, topic_name, subscription))?;
+            let copy = match (local, self.cluster.get()) {
+                (Some(handle), _) => Copies::Local(
+                    handle
+                        .stage(copies)
+                        .await
+                        .map_err(|error| in_subscription(error, topic_name, subscription))?,
+                ),
+                (None, Some(cluster)) => {
+                    match self.remote(cluster, *queue_id, copies).await {
+                        Ok(Some(copy)) => copy,
+                        // Deleted through another replica since it was subscribed.
+                        Ok(None) => {
+                            gone.push(subscription.clone());
+                            continue;
+                        }
+                        Err(error) => return Err(in_subscription(error, topic_name, subscription)),
+                    }
+                }
+                // Deleted queues take their subscriptions along (under the gate, so this is
+                // only a guard).
+                (None, None) => return Err(QueueError::QueueNotFound(queue_name.clone())),
+            };
             staged.push((copy, target));
+        }
+        for name in gone {
+            let topic_id = lock(&topic).record.id;
+            self.storage.record(WriteOp::Unsubscribe { topic_id, name });
         }
         let first_id = self
             .message_ids
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
         let mut copies = Vec::with_capacity(staged.len());
+        let mut remote_queue_ids = Vec::new();
         let mut pending = Vec::with_capacity(staged.len());
         for (copy, target) in staged {
-            if !copy.rows.is_empty() {
-                copies.push((copy.queue_id, copy.rows));
+            match copy {
+                Copies::Local(copy) => {
+                    if !copy.rows.is_empty() {
+                        copies.push((copy.queue_id, copy.rows));
+                    }
+                    pending.push((Some((copy.commit, copy.answer)), Vec::new(), target));
+                }
+                Copies::Remote {
+                    queue_id,
+                    rows,
+                    ids,
+                } => {
+                    if !rows.is_empty() {
+                        remote_queue_ids.push(queue_id);
+                        copies.push((queue_id, rows));
+                    }
+                    pending.push((None, ids, target));
+                }
             }
-            pending.push((copy.commit, copy.answer, target));
         }
         let committed = self
             .commit(WriteOp::Publish {
                 copies,
+                remote_queue_ids: remote_queue_ids.clone(),
                 last_publish_id: first_id + entries.len() as u64 - 1,
             })
             .await;
         let mut answers = Vec::with_capacity(pending.len());
-        for (commit, answer, target) in pending {
-            let _ = commit.send(committed.clone());
-            answers.push((answer, target));
+        for (local, ids, target) in pending {
+            let answer = local.map(|(commit, answer)| {
+                let _ = commit.send(committed.clone());
+                answer
+            });
+            answers.push((answer, ids, target));
         }
         committed?;
+        if let Some(cluster) = self.cluster.get() {
+            // Their owners take the copies in now, rather than at their next round.
+            for (_, queue_id, queue_name, _) in &targets {
+                if remote_queue_ids.contains(queue_id) {
+                    let _ = cluster.moved_into.send(queue_name.clone());
+                }
+            }
+        }
         let mut published: Vec<Published> = (0..entries.len() as u64)
             .map(|offset| Published {
                 message_id: first_id + offset,
@@ -608,10 +803,13 @@ impl Topics {
             })
             .collect();
         let mut delivered: Vec<(usize, u64)> = Vec::with_capacity(answers.len());
-        for (answer, target) in answers {
-            let ids = answer
-                .await
-                .unwrap_or(Err(QueueError::Storage("a queue's actor ended".into())))?;
+        for (answer, ids, target) in answers {
+            let ids = match answer {
+                Some(answer) => answer
+                    .await
+                    .unwrap_or(Err(QueueError::Storage("a queue's actor ended".into())))?,
+                None => ids,
+            };
             let (subscription, _, queue_name, matching) = &targets[target];
             for (&index, id) in matching.iter().zip(ids) {
                 published[index].copies.push(PublishedCopy {
@@ -636,6 +834,78 @@ impl Topics {
             subscription.totals.filtered_out += count - copies;
         }
         Ok(published)
+    }
+
+    /// Cluster mode: the copies for a queue another replica owns, checked against the queue
+    /// as PostgreSQL has it: its max_message_size, its backlog cap (against the backlog stored
+    /// now: sends committing meanwhile through its owner are not counted, so the cap may be
+    /// passed by those) and its deduplication window (against the ids stored: a copy whose
+    /// id was accepted within the window is not added again, and answers the earlier id).
+    /// None if the queue no longer exists.
+    async fn remote(
+        &self,
+        cluster: &ClusterPart,
+        queue_id: u64,
+        copies: Vec<Outgoing>,
+    ) -> Result<Option<Copies>, QueueError> {
+        let Some((record, backlog)) = cluster.store.queue(queue_id).await? else {
+            return Ok(None);
+        };
+        let attributes = &record.attributes;
+        let now = self.clock.now_ms();
+        let since = now - i64::from(attributes.deduplication_window_seconds) * 1000;
+        let mut rows = Vec::with_capacity(copies.len());
+        let mut ids = Vec::with_capacity(copies.len());
+        // Within one publish, copies with the same deduplication id are one message.
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        for copy in copies {
+            let size = copy.payload.body.len() + copy.payload.attributes_size();
+            if size > attributes.max_message_size as usize {
+                return Err(QueueError::TooLarge(format!(
+                    "the copy is {size} bytes (body and attributes); queue {:?}'s \
+                     max_message_size is {}",
+                    record.name, attributes.max_message_size
+                )));
+            }
+            if let Some(deduplication_id) = &copy.deduplication_id {
+                if let Some(&id) = seen.get(deduplication_id) {
+                    ids.push(id);
+                    continue;
+                }
+                if let Some(id) = cluster
+                    .store
+                    .earlier_copy(queue_id, deduplication_id, since)
+                    .await?
+                {
+                    ids.push(id);
+                    continue;
+                }
+            }
+            let id = self.message_ids.fetch_add(1, Ordering::Relaxed);
+            if let Some(deduplication_id) = &copy.deduplication_id {
+                seen.insert(deduplication_id.clone(), id);
+            }
+            ids.push(id);
+            rows.push(NewMessage {
+                id,
+                payload: copy.payload,
+                enqueue_ms: now,
+                visible_at_ms: now,
+                deduplication_id: copy.deduplication_id,
+            });
+        }
+        if !rows.is_empty() && backlog + rows.len() as u64 > attributes.max_backlog {
+            return Err(QueueError::BacklogFull {
+                name: record.name.clone(),
+                backlog,
+                max: attributes.max_backlog,
+            });
+        }
+        Ok(Some(Copies::Remote {
+            queue_id,
+            rows,
+            ids,
+        }))
     }
 }
 

@@ -475,6 +475,25 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let (topics, subscriptions) = read_topics(client, schema).await?;
+    Ok(Recovered {
+        queues,
+        deduplication_ids,
+        topics,
+        subscriptions,
+        receipt_secret,
+        next_queue_id: counter(&counters, "next_queue_id")?,
+        next_message_id: counter(&counters, "next_message_id")?,
+    })
+}
+
+/// Every topic and subscription as PostgreSQL has them now (recovery; cluster mode reads them
+/// again for each topic call, as any replica may have changed them).
+pub async fn read_topics(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<(Vec<TopicRecord>, Vec<SubscriptionRecord>), String> {
+    let q = quoted(schema);
     let text = |e: tokio_postgres::Error| e.to_string();
     let mut topics = Vec::new();
     for row in client
@@ -522,15 +541,7 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             create_time_ms: row.try_get(5).map_err(text)?,
         });
     }
-    Ok(Recovered {
-        queues,
-        deduplication_ids,
-        topics,
-        subscriptions,
-        receipt_secret,
-        next_queue_id: counter(&counters, "next_queue_id")?,
-        next_message_id: counter(&counters, "next_message_id")?,
-    })
+    Ok((topics, subscriptions))
 }
 
 /// Rows fetched per round trip of the recovery scan: a large backlog is read in pieces, never
