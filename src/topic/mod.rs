@@ -12,6 +12,14 @@
 //! queue (as deleting a RabbitMQ queue removes its bindings): a topic never delivers into a
 //! queue created again under the same name. Publishes and subscribes hold [`Topics::gate`]
 //! shared; a queue's deletion holds it exclusively, so none of them interleaves with it.
+//!
+//! Cluster mode ([`ClusterTopics`]): every replica serves topics, reading them from PostgreSQL
+//! on each call. A publish stages the copies of the queues served here as above, and checks
+//! those of queues other replicas own against PostgreSQL; its one transaction writes them all,
+//! with a `pending_adoptions` entry for each copy of another replica's queue, and reads every
+//! queue's epoch under a share lock (`storage::postgres::fence`): a queue lost or deleted
+//! meanwhile fails the whole publish. The other owners are then told, as for dead-letter moves
+//! (`cluster::adoption`).
 
 pub mod filter;
 
