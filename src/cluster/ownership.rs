@@ -466,14 +466,17 @@ impl ClusterQueues for Ownership {
 /// What the topics read from PostgreSQL in cluster mode (see `topic::ClusterTopics`).
 #[tonic::async_trait]
 impl ClusterTopics for Ownership {
-    async fn topics(&self) -> Result<(Vec<TopicRecord>, Vec<SubscriptionRecord>), QueueError> {
+    async fn topics(
+        &self,
+        name: Option<&str>,
+    ) -> Result<(Vec<TopicRecord>, Vec<SubscriptionRecord>), QueueError> {
         let client = self.lookup_client().await.ok_or_else(|| {
             unavailable(
                 "cannot read the topics",
                 "PostgreSQL does not answer".into(),
             )
         })?;
-        tokio::time::timeout(LOOKUP_TIMEOUT, read_topics(&*client, &self.schema))
+        tokio::time::timeout(LOOKUP_TIMEOUT, read_topics(&*client, &self.schema, name))
             .await
             .map_err(|_| unavailable("cannot read the topics", "PostgreSQL took too long".into()))?
             .map_err(|error| unavailable("cannot read the topics", error))

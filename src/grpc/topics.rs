@@ -147,9 +147,10 @@ fn publication(
 
 impl QueueServiceImpl {
     /// The topics, read again from PostgreSQL first in cluster mode (see `topic::ClusterTopics`).
-    async fn topics(&self) -> Result<Arc<Topics>, QueueError> {
+    /// `name`: the topic the call is about (only it is read), None for every topic.
+    async fn topics(&self, name: Option<&str>) -> Result<Arc<Topics>, QueueError> {
         let topics = self.registry_ref()?.topics().clone();
-        topics.sync().await?;
+        topics.sync(name).await?;
         Ok(topics)
     }
 
@@ -166,7 +167,7 @@ impl QueueServiceImpl {
             .unwrap_or(spool_client::limits::DEFAULT_MAX_MESSAGE_SIZE);
         let kind = filter_type(attributes.filter_type)?.unwrap_or(FilterType::Tags);
         let info = self
-            .topics()
+            .topics(None)
             .await?
             .create(&request.topic_name, size, kind)
             .await?;
@@ -180,7 +181,9 @@ impl QueueServiceImpl {
         let name = &request.get_ref().topic_name;
         check_name("topic_name", name)?;
         caller(&request)?.authorize_any(name)?;
-        Ok(Response::new(topic_pb(self.topics().await?.get(name)?)))
+        Ok(Response::new(topic_pb(
+            self.topics(Some(name)).await?.get(name)?,
+        )))
     }
 
     pub(super) async fn update_topic_rpc(
@@ -192,7 +195,7 @@ impl QueueServiceImpl {
         check_name("topic_name", &request.topic_name)?;
         caller.authorize(Action::Admin, &request.topic_name)?;
         let attributes = request.attributes.unwrap_or_default();
-        let topics = self.topics().await?;
+        let topics = self.topics(Some(&request.topic_name)).await?;
         if let Some(kind) = filter_type(attributes.filter_type)? {
             let current = topics.filter_type(&request.topic_name)?;
             if kind != current {
@@ -220,7 +223,7 @@ impl QueueServiceImpl {
         let name = &request.get_ref().topic_name;
         check_name("topic_name", name)?;
         caller.authorize(Action::Admin, name)?;
-        self.topics().await?.delete(name).await?;
+        self.topics(Some(name)).await?.delete(name).await?;
         Ok(Response::new(()))
     }
 
@@ -240,7 +243,7 @@ impl QueueServiceImpl {
         let size = page_size(request.page_size)?;
         let after = page_token(&request.page_token, "ListTopics")?;
         let page = self
-            .topics()
+            .topics(None)
             .await?
             .list(&request.prefix, after, size, |name| caller.sees(name));
         Ok(Response::new(pb::ListTopicsResponse {
@@ -263,7 +266,7 @@ impl QueueServiceImpl {
         // A subscription is configuration of its queue as much as of the topic: what flows
         // into the queue changes.
         caller.authorize(Action::Admin, &request.queue_name)?;
-        let topics = self.topics().await?;
+        let topics = self.topics(Some(&request.topic_name)).await?;
         let kind = topics.filter_type(&request.topic_name)?;
         let filter = match kind {
             FilterType::Tags => {
@@ -314,7 +317,7 @@ impl QueueServiceImpl {
         check_name("topic_name", &request.topic_name)?;
         check_name("subscription_name", &request.subscription_name)?;
         caller.authorize(Action::Admin, &request.topic_name)?;
-        self.topics()
+        self.topics(Some(&request.topic_name))
             .await?
             .unsubscribe(&request.topic_name, &request.subscription_name)
             .await?;
@@ -331,7 +334,7 @@ impl QueueServiceImpl {
         caller.authorize_any(&request.topic_name)?;
         let size = page_size(request.page_size)?;
         let after = page_token(&request.page_token, "ListSubscriptions")?;
-        let topics = self.topics().await?;
+        let topics = self.topics(Some(&request.topic_name)).await?;
         let kind = topics.filter_type(&request.topic_name)?;
         let page = topics.subscriptions(&request.topic_name, after, size)?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
@@ -363,7 +366,7 @@ impl QueueServiceImpl {
             request.deduplication_id,
         )?;
         let mut published = self
-            .topics()
+            .topics(Some(&request.topic_name))
             .await?
             .publish(&request.topic_name, vec![entry])
             .await?;
@@ -393,7 +396,7 @@ impl QueueServiceImpl {
             )?);
         }
         let published = self
-            .topics()
+            .topics(Some(&request.topic_name))
             .await?
             .publish(&request.topic_name, entries)
             .await?;

@@ -147,8 +147,12 @@ type SharedTopic = Arc<Mutex<TopicState>>;
 /// copy into another replica's queue against.
 #[tonic::async_trait]
 pub trait ClusterTopics: Send + Sync {
-    /// Every topic and subscription as stored now.
-    async fn topics(&self) -> Result<(Vec<TopicRecord>, Vec<SubscriptionRecord>), QueueError>;
+    /// Every topic and subscription as stored now; or, given `name`, only that topic (if it
+    /// exists) and its subscriptions.
+    async fn topics(
+        &self,
+        name: Option<&str>,
+    ) -> Result<(Vec<TopicRecord>, Vec<SubscriptionRecord>), QueueError>;
     /// The queue `queue_id` as stored now with its backlog (messages not deleted); None if it
     /// no longer exists.
     async fn queue(&self, queue_id: u64) -> Result<Option<(QueueRecord, u64)>, QueueError>;
@@ -280,12 +284,13 @@ impl Topics {
     }
 
     /// Cluster mode: reads the topics and subscriptions again, as another replica may have
-    /// changed them; the counters of those still there are kept. Does nothing elsewhere.
-    pub async fn sync(&self) -> Result<(), QueueError> {
+    /// changed them; the counters of those still there are kept. Given `name`, only that
+    /// topic (the others are left as they are). Does nothing elsewhere.
+    pub async fn sync(&self, name: Option<&str>) -> Result<(), QueueError> {
         let Some(cluster) = self.cluster.get() else {
             return Ok(());
         };
-        let (records, subscriptions) = cluster.store.topics().await?;
+        let (records, subscriptions) = cluster.store.topics(name).await?;
         let mut by_id: BTreeMap<u64, Vec<SubscriptionRecord>> = BTreeMap::new();
         for subscription in subscriptions {
             by_id
@@ -294,7 +299,15 @@ impl Topics {
                 .push(subscription);
         }
         let mut topics = self.write();
-        let mut fresh = BTreeMap::new();
+        let mut fresh = match name {
+            Some(name) => {
+                let mut others = std::mem::take(&mut *topics);
+                let this = others.remove(name);
+                *topics = this.map(|t| (name.to_string(), t)).into_iter().collect();
+                others
+            }
+            None => BTreeMap::new(),
+        };
         for record in records {
             let subscriptions = by_id.remove(&record.id).unwrap_or_default();
             let kept = topics

@@ -475,7 +475,7 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let (topics, subscriptions) = read_topics(client, schema).await?;
+    let (topics, subscriptions) = read_topics(client, schema, None).await?;
     Ok(Recovered {
         queues,
         deduplication_ids,
@@ -487,11 +487,13 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
     })
 }
 
-/// Every topic and subscription as PostgreSQL has them now (recovery; cluster mode reads them
-/// again for each topic call, as any replica may have changed them).
+/// Every topic and subscription as PostgreSQL has them now, or only the topic `name` and its
+/// subscriptions (recovery; cluster mode reads them again for each topic call, as any replica
+/// may have changed them).
 pub async fn read_topics(
     client: &impl GenericClient,
     schema: &str,
+    name: Option<&str>,
 ) -> Result<(Vec<TopicRecord>, Vec<SubscriptionRecord>), String> {
     let q = quoted(schema);
     let text = |e: tokio_postgres::Error| e.to_string();
@@ -500,9 +502,9 @@ pub async fn read_topics(
         .query(
             &format!(
                 "SELECT id, name, max_message_size, filter_type, create_time_ms, update_time_ms
-                   FROM {q}.topics ORDER BY id"
+                   FROM {q}.topics WHERE $1::text IS NULL OR name = $1 ORDER BY id"
             ),
-            &[],
+            &[&name],
         )
         .await
         .map_err(text)?
@@ -523,9 +525,12 @@ pub async fn read_topics(
         .query(
             &format!(
                 "SELECT topic_id, name, queue_id, queue_name, filter, create_time_ms
-                   FROM {q}.subscriptions ORDER BY topic_id, name"
+                   FROM {q}.subscriptions
+                  WHERE $1::text IS NULL
+                     OR topic_id IN (SELECT id FROM {q}.topics WHERE name = $1)
+                  ORDER BY topic_id, name"
             ),
-            &[],
+            &[&name],
         )
         .await
         .map_err(text)?
