@@ -18,7 +18,7 @@ use crate::queue::messages::MessageTable;
 use crate::queue::{Directory, QueueContext, QueueHandle, QueueInfo, RecoveredIds};
 use crate::receipt::ReceiptKey;
 use crate::storage::{QueueRecord, Recovered, Storage, StorageError, WriteOp, remove_in_slices};
-use crate::topic::Topics;
+use crate::topic::{ClusterTopics, SubscribedQueue, Topics};
 
 pub struct Registry {
     /// Shared with the queues (`QueueContext::directory`), which move messages to each other.
@@ -225,9 +225,34 @@ impl Registry {
     pub fn enter_cluster_mode(
         &self,
         queues: Arc<dyn ClusterQueues>,
+        topics: Arc<dyn ClusterTopics>,
         moved_into: tokio::sync::mpsc::UnboundedSender<String>,
     ) {
+        self.topics.enter_cluster_mode(topics, moved_into.clone());
         let _ = self.cluster.set(ClusterPart { queues, moved_into });
+    }
+
+    /// The queue `name` a subscription is to deliver into: served here, or (cluster mode)
+    /// by any replica.
+    pub async fn subscribed_queue(&self, name: &str) -> Result<SubscribedQueue, QueueError> {
+        if let Ok(handle) = self.get(name) {
+            return Ok(SubscribedQueue {
+                name: name.to_string(),
+                id: handle.id(),
+            });
+        }
+        let Some(cluster) = self.cluster.get() else {
+            return Err(QueueError::QueueNotFound(name.to_string()));
+        };
+        let id = cluster
+            .queues
+            .queue_id(name)
+            .await?
+            .ok_or_else(|| QueueError::QueueNotFound(name.to_string()))?;
+        Ok(SubscribedQueue {
+            name: name.to_string(),
+            id,
+        })
     }
 
     /// Cluster mode: makes sure the actors can move messages into the queue `name` (a relay

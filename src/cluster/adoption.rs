@@ -1,5 +1,6 @@
 //! Messages one replica moves into a queue whose actor may be on another (dead-letter moves,
-//! redrives), and how that queue's owner takes them in.
+//! redrives) or publishes into it (a topic's copies, see `topic`), and how that queue's owner
+//! takes them in.
 //!
 //! A move commits, in the moving queue's own fenced transaction, the rows' new queue and one
 //! `pending_adoptions` entry per row (`storage::postgres::writer`): all or none, whatever

@@ -115,7 +115,7 @@ pub async fn join(
         options.clone(),
     ));
     let (moved_into, moved) = mpsc::unbounded_channel();
-    registry.enter_cluster_mode(ownership.clone(), moved_into);
+    registry.enter_cluster_mode(ownership.clone(), ownership.clone(), moved_into);
     tracing::info!(
         member = membership.id(),
         address = %settings.advertise_address,

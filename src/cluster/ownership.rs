@@ -29,10 +29,12 @@ use crate::error::QueueError;
 use crate::queue::messages::MessageTable;
 use crate::registry::ClusterQueues;
 use crate::registry::Registry;
+use crate::storage::QueueRecord;
 use crate::storage::postgres::PostgresStorage;
 use crate::storage::postgres::cluster_tables::forget_recovered;
 use crate::storage::postgres::fence::Fence;
-use crate::storage::postgres::schema::{QUEUE_COLUMNS, queue_record_at, quoted};
+use crate::storage::postgres::schema::{QUEUE_COLUMNS, queue_record_at, quoted, read_topics};
+use crate::topic::{ClusterTopics, StoredTopics};
 
 /// Longest a directory miss waits for PostgreSQL before the call goes by placement alone.
 const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -459,4 +461,97 @@ impl ClusterQueues for Ownership {
             .map(|row| row.try_get(0).map_err(|e| unavailable(e.to_string())))
             .collect()
     }
+}
+
+/// What the topics read from PostgreSQL in cluster mode (see `topic::ClusterTopics`).
+#[tonic::async_trait]
+impl ClusterTopics for Ownership {
+    async fn topics(&self, name: Option<&str>) -> Result<StoredTopics, QueueError> {
+        let client = self.lookup_client().await.ok_or_else(|| {
+            unavailable(
+                "cannot read the topics",
+                "PostgreSQL does not answer".into(),
+            )
+        })?;
+        let (topics, subscriptions, topic_totals, subscription_totals) =
+            tokio::time::timeout(LOOKUP_TIMEOUT, read_topics(&*client, &self.schema, name))
+                .await
+                .map_err(|_| {
+                    unavailable("cannot read the topics", "PostgreSQL took too long".into())
+                })?
+                .map_err(|error| unavailable("cannot read the topics", error))?;
+        Ok(StoredTopics {
+            topics,
+            subscriptions,
+            topic_totals,
+            subscription_totals,
+        })
+    }
+
+    async fn queue(&self, queue_id: u64) -> Result<Option<(QueueRecord, u64)>, QueueError> {
+        let what = "cannot read a subscribed queue";
+        let client = self
+            .lookup_client()
+            .await
+            .ok_or_else(|| unavailable(what, "PostgreSQL does not answer".into()))?;
+        let q = quoted(&self.schema);
+        let row = tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            client.query_opt(
+                &format!(
+                    "SELECT {QUEUE_COLUMNS},
+                            (SELECT count(*) FROM {q}.messages m
+                              WHERE m.queue_id = queues.id AND m.state = 0)
+                       FROM {q}.queues WHERE id = $1"
+                ),
+                &[&(queue_id as i64)],
+            ),
+        )
+        .await
+        .map_err(|_| unavailable(what, "PostgreSQL took too long".into()))?
+        .map_err(|error| unavailable(what, error.to_string()))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let record = queue_record_at(&row, 0).map_err(|error| unavailable(what, error))?;
+        let backlog: i64 = row
+            .try_get(row.len() - 1)
+            .map_err(|error| unavailable(what, error.to_string()))?;
+        Ok(Some((record, backlog.max(0) as u64)))
+    }
+
+    async fn earlier_copy(
+        &self,
+        queue_id: u64,
+        deduplication_id: &str,
+        since_ms: i64,
+    ) -> Result<Option<u64>, QueueError> {
+        let what = "cannot read a subscribed queue's deduplication ids";
+        let client = self
+            .lookup_client()
+            .await
+            .ok_or_else(|| unavailable(what, "PostgreSQL does not answer".into()))?;
+        let q = quoted(&self.schema);
+        let row = tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            client.query_opt(
+                &format!(
+                    "SELECT message_id FROM {q}.deduplication
+                      WHERE queue_id = $1 AND deduplication_id = $2 AND accepted_ms >= $3"
+                ),
+                &[&(queue_id as i64), &deduplication_id, &since_ms],
+            ),
+        )
+        .await
+        .map_err(|_| unavailable(what, "PostgreSQL took too long".into()))?
+        .map_err(|error| unavailable(what, error.to_string()))?;
+        row.map(|row| row.try_get::<_, i64>(0).map(|id| id as u64))
+            .transpose()
+            .map_err(|error| unavailable(what, error.to_string()))
+    }
+}
+
+/// A read of the cluster's state that failed: the call can be retried.
+fn unavailable(what: &str, why: String) -> QueueError {
+    QueueError::Storage(format!("{what}: {why}; retry the call"))
 }

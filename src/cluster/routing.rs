@@ -89,20 +89,6 @@ impl Routed {
         }
     }
 
-    /// Topics are served by a single server only: a publish writes every subscribed queue in
-    /// one transaction, which needs all their actors in this process, and cluster mode spreads
-    /// queues over replicas. Replicas answer the topic API FAILED_PRECONDITION, naming why.
-    fn topics_here(&self) -> Result<(), Status> {
-        if self.cluster.get().is_some() {
-            return Err(Status::failed_precondition(
-                "topics are not available in cluster mode yet: a publish must write every \
-                 subscribed queue in one transaction, and their owners may be different \
-                 replicas; see docs/deploy.md",
-            ));
-        }
-        Ok(())
-    }
-
     /// The request a forward sends to `address` for a call of the handler `method`: the
     /// caller's metadata and deadline (see [`onward`]) and, for a caller this replica
     /// authenticated as a principal, that principal asserted for the owner (see
@@ -168,13 +154,12 @@ macro_rules! routed {
     }};
 }
 
-/// A call of the topic API: served here on a single server, refused by replicas (see
-/// [`Routed::topics_here`]).
-macro_rules! single_server {
-    ($self:ident, $request:ident, $method:ident) => {{
-        $self.topics_here()?;
-        $self.local.$method($request).await
-    }};
+/// A call of the topic API: served by whichever replica receives it. In cluster mode the
+/// topics are read from PostgreSQL for each call, and a publish writes the copies of the
+/// queues other replicas own in its own transaction, for their owners to take in (see
+/// `topic::ClusterTopics` and `cluster::adoption`).
+macro_rules! topic_call {
+    ($self:ident, $request:ident, $method:ident) => {{ $self.local.$method($request).await }};
 }
 
 type ReceiveStream = Pin<Box<dyn Stream<Item = Result<pb::ReceivedMessage, Status>> + Send>>;
@@ -421,58 +406,58 @@ impl QueueService for Routed {
     }
 
     async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> RpcResult<pb::Topic> {
-        single_server!(self, request, create_topic)
+        topic_call!(self, request, create_topic)
     }
 
     async fn get_topic(&self, request: Request<pb::GetTopicRequest>) -> RpcResult<pb::Topic> {
-        single_server!(self, request, get_topic)
+        topic_call!(self, request, get_topic)
     }
 
     async fn update_topic(&self, request: Request<pb::UpdateTopicRequest>) -> RpcResult<pb::Topic> {
-        single_server!(self, request, update_topic)
+        topic_call!(self, request, update_topic)
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> RpcResult<()> {
-        single_server!(self, request, delete_topic)
+        topic_call!(self, request, delete_topic)
     }
 
     async fn list_topics(
         &self,
         request: Request<pb::ListTopicsRequest>,
     ) -> RpcResult<pb::ListTopicsResponse> {
-        single_server!(self, request, list_topics)
+        topic_call!(self, request, list_topics)
     }
 
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> RpcResult<pb::Subscription> {
-        single_server!(self, request, subscribe)
+        topic_call!(self, request, subscribe)
     }
 
     async fn unsubscribe(&self, request: Request<pb::UnsubscribeRequest>) -> RpcResult<()> {
-        single_server!(self, request, unsubscribe)
+        topic_call!(self, request, unsubscribe)
     }
 
     async fn list_subscriptions(
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> RpcResult<pb::ListSubscriptionsResponse> {
-        single_server!(self, request, list_subscriptions)
+        topic_call!(self, request, list_subscriptions)
     }
 
     async fn publish_message(
         &self,
         request: Request<pb::PublishMessageRequest>,
     ) -> RpcResult<pb::PublishMessageResponse> {
-        single_server!(self, request, publish_message)
+        topic_call!(self, request, publish_message)
     }
 
     async fn batch_publish_messages(
         &self,
         request: Request<pb::BatchPublishMessagesRequest>,
     ) -> RpcResult<pb::BatchPublishMessagesResponse> {
-        single_server!(self, request, batch_publish_messages)
+        topic_call!(self, request, batch_publish_messages)
     }
 }
 

@@ -146,8 +146,12 @@ fn publication(
 }
 
 impl QueueServiceImpl {
-    fn topics(&self) -> Result<Arc<Topics>, QueueError> {
-        Ok(self.registry_ref()?.topics().clone())
+    /// The topics, read again from PostgreSQL first in cluster mode (see `topic::ClusterTopics`).
+    /// `name`: the topic the call is about (only it is read), None for every topic.
+    async fn topics(&self, name: Option<&str>) -> Result<Arc<Topics>, QueueError> {
+        let topics = self.registry_ref()?.topics().clone();
+        topics.sync(name).await?;
+        Ok(topics)
     }
 
     pub(super) async fn create_topic_rpc(
@@ -163,7 +167,8 @@ impl QueueServiceImpl {
             .unwrap_or(spool_client::limits::DEFAULT_MAX_MESSAGE_SIZE);
         let kind = filter_type(attributes.filter_type)?.unwrap_or(FilterType::Tags);
         let info = self
-            .topics()?
+            .topics(None)
+            .await?
             .create(&request.topic_name, size, kind)
             .await?;
         Ok(Response::new(topic_pb(info)))
@@ -176,7 +181,9 @@ impl QueueServiceImpl {
         let name = &request.get_ref().topic_name;
         check_name("topic_name", name)?;
         caller(&request)?.authorize_any(name)?;
-        Ok(Response::new(topic_pb(self.topics()?.get(name)?)))
+        Ok(Response::new(topic_pb(
+            self.topics(Some(name)).await?.get(name)?,
+        )))
     }
 
     pub(super) async fn update_topic_rpc(
@@ -188,7 +195,7 @@ impl QueueServiceImpl {
         check_name("topic_name", &request.topic_name)?;
         caller.authorize(Action::Admin, &request.topic_name)?;
         let attributes = request.attributes.unwrap_or_default();
-        let topics = self.topics()?;
+        let topics = self.topics(Some(&request.topic_name)).await?;
         if let Some(kind) = filter_type(attributes.filter_type)? {
             let current = topics.filter_type(&request.topic_name)?;
             if kind != current {
@@ -216,7 +223,7 @@ impl QueueServiceImpl {
         let name = &request.get_ref().topic_name;
         check_name("topic_name", name)?;
         caller.authorize(Action::Admin, name)?;
-        self.topics()?.delete(name).await?;
+        self.topics(Some(name)).await?.delete(name).await?;
         Ok(Response::new(()))
     }
 
@@ -236,7 +243,8 @@ impl QueueServiceImpl {
         let size = page_size(request.page_size)?;
         let after = page_token(&request.page_token, "ListTopics")?;
         let page = self
-            .topics()?
+            .topics(None)
+            .await?
             .list(&request.prefix, after, size, |name| caller.sees(name));
         Ok(Response::new(pb::ListTopicsResponse {
             topics: page.items.into_iter().map(topic_pb).collect(),
@@ -258,7 +266,7 @@ impl QueueServiceImpl {
         // A subscription is configuration of its queue as much as of the topic: what flows
         // into the queue changes.
         caller.authorize(Action::Admin, &request.queue_name)?;
-        let topics = self.topics()?;
+        let topics = self.topics(Some(&request.topic_name)).await?;
         let kind = topics.filter_type(&request.topic_name)?;
         let filter = match kind {
             FilterType::Tags => {
@@ -285,7 +293,10 @@ impl QueueServiceImpl {
                 request.binding_keys
             }
         };
-        let queue = self.registry_ref()?.get(&request.queue_name)?;
+        let queue = self
+            .registry_ref()?
+            .subscribed_queue(&request.queue_name)
+            .await?;
         let info = topics
             .subscribe(
                 &request.topic_name,
@@ -306,7 +317,8 @@ impl QueueServiceImpl {
         check_name("topic_name", &request.topic_name)?;
         check_name("subscription_name", &request.subscription_name)?;
         caller.authorize(Action::Admin, &request.topic_name)?;
-        self.topics()?
+        self.topics(Some(&request.topic_name))
+            .await?
             .unsubscribe(&request.topic_name, &request.subscription_name)
             .await?;
         Ok(Response::new(()))
@@ -322,7 +334,7 @@ impl QueueServiceImpl {
         caller.authorize_any(&request.topic_name)?;
         let size = page_size(request.page_size)?;
         let after = page_token(&request.page_token, "ListSubscriptions")?;
-        let topics = self.topics()?;
+        let topics = self.topics(Some(&request.topic_name)).await?;
         let kind = topics.filter_type(&request.topic_name)?;
         let page = topics.subscriptions(&request.topic_name, after, size)?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
@@ -354,7 +366,8 @@ impl QueueServiceImpl {
             request.deduplication_id,
         )?;
         let mut published = self
-            .topics()?
+            .topics(Some(&request.topic_name))
+            .await?
             .publish(&request.topic_name, vec![entry])
             .await?;
         let first = published.pop().map(published_pb).unwrap_or_default();
@@ -382,7 +395,11 @@ impl QueueServiceImpl {
                 entry.deduplication_id,
             )?);
         }
-        let published = self.topics()?.publish(&request.topic_name, entries).await?;
+        let published = self
+            .topics(Some(&request.topic_name))
+            .await?
+            .publish(&request.topic_name, entries)
+            .await?;
         Ok(Response::new(pb::BatchPublishMessagesResponse {
             results: published.into_iter().map(published_pb).collect(),
         }))

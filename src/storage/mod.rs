@@ -329,6 +329,10 @@ pub enum WriteOp {
     /// one-by-one retry of a failed group never splits it. Writes to every queue in `copies`.
     Publish {
         copies: Vec<(u64, Vec<NewMessage>)>,
+        /// Cluster mode: the queues among `copies` that other replicas own. Their owners learn
+        /// of the rows from `pending_adoptions` entries written in the same transaction (see
+        /// `cluster::adoption`); the commit is refused if one of them no longer exists.
+        remote_queue_ids: Vec<u64>,
         /// The highest id the publish answered with (its own, not a copy's): message ids are
         /// raised past it, so that no id is handed out twice across a restart.
         last_publish_id: u64,
@@ -392,6 +396,15 @@ impl WriteOp {
         match self {
             Self::Publish { counts, .. } => Some(counts),
             _ => None,
+        }
+    }
+
+    /// The queues whose epochs a cluster transaction reads for this (see
+    /// `storage::postgres::fence`): a publish's copies' queues, else [`Self::queue_id`].
+    pub fn fenced_queue_ids(&self) -> Vec<u64> {
+        match self {
+            Self::Publish { copies, .. } => copies.iter().map(|(queue_id, _)| *queue_id).collect(),
+            _ => vec![self.queue_id()],
         }
     }
 

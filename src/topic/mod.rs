@@ -12,13 +12,21 @@
 //! queue (as deleting a RabbitMQ queue removes its bindings): a topic never delivers into a
 //! queue created again under the same name. Publishes and subscribes hold [`Topics::gate`]
 //! shared; a queue's deletion holds it exclusively, so none of them interleaves with it.
+//!
+//! Cluster mode ([`ClusterTopics`]): every replica serves topics, reading them from PostgreSQL
+//! on each call. A publish stages the copies of the queues served here as above, and checks
+//! those of queues other replicas own against PostgreSQL; its one transaction writes them all,
+//! with a `pending_adoptions` entry for each copy of another replica's queue, and reads every
+//! queue's epoch under a share lock (`storage::postgres::fence`): a queue lost or deleted
+//! meanwhile fails the whole publish. The other owners are then told, as for dead-letter moves
+//! (`cluster::adoption`).
 
 pub mod filter;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::oneshot;
 
@@ -27,7 +35,8 @@ use crate::error::QueueError;
 use crate::payload::Payload;
 use crate::queue::{Directory, Outgoing, QueueHandle, Staged};
 use crate::storage::{
-    FilterType, PublishCounts, Storage, StorageError, SubscriptionRecord, TopicRecord, WriteOp,
+    FilterType, NewMessage, PublishCounts, QueueRecord, Storage, StorageError, SubscriptionRecord,
+    TopicRecord, WriteOp,
 };
 pub use crate::storage::{SubscriptionTotals, TopicTotals};
 
@@ -36,7 +45,8 @@ pub const MAX_TOPICS: usize = 1_000;
 /// Most subscriptions one topic has (CMQ's limit): a publish stages a copy on each.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 
-/// The topics and subscriptions storage held at startup, with their totals.
+/// The topics and subscriptions storage holds, with their totals (at startup; in cluster mode,
+/// at each topic call).
 pub struct StoredTopics {
     pub topics: Vec<TopicRecord>,
     pub subscriptions: Vec<SubscriptionRecord>,
@@ -95,6 +105,13 @@ pub struct PublishedCopy {
     pub message_id: u64,
 }
 
+/// The queue a subscription delivers into.
+#[derive(Clone, Debug)]
+pub struct SubscribedQueue {
+    pub name: String,
+    pub id: u64,
+}
+
 /// One page of ListTopics or ListSubscriptions.
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -116,6 +133,50 @@ struct SubscriptionState {
 
 type SharedTopic = Arc<Mutex<TopicState>>;
 
+/// Cluster mode: what the topics read from PostgreSQL. Any replica changes topics and
+/// subscriptions, and the queues they deliver into are spread over the replicas, so every
+/// topic call reads the topics again ([`Topics::sync`]), and a publish reads what it checks a
+/// copy into another replica's queue against.
+#[tonic::async_trait]
+pub trait ClusterTopics: Send + Sync {
+    /// Every topic and subscription as stored now, with their totals; or, given `name`, only
+    /// that topic (if it exists) and its subscriptions.
+    async fn topics(&self, name: Option<&str>) -> Result<StoredTopics, QueueError>;
+    /// The queue `queue_id` as stored now with its backlog (messages not deleted); None if it
+    /// no longer exists.
+    async fn queue(&self, queue_id: u64) -> Result<Option<(QueueRecord, u64)>, QueueError>;
+    /// The id `queue_id` stored for the deduplication id `deduplication_id` if accepted at or
+    /// after `since_ms`.
+    async fn earlier_copy(
+        &self,
+        queue_id: u64,
+        deduplication_id: &str,
+        since_ms: i64,
+    ) -> Result<Option<u64>, QueueError>;
+}
+
+/// The topics' part in cluster mode.
+struct ClusterPart {
+    store: Arc<dyn ClusterTopics>,
+    /// Told the name of each queue another replica owns that a publish put copies in, so that
+    /// its owner takes them in now (see `cluster::adoption`).
+    moved_into: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// One subscription's copies of a publish, as the publish commits them.
+enum Copies {
+    /// Checked and reserved by the queue's actor, here.
+    Local(Staged),
+    /// Cluster mode: into a queue another replica owns, checked here against the queue as
+    /// PostgreSQL has it; its owner takes the rows in after the commit. `ids` are the copies'
+    /// ids (an earlier message's for a deduplicated copy).
+    Remote {
+        queue_id: u64,
+        rows: Vec<NewMessage>,
+        ids: Vec<u64>,
+    },
+}
+
 pub struct Topics {
     topics: RwLock<BTreeMap<String, SharedTopic>>,
     /// Held while topics and subscriptions are created or deleted, so two cannot interleave.
@@ -131,6 +192,8 @@ pub struct Topics {
     /// Publishes and subscribes hold it shared; a queue's deletion exclusively (see the module
     /// comment), so a queue is never deleted between a publish's staging and its commit.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Set in cluster mode (see [`ClusterTopics`]).
+    cluster: OnceLock<ClusterPart>,
 }
 
 fn lock(topic: &SharedTopic) -> std::sync::MutexGuard<'_, TopicState> {
@@ -198,7 +261,98 @@ impl Topics {
             message_ids,
             directory,
             gate: Default::default(),
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Cluster mode: from now on topics are read from `store` for each call, topic ids are
+    /// drawn from this replica's block of message ids (so replicas never pick the same), and
+    /// publishes may put copies into queues other replicas own, announced on `moved_into`.
+    pub fn enter_cluster_mode(
+        &self,
+        store: Arc<dyn ClusterTopics>,
+        moved_into: tokio::sync::mpsc::UnboundedSender<String>,
+    ) {
+        let _ = self.cluster.set(ClusterPart { store, moved_into });
+    }
+
+    /// Cluster mode: reads the topics and subscriptions again, as another replica may have
+    /// changed them, with their stored totals (every replica's committed publishes add to
+    /// them in their transactions, so these count the whole cluster's). Given `name`, only
+    /// that topic (the others are left as they are). Does nothing elsewhere.
+    pub async fn sync(&self, name: Option<&str>) -> Result<(), QueueError> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        let StoredTopics {
+            topics: records,
+            subscriptions,
+            topic_totals,
+            mut subscription_totals,
+        } = cluster.store.topics(name).await?;
+        let mut by_id: BTreeMap<u64, Vec<SubscriptionRecord>> = BTreeMap::new();
+        for subscription in subscriptions {
+            by_id
+                .entry(subscription.topic_id)
+                .or_default()
+                .push(subscription);
+        }
+        let mut topics = self.write();
+        let mut fresh = match name {
+            Some(name) => {
+                let mut others = std::mem::take(&mut *topics);
+                let this = others.remove(name);
+                *topics = this.map(|t| (name.to_string(), t)).into_iter().collect();
+                others
+            }
+            None => BTreeMap::new(),
+        };
+        for record in records {
+            let totals = topic_totals.get(&record.id).copied().unwrap_or_default();
+            let subscriptions: BTreeMap<String, SubscriptionState> = by_id
+                .remove(&record.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|subscription| {
+                    let totals = subscription_totals
+                        .remove(&(subscription.topic_id, subscription.name.clone()))
+                        .unwrap_or_default();
+                    (
+                        subscription.name.clone(),
+                        SubscriptionState {
+                            record: subscription,
+                            totals,
+                        },
+                    )
+                })
+                .collect();
+            // The same topic keeps its shared state (a publish may hold it); a topic of the
+            // same name made anew gets its own.
+            let kept = topics
+                .get(&record.name)
+                .filter(|existing| lock(existing).record.id == record.id)
+                .cloned();
+            let name = record.name.clone();
+            let topic = match kept {
+                Some(topic) => {
+                    {
+                        let mut state = lock(&topic);
+                        state.record = record;
+                        state.subscriptions = subscriptions;
+                        state.totals = totals;
+                    }
+                    topic
+                }
+                None => Arc::new(Mutex::new(TopicState {
+                    subscriptions,
+                    record,
+                    totals,
+                })),
+            };
+            fresh.insert(name, topic);
+        }
+        *topics = fresh;
+        Ok(())
     }
 
     /// Held exclusively by a queue's deletion (see the module comment).
@@ -254,7 +408,11 @@ impl Topics {
         }
         let now = self.clock.now_ms();
         let record = TopicRecord {
-            id: self.next_topic_id.fetch_add(1, Ordering::Relaxed),
+            id: if self.cluster.get().is_some() {
+                self.message_ids.fetch_add(1, Ordering::Relaxed)
+            } else {
+                self.next_topic_id.fetch_add(1, Ordering::Relaxed)
+            },
             name: name.to_string(),
             max_message_size,
             filter_type,
@@ -339,7 +497,7 @@ impl Topics {
         &self,
         topic_name: &str,
         name: &str,
-        queue: &QueueHandle,
+        queue: &SubscribedQueue,
         filter: Vec<String>,
     ) -> Result<SubscriptionInfo, QueueError> {
         let _gate = self.gate.read().await;
@@ -347,8 +505,7 @@ impl Topics {
         let topic = self.topic(topic_name)?;
         let exists = |state: &TopicState| {
             state.subscriptions.get(name).map(|existing| {
-                let same =
-                    existing.record.queue_id == queue.id() && existing.record.filter == filter;
+                let same = existing.record.queue_id == queue.id && existing.record.filter == filter;
                 if same {
                     Ok(subscription_info(topic_name, existing))
                 } else {
@@ -373,22 +530,30 @@ impl Topics {
             SubscriptionRecord {
                 topic_id: state.record.id,
                 name: name.to_string(),
-                queue_id: queue.id(),
-                queue_name: queue.name().to_string(),
+                queue_id: queue.id,
+                queue_name: queue.name.clone(),
                 filter,
                 create_time_ms: self.clock.now_ms(),
             }
         };
         // The queue may have been deleted since the caller looked it up; under the gate it
-        // cannot be deleted now, so checking here is enough.
-        let current = self
-            .directory
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(queue.name())
-            .map(QueueHandle::id);
-        if current != Some(queue.id()) {
-            return Err(QueueError::QueueNotFound(queue.name().to_string()));
+        // cannot be deleted now, so checking here is enough. In cluster mode another replica
+        // may delete it still: a publish then finds it gone and drops the subscription.
+        let current = match self.cluster.get() {
+            Some(cluster) => cluster
+                .store
+                .queue(queue.id)
+                .await?
+                .map(|(record, _)| record.id),
+            None => self
+                .directory
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&queue.name)
+                .map(QueueHandle::id),
+        };
+        if current != Some(queue.id) {
+            return Err(QueueError::QueueNotFound(queue.name.clone()));
         }
         self.commit(WriteOp::Subscribe(record.clone())).await?;
         let state = SubscriptionState {
@@ -554,19 +719,17 @@ impl Topics {
         }
         // Each queue checks and reserves its copies; a refusal fails the whole publish, and
         // the copies reserved so far are given back as `staged` is dropped.
-        let mut staged: Vec<(Staged, usize)> = Vec::with_capacity(targets.len());
+        let mut staged: Vec<(Copies, usize)> = Vec::with_capacity(targets.len());
+        let mut gone: Vec<String> = Vec::new();
         for (target, (subscription, queue_id, queue_name, matching)) in targets.iter().enumerate() {
-            let handle = self
+            let local = self
                 .directory
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(queue_name)
                 .filter(|handle| handle.id() == *queue_id)
-                .cloned()
-                // Deleted queues take their subscriptions along (under the gate, so this is
-                // only a guard).
-                .ok_or_else(|| QueueError::QueueNotFound(queue_name.clone()))?;
-            let copies = matching
+                .cloned();
+            let copies: Vec<Outgoing> = matching
                 .iter()
                 .map(|&index| Outgoing {
                     payload: entries[index].payload.copy_from_topic(topic_name),
@@ -574,11 +737,33 @@ impl Topics {
                     deduplication_id: entries[index].deduplication_id.clone(),
                 })
                 .collect();
-            let copy = handle
-                .stage(copies)
-                .await
-                .map_err(|error| in_subscription(error, topic_name, subscription))?;
+            let copy = match (local, self.cluster.get()) {
+                (Some(handle), _) => Copies::Local(
+                    handle
+                        .stage(copies)
+                        .await
+                        .map_err(|error| in_subscription(error, topic_name, subscription))?,
+                ),
+                (None, Some(cluster)) => {
+                    match self.remote(cluster, *queue_id, copies).await {
+                        Ok(Some(copy)) => copy,
+                        // Deleted through another replica since it was subscribed.
+                        Ok(None) => {
+                            gone.push(subscription.clone());
+                            continue;
+                        }
+                        Err(error) => return Err(in_subscription(error, topic_name, subscription)),
+                    }
+                }
+                // Deleted queues take their subscriptions along (under the gate, so this is
+                // only a guard).
+                (None, None) => return Err(QueueError::QueueNotFound(queue_name.clone())),
+            };
             staged.push((copy, target));
+        }
+        for name in gone {
+            let topic_id = lock(&topic).record.id;
+            self.storage.record(WriteOp::Unsubscribe { topic_id, name });
         }
         let first_id = self
             .message_ids
@@ -590,7 +775,11 @@ impl Topics {
         // A copy its queue deduplicated has no row, and is not delivered again.
         let mut delivered: HashMap<&str, u64> = HashMap::new();
         for (copy, target) in &staged {
-            delivered.insert(&targets[*target].0, copy.rows.len() as u64);
+            let rows = match copy {
+                Copies::Local(copy) => copy.rows.len(),
+                Copies::Remote { rows, .. } => rows.len(),
+            };
+            delivered.insert(&targets[*target].0, rows as u64);
         }
         let counts = PublishCounts {
             topic_id,
@@ -610,36 +799,67 @@ impl Topics {
                 .collect(),
         };
         let mut copies = Vec::with_capacity(staged.len());
+        let mut remote_queue_ids = Vec::new();
         let mut pending = Vec::with_capacity(staged.len());
         for (copy, target) in staged {
-            if !copy.rows.is_empty() {
-                copies.push((copy.queue_id, copy.rows));
+            match copy {
+                Copies::Local(copy) => {
+                    if !copy.rows.is_empty() {
+                        copies.push((copy.queue_id, copy.rows));
+                    }
+                    pending.push((Some((copy.commit, copy.answer)), Vec::new(), target));
+                }
+                Copies::Remote {
+                    queue_id,
+                    rows,
+                    ids,
+                } => {
+                    if !rows.is_empty() {
+                        remote_queue_ids.push(queue_id);
+                        copies.push((queue_id, rows));
+                    }
+                    pending.push((None, ids, target));
+                }
             }
-            pending.push((copy.commit, copy.answer, target));
         }
         let committed = self
             .commit(WriteOp::Publish {
                 copies,
+                remote_queue_ids: remote_queue_ids.clone(),
                 last_publish_id: first_id + entries.len() as u64 - 1,
                 counts: counts.clone(),
             })
             .await;
         let mut answers = Vec::with_capacity(pending.len());
-        for (commit, answer, target) in pending {
-            let _ = commit.send(committed.clone());
-            answers.push((answer, target));
+        for (local, ids, target) in pending {
+            let answer = local.map(|(commit, answer)| {
+                let _ = commit.send(committed.clone());
+                answer
+            });
+            answers.push((answer, ids, target));
         }
         committed?;
+        if let Some(cluster) = self.cluster.get() {
+            // Their owners take the copies in now, rather than at their next round.
+            for (_, queue_id, queue_name, _) in &targets {
+                if remote_queue_ids.contains(queue_id) {
+                    let _ = cluster.moved_into.send(queue_name.clone());
+                }
+            }
+        }
         let mut published: Vec<Published> = (0..entries.len() as u64)
             .map(|offset| Published {
                 message_id: first_id + offset,
                 copies: Vec::new(),
             })
             .collect();
-        for (answer, target) in answers {
-            let ids = answer
-                .await
-                .unwrap_or(Err(QueueError::Storage("a queue's actor ended".into())))?;
+        for (answer, ids, target) in answers {
+            let ids = match answer {
+                Some(answer) => answer
+                    .await
+                    .unwrap_or(Err(QueueError::Storage("a queue's actor ended".into())))?,
+                None => ids,
+            };
             let (subscription, _, queue_name, matching) = &targets[target];
             for (&index, id) in matching.iter().zip(ids) {
                 published[index].copies.push(PublishedCopy {
@@ -663,6 +883,78 @@ impl Topics {
             }
         }
         Ok(published)
+    }
+
+    /// Cluster mode: the copies for a queue another replica owns, checked against the queue
+    /// as PostgreSQL has it: its max_message_size, its backlog cap (against the backlog stored
+    /// now: sends committing meanwhile through its owner are not counted, so the cap may be
+    /// passed by those) and its deduplication window (against the ids stored: a copy whose
+    /// id was accepted within the window is not added again, and answers the earlier id).
+    /// None if the queue no longer exists.
+    async fn remote(
+        &self,
+        cluster: &ClusterPart,
+        queue_id: u64,
+        copies: Vec<Outgoing>,
+    ) -> Result<Option<Copies>, QueueError> {
+        let Some((record, backlog)) = cluster.store.queue(queue_id).await? else {
+            return Ok(None);
+        };
+        let attributes = &record.attributes;
+        let now = self.clock.now_ms();
+        let since = now - i64::from(attributes.deduplication_window_seconds) * 1000;
+        let mut rows = Vec::with_capacity(copies.len());
+        let mut ids = Vec::with_capacity(copies.len());
+        // Within one publish, copies with the same deduplication id are one message.
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        for copy in copies {
+            let size = copy.payload.body.len() + copy.payload.attributes_size();
+            if size > attributes.max_message_size as usize {
+                return Err(QueueError::TooLarge(format!(
+                    "the copy is {size} bytes (body and attributes); queue {:?}'s \
+                     max_message_size is {}",
+                    record.name, attributes.max_message_size
+                )));
+            }
+            if let Some(deduplication_id) = &copy.deduplication_id {
+                if let Some(&id) = seen.get(deduplication_id) {
+                    ids.push(id);
+                    continue;
+                }
+                if let Some(id) = cluster
+                    .store
+                    .earlier_copy(queue_id, deduplication_id, since)
+                    .await?
+                {
+                    ids.push(id);
+                    continue;
+                }
+            }
+            let id = self.message_ids.fetch_add(1, Ordering::Relaxed);
+            if let Some(deduplication_id) = &copy.deduplication_id {
+                seen.insert(deduplication_id.clone(), id);
+            }
+            ids.push(id);
+            rows.push(NewMessage {
+                id,
+                payload: copy.payload,
+                enqueue_ms: now,
+                visible_at_ms: now,
+                deduplication_id: copy.deduplication_id,
+            });
+        }
+        if !rows.is_empty() && backlog + rows.len() as u64 > attributes.max_backlog {
+            return Err(QueueError::BacklogFull {
+                name: record.name.clone(),
+                backlog,
+                max: attributes.max_backlog,
+            });
+        }
+        Ok(Some(Copies::Remote {
+            queue_id,
+            rows,
+            ids,
+        }))
     }
 }
 

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
 use spool::pb;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::checker::{self, Log, VISIBILITY_SECONDS};
@@ -133,9 +133,7 @@ async fn receipt_handles_stay_valid_across_a_hand_off() {
             visibility_timeout_seconds: None,
         };
         match common::receive_with(&mut client, request).await {
-            Err(status)
-                if status.code() == Code::Unavailable && Instant::now() < deadline =>
-            {
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             result => break result.expect("receive at the new owner"),

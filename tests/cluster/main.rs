@@ -18,3 +18,4 @@ mod harness;
 mod identity;
 mod outage;
 mod routing;
+mod topics;

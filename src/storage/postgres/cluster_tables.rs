@@ -29,9 +29,10 @@ CREATE TABLE IF NOT EXISTS {s}.members (
     leaving boolean NOT NULL DEFAULT false
 );
 ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS owner text;
--- Messages committed into a queue by another queue's owner (a dead-letter move, a redrive),
--- not yet taken in by the target queue's owner: one row each, written in the move's own
--- transaction, deleted by the owner in the transaction that reads them for its actor.
+-- Messages committed into a queue by another queue's owner (a dead-letter move, a redrive)
+-- or by a publish on another replica, not yet taken in by the target queue's owner: one row
+-- each, written in the move's or publish's own transaction, deleted by the owner in the
+-- transaction that reads them for its actor.
 CREATE TABLE IF NOT EXISTS {s}.pending_adoptions (
     queue_id bigint NOT NULL,
     message_id bigint NOT NULL,

@@ -112,6 +112,34 @@ impl Fence {
                     return Verdict::OutOfIds;
                 }
             }
+            // A publish writes several queues: those held here must still be at the epoch
+            // held (their actors reserved the copies), those other replicas own must still
+            // exist (their owners take the rows in); any other case refuses the whole publish.
+            WriteOp::Publish {
+                copies,
+                remote_queue_ids,
+                ..
+            } => {
+                let end = self.message_ids_end.load(Ordering::Relaxed);
+                if copies
+                    .iter()
+                    .any(|(_, messages)| messages.iter().any(|message| message.id >= end))
+                {
+                    return Verdict::OutOfIds;
+                }
+                let current = copies.iter().all(|(queue_id, _)| {
+                    match (self.held(*queue_id), stored.get(queue_id)) {
+                        (Some(held), Some(current)) => held == *current,
+                        (None, Some(_)) => remote_queue_ids.contains(queue_id),
+                        _ => false,
+                    }
+                });
+                return if current {
+                    Verdict::Apply
+                } else {
+                    Verdict::Fenced
+                };
+            }
             _ => {}
         }
         match (self.held(queue_id), stored.get(&queue_id)) {

@@ -511,6 +511,38 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let (topics, subscriptions, topic_totals, subscription_totals) =
+        read_topics(client, schema, None).await?;
+    Ok(Recovered {
+        queues,
+        deduplication_ids,
+        topics,
+        subscriptions,
+        topic_totals,
+        subscription_totals,
+        receipt_secret,
+        next_queue_id: counter(&counters, "next_queue_id")?,
+        next_message_id: counter(&counters, "next_message_id")?,
+    })
+}
+
+/// Topics, subscriptions and their totals as [`read_topics`] reads them.
+pub type TopicRows = (
+    Vec<TopicRecord>,
+    Vec<SubscriptionRecord>,
+    HashMap<u64, TopicTotals>,
+    HashMap<(u64, String), SubscriptionTotals>,
+);
+
+/// Every topic and subscription (with their totals) as PostgreSQL has them now, or only the topic `name` and its
+/// subscriptions (recovery; cluster mode reads them again for each topic call, as any replica
+/// may have changed them).
+pub async fn read_topics(
+    client: &impl GenericClient,
+    schema: &str,
+    name: Option<&str>,
+) -> Result<TopicRows, String> {
+    let q = quoted(schema);
     let text = |e: tokio_postgres::Error| e.to_string();
     let mut topics = Vec::new();
     let mut topic_totals = HashMap::new();
@@ -519,9 +551,9 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             &format!(
                 "SELECT id, name, max_message_size, filter_type, create_time_ms, update_time_ms,
                         published_messages, unrouted_messages
-                   FROM {q}.topics ORDER BY id"
+                   FROM {q}.topics WHERE $1::text IS NULL OR name = $1 ORDER BY id"
             ),
-            &[],
+            &[&name],
         )
         .await
         .map_err(text)?
@@ -551,9 +583,12 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             &format!(
                 "SELECT topic_id, name, queue_id, queue_name, filter, create_time_ms,
                         delivered_messages, filtered_out_messages
-                   FROM {q}.subscriptions ORDER BY topic_id, name"
+                   FROM {q}.subscriptions
+                  WHERE $1::text IS NULL
+                     OR topic_id IN (SELECT id FROM {q}.topics WHERE name = $1)
+                  ORDER BY topic_id, name"
             ),
-            &[],
+            &[&name],
         )
         .await
         .map_err(text)?
@@ -579,17 +614,7 @@ pub async fn recover(client: &impl GenericClient, schema: &str) -> Result<Recove
             create_time_ms: row.try_get(5).map_err(text)?,
         });
     }
-    Ok(Recovered {
-        queues,
-        deduplication_ids,
-        topics,
-        subscriptions,
-        topic_totals,
-        subscription_totals,
-        receipt_secret,
-        next_queue_id: counter(&counters, "next_queue_id")?,
-        next_message_id: counter(&counters, "next_message_id")?,
-    })
+    Ok((topics, subscriptions, topic_totals, subscription_totals))
 }
 
 /// Rows fetched per round trip of the recovery scan: a large backlog is read in pieces, never

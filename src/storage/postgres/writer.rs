@@ -74,6 +74,9 @@ struct Statements {
     forget_deduplication: Statement,
     delete_queue_deduplication: Statement,
     move_messages: Statement,
+    /// Cluster mode: the `pending_adoptions` entries of a publish's copies into queues other
+    /// replicas own (see `cluster::adoption`).
+    pending_adoptions: Option<Statement>,
     /// Cluster mode: the epochs of a group's queues, read under a share lock (see `fence`).
     epochs: Statement,
     /// Cluster mode: this member, the owner of the queues it creates.
@@ -233,6 +236,17 @@ impl Statements {
                 )
             })
             .await?,
+            pending_adoptions: if cluster {
+                Some(
+                    prepare(format!(
+                        "INSERT INTO {s}.pending_adoptions (queue_id, message_id)
+                         SELECT * FROM unnest($1::int8[], $2::int8[]) ON CONFLICT DO NOTHING"
+                    ))
+                    .await?,
+                )
+            } else {
+                None
+            },
             epochs: prepare(format!(
                 "SELECT id, owner_epoch FROM {s}.queues WHERE id = ANY($1::int8[]) FOR SHARE"
             ))
@@ -634,6 +648,14 @@ fn answer(
                 }
                 Ok(())
             }
+            Verdict::Fenced if matches!(op, WriteOp::Publish { .. }) => {
+                // Its queues' actors learn of a loss by their own writes.
+                Err(StorageError::Io(
+                    "a queue of the publish is owned by another replica now, or was deleted; \
+                     nothing was written: retry the call"
+                        .into(),
+                ))
+            }
             Verdict::Fenced => {
                 lost.insert(op.queue_id());
                 Err(StorageError::Io(format!(
@@ -761,6 +783,7 @@ fn steps<'a>(
                 let mut metas: Vec<Option<Vec<u8>>> = Vec::new();
                 let mut deduplication = DeduplicationRows::default();
                 let mut counts = Vec::new();
+                let (mut pending_queue_ids, mut pending_ids) = (Vec::new(), Vec::new());
                 // Sends and publishes alike: a publish's copies are rows of this one statement,
                 // so they are in the transaction whole.
                 while let Some(rows) = ops
@@ -787,6 +810,21 @@ fn steps<'a>(
                         *next_message_id = (*next_message_id).max(id + 1);
                     }
                     counts.extend(ops[index].publish_counts());
+                    if let WriteOp::Publish {
+                        copies,
+                        remote_queue_ids,
+                        ..
+                    } = ops[index]
+                    {
+                        for (queue_id, messages) in copies {
+                            if remote_queue_ids.contains(queue_id) {
+                                for message in messages {
+                                    pending_queue_ids.push(*queue_id as i64);
+                                    pending_ids.push(message.id as i64);
+                                }
+                            }
+                        }
+                    }
                     index += 1;
                 }
                 steps.push(Step {
@@ -813,6 +851,14 @@ fn steps<'a>(
                 }
                 for counts in counts {
                     steps.extend(count_publish(statements, counts));
+                }
+                if let Some(statement) = &statements.pending_adoptions
+                    && !pending_ids.is_empty()
+                {
+                    steps.push(Step {
+                        statement,
+                        params: vec![Box::new(pending_queue_ids), Box::new(pending_ids)],
+                    });
                 }
                 continue;
             }
@@ -1280,7 +1326,11 @@ async fn fenced(
     ops: &[&WriteOp],
     fence: &Fence,
 ) -> Result<Vec<Verdict>, Failure> {
-    let mut queue_ids: Vec<i64> = ops.iter().map(|op| op.queue_id() as i64).collect();
+    let mut queue_ids: Vec<i64> = ops
+        .iter()
+        .flat_map(|op| op.fenced_queue_ids())
+        .map(|id| id as i64)
+        .collect();
     queue_ids.sort_unstable();
     queue_ids.dedup();
     let client = &session.client;

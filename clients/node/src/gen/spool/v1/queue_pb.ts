@@ -1781,7 +1781,8 @@ export const TopicAttributesSchema: GenMessage<TopicAttributes> = /*@__PURE__*/
 /**
  * What happened on a topic since it was created. Kept across restarts: each publish adds to
  * them in the storage transaction of its copies, so they count what is durable. (Topics created
- * before Spool kept them, schema 6 on SQLite and 4 on PostgreSQL, count from the upgrade.)
+ * before Spool kept them, schema 6 on SQLite and 4 on PostgreSQL, count from the upgrade.) In
+ * cluster mode they count the publishes through every replica, as read at the call.
  *
  * @generated from message spool.v1.TopicStats
  */
@@ -2778,7 +2779,10 @@ export const QueueService: GenService<{
     output: typeof RedriveMessagesResponseSchema;
   },
   /**
-   * Creates a topic (CMQ's topic model: publish once, a copy in every subscribed queue).
+   * Creates a topic (CMQ's topic model: publish once, a copy in every subscribed queue). In
+   * cluster mode any replica serves the topic API; topics and subscriptions are read from
+   * PostgreSQL on every call, so every replica answers alike. Two replicas creating the same
+   * name at the same moment: one of them fails UNAVAILABLE; retried, it returns the topic.
    * Creating a topic that exists with the same attributes returns it; with others it fails with
    * ALREADY_EXISTS (TOPIC_EXISTS). At most 1000 topics per server (RESOURCE_EXHAUSTED,
    * TOO_MANY_TOPICS). Topic names follow queue names' rules and grants (a grant on a name or
@@ -2877,6 +2881,20 @@ export const QueueService: GenService<{
    * naming the queue when its backlog is full; INVALID_ARGUMENT (TOO_LARGE) naming the
    * subscription when the copy exceeds that queue's max_message_size. A publish no
    * subscription takes is acknowledged with no copies.
+   * Cluster mode (replicas over PostgreSQL): any replica serves a publish, with the topic and
+   * its subscriptions as PostgreSQL has them. Copies into queues the publishing replica owns
+   * are checked and reserved by their actors as on a single server. A copy into a queue
+   * another replica owns is checked here against that queue as PostgreSQL has it: its
+   * max_message_size exactly; its max_backlog against the messages stored at the time of the
+   * check (sends and publishes committing meanwhile through other replicas are not counted, so
+   * they can pass the cap by that many); its deduplication window against the ids stored (a
+   * send through the queue's owner with an id a publish accepted within the window is not
+   * refused as a duplicate until that replica reads the window back at a takeover); its
+   * max_bytes not at all (the owner counts the copy's bytes once it takes it in). The
+   * copies of all queues still commit in one transaction, all or none, and are visible in
+   * their queues within about a second (their owners take them in when told, or at their next
+   * round). A publish that races a queue's deletion or a change of its owner fails UNAVAILABLE
+   * with nothing written; retry it.
    *
    * @generated from rpc spool.v1.QueueService.PublishMessage
    */
