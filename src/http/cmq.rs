@@ -279,28 +279,19 @@ impl Call<'_> {
     async fn list_queue(&self) -> Answer {
         let prefix = self.params.get("searchWord").cloned().unwrap_or_default();
         let (offset, limit) = self.offset_and_limit()?;
-        // CMQ pages by offset; Spool by name: walk pages up to the offset's.
-        let mut queues = Vec::new();
-        let mut token = String::new();
-        let mut total;
-        loop {
-            let page = self
-                .edge
-                .service
-                .list_queues(self.request(pb::ListQueuesRequest {
-                    prefix: prefix.clone(),
-                    page_size: 1000,
-                    page_token: token,
-                }))
-                .await?
-                .into_inner();
-            total = page.total_count;
-            queues.extend(page.queues.into_iter().map(|queue| queue.name));
-            if page.next_page_token.is_empty() || queues.len() >= offset + limit {
-                break;
+        let (queues, total) = names_by_offset(offset + limit, |page_token| {
+            let request = self.request(pb::ListQueuesRequest {
+                prefix: prefix.clone(),
+                page_size: 1000,
+                page_token,
+            });
+            async move {
+                let page = self.edge.service.list_queues(request).await?.into_inner();
+                let names = page.queues.into_iter().map(|queue| queue.name).collect();
+                Ok((names, page.total_count, page.next_page_token))
             }
-            token = page.next_page_token;
-        }
+        })
+        .await?;
         let list: Vec<Value> = queues
             .into_iter()
             .skip(offset)
@@ -561,4 +552,27 @@ fn message_info(message: &pb::ReceivedMessage) -> Map<String, Value> {
         ),
         ("dequeueCount", json!(message.dequeue_count)),
     ])
+}
+
+/// CMQ pages by offset, Spool by name: reads Spool's pages (`page` answers one page's names,
+/// the total count and the next page's token) until `wanted` names are read or none are left.
+/// Answers the names read and the total count.
+pub(super) async fn names_by_offset<F, Fut>(
+    wanted: usize,
+    mut page: F,
+) -> Result<(Vec<String>, u64), Status>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<String>, u64, String), Status>>,
+{
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (more, total, next) = page(token).await?;
+        names.extend(more);
+        if next.is_empty() || names.len() >= wanted {
+            return Ok((names, total));
+        }
+        token = next;
+    }
 }

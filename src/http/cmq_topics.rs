@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::cmq::{Answer, Call, CmqError, fields, seconds};
+use super::cmq::{Answer, Call, CmqError, fields, names_by_offset, seconds};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 
@@ -131,28 +131,19 @@ impl Call<'_> {
     pub(super) async fn list_topic(&self) -> Answer {
         let prefix = self.params.get("searchWord").cloned().unwrap_or_default();
         let (offset, limit) = self.offset_and_limit()?;
-        // CMQ pages by offset; Spool by name: walk pages up to the offset's.
-        let mut names = Vec::new();
-        let mut token = String::new();
-        let mut total;
-        loop {
-            let page = self
-                .edge
-                .service
-                .list_topics(self.request(pb::ListTopicsRequest {
-                    prefix: prefix.clone(),
-                    page_size: 1000,
-                    page_token: token,
-                }))
-                .await?
-                .into_inner();
-            total = page.total_count;
-            names.extend(page.topics.into_iter().map(|topic| topic.name));
-            if page.next_page_token.is_empty() || names.len() >= offset + limit {
-                break;
+        let (names, total) = names_by_offset(offset + limit, |page_token| {
+            let request = self.request(pb::ListTopicsRequest {
+                prefix: prefix.clone(),
+                page_size: 1000,
+                page_token,
+            });
+            async move {
+                let page = self.edge.service.list_topics(request).await?.into_inner();
+                let names = page.topics.into_iter().map(|topic| topic.name).collect();
+                Ok((names, page.total_count, page.next_page_token))
             }
-            token = page.next_page_token;
-        }
+        })
+        .await?;
         let list: Vec<Value> = names
             .into_iter()
             .skip(offset)
