@@ -202,29 +202,12 @@ impl ConsumeStream {
             settlement,
             mut receipt_handles,
             positions,
-            mut failures,
+            failures,
         } = context;
-        let mut changed = Vec::with_capacity(positions.len());
-        for (index, result) in positions.into_iter().zip(results) {
-            match result {
-                Ok(next_visible_ms) => changed.push(pb::ChangedVisibility {
-                    index: index as u32,
-                    next_visible_time: Some(convert::timestamp(next_visible_ms)),
-                }),
-                Err(error) => failures.push((index, error)),
-            }
-        }
-        failures.sort_by_key(|(index, _)| *index);
-        let failures = failures
-            .into_iter()
-            .map(|(index, error)| pb::ChangeVisibilityFailure {
-                index: index as u32,
-                receipt_handle: std::mem::take(&mut receipt_handles[index]),
-                code: super::status::code_of(&error) as i32,
-                message: error.to_string(),
-                cmq_code: error.cmq_code(),
-            })
-            .collect();
+        let (changed, failures) =
+            convert::visibility_changes(positions, results, failures, |index| {
+                std::mem::take(&mut receipt_handles[index])
+            });
         let answer = pb::StreamVisibilityChanged {
             request_id: id,
             changed,

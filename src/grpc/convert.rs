@@ -8,7 +8,7 @@ use crate::clock::Millis;
 use crate::error::QueueError;
 use crate::payload::{MessageAttributes, Payload};
 use crate::pb;
-use crate::queue::{Claimed, PeekedMessage, QueueInfo};
+use crate::queue::{Claimed, PeekedMessage, QueueInfo, VisibilityResult};
 use crate::receipt::ReceiptKey;
 
 pub fn timestamp(ms: Millis) -> Timestamp {
@@ -177,6 +177,40 @@ pub fn outgoing(
         delay_seconds: delay_seconds.unwrap_or(0),
         deduplication_id: (!deduplication_id.is_empty()).then_some(deduplication_id),
     })
+}
+
+/// BatchChangeMessageVisibility's answer (also a consumer stream's to a nack or an extension):
+/// `results[i]` is the outcome for the handle at request index `positions[i]`; `failures`
+/// holds the indexes refused before any change (undecodable handles); `handle_at` gives a
+/// failed index's receipt handle. Failures come in index order.
+pub fn visibility_changes(
+    positions: Vec<usize>,
+    results: Vec<VisibilityResult>,
+    mut failures: Vec<(usize, QueueError)>,
+    mut handle_at: impl FnMut(usize) -> String,
+) -> (Vec<pb::ChangedVisibility>, Vec<pb::ChangeVisibilityFailure>) {
+    let mut changed = Vec::with_capacity(positions.len());
+    for (index, result) in positions.into_iter().zip(results) {
+        match result {
+            Ok(next_visible_ms) => changed.push(pb::ChangedVisibility {
+                index: index as u32,
+                next_visible_time: Some(timestamp(next_visible_ms)),
+            }),
+            Err(error) => failures.push((index, error)),
+        }
+    }
+    failures.sort_by_key(|(index, _)| *index);
+    let failures = failures
+        .into_iter()
+        .map(|(index, error)| pb::ChangeVisibilityFailure {
+            index: index as u32,
+            receipt_handle: handle_at(index),
+            code: super::status::code_of(&error) as i32,
+            message: error.to_string(),
+            cmq_code: error.cmq_code(),
+        })
+        .collect();
+    (changed, failures)
 }
 
 #[cfg(test)]

@@ -505,30 +505,15 @@ impl QueueService for QueueServiceImpl {
                     Err(error) => failures.push((index, error)),
                 }
             }
-            let mut changed = Vec::with_capacity(targets.len());
-            if !targets.is_empty() {
-                let results = handle.change_visibility(targets).await?;
-                for (index, result) in indexes.into_iter().zip(results) {
-                    match result {
-                        Ok(next_visible_ms) => changed.push(pb::ChangedVisibility {
-                            index: index as u32,
-                            next_visible_time: Some(convert::timestamp(next_visible_ms)),
-                        }),
-                        Err(error) => failures.push((index, error)),
-                    }
-                }
-            }
-            failures.sort_by_key(|(index, _)| *index);
-            let failures = failures
-                .into_iter()
-                .map(|(index, error)| pb::ChangeVisibilityFailure {
-                    index: index as u32,
-                    receipt_handle: request.entries[index].receipt_handle.clone(),
-                    code: super::status::code_of(&error) as i32,
-                    message: error.to_string(),
-                    cmq_code: error.cmq_code(),
-                })
-                .collect();
+            let results = if targets.is_empty() {
+                Vec::new()
+            } else {
+                handle.change_visibility(targets).await?
+            };
+            let (changed, failures) =
+                convert::visibility_changes(indexes, results, failures, |index| {
+                    request.entries[index].receipt_handle.clone()
+                });
             Ok(Response::new(pb::BatchChangeMessageVisibilityResponse {
                 changed,
                 failures,
