@@ -401,7 +401,9 @@ impl QueueService for Relay {
 
     /// The consumer stream as cheaply as it can be served: pushes while fewer than
     /// `max_outstanding_messages` are unacknowledged, answers each acknowledgement once it is
-    /// persisted (with a log), in order. A task per stream feeds a channel.
+    /// persisted (with a log), in order, with up to [`MAX_PENDING_ACKNOWLEDGEMENTS`] being
+    /// persisted at once while it goes on pushing (as Spool's stream does). A task per stream
+    /// feeds a channel.
     async fn stream_messages(
         &self,
         request: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
@@ -422,8 +424,12 @@ impl QueueService for Relay {
         let next_id = self.next_id.fetch_add(1 << 40, Ordering::Relaxed);
         let (responses, output) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
+            use futures_util::StreamExt as _;
             let mut outstanding = 0usize;
             let mut ids = next_id..;
+            // Acknowledgements being persisted, answered in order; as Spool's stream does, it
+            // goes on pushing and reading meanwhile, up to as many at once as Spool allows.
+            let mut acknowledging = futures_util::stream::FuturesOrdered::new();
             loop {
                 let free = max_outstanding.saturating_sub(outstanding).min(16);
                 let pushed = async {
@@ -433,24 +439,32 @@ impl QueueService for Relay {
                         queue.receive(free, Duration::from_secs(3_600)).await
                     }
                 };
+                let reading = acknowledging.len() < MAX_PENDING_ACKNOWLEDGEMENTS;
                 tokio::select! {
-                    request = requests.message() => {
+                    request = requests.message(), if reading => {
                         let Ok(Some(pb::StreamMessagesRequest {
                             kind: Some(Kind::Acknowledge(acknowledge)),
                         })) = request
                         else {
                             return;
                         };
-                        let handles = &acknowledge.receipt_handles;
-                        if let Some(log) = &log {
-                            let record = append_log::deleted(handles.iter().map(String::as_str));
-                            if log.append(record).await.is_err() {
-                                return;
+                        let log = log.clone();
+                        acknowledging.push_back(async move {
+                            let handles = &acknowledge.receipt_handles;
+                            if let Some(log) = &log {
+                                let record = append_log::deleted(handles.iter().map(String::as_str));
+                                log.append(record).await?;
                             }
-                        }
-                        outstanding = outstanding.saturating_sub(handles.len());
+                            Ok::<_, Status>((acknowledge.ack_id, handles.len()))
+                        });
+                    }
+                    Some(persisted) = acknowledging.next() => {
+                        let Ok((ack_id, count)) = persisted else {
+                            return;
+                        };
+                        outstanding = outstanding.saturating_sub(count);
                         let answer = pb::stream_messages_response::Kind::Acknowledged(
-                            pb::StreamAcknowledged { ack_id: acknowledge.ack_id, failures: Vec::new() },
+                            pb::StreamAcknowledged { ack_id, failures: Vec::new() },
                         );
                         if responses.send(Ok(pb::StreamMessagesResponse { kind: Some(answer) })).await.is_err() {
                             return;
@@ -475,6 +489,10 @@ impl QueueService for Relay {
         Ok(Response::new(Box::pin(output)))
     }
 }
+
+/// Acknowledgements of one stream persisted at once, as Spool's
+/// (`queue::consuming::MAX_PENDING_ACKNOWLEDGEMENTS`): beyond them the stream stops reading.
+const MAX_PENDING_ACKNOWLEDGEMENTS: usize = 8;
 
 type ConsumeStream = Pin<Box<dyn Stream<Item = Result<pb::StreamMessagesResponse, Status>> + Send>>;
 

@@ -161,16 +161,22 @@ pub fn outgoing(
             "{field}body is empty; a message body has 1..=max_message_size bytes"
         )));
     }
-    spool_client::limits::check_message_attributes(
-        &format!("{field}attributes"),
-        attributes.keys(),
-    )
-    .map_err(QueueError::InvalidArgument)?;
-    spool_client::limits::check_deduplication_id(
-        &format!("{field}deduplication_id"),
-        &deduplication_id,
-    )
-    .map_err(QueueError::InvalidArgument)?;
+    // The fields' names are made only when there is something to check (most sends have no
+    // attributes and no deduplication id): they cost two allocations per message.
+    if !attributes.is_empty() {
+        spool_client::limits::check_message_attributes(
+            &format!("{field}attributes"),
+            attributes.keys(),
+        )
+        .map_err(QueueError::InvalidArgument)?;
+    }
+    if !deduplication_id.is_empty() {
+        spool_client::limits::check_deduplication_id(
+            &format!("{field}deduplication_id"),
+            &deduplication_id,
+        )
+        .map_err(QueueError::InvalidArgument)?;
+    }
     let attributes: MessageAttributes = attributes.into_iter().collect();
     Ok(crate::queue::Outgoing {
         payload: Payload::new(body, attributes),

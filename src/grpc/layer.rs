@@ -32,7 +32,7 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
 use http_body::Frame;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::QueueError;
 use crate::limits::{
@@ -98,19 +98,20 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
         let limit = method_limit(path);
-        let method = path.rsplit('/').next().unwrap_or_default().to_string();
+        let per_message = method_name(path) == STREAMING_REQUEST_METHOD;
+        // The URI shares the request's bytes: no copy of the method's name per call.
+        let uri = request.uri().clone();
         let timeout = self.body_timeout;
-        let per_message = method == STREAMING_REQUEST_METHOD;
         let metrics = self.metrics.clone();
         let request = request.map(|body| {
             Body::new(LimitedBody {
                 inner: body,
                 limit,
-                method,
+                uri,
                 header: [0; GRPC_HEADER_LEN],
                 header_filled: 0,
                 payload_left: 0,
-                deadline: (!per_message).then(|| Box::pin(tokio::time::sleep(timeout))),
+                deadline: (!per_message).then(|| Deadline::at(Instant::now() + timeout)),
                 per_message,
                 timeout,
                 metrics,
@@ -138,20 +139,53 @@ const GRPC_HEADER_LEN: usize = 5;
 struct LimitedBody {
     inner: Body,
     limit: usize,
-    method: String,
+    /// The call's URI, for its method's name in refusals.
+    uri: http::Uri,
     header: [u8; GRPC_HEADER_LEN],
     header_filled: usize,
     /// Bytes of the current message's payload still to come.
     payload_left: usize,
     /// Until the body ends (per message: until the message ends): when it must have.
-    deadline: Option<Pin<Box<Sleep>>>,
+    deadline: Option<Deadline>,
     /// Whether the deadline is per message (a consumer stream) rather than for the whole body.
     per_message: bool,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
+/// A request body's deadline: its timer is made only once the body is found waiting (most
+/// unary requests arrive whole with their headers, and never need one).
+struct Deadline {
+    at: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    fn at(at: Instant) -> Self {
+        Self { at, timer: None }
+    }
+
+    /// Whether it has passed; if not, the task is woken when it does.
+    fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let at = self.at;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+}
+
+/// The method's name of a gRPC path (`/spool.v1.QueueService/SendMessage`: `SendMessage`).
+fn method_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or_default()
+}
+
 impl LimitedBody {
+    fn method(&self) -> &str {
+        method_name(self.uri.path())
+    }
+
     /// Walks the gRPC framing over `chunk`; the refusal when a message is over the limit.
     fn check(&mut self, mut chunk: &[u8]) -> Result<(), tonic::Status> {
         while !chunk.is_empty() {
@@ -171,7 +205,7 @@ impl LimitedBody {
                 let [_, a, b, c, d] = self.header;
                 let length = u32::from_be_bytes([a, b, c, d]) as usize;
                 if length > self.limit {
-                    return Err(too_large_for(&self.method, self.limit, length));
+                    return Err(too_large_for(self.method(), self.limit, length));
                 }
                 self.payload_left = length;
             }
@@ -201,7 +235,7 @@ impl http_body::Body for LimitedBody {
                         if !mid_message {
                             this.deadline = None;
                         } else if this.deadline.is_none() {
-                            this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
+                            this.deadline = Some(Deadline::at(Instant::now() + this.timeout));
                         }
                     }
                 }
@@ -209,13 +243,13 @@ impl http_body::Body for LimitedBody {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.deadline = None,
             Poll::Pending => {
                 if let Some(deadline) = &mut this.deadline
-                    && deadline.as_mut().poll(cx).is_ready()
+                    && deadline.poll_passed(cx)
                 {
                     this.deadline = None;
                     this.metrics.limit_refused("request_body_timeout");
                     if REFUSALS.allow("request_body_timeout") {
                         tracing::info!(
-                            method = %this.method,
+                            method = %this.method(),
                             timeout = ?this.timeout,
                             "refused a request whose body did not arrive in time"
                         );

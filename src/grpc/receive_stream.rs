@@ -14,8 +14,10 @@
 //!   gives back the messages it claimed and has not sent (their bodies freed) and ends after
 //!   what it sent, so a stalled reader holds their bodies for seconds, not for the stall
 //!   timeout. (A consumer stream keeps its turn's messages until the stall timeout.)
-//! - **Stalls**: a watchdog task per stream ends the receive when the stream has waited on its
-//!   client for `--stream-stall-timeout-seconds`: the [`Receiving`] is dropped, so the messages
+//! - **Stalls**: the server's watchdog (one task, which looks at every open stream each
+//!   [`WATCH_INTERVAL`]; not a task per call, which cost every receive a spawn and a timer)
+//!   ends the receive when the stream has waited on its client for
+//!   `--stream-stall-timeout-seconds`: the [`Receiving`] is dropped, so the messages
 //!   claimed and not handed out are visible again at once, not at their visibility timeout.
 //!   The client, if it ever reads again, gets RESOURCE_EXHAUSTED after what was already sent.
 //!   (The HTTP/2 stream itself stays until the client resets it or the connection closes: hyper
@@ -49,6 +51,10 @@ use crate::receipt::ReceiptKey;
 /// "up to max_messages", so this changes no promise.
 pub const RELEASE_UNSENT_AFTER: Duration = Duration::from_secs(2);
 
+/// How often the watchdog looks at the open streams: a release or a stall is acted on at most
+/// this long after its time (never before it).
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
 /// The server-wide limits of receive streams; one per server, shared by every call.
 pub struct ReceiveLimits {
     /// Slots of `--max-waiting-receives`.
@@ -59,6 +65,17 @@ pub struct ReceiveLimits {
     /// `--stream-stall-timeout-seconds`.
     stall_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The open streams, for the watchdog.
+    watched: Arc<Watched>,
+}
+
+/// The streams the watchdog looks at; each is forgotten once it has ended or been dropped.
+#[derive(Default)]
+struct Watched {
+    streams: Mutex<Vec<Weak<dyn Watch>>>,
+    /// Whether the watchdog task runs: it starts with the first stream, and ends when none is
+    /// left to watch (an idle server has no timer ticking).
+    running: AtomicBool,
 }
 
 impl ReceiveLimits {
@@ -74,6 +91,7 @@ impl ReceiveLimits {
             buffer: Arc::new(Semaphore::new(buffer_bytes.min(Semaphore::MAX_PERMITS))),
             stall_timeout,
             metrics,
+            watched: Arc::default(),
         }
     }
 
@@ -103,12 +121,19 @@ impl ReceiveLimits {
             // lets it.
             waiting_on_client: Mutex::new(Some(Instant::now())),
             stalled: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            stall_timeout: self.stall_timeout,
+            metrics: self.metrics.clone(),
         });
-        tokio::spawn(watchdog(
-            Arc::downgrade(&shared),
-            self.stall_timeout,
-            self.metrics.clone(),
-        ));
+        let weak: Weak<dyn Watch> = Arc::downgrade(&shared) as Weak<dyn Watch>;
+        let mut streams = lock(&self.watched.streams);
+        streams.push(weak);
+        // Under the lock, so a watchdog that has just found nothing to watch and is ending
+        // (it clears the flag under the same lock) is followed by a new one.
+        if !self.watched.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(watchdog(Arc::downgrade(&self.watched)));
+        }
+        drop(streams);
         GuardedStream {
             shared,
             receipt_key,
@@ -184,6 +209,10 @@ struct Shared<D> {
     waiting_on_client: Mutex<Option<Instant>>,
     /// Set by the watchdog when it ended the receive.
     stalled: AtomicBool,
+    /// Set by the watchdog when it gave back what the receive had not sent (once).
+    released: AtomicBool,
+    stall_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
@@ -326,53 +355,73 @@ impl<D: Deliveries> tokio_stream::Stream for GuardedStream<D> {
     }
 }
 
-/// Watches a stream that waits on its client: after [`RELEASE_UNSENT_AFTER`] (or the stall
-/// timeout, if shorter) it gives back what the receive has not sent, and after `timeout` it
-/// ends the receive; returns when the stream is gone or ended.
-async fn watchdog<D: Deliveries>(
-    shared: Weak<Shared<D>>,
-    timeout: Duration,
-    metrics: Arc<Metrics>,
-) {
-    let release_after = RELEASE_UNSENT_AFTER.min(timeout);
-    let mut released = false;
-    let mut next_check = Instant::now() + release_after;
-    loop {
-        tokio::time::sleep_until(next_check).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let since = *lock(&shared.waiting_on_client);
-        match since {
-            Some(since) if since.elapsed() >= timeout => {
-                let deliveries = lock(&shared.deliveries).take();
+/// What the watchdog asks of an open stream.
+trait Watch: Send + Sync {
+    /// Acts on how long the stream has waited on its client at `now`: after
+    /// [`RELEASE_UNSENT_AFTER`] (or the stall timeout, if shorter) gives back what the receive
+    /// has not sent, and after the stall timeout ends the receive. False once the stream has
+    /// ended (nothing more to watch).
+    fn check(&self, now: Instant) -> bool;
+}
+
+impl<D: Deliveries> Watch for Shared<D> {
+    fn check(&self, now: Instant) -> bool {
+        let release_after = RELEASE_UNSENT_AFTER.min(self.stall_timeout);
+        let since = *lock(&self.waiting_on_client);
+        let waited = since.map(|since| now.saturating_duration_since(since));
+        match waited {
+            Some(waited) if waited >= self.stall_timeout => {
+                let deliveries = lock(&self.deliveries).take();
                 if deliveries.is_none() {
-                    return; // it ended by itself
+                    return false; // it ended by itself
                 }
-                shared.stalled.store(true, Ordering::Release);
+                self.stalled.store(true, Ordering::Release);
                 drop(deliveries);
-                metrics.limit_refused("stalled_stream");
+                self.metrics.limit_refused("stalled_stream");
                 if REFUSALS.allow("stalled_stream") {
                     tracing::info!(
-                        ?timeout,
+                        timeout = ?self.stall_timeout,
                         "ended a receive whose client read nothing; its messages were released"
                     );
                 }
-                return;
+                return false;
             }
-            Some(since) if since.elapsed() >= release_after => {
-                if !released {
-                    released = true;
-                    if let Some(deliveries) = lock(&shared.deliveries).as_mut() {
-                        deliveries.release_unsent();
-                    }
+            Some(waited) if waited >= release_after => {
+                if !self.released.swap(true, Ordering::AcqRel)
+                    && let Some(deliveries) = lock(&self.deliveries).as_mut()
+                {
+                    deliveries.release_unsent();
                 }
-                next_check = since + timeout;
             }
-            Some(since) => next_check = since + release_after,
-            None => next_check = Instant::now() + release_after,
+            _ => {}
         }
-        if lock(&shared.deliveries).is_none() {
+        lock(&self.deliveries).is_some()
+    }
+}
+
+/// Looks at every open stream each [`WATCH_INTERVAL`] (see [`Watch::check`]), forgetting those
+/// that ended or were dropped; returns when none is left, or when the server's limits are gone.
+async fn watchdog(watched: Weak<Watched>) {
+    // The first look one interval after the start (nothing is due before): a watchdog that
+    // found its first streams already over would end, and the next call start another.
+    let mut ticks = tokio::time::interval_at(Instant::now() + WATCH_INTERVAL, WATCH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checking = Vec::new();
+    loop {
+        ticks.tick().await;
+        let Some(watched) = watched.upgrade() else {
+            return;
+        };
+        // Checked outside the lock, so streams opening meanwhile never wait for a sweep.
+        std::mem::swap(&mut checking, &mut *lock(&watched.streams));
+        let now = Instant::now();
+        checking.retain(|stream: &Weak<dyn Watch>| {
+            stream.upgrade().is_some_and(|stream| stream.check(now))
+        });
+        let mut streams = lock(&watched.streams);
+        streams.append(&mut checking);
+        if streams.is_empty() {
+            watched.running.store(false, Ordering::Release);
             return;
         }
     }

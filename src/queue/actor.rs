@@ -196,12 +196,28 @@ impl QueueActor {
     }
 
     pub async fn run(mut self) {
+        // One timer for the actor's life, moved only when the next change moves: a new one per
+        // turn of the loop (per command) was a timer registered and cancelled each time.
+        let mut wake = Box::pin(sleep_until(far_future()));
+        // The change it is set for, and when.
+        let mut armed: Option<(Millis, Instant)> = None;
         loop {
             self.advance_time();
             self.settle_quota();
-            let wake_at = self
-                .next_change()
-                .map(|at| self.context.clock.instant_at(at));
+            let wake_at = self.next_change();
+            if let Some(at) = wake_at {
+                let instant = self.context.clock.instant_at(at);
+                // Moved when the change is another, or is now due sooner (the clock skipped
+                // ahead, or the wall clock stepped forward); not for the jitter of the
+                // conversion to an instant.
+                let moved = armed.is_none_or(|(armed_at, armed_instant)| {
+                    armed_at != at || instant + WAKE_SLACK < armed_instant
+                });
+                if moved {
+                    wake.as_mut().reset(instant);
+                    armed = Some((at, instant));
+                }
+            }
             tokio::select! {
                 Some((pending, result)) = self.commits.next(), if !self.commits.is_empty() => {
                     self.complete(pending, result);
@@ -217,8 +233,28 @@ impl QueueActor {
                     if let Flow::Stop = self.handle(command).await {
                         break;
                     }
+                    // Commands already waiting are handled now, a few at most, without a turn
+                    // of the loop each (its select and its timer cost more than most commands).
+                    let mut stop = false;
+                    for _ in 1..COMMANDS_PER_TURN {
+                        let Ok(command) = self.inbox.try_recv() else {
+                            break;
+                        };
+                        self.settle_quota();
+                        self.advance_time();
+                        if let Flow::Stop = self.handle(command).await {
+                            stop = true;
+                            break;
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
                 }
-                () = sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {}
+                () = wake.as_mut(), if wake_at.is_some() => {
+                    // Spent: the next turn sets it again, even to the same time.
+                    armed = None;
+                }
             }
         }
     }
@@ -1642,6 +1678,15 @@ async fn read_finished(slot: &mut Option<BodiesRead>) -> Result<Vec<(u64, Payloa
 
 /// A rewind to "now" computed on a client whose clock runs slightly ahead is still accepted.
 const REWIND_CLOCK_SKEW_MS: Millis = 1_000;
+
+/// Most commands an actor handles in one turn of its loop when they are waiting (commits that
+/// completed meanwhile wait for the next turn).
+const COMMANDS_PER_TURN: usize = 16;
+
+/// How much sooner than the actor's timer a change must become due for the timer to be moved
+/// (see `QueueActor::run`): more than the jitter of converting a time in milliseconds to an
+/// instant.
+const WAKE_SLACK: std::time::Duration = std::time::Duration::from_millis(2);
 
 fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(86_400)

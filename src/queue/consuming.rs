@@ -20,9 +20,9 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::time::{Sleep, sleep_until};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
-use super::receiving::Delivered;
+use super::receiving::{Delivered, ShutdownWatch};
 use super::{
     DeleteResult, DeleteTarget, HandlePlace, QueueHandle, Receiving, StreamClaim, VisibilityResult,
     VisibilityTarget,
@@ -94,8 +94,7 @@ pub struct Consuming<T> {
     acknowledging: FuturesOrdered<Acknowledging<T>>,
     /// When the earliest outstanding message becomes visible again (its slot frees then).
     expiry: Option<Pin<Box<Sleep>>>,
-    shutdown: CancellationToken,
-    shut_down: Pin<Box<WaitForCancellationFutureOwned>>,
+    shut_down: ShutdownWatch,
     /// No more turns: the client half-closed, or the server is shutting down.
     closing: bool,
     /// An error was yielded: the stream is over.
@@ -126,26 +125,45 @@ impl QueueHandle {
             outstanding: Outstanding::default(),
             acknowledging: FuturesOrdered::new(),
             expiry: None,
-            shut_down: Box::pin(shutdown.clone().cancelled_owned()),
-            shutdown,
+            shut_down: ShutdownWatch::new(shutdown),
             closing: false,
             failed: false,
         }
     }
 
-    /// One turn of a consumer stream: a receive that waits in line with no deadline.
-    async fn claim_turn(
-        self,
-        claim: StreamClaim,
-        shutdown: CancellationToken,
-    ) -> Result<Receiving, QueueError> {
+    /// One turn of a consumer stream: a receive that waits in line with no deadline. Its
+    /// stream watches shutdown itself (and drops the turn then), so the turn does not.
+    fn claim_turn(&self, claim: StreamClaim) -> Turn {
+        use tokio::sync::mpsc::error::TrySendError;
         let (respond_to, reply) = tokio::sync::oneshot::channel();
-        self.mailbox
-            .send(super::Command::StreamClaim { claim, respond_to })
-            .await
-            .map_err(|_| self.gone())?;
-        let storage = self.storage.clone();
-        Ok(Receiving::new(self, storage, reply, None, shutdown))
+        let receiving = |queue: QueueHandle| {
+            let storage = queue.storage.clone();
+            Receiving::new(queue, storage, reply, None, None)
+        };
+        // Put in the mailbox at once when it has room (nearly always): no future to box.
+        match self
+            .mailbox
+            .try_send(super::Command::StreamClaim { claim, respond_to })
+        {
+            Ok(()) => Turn::Receiving(receiving(self.clone())),
+            Err(TrySendError::Closed(_)) => {
+                Turn::Asking(std::future::ready(Err(self.gone())).boxed())
+            }
+            Err(TrySendError::Full(command)) => {
+                let queue = self.clone();
+                Turn::Asking(
+                    async move {
+                        queue
+                            .mailbox
+                            .send(command)
+                            .await
+                            .map_err(|_| queue.gone())?;
+                        Ok(receiving(queue))
+                    }
+                    .boxed(),
+                )
+            }
+        }
     }
 }
 
@@ -300,7 +318,7 @@ impl<T: Send + 'static> Stream for Consuming<T> {
         if this.failed {
             return Poll::Ready(None);
         }
-        if !this.closing && this.shut_down.as_mut().poll(cx).is_ready() {
+        if !this.closing && this.shut_down.poll(cx) {
             // Claimed messages not handed out go back now; acknowledgements under way are
             // still answered (their commits complete: storage is flushed after the streams end).
             this.close();
@@ -338,8 +356,7 @@ impl<T: Send + 'static> Stream for Consuming<T> {
                         max_messages: free.min(MAX_BATCH),
                         visibility_timeout_seconds: this.settings.visibility_timeout_seconds,
                     };
-                    let asking = this.queue.clone().claim_turn(claim, this.shutdown.clone());
-                    this.turn = Turn::Asking(asking.boxed());
+                    this.turn = this.queue.claim_turn(claim);
                 }
                 Turn::Asking(asking) => match asking.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -366,7 +383,7 @@ impl<T: Send + 'static> Stream for Consuming<T> {
                     // is shutting down, which the next round sees).
                     Poll::Ready(None) => {
                         this.turn = Turn::Idle;
-                        if this.shut_down.as_mut().poll(cx).is_ready() {
+                        if this.shut_down.poll(cx) {
                             this.close();
                         }
                     }

@@ -518,7 +518,7 @@ impl QueueHandle {
             self.storage.clone(),
             reply,
             deadline,
-            shutdown,
+            Some(shutdown),
         ))
     }
 

@@ -43,7 +43,9 @@ pub struct Receiving {
     state: State,
     /// The caller's own deadline (its grpc-timeout, less a margin), if any.
     deadline: Option<Pin<Box<Sleep>>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Ends a wait at shutdown; `None` for a consumer stream's turn, whose stream watches
+    /// shutdown itself (and drops the turn).
+    shutdown: Option<ShutdownWatch>,
 }
 
 enum State {
@@ -68,14 +70,14 @@ impl Receiving {
         storage: Arc<dyn Storage>,
         reply: Reply,
         deadline: Option<Instant>,
-        shutdown: CancellationToken,
+        shutdown: Option<CancellationToken>,
     ) -> Self {
         Self {
             queue,
             storage,
             state: State::Waiting(reply),
             deadline: deadline.map(|at| Box::pin(sleep_until(at))),
-            shutdown: Box::pin(shutdown.cancelled_owned()),
+            shutdown: shutdown.map(ShutdownWatch::new),
         }
     }
 
@@ -171,7 +173,11 @@ impl Stream for Receiving {
                         .deadline
                         .as_mut()
                         .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                    if deadline_passed || this.shutdown.as_mut().poll(cx).is_ready() {
+                    let shutting_down = this
+                        .shutdown
+                        .as_mut()
+                        .is_some_and(|shutdown| shutdown.poll(cx));
+                    if deadline_passed || shutting_down {
                         this.give_back();
                         return Poll::Ready(None);
                     }
@@ -209,6 +215,53 @@ impl Stream for Receiving {
                 State::Done => return Poll::Ready(None),
             }
         }
+    }
+}
+
+/// Shutdown, as seen by a stream that is polled many times: whether it has begun, and a wake-up
+/// when it does.
+///
+/// Polling a cancellation token's wait takes the lock of the token's waiter list, and the
+/// server's token is shared by every receive and consumer stream: polled on each message, it
+/// was a lock every stream took on every poll. Here the wait is made and polled only when first
+/// needed and when the task polling it changes; otherwise a poll is one atomic load.
+pub(crate) struct ShutdownWatch {
+    token: CancellationToken,
+    /// The wait, registered with the waker in `waker`; made at the first poll.
+    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    waker: Option<std::task::Waker>,
+}
+
+impl ShutdownWatch {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        Self {
+            token,
+            wait: None,
+            waker: None,
+        }
+    }
+
+    /// Whether shutdown has begun; if not, the task polling is woken when it does.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.token.is_cancelled() {
+            return true;
+        }
+        if self
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return false;
+        }
+        let token = &self.token;
+        let ready = self
+            .wait
+            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()))
+            .as_mut()
+            .poll(cx)
+            .is_ready();
+        self.waker = Some(cx.waker().clone());
+        ready
     }
 }
 

@@ -147,7 +147,8 @@ fn transaction<'a>(
     ops: impl Iterator<Item = &'a WriteOp>,
     reserved: &mut u64,
 ) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+    // Cached statements, not `execute_batch`: that parses the SQL again at every commit.
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let result = (|| {
         let mut next_queue_id = 0u64;
         let mut next_message_id = 0u64;
@@ -159,7 +160,7 @@ fn transaction<'a>(
         if let Some(reservation) = reservation {
             raise_counter(conn, "next_message_id", reservation)?;
         }
-        conn.execute_batch("COMMIT")?;
+        conn.prepare_cached("COMMIT")?.execute([])?;
         if let Some(reservation) = reservation {
             *reserved = reservation;
         }
@@ -308,13 +309,9 @@ fn apply(
                 "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body, meta)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            // An id whose window passed may still have its row (removed lazily): replaced.
-            let mut remember = conn.prepare_cached(
-                "INSERT INTO deduplication (queue_id, deduplication_id, message_id, accepted_ms)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (queue_id, deduplication_id)
-                 DO UPDATE SET message_id = excluded.message_id, accepted_ms = excluded.accepted_ms",
-            )?;
+            // Taken from the statement cache only for a row that needs it (each take hashes the
+            // statement's text, and most sends have no deduplication id).
+            let mut remember = None;
             for (queue_id, message) in rows {
                 insert.execute(params![
                     message.id as i64,
@@ -325,6 +322,19 @@ fn apply(
                     message.payload.encoded_meta(),
                 ])?;
                 if let Some(deduplication_id) = &message.deduplication_id {
+                    let remember = match &mut remember {
+                        Some(remember) => remember,
+                        None => remember.insert(conn.prepare_cached(
+                            // An id whose window passed may still have its row (removed
+                            // lazily): replaced.
+                            "INSERT INTO deduplication (queue_id, deduplication_id, message_id,
+                                accepted_ms)
+                             VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (queue_id, deduplication_id)
+                             DO UPDATE SET message_id = excluded.message_id,
+                                accepted_ms = excluded.accepted_ms",
+                        )?),
+                    };
                     remember.execute(params![
                         queue_id as i64,
                         deduplication_id,
@@ -397,10 +407,17 @@ fn apply(
                 delete.execute([*id as i64])?;
             }
         }
+        // Each statement is taken from the cache only when it has rows to write (a take hashes
+        // its text); most deletes only remove.
         WriteOp::DeleteMessages(deleted) => {
-            let mut remove = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
-            for id in &deleted.removed {
-                remove.execute([*id as i64])?;
+            if !deleted.removed.is_empty() {
+                let mut remove = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+                for id in &deleted.removed {
+                    remove.execute([*id as i64])?;
+                }
+            }
+            if deleted.kept.is_empty() && deleted.tombstones.is_empty() {
+                return Ok(());
             }
             let mut keep = conn.prepare_cached(
                 "UPDATE messages SET deleted = ?5, dequeue_count = ?2, first_dequeue_ms = ?3,
