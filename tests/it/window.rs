@@ -293,15 +293,15 @@ async fn dead_letters_move_a_backlog_past_the_window() {
         pb::QueueAttributes {
             dead_letter_policy: Some(pb::DeadLetterPolicy {
                 dead_letter_queue: "dlq".into(),
-                max_receive_count: 0,
-                max_time_to_live_seconds: 60,
+                max_receive_count: 1_000,
+                max_time_to_live_seconds: 300,
             }),
             ..attrs()
         },
     )
     .await;
     send_range(&mut client, "q", 0, 20).await;
-    server.clock.skip_ahead(Duration::from_secs(61));
+    server.clock.skip_ahead(Duration::from_secs(301));
     // Each receive moves what it finds due, then waits for the next slice.
     for _ in 0..50 {
         assert!(receive(&mut client, "q", 16).await.is_empty());
@@ -415,7 +415,9 @@ async fn a_crash_with_a_spilled_backlog_loses_nothing() {
     let mut client = server.client().await;
     create(&mut client, "q", attrs()).await;
     send_range(&mut client, "q", 0, 40).await;
-    let first = receive(&mut client, "q", 6).await;
+    // A receive takes what the window holds (4 here); the next one finds the next slice.
+    let mut first = receive(&mut client, "q", 3).await;
+    first.extend(receive(&mut client, "q", 3).await);
     assert_eq!(bodies(&first), expected(0, 6));
     for message in &first {
         delete(&mut client, "q", &message.receipt_handle)
