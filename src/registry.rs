@@ -15,9 +15,9 @@ use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
 use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
+use crate::queue::window::WindowLimits;
 use crate::queue::{Directory, QueueContext, QueueHandle, QueueInfo, RecoveredIds};
 use crate::receipt::ReceiptKey;
-use crate::queue::window::WindowLimits;
 use crate::storage::{QueueRecord, Recovered, Storage, StorageError, WriteOp, remove_queue_rows};
 use crate::topic::{ClusterTopics, SubscribedQueue, Topics};
 
@@ -89,12 +89,8 @@ impl Registry {
         let limits = window.clone();
         let (recovered, tables) = tokio::task::spawn_blocking(move || {
             let recovered = reader.recover()?;
-            let tables = recover_tables(
-                &reader,
-                &recovered.queues,
-                recovery_clock.now_ms(),
-                &limits,
-            )?;
+            let tables =
+                recover_tables(&reader, &recovered.queues, recovery_clock.now_ms(), &limits)?;
             Ok::<_, StorageError>((recovered, tables))
         })
         .await
@@ -206,11 +202,9 @@ impl Registry {
         {
             let mut queues = directory.write().unwrap_or_else(|e| e.into_inner());
             for record in recovered.queues {
-                let table = tables
-                    .remove(&record.id)
-                    .unwrap_or_else(|| {
-                        MessageTable::with_window(record.id, context.window.clone())
-                    });
+                let table = tables.remove(&record.id).unwrap_or_else(|| {
+                    MessageTable::with_window(record.id, context.window.clone())
+                });
                 let ids = deduplication_ids.remove(&record.id).unwrap_or_default();
                 let name = record.name.clone();
                 if let Some(policy) = &record.attributes.dead_letter_policy {

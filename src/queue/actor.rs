@@ -292,7 +292,11 @@ impl QueueActor {
     }
 
     /// Takes in a slice read from storage: the messages it brings are in the window now.
-    fn take_slice(&mut self, request: SliceRequest, read: Result<Vec<StoredMessage>, StorageError>) {
+    fn take_slice(
+        &mut self,
+        request: SliceRequest,
+        read: Result<Vec<StoredMessage>, StorageError>,
+    ) {
         let now = self.now();
         match read {
             Ok(rows) => {
@@ -580,10 +584,9 @@ impl QueueActor {
             let storage = self.context.storage.clone();
             let queue_id = self.record.id;
             let limit = max.max(64);
-            let rows = tokio::task::spawn_blocking(move || {
-                storage.read_messages(queue_id, after, limit)
-            })
-            .await;
+            let rows =
+                tokio::task::spawn_blocking(move || storage.read_messages(queue_id, after, limit))
+                    .await;
             let rows = match rows {
                 Ok(Ok(rows)) => rows,
                 Ok(Err(error)) => {

@@ -294,7 +294,9 @@ impl MessageTable {
 
     /// Whether memory holds `id` in any form (live, kept, tombstone).
     pub fn holds(&self, id: u64) -> bool {
-        self.live.contains_key(&id) || self.kept.contains_key(&id) || self.tombstones.get(id).is_some()
+        self.live.contains_key(&id)
+            || self.kept.contains_key(&id)
+            || self.tombstones.get(id).is_some()
     }
 
     /// Takes in messages a slice read brought from storage (see `window::finish_read`).
@@ -307,7 +309,10 @@ impl MessageTable {
     /// Enqueue time of the oldest undeleted message.
     pub fn oldest_live_enqueue_ms(&self) -> Option<Millis> {
         let in_memory = self.live.first_key_value().map(|(_, m)| m.enqueue_ms);
-        in_memory.into_iter().chain(self.window.first_spilled_ms()).min()
+        in_memory
+            .into_iter()
+            .chain(self.window.first_spilled_ms())
+            .min()
     }
 
     /// Adds a newly sent message of `size` bytes (body and attributes). Returns whether memory

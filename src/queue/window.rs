@@ -64,8 +64,7 @@ impl WindowBudget {
     }
 
     fn room(&self) -> usize {
-        self.limit
-            .saturating_sub(self.used.load(Ordering::Relaxed))
+        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
     }
 
     pub fn used(&self) -> usize {
@@ -181,9 +180,7 @@ impl Window {
     pub fn spills(&self, id: u64, in_memory: u64) -> bool {
         match self.end {
             Some(end) => id > end,
-            None => {
-                in_memory >= self.limits.per_queue as u64 || self.limits.budget.room() == 0
-            }
+            None => in_memory >= self.limits.per_queue as u64 || self.limits.budget.room() == 0,
         }
     }
 
@@ -423,7 +420,8 @@ pub fn recover(
     let mut first_spilled = None;
     let mut after = 0;
     'pages: loop {
-        let rows = storage.read_messages(queue_id, after, RECOVERY_PAGE.min(window.saturating_add(1)))?;
+        let rows =
+            storage.read_messages(queue_id, after, RECOVERY_PAGE.min(window.saturating_add(1)))?;
         let page_full = rows.len() == RECOVERY_PAGE.min(window.saturating_add(1));
         for row in rows {
             after = row.id;
@@ -510,7 +508,13 @@ mod tests {
         assert!(!window.must_wait(true, 0));
         assert!(window.must_wait(false, 0));
         let request = window.start_read(1, true, 0).expect("low water");
-        assert_eq!(request, SliceRequest { after_id: 8, limit: 3 });
+        assert_eq!(
+            request,
+            SliceRequest {
+                after_id: 8,
+                limit: 3
+            }
+        );
         assert_eq!(window.start_read(0, false, 0), None, "one read at a time");
         window.read_failed(5);
         assert!(!window.must_wait(false, 6), "not while failing");
@@ -557,7 +561,13 @@ mod tests {
         window.spill(4, 40, 3, std::iter::empty());
         window.spill(6, 60, 3, std::iter::empty());
         let request = window.start_read(0, false, 0).expect("read");
-        assert_eq!(request, SliceRequest { after_id: 3, limit: 2 });
+        assert_eq!(
+            request,
+            SliceRequest {
+                after_id: 3,
+                limit: 2
+            }
+        );
         // 5 is committed but its send has not heard so yet (it is not counted as spilled).
         let load = window.finish_read(request, vec![row(4), row(5), row(6)], |id| id == 5);
         assert_eq!(load.iter().map(|m| m.id).collect::<Vec<_>>(), vec![4]);

@@ -15,9 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::{
-    BodiesReply, CommitReply, DeduplicationRecord, DeletedMessages, LiveTotals, QueueRecord, Recovered,
-    Storage, StorageError, StoredMessage, StoredState, SubscriptionRecord, SubscriptionTotals,
-    TopicRecord, TopicTotals, WriteOp,
+    BodiesReply, CommitReply, DeduplicationRecord, DeletedMessages, LiveTotals, QueueRecord,
+    Recovered, Storage, StorageError, StoredMessage, StoredState, SubscriptionRecord,
+    SubscriptionTotals, TopicRecord, TopicTotals, WriteOp,
 };
 use crate::clock::Millis;
 use crate::payload::Payload;
@@ -495,8 +495,12 @@ impl Storage for MemoryStorage {
 
     fn queues_with_messages(&self) -> Result<Vec<u64>, StorageError> {
         let state = self.lock();
-        let queues: std::collections::BTreeSet<u64> =
-            state.tables.messages.values().map(|row| row.queue_id).collect();
+        let queues: std::collections::BTreeSet<u64> = state
+            .tables
+            .messages
+            .values()
+            .map(|row| row.queue_id)
+            .collect();
         Ok(queues.into_iter().collect())
     }
 

@@ -908,7 +908,9 @@ fn pragma(db: &Path, name: &str) -> i64 {
 fn index_names(db: &Path) -> Vec<String> {
     let conn = read_only(db);
     let mut statement = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name")
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+        )
         .expect("prepare");
     statement
         .query_map([], |row| row.get(0))

@@ -1184,7 +1184,10 @@ async fn a_version_4_schema_gains_sizes_and_indexes_by_queue() {
         .get(0);
     assert_eq!(version, 5);
     let sizes: i64 = admin
-        .query_one(&format!("SELECT sum(size)::int8 FROM {schema}.messages"), &[])
+        .query_one(
+            &format!("SELECT sum(size)::int8 FROM {schema}.messages"),
+            &[],
+        )
         .await
         .expect("sizes")
         .get(0);

@@ -111,7 +111,11 @@ async fn a_backlog_past_the_window_is_delivered_oldest_first_with_exact_counters
     assert_eq!(drain(&mut client, "q", 3).await, expected(3, 20));
     let empty = stats_of(&mut client).await;
     assert_eq!(
-        (empty.active_messages, empty.inactive_messages, empty.backlog_bytes),
+        (
+            empty.active_messages,
+            empty.inactive_messages,
+            empty.backlog_bytes
+        ),
         (0, 0, 0)
     );
     assert_eq!(empty.oldest_message_time, None);

@@ -17,8 +17,9 @@ use tokio_postgres::{Client, GenericClient};
 use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::receipt::KEY_LEN;
 use crate::storage::{
-    DeduplicationRecord, FilterType, LiveTotals, QueueRecord, Recovered, StorageError, StoredMessage,
-    StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals, decode_filter,
+    DeduplicationRecord, FilterType, LiveTotals, QueueRecord, Recovered, StorageError,
+    StoredMessage, StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals,
+    decode_filter,
 };
 
 /// The layout below. A database with a higher number was written by a newer Spool and is

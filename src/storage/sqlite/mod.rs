@@ -160,11 +160,13 @@ impl Storage for SqliteStorage {
         after_id: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StorageError> {
-        self.readers.with(|conn| schema::read_messages(conn, queue_id, after_id, limit))
+        self.readers
+            .with(|conn| schema::read_messages(conn, queue_id, after_id, limit))
     }
 
     fn read_held(&self, queue_id: u64, now: Millis) -> Result<Vec<StoredMessage>, StorageError> {
-        self.readers.with(|conn| schema::read_held(conn, queue_id, now))
+        self.readers
+            .with(|conn| schema::read_held(conn, queue_id, now))
     }
 
     fn count_live(&self, queue_id: u64) -> Result<LiveTotals, StorageError> {
@@ -176,7 +178,8 @@ impl Storage for SqliteStorage {
     }
 
     fn message_ids(&self, queue_id: u64, limit: usize) -> Result<Vec<u64>, StorageError> {
-        self.readers.with(|conn| schema::message_ids(conn, queue_id, limit))
+        self.readers
+            .with(|conn| schema::message_ids(conn, queue_id, limit))
     }
 
     fn commit(&self, op: WriteOp, done: CommitReply) {

@@ -7,8 +7,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::storage::{
-    DeduplicationRecord, FilterType, LiveTotals, QueueRecord, Recovered, StorageError, StoredMessage,
-    StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals, decode_filter,
+    DeduplicationRecord, FilterType, LiveTotals, QueueRecord, Recovered, StorageError,
+    StoredMessage, StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals,
+    decode_filter,
 };
 
 /// `PRAGMA application_id` of a Spool database ("SPOL"), so a foreign database is refused.
@@ -729,7 +730,10 @@ mod tests {
         let conn = Connection::open_in_memory().expect("open");
         create(&conn).expect("create");
         let read = plan(&conn, READ_MESSAGES);
-        assert!(read.starts_with("SEARCH messages USING INDEX messages_by_queue"), "{read}");
+        assert!(
+            read.starts_with("SEARCH messages USING INDEX messages_by_queue"),
+            "{read}"
+        );
         assert!(!read.contains("TEMP B-TREE"), "{read}");
         let count = plan(&conn, COUNT_LIVE);
         assert!(
@@ -773,7 +777,10 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(
             count_live(&conn, 1).expect("count"),
-            LiveTotals { count: 3, bytes: 10 }
+            LiveTotals {
+                count: 3,
+                bytes: 10
+            }
         );
         let slice = read_messages(&conn, 1, 1, 10).expect("slice");
         assert_eq!(slice.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2, 3]);
