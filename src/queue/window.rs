@@ -576,6 +576,46 @@ mod tests {
         assert_eq!(window.spilled(), 1);
     }
 
+    /// The table with a window of 2: the third visible message spills, counts stay exact,
+    /// a receive stops at the window's end, and a slice brings the rest in order.
+    #[test]
+    fn a_table_spills_past_its_window_and_takes_slices_in_order() {
+        let mut table = MessageTable::with_window(1, limits(2, 100));
+        for id in 1..=5 {
+            table.insert(id, id as Millis, id as Millis, 10, 3);
+        }
+        // A delayed one is held whatever the window.
+        assert!(table.insert(6, 6, 1_000, 10, 3));
+        let counts = table.counts();
+        assert_eq!((counts.visible, counts.delayed, counts.bytes), (5, 1, 18));
+        assert_eq!(table.visible_in_memory(), 2);
+        assert_eq!(table.oldest_live_enqueue_ms(), Some(1));
+        let mut nonce = 0;
+        let claimed = table.claim(16, 10, 30_000, || {
+            nonce += 1;
+            nonce
+        });
+        assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(!table.has_visible());
+        assert!(table.must_wait_for_window(10));
+        let request = table
+            .window_mut()
+            .start_read(0, false, 10)
+            .expect("a slice");
+        assert_eq!(request.after_id, 2);
+        let load = table
+            .window_mut()
+            .finish_read(request, vec![row(3), row(4), row(5)], |_| false);
+        table.take_slice(&load, 100);
+        assert_eq!(table.visible_ids().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(table.counts().visible, 3);
+        assert_eq!(table.window().spilled(), 1);
+        // The delayed message (id 6) comes due past the window's end: it waits for 5.
+        table.advance(1_000, 3_600_000);
+        assert_eq!(table.visible_ids().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(table.counts().visible, 4);
+    }
+
     #[test]
     fn the_budget_counts_every_window() {
         let budget = Arc::new(WindowBudget::new(3));
