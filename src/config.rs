@@ -176,6 +176,23 @@ pub struct Settings {
     ))]
     pub body_cache_bytes: Option<usize>,
 
+    #[arg(long, env = "SPOOL_QUEUE_WINDOW", help = with_default(
+        "Visible messages one queue keeps in memory: the next ones in delivery order. A backlog \
+         beyond it stays in storage only and is read in slices as the window drains, so memory \
+         does not grow with the backlog (in-flight, delayed and rewindable messages are all \
+         held). At least 1",
+        crate::queue::window::DEFAULT_QUEUE_WINDOW,
+    ))]
+    pub queue_window: Option<usize>,
+
+    #[arg(long, env = "SPOOL_TOTAL_WINDOW", help = with_default(
+        "Visible messages all queues keep in memory together (see --queue-window): once \
+         reached, new messages of every queue stay in storage, and a queue with none in memory \
+         reads at most 64 at a time. At least 1",
+        crate::queue::window::DEFAULT_TOTAL_WINDOW,
+    ))]
+    pub total_window: Option<usize>,
+
     #[arg(long, env = "SPOOL_LOG", help = with_default(
         "Log filter, in tracing's EnvFilter syntax, e.g. \"info\" or \"spool=debug,info\"",
         DEFAULT_LOG,
@@ -423,7 +440,7 @@ impl Settings {
         let settings = layer!(self, file;
             listen, metrics_listen, http_listen, data_dir, postgres_url, postgres_schema,
             postgres_password_file, max_queues, max_database_bytes, body_cache_bytes,
-            log, log_format, max_concurrent_streams, http2_keepalive_interval_seconds,
+            queue_window, total_window, log, log_format, max_concurrent_streams, http2_keepalive_interval_seconds,
             http2_keepalive_timeout_seconds, max_connection_age_seconds, shutdown_grace_seconds,
             tls_cert, tls_key, tls_client_ca, auth_file, allow_unauthenticated,
             max_connections, handshake_timeout_seconds, request_body_timeout_seconds,
@@ -468,6 +485,8 @@ impl Settings {
             max_queues: Some(self.max_queues()),
             max_database_bytes: self.max_database_bytes,
             body_cache_bytes: Some(self.body_cache_bytes()),
+            queue_window: Some(self.queue_window()),
+            total_window: Some(self.total_window()),
             log: Some(self.log()),
             log_format: Some(self.log_format()),
             max_concurrent_streams: Some(self.max_concurrent_streams()),
@@ -526,6 +545,16 @@ impl Settings {
                 self.postgres_password_file.as_deref(),
             )
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        for (name, value) in [
+            ("queue_window", self.queue_window()),
+            ("total_window", self.total_window()),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} is 0; it must be at least 1"
+                )));
+            }
         }
         if self.max_concurrent_streams() == 0 {
             return Err(ConfigError::Invalid(
@@ -706,6 +735,24 @@ impl Settings {
 
     pub fn body_cache_bytes(&self) -> usize {
         self.body_cache_bytes.unwrap_or(DEFAULT_BODY_CACHE_BYTES)
+    }
+
+    pub fn queue_window(&self) -> usize {
+        self.queue_window
+            .unwrap_or(crate::queue::window::DEFAULT_QUEUE_WINDOW)
+    }
+
+    pub fn total_window(&self) -> usize {
+        self.total_window
+            .unwrap_or(crate::queue::window::DEFAULT_TOTAL_WINDOW)
+    }
+
+    /// The windows' bounds (see `queue::window`), with the total's budget shared by all queues.
+    pub fn window_limits(&self) -> crate::queue::window::WindowLimits {
+        crate::queue::window::WindowLimits::new(
+            self.queue_window(),
+            std::sync::Arc::new(crate::queue::window::WindowBudget::new(self.total_window())),
+        )
     }
 
     pub fn log(&self) -> String {

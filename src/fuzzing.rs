@@ -211,7 +211,14 @@ impl Handlers {
         self.runtime.block_on(async {
             let metrics = Arc::new(Metrics::default());
             let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-            let Ok(registry) = Registry::recover(storage, Clock::new(), MAX_QUEUES, 1 << 20).await
+            let Ok(registry) = Registry::recover(
+                storage,
+                Clock::new(),
+                MAX_QUEUES,
+                1 << 20,
+                crate::queue::window::WindowLimits::unbounded(),
+            )
+            .await
             else {
                 panic!("recovery of an empty in-memory storage failed");
             };

@@ -15,9 +15,10 @@ use crate::clock::{Clock, Millis};
 use crate::error::QueueError;
 use crate::queue::body_cache::BodyBudget;
 use crate::queue::messages::MessageTable;
+use crate::queue::window::WindowLimits;
 use crate::queue::{Directory, QueueContext, QueueHandle, QueueInfo, RecoveredIds};
 use crate::receipt::ReceiptKey;
-use crate::storage::{QueueRecord, Recovered, Storage, StorageError, WriteOp, remove_in_slices};
+use crate::storage::{QueueRecord, Recovered, Storage, StorageError, WriteOp, remove_queue_rows};
 use crate::topic::{ClusterTopics, SubscribedQueue, Topics};
 
 pub struct Registry {
@@ -81,12 +82,15 @@ impl Registry {
         clock: Clock,
         max_queues: usize,
         body_cache_bytes: usize,
+        window: WindowLimits,
     ) -> Result<Self, StorageError> {
         let reader = storage.clone();
         let recovery_clock = clock.clone();
+        let limits = window.clone();
         let (recovered, tables) = tokio::task::spawn_blocking(move || {
             let recovered = reader.recover()?;
-            let tables = recover_tables(&*reader, &recovered.queues, recovery_clock.now_ms())?;
+            let tables =
+                recover_tables(&reader, &recovered.queues, recovery_clock.now_ms(), &limits)?;
             Ok::<_, StorageError>((recovered, tables))
         })
         .await
@@ -96,6 +100,7 @@ impl Registry {
             clock,
             max_queues,
             body_cache_bytes,
+            window,
             recovered,
             tables,
         ))
@@ -107,6 +112,7 @@ impl Registry {
         clock: Clock,
         max_queues: usize,
         body_cache_bytes: usize,
+        window: WindowLimits,
         recovered: Recovered,
         tables: HashMap<u64, MessageTable>,
     ) -> Self {
@@ -116,6 +122,7 @@ impl Registry {
             clock,
             max_queues,
             body_cache_bytes,
+            window,
             recovered,
             tables,
             directory.clone(),
@@ -131,6 +138,7 @@ impl Registry {
         clock: Clock,
         max_queues: usize,
         body_cache_bytes: usize,
+        window: WindowLimits,
         recovered: Recovered,
     ) -> Self {
         Self::start_with(
@@ -138,6 +146,7 @@ impl Registry {
             clock,
             max_queues,
             body_cache_bytes,
+            window,
             recovered,
             HashMap::new(),
             Directory::default(),
@@ -151,6 +160,7 @@ impl Registry {
         clock: Clock,
         max_queues: usize,
         body_cache_bytes: usize,
+        window: WindowLimits,
         recovered: Recovered,
         mut tables: HashMap<u64, MessageTable>,
         directory: Directory,
@@ -163,6 +173,7 @@ impl Registry {
             clock,
             message_ids: Arc::new(AtomicU64::new(recovered.next_message_id)),
             body_budget: Arc::new(BodyBudget::new(body_cache_bytes)),
+            window,
             directory: relays.clone(),
         };
         let tracker = TaskTracker::new();
@@ -191,9 +202,9 @@ impl Registry {
         {
             let mut queues = directory.write().unwrap_or_else(|e| e.into_inner());
             for record in recovered.queues {
-                let table = tables
-                    .remove(&record.id)
-                    .unwrap_or_else(|| MessageTable::new(record.id));
+                let table = tables.remove(&record.id).unwrap_or_else(|| {
+                    MessageTable::with_window(record.id, context.window.clone())
+                });
                 let ids = deduplication_ids.remove(&record.id).unwrap_or_default();
                 let name = record.name.clone();
                 if let Some(policy) = &record.attributes.dead_letter_policy {
@@ -509,7 +520,7 @@ impl Registry {
         let record_id = record.id;
         let handle = QueueHandle::spawn(
             record,
-            MessageTable::new(record_id),
+            MessageTable::with_window(record_id, self.context.window.clone()),
             self.context.clone(),
             &self.tracker,
         );
@@ -608,34 +619,36 @@ impl Registry {
     }
 }
 
-/// Reads every stored message into the table of its queue, in one pass over storage (not one
-/// per queue: messages are not indexed by queue).
+/// Recovers each queue's table: only its window of visible messages and what memory holds
+/// whatever the backlog (see `queue::window::recover`), so that startup does not grow with the
+/// backlog.
 ///
-/// Rows of a queue that does not exist are left out and removed, in slices. A large queue's
-/// deletion removes its rows over several commits after the queue itself, so a stop in between
-/// leaves some; and a queue's delete removes its rows by the ids its actor holds, so a row whose
-/// own removal failed earlier would be missed there.
+/// Rows of a queue that does not exist are removed, in slices, in the background. A large
+/// queue's deletion removes its rows over several commits after the queue itself, so a stop in
+/// between leaves some.
 fn recover_tables(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     queues: &[QueueRecord],
     now: Millis,
+    limits: &WindowLimits,
 ) -> Result<HashMap<u64, MessageTable>, StorageError> {
-    let mut tables: HashMap<u64, MessageTable> = queues
-        .iter()
-        .map(|record| (record.id, MessageTable::new(record.id)))
+    let mut tables = HashMap::with_capacity(queues.len());
+    for record in queues {
+        let table = crate::queue::window::recover(&**storage, record.id, now, limits.clone())?;
+        tables.insert(record.id, table);
+    }
+    let orphans: Vec<u64> = storage
+        .queues_with_messages()?
+        .into_iter()
+        .filter(|queue_id| !tables.contains_key(queue_id))
         .collect();
-    let mut orphans: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    storage.recover_messages(&mut |queue_id, stored| match tables.get_mut(&queue_id) {
-        Some(table) => table.recover(&stored, now),
-        None => orphans.entry(queue_id).or_default().push(stored.id),
-    })?;
-    for (queue_id, ids) in orphans {
+    for queue_id in orphans {
         tracing::info!(
             queue_id,
-            messages = ids.len(),
             "stored messages of a deleted queue; skipped, and removed"
         );
-        remove_in_slices(storage, queue_id, &ids);
+        let storage = storage.clone();
+        std::thread::spawn(move || remove_queue_rows(&*storage, queue_id));
     }
     Ok(tables)
 }

@@ -177,6 +177,7 @@ pub async fn run(
             clock: config.clock.clone(),
             max_queues: settings.max_queues(),
             body_cache_bytes: settings.body_cache_bytes(),
+            window: settings.window_limits(),
             stopping: stopping.clone(),
             storage_lost,
             cluster: cluster.clone(),
@@ -487,6 +488,9 @@ struct Recovery {
     clock: Clock,
     max_queues: usize,
     body_cache_bytes: usize,
+    /// `--queue-window` and `--total-window` (the embedded and single-server PostgreSQL
+    /// modes; a cluster's replicas hold their queues whole, see `cluster`).
+    window: crate::queue::window::WindowLimits,
     /// Ends the attempts to reach PostgreSQL when the server stops first.
     stopping: CancellationToken,
     storage_lost: tokio::sync::mpsc::UnboundedSender<StorageError>,
@@ -571,6 +575,7 @@ async fn recover(
             recovery.clock.clone(),
             recovery.max_queues,
             recovery.body_cache_bytes,
+            recovery.window.clone(),
         )
         .await
         {

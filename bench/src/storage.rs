@@ -3,7 +3,7 @@
 //! retries, no client-side timeouts), so a figure is the server's alone.
 //!
 //!   spool-bench storage send ENDPOINT PRODUCERS BATCH SECONDS
-//!   spool-bench storage fill ENDPOINT MESSAGES BODY_BYTES
+//!   spool-bench storage fill ENDPOINT MESSAGES BODY_BYTES [QUEUES]
 //!   spool-bench storage first-receive ENDPOINT QUEUE
 
 use std::time::{Duration, Instant};
@@ -27,11 +27,14 @@ pub enum StorageCommand {
         batch: usize,
         seconds: u64,
     },
-    /// Queues MESSAGES messages of BODY_BYTES in queue `fill` (64 producers, batch 16).
+    /// Queues MESSAGES messages of BODY_BYTES in queue `fill` (64 producers, batch 16), or
+    /// spread evenly over QUEUES queues `fill-0`, `fill-1`, ... when QUEUES is more than 1.
     Fill {
         endpoint: String,
         messages: usize,
         body_bytes: usize,
+        #[arg(default_value_t = 1)]
+        queues: usize,
     },
     /// Prints how long until a receive on QUEUE returns a message, retrying while the server
     /// starts (run it as the server restarts).
@@ -56,9 +59,10 @@ pub async fn run(command: StorageCommand) -> anyhow::Result<()> {
             endpoint,
             messages,
             body_bytes,
+            queues,
         } => {
             check_local(&endpoint)?;
-            fill(&endpoint, messages, body_bytes).await
+            fill(&endpoint, messages, body_bytes, queues.max(1)).await
         }
         StorageCommand::FirstReceive { endpoint, queue } => {
             check_local(&endpoint)?;
@@ -153,20 +157,35 @@ async fn send(
     Ok(())
 }
 
-async fn fill(endpoint: &str, messages: usize, body_bytes: usize) -> anyhow::Result<()> {
+async fn fill(
+    endpoint: &str,
+    messages: usize,
+    body_bytes: usize,
+    queues: usize,
+) -> anyhow::Result<()> {
     let mut client = connect(endpoint).await?;
-    create(&mut client, "fill").await?;
+    let names: Vec<String> = if queues == 1 {
+        vec!["fill".to_string()]
+    } else {
+        (0..queues).map(|queue| format!("fill-{queue}")).collect()
+    };
+    for name in &names {
+        create(&mut client, name).await?;
+    }
+    let names = std::sync::Arc::new(names);
     let started = Instant::now();
     let batches = messages.div_ceil(16);
     let producers = 64;
     let mut tasks = Vec::new();
     for producer in 0..producers {
         let mut client = client.clone();
+        let names = names.clone();
         tasks.push(tokio::spawn(async move {
             let body = vec![b'x'; body_bytes];
-            for _ in (producer..batches).step_by(producers) {
+            for batch in (producer..batches).step_by(producers) {
+                let queue = &names[batch % names.len()];
                 client
-                    .batch_send_messages(batch_request("fill", 16, &body))
+                    .batch_send_messages(batch_request(queue, 16, &body))
                     .await?;
             }
             Ok::<_, tonic::Status>(())

@@ -96,6 +96,8 @@ pub async fn join(
         queues.clock.clone(),
         queues.max_queues,
         queues.body_cache_bytes,
+        // A takeover reads a queue whole (see `ownership`): no window in cluster mode yet.
+        crate::queue::window::WindowLimits::unbounded(),
         recovered,
     ));
     let adoptions = Arc::new(Adoptions::new(

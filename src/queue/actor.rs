@@ -27,6 +27,7 @@ use super::quota::ByteQuota;
 use super::receive_log::ReceiveLog;
 use super::tombstones::MIN_TOMBSTONE_MS;
 use super::waiters::{ReceiveReply, Waiter, Waiters};
+use super::window::SliceRequest;
 use super::{
     Adopted, Command, DeleteResult, DeleteTarget, Outgoing, QueueContext, QueueHandle, QueueInfo,
     QueueTotals, ReceiveRequest, RecoveredIds, Redriven, Staged, StreamClaim, VisibilityResult,
@@ -38,8 +39,8 @@ use crate::error::QueueError;
 use crate::payload::{DeadLetterOrigin, Payload};
 use crate::receipt::{Indexed, Nonces};
 use crate::storage::{
-    DeletedMessages, MovedMessage, NewMessage, QueueRecord, REMOVE_SLICE, StorageError, WriteOp,
-    remove_in_slices,
+    DeletedMessages, MovedMessage, NewMessage, QueueRecord, REMOVE_SLICE, StorageError,
+    StoredMessage, WriteOp, remove_in_slices, remove_queue_rows,
 };
 
 /// Bodies read ahead from storage for the visible messages the cache lacks, at most this many
@@ -56,6 +57,12 @@ const READ_AHEAD_MIN_ROOM: usize = 1 << 20;
 const REDRIVE_SLICE: usize = 64;
 
 type BodiesRead = oneshot::Receiver<Result<Vec<(u64, Payload)>, StorageError>>;
+
+/// A slice of the spilled backlog being read (see `window`), on a blocking thread.
+type SliceRead = (
+    SliceRequest,
+    tokio::task::JoinHandle<Result<Vec<StoredMessage>, StorageError>>,
+);
 
 /// A message of a send, as the actor schedules it once committed.
 struct SentMessage {
@@ -135,6 +142,8 @@ pub struct QueueActor {
     nonces: Nonces,
     /// The read-ahead of bodies under way, if any (see `read_ahead`).
     reading_ahead: Option<BodiesRead>,
+    /// The slice of the spilled backlog being read, if any (see `window`).
+    reading_slice: Option<SliceRead>,
     /// Deduplication ids accepted within the window (committed).
     deduplication: Deduplication,
     /// Deduplication ids of sends being committed: the message id, and the commit a duplicate
@@ -182,6 +191,7 @@ impl QueueActor {
             bodies,
             nonces: Nonces::new(),
             reading_ahead: None,
+            reading_slice: None,
             deduplication,
             deduplicating: HashMap::new(),
             inbox,
@@ -204,6 +214,8 @@ impl QueueActor {
         loop {
             self.advance_time();
             self.settle_quota();
+            self.read_slice();
+            self.table.settle_window();
             let wake_at = self.next_change();
             if let Some(at) = wake_at {
                 let instant = self.context.clock.instant_at(at);
@@ -226,6 +238,11 @@ impl QueueActor {
                     self.reading_ahead = None;
                     self.keep_read_ahead(read);
                 }
+                read = slice_finished(&mut self.reading_slice), if self.reading_slice.is_some() => {
+                    if let Some((request, _)) = self.reading_slice.take() {
+                        self.take_slice(request, read);
+                    }
+                }
                 command = self.inbox.recv() => {
                     let Some(command) = command else { break };
                     // A command sees the queue as of now, not as of the last wakeup.
@@ -240,7 +257,11 @@ impl QueueActor {
                         let Ok(command) = self.inbox.try_recv() else {
                             break;
                         };
+                        // What a turn of the loop does before a command (the window of the
+                        // backlog in memory kept filled, the quota settled, time applied).
                         self.settle_quota();
+                        self.read_slice();
+                        self.table.settle_window();
                         self.advance_time();
                         if let Flow::Stop = self.handle(command).await {
                             stop = true;
@@ -257,6 +278,122 @@ impl QueueActor {
                 }
             }
         }
+        // The queue is gone (or handed off): its window no longer counts in the total.
+        self.table.window_mut().release();
+    }
+
+    /// Starts reading the next slice of the spilled backlog once the window runs low.
+    fn read_slice(&mut self) {
+        if self.reading_slice.is_some() {
+            return;
+        }
+        let now = self.now();
+        let in_memory = self.table.visible_in_memory();
+        let has_visible = self.table.has_visible();
+        let expired = self.spilled_expired(now);
+        let window = self.table.window_mut();
+        let request = if expired {
+            // Past its retention: read in to be removed, window or not.
+            window.start_read_now(window.per_queue())
+        } else {
+            window.start_read(in_memory, has_visible, now)
+        };
+        if let Some(request) = request {
+            self.spawn_slice_read(request);
+        }
+    }
+
+    /// Whether the oldest spilled message's retention has ended.
+    fn spilled_expired(&self, now: Millis) -> bool {
+        self.table
+            .window()
+            .first_spilled_ms()
+            .is_some_and(|enqueue_ms| enqueue_ms + self.retention_ms() <= now)
+    }
+
+    /// Reads in and removes every spilled message past its retention (before the counters are
+    /// shown).
+    async fn expire_spilled(&mut self) -> Result<(), StorageError> {
+        while self.spilled_expired(self.now()) {
+            let limit = self.table.window().per_queue();
+            self.read_slice_now(limit).await?;
+            self.advance_time();
+        }
+        Ok(())
+    }
+
+    fn spawn_slice_read(&mut self, request: SliceRequest) {
+        let storage = self.context.storage.clone();
+        let queue_id = self.record.id;
+        let read = tokio::task::spawn_blocking(move || {
+            storage.read_messages(queue_id, request.after_id, request.limit.saturating_add(1))
+        });
+        self.reading_slice = Some((request, read));
+    }
+
+    /// Takes in a slice read from storage: the messages it brings are in the window now.
+    fn take_slice(
+        &mut self,
+        request: SliceRequest,
+        read: Result<Vec<StoredMessage>, StorageError>,
+    ) {
+        let now = self.now();
+        match read {
+            Ok(rows) => {
+                // Rows memory holds, or whose send or delete is being committed, are not taken
+                // again (see `window`).
+                let held: std::collections::HashSet<u64> = rows
+                    .iter()
+                    .map(|row| row.id)
+                    .filter(|&id| {
+                        self.table.holds(id)
+                            || self.sending.contains(id)
+                            || self.deleting.contains_key(&id)
+                    })
+                    .collect();
+                let load = self
+                    .table
+                    .window_mut()
+                    .finish_read(request, rows, |id| held.contains(&id));
+                self.table.take_slice(&load, now);
+                self.serve_waiters(now);
+            }
+            Err(error) => {
+                tracing::warn!(queue = %self.record.name, %error, "reading the next slice of a queue's backlog failed; trying again in a moment");
+                self.table.window_mut().read_failed(now);
+            }
+        }
+    }
+
+    /// Reads the next slice at once (administrative commands that go through the whole
+    /// backlog: purge, peek), waiting for a read already under way first. Returns whether
+    /// anything spilled is left.
+    async fn read_slice_now(&mut self, limit: usize) -> Result<(), StorageError> {
+        if let Some((request, read)) = self.reading_slice.take() {
+            let result = read
+                .await
+                .unwrap_or_else(|e| Err(StorageError::Io(format!("slice read failed: {e}"))));
+            let failed = result.as_ref().err().cloned();
+            self.take_slice(request, result);
+            if let Some(error) = failed {
+                return Err(error);
+            }
+        }
+        let Some(request) = self.table.window_mut().start_read_now(limit) else {
+            return Ok(());
+        };
+        self.spawn_slice_read(request);
+        if let Some((request, read)) = self.reading_slice.take() {
+            let result = read
+                .await
+                .unwrap_or_else(|e| Err(StorageError::Io(format!("slice read failed: {e}"))));
+            let failed = result.as_ref().err().cloned();
+            self.take_slice(request, result);
+            if let Some(error) = failed {
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     fn now(&self) -> Millis {
@@ -272,8 +409,21 @@ impl QueueActor {
     }
 
     fn next_change(&self) -> Option<Millis> {
-        let messages = self.table.next_change_ms(self.retention_ms());
-        let waiters = self.waiters.next_deadline_ms();
+        let retention_ms = self.retention_ms();
+        let messages = self.table.next_change_ms(retention_ms);
+        // The oldest spilled message's retention: its slice is read then (see `read_slice`).
+        let spilled = self
+            .table
+            .window()
+            .first_spilled_ms()
+            .filter(|_| self.reading_slice.is_none())
+            .map(|enqueue_ms| enqueue_ms + retention_ms);
+        let messages = messages.into_iter().chain(spilled).min();
+        // Polls waiting for a slice of the backlog end once it is in, not at their deadline.
+        let waiters = self
+            .waiters
+            .next_deadline_ms()
+            .filter(|_| !self.table.must_wait_for_window(self.now()));
         let records = self.receive_log.due_ms();
         messages.into_iter().chain(waiters).chain(records).min()
     }
@@ -307,9 +457,13 @@ impl QueueActor {
                     ids: forgotten,
                 });
         }
-        for waiter in self.waiters.expire(now) {
-            if waiter.respond_to.send(Ok(Vec::new())).is_ok() {
-                self.totals.empty_receives += 1;
+        // A poll past its wait still gets the messages of a slice being read: they were
+        // visible (spilled) when it came.
+        if !self.table.must_wait_for_window(now) {
+            for waiter in self.waiters.expire(now) {
+                if waiter.respond_to.send(Ok(Vec::new())).is_ok() {
+                    self.totals.empty_receives += 1;
+                }
             }
         }
         if self.receive_log.is_due(now) {
@@ -345,6 +499,11 @@ impl QueueActor {
     async fn handle(&mut self, command: Command) -> Flow {
         match command {
             Command::Info { respond_to } => {
+                // The counters are exact: spilled messages past their retention are removed
+                // first.
+                if let Err(error) = self.expire_spilled().await {
+                    tracing::warn!(queue = %self.record.name, %error, "reading a queue's expired backlog failed");
+                }
                 let _ = respond_to.send(self.info());
             }
             Command::Update { patch, respond_to } => {
@@ -405,12 +564,20 @@ impl QueueActor {
                 max_messages,
                 respond_to,
             } => {
-                let peeked = self
+                let mut peeked: Vec<_> = self
                     .table
                     .peek(max_messages)
                     .into_iter()
                     .map(|message| (message, self.bodies.get(message.id)))
                     .collect();
+                if peeked.len() < max_messages {
+                    peeked.extend(
+                        self.peek_spilled(max_messages - peeked.len())
+                            .await
+                            .into_iter()
+                            .map(|message| (message, None)),
+                    );
+                }
                 let _ = respond_to.send(peeked);
             }
             Command::Rewind {
@@ -440,6 +607,63 @@ impl QueueActor {
             }
         }
         Flow::Continue
+    }
+
+    /// The next visible messages past the window, in delivery order, read from storage without
+    /// taking them in (a peek changes nothing). Empty when nothing is spilled; a failed read
+    /// shows what memory holds only.
+    async fn peek_spilled(&mut self, max: usize) -> Vec<super::messages::Peeked> {
+        let Some(mut after) = self.table.window().end() else {
+            return Vec::new();
+        };
+        if self.table.window().spilled() == 0 {
+            return Vec::new();
+        }
+        let mut peeked = Vec::new();
+        while peeked.len() < max {
+            let storage = self.context.storage.clone();
+            let queue_id = self.record.id;
+            let limit = max.max(64);
+            let rows =
+                tokio::task::spawn_blocking(move || storage.read_messages(queue_id, after, limit))
+                    .await;
+            let rows = match rows {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(error)) => {
+                    tracing::warn!(queue = %self.record.name, %error, "peeking past a queue's window failed");
+                    break;
+                }
+                Err(_) => break,
+            };
+            let done = rows.len() < limit;
+            for row in rows {
+                after = row.id;
+                // A visible message memory holds past the end (a delay that ended) is in its
+                // place in id order; anything else memory holds or is committing is not
+                // visible, or is shown from memory already.
+                let visible_here = self.table.is_visible(row.id);
+                if !visible_here
+                    && (self.table.window().is_known(row.id)
+                        || self.table.holds(row.id)
+                        || self.sending.contains(row.id))
+                {
+                    continue;
+                }
+                peeked.push(super::messages::Peeked {
+                    id: row.id,
+                    enqueue_ms: row.enqueue_ms,
+                    first_dequeue_ms: row.first_dequeue_ms,
+                    dequeue_count: row.dequeue_count,
+                });
+                if peeked.len() == max {
+                    break;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        peeked
     }
 
     fn info(&self) -> QueueInfo {
@@ -502,6 +726,13 @@ impl QueueActor {
         // the server stop before they are all removed, recovery removes the rows of a queue that
         // no longer exists, and a queue created again under the name has a new id.
         remove_in_slices(&*self.context.storage, self.record.id, &rest);
+        if self.table.window().spilled() > 0 {
+            // The rows of the spilled backlog are not in memory: found through the index by
+            // queue and removed in slices, on a thread of their own.
+            let storage = self.context.storage.clone();
+            let queue_id = self.record.id;
+            std::thread::spawn(move || remove_queue_rows(&*storage, queue_id));
+        }
         let gone = QueueError::QueueNotFound(self.record.name.clone());
         for waiter in self.waiters.drain() {
             let _ = waiter.respond_to.send(Err(gone.clone()));
@@ -832,7 +1063,7 @@ impl QueueActor {
                     let now = self.now();
                     for message in messages {
                         let size = message.payload.size() as u32;
-                        self.table.insert(
+                        let in_memory = self.table.insert(
                             message.id,
                             message.enqueue_ms,
                             message.visible_at_ms,
@@ -841,7 +1072,10 @@ impl QueueActor {
                         );
                         // Reserved in `send`: already counted by the quota.
                         self.quota_settled += u64::from(size);
-                        self.bodies.insert_copy(message.id, &message.payload);
+                        if in_memory {
+                            // A spilled message's body is read with its slice's read-ahead.
+                            self.bodies.insert_copy(message.id, &message.payload);
+                        }
                         if let Some(id) = message.deduplication_id {
                             self.deduplication
                                 .accept(id, message.id, message.enqueue_ms);
@@ -965,7 +1199,9 @@ impl QueueActor {
             }
         }
         let wait_seconds = request.wait_seconds.unwrap_or(polling_wait_seconds);
-        if wait_seconds == 0 {
+        // With visible messages spilled and none in memory, even a poll that does not wait
+        // waits for the slice that brings them (see `advance_time`).
+        if wait_seconds == 0 && !self.table.must_wait_for_window(now) {
             if respond_to.send(Ok(Vec::new())).is_ok() {
                 self.totals.empty_receives += 1;
             }
@@ -1180,6 +1416,13 @@ impl QueueActor {
         // The first message whose destination's max_bytes has no room ends the redrive, after
         // the messages before it are moved.
         let mut refused: Option<QueueError> = None;
+        // Past the window, the next slices are read in first (a redrive may move more than a
+        // window's worth).
+        while self.table.window().spilled() > 0
+            && self.table.visible_ids().take(max_messages).count() < max_messages
+        {
+            self.read_slice_now(max_messages).await?;
+        }
         let candidates: Vec<u64> = self.table.visible_ids().take(max_messages).collect();
         for slice in candidates.chunks(REDRIVE_SLICE) {
             if refused.is_some() {
@@ -1551,7 +1794,19 @@ impl QueueActor {
     /// purge does not hold the writer (and every other queue's sends) in one long commit. It
     /// answers once all are durable; should one commit fail, the messages of it and of the
     /// slices after it are put back (those before stay purged: a retry purges the rest).
+    ///
+    /// A backlog larger than the window is purged a slice at a time: each is read into memory
+    /// and purged as the window was.
     async fn purge(&mut self) -> Result<u64, QueueError> {
+        let mut purged = self.purge_in_memory().await?;
+        while self.table.window().spilled() > 0 {
+            self.read_slice_now(REMOVE_SLICE).await?;
+            purged += self.purge_in_memory().await?;
+        }
+        Ok(purged)
+    }
+
+    async fn purge_in_memory(&mut self) -> Result<u64, QueueError> {
         let now = self.now();
         let deletions = self.table.purge(now, self.delete_policy());
         for deletion in &deletions {
@@ -1640,6 +1895,12 @@ impl Sending {
             .iter()
             .flat_map(|(&first_id, &count)| first_id..first_id + count)
     }
+
+    fn contains(&self, id: u64) -> bool {
+        self.runs
+            .iter()
+            .any(|(&first_id, &count)| (first_id..first_id + count).contains(&id))
+    }
 }
 
 /// The rows of deleted messages, as storage writes them: removed, kept for rewind, or
@@ -1669,6 +1930,15 @@ fn deleted_rows(queue_id: u64, deletions: &[Deletion]) -> DeletedMessages {
 }
 
 /// Resolves when the read-ahead in `slot` is done (never, when there is none).
+async fn slice_finished(slot: &mut Option<SliceRead>) -> Result<Vec<StoredMessage>, StorageError> {
+    match slot {
+        Some((_, read)) => read
+            .await
+            .unwrap_or_else(|e| Err(StorageError::Io(format!("slice read failed: {e}")))),
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_finished(slot: &mut Option<BodiesRead>) -> Result<Vec<(u64, Payload)>, StorageError> {
     match slot {
         Some(read) => read.await.unwrap_or(Err(StorageError::Closed)),

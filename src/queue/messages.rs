@@ -8,6 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use super::tombstones::{Tombstone, Tombstones};
+use super::window::{Window, WindowLimits};
 use crate::clock::Millis;
 use crate::error::QueueError;
 use crate::receipt::ReceiptHandle;
@@ -234,7 +235,10 @@ pub struct MessageTable {
     tombstones: Tombstones,
     /// Tombstones dropped early to stay bounded, whose rows `advance` hands back for removal.
     dropped_tombstones: Vec<u64>,
+    /// The counts of what is in memory; `counts()` adds the spilled messages.
     counts: Counts,
+    /// Which visible messages are in memory and which only in storage (see `window`).
+    window: Window,
 }
 
 /// Rebuild the timer heap once stale entries outnumber live ones by this factor, so a queue
@@ -251,16 +255,68 @@ impl MessageTable {
         }
     }
 
+    /// An empty table for the queue with this id, keeping only a window of its visible
+    /// messages in memory.
+    pub fn with_window(queue_id: u64, limits: WindowLimits) -> Self {
+        Self {
+            queue_id,
+            window: Window::new(limits),
+            ..Self::default()
+        }
+    }
+
+    /// The counts of every message, spilled ones (visible, in storage only) included.
     pub fn counts(&self) -> Counts {
-        self.counts
+        Counts {
+            visible: self.counts.visible + self.window.spilled(),
+            bytes: self.counts.bytes + self.window.spilled_bytes(),
+            ..self.counts
+        }
+    }
+
+    /// Visible messages in memory.
+    pub fn visible_in_memory(&self) -> u64 {
+        self.counts.visible
+    }
+
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+
+    pub fn window_mut(&mut self) -> &mut Window {
+        &mut self.window
+    }
+
+    /// Tells the total window budget how many visible messages this table holds now.
+    pub fn settle_window(&mut self) {
+        self.window.settle(self.counts.visible);
+    }
+
+    /// Whether memory holds `id` in any form (live, kept, tombstone).
+    pub fn holds(&self, id: u64) -> bool {
+        self.live.contains_key(&id)
+            || self.kept.contains_key(&id)
+            || self.tombstones.get(id).is_some()
+    }
+
+    /// Takes in messages a slice read brought from storage (see `window::finish_read`).
+    pub fn take_slice(&mut self, messages: &[StoredMessage], now: Millis) {
+        for message in messages {
+            self.recover(message, now);
+        }
     }
 
     /// Enqueue time of the oldest undeleted message.
     pub fn oldest_live_enqueue_ms(&self) -> Option<Millis> {
-        self.live.first_key_value().map(|(_, m)| m.enqueue_ms)
+        let in_memory = self.live.first_key_value().map(|(_, m)| m.enqueue_ms);
+        in_memory
+            .into_iter()
+            .chain(self.window.first_spilled_ms())
+            .min()
     }
 
-    /// Adds a newly sent message of `size` bytes (body and attributes).
+    /// Adds a newly sent message of `size` bytes (body and attributes). Returns whether memory
+    /// holds it: a visible message past a full window stays in storage only (spilled).
     pub fn insert(
         &mut self,
         id: u64,
@@ -268,12 +324,20 @@ impl MessageTable {
         visible_at_ms: Millis,
         now: Millis,
         size: u32,
-    ) {
+    ) -> bool {
         let phase = if visible_at_ms > now {
             Phase::Delayed
         } else {
             Phase::Visible
         };
+        if phase == Phase::Visible
+            && !self.live.contains_key(&id)
+            && self.window.spills(id, self.counts.visible)
+        {
+            let held_above = self.live.range(id..).map(|(&held, _)| held);
+            self.window.spill(id, enqueue_ms, size, held_above);
+            return false;
+        }
         self.put_live(
             id,
             LiveMessage {
@@ -286,9 +350,10 @@ impl MessageTable {
                 size,
             },
         );
+        true
     }
 
-    /// Adds a message read back from storage at startup.
+    /// Adds a message read back from storage (at startup, or a slice of a spilled backlog).
     pub fn recover(&mut self, stored: &StoredMessage, now: Millis) {
         match stored.state {
             StoredState::Live => {}
@@ -340,6 +405,7 @@ impl MessageTable {
     }
 
     fn put_live(&mut self, id: u64, message: LiveMessage) {
+        self.window.note(id);
         self.counts.bytes += u64::from(message.size);
         match message.phase {
             Phase::Visible => {
@@ -381,13 +447,25 @@ impl MessageTable {
             .chain(self.tombstones.ids())
     }
 
+    /// Whether a receive can take a message now (a visible one in memory, within the window).
     pub fn has_visible(&self) -> bool {
-        !self.visible.is_empty()
+        self.visible
+            .first()
+            .is_some_and(|&id| self.window.claimable(id))
     }
 
-    /// Ids of the visible messages, oldest first: the order receives take them in.
+    /// Whether receives must wait for a slice of the spilled backlog (see `Window::must_wait`).
+    pub fn must_wait_for_window(&self, now: Millis) -> bool {
+        self.window.must_wait(self.has_visible(), now)
+    }
+
+    /// Ids of the visible messages a receive may take, oldest first: the order receives take
+    /// them in.
     pub fn visible_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.visible.iter().copied()
+        self.visible
+            .iter()
+            .copied()
+            .take_while(|&id| self.window.claimable(id))
     }
 
     pub fn is_visible(&self, id: u64) -> bool {
@@ -427,6 +505,10 @@ impl MessageTable {
             let Some(&id) = self.visible.first() else {
                 break;
             };
+            if !self.window.claimable(id) {
+                // Spilled messages come before it: after the next slice.
+                break;
+            }
             if let Some(rule) = rule
                 && let Some(message) = self.live.get(&id)
                 && rule.is_due(message)
@@ -478,12 +560,24 @@ impl MessageTable {
     }
 
     /// Adds a message moved here from another queue (dead-lettered or redriven): visible at
-    /// once, never received here. Returns whether it was new here.
+    /// once, never received here. Returns whether it was new here. Always held in memory,
+    /// window or not: its row may have any id, and one at or below the window's end must be.
     pub fn adopt(&mut self, id: u64, enqueue_ms: Millis, now: Millis, size: u32) -> bool {
         if self.live.contains_key(&id) {
             return false;
         }
-        self.insert(id, enqueue_ms, now, now, size);
+        self.put_live(
+            id,
+            LiveMessage {
+                enqueue_ms,
+                visible_at_ms: now,
+                first_dequeue_ms: 0,
+                receipt_nonce: 0,
+                dequeue_count: 0,
+                phase: Phase::Visible,
+                size,
+            },
+        );
         true
     }
 
@@ -671,10 +765,9 @@ impl MessageTable {
 
     /// Up to `max` visible messages, in the order `claim` would take them; changes nothing.
     pub fn peek(&self, max: usize) -> Vec<Peeked> {
-        self.visible
-            .iter()
+        self.visible_ids()
             .take(max)
-            .filter_map(|&id| {
+            .filter_map(|id| {
                 let message = self.live.get(&id)?;
                 Some(Peeked {
                     id,

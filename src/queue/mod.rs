@@ -16,6 +16,7 @@ pub mod receiving;
 mod tests;
 mod tombstones;
 mod waiters;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -268,6 +269,8 @@ pub struct QueueContext {
     pub message_ids: Arc<AtomicU64>,
     /// The memory all queues may use for bodies not yet received (see `body_cache`).
     pub body_budget: Arc<body_cache::BodyBudget>,
+    /// How many visible messages each queue, and all together, keep in memory (see `window`).
+    pub window: window::WindowLimits,
     /// The other queues, for dead-letter moves and redrives.
     pub directory: Directory,
 }

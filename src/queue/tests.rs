@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body_cache::BodyBudget;
-use super::messages::MessageTable;
+
 use super::receiving::Delivered;
 use super::{
     ConsumeSettings, Consuming, Counts, DeleteResult, DeleteTarget, Event, HandlePlace, Outgoing,
@@ -85,19 +85,19 @@ impl Harness {
             .find(|q| q.id == QUEUE_ID)
             .expect("the queue is stored");
         let now = clock.now_ms();
-        let mut table = MessageTable::new(QUEUE_ID);
-        storage
-            .recover_messages(&mut |queue_id, stored| {
-                if queue_id == QUEUE_ID {
-                    table.recover(&stored, now);
-                }
-            })
-            .expect("recover messages");
+        let table = super::window::recover(
+            &*storage,
+            QUEUE_ID,
+            now,
+            super::window::WindowLimits::unbounded(),
+        )
+        .expect("recover the queue's messages");
         let context = QueueContext {
             storage: storage.clone(),
             clock: clock.clone(),
             message_ids: Arc::new(AtomicU64::new(recovered.next_message_id)),
             body_budget: Arc::new(BodyBudget::new(body_budget)),
+            window: super::window::WindowLimits::unbounded(),
             directory: Default::default(),
         };
         let tracker = TaskTracker::new();

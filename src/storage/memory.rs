@@ -3,7 +3,7 @@
 //! Every [`WriteOp`] is applied to tables that mirror the SQLite schema (queues, messages with
 //! their state and body, the id counters, the receipt secret), in submission order, and a
 //! commit is answered only once its operation is applied: what a test reads back through
-//! `recover`, `recover_messages` or `read_bodies` is what the queue wrote, so an actor started
+//! `recover`, `read_messages`, `read_held` or `read_bodies` is what the queue wrote, so an actor started
 //! again on the same storage is a restart. Two switches let a test play the disk's part:
 //! [`MemoryStorage::fail_writes`] makes writes fail as an I/O error would, and
 //! [`MemoryStorage::hold_writes`] keeps them pending (a commit in flight) until released;
@@ -15,10 +15,11 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::{
-    BodiesReply, CommitReply, DeduplicationRecord, DeletedMessages, QueueRecord, Recovered,
-    Storage, StorageError, StoredMessage, StoredState, SubscriptionRecord, SubscriptionTotals,
-    TopicRecord, TopicTotals, WriteOp,
+    BodiesReply, CommitReply, DeduplicationRecord, DeletedMessages, LiveTotals, QueueRecord,
+    Recovered, Storage, StorageError, StoredMessage, StoredState, SubscriptionRecord,
+    SubscriptionTotals, TopicRecord, TopicTotals, WriteOp,
 };
+use crate::clock::Millis;
 use crate::payload::Payload;
 use crate::receipt::{KEY_LEN, ReceiptKey};
 
@@ -446,22 +447,73 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn recover_messages(
+    fn read_messages(
         &self,
-        visit: &mut dyn FnMut(u64, StoredMessage),
-    ) -> Result<(), StorageError> {
-        // A copy, so that `visit` runs without the lock (it may call back into storage).
-        let rows: Vec<(u64, StoredMessage)> = self
-            .lock()
+        queue_id: u64,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let state = self.lock();
+        Ok(state
+            .tables
+            .messages
+            .range(after_id.saturating_add(1)..)
+            .map(|(_, row)| row)
+            .filter(|row| row.queue_id == queue_id && row.meta.state == StoredState::Live)
+            .take(limit)
+            .map(|row| row.meta)
+            .collect())
+    }
+
+    fn read_held(&self, queue_id: u64, now: Millis) -> Result<Vec<StoredMessage>, StorageError> {
+        let state = self.lock();
+        Ok(state
             .tables
             .messages
             .values()
-            .map(|row| (row.queue_id, row.meta))
-            .collect();
-        for (queue_id, message) in rows {
-            visit(queue_id, message);
+            .filter(|row| {
+                row.queue_id == queue_id
+                    && (row.meta.state != StoredState::Live
+                        || (row.meta.visible_at_ms > now
+                            && row.meta.visible_at_ms > row.meta.enqueue_ms))
+            })
+            .map(|row| row.meta)
+            .collect())
+    }
+
+    fn count_live(&self, queue_id: u64) -> Result<LiveTotals, StorageError> {
+        let state = self.lock();
+        let mut totals = LiveTotals::default();
+        for row in state.tables.messages.values() {
+            if row.queue_id == queue_id && row.meta.state == StoredState::Live {
+                totals.count += 1;
+                totals.bytes += u64::from(row.meta.size);
+            }
         }
-        Ok(())
+        Ok(totals)
+    }
+
+    fn queues_with_messages(&self) -> Result<Vec<u64>, StorageError> {
+        let state = self.lock();
+        let queues: std::collections::BTreeSet<u64> = state
+            .tables
+            .messages
+            .values()
+            .map(|row| row.queue_id)
+            .collect();
+        Ok(queues.into_iter().collect())
+    }
+
+    fn message_ids(&self, queue_id: u64, limit: usize) -> Result<Vec<u64>, StorageError> {
+        let state = self.lock();
+        Ok(state
+            .tables
+            .messages
+            .iter()
+            .filter(|(_, row)| row.queue_id == queue_id)
+            .take(limit)
+            .map(|(id, _)| *id)
+            .collect())
     }
 
     fn commit(&self, op: WriteOp, done: CommitReply) {
@@ -611,10 +663,30 @@ mod tests {
         Vec<(u64, Payload)>,
     ) {
         let queues = storage.recover().expect("recover").queues;
+        // Every row of every queue with rows, as the window's reads see them: live ones in
+        // slices, the rest as held (at the end of time no live row is hidden, so each row
+        // comes once).
         let mut messages = Vec::new();
-        storage
-            .recover_messages(&mut |queue_id, message| messages.push((queue_id, message)))
-            .expect("recover messages");
+        for queue_id in storage.queues_with_messages().expect("queues") {
+            let totals = storage.count_live(queue_id).expect("count");
+            let live = storage.read_messages(queue_id, 0, 100).expect("slice");
+            assert_eq!(totals.count, live.len() as u64);
+            assert_eq!(
+                totals.bytes,
+                live.iter().map(|m| u64::from(m.size)).sum::<u64>()
+            );
+            let mut all = live;
+            for held in storage.read_held(queue_id, i64::MAX).expect("held") {
+                all.push(held);
+            }
+            all.sort_by_key(|m| m.id);
+            assert_eq!(
+                storage.message_ids(queue_id, 100).expect("ids").len(),
+                all.len()
+            );
+            messages.extend(all.into_iter().map(|m| (queue_id, m)));
+        }
+        messages.sort_by_key(|(_, m)| m.id);
         let (reply, read) = oneshot::channel();
         storage.read_bodies((0..=10).collect(), reply);
         let bodies = read.await.expect("reply").expect("bodies");

@@ -451,8 +451,15 @@ impl WriteOp {
 /// ids start at 1, so no queue has it.
 pub const NO_QUEUE: u64 = 0;
 
-/// The queues storage held at startup (their messages are read afterwards, by
-/// [`Storage::recover_messages`]).
+/// How many live messages a queue has stored (see [`Storage::count_live`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveTotals {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// The queues storage held at startup (each queue's window of messages is read afterwards, see
+/// `queue::window::recover`).
 #[derive(Debug)]
 pub struct Recovered {
     pub queues: Vec<QueueRecord>,
@@ -546,18 +553,64 @@ pub fn remove_in_slices(storage: &dyn Storage, queue_id: u64, ids: &[u64]) {
     }
 }
 
+/// Removes every row of `queue_id` (a queue deleted), in commits of at most [`REMOVE_SLICE`],
+/// each waited for before the next slice is read. Blocking: run it on its own thread. Stops
+/// at the first failure (recovery finds the rest later: the queue no longer exists).
+pub fn remove_queue_rows(storage: &dyn Storage, queue_id: u64) {
+    loop {
+        let ids = match storage.message_ids(queue_id, REMOVE_SLICE) {
+            Ok(ids) if ids.is_empty() => return,
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::warn!(queue_id, %error, "cannot read the rows of a deleted queue; they are removed at the next start");
+                return;
+            }
+        };
+        let (done, committed) = oneshot::channel();
+        storage.commit(WriteOp::RemoveMessages { queue_id, ids }, done);
+        match committed.blocking_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(queue_id, %error, "cannot remove the rows of a deleted queue; they are removed at the next start");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 pub trait Storage: Send + Sync + 'static {
     /// Reads every queue and the id counters. Blocking: call it off the async workers.
     fn recover(&self) -> Result<Recovered, StorageError>;
 
-    /// Hands every stored message to `visit` with the id of its queue: its metadata, not its
-    /// body, oldest (lowest id) first, so each queue's messages also come oldest first. One pass
-    /// over all queues' messages, without collecting them: recovering a large backlog holds one
-    /// copy, the actors'. Blocking, like `recover`.
-    fn recover_messages(
+    /// The live (undeleted) messages of `queue_id` with ids above `after_id`, in id order (the
+    /// order of delivery), at most `limit`: a slice of a backlog larger than the queue's window
+    /// (see `queue::window`). Their metadata, not their bodies, through the index by queue, so
+    /// the time it takes does not grow with the backlog. Blocking: call it off the async
+    /// workers.
+    fn read_messages(
         &self,
-        visit: &mut dyn FnMut(u64, StoredMessage),
-    ) -> Result<(), StorageError>;
+        queue_id: u64,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError>;
+
+    /// The stored messages of `queue_id` that are not live and visible at `now`: in flight,
+    /// delayed (live, `visible_at_ms` past `now`), kept for rewind and tombstones. What the
+    /// queue's actor holds in memory whatever the size of the backlog. Blocking.
+    fn read_held(&self, queue_id: u64, now: Millis) -> Result<Vec<StoredMessage>, StorageError>;
+
+    /// How many live messages `queue_id` has stored, and their bytes (body and attributes),
+    /// counted from the index by queue without reading the rows. Blocking.
+    fn count_live(&self, queue_id: u64) -> Result<LiveTotals, StorageError>;
+
+    /// The ids of the queues that have stored messages (of any state), from the index by queue.
+    /// Blocking.
+    fn queues_with_messages(&self) -> Result<Vec<u64>, StorageError>;
+
+    /// Up to `limit` ids of stored messages of `queue_id`, of any state (what removing the rows
+    /// of a deleted queue reads). Blocking.
+    fn message_ids(&self, queue_id: u64, limit: usize) -> Result<Vec<u64>, StorageError>;
 
     /// Applies `op` durably; `done` hears once it is committed and synced to disk.
     fn commit(&self, op: WriteOp, done: CommitReply);

@@ -29,4 +29,5 @@ mod version;
 mod visibility;
 mod walkthrough;
 mod web;
+mod window;
 mod wire;

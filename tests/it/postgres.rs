@@ -939,7 +939,7 @@ async fn a_migrated_data_directory_serves_the_same_from_postgres() {
 }
 
 /// A schema of version 1 (before message attributes, deduplication, dead-letter policies,
-/// topics and byte quotas) is migrated to the current version (4) when a server opens it, in one
+/// topics, byte quotas and message sizes) is migrated to the current version (5) when a server opens it, in one
 /// transaction:
 /// its queues and messages stay, queues get the default deduplication window and no policy,
 /// and the new features work on them.
@@ -958,7 +958,11 @@ async fn a_version_1_schema_is_migrated_to_the_current_version() {
     let schema = schema_for(dir.path());
     admin
         .batch_execute(&format!(
-            "ALTER TABLE {schema}.messages DROP COLUMN meta, DROP COLUMN dead_letter_source,
+            "DROP INDEX {schema}.messages_hidden;
+             DROP INDEX {schema}.messages_by_queue;
+             ALTER TABLE {schema}.messages DROP COLUMN size;
+             CREATE INDEX messages_by_queue ON {schema}.messages (queue_id, id);
+             ALTER TABLE {schema}.messages DROP COLUMN meta, DROP COLUMN dead_letter_source,
                  DROP COLUMN dead_letter_receive_count;
              ALTER TABLE {schema}.queues DROP COLUMN deduplication_window_seconds,
                  DROP COLUMN dead_letter_queue, DROP COLUMN max_receive_count,
@@ -979,7 +983,7 @@ async fn a_version_1_schema_is_migrated_to_the_current_version() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let queue = get(&mut client, "old").await;
     let attributes = queue.attributes.expect("attributes");
     assert_eq!(attributes.deduplication_window_seconds, Some(300));
@@ -1029,7 +1033,11 @@ async fn a_version_2_schema_gains_topics() {
     let schema = schema_for(dir.path());
     admin
         .batch_execute(&format!(
-            "ALTER TABLE {schema}.queues DROP COLUMN max_bytes;
+            "DROP INDEX {schema}.messages_hidden;
+             DROP INDEX {schema}.messages_by_queue;
+             ALTER TABLE {schema}.messages DROP COLUMN size;
+             CREATE INDEX messages_by_queue ON {schema}.messages (queue_id, id);
+             ALTER TABLE {schema}.queues DROP COLUMN max_bytes;
              DROP TABLE {schema}.topics;
              DROP TABLE {schema}.subscriptions;
              UPDATE {schema}.schema_version SET version = 2;"
@@ -1043,7 +1051,7 @@ async fn a_version_2_schema_gains_topics() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     client
         .create_topic(pb::CreateTopicRequest {
             topic_name: "after".into(),
@@ -1074,8 +1082,8 @@ async fn a_version_2_schema_gains_topics() {
     assert_eq!(server.terminate(), Some(0));
 }
 
-/// A schema of version 3 (before byte quotas and kept topic totals) is migrated to version 4
-/// when a server opens it: its queues get no quota, the bytes their messages hold are counted
+/// A schema of version 3 (before byte quotas and kept topic totals) is migrated to the current
+/// version when a server opens it: its queues get no quota, the bytes their messages hold are counted
 /// from the rows, and its topics count from 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_3_schema_gains_byte_quotas() {
@@ -1092,7 +1100,11 @@ async fn a_version_3_schema_gains_byte_quotas() {
     let schema = schema_for(dir.path());
     admin
         .batch_execute(&format!(
-            "ALTER TABLE {schema}.queues DROP COLUMN max_bytes;
+            "DROP INDEX {schema}.messages_hidden;
+             DROP INDEX {schema}.messages_by_queue;
+             ALTER TABLE {schema}.messages DROP COLUMN size;
+             CREATE INDEX messages_by_queue ON {schema}.messages (queue_id, id);
+             ALTER TABLE {schema}.queues DROP COLUMN max_bytes;
              ALTER TABLE {schema}.topics DROP COLUMN published_messages,
                  DROP COLUMN unrouted_messages;
              ALTER TABLE {schema}.subscriptions DROP COLUMN delivered_messages,
@@ -1108,7 +1120,7 @@ async fn a_version_3_schema_gains_byte_quotas() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let queue = get(&mut client, "before-quotas").await;
     assert_eq!(queue.attributes.expect("attributes").max_bytes, Some(0));
     assert_eq!(queue.stats.expect("stats").backlog_bytes, 25);
@@ -1131,5 +1143,67 @@ async fn a_version_3_schema_gains_byte_quotas() {
         .await
         .expect_err("beyond the quota");
     assert_error(&status, tonic::Code::ResourceExhausted, 4410);
+    assert_eq!(server.terminate(), Some(0));
+}
+
+/// A schema of version 4 (before message sizes and the indexes by queue) is migrated to version
+/// 5 when a server opens it: every message gets its size (body and attributes), and a backlog
+/// larger than the window is counted and delivered from the new index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_schema_gains_sizes_and_indexes_by_queue() {
+    if postgres_only() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = ["--queue-window", "2", "--total-window", "4"];
+    let server = ChildServer::start_with(dir.path(), &flags, &[]);
+    let mut client = server.client().await;
+    create(&mut client, "before-sizes", attrs()).await;
+    for n in 0..6u8 {
+        send(&mut client, "before-sizes", &[n; 10]).await;
+    }
+    assert_eq!(server.terminate(), Some(0));
+    let admin = postgres_client().await;
+    let schema = schema_for(dir.path());
+    admin
+        .batch_execute(&format!(
+            "DROP INDEX {schema}.messages_hidden;
+             DROP INDEX {schema}.messages_by_queue;
+             ALTER TABLE {schema}.messages DROP COLUMN size;
+             CREATE INDEX messages_by_queue ON {schema}.messages (queue_id, id);
+             UPDATE {schema}.schema_version SET version = 4;"
+        ))
+        .await
+        .expect("make it version 4");
+    let server = ChildServer::start_with(dir.path(), &flags, &[]);
+    let mut client = server.client().await;
+    let version: i32 = admin
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 5);
+    let sizes: i64 = admin
+        .query_one(
+            &format!("SELECT sum(size)::int8 FROM {schema}.messages"),
+            &[],
+        )
+        .await
+        .expect("sizes")
+        .get(0);
+    assert_eq!(sizes, 60);
+    let stats = stats(&mut client, "before-sizes").await;
+    assert_eq!((stats.active_messages, stats.backlog_bytes), (6, 60));
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        let got = receive(&mut client, "before-sizes", 1).await;
+        for message in &got {
+            delete(&mut client, "before-sizes", &message.receipt_handle)
+                .await
+                .expect("delete");
+            bodies.push(message.body[0]);
+        }
+    }
+    assert_eq!(bodies, vec![0, 1, 2, 3, 4, 5]);
     assert_eq!(server.terminate(), Some(0));
 }

@@ -97,6 +97,11 @@ async fn readme_walkthrough_runs_as_written() {
         "\"body\": \"c2xvdyB3b3Jr\"",
         "\"dequeueCount\": 1",
         "\"purgedMessages\": \"2\"",
+        // The consumer stream pushes both jobs ("job 1", "job 2"), and the acknowledgement on
+        // a second stream deletes them both (no failures: checked below).
+        "\"body\": \"am9iIDE=\"",
+        "\"body\": \"am9iIDI=\"",
+        "\"acknowledged\": {\n    \"ackId\": \"1\"\n  }",
         // Dead letters: the message moved after two receives, with its attributes and where
         // it came from; the source listed; the redrive moves it back.
         "\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"",
@@ -110,9 +115,9 @@ async fn readme_walkthrough_runs_as_written() {
             "the walkthrough's output lacks {expected:?}\n{shown}"
         );
     }
-    // One receipt handle per received message: 1 + 3 + the rewound one, then the order's two
-    // failed receives and its receive from the dead-letter queue.
-    assert_eq!(stdout.matches("\"receiptHandle\"").count(), 8, "{shown}");
+    // One receipt handle per received message: 1 + 3 + the rewound one, the two pushed on the
+    // stream, then the order's two failed receives and its receive from the dead-letter queue.
+    assert_eq!(stdout.matches("\"receiptHandle\"").count(), 10, "{shown}");
     // The order was sent twice with one deduplication id: one message id, twice.
     let ids: Vec<&str> = stdout
         .lines()

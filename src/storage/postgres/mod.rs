@@ -29,9 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BodiesReply, CommitObserver, CommitReply, Recovered, Storage, StorageError, StoredMessage,
-    WriteOp,
+    BodiesReply, CommitObserver, CommitReply, LiveTotals, Recovered, Storage, StorageError,
+    StoredMessage, WriteOp,
 };
+use crate::clock::Millis;
 use crate::storage::WriterRequest;
 pub use connect::ConnectOptions;
 use readers::ReaderPool;
@@ -157,6 +158,10 @@ impl PostgresStorage {
         Ok(())
     }
 
+    fn read_error(what: String) -> StorageError {
+        StorageError::Io(format!("reading messages failed: {what}"))
+    }
+
     fn recovery_error(what: String) -> StorageError {
         StorageError::Io(format!("recovery failed: {what}"))
     }
@@ -174,17 +179,64 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn recover_messages(
+    fn read_messages(
         &self,
-        visit: &mut dyn FnMut(u64, StoredMessage),
-    ) -> Result<(), StorageError> {
+        queue_id: u64,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.runtime.block_on(async {
+            let reader = self.readers.get().await?;
+            let messages =
+                schema::read_messages(&reader.client, &self.schema, queue_id, after_id, limit)
+                    .await
+                    .map_err(Self::read_error)?;
+            self.readers.put(reader);
+            Ok(messages)
+        })
+    }
+
+    fn read_held(&self, queue_id: u64, now: Millis) -> Result<Vec<StoredMessage>, StorageError> {
         self.runtime.block_on(async {
             let mut reader = self.readers.get().await?;
-            schema::recover_messages(&mut reader.client, &self.schema, visit)
+            let messages = schema::read_held(&mut reader.client, &self.schema, queue_id, now)
                 .await
-                .map_err(Self::recovery_error)?;
+                .map_err(Self::read_error)?;
             self.readers.put(reader);
-            Ok(())
+            Ok(messages)
+        })
+    }
+
+    fn count_live(&self, queue_id: u64) -> Result<LiveTotals, StorageError> {
+        self.runtime.block_on(async {
+            let reader = self.readers.get().await?;
+            let totals = schema::count_live(&reader.client, &self.schema, queue_id)
+                .await
+                .map_err(Self::read_error)?;
+            self.readers.put(reader);
+            Ok(totals)
+        })
+    }
+
+    fn queues_with_messages(&self) -> Result<Vec<u64>, StorageError> {
+        self.runtime.block_on(async {
+            let reader = self.readers.get().await?;
+            let queues = schema::queues_with_messages(&reader.client, &self.schema)
+                .await
+                .map_err(Self::read_error)?;
+            self.readers.put(reader);
+            Ok(queues)
+        })
+    }
+
+    fn message_ids(&self, queue_id: u64, limit: usize) -> Result<Vec<u64>, StorageError> {
+        self.runtime.block_on(async {
+            let reader = self.readers.get().await?;
+            let ids = schema::message_ids(&reader.client, &self.schema, queue_id, limit)
+                .await
+                .map_err(Self::read_error)?;
+            self.readers.put(reader);
+            Ok(ids)
         })
     }
 

@@ -17,13 +17,14 @@ use tokio_postgres::{Client, GenericClient};
 use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::receipt::KEY_LEN;
 use crate::storage::{
-    DeduplicationRecord, FilterType, QueueRecord, Recovered, StorageError, StoredMessage,
-    StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals, decode_filter,
+    DeduplicationRecord, FilterType, LiveTotals, QueueRecord, Recovered, StorageError,
+    StoredMessage, StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals,
+    decode_filter,
 };
 
 /// The layout below. A database with a higher number was written by a newer Spool and is
 /// refused; a lower one would be migrated at open, step by step, each in its transaction.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 /// `schema_version.application`: tells Spool's tables from someone else's of the same names.
 const APPLICATION: &str = "spool";
 /// The names Spool creates; any of them in the schema without Spool's version row is foreign.
@@ -169,6 +170,23 @@ ALTER TABLE {s}.subscriptions ADD COLUMN delivered_messages bigint NOT NULL DEFA
     ADD COLUMN filtered_out_messages bigint NOT NULL DEFAULT 0;
 ";
 
+/// Version 5, for backlogs larger than memory (see `queue::window`): each message's size (body
+/// and attributes, what counts toward `max_bytes`) as a stored generated column (so no write
+/// names it, and a tombstone's emptied body makes it 0), the index by queue ordered by state
+/// and id and carrying the size, so that a queue's live messages are read in slices and
+/// counted from the index (an index-only scan once vacuum has marked the pages), and a partial
+/// index of the rows that were ever delayed or received, by the time they become visible, so
+/// recovery finds the in-flight and delayed ones without reading the rest. Adding the column
+/// rewrites the table once.
+const VERSION_5: &str = "
+ALTER TABLE {s}.messages ADD COLUMN size integer
+    GENERATED ALWAYS AS (octet_length(body) + coalesce(octet_length(meta), 0)) STORED;
+DROP INDEX {s}.messages_by_queue;
+CREATE INDEX messages_by_queue ON {s}.messages (queue_id, state, id) INCLUDE (size);
+CREATE INDEX messages_hidden ON {s}.messages (queue_id, visible_at_ms)
+    WHERE state = 0 AND visible_at_ms > enqueue_ms;
+";
+
 /// A schema name Spool accepts: lower-case letters, digits and underscores, starting with a
 /// letter or underscore, so that it never needs quoting rules beyond double quotes and reads
 /// the same in `psql`.
@@ -257,6 +275,10 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             .map_err(io)?;
         transaction
             .batch_execute(&VERSION_4.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .batch_execute(&VERSION_5.replace("{s}", &q))
             .await
             .map_err(io)?;
         transaction
@@ -380,6 +402,22 @@ pub async fn prepare(client: &mut Client, schema: &str) -> Result<(), StorageErr
             schema,
             "migrated Spool's tables from version 3 to 4 (per-queue byte quotas, topic totals \
              kept)"
+        );
+    }
+    if version < 5 {
+        let q = quoted(schema);
+        transaction
+            .batch_execute(&VERSION_5.replace("{s}", &q))
+            .await
+            .map_err(io)?;
+        transaction
+            .execute(&format!("UPDATE {q}.schema_version SET version = 5"), &[])
+            .await
+            .map_err(io)?;
+        tracing::info!(
+            schema,
+            "migrated Spool's tables from version 4 to 5 (message sizes, indexes by queue for \
+             backlogs larger than memory)"
         );
     }
     transaction.commit().await.map_err(io)?;
@@ -621,20 +659,173 @@ pub async fn read_topics(
 /// held whole by the driver.
 const RECOVERY_FETCH_ROWS: i32 = 10_000;
 
-/// Visits every message's metadata (never its body) with its queue id, in id order (so each
-/// queue's messages come oldest first), through a cursor in one read-only snapshot.
-pub async fn recover_messages(
-    client: &mut Client,
-    schema: &str,
-    visit: &mut dyn FnMut(u64, StoredMessage),
-) -> Result<(), String> {
-    recover_messages_where(client, schema, None, &mut |queue_id, stored| {
-        visit(queue_id, stored)
+/// The metadata columns [`stored_message`] reads, in its order.
+const MESSAGE_COLUMNS: &str =
+    "id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms, receipt_nonce, state, size";
+
+fn stored_message(row: &tokio_postgres::Row) -> Result<StoredMessage, String> {
+    let text = |e: tokio_postgres::Error| e.to_string();
+    let state: i16 = row.try_get(6).map_err(text)?;
+    let dequeue_count: i32 = row.try_get(3).map_err(text)?;
+    Ok(StoredMessage {
+        id: row.try_get::<_, i64>(0).map_err(text)? as u64,
+        enqueue_ms: row.try_get(1).map_err(text)?,
+        visible_at_ms: row.try_get(2).map_err(text)?,
+        dequeue_count: dequeue_count.max(0) as u32,
+        first_dequeue_ms: row.try_get(4).map_err(text)?,
+        receipt_nonce: row.try_get::<_, i64>(5).map_err(text)? as u64,
+        state: StoredState::from_code(i64::from(state))
+            .ok_or_else(|| format!("a message has the unknown state {state}"))?,
+        size: row.try_get::<_, i32>(7).map_err(text)?.max(0) as u32,
     })
-    .await
 }
 
-/// [`recover_messages`] of every queue, or of one (by its index, for a cluster's takeover).
+/// See `Storage::read_messages`: through `messages_by_queue`.
+pub async fn read_messages(
+    client: &impl GenericClient,
+    schema: &str,
+    queue_id: u64,
+    after_id: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, String> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM {}.messages
+                  WHERE queue_id = $1 AND state = 0 AND id > $2 ORDER BY id LIMIT $3",
+                quoted(schema)
+            ),
+            &[
+                &(queue_id as i64),
+                &(after_id.min(i64::MAX as u64) as i64),
+                &(limit.min(i64::MAX as usize) as i64),
+            ],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    rows.iter().map(stored_message).collect()
+}
+
+/// See `Storage::read_held`: the in-flight and delayed messages through `messages_hidden`, the
+/// kept ones and tombstones through `messages_by_queue`, in one snapshot.
+pub async fn read_held(
+    client: &mut Client,
+    schema: &str,
+    queue_id: u64,
+    now: i64,
+) -> Result<Vec<StoredMessage>, String> {
+    let text = |e: tokio_postgres::Error| e.to_string();
+    let q = quoted(schema);
+    let transaction = client
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .map_err(text)?;
+    let mut rows = transaction
+        .query(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM {q}.messages
+                  WHERE queue_id = $1 AND state = 0 AND visible_at_ms > enqueue_ms
+                    AND visible_at_ms > $2"
+            ),
+            &[&(queue_id as i64), &now],
+        )
+        .await
+        .map_err(text)?;
+    rows.extend(
+        transaction
+            .query(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {q}.messages WHERE queue_id = $1 AND state > 0"
+                ),
+                &[&(queue_id as i64)],
+            )
+            .await
+            .map_err(text)?,
+    );
+    transaction.commit().await.map_err(text)?;
+    rows.iter().map(stored_message).collect()
+}
+
+/// See `Storage::count_live`.
+pub async fn count_live(
+    client: &impl GenericClient,
+    schema: &str,
+    queue_id: u64,
+) -> Result<LiveTotals, String> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(sum(size), 0)::int8 FROM {}.messages
+                  WHERE queue_id = $1 AND state = 0",
+                quoted(schema)
+            ),
+            &[&(queue_id as i64)],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(LiveTotals {
+        count: row.try_get::<_, i64>(0).map_err(|e| e.to_string())?.max(0) as u64,
+        bytes: row.try_get::<_, i64>(1).map_err(|e| e.to_string())?.max(0) as u64,
+    })
+}
+
+/// See `Storage::queues_with_messages`: one seek of `messages_by_queue` per queue.
+pub async fn queues_with_messages(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<Vec<u64>, String> {
+    let statement = client
+        .prepare(&format!(
+            "SELECT queue_id FROM {}.messages WHERE queue_id > $1 ORDER BY queue_id LIMIT 1",
+            quoted(schema)
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut queues = Vec::new();
+    let mut after = 0i64;
+    while let Some(row) = client
+        .query_opt(&statement, &[&after])
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        after = row.try_get(0).map_err(|e| e.to_string())?;
+        queues.push(after as u64);
+    }
+    Ok(queues)
+}
+
+/// See `Storage::message_ids`.
+pub async fn message_ids(
+    client: &impl GenericClient,
+    schema: &str,
+    queue_id: u64,
+    limit: usize,
+) -> Result<Vec<u64>, String> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id FROM {}.messages WHERE queue_id = $1 LIMIT $2",
+                quoted(schema)
+            ),
+            &[&(queue_id as i64), &(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    rows.iter()
+        .map(|row| {
+            row.try_get::<_, i64>(0)
+                .map(|id| id as u64)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Visits the metadata (never the body) of every stored message, or of one queue's (by its
+/// index, for a cluster's takeover), with its queue id, in id order, through a cursor in one
+/// read-only snapshot.
 pub async fn recover_messages_where(
     client: &mut Client,
     schema: &str,

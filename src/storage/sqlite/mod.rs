@@ -18,9 +18,10 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::{
-    BodiesReply, CommitObserver, CommitReply, Recovered, Storage, StorageError, StoredMessage,
-    WriteOp,
+    BodiesReply, CommitObserver, CommitReply, LiveTotals, Recovered, Storage, StorageError,
+    StoredMessage, WriteOp,
 };
+use crate::clock::Millis;
 use crate::storage::WriterRequest;
 use readers::ReaderPool;
 
@@ -153,13 +154,32 @@ impl Storage for SqliteStorage {
         schema::recover(&conn).map_err(|e| StorageError::Io(format!("recovery failed: {e}")))
     }
 
-    fn recover_messages(
+    fn read_messages(
         &self,
-        visit: &mut dyn FnMut(u64, StoredMessage),
-    ) -> Result<(), StorageError> {
-        let conn = self.readers.connect()?;
-        schema::recover_messages(&conn, visit)
-            .map_err(|e| StorageError::Io(format!("recovery failed: {e}")))
+        queue_id: u64,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.readers
+            .with(|conn| schema::read_messages(conn, queue_id, after_id, limit))
+    }
+
+    fn read_held(&self, queue_id: u64, now: Millis) -> Result<Vec<StoredMessage>, StorageError> {
+        self.readers
+            .with(|conn| schema::read_held(conn, queue_id, now))
+    }
+
+    fn count_live(&self, queue_id: u64) -> Result<LiveTotals, StorageError> {
+        self.readers.with(|conn| schema::count_live(conn, queue_id))
+    }
+
+    fn queues_with_messages(&self) -> Result<Vec<u64>, StorageError> {
+        self.readers.with(schema::queues_with_messages)
+    }
+
+    fn message_ids(&self, queue_id: u64, limit: usize) -> Result<Vec<u64>, StorageError> {
+        self.readers
+            .with(|conn| schema::message_ids(conn, queue_id, limit))
     }
 
     fn commit(&self, op: WriteOp, done: CommitReply) {

@@ -30,6 +30,26 @@ impl ReaderPool {
         open(&self.path)
     }
 
+    /// Runs a blocking read on an idle connection (or a new one), giving it back afterwards.
+    pub fn with<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StorageError> {
+        let taken = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let conn = match taken {
+            Some(conn) => conn,
+            None => open(&self.path)?,
+        };
+        let result =
+            read(&conn).map_err(|e| StorageError::Io(format!("reading messages failed: {e}")));
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(conn);
+        }
+        result
+    }
+
     pub fn read_bodies(&self, ids: Vec<u64>, reply: BodiesReply) {
         let path = self.path.clone();
         let idle = self.idle.clone();

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::attributes::{DeadLetterPolicy, QueueAttributes};
 use crate::storage::{
-    DeduplicationRecord, FilterType, QueueRecord, Recovered, StorageError, StoredMessage,
-    StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals, decode_filter,
+    DeduplicationRecord, FilterType, LiveTotals, QueueRecord, Recovered, StorageError,
+    StoredMessage, StoredState, SubscriptionRecord, SubscriptionTotals, TopicRecord, TopicTotals,
+    decode_filter,
 };
 
 /// `PRAGMA application_id` of a Spool database ("SPOL"), so a foreign database is refused.
@@ -16,8 +17,9 @@ const APPLICATION_ID: i32 = 0x5350_4f4c;
 /// `PRAGMA user_version`: the layout below. Version 1 had the index `messages_by_queue`;
 /// version 2 had no `secrets` table and no tombstones (`deleted` = 2); version 3 had no message
 /// attributes, deduplication ids nor dead-letter policies; version 4 had no topics; version 5
-/// had no byte quotas. `prepare` migrates each.
-const SCHEMA_VERSION: i32 = 6;
+/// had no byte quotas; version 6 had no `size` column and no index by queue. `prepare` migrates
+/// each.
+const SCHEMA_VERSION: i32 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE queues (
@@ -128,6 +130,28 @@ ALTER TABLE subscriptions ADD COLUMN delivered_messages INTEGER NOT NULL DEFAULT
 ALTER TABLE subscriptions ADD COLUMN filtered_out_messages INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Added in version 7, for backlogs larger than memory (see `queue::window`): each message's
+/// size (body and attributes, what counts toward `max_bytes`) in its own column, and two
+/// indexes, so that a queue's actor reads only its window:
+/// - `messages_by_queue` reads one queue's live messages in id order (a slice of its backlog),
+///   counts them and sums their sizes without touching the rows (a covering index), and finds
+///   its kept messages and tombstones (`deleted` > 0).
+/// - `messages_hidden` holds only the rows that were ever delayed or received
+///   (`visible_at_ms` past `enqueue_ms`), by the time they become visible, so recovery finds the
+///   in-flight and delayed ones without a scan.
+///
+/// Both cost every insert and delete an index entry or two; the messages table had no index
+/// before, for that reason, but a backlog that must not be read whole at startup needs them.
+/// Existing rows get their size from their body and attributes in the migration (a one-time
+/// rewrite of the table).
+const VERSION_7: &str = "
+ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+UPDATE messages SET size = length(body) + coalesce(length(meta), 0);
+CREATE INDEX messages_by_queue ON messages (queue_id, deleted, id, size);
+CREATE INDEX messages_hidden ON messages (queue_id, visible_at_ms)
+    WHERE deleted = 0 AND visible_at_ms > enqueue_ms;
+";
+
 const RECEIPT_SECRET: &str = "receipt_key";
 
 /// Refuses an existing file that is not a Spool database, opening it read-only so that nothing
@@ -234,24 +258,32 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
             migrate_from_v2(conn)?;
             migrate_from_v3(conn)?;
             migrate_from_v4(conn)?;
-            migrate_from_v5(conn)
+            migrate_from_v5(conn)?;
+            migrate_from_v6(conn)
         }
         2 => {
             migrate_from_v2(conn)?;
             migrate_from_v3(conn)?;
             migrate_from_v4(conn)?;
-            migrate_from_v5(conn)
+            migrate_from_v5(conn)?;
+            migrate_from_v6(conn)
         }
         3 => {
             migrate_from_v3(conn)?;
             migrate_from_v4(conn)?;
-            migrate_from_v5(conn)
+            migrate_from_v5(conn)?;
+            migrate_from_v6(conn)
         }
         4 => {
             migrate_from_v4(conn)?;
-            migrate_from_v5(conn)
+            migrate_from_v5(conn)?;
+            migrate_from_v6(conn)
         }
-        5 => migrate_from_v5(conn),
+        5 => {
+            migrate_from_v5(conn)?;
+            migrate_from_v6(conn)
+        }
+        6 => migrate_from_v6(conn),
         // `check_existing` refused newer versions before the file was opened for writing.
         _ => Ok(()),
     }
@@ -264,6 +296,7 @@ fn create(conn: &Connection) -> rusqlite::Result<()> {
     tx.execute_batch(VERSION_4)?;
     tx.execute_batch(VERSION_5)?;
     tx.execute_batch(VERSION_6)?;
+    tx.execute_batch(VERSION_7)?;
     insert_receipt_secret(&tx)?;
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -329,6 +362,20 @@ fn migrate_from_v5(conn: &Connection) -> rusqlite::Result<()> {
     tx.commit()?;
     tracing::info!(
         "migrated the database from schema 5 to 6 (per-queue byte quotas, topic totals kept)"
+    );
+    Ok(())
+}
+
+/// Version 6 → 7: message sizes in a column, and the indexes by queue (see `VERSION_7`). One
+/// transaction, like the others.
+fn migrate_from_v6(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(VERSION_7)?;
+    tx.pragma_update(None, "user_version", 7)?;
+    tx.commit()?;
+    tracing::info!(
+        "migrated the database from schema 6 to 7 (message sizes, indexes by queue for backlogs \
+         larger than memory)"
     );
     Ok(())
 }
@@ -537,39 +584,125 @@ fn recover_deduplication_ids(conn: &Connection) -> rusqlite::Result<Vec<Deduplic
 /// the rowid, so this walks the table once with no sort and no index. The size (body and
 /// attributes) comes from `length()` of blobs, which SQLite reads from the record header
 /// without loading them.
-const RECOVER_MESSAGES: &str = "
-SELECT queue_id, id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms, receipt_nonce,
-       deleted, length(body) + coalesce(length(meta), 0)
-FROM messages ORDER BY id";
+/// A live queue's slice in id order, through `messages_by_queue`.
+const READ_MESSAGES: &str = "SELECT id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
+       receipt_nonce, deleted, size
+FROM messages WHERE queue_id = ?1 AND deleted = 0 AND id > ?2 ORDER BY id LIMIT ?3";
 
-/// Visits the metadata of every stored message with its queue id, oldest first, in one pass.
-pub fn recover_messages(
+/// A queue's in-flight and delayed messages, through `messages_hidden` (its `WHERE` implies the
+/// index's, which is what lets SQLite use a partial index).
+const READ_HIDDEN: &str = "SELECT id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
+       receipt_nonce, deleted, size
+FROM messages
+WHERE queue_id = ?1 AND deleted = 0 AND visible_at_ms > enqueue_ms AND visible_at_ms > ?2";
+
+/// A queue's kept messages and tombstones, through `messages_by_queue`.
+const READ_DELETED: &str = "SELECT id, enqueue_ms, visible_at_ms, dequeue_count, first_dequeue_ms,
+       receipt_nonce, deleted, size
+FROM messages WHERE queue_id = ?1 AND deleted > 0";
+
+/// A queue's live messages counted from `messages_by_queue` alone.
+const COUNT_LIVE: &str =
+    "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE queue_id = ?1 AND deleted = 0";
+
+/// The next queue id with rows after `?1`: one seek of `messages_by_queue` per queue.
+const NEXT_QUEUE: &str =
+    "SELECT queue_id FROM messages WHERE queue_id > ?1 ORDER BY queue_id LIMIT 1";
+
+const MESSAGE_IDS: &str = "SELECT id FROM messages WHERE queue_id = ?1 LIMIT ?2";
+
+fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: row.get::<_, i64>(0)? as u64,
+        enqueue_ms: row.get(1)?,
+        visible_at_ms: row.get(2)?,
+        dequeue_count: row.get(3)?,
+        first_dequeue_ms: row.get(4)?,
+        receipt_nonce: row.get::<_, i64>(5)? as u64,
+        state: {
+            let code = row.get::<_, i64>(6)?;
+            StoredState::from_code(code)
+                .ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(6, code))?
+        },
+        size: row.get::<_, i64>(7)?.clamp(0, i64::from(u32::MAX)) as u32,
+    })
+}
+
+/// See `Storage::read_messages`.
+pub fn read_messages(
     conn: &Connection,
-    visit: &mut dyn FnMut(u64, StoredMessage),
-) -> rusqlite::Result<()> {
-    let mut messages = conn.prepare(RECOVER_MESSAGES)?;
-    let mut rows = messages.query([])?;
-    while let Some(row) = rows.next()? {
-        let queue_id = row.get::<_, i64>(0)? as u64;
-        visit(
-            queue_id,
-            StoredMessage {
-                id: row.get::<_, i64>(1)? as u64,
-                enqueue_ms: row.get(2)?,
-                visible_at_ms: row.get(3)?,
-                dequeue_count: row.get(4)?,
-                first_dequeue_ms: row.get(5)?,
-                receipt_nonce: row.get::<_, i64>(6)? as u64,
-                state: {
-                    let code = row.get::<_, i64>(7)?;
-                    StoredState::from_code(code)
-                        .ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(7, code))?
-                },
-                size: row.get::<_, i64>(8)?.clamp(0, i64::from(u32::MAX)) as u32,
-            },
-        );
+    queue_id: u64,
+    after_id: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredMessage>> {
+    let mut select = conn.prepare_cached(READ_MESSAGES)?;
+    let rows = select.query_map(
+        rusqlite::params![
+            queue_id as i64,
+            after_id.min(i64::MAX as u64) as i64,
+            limit.min(i64::MAX as usize) as i64
+        ],
+        stored_message,
+    )?;
+    rows.collect()
+}
+
+/// See `Storage::read_held`: one read transaction, so both halves come from one snapshot.
+pub fn read_held(
+    conn: &Connection,
+    queue_id: u64,
+    now: crate::clock::Millis,
+) -> rusqlite::Result<Vec<StoredMessage>> {
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
+        let mut held: Vec<StoredMessage> = conn
+            .prepare_cached(READ_HIDDEN)?
+            .query_map(rusqlite::params![queue_id as i64, now], stored_message)?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut deleted = conn.prepare_cached(READ_DELETED)?;
+        for message in deleted.query_map([queue_id as i64], stored_message)? {
+            held.push(message?);
+        }
+        Ok(held)
+    })();
+    conn.execute_batch("COMMIT")?;
+    result
+}
+
+/// See `Storage::count_live`.
+pub fn count_live(conn: &Connection, queue_id: u64) -> rusqlite::Result<LiveTotals> {
+    conn.prepare_cached(COUNT_LIVE)?
+        .query_row([queue_id as i64], |row| {
+            Ok(LiveTotals {
+                count: row.get::<_, i64>(0)?.max(0) as u64,
+                bytes: row.get::<_, i64>(1)?.max(0) as u64,
+            })
+        })
+}
+
+/// See `Storage::queues_with_messages`.
+pub fn queues_with_messages(conn: &Connection) -> rusqlite::Result<Vec<u64>> {
+    let mut next = conn.prepare_cached(NEXT_QUEUE)?;
+    let mut queues = Vec::new();
+    let mut after = 0i64;
+    while let Some(queue_id) = next
+        .query_row([after], |row| row.get::<_, i64>(0))
+        .optional()?
+    {
+        queues.push(queue_id as u64);
+        after = queue_id;
     }
-    Ok(())
+    Ok(queues)
+}
+
+/// See `Storage::message_ids`.
+pub fn message_ids(conn: &Connection, queue_id: u64, limit: usize) -> rusqlite::Result<Vec<u64>> {
+    conn.prepare_cached(MESSAGE_IDS)?
+        .query_map(
+            rusqlite::params![queue_id as i64, limit.min(i64::MAX as usize) as i64],
+            |row| row.get::<_, i64>(0).map(|id| id as u64),
+        )?
+        .collect()
 }
 
 #[cfg(test)]
@@ -580,20 +713,83 @@ mod tests {
         let mut explain = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .expect("explain");
-        let details: Vec<String> = explain
-            .query_map([], |row| row.get(3))
-            .expect("plan")
-            .collect::<Result<_, _>>()
-            .expect("plan rows");
+        // Parameters left unbound: the plan does not depend on their values.
+        let mut rows = explain.raw_query();
+        let mut details: Vec<String> = Vec::new();
+        while let Some(row) = rows.next().expect("plan rows") {
+            details.push(row.get(3).expect("detail"));
+        }
         details.join("; ")
     }
 
-    /// Recovery reads the table once in rowid order: no index, no sort.
+    /// A window's reads go through the indexes by queue: a slice seeks, the counts never touch
+    /// the rows, the in-flight and delayed messages come from the partial index; none scans
+    /// the table or sorts.
     #[test]
-    fn the_recovery_scan_walks_the_table_once_in_rowid_order() {
+    fn window_reads_use_the_indexes_by_queue() {
         let conn = Connection::open_in_memory().expect("open");
         create(&conn).expect("create");
-        assert_eq!(plan(&conn, RECOVER_MESSAGES), "SCAN messages");
+        let read = plan(&conn, READ_MESSAGES);
+        assert!(
+            read.starts_with("SEARCH messages USING INDEX messages_by_queue"),
+            "{read}"
+        );
+        assert!(!read.contains("TEMP B-TREE"), "{read}");
+        let count = plan(&conn, COUNT_LIVE);
+        assert!(
+            count.starts_with("SEARCH messages USING COVERING INDEX messages_by_queue"),
+            "{count}"
+        );
+        let hidden = plan(&conn, READ_HIDDEN);
+        assert!(hidden.contains("USING INDEX messages_hidden"), "{hidden}");
+        let deleted = plan(&conn, READ_DELETED);
+        assert!(deleted.contains("INDEX messages_by_queue"), "{deleted}");
+        let next = plan(&conn, NEXT_QUEUE);
+        assert!(next.contains("COVERING INDEX messages_by_queue"), "{next}");
+    }
+
+    /// Version 6 → 7 sizes every stored message from its body and attributes and indexes it:
+    /// the counts and slices of a queue read the migrated rows.
+    #[test]
+    fn a_version_6_database_gains_sizes_and_indexes_by_queue() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(SCHEMA).expect("version 1's tables");
+        conn.execute_batch(SECRETS).expect("secrets");
+        insert_receipt_secret(&conn).expect("secret");
+        conn.execute_batch(VERSION_4).expect("version 4's columns");
+        conn.execute_batch(VERSION_5).expect("version 5's tables");
+        conn.execute_batch(VERSION_6).expect("version 6's columns");
+        conn.execute_batch(
+            "INSERT INTO queues (id, name, visibility_timeout_seconds, polling_wait_seconds,
+                 max_message_size, message_retention_seconds, rewind_seconds, max_backlog,
+                 create_time_ms, update_time_ms)
+                 VALUES (1, 'q', 30, 0, 65536, 345600, 0, 100, 1, 1);
+             INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body, meta, deleted)
+                 VALUES (1, 1, 5, 5, x'68690a0b', x'0a03', 0), (2, 1, 5, 5, x'6869', NULL, 0),
+                        (3, 1, 5, 9000, x'6869', NULL, 0), (4, 1, 5, 5, x'68', NULL, 1);
+             PRAGMA user_version = 6;",
+        )
+        .expect("make it version 6");
+        prepare(&conn).expect("prepare");
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            count_live(&conn, 1).expect("count"),
+            LiveTotals {
+                count: 3,
+                bytes: 10
+            }
+        );
+        let slice = read_messages(&conn, 1, 1, 10).expect("slice");
+        assert_eq!(slice.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(slice[0].size, 2);
+        let held = read_held(&conn, 1, 100).expect("held");
+        assert_eq!(held.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(held[1].state, StoredState::Kept);
+        assert_eq!(queues_with_messages(&conn).expect("queues"), vec![1]);
+        assert_eq!(message_ids(&conn, 1, 10).expect("ids").len(), 4);
     }
 
     #[test]
@@ -610,14 +806,18 @@ mod tests {
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(receipt_secret(&conn).expect("a receipt key").len(), 32);
-        let indexes: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL",
-                [],
-                |row| row.get(0),
+        // Version 1's index went in version 2; version 7 made its own two.
+        let indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL
+                 ORDER BY name",
             )
+            .expect("indexes")
+            .query_map([], |row| row.get(0))
+            .expect("indexes")
+            .collect::<Result<_, _>>()
             .expect("indexes");
-        assert_eq!(indexes, 0);
+        assert_eq!(indexes, vec!["messages_by_queue", "messages_hidden"]);
     }
 
     /// Version 3 → 4 keeps every queue and message, gives queues the default deduplication
@@ -715,8 +915,11 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         let recovered = recover(&conn).expect("recover");
         assert_eq!(recovered.queues[0].attributes.max_bytes, 0);
-        let mut sizes = Vec::new();
-        recover_messages(&conn, &mut |_, message| sizes.push(message.size)).expect("scan");
+        let sizes: Vec<u32> = read_messages(&conn, 1, 0, 10)
+            .expect("slice")
+            .iter()
+            .map(|message| message.size)
+            .collect();
         assert_eq!(sizes, vec![6, 2]);
     }
 }

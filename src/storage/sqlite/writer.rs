@@ -306,8 +306,8 @@ fn apply(
         WriteOp::InsertMessages { .. } | WriteOp::Publish { .. } => {
             let rows = op.inserted_messages().unwrap_or_default();
             let mut insert = conn.prepare_cached(
-                "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages (id, queue_id, enqueue_ms, visible_at_ms, body, meta, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             // Taken from the statement cache only for a row that needs it (each take hashes the
             // statement's text, and most sends have no deduplication id).
@@ -320,6 +320,7 @@ fn apply(
                     message.visible_at_ms,
                     &message.payload.body[..],
                     message.payload.encoded_meta(),
+                    message.payload.size() as i64,
                 ])?;
                 if let Some(deduplication_id) = &message.deduplication_id {
                     let remember = match &mut remember {
@@ -435,7 +436,8 @@ fn apply(
             }
             let mut tombstone = conn.prepare_cached(
                 "UPDATE messages SET deleted = ?5, visible_at_ms = ?2, dequeue_count = ?3,
-                    receipt_nonce = ?4, body = x'', meta = NULL, dead_letter_source = NULL
+                    receipt_nonce = ?4, body = x'', meta = NULL, size = 0,
+                    dead_letter_source = NULL
                  WHERE id = ?1",
             )?;
             for kept in &deleted.tombstones {
