@@ -564,6 +564,7 @@ impl MessageTable {
     /// window or not: its row may have any id, and one at or below the window's end must be.
     pub fn adopt(&mut self, id: u64, enqueue_ms: Millis, now: Millis, size: u32) -> bool {
         if self.live.contains_key(&id) {
+            self.window.adopted_after_load(size);
             return false;
         }
         self.put_live(

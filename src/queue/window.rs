@@ -139,6 +139,14 @@ pub struct Window {
     retry_at_ms: Millis,
     /// The visible messages in memory as the budget counts them.
     settled: usize,
+    /// Rows slices brought in beyond what `spilled` counted, and their bytes: messages moved
+    /// here (dead-lettered, redriven) whose row a slice's snapshot saw before their adoption
+    /// reached the actor. Their adoptions settle them (see [`Window::adopted_after_load`]).
+    owed: u64,
+    owed_bytes: u64,
+    /// 1 while `spilled` holds a count storage showed but the arithmetic had used up (see
+    /// `finish_read`), until an adoption makes it true.
+    mended: u64,
 }
 
 impl Window {
@@ -320,15 +328,26 @@ impl Window {
         }
         load.sort_by_key(|row| row.id);
         let bytes: u64 = load.iter().map(|row| u64::from(row.size)).sum();
-        self.spilled = self.spilled.saturating_sub(load.len() as u64);
+        let loaded = load.len() as u64;
+        // More loaded than counted: rows moved here whose adoption is still on its way.
+        self.owed += loaded.saturating_sub(self.spilled);
+        self.owed_bytes += bytes.saturating_sub(self.spilled_bytes);
+        self.spilled = self.spilled.saturating_sub(loaded);
         self.spilled_bytes = self.spilled_bytes.saturating_sub(bytes);
         match new_end {
-            Some(end) if self.spilled > 0 => {
+            Some(end) => {
+                if self.spilled == 0 {
+                    // Storage has more past this slice (`extra`) than the count says: moves
+                    // whose adoptions have not arrived. Keep reading, or those rows would be
+                    // stranded past the end; the count is mended as the adoptions arrive.
+                    self.spilled = 1;
+                    self.mended = 1;
+                }
                 self.end = Some(end);
                 self.known = self.known.split_off(&end.saturating_add(1));
                 self.first_spilled_ms = extra.map(|row| row.enqueue_ms);
             }
-            _ => {
+            None => {
                 if self.spilled > 0 || self.spilled_bytes > 0 {
                     // Storage has nothing more: the count was off. Memory is right from now on.
                     tracing::warn!(
@@ -338,12 +357,32 @@ impl Window {
                 }
                 self.spilled = 0;
                 self.spilled_bytes = 0;
+                self.mended = 0;
                 self.end = None;
                 self.known.clear();
                 self.first_spilled_ms = None;
             }
         }
         load
+    }
+
+    /// A message moved here (`size` bytes) whose adoption found it in memory already: a slice
+    /// read its row first, and took one off `spilled` that `spilled` never counted (a move is
+    /// not a spill). Gives it back, unless the slice's arithmetic owed it already.
+    pub fn adopted_after_load(&mut self, size: u32) {
+        let size = u64::from(size);
+        if self.mended > 0 {
+            self.mended -= 1;
+        } else if self.owed > 0 {
+            self.owed -= 1;
+        } else if self.end.is_some() {
+            self.spilled += 1;
+        }
+        let from_owed = self.owed_bytes.min(size);
+        self.owed_bytes -= from_owed;
+        if self.end.is_some() {
+            self.spilled_bytes += size - from_owed;
+        }
     }
 
     /// How much the budget's count must change to match `in_memory` visible messages.
@@ -551,6 +590,58 @@ mod tests {
         assert_eq!(load.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(window.spilled(), 0);
         assert_eq!(window.end(), None);
+    }
+
+    /// A moved message (a dead-letter move, a redrive) whose row a slice reads before its
+    /// adoption arrives: the rows past the slice are not stranded, and once the adoption comes
+    /// the count is what storage holds.
+    #[test]
+    fn a_move_read_by_a_slice_before_its_adoption_strands_nothing() {
+        let mut window = Window::new(limits(3, 100));
+        for id in [3, 5, 6] {
+            window.spill(id, id as Millis * 10, 3, std::iter::empty());
+        }
+        let request = window.start_read(0, false, 0).expect("read");
+        assert_eq!(request.limit, 3);
+        // Row 4 was moved here meanwhile: the snapshot has 3, 4, 5 and (past the limit) 6.
+        let load = window.finish_read(request, vec![row(3), row(4), row(5), row(6)], |_| false);
+        assert_eq!(load.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(window.end(), Some(5));
+        assert_eq!(window.spilled(), 1, "row 6 is still to read");
+        window.adopted_after_load(3);
+        assert_eq!(window.spilled(), 1, "only row 6 is spilled");
+        let request = window.start_read(0, false, 0).expect("row 6 is read");
+        let load = window.finish_read(request, vec![row(6)], |_| false);
+        assert_eq!(load.iter().map(|m| m.id).collect::<Vec<_>>(), vec![6]);
+        assert_eq!((window.spilled(), window.end()), (0, None));
+
+        // The same with more spilled than one slice: the adoption gives back what the slice
+        // took off for the moved row.
+        let mut window = Window::new(limits(2, 100));
+        for id in [3, 5, 6, 7] {
+            window.spill(id, id as Millis * 10, 3, std::iter::empty());
+        }
+        let request = window.start_read(0, false, 0).expect("read");
+        let load = window.finish_read(request, vec![row(3), row(4), row(5)], |_| false);
+        assert_eq!(load.len(), 2);
+        assert_eq!(window.spilled(), 2);
+        window.adopted_after_load(3);
+        assert_eq!(
+            (window.spilled(), window.spilled_bytes()),
+            (3, 9),
+            "5, 6 and 7"
+        );
+
+        // And when the slice takes everything: the count owes the moved row, and the adoption
+        // settles that rather than counting a row that is in memory.
+        let mut window = Window::new(limits(4, 100));
+        window.spill(3, 30, 3, std::iter::empty());
+        let request = window.start_read(0, false, 0).expect("read");
+        let load = window.finish_read(request, vec![row(3), row(4)], |_| false);
+        assert_eq!(load.len(), 2);
+        window.spill(9, 90, 3, std::iter::empty());
+        window.adopted_after_load(3);
+        assert_eq!((window.spilled(), window.spilled_bytes()), (1, 3), "only 9");
     }
 
     /// A row whose send is still being committed is not taken from a slice: the send's
