@@ -366,34 +366,27 @@ impl QueueActor {
     }
 
     /// Reads the next slice at once (administrative commands that go through the whole
-    /// backlog: purge, peek), waiting for a read already under way first. Returns whether
-    /// anything spilled is left.
+    /// backlog: purge, peek), waiting for a read already under way first.
     async fn read_slice_now(&mut self, limit: usize) -> Result<(), StorageError> {
-        if let Some((request, read)) = self.reading_slice.take() {
-            let result = read
-                .await
-                .unwrap_or_else(|e| Err(StorageError::Io(format!("slice read failed: {e}"))));
-            let failed = result.as_ref().err().cloned();
-            self.take_slice(request, result);
-            if let Some(error) = failed {
-                return Err(error);
-            }
-        }
+        self.await_slice_read().await?;
         let Some(request) = self.table.window_mut().start_read_now(limit) else {
             return Ok(());
         };
         self.spawn_slice_read(request);
-        if let Some((request, read)) = self.reading_slice.take() {
-            let result = read
-                .await
-                .unwrap_or_else(|e| Err(StorageError::Io(format!("slice read failed: {e}"))));
-            let failed = result.as_ref().err().cloned();
-            self.take_slice(request, result);
-            if let Some(error) = failed {
-                return Err(error);
-            }
-        }
-        Ok(())
+        self.await_slice_read().await
+    }
+
+    /// Waits for the slice read under way, if any, and takes it in.
+    async fn await_slice_read(&mut self) -> Result<(), StorageError> {
+        let Some((request, read)) = self.reading_slice.take() else {
+            return Ok(());
+        };
+        let result = read
+            .await
+            .unwrap_or_else(|e| Err(StorageError::Io(format!("slice read failed: {e}"))));
+        let failed = result.as_ref().err().cloned();
+        self.take_slice(request, result);
+        failed.map_or(Ok(()), Err)
     }
 
     fn now(&self) -> Millis {
