@@ -15,7 +15,7 @@
 //! - owned here by the actor but no longer by the row (another replica took it while this one
 //!   was cut off or paused): stop the actor, without writing anything.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ use super::membership::Membership;
 use super::placement::place;
 use crate::clock::Clock;
 use crate::error::QueueError;
+use crate::queue::QueueHandle;
 use crate::queue::messages::MessageTable;
 use crate::registry::ClusterQueues;
 use crate::registry::Registry;
@@ -61,6 +62,10 @@ pub struct Ownership {
     directory: RwLock<HashMap<String, Owned>>,
     /// A connection for [`Self::look_up`]: queues created since the last round.
     lookups: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// Queues whose actor was stopped without a hand-off (lost, or the lease ended) and has
+    /// not finished yet: none is taken over again until it has, so that no write of its
+    /// former life is handed to the writer under the new epoch (see `fence::Stamp`).
+    stopping: Arc<std::sync::Mutex<HashSet<u64>>>,
     options: crate::storage::postgres::ConnectOptions,
 }
 
@@ -79,6 +84,7 @@ impl Ownership {
         Self {
             adoptions,
             lookups: tokio::sync::Mutex::default(),
+            stopping: Arc::default(),
             options,
             membership,
             registry,
@@ -201,7 +207,10 @@ impl Ownership {
                 }
                 continue;
             }
-            if target != Some(self.me()) || self.fence.held(owned.id).is_some() {
+            if target != Some(self.me())
+                || self.fence.held(owned.id).is_some()
+                || self.is_stopping(owned.id)
+            {
                 continue;
             }
             let claimable = match owned.owner.as_deref() {
@@ -367,8 +376,23 @@ impl Ownership {
                 "no longer the queue's owner; stopped serving it"
             );
             // Its commits in flight fail on the fence; nobody waits for them here.
-            tokio::spawn(async move { handle.hand_off().await });
+            self.stop_in_background(handle);
         }
+    }
+
+    /// Stops a queue's actor without waiting for it (see `stopping`).
+    fn stop_in_background(&self, handle: QueueHandle) {
+        let queue_id = handle.id();
+        let stopping = self.stopping.clone();
+        lock(&stopping).insert(queue_id);
+        tokio::spawn(async move {
+            handle.hand_off().await;
+            lock(&stopping).remove(&queue_id);
+        });
+    }
+
+    fn is_stopping(&self, queue_id: u64) -> bool {
+        lock(&self.stopping).contains(&queue_id)
     }
 
     /// A write of `queue_id` was fenced off: stop its actor now rather than at the next round.
@@ -399,7 +423,7 @@ impl Ownership {
             if let Some(queue_id) = queue_id {
                 self.drop_local(&name, queue_id).await;
             } else if let Some(handle) = self.registry.take(&name).await {
-                tokio::spawn(async move { handle.hand_off().await });
+                self.stop_in_background(handle);
             }
         }
         for (queue_id, _) in self.fence.all_held() {
@@ -554,4 +578,9 @@ impl ClusterTopics for Ownership {
 /// A read of the cluster's state that failed: the call can be retried.
 fn unavailable(what: &str, why: String) -> QueueError {
     QueueError::Storage(format!("{what}: {why}; retry the call"))
+}
+
+fn lock(stopping: &std::sync::Mutex<HashSet<u64>>) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+    // Inserts and removes are single calls: a poisoned set is still consistent.
+    stopping.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -9,6 +9,12 @@
 //! epoch. An operation whose queue's epoch is not the one this replica holds is not applied,
 //! its caller hears UNAVAILABLE, and the queue is reported lost, so its actor stops. A replica
 //! that was paused or cut off can therefore never commit anything for a queue it lost.
+//!
+//! The epoch an operation is judged by is the one held when it was handed to the writer (its
+//! [`Stamp`]), not the one held when its group commits: a replica can lose a queue and take it
+//! again (a lease that lapsed under load, then a takeover of its own former queue), and a write
+//! its former actor handed over before must not commit under the new epoch, whose actor
+//! recovered the queue's rows without it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -31,6 +37,21 @@ pub struct Fence {
     queue_ids_end: AtomicU64,
     /// Told of every queue whose write was fenced off: the owner must stop its actor.
     lost: mpsc::UnboundedSender<u64>,
+}
+
+/// The epochs this replica held, when an operation was handed to the writer, of the queues it
+/// writes (those not held then are absent). Empty outside cluster mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stamp(Vec<(u64, i64)>);
+
+impl Stamp {
+    /// The epoch `queue_id` was held at, if it was.
+    pub fn epoch(&self, queue_id: u64) -> Option<i64> {
+        self.0
+            .iter()
+            .find(|(id, _)| *id == queue_id)
+            .map(|(_, epoch)| *epoch)
+    }
 }
 
 /// What the fence decided for one operation.
@@ -77,6 +98,18 @@ impl Fence {
         self.epochs().get(&queue_id).copied()
     }
 
+    /// The epochs `op`'s queues are held at now: taken as the operation is handed to the
+    /// writer, and judged by at its commit (see the module's comment).
+    pub fn stamp(&self, op: &WriteOp) -> Stamp {
+        let epochs = self.epochs();
+        Stamp(
+            op.fenced_queue_ids()
+                .into_iter()
+                .filter_map(|id| epochs.get(&id).map(|&epoch| (id, epoch)))
+                .collect(),
+        )
+    }
+
     /// Every queue held, with its epoch.
     pub fn all_held(&self) -> Vec<(u64, i64)> {
         self.epochs()
@@ -92,9 +125,10 @@ impl Fence {
             .store(message_ids_end, Ordering::Relaxed);
     }
 
-    /// The verdict on `op`, given the epochs read (under a share lock) in its transaction:
-    /// `stored` maps each existing queue id among the group's to its current epoch.
-    pub fn judge(&self, op: &WriteOp, stored: &HashMap<u64, i64>) -> Verdict {
+    /// The verdict on `op`, stamped `stamp` when it was handed over, given the epochs read
+    /// (under a share lock) in its transaction: `stored` maps each existing queue id among the
+    /// group's to its current epoch.
+    pub fn judge(&self, op: &WriteOp, stamp: &Stamp, stored: &HashMap<u64, i64>) -> Verdict {
         let queue_id = op.queue_id();
         match op {
             WriteOp::CreateQueue(_) => {
@@ -128,7 +162,7 @@ impl Fence {
                     return Verdict::OutOfIds;
                 }
                 let current = copies.iter().all(|(queue_id, _)| {
-                    match (self.held(*queue_id), stored.get(queue_id)) {
+                    match (stamp.epoch(*queue_id), stored.get(queue_id)) {
                         (Some(held), Some(current)) => held == *current,
                         (None, Some(_)) => remote_queue_ids.contains(queue_id),
                         _ => false,
@@ -142,7 +176,7 @@ impl Fence {
             }
             _ => {}
         }
-        match (self.held(queue_id), stored.get(&queue_id)) {
+        match (stamp.epoch(queue_id), stored.get(&queue_id)) {
             (Some(held), Some(current)) if held == *current => Verdict::Apply,
             // A queue no longer stored, never held here: removing rows left of a deleted queue
             // (recovery's orphans, the slices after a queue's delete) is safe from anywhere.
@@ -163,11 +197,20 @@ impl Fence {
         }
     }
 
-    /// Reports the queues whose writes were fenced off (once each per call).
-    pub fn report_lost(&self, queue_ids: HashSet<u64>) {
-        for queue_id in queue_ids {
-            // A queue this replica does not hold is nobody's actor here.
-            if self.release(queue_id).is_some() {
+    /// Reports the queues whose writes were fenced off (once each per call), each with the
+    /// epoch its write was stamped with: a queue held again since, at a newer epoch, is not
+    /// the one lost.
+    pub fn report_lost(&self, lost: HashSet<(u64, Option<i64>)>) {
+        for (queue_id, stamped) in lost {
+            let released = {
+                let mut epochs = self.epochs();
+                match epochs.get(&queue_id) {
+                    Some(held) if Some(*held) == stamped => epochs.remove(&queue_id),
+                    _ => None,
+                }
+            };
+            // A queue this replica does not hold (or holds anew) is nobody's actor here.
+            if released.is_some() {
                 tracing::warn!(
                     queue_id,
                     "a write was fenced off: another replica owns the queue now; stopping it here"
@@ -193,6 +236,11 @@ mod tests {
         (fence, told)
     }
 
+    /// The verdict on `op` handed over now.
+    fn judge_now(fence: &Fence, op: &WriteOp, stored: &HashMap<u64, i64>) -> Verdict {
+        fence.judge(op, &fence.stamp(op), stored)
+    }
+
     fn insert(queue_id: u64, id: u64) -> WriteOp {
         WriteOp::InsertMessages {
             queue_id,
@@ -214,14 +262,14 @@ mod tests {
         let (fence, mut told) = fence();
         fence.hold(7, 3);
         let stored = HashMap::from([(7, 3), (8, 1)]);
-        assert_eq!(fence.judge(&insert(7, 10), &stored), Verdict::Apply);
+        assert_eq!(judge_now(&fence, &insert(7, 10), &stored), Verdict::Apply);
         // Another replica's takeover raised the epoch.
         let moved = HashMap::from([(7, 4)]);
-        assert_eq!(fence.judge(&insert(7, 10), &moved), Verdict::Fenced);
+        assert_eq!(judge_now(&fence, &insert(7, 10), &moved), Verdict::Fenced);
         // Never held here, or deleted by another replica.
-        assert_eq!(fence.judge(&insert(8, 11), &stored), Verdict::Fenced);
+        assert_eq!(judge_now(&fence, &insert(8, 11), &stored), Verdict::Fenced);
         assert_eq!(
-            fence.judge(&insert(7, 12), &HashMap::new()),
+            judge_now(&fence, &insert(7, 12), &HashMap::new()),
             Verdict::Fenced
         );
         // Rows left of a queue deleted everywhere may go from anywhere.
@@ -229,13 +277,40 @@ mod tests {
             queue_id: 9,
             ids: vec![1],
         };
-        assert_eq!(fence.judge(&orphans, &stored), Verdict::Apply);
+        assert_eq!(judge_now(&fence, &orphans, &stored), Verdict::Apply);
         // A lost queue is told once, and no longer held.
-        fence.report_lost([7].into());
+        fence.report_lost([(7, Some(3))].into());
         assert_eq!(told.try_recv().ok(), Some(7));
         assert_eq!(fence.held(7), None);
-        fence.report_lost([7].into());
+        fence.report_lost([(7, Some(3))].into());
         assert!(told.try_recv().is_err());
+    }
+
+    /// A queue lost and taken again by this replica: a write handed over under the former
+    /// epoch is fenced off (the new epoch's actor recovered the rows without it), and its
+    /// loss does not stop the queue's new life.
+    #[test]
+    fn a_write_of_a_former_epoch_is_fenced_off_after_the_queue_is_taken_again() {
+        let (fence, mut told) = fence();
+        fence.hold(7, 3);
+        let former = insert(7, 10);
+        let stamp = fence.stamp(&former);
+        assert_eq!(stamp.epoch(7), Some(3));
+        // The lease lapsed; then this replica took its own queue over again.
+        fence.release(7);
+        fence.hold(7, 4);
+        let stored = HashMap::from([(7, 4)]);
+        assert_eq!(fence.judge(&former, &stamp, &stored), Verdict::Fenced);
+        fence.report_lost([(7, stamp.epoch(7))].into());
+        assert!(told.try_recv().is_err(), "the new life is not the one lost");
+        assert_eq!(fence.held(7), Some(4));
+        // Handed over while not held at all: fenced off too.
+        fence.release(7);
+        let unheld = insert(7, 11);
+        let stamp = fence.stamp(&unheld);
+        fence.hold(7, 4);
+        assert_eq!(fence.judge(&unheld, &stamp, &stored), Verdict::Fenced);
+        assert_eq!(judge_now(&fence, &insert(7, 12), &stored), Verdict::Apply);
     }
 
     #[test]
@@ -243,8 +318,8 @@ mod tests {
         let (fence, _told) = fence();
         fence.hold(7, 1);
         let stored = HashMap::from([(7, 1)]);
-        assert_eq!(fence.judge(&insert(7, 999), &stored), Verdict::Apply);
-        assert_eq!(fence.judge(&insert(7, 1_000), &stored), Verdict::OutOfIds);
+        assert_eq!(judge_now(&fence, &insert(7, 999), &stored), Verdict::Apply);
+        assert_eq!(judge_now(&fence, &insert(7, 1_000), &stored), Verdict::OutOfIds);
         let queue = |id| crate::storage::QueueRecord {
             id,
             name: "q".into(),
@@ -253,11 +328,11 @@ mod tests {
             update_time_ms: 0,
         };
         assert_eq!(
-            fence.judge(&WriteOp::CreateQueue(queue(99)), &stored),
+            judge_now(&fence, &WriteOp::CreateQueue(queue(99)), &stored),
             Verdict::Apply
         );
         assert_eq!(
-            fence.judge(&WriteOp::CreateQueue(queue(100)), &stored),
+            judge_now(&fence, &WriteOp::CreateQueue(queue(100)), &stored),
             Verdict::OutOfIds
         );
         // Created: held at the first epoch; deleted: no longer.

@@ -33,7 +33,6 @@ use super::{
     StoredMessage, WriteOp,
 };
 use crate::clock::Millis;
-use crate::storage::WriterRequest;
 pub use connect::ConnectOptions;
 use readers::ReaderPool;
 pub use writer::{FIRST_BACKOFF, MAX_BACKOFF};
@@ -72,7 +71,9 @@ impl Lost {
 
 pub struct PostgresStorage {
     /// To the writer task. Unbounded for the reason the SQLite writer's channel is.
-    writer: mpsc::UnboundedSender<WriterRequest>,
+    writer: mpsc::UnboundedSender<writer::Request>,
+    /// Cluster mode: stamps each write with the epochs its queues are held at (see `fence`).
+    fence: Option<Arc<fence::Fence>>,
     readers: Arc<ReaderPool>,
     schema: String,
     /// Recovery is blocking in the trait; it runs this runtime's async reads with `block_on`.
@@ -115,10 +116,11 @@ impl PostgresStorage {
             metrics,
             lost.clone(),
             changes,
-            fence,
+            fence.clone(),
         );
         Ok(Self {
             writer,
+            fence,
             readers,
             schema,
             runtime: tokio::runtime::Handle::current(),
@@ -132,7 +134,19 @@ impl PostgresStorage {
         self.lost.clone()
     }
 
-    fn send(&self, request: WriterRequest) {
+    /// Hands `op` to the writer, stamped with the epochs its queues are held at now: a write
+    /// is judged by the epoch of the actor that made it, whatever this replica holds by the
+    /// time it commits.
+    fn write(&self, op: WriteOp, done: Option<CommitReply>) {
+        let stamp = self
+            .fence
+            .as_ref()
+            .map(|fence| fence.stamp(&op))
+            .unwrap_or_default();
+        self.send(writer::Request::Write(writer::Queued { op, stamp, done }));
+    }
+
+    fn send(&self, request: writer::Request) {
         if let Err(mpsc::error::SendError(request)) = self.writer.send(request) {
             request.fail(StorageError::Closed);
         }
@@ -241,14 +255,11 @@ impl Storage for PostgresStorage {
     }
 
     fn commit(&self, op: WriteOp, done: CommitReply) {
-        self.send(WriterRequest::Write {
-            op,
-            done: Some(done),
-        });
+        self.write(op, Some(done));
     }
 
     fn record(&self, op: WriteOp) {
-        self.send(WriterRequest::Write { op, done: None });
+        self.write(op, None);
     }
 
     fn read_bodies(&self, ids: Vec<u64>, reply: BodiesReply) {
@@ -260,6 +271,6 @@ impl Storage for PostgresStorage {
 
     fn close(&self, done: oneshot::Sender<()>) {
         self.vacuum_stop.cancel();
-        self.send(WriterRequest::Close(done));
+        self.send(writer::Request::Close(done));
     }
 }

@@ -20,16 +20,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::MaybeDone;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::connect::ConnectOptions;
-use super::fence::{Fence, Verdict};
+use super::fence::{Fence, Stamp, Verdict};
 use super::schema::{self, quoted};
 use super::{Lost, describe_target};
 use crate::storage::{
-    CommitObserver, CommitReply, PublishCounts, StorageError, WriteOp, WriterRequest,
+    CommitObserver, CommitReply, PublishCounts, StorageError, WriteOp,
 };
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
@@ -404,7 +404,7 @@ pub fn spawn(
     lost: Arc<Lost>,
     changes: Arc<AtomicU64>,
     fence: Option<Arc<Fence>>,
-) -> mpsc::UnboundedSender<WriterRequest> {
+) -> mpsc::UnboundedSender<Request> {
     let (sender, receiver) = mpsc::unbounded_channel();
     let writer = Writer {
         fence,
@@ -453,10 +453,42 @@ enum Failure {
     Lost(String),
 }
 
-type Group = Vec<(WriteOp, Option<CommitReply>)>;
+/// A write handed to the writer: the operation, the epochs its queues were held at then (cluster
+/// mode; see `fence`), and whom to tell once it is durable (None for lazy writes).
+pub struct Queued {
+    pub op: WriteOp,
+    pub stamp: Stamp,
+    pub done: Option<CommitReply>,
+}
+
+/// What the storage hands the writer.
+pub enum Request {
+    Write(Queued),
+    /// Commit everything before this request, answer, and stop.
+    Close(oneshot::Sender<()>),
+}
+
+impl Request {
+    /// Answers the request with `error` (the writer is gone).
+    pub fn fail(self, error: StorageError) {
+        match self {
+            Self::Write(Queued {
+                done: Some(done), ..
+            }) => {
+                let _ = done.send(Err(error));
+            }
+            Self::Write(_) => {}
+            Self::Close(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+type Group = Vec<Queued>;
 
 impl Writer {
-    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<WriterRequest>) {
+    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
         let mut group: Group = Vec::new();
         while let Some(first) = requests.recv().await {
             let mut close = None;
@@ -464,11 +496,11 @@ impl Writer {
             let mut group_messages = 0;
             while let Some(request) = next.take() {
                 match request {
-                    WriterRequest::Write { op, done } => {
-                        group_messages += op.message_count();
-                        group.push((op, done));
+                    Request::Write(queued) => {
+                        group_messages += queued.op.message_count();
+                        group.push(queued);
                     }
-                    WriterRequest::Close(done) => {
+                    Request::Close(done) => {
                         close = Some(done);
                         break;
                     }
@@ -479,7 +511,7 @@ impl Writer {
             }
             if !group.is_empty() {
                 let started = std::time::Instant::now();
-                let messages = group.iter().map(|(op, _)| op.message_count()).sum();
+                let messages = group.iter().map(|queued| queued.op.message_count()).sum();
                 let succeeded = self.commit_group(&mut group).await;
                 self.metrics
                     .observe_commit(started.elapsed(), messages, succeeded);
@@ -558,15 +590,16 @@ impl Writer {
                 return false;
             }
         };
-        let ops: Vec<&WriteOp> = group.iter().map(|(op, _)| op).collect();
-        let outcome = transaction(session, &ops, fence.as_deref()).await;
-        drop(ops);
+        let ops: Vec<&WriteOp> = group.iter().map(|queued| &queued.op).collect();
+        let stamps: Vec<&Stamp> = group.iter().map(|queued| &queued.stamp).collect();
+        let outcome = transaction(session, &ops, &stamps, fence.as_deref()).await;
+        drop((ops, stamps));
         match outcome {
             Ok(verdicts) => {
                 let changed: usize = group
                     .iter()
-                    .filter(|(op, _)| op.inserted_messages().is_none())
-                    .map(|(op, _)| op.message_count())
+                    .filter(|queued| queued.op.inserted_messages().is_none())
+                    .map(|queued| queued.op.message_count())
                     .sum();
                 self.changes.fetch_add(changed as u64, Ordering::Relaxed);
                 answer(fence.as_deref(), group.drain(..), &verdicts);
@@ -585,22 +618,24 @@ impl Writer {
             Err(Failure::Statement(error)) => {
                 tracing::warn!(error = %statement_error(&error), ops = group.len(), "group commit failed; retrying one by one");
                 let mut rest = std::mem::take(group).into_iter();
-                while let Some((op, done)) = rest.next() {
+                while let Some(queued) = rest.next() {
                     let Some(session) = self.session.as_mut() else {
-                        group.push((op, done));
+                        group.push(queued);
                         break;
                     };
-                    match transaction(session, &[&op], fence.as_deref()).await {
-                        Ok(verdicts) => answer(fence.as_deref(), [(op, done)], &verdicts),
+                    match transaction(session, &[&queued.op], &[&queued.stamp], fence.as_deref())
+                        .await
+                    {
+                        Ok(verdicts) => answer(fence.as_deref(), [queued], &verdicts),
                         Err(Failure::Statement(error)) => {
                             let error = statement_error(&error);
                             tracing::error!(%error, "storage commit failed");
-                            if let Some(done) = done {
+                            if let Some(done) = queued.done {
                                 let _ = done.send(Err(error));
                             }
                         }
                         Err(Failure::Lost(why)) => {
-                            group.push((op, done));
+                            group.push(queued);
                             group.extend(rest.by_ref());
                             self.session_lost(group, &why);
                             break;
@@ -636,11 +671,11 @@ impl Writer {
 /// outside cluster mode), and tells the fence what changed.
 fn answer(
     fence: Option<&Fence>,
-    ops: impl IntoIterator<Item = (WriteOp, Option<CommitReply>)>,
+    ops: impl IntoIterator<Item = Queued>,
     verdicts: &[Verdict],
 ) {
     let mut lost = std::collections::HashSet::new();
-    for ((op, done), verdict) in ops.into_iter().zip(verdicts) {
+    for (Queued { op, stamp, done }, verdict) in ops.into_iter().zip(verdicts) {
         let result = match verdict {
             Verdict::Apply => {
                 if let Some(fence) = fence {
@@ -657,7 +692,7 @@ fn answer(
                 ))
             }
             Verdict::Fenced => {
-                lost.insert(op.queue_id());
+                lost.insert((op.queue_id(), stamp.epoch(op.queue_id())));
                 Err(StorageError::Io(format!(
                     "queue {} is owned by another replica now (its owner epoch changed); \
                      nothing was written: retry the call",
@@ -682,7 +717,7 @@ fn answer(
 }
 
 fn fail_all(group: &mut Group, error: &StorageError) {
-    for (_, done) in group.drain(..) {
+    for Queued { done, .. } in group.drain(..) {
         if let Some(done) = done {
             let _ = done.send(Err(error.clone()));
         }
@@ -1151,6 +1186,7 @@ type Reply<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>>
 async fn transaction(
     session: &mut Session,
     ops: &[&WriteOp],
+    stamps: &[&Stamp],
     fence: Option<&Fence>,
 ) -> Result<Vec<Verdict>, Failure> {
     let Some(fence) = fence else {
@@ -1160,12 +1196,12 @@ async fn transaction(
     // The common case, in one round trip: every queue written is held here, and the epochs are
     // asserted in the pipelined transaction itself. Only if the assertion fails (a queue was
     // lost) does the transaction run again, epochs read first, to apply what is still ours.
-    if let Some(expected) = expected_epochs(fence, ops)
+    if let Some(expected) = expected_epochs(ops, stamps)
         && apply(session, ops, Some(Begin::Asserting(expected))).await?
     {
         return Ok(vec![Verdict::Apply; ops.len()]);
     }
-    let verdicts = fenced(session, ops, fence).await?;
+    let verdicts = fenced(session, ops, stamps, fence).await?;
     let applied: Vec<&WriteOp> = ops
         .iter()
         .zip(&verdicts)
@@ -1184,16 +1220,20 @@ enum Begin {
     Asserting((Vec<i64>, Vec<i64>)),
 }
 
-/// The epochs to assert for `ops`, if every queue they write is held here (creating a queue,
-/// or cleaning up after a deleted one, takes the slower path of [`fenced`]).
-fn expected_epochs(fence: &Fence, ops: &[&WriteOp]) -> Option<(Vec<i64>, Vec<i64>)> {
+/// The epochs to assert for `ops`, if every queue they write was held here when it was handed
+/// over, and at one epoch within the group (creating a queue, cleaning up after a deleted one,
+/// or a write of a former epoch takes the slower path of [`fenced`]).
+fn expected_epochs(ops: &[&WriteOp], stamps: &[&Stamp]) -> Option<(Vec<i64>, Vec<i64>)> {
     let mut held = std::collections::BTreeMap::new();
-    for op in ops {
+    for (op, stamp) in ops.iter().zip(stamps) {
         if matches!(op, WriteOp::CreateQueue(_)) {
             return None;
         }
         let queue_id = op.queue_id();
-        held.insert(queue_id as i64, fence.held(queue_id)?);
+        let epoch = stamp.epoch(queue_id)?;
+        if *held.entry(queue_id as i64).or_insert(epoch) != epoch {
+            return None;
+        }
     }
     Some(held.into_iter().unzip())
 }
@@ -1324,6 +1364,7 @@ async fn apply(
 async fn fenced(
     session: &Session,
     ops: &[&WriteOp],
+    stamps: &[&Stamp],
     fence: &Fence,
 ) -> Result<Vec<Verdict>, Failure> {
     let mut queue_ids: Vec<i64> = ops
@@ -1366,7 +1407,11 @@ async fn fenced(
         };
         stored.insert(id as u64, epoch);
     }
-    Ok(ops.iter().map(|op| fence.judge(op, &stored)).collect())
+    Ok(ops
+        .iter()
+        .zip(stamps)
+        .map(|(op, stamp)| fence.judge(op, stamp, &stored))
+        .collect())
 }
 
 /// Whether `error` ends the session rather than one statement: the connection broke, or the
