@@ -67,14 +67,14 @@ impl Adoptions {
     }
 
     /// Takes in the messages moved into the queue `name`, if it is served here.
-    pub async fn drain(&self, name: &str) {
+    pub async fn drain(self: &Arc<Self>, name: &str) {
         if let Ok(handle) = self.registry.get(name) {
-            self.drain_queue(&handle).await;
+            self.drain_queue(handle).await;
         }
     }
 
     /// Every round: drains each queue served here that has messages pending adoption.
-    pub async fn drain_all(&self) {
+    pub async fn drain_all(self: &Arc<Self>) {
         let queue_ids = {
             let mut slot = self.client.lock().await;
             let Some(client) = self.connected(&mut slot).await else {
@@ -91,12 +91,24 @@ impl Adoptions {
         };
         for queue_id in queue_ids {
             if let Some(handle) = self.registry.by_id(queue_id) {
-                self.drain_queue(&handle).await;
+                self.drain_queue(handle).await;
             }
         }
     }
 
-    async fn drain_queue(&self, handle: &QueueHandle) {
+    /// Drains one queue in a task of its own, which runs to its end even if the caller stops
+    /// waiting (a forwarded GetQueue whose caller went away, a round past its time limit):
+    /// once a transaction deleting entries may have committed, its messages must reach the
+    /// actor, or they would stay out of memory, undelivered, until the queue's next takeover.
+    async fn drain_queue(self: &Arc<Self>, handle: QueueHandle) {
+        let adoptions = self.clone();
+        let drained = tokio::spawn(async move { adoptions.take_in(&handle).await }).await;
+        if let Err(error) = drained {
+            tracing::error!(%error, "taking in moved messages failed");
+        }
+    }
+
+    async fn take_in(&self, handle: &QueueHandle) {
         let Some(epoch) = self.fence.held(handle.id()) else {
             return;
         };

@@ -228,7 +228,12 @@ impl Driver {
     /// Heartbeats and ownership rounds until shutdown; then the graceful leave.
     pub async fn run(mut self) {
         let round = (self.membership.ttl() / 4).min(MAX_ROUND);
-        let mut client: Option<Client> = None;
+        let mut client: Option<Arc<Client>> = None;
+        // The ownership round, in a task of its own: one that outlives its time limit is left
+        // to finish rather than cancelled (a takeover or hand-off cut off between its steps
+        // would strand its queue: claimed in PostgreSQL with no actor anywhere), and the next
+        // round waits for it.
+        let mut round_task: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
         let mut serving = false;
         loop {
             // The lease ended (PostgreSQL unreachable, or this process was paused): whatever
@@ -243,21 +248,29 @@ impl Driver {
                 self.membership.forget_lease();
                 self.set_serving(&mut serving, false);
             }
-            if client.as_ref().is_none_or(Client::is_closed) {
-                client = self.connect().await;
+            if client.as_ref().is_none_or(|client| client.is_closed()) {
+                client = self.connect().await.map(Arc::new);
             }
             if let Some(connected) = &client {
                 match self.membership.heartbeat(connected, &self.schema).await {
                     Ok(()) => {
                         // Bounded, so a stalled PostgreSQL cannot hold the lease check above.
                         let round_limit = self.membership.ttl();
-                        match tokio::time::timeout(round_limit, self.ownership.reconcile(connected))
-                            .await
-                        {
-                            Ok(Ok(())) => {}
-                            Ok(Err(error)) => tracing::warn!(%error, "ownership round failed"),
+                        let mut task = match round_task.take() {
+                            Some(unfinished) if !unfinished.is_finished() => unfinished,
+                            _ => {
+                                let ownership = self.ownership.clone();
+                                let connected = connected.clone();
+                                tokio::spawn(async move { ownership.reconcile(&connected).await })
+                            }
+                        };
+                        match tokio::time::timeout(round_limit, &mut task).await {
+                            Ok(Ok(Ok(()))) => {}
+                            Ok(Ok(Err(error))) => tracing::warn!(%error, "ownership round failed"),
+                            Ok(Err(error)) => tracing::error!(%error, "ownership round failed"),
                             Err(_) => {
-                                tracing::warn!(limit = ?round_limit, "ownership round took too long");
+                                tracing::warn!(limit = ?round_limit, "ownership round took too long; it goes on, and the next waits for it");
+                                round_task = Some(task);
                                 client = None;
                             }
                         }
@@ -283,17 +296,21 @@ impl Driver {
                 () = self.stopping.cancelled() => break,
             }
         }
+        if let Some(unfinished) = round_task {
+            // Hand-offs must not race a takeover still under way.
+            let _ = tokio::time::timeout(self.membership.ttl(), unfinished).await;
+        }
         self.leave(client).await;
     }
 
     /// Graceful leave: marked leaving (placement skips this member), every queue handed off,
     /// the row deleted.
-    async fn leave(self, client: Option<Client>) {
+    async fn leave(self, client: Option<Arc<Client>>) {
         let started = std::time::Instant::now();
         self.membership.leave();
         let client = match client {
             Some(client) if !client.is_closed() => Some(client),
-            _ => self.connect().await,
+            _ => self.connect().await.map(Arc::new),
         };
         if let Some(client) = client {
             if self

@@ -470,10 +470,33 @@ async fn a_replica_killed_during_publishes_leaves_every_publish_in_all_queues_or
         let bodies: BTreeSet<Vec<u8>> = got.iter().map(|(body, _, _)| body.clone()).collect();
         assert_eq!(bodies.len(), got.len(), "a copy twice in {queue}");
         let missing: Vec<_> = acknowledged.difference(&bodies).take(5).collect();
-        assert!(
-            missing.is_empty(),
-            "acknowledged publishes missing from {queue}: {missing:?}"
-        );
+        if !missing.is_empty() {
+            // Where they are: a row still stored (its state, whether its pending_adoptions
+            // entry is left) says whether the owner's memory or storage lost them.
+            let mut stored = Vec::new();
+            for body in &missing {
+                let rows = db
+                    .query(
+                        "SELECT m.id, m.state, EXISTS (SELECT 1 FROM spool.pending_adoptions p
+                                                        WHERE p.message_id = m.id)
+                           FROM spool.messages m JOIN spool.queues q ON q.id = m.queue_id
+                          WHERE q.name = $1 AND m.body = $2",
+                        &[queue, &body.as_slice()],
+                    )
+                    .await
+                    .expect("rows");
+                for row in rows {
+                    let (id, state, pending): (i64, i16, bool) =
+                        (row.get(0), row.get(1), row.get(2));
+                    stored.push(format!(
+                        "{}: id {id}, state {state}, pending {pending}",
+                        String::from_utf8_lossy(body)
+                    ));
+                }
+            }
+            let missing: Vec<_> = missing.iter().map(|b| String::from_utf8_lossy(b)).collect();
+            panic!("acknowledged publishes missing from {queue}: {missing:?}; stored: {stored:?}");
+        }
         in_queues.push(bodies);
     }
     for (index, bodies) in in_queues.iter().enumerate() {

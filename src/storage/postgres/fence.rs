@@ -319,7 +319,10 @@ mod tests {
         fence.hold(7, 1);
         let stored = HashMap::from([(7, 1)]);
         assert_eq!(judge_now(&fence, &insert(7, 999), &stored), Verdict::Apply);
-        assert_eq!(judge_now(&fence, &insert(7, 1_000), &stored), Verdict::OutOfIds);
+        assert_eq!(
+            judge_now(&fence, &insert(7, 1_000), &stored),
+            Verdict::OutOfIds
+        );
         let queue = |id| crate::storage::QueueRecord {
             id,
             name: "q".into(),

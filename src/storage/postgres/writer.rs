@@ -28,9 +28,7 @@ use super::connect::ConnectOptions;
 use super::fence::{Fence, Stamp, Verdict};
 use super::schema::{self, quoted};
 use super::{Lost, describe_target};
-use crate::storage::{
-    CommitObserver, CommitReply, PublishCounts, StorageError, WriteOp,
-};
+use crate::storage::{CommitObserver, CommitReply, PublishCounts, StorageError, WriteOp};
 
 /// Most requests applied in one transaction; bounds how long a commit holds its callers.
 const MAX_GROUP: usize = 4_096;
@@ -669,11 +667,7 @@ impl Writer {
 
 /// Answers the operations of a committed transaction by the fence's verdicts (all applied
 /// outside cluster mode), and tells the fence what changed.
-fn answer(
-    fence: Option<&Fence>,
-    ops: impl IntoIterator<Item = Queued>,
-    verdicts: &[Verdict],
-) {
+fn answer(fence: Option<&Fence>, ops: impl IntoIterator<Item = Queued>, verdicts: &[Verdict]) {
     let mut lost = std::collections::HashSet::new();
     for (Queued { op, stamp, done }, verdict) in ops.into_iter().zip(verdicts) {
         let result = match verdict {
