@@ -104,6 +104,21 @@ pub(super) fn batch_size(field: &str, len: usize) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// Runs a change that commits to storage and then updates memory (creating or deleting a queue,
+/// a topic or a subscription) in a task of its own: a caller that goes away meanwhile (a closed
+/// connection, a deadline passed) drops the handler's future, which must not cut the change off
+/// between its commit and its update of memory, or memory would disagree with storage (a queue
+/// stored but not served, and not creatable again) until a restart.
+pub(super) async fn run_whole<T: Send + 'static>(
+    change: impl Future<Output = Result<T, QueueError>> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::spawn(change).await.unwrap_or_else(|error| {
+        Err(QueueError::Storage(format!(
+            "the change's task failed: {error}"
+        )))
+    })
+}
+
 #[tonic::async_trait]
 impl QueueService for QueueServiceImpl {
     #[tracing::instrument(name = "CreateQueue", skip_all, fields(queue = %Shown(&request.get_ref().queue_name)))]
@@ -115,10 +130,9 @@ impl QueueService for QueueServiceImpl {
             caller.authorize(Action::Admin, &request.queue_name)?;
             let attributes =
                 QueueAttributes::default().patched(&convert::patch(request.attributes))?;
-            let info = self
-                .registry()?
-                .create(&request.queue_name, attributes)
-                .await?;
+            let registry = self.registry()?.clone();
+            let name = request.queue_name;
+            let info = run_whole(async move { registry.create(&name, attributes).await }).await?;
             Ok(Response::new(convert::queue(info)))
         }
         .await;
@@ -144,10 +158,9 @@ impl QueueService for QueueServiceImpl {
             let caller = caller(&request)?;
             let request = request.into_inner();
             self.queue(&caller, Action::Admin, &request.queue_name)?;
-            let info = self
-                .registry()?
-                .update(&request.queue_name, convert::patch(request.attributes))
-                .await?;
+            let registry = self.registry()?.clone();
+            let (name, patch) = (request.queue_name, convert::patch(request.attributes));
+            let info = run_whole(async move { registry.update(&name, patch).await }).await?;
             Ok(Response::new(convert::queue(info)))
         }
         .await;
@@ -160,7 +173,9 @@ impl QueueService for QueueServiceImpl {
             let name = &request.get_ref().queue_name;
             validate_queue_name(name)?;
             caller(&request)?.authorize(Action::Admin, name)?;
-            self.registry()?.delete(name).await?;
+            let registry = self.registry()?.clone();
+            let name = name.clone();
+            run_whole(async move { registry.delete(&name).await }).await?;
             Ok(Response::new(()))
         }
         .await;

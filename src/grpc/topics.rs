@@ -13,7 +13,7 @@ use tonic::{Request, Response};
 
 use super::auth::caller;
 use super::convert::{self, timestamp};
-use super::service::{QueueServiceImpl, RpcResult, batch_size};
+use super::service::{QueueServiceImpl, RpcResult, batch_size, run_whole};
 use crate::attributes::check_range;
 use crate::auth::Action;
 use crate::error::QueueError;
@@ -166,11 +166,9 @@ impl QueueServiceImpl {
         let size = max_message_size(attributes.max_message_size)?
             .unwrap_or(spool_client::limits::DEFAULT_MAX_MESSAGE_SIZE);
         let kind = filter_type(attributes.filter_type)?.unwrap_or(FilterType::Tags);
-        let info = self
-            .topics(None)
-            .await?
-            .create(&request.topic_name, size, kind)
-            .await?;
+        let topics = self.topics(None).await?;
+        let name = request.topic_name;
+        let info = run_whole(async move { topics.create(&name, size, kind).await }).await?;
         Ok(Response::new(topic_pb(info)))
     }
 
@@ -211,7 +209,8 @@ impl QueueServiceImpl {
         let patch = TopicPatch {
             max_message_size: max_message_size(attributes.max_message_size)?,
         };
-        let info = topics.update(&request.topic_name, patch).await?;
+        let name = request.topic_name;
+        let info = run_whole(async move { topics.update(&name, patch).await }).await?;
         Ok(Response::new(topic_pb(info)))
     }
 
@@ -223,7 +222,9 @@ impl QueueServiceImpl {
         let name = &request.get_ref().topic_name;
         check_name("topic_name", name)?;
         caller.authorize(Action::Admin, name)?;
-        self.topics(Some(name)).await?.delete(name).await?;
+        let topics = self.topics(Some(name)).await?;
+        let name = name.clone();
+        run_whole(async move { topics.delete(&name).await }).await?;
         Ok(Response::new(()))
     }
 
@@ -297,14 +298,13 @@ impl QueueServiceImpl {
             .registry_ref()?
             .subscribed_queue(&request.queue_name)
             .await?;
-        let info = topics
-            .subscribe(
-                &request.topic_name,
-                &request.subscription_name,
-                &queue,
-                filter,
-            )
-            .await?;
+        let (topic, subscription) = (request.topic_name, request.subscription_name);
+        let info = run_whole(async move {
+            topics
+                .subscribe(&topic, &subscription, &queue, filter)
+                .await
+        })
+        .await?;
         Ok(Response::new(subscription_pb(info, kind)))
     }
 
@@ -317,10 +317,9 @@ impl QueueServiceImpl {
         check_name("topic_name", &request.topic_name)?;
         check_name("subscription_name", &request.subscription_name)?;
         caller.authorize(Action::Admin, &request.topic_name)?;
-        self.topics(Some(&request.topic_name))
-            .await?
-            .unsubscribe(&request.topic_name, &request.subscription_name)
-            .await?;
+        let topics = self.topics(Some(&request.topic_name)).await?;
+        let (topic, subscription) = (request.topic_name, request.subscription_name);
+        run_whole(async move { topics.unsubscribe(&topic, &subscription).await }).await?;
         Ok(Response::new(()))
     }
 
