@@ -150,7 +150,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let result = match target {
             TargetName::Spool => run_spool(&cli.spool, &workload, runs).await,
             TargetName::SpoolPostgres => {
-                let target = load::SpoolTarget::on_postgres(&cli.spool_postgres, workload.consume);
+                let target = load::SpoolTarget::on_postgres(&cli.spool_postgres, workload.consume)
+                    .with_deduplication_window(workload.deduplication_window_seconds);
                 run_spool_target(target, &workload, runs).await
             }
             _ if matches!(workload.mode, Mode::Idle | Mode::Echo) => {

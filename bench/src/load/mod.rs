@@ -105,6 +105,11 @@ pub struct BenchArgs {
     /// Prefix of the queues the bench creates (and deletes).
     #[arg(long, default_value = "bench")]
     pub queue_prefix: String,
+    /// Spool only: the bench queues' `deduplication_window_seconds` (default: the server's,
+    /// 300 s). The client gives every send a deduplication id, which the server stores for
+    /// the window; 0 measures sends without that cost (ids neither checked nor stored).
+    #[arg(long)]
+    pub deduplication_window_seconds: Option<u32>,
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -127,6 +132,7 @@ pub struct Workload {
     #[serde(skip)]
     pub max_duration: Duration,
     pub queue_prefix: String,
+    pub deduplication_window_seconds: Option<u32>,
 }
 
 impl Workload {
@@ -208,6 +214,7 @@ impl TryFrom<&BenchArgs> for Workload {
             max_seconds: args.max_seconds,
             max_duration: Duration::from_secs(args.max_seconds),
             queue_prefix: args.queue_prefix.clone(),
+            deduplication_window_seconds: args.deduplication_window_seconds,
         })
     }
 }
@@ -267,7 +274,9 @@ pub async fn run_target<T: Target>(
 
 /// Runs `workload` on the Spool server at `endpoint` `runs` times (every mode).
 pub async fn run_spool(endpoint: &str, workload: &Workload, runs: usize) -> BenchResult<Report> {
-    run_spool_target(SpoolTarget::new(endpoint, workload.consume), workload, runs).await
+    let target = SpoolTarget::new(endpoint, workload.consume)
+        .with_deduplication_window(workload.deduplication_window_seconds);
+    run_spool_target(target, workload, runs).await
 }
 
 /// [`run_spool`] against a given Spool server (SQLite or PostgreSQL behind it).

@@ -121,6 +121,8 @@ pub struct SpoolTarget {
     /// The server at `endpoint` keeps its queues in PostgreSQL (`--postgres-url`), not SQLite:
     /// only the report's name and durability differ, the workload is the same.
     on_postgres: bool,
+    /// The queues' deduplication window; None: the server's default.
+    deduplication_window_seconds: Option<u32>,
 }
 
 impl SpoolTarget {
@@ -131,6 +133,15 @@ impl SpoolTarget {
             connections: Mutex::new(HashMap::new()),
             consume,
             on_postgres: false,
+            deduplication_window_seconds: None,
+        }
+    }
+
+    /// Creates its queues with this deduplication window (None: the server's default).
+    pub fn with_deduplication_window(self, seconds: Option<u32>) -> Self {
+        Self {
+            deduplication_window_seconds: seconds,
+            ..self
         }
     }
 
@@ -201,6 +212,7 @@ impl Target for SpoolTarget {
         let attributes = QueueAttributes {
             visibility_timeout_seconds: Some(BENCH_VISIBILITY_SECONDS),
             max_message_size: Some(body_bytes.clamp(1_024, 1_048_576) as u32),
+            deduplication_window_seconds: self.deduplication_window_seconds,
             ..Default::default()
         };
         for queue in queues {
