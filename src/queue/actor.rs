@@ -447,7 +447,8 @@ impl QueueActor {
                 .storage
                 .record(WriteOp::ForgetDeduplicationIds {
                     queue_id: self.record.id,
-                    ids: forgotten,
+                    ids: forgotten.ids,
+                    message_ids: forgotten.message_ids,
                 });
         }
         // A poll past its wait still gets the messages of a slice being read: they were

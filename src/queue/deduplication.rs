@@ -10,6 +10,7 @@
 //! once for the map and the drop order), so the queue's rate of sends with ids times its
 //! window (86,400 s at most).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -25,9 +26,25 @@ struct Accepted {
 #[derive(Debug, Default)]
 pub struct Deduplication {
     accepted: HashMap<Arc<str>, Accepted>,
-    /// Ids in the order they were accepted (oldest first), to drop them as the window passes.
-    /// An id accepted again (after its window) appears twice; the older entry is skipped.
-    order: VecDeque<(Millis, Arc<str>)>,
+    /// Every acceptance in the order they came (oldest first), with its message id, to drop
+    /// them as the window passes. An id accepted again (after its window) appears twice.
+    order: VecDeque<(Millis, Arc<str>, u64)>,
+}
+
+/// What [`Deduplication::expire`] dropped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// The ids no longer in the window.
+    pub ids: Vec<String>,
+    /// The message ids of every acceptance past the window, an id's superseded ones too: a
+    /// store that keeps each acceptance as a row of its own (SQLite) removes them by these.
+    pub message_ids: Vec<u64>,
+}
+
+impl Expired {
+    pub fn is_empty(&self) -> bool {
+        self.message_ids.is_empty()
+    }
 }
 
 impl Deduplication {
@@ -39,37 +56,48 @@ impl Deduplication {
             .map(|accepted| accepted.message_id)
     }
 
-    /// Remembers an id whose send has committed (or was recovered from storage).
+    /// Remembers an id whose send has committed (or was recovered from storage). Of two
+    /// acceptances of one id (recovered in any order), the newer is the one looked up.
     pub fn accept(&mut self, id: String, message_id: u64, accepted_ms: Millis) {
         let id: Arc<str> = id.into();
-        self.order.push_back((accepted_ms, id.clone()));
-        self.accepted.insert(
-            id,
-            Accepted {
-                message_id,
-                accepted_ms,
-            },
-        );
+        self.order.push_back((accepted_ms, id.clone(), message_id));
+        let accepted = Accepted {
+            message_id,
+            accepted_ms,
+        };
+        match self.accepted.entry(id) {
+            Entry::Occupied(mut held) => {
+                let newer =
+                    (accepted_ms, message_id) >= (held.get().accepted_ms, held.get().message_id);
+                if newer {
+                    held.insert(accepted);
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(accepted);
+            }
+        }
     }
 
     /// Drops the ids whose window has passed; returns them, for their rows to be removed.
-    pub fn expire(&mut self, now: Millis, window_ms: Millis) -> Vec<String> {
-        let mut expired = Vec::new();
-        while let Some((accepted_ms, _)) = self.order.front() {
+    pub fn expire(&mut self, now: Millis, window_ms: Millis) -> Expired {
+        let mut expired = Expired::default();
+        while let Some((accepted_ms, _, _)) = self.order.front() {
             if accepted_ms + window_ms > now {
                 break;
             }
-            let Some((accepted_ms, id)) = self.order.pop_front() else {
+            let Some((_, id, message_id)) = self.order.pop_front() else {
                 break;
             };
+            expired.message_ids.push(message_id);
             // Only the entry of the id's latest acceptance removes it.
             if self
                 .accepted
                 .get(&id)
-                .is_some_and(|accepted| accepted.accepted_ms == accepted_ms)
+                .is_some_and(|accepted| accepted.message_id == message_id)
             {
                 self.accepted.remove(&id);
-                expired.push(id.to_string());
+                expired.ids.push(id.to_string());
             }
         }
         expired
@@ -101,7 +129,13 @@ mod tests {
         // A shorter window applies to ids already accepted.
         assert_eq!(ids.lookup("a", 2_000, 1_000), None);
         assert!(ids.expire(300_999, 300_000).is_empty());
-        assert_eq!(ids.expire(301_000, 300_000), vec!["a".to_string()]);
+        assert_eq!(
+            ids.expire(301_000, 300_000),
+            Expired {
+                ids: vec!["a".to_string()],
+                message_ids: vec![7],
+            }
+        );
         assert_eq!(ids.len(), 0);
     }
 
@@ -110,8 +144,33 @@ mod tests {
         let mut ids = Deduplication::default();
         ids.accept("a".into(), 1, 0);
         ids.accept("a".into(), 2, 500);
-        assert!(ids.expire(400, 400).is_empty());
+        // The superseded acceptance's row goes; the id stays, by its newer acceptance.
+        assert_eq!(
+            ids.expire(400, 400),
+            Expired {
+                ids: Vec::new(),
+                message_ids: vec![1],
+            }
+        );
         assert_eq!(ids.lookup("a", 600, 400), Some(2));
-        assert_eq!(ids.expire(900, 400), vec!["a".to_string()]);
+        assert_eq!(
+            ids.expire(900, 400),
+            Expired {
+                ids: vec!["a".to_string()],
+                message_ids: vec![2],
+            }
+        );
+    }
+
+    /// Recovery hands the stored acceptances back in any order: the newer one is looked up.
+    #[test]
+    fn recovered_acceptances_of_one_id_keep_the_newer() {
+        let mut ids = Deduplication::default();
+        ids.accept("a".into(), 2, 500);
+        ids.accept("a".into(), 1, 0);
+        ids.finish_recovery();
+        assert_eq!(ids.lookup("a", 600, 400), Some(2));
+        assert_eq!(ids.expire(400, 400).message_ids, vec![1]);
+        assert_eq!(ids.lookup("a", 600, 400), Some(2));
     }
 }

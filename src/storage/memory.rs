@@ -364,7 +364,7 @@ impl Tables {
                     }
                 }
             }
-            WriteOp::ForgetDeduplicationIds { queue_id, ids } => {
+            WriteOp::ForgetDeduplicationIds { queue_id, ids, .. } => {
                 for id in ids {
                     self.deduplication.remove(&(*queue_id, id.clone()));
                 }

@@ -340,10 +340,14 @@ pub enum WriteOp {
         counts: PublishCounts,
     },
     /// Forgets deduplication ids of `queue_id` whose window has passed (written lazily: an id
-    /// kept longer is ignored by the queue, which checks the window itself).
+    /// kept longer is ignored by the queue, which checks the window itself). `ids`: the ids no
+    /// longer accepted, for a store keyed by id (PostgreSQL, where an id accepted again
+    /// replaced its row); `message_ids`: the message ids of every acceptance past the window,
+    /// for a store keyed in arrival order (SQLite, a row per acceptance).
     ForgetDeduplicationIds {
         queue_id: u64,
         ids: Vec<String>,
+        message_ids: Vec<u64>,
     },
 }
 

@@ -119,7 +119,7 @@ pub async fn postgres_client() -> tokio_postgres::Client {
 
 /// Runs `query` (one bigint result) against the server's storage on `data_dir`: `sqlite` on
 /// spool.db, `postgres` in the server's schema (`{s}` stands for it).
-fn stored_value(data_dir: &Path, sqlite: &str, postgres: &str, param: StoredParam) -> i64 {
+pub fn stored_value(data_dir: &Path, sqlite: &str, postgres: &str, param: StoredParam) -> i64 {
     if on_postgres() {
         let query = postgres.replace("{s}", &format!("\"{}\"", schema_for(data_dir)));
         tokio::task::block_in_place(|| {
@@ -148,7 +148,7 @@ fn stored_value(data_dir: &Path, sqlite: &str, postgres: &str, param: StoredPara
     }
 }
 
-enum StoredParam {
+pub enum StoredParam {
     None,
     Id(i64),
     Name(String),

@@ -276,3 +276,61 @@ async fn an_acknowledged_id_survives_a_crash() {
     assert_ne!(new, first);
     assert_eq!(server.terminate(), Some(0));
 }
+
+/// An id accepted again once its window passed is a new message; after a crash a retry still
+/// answers that newer message's id, and the stored acceptances past the window are removed
+/// (SQLite keeps a row per acceptance; PostgreSQL one per id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_accepted_again_after_its_window_keeps_its_newer_message_across_a_crash() {
+    const QUEUE: &str = "dedup-again";
+    const WINDOW: Duration = Duration::from_secs(4);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    let attributes = pb::QueueAttributes {
+        deduplication_window_seconds: Some(WINDOW.as_secs() as u32),
+        ..attrs()
+    };
+    create(&mut client, QUEUE, attributes).await;
+    let first = send_once(&mut client, QUEUE, b"order 1", "order-1")
+        .await
+        .expect("send");
+    tokio::time::sleep(WINDOW + Duration::from_millis(300)).await;
+    let again = send_once(&mut client, QUEUE, b"order 1, later", "order-1")
+        .await
+        .expect("send again");
+    assert_ne!(again, first, "the window had passed: a new message");
+    server.kill();
+
+    let server = ChildServer::start(dir.path());
+    let mut client = server.client().await;
+    assert_eq!(
+        send_once(&mut client, QUEUE, b"order 1, retried", "order-1")
+            .await
+            .expect("retry after the crash"),
+        again
+    );
+    let queue_id = queue_id(dir.path(), QUEUE);
+    let stored = || {
+        stored_value(
+            dir.path(),
+            "SELECT count(*) FROM deduplication WHERE queue_id = ?1",
+            "SELECT count(*) FROM {s}.deduplication WHERE queue_id = $1",
+            StoredParam::Id(queue_id),
+        )
+    };
+    // Once the newer acceptance's window has passed too, no row is left (ids are forgotten
+    // lazily, as the queue does something: here, sends without an id).
+    tokio::time::sleep(WINDOW).await;
+    let deadline = std::time::Instant::now() + WINDOW * 3;
+    while stored() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} deduplication rows left after the window",
+            stored()
+        );
+        send(&mut client, QUEUE, b"a send without an id").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(server.terminate(), Some(0));
+}

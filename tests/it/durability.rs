@@ -980,7 +980,7 @@ async fn a_version_1_database_is_migrated_and_keeps_its_messages() {
     until_no_rows(dir.path(), 9, "the orphan row").await;
     server.stop().await;
 
-    assert_eq!(pragma(&db, "user_version"), 7);
+    assert_eq!(pragma(&db, "user_version"), 8);
     assert_eq!(pragma(&db, "application_id"), 0x5350_4f4c);
     let secret: Vec<u8> = read_only(&db)
         .query_row(

@@ -151,8 +151,15 @@ impl Import<'_> {
             self.transaction
                 .execute(
                     &format!(
+                        // SQLite keeps a row per acceptance (an id accepted again after
+                        // its window has two until the older goes); one row per id here,
+                        // the newer.
                         "INSERT INTO {q}.deduplication (queue_id, deduplication_id, message_id,
-                            accepted_ms) VALUES ($1, $2, $3, $4)"
+                            accepted_ms) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (queue_id, deduplication_id) DO UPDATE
+                            SET message_id = excluded.message_id,
+                                accepted_ms = excluded.accepted_ms
+                          WHERE {q}.deduplication.accepted_ms <= excluded.accepted_ms"
                     ),
                     &[
                         &(record.queue_id as i64),

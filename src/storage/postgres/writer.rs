@@ -1156,7 +1156,7 @@ fn steps<'a>(
                 statement: &statements.unsubscribe,
                 params: vec![Box::new(*topic_id as i64), Box::new(name.as_str())],
             }),
-            WriteOp::ForgetDeduplicationIds { queue_id, ids } => {
+            WriteOp::ForgetDeduplicationIds { queue_id, ids, .. } => {
                 steps.push(Step {
                     statement: &statements.forget_deduplication,
                     params: vec![Box::new(*queue_id as i64), Box::new(ids.clone())],

@@ -17,9 +17,9 @@ const APPLICATION_ID: i32 = 0x5350_4f4c;
 /// `PRAGMA user_version`: the layout below. Version 1 had the index `messages_by_queue`;
 /// version 2 had no `secrets` table and no tombstones (`deleted` = 2); version 3 had no message
 /// attributes, deduplication ids nor dead-letter policies; version 4 had no topics; version 5
-/// had no byte quotas; version 6 had no `size` column and no index by queue. `prepare` migrates
-/// each.
-const SCHEMA_VERSION: i32 = 7;
+/// had no byte quotas; version 6 had no `size` column and no index by queue; version 7 keyed
+/// `deduplication` by id. `prepare` migrates each.
+const SCHEMA_VERSION: i32 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE queues (
@@ -152,6 +152,26 @@ CREATE INDEX messages_hidden ON messages (queue_id, visible_at_ms)
     WHERE deleted = 0 AND visible_at_ms > enqueue_ms;
 ";
 
+/// Version 8: `deduplication` keyed by (queue, message id), in arrival order, rather than by
+/// (queue, id). The ids are random (the clients make one per send), so under the old key each
+/// insert landed on a random page of the table and read it back from the file; now inserts
+/// are appends. Nothing looks a row up by id: the queues hold their ids in memory and read
+/// the table only at startup. An id accepted again after its window has a row of each
+/// acceptance until the older is removed; recovery keeps the newer (`queue::deduplication`).
+const VERSION_8: &str = "
+CREATE TABLE deduplication_by_arrival (
+    queue_id INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    deduplication_id TEXT NOT NULL,
+    accepted_ms INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, message_id)
+) STRICT, WITHOUT ROWID;
+INSERT INTO deduplication_by_arrival (queue_id, message_id, deduplication_id, accepted_ms)
+    SELECT queue_id, message_id, deduplication_id, accepted_ms FROM deduplication;
+DROP TABLE deduplication;
+ALTER TABLE deduplication_by_arrival RENAME TO deduplication;
+";
+
 const RECEIPT_SECRET: &str = "receipt_key";
 
 /// Refuses an existing file that is not a Spool database, opening it read-only so that nothing
@@ -266,31 +286,40 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
             migrate_from_v3(conn)?;
             migrate_from_v4(conn)?;
             migrate_from_v5(conn)?;
-            migrate_from_v6(conn)
+            migrate_from_v6(conn)?;
+            migrate_from_v7(conn)
         }
         2 => {
             migrate_from_v2(conn)?;
             migrate_from_v3(conn)?;
             migrate_from_v4(conn)?;
             migrate_from_v5(conn)?;
-            migrate_from_v6(conn)
+            migrate_from_v6(conn)?;
+            migrate_from_v7(conn)
         }
         3 => {
             migrate_from_v3(conn)?;
             migrate_from_v4(conn)?;
             migrate_from_v5(conn)?;
-            migrate_from_v6(conn)
+            migrate_from_v6(conn)?;
+            migrate_from_v7(conn)
         }
         4 => {
             migrate_from_v4(conn)?;
             migrate_from_v5(conn)?;
-            migrate_from_v6(conn)
+            migrate_from_v6(conn)?;
+            migrate_from_v7(conn)
         }
         5 => {
             migrate_from_v5(conn)?;
-            migrate_from_v6(conn)
+            migrate_from_v6(conn)?;
+            migrate_from_v7(conn)
         }
-        6 => migrate_from_v6(conn),
+        6 => {
+            migrate_from_v6(conn)?;
+            migrate_from_v7(conn)
+        }
+        7 => migrate_from_v7(conn),
         // `check_existing` refused newer versions before the file was opened for writing.
         _ => Ok(()),
     }
@@ -304,6 +333,7 @@ fn create(conn: &Connection) -> rusqlite::Result<()> {
     tx.execute_batch(VERSION_5)?;
     tx.execute_batch(VERSION_6)?;
     tx.execute_batch(VERSION_7)?;
+    tx.execute_batch(VERSION_8)?;
     insert_receipt_secret(&tx)?;
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -383,6 +413,19 @@ fn migrate_from_v6(conn: &Connection) -> rusqlite::Result<()> {
     tracing::info!(
         "migrated the database from schema 6 to 7 (message sizes, indexes by queue for backlogs \
          larger than memory)"
+    );
+    Ok(())
+}
+
+/// Version 7 → 8: `deduplication` keyed in arrival order (see [`VERSION_8`]). One
+/// transaction, so a crash leaves either version, each consistent.
+fn migrate_from_v7(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(VERSION_8)?;
+    tx.pragma_update(None, "user_version", 8)?;
+    tx.commit()?;
+    tracing::info!(
+        "migrated the database from schema 7 to 8 (deduplication ids kept in arrival order)"
     );
     Ok(())
 }
@@ -797,6 +840,50 @@ mod tests {
         assert_eq!(held[1].state, StoredState::Kept);
         assert_eq!(queues_with_messages(&conn).expect("queues"), vec![1]);
         assert_eq!(message_ids(&conn, 1, 10).expect("ids").len(), 4);
+    }
+
+    #[test]
+    fn a_version_7_database_keeps_its_deduplication_ids_in_arrival_order() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(SCHEMA).expect("version 1's tables");
+        conn.execute_batch(SECRETS).expect("secrets");
+        insert_receipt_secret(&conn).expect("secret");
+        for version in [VERSION_4, VERSION_5, VERSION_6, VERSION_7] {
+            conn.execute_batch(version)
+                .expect("an earlier version's change");
+        }
+        conn.execute_batch(
+            "INSERT INTO deduplication (queue_id, deduplication_id, message_id, accepted_ms)
+                 VALUES (1, 'b', 7, 70), (1, 'a', 9, 90), (2, 'a', 8, 80);
+             PRAGMA user_version = 7;",
+        )
+        .expect("make it version 7");
+        prepare(&conn).expect("prepare");
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let mut ids = recover_deduplication_ids(&conn).expect("ids");
+        ids.sort_by_key(|record| record.message_id);
+        let ids: Vec<_> = ids
+            .iter()
+            .map(|r| {
+                (
+                    r.queue_id,
+                    r.deduplication_id.as_str(),
+                    r.message_id,
+                    r.accepted_ms,
+                )
+            })
+            .collect();
+        assert_eq!(ids, [(1, "b", 7, 70), (2, "a", 8, 80), (1, "a", 9, 90)]);
+        // A row per acceptance now: the same id accepted again is a row of its own.
+        conn.execute(
+            "INSERT INTO deduplication (queue_id, deduplication_id, message_id, accepted_ms)
+                 VALUES (1, 'a', 10, 100)",
+            [],
+        )
+        .expect("a second acceptance of an id");
     }
 
     #[test]

@@ -326,14 +326,12 @@ fn apply(
                     let remember = match &mut remember {
                         Some(remember) => remember,
                         None => remember.insert(conn.prepare_cached(
-                            // An id whose window passed may still have its row (removed
-                            // lazily): replaced.
+                            // A row per acceptance, appended in message id order (see
+                            // `schema::VERSION_8`); an id accepted again, after its window,
+                            // has a row of each, and recovery keeps the newer.
                             "INSERT INTO deduplication (queue_id, deduplication_id, message_id,
                                 accepted_ms)
-                             VALUES (?1, ?2, ?3, ?4)
-                             ON CONFLICT (queue_id, deduplication_id)
-                             DO UPDATE SET message_id = excluded.message_id,
-                                accepted_ms = excluded.accepted_ms",
+                             VALUES (?1, ?2, ?3, ?4)",
                         )?),
                     };
                     remember.execute(params![
@@ -498,12 +496,17 @@ fn apply(
                 ])?;
             }
         }
-        WriteOp::ForgetDeduplicationIds { queue_id, ids } => {
+        WriteOp::ForgetDeduplicationIds {
+            queue_id,
+            message_ids,
+            ..
+        } => {
+            // A row per acceptance, keyed by (queue, message id): see `schema::VERSION_8`.
             let mut forget = conn.prepare_cached(
-                "DELETE FROM deduplication WHERE queue_id = ?1 AND deduplication_id = ?2",
+                "DELETE FROM deduplication WHERE queue_id = ?1 AND message_id = ?2",
             )?;
-            for id in ids {
-                forget.execute(params![*queue_id as i64, id])?;
+            for message_id in message_ids {
+                forget.execute(params![*queue_id as i64, *message_id as i64])?;
             }
         }
     }
