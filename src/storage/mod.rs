@@ -428,8 +428,9 @@ impl WriteOp {
     /// `storage::postgres::fence`). A move is fenced by its source alone: the source's owner
     /// decides what leaves its queue, and the rows it moves in are new to their target.
     ///
-    /// Topic operations and publishes answer [`NO_QUEUE`]: cluster mode, the only mode that
-    /// fences, refuses the topic API (`cluster::routing`), so they never reach a fenced writer.
+    /// Topic operations and publishes answer [`NO_QUEUE`]: topic operations write no queue,
+    /// and a publish, which writes several, is fenced by each of them (see
+    /// [`Self::fenced_queue_ids`]).
     pub fn queue_id(&self) -> u64 {
         match self {
             Self::CreateQueue(queue) | Self::UpdateQueue(queue) => queue.id,

@@ -37,17 +37,50 @@ async fn queues_on_owners(
     panic!("fewer than {wanted} owners among the queues");
 }
 
+/// Retries `call` while it answers UNAVAILABLE, as the API asks (a replica's read of the topics
+/// in PostgreSQL can time out on a loaded machine), up to 20 times.
+async fn retrying<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    for _ in 0..20 {
+        match call().await {
+            Ok(response) => return response.into_inner(),
+            Err(status) if status.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(status) => panic!("{what}: {status:?}"),
+        }
+    }
+    panic!("{what}: UNAVAILABLE 20 times");
+}
+
+async fn create_topic(client: &mut Client, name: &str) {
+    retrying(&format!("create topic {name}"), || {
+        let mut client = client.clone();
+        let request = pb::CreateTopicRequest {
+            topic_name: name.into(),
+            attributes: None,
+        };
+        async move { client.create_topic(request).await }
+    })
+    .await;
+}
+
 async fn subscribe(client: &mut Client, topic: &str, name: &str, queue: &str, tags: &[&str]) {
-    client
-        .subscribe(pb::SubscribeRequest {
+    retrying(&format!("subscribe {name} to {queue}"), || {
+        let mut client = client.clone();
+        let request = pb::SubscribeRequest {
             topic_name: topic.into(),
             subscription_name: name.into(),
             queue_name: queue.into(),
             filter_tags: tags.iter().map(|tag| tag.to_string()).collect(),
             binding_keys: Vec::new(),
-        })
-        .await
-        .unwrap_or_else(|status| panic!("subscribe {name} to {queue}: {status:?}"));
+        };
+        async move { client.subscribe(request).await }
+    })
+    .await;
 }
 
 fn publish(
@@ -173,13 +206,7 @@ async fn a_publish_fans_out_to_queues_of_different_replicas() {
     .await;
 
     // Made through replica 0, subscribed through replica 1, listed through replica 2.
-    clients[0]
-        .create_topic(pb::CreateTopicRequest {
-            topic_name: "events".into(),
-            attributes: None,
-        })
-        .await
-        .expect("create topic");
+    create_topic(&mut clients[0], "events").await;
     for (index, (queue, _)) in queues.iter().enumerate() {
         subscribe(&mut clients[1], "events", &format!("s{index}"), queue, &[]).await;
     }
@@ -385,13 +412,7 @@ async fn a_replica_killed_during_publishes_leaves_every_publish_in_all_queues_or
     let db = database.client().await;
     let mut client = client_of(&replicas[0]).await;
     let queues = queues_on_owners(&mut client, &db, "sub", 3, pb::QueueAttributes::default()).await;
-    client
-        .create_topic(pb::CreateTopicRequest {
-            topic_name: "feed".into(),
-            attributes: None,
-        })
-        .await
-        .expect("create topic");
+    create_topic(&mut client, "feed").await;
     for (index, (queue, _)) in queues.iter().enumerate() {
         subscribe(&mut client, "feed", &format!("s{index}"), queue, &[]).await;
     }
