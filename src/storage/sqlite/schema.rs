@@ -267,9 +267,9 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Truncate the WAL back to this size after checkpoints, so it does not stay at its peak.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-    // The writer's page cache (SQLite's default is 2 MiB). Each send's deduplication id goes
-    // into an index ordered by the id, which is random (the clients make one per send): with
-    // the default, nearly every insert read an index page back from the file.
+    // The writer's page cache (SQLite's default is 2 MiB): with the default, commits read
+    // pages of the tables and indexes back from the file; a larger cache than this costs more
+    // than it saves, as SQLite scans it at the end of each transaction (docs/benchmarks.md).
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     // Checkpoints run on a thread of their own (see `checkpointer`); this is the backstop.
     conn.pragma_update(
@@ -278,52 +278,32 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
         super::checkpointer::BACKSTOP_PAGES,
     )?;
     let version: i32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    match version {
-        0 => create(conn),
-        1 => {
-            migrate_from_v1(conn)?;
-            migrate_from_v2(conn)?;
-            migrate_from_v3(conn)?;
-            migrate_from_v4(conn)?;
-            migrate_from_v5(conn)?;
-            migrate_from_v6(conn)?;
-            migrate_from_v7(conn)
-        }
-        2 => {
-            migrate_from_v2(conn)?;
-            migrate_from_v3(conn)?;
-            migrate_from_v4(conn)?;
-            migrate_from_v5(conn)?;
-            migrate_from_v6(conn)?;
-            migrate_from_v7(conn)
-        }
-        3 => {
-            migrate_from_v3(conn)?;
-            migrate_from_v4(conn)?;
-            migrate_from_v5(conn)?;
-            migrate_from_v6(conn)?;
-            migrate_from_v7(conn)
-        }
-        4 => {
-            migrate_from_v4(conn)?;
-            migrate_from_v5(conn)?;
-            migrate_from_v6(conn)?;
-            migrate_from_v7(conn)
-        }
-        5 => {
-            migrate_from_v5(conn)?;
-            migrate_from_v6(conn)?;
-            migrate_from_v7(conn)
-        }
-        6 => {
-            migrate_from_v6(conn)?;
-            migrate_from_v7(conn)
-        }
-        7 => migrate_from_v7(conn),
-        // `check_existing` refused newer versions before the file was opened for writing.
-        _ => Ok(()),
+    if version == 0 {
+        return create(conn);
     }
+    // Each step from the database's version up, in order; `check_existing` refused newer
+    // versions before the file was opened for writing.
+    for (from, migrate) in MIGRATIONS {
+        if from >= version {
+            migrate(conn)?;
+        }
+    }
+    Ok(())
 }
+
+/// One schema change: a transaction that also raises `user_version` by one.
+type Migration = fn(&Connection) -> rusqlite::Result<()>;
+
+/// The migration from each version to the next, oldest first.
+const MIGRATIONS: [(i32, Migration); 7] = [
+    (1, migrate_from_v1),
+    (2, migrate_from_v2),
+    (3, migrate_from_v3),
+    (4, migrate_from_v4),
+    (5, migrate_from_v5),
+    (6, migrate_from_v6),
+    (7, migrate_from_v7),
+];
 
 fn create(conn: &Connection) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
